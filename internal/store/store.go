@@ -1,0 +1,120 @@
+// Package store defines the control plane's key-value store: get, list,
+// compare-and-set writes, atomic multi-key transactions, watches from a
+// revision, and leases. The embedded backend is bbolt (NewBolt); an etcd
+// backend slots under the same interface. Nothing outside this package knows
+// which backend it runs on.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrNotFound: the key (or lease) does not exist.
+	ErrNotFound = errors.New("store: not found")
+	// ErrConflict: a compare-and-set precondition failed; read again and retry.
+	ErrConflict = errors.New("store: revision conflict")
+	// ErrCompacted: a watch asked for a revision older than the store keeps.
+	ErrCompacted = errors.New("store: revision compacted")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("store: closed")
+)
+
+// LeaseID names a lease. Zero means no lease.
+type LeaseID int64
+
+// KV is one stored key.
+type KV struct {
+	Key   string
+	Value []byte
+	// CreateRevision is the revision that created the key.
+	CreateRevision int64
+	// ModRevision is the revision of the key's last write.
+	ModRevision int64
+	Lease       LeaseID
+}
+
+// Expect values for Op.ExpectRevision.
+const (
+	// Any: no precondition.
+	Any int64 = -1
+	// Absent: the key must not exist.
+	Absent int64 = 0
+)
+
+// OpType is a write's kind.
+type OpType int
+
+const (
+	OpPut OpType = iota + 1
+	OpDelete
+)
+
+// Op is one write in a transaction.
+type Op struct {
+	Type  OpType
+	Key   string
+	Value []byte
+	// ExpectRevision is the key's required ModRevision before the write:
+	// Any, Absent, or a revision. A failed precondition fails the whole Txn
+	// with ErrConflict.
+	ExpectRevision int64
+	// Lease attaches the key to a lease (puts only); the key is deleted when
+	// the lease expires or is revoked.
+	Lease LeaseID
+}
+
+// Put is a convenience for an OpPut.
+func Put(key string, value []byte, expect int64) Op {
+	return Op{Type: OpPut, Key: key, Value: value, ExpectRevision: expect}
+}
+
+// Delete is a convenience for an OpDelete.
+func Delete(key string, expect int64) Op {
+	return Op{Type: OpDelete, Key: key, ExpectRevision: expect}
+}
+
+// EventType is what happened to a key.
+type EventType int
+
+const (
+	EventPut EventType = iota + 1
+	EventDelete
+)
+
+// Event is one change seen by a watch. For deletes, KV.Value is empty and
+// KV.ModRevision is the revision of the delete.
+type Event struct {
+	Type EventType
+	KV   KV
+}
+
+// Store is the control plane's storage. All methods are safe for concurrent use.
+type Store interface {
+	// Get returns the key, or ErrNotFound.
+	Get(ctx context.Context, key string) (KV, error)
+	// List returns every key under prefix in key order, and the store's
+	// revision at the time of the read (to start a Watch from revision+1).
+	List(ctx context.Context, prefix string) ([]KV, int64, error)
+	// Txn applies every op atomically under one new revision, or none
+	// (ErrConflict if a precondition fails, ErrNotFound for an unknown lease).
+	// Deleting an absent key with ExpectRevision Any is not an error.
+	Txn(ctx context.Context, ops ...Op) (int64, error)
+	// Watch streams events for keys under prefix with revision >= fromRev
+	// (fromRev 0: only new events). The channel closes when ctx ends or the
+	// store closes; a watcher too slow to keep up is closed too and must
+	// re-List. ErrCompacted if fromRev is older than the kept history.
+	Watch(ctx context.Context, prefix string, fromRev int64) (<-chan Event, error)
+	// Grant creates a lease that expires after ttl without KeepAlive.
+	Grant(ctx context.Context, ttl time.Duration) (LeaseID, error)
+	// KeepAlive restarts a lease's TTL; ErrNotFound if it expired.
+	KeepAlive(ctx context.Context, id LeaseID) error
+	// Revoke ends a lease now, deleting its keys.
+	Revoke(ctx context.Context, id LeaseID) error
+	// Revision is the store's current revision.
+	Revision(ctx context.Context) (int64, error)
+	Close() error
+}
