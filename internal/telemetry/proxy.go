@@ -1,0 +1,144 @@
+package telemetry
+
+import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TCPConnectionsName is the proxy's opaque-TCP connection counter.
+const TCPConnectionsName = "trellis_proxy_tcp_connections_total"
+
+// Directions of a proxy hop, as the "direction" label carries them.
+const (
+	Inbound  = "inbound"
+	Outbound = "outbound"
+)
+
+// RequestDurationBuckets are the buckets of trellis_proxy_request_duration_seconds.
+var RequestDurationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// ProxyMetrics holds the proxy's per-hop instruments on one registry.
+// Label children are cached per (direction, service) and per status code, so
+// recording a request on the hot path does not allocate after warm-up.
+type ProxyMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	tcp      *prometheus.CounterVec
+
+	mu    sync.RWMutex
+	dests map[destKey]*DestMetrics
+}
+
+type destKey struct{ direction, service string }
+
+// NewProxyMetrics registers the proxy's instruments on reg.
+func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
+	m := &ProxyMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: RequestsTotalName,
+			Help: "Requests handled by the proxy, by direction, destination service and response code.",
+		}, []string{"direction", "destination_service", "response_code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    RequestDurationName,
+			Help:    "Time from request received to response complete, by direction, destination service and response code.",
+			Buckets: RequestDurationBuckets,
+		}, []string{"direction", "destination_service", "response_code"}),
+		tcp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: TCPConnectionsName,
+			Help: "Opaque TCP connections proxied, by direction and destination service.",
+		}, []string{"direction", "destination_service"}),
+		dests: make(map[destKey]*DestMetrics),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Dest returns the cached instruments of one (direction, service) pair;
+// service is "name.namespace". Callers on a hot path keep the result.
+func (m *ProxyMetrics) Dest(direction, service string) *DestMetrics {
+	k := destKey{direction, service}
+	m.mu.RLock()
+	d := m.dests[k]
+	m.mu.RUnlock()
+	if d != nil {
+		return d
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if d = m.dests[k]; d == nil {
+		d = &DestMetrics{m: m, direction: direction, service: service}
+		m.dests[k] = d
+	}
+	return d
+}
+
+// Request records one finished request.
+func (m *ProxyMetrics) Request(direction, service string, code int, d time.Duration) {
+	m.Dest(direction, service).Request(code, d)
+}
+
+// TCPConnection counts one proxied TCP connection.
+func (m *ProxyMetrics) TCPConnection(direction, service string) {
+	m.Dest(direction, service).TCPConnection()
+}
+
+// DestMetrics are the instruments of one (direction, destination service).
+type DestMetrics struct {
+	m                  *ProxyMetrics
+	direction, service string
+	tcp                atomic.Pointer[prometheus.Counter]
+	// codes[c] caches the children of status code c (100..599); other
+	// values share codes[0] under their own label, looked up each time.
+	codes [600]atomic.Pointer[codeChildren]
+}
+
+type codeChildren struct {
+	count prometheus.Counter
+	dur   prometheus.Observer
+}
+
+// Request records one finished request with status code and duration.
+func (d *DestMetrics) Request(code int, dur time.Duration) {
+	c := d.children(code)
+	c.count.Inc()
+	c.dur.Observe(dur.Seconds())
+}
+
+// TCPConnection counts one proxied TCP connection.
+func (d *DestMetrics) TCPConnection() {
+	c := d.tcp.Load()
+	if c == nil {
+		cc := d.m.tcp.WithLabelValues(d.direction, d.service)
+		d.tcp.Store(&cc)
+		c = &cc
+	}
+	(*c).Inc()
+}
+
+func (d *DestMetrics) children(code int) *codeChildren {
+	if code < 100 || code >= len(d.codes) {
+		return d.newChildren(code)
+	}
+	if c := d.codes[code].Load(); c != nil {
+		return c
+	}
+	c := d.newChildren(code)
+	d.codes[code].Store(c)
+	return c
+}
+
+func (d *DestMetrics) newChildren(code int) *codeChildren {
+	s := strconv.Itoa(code)
+	return &codeChildren{
+		count: d.m.requests.WithLabelValues(d.direction, d.service, s),
+		dur:   d.m.duration.WithLabelValues(d.direction, d.service, s),
+	}
+}
