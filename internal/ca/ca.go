@@ -1,0 +1,247 @@
+// Package ca is the mesh's certificate authority. It owns a signing
+// certificate (a self-signed root it creates and keeps in the control plane's
+// store, or a root or intermediate loaded from files), issues short-lived
+// workload certificates whose only name is a SPIFFE ID, publishes the trust
+// bundle, and serves TLS for the control plane's own listeners.
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"trellis.dev/trellis/internal/identity"
+	"trellis.dev/trellis/internal/store"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrBadCSR: the CSR does not parse, its signature is wrong, or its key is
+	// not acceptable. The caller sent bad input; retrying will not help.
+	ErrBadCSR = errors.New("ca: bad CSR")
+	// ErrForeignID: the ID to sign is not a workload ID in the CA's trust domain.
+	ErrForeignID = errors.New("ca: ID not in this trust domain")
+	// ErrExpired: the signing certificate has expired; the CA must be renewed.
+	ErrExpired = errors.New("ca: signing certificate expired")
+)
+
+// RootKey is the store key holding the generated root's certificate and key
+// as PEM. Anyone who can read the store can mint identities, so the store's
+// file (or etcd) must be as private as a key file.
+const RootKey = "/ca/root"
+
+// Defaults.
+const (
+	DefaultTrustDomain = "trellis.local"
+	DefaultWorkloadTTL = 24 * time.Hour
+	rootTTL            = 10 * 365 * 24 * time.Hour
+	rootCommonName     = "Trellis Root CA"
+	// clockSkew backdates NotBefore so a peer whose clock runs a little
+	// behind still accepts a certificate issued this instant.
+	clockSkew = time.Minute
+)
+
+// Options configures the CA. The zero value (but for the store) gives a
+// generated root in trust domain trellis.local issuing 24h certificates.
+type Options struct {
+	// TrustDomain; default trellis.local.
+	TrustDomain string
+	// CertFile and KeyFile, if set, hold the signing certificate and its key
+	// (PEM) instead of a generated root. CertFile may hold the signing
+	// certificate followed by further intermediates. If the signing
+	// certificate is not self-signed, RootFile must hold the root(s) it
+	// chains to; those roots are the trust bundle.
+	CertFile, KeyFile, RootFile string
+	// WorkloadTTL is the lifetime of issued certificates; default 24h.
+	WorkloadTTL time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logger; default discards.
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.TrustDomain == "" {
+		o.TrustDomain = DefaultTrustDomain
+	}
+	if o.WorkloadTTL == 0 {
+		o.WorkloadTTL = DefaultWorkloadTTL
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate checks the options after defaults.
+func (o *Options) Validate() error {
+	if _, err := identity.ParseTrustDomain(o.TrustDomain); err != nil {
+		return fmt.Errorf("trustDomain: %w", err)
+	}
+	if o.WorkloadTTL < 2*clockSkew {
+		return fmt.Errorf("workloadTTL: %s is too short; use at least %s", o.WorkloadTTL, 2*clockSkew)
+	}
+	if (o.CertFile == "") != (o.KeyFile == "") {
+		return errors.New("certFile, keyFile: set both or neither")
+	}
+	if o.RootFile != "" && o.CertFile == "" {
+		return errors.New("rootFile: only meaningful with certFile and keyFile")
+	}
+	return nil
+}
+
+// Storage is what the CA needs of the control plane's store.
+type Storage interface {
+	Get(ctx context.Context, key string) (store.KV, error)
+	Txn(ctx context.Context, ops ...store.Op) (int64, error)
+}
+
+// CA issues workload certificates. Safe for concurrent use; it holds no
+// mutable state after LoadOrCreate.
+type CA struct {
+	td     spiffeid.TrustDomain
+	ttl    time.Duration
+	now    func() time.Time
+	log    *slog.Logger
+	signer crypto.Signer
+	cert   *x509.Certificate // the signing certificate
+	// chainTail is appended after each leaf: the signing certificate and any
+	// intermediates above it, when the signing certificate is not a root.
+	chainTail [][]byte
+	// maxNotAfter caps issued certificates: a leaf must not outlive any
+	// certificate above it.
+	maxNotAfter time.Time
+	roots       []*x509.Certificate
+	bundleDER   [][]byte
+	bundlePEM   []byte
+}
+
+// LoadOrCreate returns the CA. With CertFile/KeyFile it uses those (st may be
+// nil). Otherwise it loads the root from st under RootKey, creating it on the
+// first start; replicas racing to create it all end with the one that was
+// stored first.
+func LoadOrCreate(ctx context.Context, st Storage, opts Options) (*CA, error) {
+	opts.setDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("ca: options: %w", err)
+	}
+	td, _ := identity.ParseTrustDomain(opts.TrustDomain)
+	log := opts.Logger.With("component", "ca")
+
+	var (
+		m   *material
+		err error
+	)
+	if opts.CertFile != "" {
+		m, err = loadFiles(opts.CertFile, opts.KeyFile, opts.RootFile, opts.Now())
+		if err != nil {
+			return nil, err
+		}
+		log.Info("loaded signing certificate from files", "cert", opts.CertFile, "subject", m.cert.Subject.String(), "not_after", m.cert.NotAfter, "intermediate", len(m.tail) > 0)
+	} else {
+		if st == nil {
+			return nil, errors.New("ca: no store and no certFile/keyFile: nowhere to keep the root")
+		}
+		m, err = loadOrCreateRoot(ctx, st, td, opts.Now(), log)
+		if err != nil {
+			return nil, err
+		}
+	}
+	c := newCA(td, opts, log, m)
+	if err := c.selfCheck(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// material is a signing certificate with its key, the certificates between it
+// and the roots, and the roots.
+type material struct {
+	cert   *x509.Certificate
+	signer crypto.Signer
+	tail   []*x509.Certificate // signing cert and intermediates; empty for a root
+	roots  []*x509.Certificate
+	// chains are the verified paths from cert to a root.
+	chains [][]*x509.Certificate
+}
+
+func newCA(td spiffeid.TrustDomain, opts Options, log *slog.Logger, m *material) *CA {
+	c := &CA{
+		td:          td,
+		ttl:         opts.WorkloadTTL,
+		now:         opts.Now,
+		log:         log,
+		signer:      m.signer,
+		cert:        m.cert,
+		roots:       m.roots,
+		maxNotAfter: m.cert.NotAfter,
+	}
+	for _, t := range m.tail {
+		c.chainTail = append(c.chainTail, t.Raw)
+	}
+	for _, chain := range m.chains {
+		for _, x := range chain {
+			if x.NotAfter.Before(c.maxNotAfter) {
+				c.maxNotAfter = x.NotAfter
+			}
+		}
+	}
+	for _, r := range m.roots {
+		c.bundleDER = append(c.bundleDER, r.Raw)
+		c.bundlePEM = append(c.bundlePEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	return c
+}
+
+// selfCheck issues and verifies a throwaway certificate so that a CA that
+// cannot issue usable certificates (name constraints for another trust
+// domain, missing key usage, path length) fails at start, not at the first
+// proxy.
+func (c *CA) selfCheck() error {
+	id, err := identity.WorkloadID(c.td.Name(), "trellis-system", "ca-self-check")
+	if err != nil {
+		return fmt.Errorf("ca: self-check: %w", err)
+	}
+	key, err := identity.NewKey()
+	if err != nil {
+		return fmt.Errorf("ca: self-check: %w", err)
+	}
+	chain, _, err := c.issue(key.Public(), id, nil, nil)
+	if err != nil {
+		return fmt.Errorf("ca: self-check: %w", err)
+	}
+	src := identity.NewSource(c.td)
+	if err := src.Set(chain, key, c.bundleDER); err != nil {
+		return fmt.Errorf("ca: self-check: a certificate this CA issues does not verify against its own bundle "+
+			"(check name constraints, key usage and path length of the CA certificates): %w", err)
+	}
+	return nil
+}
+
+// TrustDomain is the CA's trust domain.
+func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
+
+// Bundle returns the trust bundle: the DER roots. A slice, so that an old and
+// a new root can coexist during rotation.
+func (c *CA) Bundle() [][]byte {
+	out := make([][]byte, len(c.bundleDER))
+	copy(out, c.bundleDER)
+	return out
+}
+
+// BundlePEM returns the trust bundle as concatenated PEM certificates.
+func (c *CA) BundlePEM() []byte {
+	return append([]byte(nil), c.bundlePEM...)
+}
+
+// NotAfter is when the signing certificate (or a certificate above it) expires.
+func (c *CA) NotAfter() time.Time { return c.maxNotAfter }
