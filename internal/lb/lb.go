@@ -1,6 +1,8 @@
 // Package lb holds the proxy's endpoint pickers.
 package lb
 
+import "fmt"
+
 // Picker chooses an endpoint for one request. Implementations keep their own
 // per-address state (latency, load) across calls, so the caller keeps one
 // Picker per destination and passes the destination's current endpoint
@@ -21,3 +23,21 @@ const (
 	// RoundRobin cycles through the endpoints.
 	RoundRobin Policy = "round-robin"
 )
+
+// Policies lists every valid Policy, the default first.
+func Policies() []Policy { return []Policy{PeakEWMA, RoundRobin} }
+
+// New returns a Picker for p with default settings. An empty policy means
+// the default, PeakEWMA.
+func New(p Policy) (Picker, error) {
+	switch p {
+	case PeakEWMA, "":
+		return NewPeakEWMA(), nil
+	case RoundRobin:
+		return NewRoundRobin(), nil
+	}
+	return nil, fmt.Errorf("lb: unknown policy %q (valid: %s, %s)", p, PeakEWMA, RoundRobin)
+}
+
+// nopDone is the completion func of pickers that keep no per-request state.
+func nopDone(error) {}
