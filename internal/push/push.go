@@ -1,0 +1,128 @@
+// Package push is the control plane's gRPC Mesh service (Certify, Register,
+// Heartbeat, Watch) and the proxy-side client that runs a proxy's session
+// against it.
+//
+// The server depends only on the small interfaces below (Signer, Registry,
+// Snapshots); the control plane adapts the CA, the registry and the compiler
+// to them. Each Watch stream has its own sender goroutine, changes coalesce
+// (latest wins), and a stream whose send stalls is closed and counted, so one
+// slow proxy never holds up the others.
+package push
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrLeaseNotFound: the lease expired or never existed. A Registry
+	// returns an error wrapping it from Heartbeat; the proxy registers again.
+	ErrLeaseNotFound = errors.New("push: lease not found")
+	// ErrUnavailable: the control plane could not be reached; retrying may help.
+	ErrUnavailable = errors.New("push: control plane unavailable")
+	// ErrRejected: the control plane refused the request; retrying the same
+	// request will not help.
+	ErrRejected = errors.New("push: rejected by control plane")
+)
+
+// Node is one connected proxy, as the snapshot source sees it.
+type Node struct {
+	ID        string
+	Service   string
+	Namespace string
+	Identity  spiffeid.ID
+	// Subscriptions are "name.namespace", sorted, deduped.
+	Subscriptions []string
+}
+
+// Snapshots is what the server needs of the compiler.
+type Snapshots interface {
+	// Snapshot compiles n's config. Version is set; Nonce is left empty
+	// (the server sets it on a copy, so the result may be shared).
+	Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, error)
+	// Subscribe returns a channel that receives (non-blocking, buffer 1)
+	// whenever inputs change, and a cancel func.
+	Subscribe() (<-chan struct{}, func())
+}
+
+// Registry is what the server needs of the endpoint registry.
+type Registry interface {
+	Register(ctx context.Context, ep *meshv1.Endpoint, ttl time.Duration) (lease int64, granted time.Duration, err error)
+	// Heartbeat returns an error wrapping ErrLeaseNotFound when the lease expired.
+	Heartbeat(ctx context.Context, lease int64) error
+}
+
+// Signer is what the server needs of the CA.
+type Signer interface {
+	// Sign issues a certificate for id to the CSR's key: leaf first.
+	Sign(csrDER []byte, id spiffeid.ID) (chain [][]byte, notAfter time.Time, err error)
+	// Bundle is the current set of trusted roots, DER.
+	Bundle() [][]byte
+}
+
+// ServerOptions configure NewServer.
+type ServerOptions struct {
+	TrustDomain spiffeid.TrustDomain
+	// ValidToken reports whether token is a valid bootstrap token. Use
+	// TokenValidator for a constant-time comparison against known tokens.
+	ValidToken func(token string) bool
+	Signer     Signer
+	Registry   Registry
+	Snapshots  Snapshots
+	// MaxTTL clamps the lease TTL a proxy may request (default 30s).
+	MaxTTL time.Duration
+	// SendTimeout bounds one snapshot send; a stream whose send blocks longer
+	// is closed and counted (default 10s).
+	SendTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// Defaults for ServerOptions and SessionOptions.
+const (
+	DefaultMaxTTL      = 30 * time.Second
+	DefaultSendTimeout = 10 * time.Second
+	DefaultHeartbeat   = 5 * time.Second
+)
+
+// States of a proxy in ProxyStatus.
+const (
+	// StatePending: connected, nothing sent yet (first compile pending or failed).
+	StatePending = "PENDING"
+	// StateStale: a snapshot was sent and not yet acknowledged.
+	StateStale = "STALE"
+	// StateSynced: the proxy acknowledged the last snapshot sent.
+	StateSynced = "SYNCED"
+	// StateNacked: the proxy refused the last snapshot sent and keeps its last good one.
+	StateNacked = "NACKED"
+)
+
+// ProxyStatus is one connected proxy, for `trellis proxy-status`.
+type ProxyStatus struct {
+	NodeID, Service, Namespace, Identity string
+	SentVersion, AckedVersion            string
+	// State is StateSynced, StateStale, StateNacked or StatePending.
+	State string
+	// Error is the proxy's last NACK text or the last compile error.
+	Error       string
+	CertExpiry  time.Time
+	ConnectedAt time.Time
+	LastAck     time.Time
+}
+
+// Counters are the server's running totals, for metrics.
+type Counters struct {
+	// Streams is the number of Watch streams open now.
+	Streams int
+	Pushes  uint64
+	Acks    uint64
+	Nacks   uint64
+	// SlowConsumerClosed counts streams closed because a send stalled.
+	SlowConsumerClosed uint64
+}

@@ -1,0 +1,277 @@
+package push
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+)
+
+// watchStream is one proxy's open Watch. The handler goroutine waits for the
+// end; recvLoop handles ACK/NACK and subscriptions; sendLoop compiles and
+// sends, alone, so a stalled send holds up no one but this stream.
+type watchStream struct {
+	s      *Server
+	stream grpc.BidiStreamingServer[meshv1.WatchRequest, meshv1.Snapshot]
+	node   Node // Subscriptions unused here; subs below is current
+
+	// wake (buffer 1) coalesces subscription changes: latest wins.
+	wake      chan struct{}
+	replaced  chan struct{}
+	replOnce  sync.Once
+	stalled   chan struct{}
+	stallOnce sync.Once
+
+	mu        sync.Mutex
+	subs      []string
+	sentVer   string
+	sentNonce string
+	st        ProxyStatus
+}
+
+func (w *watchStream) status() ProxyStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.st
+}
+
+func (w *watchStream) replace() { w.replOnce.Do(func() { close(w.replaced) }) }
+func (w *watchStream) stall()   { w.stallOnce.Do(func() { close(w.stalled) }) }
+
+func poke(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Watch streams snapshots to one proxy until it goes away, is replaced by a
+// newer stream for the same node, stalls, or the server shuts down.
+func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest, meshv1.Snapshot]) error {
+	s := m.s
+	select {
+	case <-s.done:
+		return status.Error(codes.Unavailable, "control plane shutting down: reconnect")
+	default:
+	}
+	p, err := s.peerOf(stream.Context())
+	if err != nil {
+		return unauthenticated(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+	if first.GetNodeId() == "" {
+		return status.Error(codes.InvalidArgument, "node_id: required on the first message")
+	}
+	subs, err := normalizeSubscriptions(first.GetSubscriptions())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.mu.Lock()
+	n := s.nodes[first.GetNodeId()]
+	s.mu.Unlock()
+	if n == nil {
+		return status.Errorf(codes.FailedPrecondition, "node %q is not registered with this control plane: register first", first.GetNodeId())
+	}
+	if n.identity != p.id {
+		return status.Errorf(codes.PermissionDenied, "node %q is registered as %s, not %s", n.id, n.identity, p.id)
+	}
+
+	now := time.Now()
+	w := &watchStream{
+		s:        s,
+		stream:   stream,
+		node:     Node{ID: n.id, Service: n.service, Namespace: n.namespace, Identity: n.identity},
+		wake:     make(chan struct{}, 1),
+		replaced: make(chan struct{}),
+		stalled:  make(chan struct{}),
+		subs:     subs,
+		st: ProxyStatus{
+			NodeID:      n.id,
+			Service:     n.service,
+			Namespace:   n.namespace,
+			Identity:    n.identity.String(),
+			State:       StatePending,
+			CertExpiry:  p.notAfter,
+			ConnectedAt: now,
+		},
+	}
+	// A reconnecting proxy says which version it runs; if that is still
+	// current, nothing needs sending.
+	if v := first.GetVersion(); v != "" {
+		w.sentVer = v
+		w.st.SentVersion, w.st.AckedVersion, w.st.State = v, v, StateSynced
+	}
+	w.wake <- struct{}{} // first compile at once
+
+	s.mu.Lock()
+	old := s.streams[n.id]
+	s.streams[n.id] = w
+	s.mu.Unlock()
+	if old != nil {
+		old.replace()
+	}
+	defer func() {
+		s.mu.Lock()
+		if s.streams[n.id] == w {
+			delete(s.streams, n.id)
+		}
+		s.mu.Unlock()
+	}()
+	log := s.log.With("node", n.id)
+	log.Info("watch opened", "subscriptions", len(subs), "version", first.GetVersion())
+
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	inputs, unsubscribe := s.o.Snapshots.Subscribe()
+	defer unsubscribe()
+
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- w.recvLoop() }()
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- w.sendLoop(ctx, inputs) }()
+
+	select {
+	case <-ctx.Done():
+		log.Debug("watch ended", "err", ctx.Err())
+		return status.FromContextError(ctx.Err()).Err()
+	case <-s.done:
+		log.Debug("watch ended: server shutting down")
+		return status.Error(codes.Unavailable, "control plane shutting down: reconnect")
+	case <-w.replaced:
+		log.Info("watch replaced by a newer stream for the same node")
+		return status.Errorf(codes.Aborted, "replaced by a newer watch for node %q", n.id)
+	case err := <-recvErr:
+		if errors.Is(err, io.EOF) {
+			log.Debug("watch closed by proxy")
+			return nil
+		}
+		log.Debug("watch ended", "err", err)
+		return err
+	case err := <-sendErr:
+		log.Info("watch send failed", "err", err)
+		return err
+	case <-w.stalled:
+		// Returning ends the stream, which unblocks the stalled Send.
+		s.slow.Add(1)
+		log.Warn("closing watch: proxy did not take a snapshot in time", "timeout", s.o.SendTimeout)
+		return status.Errorf(codes.Unavailable, "snapshot send blocked longer than %s: reconnect and resync", s.o.SendTimeout)
+	}
+}
+
+func (w *watchStream) recvLoop() error {
+	for {
+		req, err := w.stream.Recv()
+		if err != nil {
+			return err
+		}
+		if id := req.GetNodeId(); id != "" && id != w.node.ID {
+			return status.Errorf(codes.InvalidArgument, "node_id: %q differs from the stream's %q", id, w.node.ID)
+		}
+		subs, err := normalizeSubscriptions(req.GetSubscriptions())
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		w.mu.Lock()
+		changed := !slices.Equal(subs, w.subs)
+		if changed {
+			w.subs = subs
+		}
+		if nonce := req.GetNonce(); nonce != "" && nonce == w.sentNonce {
+			w.answerLocked(req)
+		}
+		w.mu.Unlock()
+		if changed {
+			poke(w.wake)
+		}
+	}
+}
+
+// answerLocked records an ACK or NACK of the last snapshot sent; answers to
+// older nonces were already overtaken and are ignored by the caller.
+func (w *watchStream) answerLocked(req *meshv1.WatchRequest) {
+	if msg := req.GetError(); msg != "" {
+		w.s.nacks.Add(1)
+		w.st.State = StateNacked
+		w.st.Error = msg
+		w.s.log.Warn("proxy refused snapshot (NACK); it keeps its last good config",
+			"node", w.node.ID, "version", req.GetVersion(), "error", msg)
+		return
+	}
+	w.s.acks.Add(1)
+	w.st.State = StateSynced
+	w.st.AckedVersion = req.GetVersion()
+	w.st.Error = ""
+	w.st.LastAck = time.Now()
+}
+
+func (w *watchStream) sendLoop(ctx context.Context, inputs <-chan struct{}) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.wake:
+		case <-inputs:
+		}
+		w.mu.Lock()
+		n := w.node
+		n.Subscriptions = w.subs
+		w.mu.Unlock()
+		snap, err := w.s.o.Snapshots.Snapshot(ctx, n)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			w.s.log.Warn("compile failed; proxy keeps its config", "node", n.ID, "err", err)
+			w.mu.Lock()
+			w.st.Error = "control plane: " + err.Error()
+			w.mu.Unlock()
+			continue
+		}
+		w.mu.Lock()
+		if snap.GetVersion() == w.sentVer {
+			w.mu.Unlock()
+			continue
+		}
+		nonce := w.s.nextNonce()
+		w.sentVer, w.sentNonce = snap.GetVersion(), nonce
+		w.st.SentVersion, w.st.State = snap.GetVersion(), StateStale
+		w.mu.Unlock()
+
+		out := withNonce(snap, nonce)
+		t := time.AfterFunc(w.s.o.SendTimeout, w.stall)
+		err = w.stream.Send(out)
+		t.Stop()
+		if err != nil {
+			return err
+		}
+		w.s.pushes.Add(1)
+	}
+}
+
+// withNonce returns a shallow copy of src with nonce set: the compiler may
+// share one snapshot between proxies, so it is never written to.
+func withNonce(src *meshv1.Snapshot, nonce string) *meshv1.Snapshot {
+	dst := &meshv1.Snapshot{}
+	dr := dst.ProtoReflect()
+	src.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		dr.Set(fd, v)
+		return true
+	})
+	dst.Nonce = nonce
+	return dst
+}
