@@ -338,12 +338,13 @@ func (s *Bolt) write(always bool, fn func(tx *bolt.Tx, rev int64) ([]Event, erro
 		if nEvents <= s.opts.History {
 			return nil
 		}
-		// Trim whole revisions, oldest first, never the one just written.
+		// Trim oldest first, never the revision just written. Leftovers of a
+		// partly trimmed revision sit below minRev, where Watch never reads.
 		c := log.Cursor()
 		var last int64
-		for k, _ := c.First(); k != nil; k, _ = c.First() {
+		for k, _ := c.First(); k != nil && nEvents > s.opts.History; k, _ = c.First() {
 			r := int64(binary.BigEndian.Uint64(k))
-			if r == rev || (nEvents <= s.opts.History && r != last) {
+			if r == rev {
 				break
 			}
 			if err := c.Delete(); err != nil {

@@ -197,7 +197,7 @@ func TestBoltHistoryTrim(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Six events > 3: revisions 1 and 2 go whole, so 3 is the oldest kept.
+	// Six events > 3: revision 1 and part of 2 go, so 3 is the oldest kept.
 	for _, rev := range []int64{1, 2} {
 		if _, err := s.Watch(ctx, "", rev); !errors.Is(err, store.ErrCompacted) {
 			t.Fatalf("Watch from %d: err = %v, want ErrCompacted", rev, err)

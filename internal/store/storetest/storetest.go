@@ -39,6 +39,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"WatchReplayThenLive", testWatchReplayLive},
 		{"WatchNoGapUnderWrites", testWatchNoGap},
 		{"WatchFromZero", testWatchFromZero},
+		{"WatchFromFuture", testWatchFromFuture},
 		{"WatchDeleteEvents", testWatchDeletes},
 		{"WatchCompacted", testWatchCompacted},
 		{"WatchEndsWithContext", testWatchCtx},
@@ -345,6 +346,19 @@ func testWatchFromZero(t *testing.T, newStore func(*testing.T) store.Store) {
 	}
 	r := txn(t, s, store.Put("z/new", []byte("1"), store.Absent))
 	expect(t, ch, store.EventPut, "z/new", r, "1")
+}
+
+// testWatchFromFuture: a watch may start at a revision not yet written.
+func testWatchFromFuture(t *testing.T, newStore func(*testing.T) store.Store) {
+	s := newStore(t)
+	r := txn(t, s, store.Put("f/a", []byte("0"), store.Absent))
+	ch, err := s.Watch(t.Context(), "f/", r+2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn(t, s, store.Put("f/a", []byte("1"), store.Any))
+	txn(t, s, store.Put("f/a", []byte("2"), store.Any))
+	expect(t, ch, store.EventPut, "f/a", r+2, "2")
 }
 
 func testWatchDeletes(t *testing.T, newStore func(*testing.T) store.Store) {
