@@ -1,0 +1,159 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ServiceAPIVersion is the apiVersion of Trellis' own kinds.
+const ServiceAPIVersion = "trellis.dev/v1alpha1"
+
+// Protocol is what a service port speaks.
+type Protocol string
+
+// Protocols a service port may declare.
+const (
+	ProtocolHTTP  Protocol = "http"
+	ProtocolHTTP2 Protocol = "http2"
+	ProtocolGRPC  Protocol = "grpc"
+	ProtocolTCP   Protocol = "tcp"
+)
+
+// Protocols returns every valid Protocol.
+func Protocols() []Protocol {
+	return []Protocol{ProtocolHTTP, ProtocolHTTP2, ProtocolGRPC, ProtocolTCP}
+}
+
+// Service declares a service of the mesh: its ports and which endpoints
+// (proxies, by label) serve it.
+type Service struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              ServiceSpec `json:"spec"`
+}
+
+// ServiceSpec is a Service's desired state.
+type ServiceSpec struct {
+	// Selector picks endpoints by label; default {"app": <name>} (every proxy
+	// registers with label app=<its service name>).
+	Selector map[string]string `json:"selector,omitempty"`
+	Ports    []ServicePort     `json:"ports"`
+}
+
+// ServicePort is one port of a Service.
+type ServicePort struct {
+	// Name is required when the service has more than one port.
+	Name string `json:"name,omitempty"`
+	// Port is the port clients address the service on.
+	Port int32 `json:"port"`
+	// TargetPort is the app's port on the endpoint's loopback; default Port.
+	TargetPort int32 `json:"targetPort,omitempty"`
+	// Protocol defaults to http.
+	Protocol Protocol `json:"protocol,omitempty"`
+}
+
+func serviceKind() kindInfo {
+	return kindInfo{kind: "Service", apiVersion: ServiceAPIVersion, newObject: func() object { return new(Service) }}
+}
+
+// Ref names the service.
+func (s *Service) Ref() Ref {
+	return Ref{Kind: "Service", Namespace: namespaceOr(s.Namespace), Name: s.Name}
+}
+
+func (s *Service) typeMeta() *metav1.TypeMeta     { return &s.TypeMeta }
+func (s *Service) objectMeta() *metav1.ObjectMeta { return &s.ObjectMeta }
+
+func (s *Service) setDefaults() {
+	if s.Namespace == "" {
+		s.Namespace = DefaultNamespace
+	}
+	if len(s.Spec.Selector) == 0 && s.Name != "" {
+		// An empty selector would select every endpoint in the mesh; the
+		// natural meaning is "this service's own proxies".
+		s.Spec.Selector = map[string]string{"app": s.Name}
+	}
+	for i := range s.Spec.Ports {
+		p := &s.Spec.Ports[i]
+		if p.TargetPort == 0 {
+			p.TargetPort = p.Port
+		}
+		if p.Protocol == "" {
+			p.Protocol = ProtocolHTTP
+		}
+	}
+}
+
+// Validate checks the service; see Object.
+func (s *Service) Validate() error {
+	fe := &fieldErrors{ref: s.Ref()}
+	validateMeta(fe, &s.ObjectMeta)
+	if len(s.Spec.Selector) == 0 {
+		fe.add("spec.selector", "must select at least one label (the default is app: <name>)")
+	}
+	validateLabels(fe, "spec.selector", s.Spec.Selector)
+
+	ports := s.Spec.Ports
+	if len(ports) == 0 {
+		fe.add("spec.ports", "at least one port is required")
+	}
+	names := map[string]int{}
+	numbers := map[int32]int{}
+	for i, p := range ports {
+		path := fmt.Sprintf("spec.ports[%d]", i)
+		switch {
+		case p.Name == "" && len(ports) > 1:
+			fe.add(path+".name", "required when a service has more than one port")
+		case p.Name != "":
+			if prob := dnsLabelProblem(p.Name); prob != "" {
+				fe.add(path+".name", prob)
+			} else if j, dup := names[p.Name]; dup {
+				fe.addf(path+".name", "%q is already used by spec.ports[%d]", p.Name, j)
+			} else {
+				names[p.Name] = i
+			}
+		}
+		if prob := portProblem(p.Port); prob != "" {
+			fe.add(path+".port", prob)
+		} else if j, dup := numbers[p.Port]; dup {
+			fe.addf(path+".port", "%d is already used by spec.ports[%d]", p.Port, j)
+		} else {
+			numbers[p.Port] = i
+		}
+		if prob := portProblem(p.TargetPort); prob != "" {
+			fe.add(path+".targetPort", prob)
+		}
+		if !slices.Contains(Protocols(), p.Protocol) {
+			fe.addf(path+".protocol", "unknown protocol %q: must be one of %s", p.Protocol, protocolList())
+		}
+	}
+	return fe.err()
+}
+
+// PortByNumber returns the service's port numbered n.
+func (s *Service) PortByNumber(n int32) (ServicePort, bool) {
+	for _, p := range s.Spec.Ports {
+		if p.Port == n {
+			return p, true
+		}
+	}
+	return ServicePort{}, false
+}
+
+func protocolList() string {
+	var parts []string
+	for _, p := range Protocols() {
+		parts = append(parts, string(p))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func namespaceOr(ns string) string {
+	if ns == "" {
+		return DefaultNamespace
+	}
+	return ns
+}
