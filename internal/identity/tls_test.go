@@ -1,0 +1,323 @@
+package identity
+
+import (
+	"crypto/tls"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+)
+
+type serverResult struct {
+	peer spiffeid.ID
+	err  error
+}
+
+// serve accepts TLS connections on a loopback port with cfg and reports, per
+// connection, the client's SPIFFE ID or the handshake error.
+func serve(t *testing.T, cfg *tls.Config) (string, <-chan serverResult) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	results := make(chan serverResult, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				tc := tls.Server(c, cfg)
+				if err := tc.Handshake(); err != nil {
+					results <- serverResult{err: err}
+					return
+				}
+				id, err := PeerID(tc.ConnectionState())
+				results <- serverResult{peer: id, err: err}
+				if err == nil {
+					io.WriteString(tc, "ok")
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), results
+}
+
+// dial handshakes and reads the server's "ok", which in TLS 1.3 is where a
+// server's rejection of the client certificate surfaces.
+func dial(t *testing.T, addr string, cfg *tls.Config) (tls.ConnectionState, error) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	tc := tls.Client(c, cfg)
+	if err := tc.Handshake(); err != nil {
+		return tls.ConnectionState{}, err
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(tc, buf); err != nil {
+		return tc.ConnectionState(), err
+	}
+	return tc.ConnectionState(), nil
+}
+
+func recv(t *testing.T, ch <-chan serverResult) serverResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(5 * time.Second):
+		t.Fatal("server reported nothing")
+		return serverResult{}
+	}
+}
+
+type mesh struct {
+	ca                 *testCA
+	server, client     *Source
+	serverID, clientID spiffeid.ID
+}
+
+func newMesh(t *testing.T) *mesh {
+	t.Helper()
+	m := &mesh{ca: newTestCA(t), server: NewSource(td), client: NewSource(td)}
+	m.serverID = mustID(t, "default", "orders")
+	m.clientID = mustID(t, "default", "web")
+	for _, x := range []struct {
+		s  *Source
+		id spiffeid.ID
+	}{{m.server, m.serverID}, {m.client, m.clientID}} {
+		chain, key := m.ca.workload(t, x.id)
+		if err := x.s.Set(chain, key, m.ca.bundle()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m
+}
+
+func TestMTLSHandshake(t *testing.T) {
+	m := newMesh(t)
+	addr, results := serve(t, ServerTLS(m.server, tlsconfig.AuthorizeMemberOf(td)))
+	cs, err := dial(t, addr, ClientTLS(m.client, tlsconfig.AuthorizeID(m.serverID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := PeerID(cs); err != nil || got != m.serverID {
+		t.Fatalf("client sees server %s (%v), want %s", got, err, m.serverID)
+	}
+	if cs.Version != tls.VersionTLS13 {
+		t.Fatalf("version %x, want TLS 1.3", cs.Version)
+	}
+	r := recv(t, results)
+	if r.err != nil || r.peer != m.clientID {
+		t.Fatalf("server sees client %s (%v), want %s", r.peer, r.err, m.clientID)
+	}
+}
+
+func TestMTLSRejects(t *testing.T) {
+	m := newMesh(t)
+	rogue := newTestCA(t) // same trust domain name, different keys
+	rogueSrc := NewSource(td)
+	chain, key := rogue.workload(t, m.clientID)
+	if err := rogueSrc.Set(chain, key, rogue.bundle()); err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name      string
+		serverCfg *tls.Config
+		client    func(addr string) error
+		serverErr string // substring of the server's handshake error; "" if the client side fails first
+		clientErr string
+	}{
+		{
+			name:      "client cert from another CA",
+			serverCfg: ServerTLS(m.server, tlsconfig.AuthorizeMemberOf(td)),
+			client: func(addr string) error {
+				// The rogue client trusts the real CA so it gets as far as
+				// presenting its certificate.
+				cfg := ClientTLS(rogueSrc, tlsconfig.AuthorizeAny())
+				cfg.VerifyConnection = nil
+				_, err := dial(t, addr, cfg)
+				return err
+			},
+			serverErr: "certificate signed by unknown authority",
+		},
+		{
+			name:      "client without certificate",
+			serverCfg: ServerTLS(m.server, tlsconfig.AuthorizeMemberOf(td)),
+			client: func(addr string) error {
+				_, err := dial(t, addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+				return err
+			},
+			serverErr: "certificate",
+		},
+		{
+			name:      "plaintext client",
+			serverCfg: ServerTLS(m.server, tlsconfig.AuthorizeMemberOf(td)),
+			client: func(addr string) error {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				b, _ := io.ReadAll(c)
+				if strings.Contains(string(b), "ok") {
+					return nil
+				}
+				return io.EOF
+			},
+			serverErr: "first record does not look like a TLS handshake",
+		},
+		{
+			name:      "server not authorized by client (secure naming)",
+			serverCfg: ServerTLS(m.server, tlsconfig.AuthorizeMemberOf(td)),
+			client: func(addr string) error {
+				_, err := dial(t, addr, ClientTLS(m.client, tlsconfig.AuthorizeID(mustID(t, "default", "payments"))))
+				return err
+			},
+			clientErr: "not authorized",
+		},
+		{
+			name:      "client not authorized by server",
+			serverCfg: ServerTLS(m.server, tlsconfig.AuthorizeID(mustID(t, "default", "admin"))),
+			client: func(addr string) error {
+				_, err := dial(t, addr, ClientTLS(m.client, tlsconfig.AuthorizeID(m.serverID)))
+				return err
+			},
+			serverErr: "not authorized",
+		},
+		{
+			name:      "server from another CA",
+			serverCfg: ServerTLS(rogueSrc, tlsconfig.AuthorizeAny()),
+			client: func(addr string) error {
+				_, err := dial(t, addr, ClientTLS(m.client, tlsconfig.AuthorizeAny()))
+				return err
+			},
+			clientErr: "certificate signed by unknown authority",
+		},
+		{
+			name:      "server without certificate yet",
+			serverCfg: ServerTLS(NewSource(td), tlsconfig.AuthorizeAny()),
+			client: func(addr string) error {
+				_, err := dial(t, addr, ClientTLS(m.client, tlsconfig.AuthorizeAny()))
+				return err
+			},
+			serverErr: "no certificate yet",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, results := serve(t, tt.serverCfg)
+			cerr := tt.client(addr)
+			if cerr == nil {
+				t.Fatal("client connected; want rejection")
+			}
+			if tt.clientErr != "" && !strings.Contains(cerr.Error(), tt.clientErr) {
+				t.Fatalf("client err = %v, want containing %q", cerr, tt.clientErr)
+			}
+			r := recv(t, results)
+			if r.err == nil {
+				t.Fatalf("server accepted peer %s", r.peer)
+			}
+			if tt.serverErr != "" && !strings.Contains(r.err.Error(), tt.serverErr) {
+				t.Fatalf("server err = %v, want containing %q", r.err, tt.serverErr)
+			}
+		})
+	}
+}
+
+// After Set, the next handshake on the same tls.Config presents the new
+// certificate: rotation needs no listener restart.
+func TestMTLSRotation(t *testing.T) {
+	m := newMesh(t)
+	addr, results := serve(t, ServerTLS(m.server, tlsconfig.AuthorizeMemberOf(td)))
+	clientCfg := ClientTLS(m.client, tlsconfig.AuthorizeID(m.serverID))
+
+	cs, err := dial(t, addr, clientCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, results)
+	first := cs.PeerCertificates[0].SerialNumber
+
+	// Rotate onto a new root too: both sides get the new bundle.
+	next := newTestCA(t)
+	for _, x := range []struct {
+		s  *Source
+		id spiffeid.ID
+	}{{m.server, m.serverID}, {m.client, m.clientID}} {
+		chain, key := next.workload(t, x.id)
+		if err := x.s.Set(chain, key, next.bundle()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs, err = dial(t, addr, clientCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cs.PeerCertificates[0].SerialNumber.Cmp(first) == 0 {
+		t.Fatal("server still presents the old certificate after Set")
+	}
+	if err := cs.PeerCertificates[0].CheckSignatureFrom(next.cert); err != nil {
+		t.Fatalf("presented certificate is not from the new CA: %v", err)
+	}
+	if r := recv(t, results); r.err != nil || r.peer != m.clientID {
+		t.Fatalf("server after rotation: %s %v", r.peer, r.err)
+	}
+	// A client still on the old root is now refused.
+	stale := NewSource(td)
+	chain, key := m.ca.workload(t, m.clientID)
+	if err := stale.Set(chain, key, m.ca.bundle()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dial(t, addr, ClientTLS(stale, tlsconfig.AuthorizeAny())); err == nil {
+		t.Fatal("client with a certificate from the retired root was accepted")
+	}
+	if r := recv(t, results); r.err == nil {
+		t.Fatal("server accepted a certificate from the retired root")
+	}
+}
+
+func TestPeerIDNoCert(t *testing.T) {
+	if _, err := PeerID(tls.ConnectionState{}); err != ErrNoPeerCert {
+		t.Fatalf("err = %v, want ErrNoPeerCert", err)
+	}
+}
+
+func TestRenewAt(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name   string
+		nb, na time.Time
+		want   time.Time
+	}{
+		{"24h", t0, t0.Add(24 * time.Hour), t0.Add(16 * time.Hour)},
+		{"1h", t0, t0.Add(time.Hour), t0.Add(40 * time.Minute)},
+		{"3s", t0, t0.Add(3 * time.Second), t0.Add(2 * time.Second)},
+		{"backdated", t0.Add(-time.Minute), t0.Add(59 * time.Minute), t0.Add(39 * time.Minute)},
+		{"zero length", t0, t0, t0},
+		{"inverted", t0, t0.Add(-time.Hour), t0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RenewAt(tt.nb, tt.na); !got.Equal(tt.want) {
+				t.Fatalf("RenewAt = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
