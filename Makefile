@@ -1,0 +1,40 @@
+# Trellis: `make demo` runs the demo shop, `make test` runs every test.
+GO      ?= go
+GOBIN   := $(shell $(GO) env GOPATH)/bin
+BIN     := bin/trellis
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X trellis.dev/trellis/internal/cli.version=$(VERSION)
+
+.PHONY: build demo test test-short lint generate bench fortio clean
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/trellis
+
+demo: build
+	./$(BIN) demo
+
+# All tests, race detector on, end-to-end included.
+test:
+	$(GO) vet ./...
+	$(GO) test -race -timeout 20m ./...
+
+test-short:
+	$(GO) test -short ./...
+
+lint:
+	test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))"
+	$(GO) vet ./...
+
+# Regenerate api/ from .proto (needs protoc, protoc-gen-go, protoc-gen-go-grpc).
+generate:
+	PATH="$(GOBIN):$$PATH" $(GO) generate ./api/...
+
+fortio:
+	@test -x $(GOBIN)/fortio || $(GO) install fortio.org/fortio@v1.66.5
+
+# Direct path vs Trellis vs HAProxy vs nginx; writes bench/results/latest.json.
+bench: build fortio
+	$(GO) run ./bench/cmd/bench -trellis $(BIN)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,130 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"trellis.dev/trellis/internal/control"
+)
+
+func newControlCmd(g *globals) *cobra.Command {
+	var o control.Options
+	cmd := &cobra.Command{
+		Use:   "control",
+		Short: "Run the control plane",
+		Long: `Run the Trellis control plane: the registry, the resource store, the CA
+and the gRPC push server the proxies connect to, plus the admin API the CLI uses.
+
+On first start it creates, in --data-dir, the store, a CA root, ca.crt (the
+trust bundle proxies need), bootstrap-token (what a proxy presents to get its
+first certificate) and admin-token (what the CLI presents). All listeners bind
+to loopback unless --allow-remote is given.`,
+		Example: `  trellis control
+  trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger("control")
+			if err != nil {
+				return err
+			}
+			o.DataDir = g.dataDir
+			o.Logger = log
+			return control.Run(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.GRPCAddr, "grpc-addr", "127.0.0.1:15010", "address of the gRPC server proxies connect to")
+	f.StringVar(&o.AdminAddr, "admin-addr", "127.0.0.1:15011", "address of the HTTPS admin API the CLI uses")
+	f.StringVar(&o.TrustDomain, "trust-domain", "trellis.local", "SPIFFE trust domain of workload identities")
+	f.StringVar(&o.Domain, "domain", "trellis.local", "DNS suffix of service names (<svc>.<ns>.svc.<domain>)")
+	f.StringVar(&o.CACertFile, "ca-cert", "", "PEM signing certificate (root or intermediate) to use instead of creating a root")
+	f.StringVar(&o.CAKeyFile, "ca-key", "", "PEM private key of --ca-cert")
+	f.StringVar(&o.CARootFile, "ca-root", "", "PEM root of --ca-cert when it is an intermediate")
+	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow listening on non-loopback addresses")
+	return cmd
+}
+
+func newProxyStatusCmd(g *globals) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "proxy-status",
+		Short: "List connected proxies with their config version, sync state and certificate expiry",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := newAdminClient(g.dataDir)
+			if err != nil {
+				return err
+			}
+			var list []map[string]any
+			if err := c.do(cmd.Context(), "GET", "/v1/proxies", nil, &list); err != nil {
+				return fmt.Errorf("proxy-status: %w", err)
+			}
+			if output == "json" {
+				b, _ := json.MarshalIndent(list, "", "  ")
+				fmt.Fprintf(g.stdout, "%s\n", b)
+				return nil
+			}
+			return printProxyStatus(g, list)
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+func printProxyStatus(g *globals, list []map[string]any) error {
+	if len(list) == 0 {
+		fmt.Fprintln(g.stdout, "No proxies connected.")
+		return nil
+	}
+	sort.Slice(list, func(i, j int) bool { return field(list[i], "NodeID") < field(list[j], "NodeID") })
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
+	fmt.Fprintln(tw, "PROXY\tSERVICE\tVERSION\tSTATE\tCERT EXPIRES\tERROR")
+	for _, p := range list {
+		svc := field(p, "Service")
+		if ns := field(p, "Namespace"); ns != "" {
+			svc += "." + ns
+		}
+		version := field(p, "AckedVersion")
+		if version == "" {
+			version = field(p, "SentVersion")
+		}
+		expiry := field(p, "CertExpiry")
+		if t, err := time.Parse(time.RFC3339Nano, expiry); err == nil {
+			if t.IsZero() {
+				expiry = "-"
+			} else {
+				expiry = fmt.Sprintf("%s (in %s)", t.Local().Format("2006-01-02 15:04"), time.Until(t).Round(time.Minute))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", field(p, "NodeID"), svc, short(version, 12), field(p, "State"), expiry, field(p, "Error"))
+	}
+	return tw.Flush()
+}
+
+// field reads a string field whatever JSON casing the server used
+// (NodeID, node_id, nodeId).
+func field(m map[string]any, name string) string {
+	want := strings.ToLower(strings.ReplaceAll(name, "_", ""))
+	for k, v := range m {
+		if strings.ToLower(strings.ReplaceAll(k, "_", "")) == want {
+			if s, ok := v.(string); ok {
+				return s
+			}
+			return fmt.Sprint(v)
+		}
+	}
+	return ""
+}
+
+func short(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

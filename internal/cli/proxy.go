@@ -1,0 +1,129 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/proxy"
+)
+
+func newProxyCmd(g *globals) *cobra.Command {
+	var (
+		o         proxy.SidecarOptions
+		labels    []string
+		upstreams []string
+		balancer  string
+	)
+	cmd := &cobra.Command{
+		Use:   "proxy --service NAME --app ADDR [flags] [-- CMD ARGS...]",
+		Short: "Run the sidecar proxy beside one service",
+		Long: `Run the Trellis sidecar proxy. It gets a workload certificate from the
+control plane, registers the service's endpoint, and serves:
+
+  inbound   mTLS from other proxies, forwarded to the app (--app)
+  outbound  an HTTP proxy the app calls services through (http://orders)
+  upstream  one local port per upstream, for clients that can't use a proxy
+  admin     /ready /live /metrics /config /debug/pprof on loopback
+
+With '-- CMD ARGS', the proxy starts CMD once it is ready, forwards signals to
+it and exits with its exit code.
+
+Without --control, --ca-file and --token-file, the proxy finds them in the
+control plane's data directory (--data-dir) on the same machine.`,
+		Example: `  trellis proxy --service orders --app 127.0.0.1:8080 --upstream payments=127.0.0.1:9001
+  trellis proxy --service inventory --labels version=v2 --app 127.0.0.1:8082 -- ./inventory`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			if (dash == -1 && len(args) > 0) || dash > 0 {
+				return fmt.Errorf("proxy: unexpected argument %q (put the app's command after --)", args[0])
+			}
+			if dash == 0 {
+				o.Command = args
+			}
+			var err error
+			if o.Labels, err = parsePairs("--labels", labels); err != nil {
+				return err
+			}
+			if o.Upstreams, err = parsePairs("--upstream", upstreams); err != nil {
+				return err
+			}
+			o.Balancer = lb.Policy(balancer)
+			if _, err := lb.New(o.Balancer); err != nil {
+				return fmt.Errorf("proxy: --balancer: %w", err)
+			}
+			discoverControl(g.dataDir, &o)
+			if o.Logger, err = g.logger("proxy"); err != nil {
+				return err
+			}
+			o.Logger = o.Logger.With("service", o.Service)
+			code, err := proxy.RunSidecar(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError{code: code}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.ControlAddr, "control", "", "control plane gRPC address (default: from <data-dir>/control.json, else 127.0.0.1:15010)")
+	f.StringVar(&o.CAFile, "ca-file", "", "PEM roots that sign the control plane's certificate (default <data-dir>/ca.crt)")
+	f.StringVar(&o.TokenFile, "token-file", "", "bootstrap token file (default <data-dir>/bootstrap-token)")
+	f.StringVar(&o.TrustDomain, "trust-domain", "trellis.local", "SPIFFE trust domain")
+	f.StringVar(&o.Service, "service", "", "name of the service this proxy fronts (required)")
+	f.StringVar(&o.Namespace, "namespace", "default", "namespace of the service")
+	f.StringVar(&o.ServiceAccount, "service-account", "", "service account in the workload identity (default: --service)")
+	f.StringSliceVar(&labels, "labels", nil, "endpoint labels, k=v[,k=v] (e.g. version=v2)")
+	f.StringVar(&o.AppAddr, "app", "", "address of the local app that inbound traffic goes to; empty for a client-only proxy")
+	f.StringVar(&o.InboundAddr, "inbound", "127.0.0.1:15006", "inbound mTLS listener")
+	f.StringVar(&o.OutboundAddr, "outbound", "127.0.0.1:15001", "outbound HTTP proxy listener")
+	f.StringVar(&o.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (/ready, /metrics, /config, /debug/pprof)")
+	f.StringArrayVar(&upstreams, "upstream", nil, "per-upstream local port, SERVICE=ADDR (repeatable)")
+	f.StringVar(&balancer, "balancer", string(lb.PeakEWMA), "load balancer: p2c-ewma or round-robin")
+	f.DurationVar(&o.Heartbeat, "heartbeat", 0, "registration heartbeat interval (default 5s)")
+	f.DurationVar(&o.DrainTimeout, "drain-timeout", 0, "longest wait for in-flight requests on shutdown (default 10s)")
+	return cmd
+}
+
+// discoverControl fills unset control-plane flags from the data directory.
+func discoverControl(dataDir string, o *proxy.SidecarOptions) {
+	if o.CAFile == "" {
+		o.CAFile = filepath.Join(dataDir, "ca.crt")
+	}
+	if o.TokenFile == "" {
+		o.TokenFile = filepath.Join(dataDir, "bootstrap-token")
+	}
+	if o.ControlAddr != "" {
+		return
+	}
+	o.ControlAddr = "127.0.0.1:15010"
+	if raw, err := os.ReadFile(filepath.Join(dataDir, "control.json")); err == nil {
+		var addrs struct {
+			GRPCAddr string `json:"grpc_addr"`
+		}
+		if json.Unmarshal(raw, &addrs) == nil && addrs.GRPCAddr != "" {
+			o.ControlAddr = addrs.GRPCAddr
+		}
+	}
+}
+
+// parsePairs parses k=v items.
+func parsePairs(flag string, items []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, it := range items {
+		k, v, ok := strings.Cut(it, "=")
+		if !ok || k == "" || v == "" {
+			return nil, fmt.Errorf("proxy: %s %q: want KEY=VALUE", flag, it)
+		}
+		out[k] = v
+	}
+	return out, nil
+}

@@ -1,0 +1,363 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const services = `
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: 80, protocol: http}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: web-v1}
+spec:
+  selector: {app: web, version: v1}
+  ports: [{name: http, port: 80, protocol: http}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: web-v2}
+spec:
+  selector: {app: web, version: v2}
+  ports: [{name: http, port: 80, protocol: http}]
+`
+
+func splitRoute(v1, v2 int) string {
+	return fmt.Sprintf(`
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-split}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - backendRefs:
+    - {name: web-v1, port: 80, weight: %d}
+    - {name: web-v2, port: 80, weight: %d}
+`, v1, v2)
+}
+
+// TestRequestThroughTwoProxies is the basic path: app → outbound → mTLS →
+// inbound → app, by every host alias and by a per-upstream port.
+func TestRequestThroughTwoProxies(t *testing.T) {
+	cp := startControl(t, "")
+	cp.apply(t, services)
+	var gotID atomic.Value
+	app := appServer(t, "web", func(w http.ResponseWriter, r *http.Request) {
+		gotID.Store(r.Header.Get("X-Trellis-Client-Id"))
+		fmt.Fprintf(w, "web %s", r.URL.Path)
+	})
+	cp.proxy(t, proxyConfig{service: "web", app: app, labels: "version=v1"})
+	client := cp.proxy(t, proxyConfig{service: "client", upstreams: []string{"web"}})
+
+	c := client.client()
+	for _, host := range []string{"web", "web.default", "web.default.svc.trellis.local", "web:80"} {
+		code, body, err := get(c, "http://"+host+"/hello")
+		if err != nil || code != 200 || body != "web /hello" {
+			t.Fatalf("GET http://%s/hello = %d %q %v; want 200 \"web /hello\"", host, code, body, err)
+		}
+	}
+	if id, _ := gotID.Load().(string); id != "spiffe://trellis.local/ns/default/sa/client" {
+		t.Errorf("app saw client identity %q; want the client's SPIFFE ID", id)
+	}
+	code, body, err := get(http.DefaultClient, "http://"+client.upstreams["web"]+"/direct")
+	if err != nil || code != 200 || body != "web /direct" {
+		t.Fatalf("per-upstream port: %d %q %v", code, body, err)
+	}
+	code, _, err = get(c, "http://nosuchservice/")
+	if err != nil || code < 400 {
+		t.Fatalf("unknown service: got %d %v; want a 4xx/5xx answer", code, err)
+	}
+}
+
+// TestInboundRejectsPlaintextAndForeignCA: the inbound port serves only
+// mTLS clients with a certificate from the mesh CA.
+func TestInboundRejectsPlaintextAndForeignCA(t *testing.T) {
+	cp := startControl(t, "")
+	app := appServer(t, "web", nil)
+	web := cp.proxy(t, proxyConfig{service: "web", app: app})
+
+	// Plaintext HTTP.
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + web.inbound + "/")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plaintext client was served by the inbound port")
+		}
+	}
+
+	// TLS with a certificate from another CA (even with a mesh-looking SPIFFE ID).
+	cert := foreignCert(t)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}}
+	resp, err = (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + web.inbound + "/")
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("client with a foreign CA got an answer: %d", resp.StatusCode)
+	}
+
+	// TLS with no client certificate at all.
+	tr = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	resp, err = (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + web.inbound + "/")
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("client without a certificate got an answer: %d", resp.StatusCode)
+	}
+}
+
+func foreignCert(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "evil root"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &key.PublicKey, key)
+	ca, _ := x509.ParseCertificate(caDER)
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	id, _ := url.Parse("spiffe://trellis.local/ns/default/sa/client")
+	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), URIs: []*url.URL{id},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &leafKey.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{leafDER, caDER}, PrivateKey: leafKey}
+}
+
+// TestEndpointRemovedAfterKill: kill -9 a proxy; within 3 heartbeats its
+// endpoint leaves the other proxies' view and traffic keeps succeeding.
+func TestEndpointRemovedAfterKill(t *testing.T) {
+	cp := startControl(t, "")
+	cp.apply(t, services)
+	a := cp.proxy(t, proxyConfig{service: "web", app: appServer(t, "a", nil), labels: "version=v1"})
+	b := cp.proxy(t, proxyConfig{service: "web", app: appServer(t, "b", nil), labels: "version=v1"})
+	_ = a
+	client := cp.proxy(t, proxyConfig{service: "client", upstreams: []string{"web"}})
+	eventually(t, 5*time.Second, "both web endpoints in the client's config", func() bool {
+		return client.endpointCount(t, "web") == 2
+	})
+
+	killed := time.Now()
+	if err := b.proc.cmd.Process.Kill(); err != nil { // SIGKILL
+		t.Fatal(err)
+	}
+	// Heartbeat is 1s in these tests: the endpoint must be gone within 3s.
+	eventually(t, 3*time.Second, "killed endpoint to leave the client's config", func() bool {
+		return client.endpointCount(t, "web") == 1
+	})
+	t.Logf("endpoint removed %s after kill -9 (heartbeat 1s)", time.Since(killed).Round(10*time.Millisecond))
+	c := client.client()
+	for i := 0; i < 20; i++ {
+		code, body, err := get(c, "http://web/")
+		if err != nil || code != 200 || !strings.HasPrefix(body, "a ") {
+			t.Fatalf("after removal: %d %q %v; want 200 from a", code, body, err)
+		}
+	}
+}
+
+// TestRouteChangeUnderLoad: weights move while traffic flows; no request fails
+// and the split follows the route.
+func TestRouteChangeUnderLoad(t *testing.T) {
+	cp := startControl(t, "")
+	cp.apply(t, services+"---"+splitRoute(100, 0))
+	cp.proxy(t, proxyConfig{service: "web", app: appServer(t, "v1", nil), labels: "version=v1"})
+	cp.proxy(t, proxyConfig{service: "web", app: appServer(t, "v2", nil), labels: "version=v2"})
+	client := cp.proxy(t, proxyConfig{service: "client", upstreams: []string{"web"}})
+	c := client.client()
+
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var failures atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 5000; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				code, body, err := get(c, "http://web/")
+				if err != nil || code != 200 {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("%d %q %v", code, body, err))
+					continue
+				}
+				mu.Lock()
+				counts[strings.Fields(body)[0]]++
+				mu.Unlock()
+			}
+		}()
+	}
+	snapshot := func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		m := map[string]int{}
+		for k, v := range counts {
+			m[k] = v
+			counts[k] = 0
+		}
+		return m
+	}
+	time.Sleep(time.Second)
+	for i, w := range [][2]int{{0, 100}, {50, 50}, {100, 0}, {0, 100}} {
+		cp.apply(t, splitRoute(w[0], w[1]))
+		time.Sleep(1500 * time.Millisecond) // let the change land, then measure a window
+		snapshot()
+		time.Sleep(time.Second)
+		got := snapshot()
+		total := got["v1"] + got["v2"]
+		if total == 0 {
+			t.Fatalf("step %d: no traffic", i)
+		}
+		share := float64(got["v1"]) / float64(total)
+		want := float64(w[0]) / 100
+		if share < want-0.15 || share > want+0.15 {
+			t.Errorf("step %d weights %v: v1 share %.2f of %d requests", i, w, share, total)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if n := failures.Load(); n > 0 {
+		t.Fatalf("%d requests failed during route changes; first: %v", n, firstErr.Load())
+	}
+}
+
+// TestProxiesSurviveControlPlaneRestart: proxies keep serving while the
+// control plane is down, and re-sync when it returns.
+func TestProxiesSurviveControlPlaneRestart(t *testing.T) {
+	cp := startControl(t, "")
+	cp.apply(t, services+"---"+splitRoute(100, 0))
+	cp.proxy(t, proxyConfig{service: "web", app: appServer(t, "v1", nil), labels: "version=v1"})
+	cp.proxy(t, proxyConfig{service: "web", app: appServer(t, "v2", nil), labels: "version=v2"})
+	client := cp.proxy(t, proxyConfig{service: "client", upstreams: []string{"web"}})
+	c := client.client()
+
+	cp.kill(t)
+	for i := 0; i < 20; i++ {
+		code, body, err := get(c, "http://web/")
+		if err != nil || code != 200 || !strings.HasPrefix(body, "v1 ") {
+			t.Fatalf("with control plane down: %d %q %v", code, body, err)
+		}
+	}
+	cp.start(t)
+	cp.apply(t, splitRoute(0, 100))
+	eventually(t, 15*time.Second, "route change after control-plane restart", func() bool {
+		_, body, err := get(c, "http://web/")
+		return err == nil && strings.HasPrefix(body, "v2 ")
+	})
+	for i := 0; i < 20; i++ {
+		code, body, err := get(c, "http://web/")
+		if err != nil || code != 200 || !strings.HasPrefix(body, "v2 ") {
+			t.Fatalf("after re-sync: %d %q %v", code, body, err)
+		}
+	}
+}
+
+// TestCommandExitCode: `trellis proxy -- CMD` starts CMD once ready and exits
+// with its exit code.
+func TestCommandExitCode(t *testing.T) {
+	cp := startControl(t, "")
+	marker := filepath.Join(t.TempDir(), "started")
+	for _, want := range []int{0, 7} {
+		p := cp.proxy(t, proxyConfig{service: "job", noWait: true,
+			command: []string{"sh", "-c", fmt.Sprintf("touch %s; exit %d", marker, want)}})
+		if got := p.proc.wait(t, 20*time.Second); got != want {
+			t.Fatalf("proxy exit code %d; want the command's %d\n%s", got, want, p.proc.out.String())
+		}
+		if _, err := os.Stat(marker); err != nil {
+			t.Fatalf("command did not run: %v", err)
+		}
+		os.Remove(marker)
+	}
+	// The app must not start before the proxy is ready: with the control
+	// plane down, the command must not run.
+	cp.kill(t)
+	p := cp.proxy(t, proxyConfig{service: "job", noWait: true, command: []string{"touch", marker}})
+	time.Sleep(2 * time.Second)
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("command started before the proxy was ready")
+	}
+	_ = p
+}
+
+// TestInvalidResourceRefused: an invalid file is refused whole, the error
+// names file, field and reason, and nothing changes.
+func TestInvalidResourceRefused(t *testing.T) {
+	cp := startControl(t, "")
+	cp.apply(t, services+"---"+splitRoute(90, 10))
+	before, err := cp.cli(t, "get", "httproute", "web-split", "-o", "json")
+	if err != nil {
+		t.Fatalf("get: %v\n%s", err, before)
+	}
+	dir := t.TempDir()
+	// A valid change to web-split plus an invalid Service in another file.
+	os.WriteFile(filepath.Join(dir, "a-route.yaml"), []byte(splitRoute(10, 90)), 0o644)
+	os.WriteFile(filepath.Join(dir, "b-bad.yaml"), []byte(`
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: broken}
+spec:
+  ports: [{name: http, port: 80, protocol: carrier-pigeon}]
+`), 0o644)
+	out, err := cp.cli(t, "apply", "-f", dir)
+	if err == nil {
+		t.Fatalf("invalid apply succeeded:\n%s", out)
+	}
+	for _, want := range []string{"b-bad.yaml", "spec.ports[0].protocol", "carrier-pigeon"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("error does not mention %q:\n%s", want, out)
+		}
+	}
+	after, err := cp.cli(t, "get", "httproute", "web-split", "-o", "json")
+	if err != nil || after != before {
+		t.Fatalf("route changed after a refused apply:\nbefore %s\nafter %s", before, after)
+	}
+	if out, err := cp.cli(t, "get", "service", "broken"); err == nil {
+		t.Fatalf("refused Service exists:\n%s", out)
+	}
+	// Strict decode: an unknown field is refused too.
+	os.WriteFile(filepath.Join(dir, "b-bad.yaml"), []byte(`
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: broken}
+spec:
+  portz: []
+`), 0o644)
+	out, err = cp.cli(t, "apply", "-f", filepath.Join(dir, "b-bad.yaml"))
+	if err == nil || !strings.Contains(out, "portz") {
+		t.Fatalf("unknown field not refused by name: %v\n%s", err, out)
+	}
+}
+
+func TestProxyStatus(t *testing.T) {
+	cp := startControl(t, "")
+	cp.proxy(t, proxyConfig{service: "web", app: appServer(t, "web", nil)})
+	eventually(t, 5*time.Second, "proxy-status to show web SYNCED", func() bool {
+		out, err := cp.cli(t, "proxy-status")
+		return err == nil && strings.Contains(out, "web.default") && strings.Contains(out, "SYNCED")
+	})
+}
