@@ -1,0 +1,193 @@
+package push
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+)
+
+// ClientOptions configure Dial.
+type ClientOptions struct {
+	// Addr is the control plane's gRPC host:port.
+	Addr string
+	// RootCAs verify the control plane's certificate (from --ca-file).
+	RootCAs *x509.CertPool
+	// GetClientCertificate returns the current workload certificate
+	// (hot-swapped); it may return an empty certificate before the first
+	// Certify.
+	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
+	Logger               *slog.Logger
+}
+
+// Client talks to the control plane's Mesh service from a proxy.
+type Client struct {
+	o   ClientOptions
+	log *slog.Logger
+
+	// dial builds a connection; nil in tests that inject mesh directly.
+	dial func() (*grpc.ClientConn, error)
+
+	mu     sync.Mutex
+	cc     *grpc.ClientConn
+	mesh   meshv1.MeshClient
+	gen    uint64
+	closed bool
+
+	// resub (buffer 1) asks the running watch to resend subscriptions.
+	resub chan struct{}
+}
+
+// Dial prepares a client; it connects lazily, on the first RPC.
+func Dial(o ClientOptions) (*Client, error) {
+	if o.Addr == "" {
+		return nil, errors.New("push: dial: address required")
+	}
+	if o.RootCAs == nil {
+		return nil, errors.New("push: dial: root CAs required to verify the control plane (--ca-file)")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{o: o, log: o.Logger.With("component", "push-client"), resub: make(chan struct{}, 1)}
+	c.dial = c.newConn
+	cc, err := c.dial()
+	if err != nil {
+		return nil, err
+	}
+	c.cc, c.mesh = cc, meshv1.NewMeshClient(cc)
+	return c, nil
+}
+
+func (c *Client) newConn() (*grpc.ClientConn, error) {
+	get := c.o.GetClientCertificate
+	tc := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    c.o.RootCAs,
+		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if get == nil {
+				return &tls.Certificate{}, nil
+			}
+			cert, err := get(cri)
+			if err != nil || cert == nil {
+				// No certificate yet: handshake without one (Certify with a token).
+				return &tls.Certificate{}, err
+			}
+			return cert, nil
+		},
+	}
+	cc, err := grpc.NewClient(c.o.Addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                clientPingEvery,
+			Timeout:             clientPingTimeout,
+			PermitWithoutStream: true,
+		}),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  100 * time.Millisecond,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   maxBackoff,
+			},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("push: dial %s: %w", c.o.Addr, err)
+	}
+	return cc, nil
+}
+
+// current returns the connection's client and its generation.
+func (c *Client) current() (meshv1.MeshClient, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mesh, c.gen
+}
+
+// redial replaces connection generation gen with a fresh one. A TLS
+// connection keeps the certificate of its handshake, so after the first
+// Certify or an expiry the proxy needs a new connection to present its
+// current certificate. Concurrent callers for the same gen redial once.
+func (c *Client) redial(gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || gen != c.gen || c.dial == nil {
+		return
+	}
+	cc, err := c.dial()
+	if err != nil {
+		c.log.Warn("redial failed", "err", err)
+		return
+	}
+	if c.cc != nil {
+		_ = c.cc.Close()
+	}
+	c.cc, c.mesh = cc, meshv1.NewMeshClient(cc)
+	c.gen++
+	c.log.Debug("reconnecting with the current certificate")
+}
+
+// Close closes the connection; a running session's RPCs fail and it should
+// be stopped through its context first.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if c.cc == nil {
+		return nil
+	}
+	return c.cc.Close()
+}
+
+// Certify asks the control plane for a workload certificate for
+// spiffe://<td>/ns/<ns>/sa/<sa>, with a bootstrap token or, when token is
+// empty, as a renewal with the current certificate. It makes one attempt on a
+// connection of its own (so the handshake carries the certificate current
+// now), failing with ErrUnavailable (retry later) or ErrRejected.
+func (c *Client) Certify(ctx context.Context, token string, csr []byte, ns, sa string) (*meshv1.CertifyResponse, error) {
+	cc, err := c.newConn()
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	resp, err := meshv1.NewMeshClient(cc).Certify(ctx, &meshv1.CertifyRequest{
+		Token: token, Csr: csr, Namespace: ns, ServiceAccount: sa,
+	})
+	if err != nil {
+		return nil, rpcError("certify", c.o.Addr, err)
+	}
+	if len(resp.GetCertChain()) == 0 {
+		return nil, fmt.Errorf("push: certify: %w: empty certificate chain", ErrRejected)
+	}
+	return resp, nil
+}
+
+// rpcError turns a gRPC status into an error that says whether retrying helps.
+func rpcError(op, addr string, err error) error {
+	st := status.Convert(err)
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.ResourceExhausted, codes.Aborted:
+		return fmt.Errorf("push: %s: %w (%s): %s", op, ErrUnavailable, addr, st.Message())
+	default:
+		return fmt.Errorf("push: %s: %w: %s", op, ErrRejected, st.Message())
+	}
+}
+
+// Resubscribe tells the running session that Subscriptions() changed; the
+// watch sends the new set promptly. Calls coalesce.
+func (c *Client) Resubscribe() { poke(c.resub) }

@@ -1,0 +1,324 @@
+package push
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+)
+
+// Retry pacing while the control plane is unreachable.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// expBackoff doubles from minBackoff up to maxBackoff, with jitter so that
+// proxies cut off together do not come back together.
+type expBackoff struct{ n int }
+
+func (b *expBackoff) next() time.Duration {
+	d := min(minBackoff<<min(b.n, 16), maxBackoff)
+	b.n++
+	return d/2 + rand.N(d/2+1)
+}
+
+func (b *expBackoff) reset() { b.n = 0 }
+
+// sleepCtx waits d or until ctx ends; false means ctx ended.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// SessionOptions configure RunSession.
+type SessionOptions struct {
+	// Endpoint is this proxy's endpoint; identity is filled by the server.
+	Endpoint *meshv1.Endpoint
+	// Heartbeat is the lease keep-alive interval (default 5s). The lease TTL
+	// requested is 2.5×Heartbeat, so a dead proxy leaves within 3 heartbeats.
+	Heartbeat time.Duration
+	// Subscriptions returns the wanted set ("name.namespace"); the proxy's
+	// own service is always added. Nil means only its own service.
+	Subscriptions func() []string
+	// Apply installs a snapshot: nil ACKs it, an error NACKs it with the
+	// error's text (the proxy keeps its last good config). Required.
+	Apply func(*meshv1.Snapshot) error
+}
+
+type session struct {
+	c    *Client
+	o    SessionOptions
+	log  *slog.Logger
+	ep   *meshv1.Endpoint
+	self string
+	ttl  int64
+
+	// reregister (buffer 1): the watch learned the server does not know us.
+	reregister chan struct{}
+	// lastAcked is the version last applied; owned by the watch goroutine.
+	lastAcked string
+}
+
+// RunSession registers the endpoint, keeps its lease alive and watches for
+// snapshots, reconnecting with backoff, until ctx ends (then it returns nil).
+// While the control plane is unreachable Apply is simply not called: the
+// proxy keeps what it has. It returns early only on errors retrying cannot
+// fix (the control plane refused the endpoint as invalid or not ours).
+func (c *Client) RunSession(ctx context.Context, o SessionOptions) error {
+	if o.Endpoint == nil {
+		return errors.New("push: session: endpoint required")
+	}
+	if o.Apply == nil {
+		return errors.New("push: session: apply func required")
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = DefaultHeartbeat
+	}
+	s := &session{
+		c:          c,
+		o:          o,
+		ep:         proto.Clone(o.Endpoint).(*meshv1.Endpoint),
+		self:       o.Endpoint.GetService() + "." + o.Endpoint.GetNamespace(),
+		ttl:        int64(math.Ceil((o.Heartbeat * 5 / 2).Seconds())),
+		reregister: make(chan struct{}, 1),
+	}
+	s.log = c.log.With("node", s.ep.GetId())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lease, err := s.register(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- s.leaseLoop(ctx, lease) }()
+	go func() { errc <- s.watchLoop(ctx) }()
+	err = <-errc
+	cancel()
+	return errors.Join(err, <-errc)
+}
+
+// rpcTimeout bounds one unary call so a hung connection cannot stall the loop.
+func (s *session) rpcTimeout() time.Duration { return max(2*s.o.Heartbeat, 5*time.Second) }
+
+// register retries until the control plane grants a lease.
+func (s *session) register(ctx context.Context) (int64, error) {
+	var bo expBackoff
+	for attempt := 0; ; attempt++ {
+		mesh, gen := s.c.current()
+		rctx, cancel := context.WithTimeout(ctx, s.rpcTimeout())
+		resp, err := mesh.Register(rctx, &meshv1.RegisterRequest{Endpoint: s.ep, TtlSeconds: s.ttl})
+		cancel()
+		if err == nil {
+			// A pending re-register request is satisfied by this one.
+			select {
+			case <-s.reregister:
+			default:
+			}
+			lvl := slog.LevelDebug
+			if attempt > 0 {
+				lvl = slog.LevelInfo
+			}
+			s.log.Log(ctx, lvl, "registered", "lease", resp.GetLeaseId(), "ttl_seconds", resp.GetTtlSeconds())
+			return resp.GetLeaseId(), nil
+		}
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		switch status.Code(err) {
+		case codes.InvalidArgument, codes.PermissionDenied:
+			return 0, rpcError("register", s.c.o.Addr, err)
+		case codes.Unauthenticated:
+			s.c.redial(gen)
+		}
+		lvl := slog.LevelDebug
+		if attempt == 0 {
+			lvl = slog.LevelWarn
+		}
+		s.log.Log(ctx, lvl, "register failed; retrying", "err", status.Convert(err).Message())
+		if !sleepCtx(ctx, bo.next()) {
+			return 0, ctx.Err()
+		}
+	}
+}
+
+func (s *session) leaseLoop(ctx context.Context, lease int64) error {
+	t := time.NewTicker(s.o.Heartbeat)
+	defer t.Stop()
+	failing := false
+	for {
+		reg := false
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.reregister:
+			reg = true
+		case <-t.C:
+			mesh, gen := s.c.current()
+			hctx, cancel := context.WithTimeout(ctx, s.rpcTimeout())
+			_, err := mesh.Heartbeat(hctx, &meshv1.HeartbeatRequest{LeaseId: lease})
+			cancel()
+			switch status.Code(err) {
+			case codes.OK:
+				if failing {
+					s.log.Info("heartbeat ok again", "lease", lease)
+				}
+				failing = false
+			case codes.NotFound:
+				s.log.Info("lease expired; registering again", "lease", lease)
+				reg = true
+			case codes.Unauthenticated:
+				s.c.redial(gen)
+				fallthrough
+			default:
+				if ctx.Err() != nil {
+					return nil
+				}
+				if !failing {
+					s.log.Warn("heartbeat failed; retrying", "err", status.Convert(err).Message())
+				}
+				failing = true
+			}
+		}
+		if reg {
+			l, err := s.register(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			lease, failing = l, false
+		}
+	}
+}
+
+func (s *session) watchLoop(ctx context.Context) error {
+	var bo expBackoff
+	quiet := false
+	for {
+		received, gen, err := s.watchOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		switch status.Code(err) {
+		case codes.FailedPrecondition:
+			poke(s.reregister)
+		case codes.Unauthenticated:
+			s.c.redial(gen)
+		}
+		if received {
+			bo.reset()
+			quiet = false
+		}
+		if !quiet {
+			s.log.Warn("watch disconnected; reconnecting (keeping current config)", "err", status.Convert(err).Message())
+			quiet = true
+		} else {
+			s.log.Debug("watch failed; retrying", "err", status.Convert(err).Message())
+		}
+		if !sleepCtx(ctx, bo.next()) {
+			return nil
+		}
+	}
+}
+
+// subscriptions is the wanted set, valid entries only, own service included.
+func (s *session) subscriptions() []string {
+	var want []string
+	if s.o.Subscriptions != nil {
+		want = s.o.Subscriptions()
+	}
+	out := make([]string, 0, len(want)+1)
+	out = append(out, s.self)
+	for _, w := range want {
+		if _, err := normalizeSubscriptions([]string{w}); err != nil {
+			s.log.Warn("ignoring invalid subscription", "err", err)
+			continue
+		}
+		out = append(out, w)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// watchOnce runs one Watch stream until it fails. received reports whether
+// any snapshot arrived (the connection was healthy, so backoff resets).
+func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err error) {
+	mesh, gen := s.c.current()
+	sctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	stream, err := mesh.Watch(sctx)
+	if err != nil {
+		return false, gen, err
+	}
+
+	// One Send at a time: ACKs from this goroutine, resubscriptions from the
+	// other. cur is the set last sent.
+	var mu sync.Mutex
+	cur := s.subscriptions()
+	if err := stream.Send(&meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur, Version: s.lastAcked}); err != nil {
+		_, err = stream.Recv() // the stream's real error
+		return false, gen, err
+	}
+	wg.Go(func() {
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-s.c.resub:
+			}
+			next := s.subscriptions()
+			mu.Lock()
+			if !slices.Equal(next, cur) {
+				cur = next
+				// A failed Send shows up as the stream's Recv error.
+				_ = stream.Send(&meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur})
+			}
+			mu.Unlock()
+		}
+	})
+
+	for {
+		snap, err := stream.Recv()
+		if err != nil {
+			return received, gen, err
+		}
+		received = true
+		req := &meshv1.WatchRequest{NodeId: s.ep.GetId(), Version: snap.GetVersion(), Nonce: snap.GetNonce()}
+		if aerr := s.o.Apply(snap); aerr != nil {
+			req.Error = aerr.Error()
+			s.log.Warn("refusing snapshot (NACK); keeping last good config", "version", snap.GetVersion(), "err", aerr)
+		} else {
+			s.lastAcked = snap.GetVersion()
+			s.log.Debug("applied snapshot", "version", snap.GetVersion())
+		}
+		mu.Lock()
+		req.Subscriptions = cur
+		_ = stream.Send(req)
+		mu.Unlock()
+	}
+}
+
