@@ -191,39 +191,33 @@ var typeErrorRE = regexp.MustCompile(`^json: cannot unmarshal (.+) into Go struc
 func jsonReason(err error) (field, reason string) {
 	msg := err.Error()
 	if m := typeErrorRE.FindStringSubmatch(msg); m != nil {
-		return m[2], fmt.Sprintf("must be %s, got %s", goTypeName(m[3]), m[1])
+		return m[2], fmt.Sprintf("must be %s, got %s", wantType(m[3], m[1]), m[1])
 	}
 	return "", strings.TrimPrefix(msg, "json: ")
 }
 
-func goTypeName(t string) string {
+// wantType describes Go type t for a user who wrote a JSON value of kind got.
+func wantType(t, got string) string {
 	switch {
-	case t == "string" || strings.HasSuffix(t, ".Protocol") || strings.HasPrefix(t, "v1."):
-		// Named string types (Protocol, gateway-api names) are strings.
-		if strings.HasPrefix(t, "v1.") && !isGatewayStringType(t) {
-			return "a " + t
-		}
+	case t == "string":
 		return "a string (quote it)"
 	case strings.HasPrefix(t, "int") || strings.HasPrefix(t, "uint"):
-		return "an integer in range for " + t
+		return "an integer"
+	case strings.HasPrefix(t, "float"):
+		return "a number"
 	case t == "bool":
 		return "true or false"
 	case strings.HasPrefix(t, "map["):
 		return "an object"
 	case strings.HasPrefix(t, "[]"):
 		return "a list"
+	case strings.HasPrefix(got, "number") || got == "bool":
+		// Named types that hold numbers or booleans are spelled int/bool
+		// above; the rest where a scalar lands are named strings (Protocol,
+		// gateway-api names, UID).
+		return "a string (quote it)"
 	}
-	return "a " + t
-}
-
-func isGatewayStringType(t string) bool {
-	switch strings.TrimPrefix(t, "v1.") {
-	case "Group", "Kind", "ObjectName", "Namespace", "SectionName", "Hostname",
-		"PathMatchType", "HeaderMatchType", "HTTPHeaderName", "HTTPMethod",
-		"QueryParamMatchType", "HTTPRouteFilterType", "Duration":
-		return true
-	}
-	return false
+	return "a value of type " + t
 }
 
 var yamlLineRE = regexp.MustCompile(`line (\d+)`)
@@ -238,7 +232,9 @@ func yamlReason(err error, firstLine int) string {
 		}
 		return "line " + strconv.Itoa(n+firstLine-1)
 	})
-	return "invalid YAML: " + strings.TrimPrefix(msg, "error converting YAML to JSON: ")
+	msg = strings.TrimPrefix(msg, "error converting YAML to JSON: ")
+	msg = strings.ReplaceAll(strings.ReplaceAll(msg, ":\n  ", ": "), "\n  ", "; ")
+	return "invalid YAML: " + msg
 }
 
 // documentItems splits one document's JSON into objects: a JSON or YAML

@@ -36,7 +36,7 @@ const (
 	maxHeaderNameLen  = 256
 	maxHeaderValueLen = 4096
 	maxSectionNameLen = 253
-	trellisGroup         = "trellis.dev"
+	trellisGroup      = "trellis.dev"
 	notSupportedYet   = "not supported yet"
 )
 
@@ -177,7 +177,7 @@ func (r *HTTPRoute) validateParentRefs(fe *fieldErrors) {
 	}
 	type key struct {
 		group, kind, ns, name string
-		port              int32
+		port                  int32
 	}
 	seen := map[key]int{}
 	for i, p := range refs {
@@ -187,6 +187,8 @@ func (r *HTTPRoute) validateParentRefs(fe *fieldErrors) {
 			kind = string(*p.Kind)
 		}
 		switch {
+		case p.Kind == nil:
+			fe.add(path+".kind", "required: when omitted it means Gateway, and Gateway parents are not supported: Trellis routes are mesh (GAMMA) routes; use kind: Service")
 		case kind == "Gateway" || kind == "ListenerSet":
 			fe.add(path+".kind", "Gateway parents are not supported: Trellis routes are mesh (GAMMA) routes; use kind: Service")
 		case kind != "Service":
