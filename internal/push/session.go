@@ -321,4 +321,3 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 		mu.Unlock()
 	}
 }
-
