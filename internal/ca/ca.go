@@ -15,7 +15,9 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/store"
@@ -219,8 +221,10 @@ func (c *CA) selfCheck() error {
 	if err != nil {
 		return fmt.Errorf("ca: self-check: %w", err)
 	}
-	src := identity.NewSource(c.td)
-	if err := src.Set(chain, key, c.bundleDER); err != nil {
+	// At the CA's clock, not the wall clock, so a CA on a test or skewed
+	// clock checks what it will actually issue.
+	b := x509bundle.FromX509Authorities(c.td, c.roots)
+	if _, _, err := x509svid.ParseAndVerify(chain, b, x509svid.WithTime(c.now())); err != nil {
 		return fmt.Errorf("ca: self-check: a certificate this CA issues does not verify against its own bundle "+
 			"(check name constraints, key usage and path length of the CA certificates): %w", err)
 	}
