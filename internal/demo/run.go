@@ -80,12 +80,12 @@ const (
 
 // member is one app of the shop and its proxy.
 type member struct {
-	row     string // name of its row in the table; "" for the load generator
-	service string
-	version string
-	app     string // host:port the app listens on
+	row                      string // name of its row in the table; "" for the load generator
+	service                  string
+	version                  string
+	app                      string // host:port the app listens on
 	inbound, outbound, admin string
-	p       *proc
+	p                        *proc
 }
 
 func (m *member) label() string {
