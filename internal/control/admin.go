@@ -1,0 +1,533 @@
+package control
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/config"
+	"trellis.dev/trellis/internal/push"
+	"trellis.dev/trellis/internal/store"
+)
+
+// MaxBodyBytes bounds an admin API request body.
+const MaxBodyBytes = 8 << 20
+
+// applyRetries bounds how often an apply re-reads and retries after a
+// concurrent write changed a key it was about to write.
+const applyRetries = 8
+
+// adminStore is what the admin API needs of the store.
+type adminStore interface {
+	Get(ctx context.Context, key string) (store.KV, error)
+	List(ctx context.Context, prefix string) ([]store.KV, int64, error)
+	Txn(ctx context.Context, ops ...store.Op) (int64, error)
+}
+
+type adminDeps struct {
+	store     adminStore
+	token     string
+	statuses  func() []push.ProxyStatus
+	endpoints func(context.Context) ([]*meshv1.Endpoint, error)
+	logger    *slog.Logger
+	now       func() time.Time
+}
+
+type admin struct {
+	adminDeps
+	log *slog.Logger
+}
+
+// newAdmin returns the admin API handler: every route requires the admin
+// token.
+func newAdmin(d adminDeps) http.Handler {
+	if d.logger == nil {
+		d.logger = slog.New(slog.DiscardHandler)
+	}
+	if d.now == nil {
+		d.now = time.Now
+	}
+	a := &admin{adminDeps: d, log: d.logger.With("component", "admin")}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/apply", a.apply)
+	mux.HandleFunc("GET /v1/resources/{kind}", a.list)
+	mux.HandleFunc("GET /v1/resources/{kind}/{namespace}/{name}", a.get)
+	mux.HandleFunc("DELETE /v1/resources/{kind}/{namespace}/{name}", a.delete)
+	mux.HandleFunc("GET /v1/proxies", a.proxies)
+	mux.HandleFunc("GET /v1/endpoints", a.listEndpoints)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints)", r.Method, r.URL.Path))
+	})
+	return a.authenticate(mux)
+}
+
+func (a *admin) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || !tokenEqual(strings.TrimSpace(tok), a.token) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong admin token: send 'Authorization: Bearer <token>' with the token in <data-dir>/admin-token")
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":"encode answer failed"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// internalError logs the detail and tells the client what to try.
+func (a *admin) internalError(w http.ResponseWriter, op string, err error) {
+	a.log.Error("admin request failed", "op", op, "err", err)
+	writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s: %v", op, err))
+}
+
+type applyFile struct {
+	Name    string `json:"name"`
+	Content string `json:"content"`
+}
+
+type applyRequest struct {
+	Files  []applyFile `json:"files"`
+	DryRun bool        `json:"dryRun"`
+}
+
+type applyResult struct {
+	Ref    string `json:"ref"`
+	Action string `json:"action"`
+}
+
+type applyResponse struct {
+	Revision int64         `json:"revision"`
+	DryRun   bool          `json:"dryRun,omitempty"`
+	Results  []applyResult `json:"results"`
+}
+
+// Apply actions.
+const (
+	actionCreated    = "created"
+	actionConfigured = "configured"
+	actionUnchanged  = "unchanged"
+)
+
+// decodeBody decodes a JSON body strictly; it writes the error answer and
+// reports false on failure.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errors.New("trailing data after the JSON object")
+		}
+	}
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds %d bytes; apply fewer files at once", tooBig.Limit))
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "malformed request body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+// fileContent accepts the file as text or base64 (what a Go client sends for
+// []byte). YAML and JSON resources always hold ':' or '{', which base64 never
+// does, so text is never mistaken for base64.
+func fileContent(s string) []byte {
+	compact := strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\r' {
+			return -1
+		}
+		return r
+	}, s)
+	if compact != "" && !strings.ContainsAny(compact, ": {}[]#-\t") {
+		if b, err := base64.StdEncoding.DecodeString(compact); err == nil {
+			return b
+		}
+	}
+	return []byte(s)
+}
+
+// appliedObject is one object of an apply with where it came from.
+type appliedObject struct {
+	obj  config.Object
+	file string
+}
+
+func (a *admin) apply(w http.ResponseWriter, r *http.Request) {
+	var req applyRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if len(req.Files) == 0 {
+		writeError(w, http.StatusBadRequest, "files: at least one file is required")
+		return
+	}
+	var objs []appliedObject
+	var problems []string
+	for i, f := range req.Files {
+		name := f.Name
+		if name == "" {
+			name = fmt.Sprintf("files[%d]", i)
+		}
+		decoded, err := config.Decode(name, fileContent(f.Content))
+		if err != nil {
+			problems = append(problems, errorLines(err, name)...)
+			continue
+		}
+		for _, o := range decoded {
+			objs = append(objs, appliedObject{obj: o, file: name})
+		}
+	}
+	if len(problems) > 0 {
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"errors": problems})
+		return
+	}
+
+	for attempt := 0; ; attempt++ {
+		resp, problems, err := a.applyOnce(r.Context(), objs, req.DryRun)
+		switch {
+		case len(problems) > 0:
+			writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"errors": problems})
+			return
+		case errors.Is(err, store.ErrConflict) && attempt < applyRetries:
+			continue // a concurrent write; read again and re-check
+		case errors.Is(err, store.ErrConflict):
+			writeError(w, http.StatusConflict, "apply: resources kept changing under concurrent writes; try again")
+			return
+		case err != nil:
+			a.internalError(w, "apply", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, resp)
+		return
+	}
+}
+
+// errorLines renders an error from config as one line per problem, each
+// naming the file.
+func errorLines(err error, file string) []string {
+	var out []string
+	cerrs := config.Errors(err)
+	for _, e := range cerrs {
+		if e.File == "" && file != "" {
+			c := *e
+			c.File = file
+			e = &c
+		}
+		out = append(out, e.Error())
+	}
+	if len(cerrs) == 0 {
+		msg := err.Error()
+		if file != "" && !strings.HasPrefix(msg, file+":") {
+			msg = file + ": " + msg
+		}
+		out = append(out, msg)
+	}
+	return out
+}
+
+type errKey struct {
+	ref   config.Ref
+	field string
+	msg   string
+}
+
+func keysOf(err error) map[errKey]bool {
+	m := map[errKey]bool{}
+	for _, e := range config.Errors(err) {
+		m[errKey{e.Ref, e.Field, e.Reason}] = true
+	}
+	return m
+}
+
+// applyOnce checks objs against the stored state and writes them in one
+// transaction guarded by the revisions it read (ErrConflict if anything
+// changed meanwhile). problems are the user's errors; err is the system's.
+func (a *admin) applyOnce(ctx context.Context, objs []appliedObject, dryRun bool) (*applyResponse, []string, error) {
+	kvs, rev, err := a.store.List(ctx, config.ResourcePrefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	stored := map[config.Ref]config.Object{}
+	storedKV := map[string]store.KV{}
+	var storedOrder []config.Ref
+	for _, kv := range kvs {
+		ref, err := config.ParseStoreKey(kv.Key)
+		if err != nil {
+			continue
+		}
+		o, err := config.DecodeStored(ref.Kind, kv.Value)
+		if err != nil {
+			a.log.Warn("stored resource does not decode; it is left out of set checks", "key", kv.Key, "err", err)
+			continue
+		}
+		stored[ref] = o
+		storedKV[kv.Key] = kv
+		storedOrder = append(storedOrder, ref)
+	}
+
+	// Set checks: within the apply (duplicates, ports), then against the
+	// state after it, refusing only problems this apply introduces.
+	fileOf := map[config.Ref]string{}
+	applied := make([]config.Object, 0, len(objs))
+	for _, ao := range objs {
+		applied = append(applied, ao.obj)
+		if _, ok := fileOf[ao.obj.Ref()]; !ok {
+			fileOf[ao.obj.Ref()] = ao.file
+		}
+	}
+	var problems []string
+	reported := map[errKey]bool{}
+	addProblems := func(err error, skip map[errKey]bool) {
+		for _, e := range config.Errors(err) {
+			k := errKey{e.Ref, e.Field, e.Reason}
+			if skip[k] || reported[k] {
+				continue
+			}
+			reported[k] = true
+			c := *e
+			if c.File == "" {
+				c.File = fileOf[e.Ref]
+			}
+			problems = append(problems, c.Error())
+		}
+		if err != nil && len(config.Errors(err)) == 0 {
+			problems = append(problems, err.Error())
+		}
+	}
+	addProblems(config.CheckSet(applied), nil)
+	if len(problems) > 0 {
+		return nil, problems, nil
+	}
+	before := make([]config.Object, 0, len(storedOrder))
+	for _, ref := range storedOrder {
+		before = append(before, stored[ref])
+	}
+	after := map[config.Ref]config.Object{}
+	for ref, o := range stored {
+		after[ref] = o
+	}
+	for _, o := range applied {
+		after[o.Ref()] = o
+	}
+	afterList := make([]config.Object, 0, len(after))
+	for _, ref := range storedOrder {
+		afterList = append(afterList, after[ref])
+	}
+	for _, o := range applied {
+		if _, ok := stored[o.Ref()]; !ok {
+			afterList = append(afterList, o)
+		}
+	}
+	addProblems(config.CheckSet(afterList), keysOf(config.CheckSet(before)))
+	if len(problems) > 0 {
+		return nil, problems, nil
+	}
+
+	now := metav1.NewTime(a.now().UTC().Truncate(time.Second))
+	resp := &applyResponse{Revision: rev, DryRun: dryRun}
+	var ops []store.Op
+	for _, o := range applied {
+		ref := o.Ref()
+		key := config.StoreKey(ref)
+		kv, exists := storedKV[key]
+		if m, ok := o.(interface {
+			GetCreationTimestamp() metav1.Time
+			SetCreationTimestamp(metav1.Time)
+		}); ok {
+			// The creation time orders routes (Gateway API precedence), so an
+			// update keeps the original one.
+			ts := now
+			if old, ok := stored[ref].(interface{ GetCreationTimestamp() metav1.Time }); exists && ok {
+				if t := old.GetCreationTimestamp(); !t.IsZero() {
+					ts = t
+				}
+			}
+			m.SetCreationTimestamp(ts)
+		}
+		value, err := config.Encode(o)
+		if err != nil {
+			return nil, nil, fmt.Errorf("encode %s: %w", ref, err)
+		}
+		res := applyResult{Ref: ref.String()}
+		switch {
+		case !exists:
+			res.Action = actionCreated
+			ops = append(ops, store.Put(key, value, store.Absent))
+		case string(kv.Value) == string(value):
+			res.Action = actionUnchanged
+		default:
+			res.Action = actionConfigured
+			ops = append(ops, store.Put(key, value, kv.ModRevision))
+		}
+		resp.Results = append(resp.Results, res)
+	}
+	if dryRun || len(ops) == 0 {
+		return resp, nil, nil
+	}
+	newRev, err := a.store.Txn(ctx, ops...)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp.Revision = newRev
+	a.log.Info("resources applied", "revision", newRev, "changed", len(ops), "total", len(applied))
+	return resp, nil, nil
+}
+
+// resolveKind maps "httproutes", "HTTPRoute", "service" to a known kind.
+func resolveKind(s string) (string, bool) {
+	l := strings.ToLower(s)
+	for _, k := range config.Kinds() {
+		lk := strings.ToLower(k)
+		if l == lk || l == lk+"s" || l == lk+"es" {
+			return k, true
+		}
+	}
+	return "", false
+}
+
+func unknownKind(w http.ResponseWriter, kind string) {
+	writeError(w, http.StatusNotFound, fmt.Sprintf("unknown kind %q: known kinds are %s", kind, strings.Join(config.Kinds(), ", ")))
+}
+
+func (a *admin) list(w http.ResponseWriter, r *http.Request) {
+	kind, ok := resolveKind(r.PathValue("kind"))
+	if !ok {
+		unknownKind(w, r.PathValue("kind"))
+		return
+	}
+	prefix := config.ResourcePrefix + kind + "/"
+	if ns := r.URL.Query().Get("namespace"); ns != "" {
+		prefix += ns + "/"
+	}
+	kvs, rev, err := a.store.List(r.Context(), prefix)
+	if err != nil {
+		a.internalError(w, "list "+kind, err)
+		return
+	}
+	items := make([]json.RawMessage, 0, len(kvs))
+	for _, kv := range kvs {
+		if json.Valid(kv.Value) {
+			items = append(items, json.RawMessage(kv.Value))
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"kind": kind + "List", "revision": rev, "items": items})
+}
+
+func (a *admin) get(w http.ResponseWriter, r *http.Request) {
+	ref, ok := a.refOf(w, r)
+	if !ok {
+		return
+	}
+	kv, err := a.store.Get(r.Context(), config.StoreKey(ref))
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, ref.String()+" not found")
+		return
+	}
+	if err != nil {
+		a.internalError(w, "get "+ref.String(), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, json.RawMessage(kv.Value))
+}
+
+func (a *admin) delete(w http.ResponseWriter, r *http.Request) {
+	ref, ok := a.refOf(w, r)
+	if !ok {
+		return
+	}
+	key := config.StoreKey(ref)
+	for attempt := 0; attempt < applyRetries; attempt++ {
+		kv, err := a.store.Get(r.Context(), key)
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusNotFound, ref.String()+" not found")
+			return
+		}
+		if err != nil {
+			a.internalError(w, "delete "+ref.String(), err)
+			return
+		}
+		rev, err := a.store.Txn(r.Context(), store.Delete(key, kv.ModRevision))
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			a.internalError(w, "delete "+ref.String(), err)
+			return
+		}
+		a.log.Info("resource deleted", "ref", ref.String(), "revision", rev)
+		writeJSON(w, http.StatusOK, map[string]any{"revision": rev, "results": []applyResult{{Ref: ref.String(), Action: "deleted"}}})
+		return
+	}
+	writeError(w, http.StatusConflict, "delete: "+ref.String()+" kept changing under concurrent writes; try again")
+}
+
+func (a *admin) refOf(w http.ResponseWriter, r *http.Request) (config.Ref, bool) {
+	kind, ok := resolveKind(r.PathValue("kind"))
+	if !ok {
+		unknownKind(w, r.PathValue("kind"))
+		return config.Ref{}, false
+	}
+	ns, name := r.PathValue("namespace"), r.PathValue("name")
+	if ns == "" || name == "" || strings.ContainsAny(ns+name, "/") {
+		writeError(w, http.StatusBadRequest, "want /v1/resources/<kind>/<namespace>/<name>")
+		return config.Ref{}, false
+	}
+	return config.Ref{Kind: kind, Namespace: ns, Name: name}, true
+}
+
+func (a *admin) proxies(w http.ResponseWriter, _ *http.Request) {
+	list := a.statuses()
+	if list == nil {
+		list = []push.ProxyStatus{}
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func (a *admin) listEndpoints(w http.ResponseWriter, r *http.Request) {
+	eps, err := a.endpoints(r.Context())
+	if err != nil {
+		a.internalError(w, "list endpoints", err)
+		return
+	}
+	mo := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+	out := make([]json.RawMessage, 0, len(eps))
+	for _, ep := range eps {
+		b, err := mo.Marshal(ep)
+		if err != nil {
+			a.internalError(w, "encode endpoint", err)
+			return
+		}
+		out = append(out, b)
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,445 @@
+// Package control wires the control plane: store, CA, registry, compiler, the
+// gRPC Mesh server the proxies talk to, and the HTTPS admin API the CLI uses.
+// It owns their lifecycle and the files in the data directory.
+package control
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/ca"
+	"trellis.dev/trellis/internal/compiler"
+	"trellis.dev/trellis/internal/identity"
+	"trellis.dev/trellis/internal/push"
+	"trellis.dev/trellis/internal/registry"
+	"trellis.dev/trellis/internal/store"
+)
+
+// Defaults.
+const (
+	DefaultGRPCAddr    = "127.0.0.1:15010"
+	DefaultAdminAddr   = "127.0.0.1:15011"
+	DefaultTrustDomain = "trellis.local"
+	DefaultDomain      = "trellis.local"
+
+	// ControlNamespace and ControlServiceAccount name the control plane's
+	// own identity: spiffe://<td>/ns/trellis-system/sa/control.
+	ControlNamespace      = "trellis-system"
+	ControlServiceAccount = "control"
+)
+
+// Files in the data directory.
+const (
+	StoreFile          = "store.db"
+	CAFile             = "ca.crt"
+	AdminTokenFile     = "admin-token"
+	BootstrapTokenFile = "bootstrap-token"
+	AddrsFile          = "control.json"
+)
+
+// Options configure the control plane.
+type Options struct {
+	// DataDir holds the store, tokens, ca.crt and control.json. Required.
+	DataDir string
+	// GRPCAddr is where proxies connect (default 127.0.0.1:15010).
+	GRPCAddr string
+	// AdminAddr is the HTTPS admin API (default 127.0.0.1:15011).
+	AdminAddr   string
+	TrustDomain string
+	Domain      string
+	// CACertFile, CAKeyFile, CARootFile: an operator-provided signing
+	// certificate instead of the generated root (see ca.Options).
+	CACertFile, CAKeyFile, CARootFile string
+	// AllowRemote permits listening on non-loopback addresses.
+	AllowRemote bool
+	// WorkloadTTL of issued certificates (default: the CA's, 24h).
+	WorkloadTTL time.Duration
+	Logger      *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.GRPCAddr == "" {
+		o.GRPCAddr = DefaultGRPCAddr
+	}
+	if o.AdminAddr == "" {
+		o.AdminAddr = DefaultAdminAddr
+	}
+	if o.TrustDomain == "" {
+		o.TrustDomain = DefaultTrustDomain
+	}
+	if o.Domain == "" {
+		o.Domain = DefaultDomain
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate checks the options after defaults.
+func (o *Options) Validate() error {
+	if o.DataDir == "" {
+		return errors.New("dataDir: required")
+	}
+	for _, a := range []struct{ field, addr string }{{"grpcAddr", o.GRPCAddr}, {"adminAddr", o.AdminAddr}} {
+		host, _, err := net.SplitHostPort(a.addr)
+		if err != nil {
+			return fmt.Errorf("%s: %q: %w", a.field, a.addr, err)
+		}
+		if !o.AllowRemote && !isLoopback(host) {
+			return fmt.Errorf("%s: %q is not a loopback address; use 127.0.0.1, ::1 or localhost, or pass --allow-remote to listen beyond this machine", a.field, a.addr)
+		}
+	}
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Control is a running control plane.
+type Control struct {
+	o       Options
+	log     *slog.Logger
+	st      *store.Bolt
+	ca      *ca.CA
+	reg     *registry.Registry
+	comp    *compiler.Compiler
+	push    *push.Server
+	grpc    *grpc.Server
+	http    *http.Server
+	grpcLn  net.Listener
+	adminLn net.Listener
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errc   chan error
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Run starts the control plane and blocks until ctx ends, then stops it
+// gracefully. It returns early with an error if a server fails.
+func Run(ctx context.Context, o Options) error {
+	c, err := Start(ctx, o)
+	if err != nil {
+		return err
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-c.errc:
+	}
+	return errors.Join(runErr, c.Stop())
+}
+
+// Start opens the data directory, the store and the CA, and starts serving.
+// Stop ends it.
+func Start(ctx context.Context, o Options) (_ *Control, err error) {
+	o.setDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, fmt.Errorf("control: options: %w", err)
+	}
+	log := o.Logger.With("component", "control")
+	td, err := identity.ParseTrustDomain(o.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("control: trust domain: %w", err)
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("control: data dir: %w", err)
+	}
+	c := &Control{o: o, log: log, errc: make(chan error, 2)}
+	defer func() {
+		if err != nil {
+			c.closeAll()
+		}
+	}()
+
+	c.st, err = store.NewBolt(filepath.Join(o.DataDir, StoreFile), store.BoltOptions{Logger: o.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	c.ca, err = ca.LoadOrCreate(ctx, c.st, ca.Options{
+		TrustDomain: o.TrustDomain,
+		CertFile:    o.CACertFile,
+		KeyFile:     o.CAKeyFile,
+		RootFile:    o.CARootFile,
+		WorkloadTTL: o.WorkloadTTL,
+		Logger:      o.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(o.DataDir, CAFile), c.ca.BundlePEM(), 0o644); err != nil {
+		return nil, fmt.Errorf("control: write trust bundle: %w", err)
+	}
+	adminToken, err := loadOrCreateToken(filepath.Join(o.DataDir, AdminTokenFile))
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	bootstrapToken, err := loadOrCreateToken(filepath.Join(o.DataDir, BootstrapTokenFile))
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+
+	id, err := identity.WorkloadID(o.TrustDomain, ControlNamespace, ControlServiceAccount)
+	if err != nil {
+		return nil, fmt.Errorf("control: identity: %w", err)
+	}
+	dns, ips := serverNames(o.GRPCAddr, o.AdminAddr)
+	tlsConfig, err := c.ca.ServerTLSConfig(id, dns, ips)
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+
+	c.reg = registry.New(c.st, o.Logger)
+	c.comp = compiler.New(c.st, compiler.Options{
+		TrustDomain: td.String(),
+		Domain:      o.Domain,
+		Bundle:      c.ca.Bundle,
+		Logger:      o.Logger,
+	})
+	c.push = push.NewServer(push.ServerOptions{
+		TrustDomain: td,
+		ValidToken:  push.TokenValidator(bootstrapToken),
+		Signer:      c.ca,
+		Registry:    registryAdapter{c.reg},
+		Snapshots:   snapshotsAdapter{c.comp},
+		MaxTTL:      registry.MaxTTL,
+		Logger:      o.Logger,
+	})
+
+	if c.grpcLn, err = net.Listen("tcp", o.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("control: grpc listener: %w", err)
+	}
+	if c.adminLn, err = net.Listen("tcp", o.AdminAddr); err != nil {
+		return nil, fmt.Errorf("control: admin listener: %w", err)
+	}
+	if err := writeAddrs(o.DataDir, c.grpcLn.Addr().String(), c.adminLn.Addr().String()); err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c.cancel = cancel
+	c.wg.Go(func() { c.comp.Run(runCtx) })
+
+	c.grpc = grpc.NewServer(push.GRPCServerOptions(tlsConfig)...)
+	c.push.Register(c.grpc)
+	c.wg.Go(func() {
+		if err := c.grpc.Serve(c.grpcLn); err != nil {
+			c.errc <- fmt.Errorf("control: grpc server: %w", err)
+		}
+	})
+
+	adminTLS := tlsConfig.Clone()
+	adminTLS.NextProtos = []string{"h2", "http/1.1"}
+	c.http = &http.Server{
+		Handler: newAdmin(adminDeps{
+			store:     c.st,
+			token:     adminToken,
+			statuses:  c.push.Statuses,
+			endpoints: c.reg.Endpoints,
+			logger:    o.Logger,
+		}),
+		TLSConfig:         adminTLS,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	c.wg.Go(func() {
+		if err := c.http.ServeTLS(c.adminLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.errc <- fmt.Errorf("control: admin server: %w", err)
+		}
+	})
+
+	log.Info("control plane started", "grpc", c.grpcLn.Addr().String(), "admin", c.adminLn.Addr().String(),
+		"trust_domain", td.String(), "data_dir", o.DataDir)
+	return c, nil
+}
+
+// Addrs returns the addresses actually listened on (useful with port 0).
+func (c *Control) Addrs() (grpcAddr, adminAddr string) {
+	return c.grpcLn.Addr().String(), c.adminLn.Addr().String()
+}
+
+// Err receives a server's failure, if one fails while running.
+func (c *Control) Err() <-chan error { return c.errc }
+
+// Stop ends watch streams, drains both servers (5s at most), stops the
+// compiler and closes the store. Safe to call more than once.
+func (c *Control) Stop() error {
+	c.stopOnce.Do(func() {
+		c.push.Shutdown()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done := make(chan struct{})
+		go func() { c.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			c.grpc.Stop()
+		}
+		if err := c.http.Shutdown(ctx); err != nil {
+			c.http.Close()
+		}
+		c.cancel()
+		c.wg.Wait()
+		c.stopErr = c.st.Close()
+		c.log.Info("control plane stopped")
+	})
+	return c.stopErr
+}
+
+// closeAll releases what a failed Start opened.
+func (c *Control) closeAll() {
+	if c.grpcLn != nil {
+		c.grpcLn.Close()
+	}
+	if c.adminLn != nil {
+		c.adminLn.Close()
+	}
+	if c.st != nil {
+		c.st.Close()
+	}
+}
+
+// serverNames are the SANs of the control plane's certificate: loopback
+// always, plus the listen hosts when they are something else.
+func serverNames(addrs ...string) ([]string, []net.IP) {
+	dns := []string{"localhost"}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, a := range addrs {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil || host == "" || isLoopback(host) {
+			continue
+		}
+		if ip := net.ParseIP(host); ip != nil {
+			if !ip.IsUnspecified() {
+				ips = append(ips, ip)
+			}
+			continue
+		}
+		dns = append(dns, host)
+	}
+	return dns, ips
+}
+
+// loadOrCreateToken reads a token file, creating it (32 random bytes, hex,
+// mode 0600) on first use. An existing token is kept across restarts so
+// proxies and the CLI keep working.
+func loadOrCreateToken(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		tok := strings.TrimSpace(string(data))
+		if tok == "" {
+			return "", fmt.Errorf("token %s is empty; delete it to generate a new one", path)
+		}
+		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(path, 0o600); err != nil {
+				return "", fmt.Errorf("token %s: %w", path, err)
+			}
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("token: %w", err)
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("token: %w", err)
+	}
+	tok := hex.EncodeToString(b[:])
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("token: %w", err)
+	}
+	if _, err := f.WriteString(tok + "\n"); err != nil {
+		f.Close()
+		return "", fmt.Errorf("token %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("token %s: %w", path, err)
+	}
+	return tok, nil
+}
+
+func writeAddrs(dir, grpcAddr, adminAddr string) error {
+	b, err := json.MarshalIndent(map[string]string{"grpc_addr": grpcAddr, "admin_addr": adminAddr}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, AddrsFile), append(b, '\n'), 0o644)
+}
+
+// writeFileAtomic writes via a temporary file and rename, so a reader never
+// sees half a file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// registryAdapter maps the registry's expiry sentinel onto push's.
+type registryAdapter struct{ r *registry.Registry }
+
+func (a registryAdapter) Register(ctx context.Context, ep *meshv1.Endpoint, ttl time.Duration) (int64, time.Duration, error) {
+	return a.r.Register(ctx, ep, ttl)
+}
+
+func (a registryAdapter) Heartbeat(ctx context.Context, lease int64) error {
+	err := a.r.Heartbeat(ctx, lease)
+	if errors.Is(err, registry.ErrLeaseExpired) {
+		return fmt.Errorf("%w: %w", push.ErrLeaseNotFound, err)
+	}
+	return err
+}
+
+// snapshotsAdapter feeds push nodes to the compiler.
+type snapshotsAdapter struct{ c *compiler.Compiler }
+
+func (a snapshotsAdapter) Snapshot(ctx context.Context, n push.Node) (*meshv1.Snapshot, error) {
+	return a.c.Snapshot(ctx, compiler.Node{ID: n.ID, Service: n.Service, Namespace: n.Namespace, Subscriptions: n.Subscriptions})
+}
+
+func (a snapshotsAdapter) Subscribe() (<-chan struct{}, func()) { return a.c.Subscribe() }
+
+// tokenEqual compares in constant time.
+func tokenEqual(got, want string) bool {
+	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
