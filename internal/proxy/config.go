@@ -1,0 +1,461 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/telemetry"
+)
+
+// ErrInvalidSnapshot wraps every reason Update refuses a snapshot.
+var ErrInvalidSnapshot = errors.New("proxy: invalid snapshot")
+
+const defaultDomain = "trellis.local"
+
+// config is the compiled, immutable form of one snapshot. Requests load it
+// once and use it to the end; Update swaps in a new one.
+type config struct {
+	snap    *meshv1.Snapshot // nil before the first Update
+	domain  string
+	byHost  map[string]*service // every host alias
+	byKey   map[string]*service // "name.namespace"
+	inbound inboundConfig
+	// changed is closed when this config is superseded, waking requests
+	// that wait for a service they asked the control plane for.
+	changed chan struct{}
+}
+
+type inboundConfig struct {
+	key     string // "name.namespace" of this proxy's service
+	ports   []portSpec
+	def     portSpec // used when a request names no port
+	metrics *telemetry.DestMetrics
+}
+
+func (ic *inboundConfig) port(p uint32) (portSpec, bool) {
+	for _, ps := range ic.ports {
+		if ps.port == p {
+			return ps, true
+		}
+	}
+	return portSpec{}, false
+}
+
+type portSpec struct {
+	port    uint32
+	portStr string
+	proto   meshv1.Protocol
+	appAddr string // inbound only: the app's loopback address for this port
+}
+
+func (ps portSpec) h2() bool {
+	return ps.proto == meshv1.Protocol_HTTP2 || ps.proto == meshv1.Protocol_GRPC
+}
+
+type service struct {
+	key     string
+	ports   []portSpec
+	defPort uint32
+	routes  []route
+	eps     []endpoint
+	addrs   []string
+	picker  lb.Picker
+	metrics *telemetry.DestMetrics // outbound
+}
+
+// port returns the declared port p, or an HTTP port spec for undeclared ones.
+func (s *service) port(p uint32) portSpec {
+	for _, ps := range s.ports {
+		if ps.port == p {
+			return ps
+		}
+	}
+	return portSpec{port: p, portStr: strconv.FormatUint(uint64(p), 10), proto: meshv1.Protocol_HTTP}
+}
+
+type endpoint struct {
+	addr     string
+	identity string
+	peer     *peer
+}
+
+type route struct {
+	name     string
+	port     uint32
+	matches  []match
+	backends []backend
+	cum      []uint32 // cumulative weights, same order as backends
+}
+
+type backend struct {
+	svc  *service
+	port uint32 // 0: the request's port
+}
+
+type match struct {
+	pathType meshv1.PathMatch_Type
+	hasPath  bool
+	path     string
+	pathRe   *regexp.Regexp
+	headers  []headerMatch
+	method   string
+}
+
+type headerMatch struct {
+	name  string // canonical
+	value string
+	re    *regexp.Regexp
+}
+
+// route returns the first route of s that matches r on port, or nil.
+func (s *service) route(r *http.Request, port uint32) *route {
+	for i := range s.routes {
+		rt := &s.routes[i]
+		if rt.port != 0 && rt.port != port {
+			continue
+		}
+		if len(rt.matches) == 0 {
+			return rt
+		}
+		for j := range rt.matches {
+			if rt.matches[j].ok(r) {
+				return rt
+			}
+		}
+	}
+	return nil
+}
+
+func (m *match) ok(r *http.Request) bool {
+	if m.method != "" && m.method != r.Method {
+		return false
+	}
+	if m.hasPath {
+		p := r.URL.Path
+		if p == "" {
+			p = "/"
+		}
+		switch m.pathType {
+		case meshv1.PathMatch_EXACT:
+			if p != m.path {
+				return false
+			}
+		case meshv1.PathMatch_REGEX:
+			if !m.pathRe.MatchString(p) {
+				return false
+			}
+		default:
+			if !prefixMatch(m.path, p) {
+				return false
+			}
+		}
+	}
+	for i := range m.headers {
+		h := &m.headers[i]
+		vv := r.Header[h.name]
+		if len(vv) == 0 {
+			return false
+		}
+		if h.re != nil {
+			if !h.re.MatchString(vv[0]) {
+				return false
+			}
+		} else if vv[0] != h.value {
+			return false
+		}
+	}
+	return true
+}
+
+// prefixMatch is the Gateway API's PathPrefix: element-wise, so "/foo"
+// matches "/foo" and "/foo/bar" but not "/foobar". prefix has no trailing
+// slash except for "/" itself.
+func prefixMatch(prefix, path string) bool {
+	if prefix == "/" {
+		return true
+	}
+	if !strings.HasPrefix(path, prefix) {
+		return false
+	}
+	return len(path) == len(prefix) || path[len(prefix)] == '/'
+}
+
+// pick chooses a backend by weight; zero-weight backends are never chosen.
+func (rt *route) pick() *backend {
+	if len(rt.backends) == 1 {
+		return &rt.backends[0]
+	}
+	n := rand.Uint32N(rt.cum[len(rt.cum)-1])
+	for i, c := range rt.cum {
+		if n < c {
+			return &rt.backends[i]
+		}
+	}
+	return &rt.backends[len(rt.backends)-1]
+}
+
+// compileEnv is what compile needs from the proxy: long-lived state that
+// survives config swaps.
+type compileEnv struct {
+	ownNS   string
+	appHost string
+	appPort uint32
+	picker  func(key string) (lb.Picker, error)
+	peer    func(addr, identity string) *peer
+	metrics func(direction, key string) *telemetry.DestMetrics
+}
+
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidSnapshot, fmt.Sprintf(format, a...))
+}
+
+// compile validates s and builds its config. It never touches live state
+// except through env's constructors, whose products are harmless if the
+// config is then thrown away.
+func compile(s *meshv1.Snapshot, env compileEnv) (*config, error) {
+	if s == nil {
+		return nil, invalid("snapshot is nil")
+	}
+	c := &config{
+		snap:    s,
+		domain:  s.GetDomain(),
+		byHost:  make(map[string]*service),
+		byKey:   make(map[string]*service),
+		changed: make(chan struct{}),
+	}
+	if c.domain == "" {
+		c.domain = defaultDomain
+	}
+	if err := c.compileInbound(s.GetInbound(), env); err != nil {
+		return nil, err
+	}
+	// Pass 1: services, ports and endpoints, so routes can refer to any.
+	byName := map[string]int{}
+	for i, ps := range s.GetServices() {
+		f := fmt.Sprintf("services[%d]", i)
+		if !isDNSLabel(ps.GetName()) {
+			return nil, invalid("%s.name: %q is not a DNS label", f, ps.GetName())
+		}
+		if !isDNSLabel(ps.GetNamespace()) {
+			return nil, invalid("%s.namespace: %q is not a DNS label", f, ps.GetNamespace())
+		}
+		key := ps.GetName() + "." + ps.GetNamespace()
+		if _, dup := c.byKey[key]; dup {
+			return nil, invalid("%s: duplicate service %s", f, key)
+		}
+		svc := &service{key: key, metrics: env.metrics(telemetry.Outbound, key)}
+		ports, err := compilePorts(f, ps.GetPorts(), "")
+		if err != nil {
+			return nil, err
+		}
+		svc.ports = ports
+		svc.defPort = 80
+		if len(ports) > 0 {
+			svc.defPort = ports[0].port
+			for _, p := range ports {
+				if p.port == 80 {
+					svc.defPort = 80
+				}
+			}
+		}
+		for j, e := range ps.GetEndpoints() {
+			ef := fmt.Sprintf("%s.endpoints[%d]", f, j)
+			if _, _, err := net.SplitHostPort(e.GetAddress()); err != nil || e.GetAddress() == "" {
+				return nil, invalid("%s.address: %q is not host:port", ef, e.GetAddress())
+			}
+			if !strings.HasPrefix(e.GetIdentity(), "spiffe://") {
+				return nil, invalid("%s.identity: %q is not a SPIFFE ID; peers are verified against it", ef, e.GetIdentity())
+			}
+			if !e.GetHealthy() {
+				continue
+			}
+			svc.eps = append(svc.eps, endpoint{addr: e.GetAddress(), identity: e.GetIdentity()})
+			svc.addrs = append(svc.addrs, e.GetAddress())
+		}
+		c.byKey[key] = svc
+		byName[ps.GetName()]++
+	}
+	// Pass 2: routes.
+	for i, ps := range s.GetServices() {
+		svc := c.byKey[ps.GetName()+"."+ps.GetNamespace()]
+		for j, r := range ps.GetRoutes() {
+			rt, err := c.compileRoute(fmt.Sprintf("services[%d].routes[%d]", i, j), r, ps.GetNamespace())
+			if err != nil {
+				return nil, err
+			}
+			svc.routes = append(svc.routes, rt)
+		}
+		if len(svc.routes) == 0 {
+			svc.routes = []route{{name: "default", backends: []backend{{svc: svc}}, cum: []uint32{1}}}
+		}
+	}
+	// Everything is valid: attach long-lived state and index host aliases.
+	for _, ps := range s.GetServices() {
+		name, ns := ps.GetName(), ps.GetNamespace()
+		svc := c.byKey[name+"."+ns]
+		p, err := env.picker(svc.key)
+		if err != nil {
+			return nil, err
+		}
+		svc.picker = p
+		for k := range svc.eps {
+			svc.eps[k].peer = env.peer(svc.eps[k].addr, svc.eps[k].identity)
+		}
+		c.byHost[svc.key] = svc
+		c.byHost[svc.key+".svc"] = svc
+		c.byHost[svc.key+".svc."+c.domain] = svc
+		// A bare name means the caller's namespace, as in Kubernetes; when
+		// the caller's namespace has no such service, a name unique in the
+		// snapshot still resolves.
+		if ns == env.ownNS || (byName[name] == 1 && c.byKey[name+"."+env.ownNS] == nil) {
+			c.byHost[name] = svc
+		}
+	}
+	return c, nil
+}
+
+func (c *config) compileInbound(in *meshv1.Service, env compileEnv) error {
+	key := "unknown." + env.ownNS
+	if in.GetName() != "" {
+		key = in.GetName() + "." + in.GetNamespace()
+	}
+	ports, err := compilePorts("inbound", in.GetPorts(), env.appHost)
+	if err != nil {
+		return err
+	}
+	c.inbound = inboundConfig{key: key, ports: ports, metrics: env.metrics(telemetry.Inbound, key)}
+	c.inbound.def = portSpec{proto: meshv1.Protocol_HTTP}
+	if env.appHost != "" {
+		c.inbound.def.appAddr = net.JoinHostPort(env.appHost, strconv.FormatUint(uint64(env.appPort), 10))
+		for _, p := range ports {
+			if p.appAddr == c.inbound.def.appAddr {
+				c.inbound.def = p
+				break
+			}
+		}
+	}
+	return nil
+}
+
+func compilePorts(field string, in []*meshv1.Port, appHost string) ([]portSpec, error) {
+	var out []portSpec
+	for i, p := range in {
+		if p.GetPort() == 0 || p.GetPort() > 65535 {
+			return nil, invalid("%s.ports[%d].port: %d is not 1..65535", field, i, p.GetPort())
+		}
+		if p.GetTargetPort() > 65535 {
+			return nil, invalid("%s.ports[%d].target_port: %d is not 0..65535", field, i, p.GetTargetPort())
+		}
+		for _, o := range out {
+			if o.port == p.GetPort() {
+				return nil, invalid("%s.ports[%d].port: duplicate port %d", field, i, p.GetPort())
+			}
+		}
+		ps := portSpec{port: p.GetPort(), portStr: strconv.FormatUint(uint64(p.GetPort()), 10), proto: p.GetProtocol()}
+		if ps.proto == meshv1.Protocol_PROTOCOL_UNSPECIFIED {
+			ps.proto = meshv1.Protocol_HTTP
+		}
+		if appHost != "" {
+			t := p.GetTargetPort()
+			if t == 0 {
+				t = p.GetPort()
+			}
+			ps.appAddr = net.JoinHostPort(appHost, strconv.FormatUint(uint64(t), 10))
+		}
+		out = append(out, ps)
+	}
+	return out, nil
+}
+
+func (c *config) compileRoute(f string, r *meshv1.Route, ns string) (route, error) {
+	rt := route{name: r.GetName(), port: r.GetPort()}
+	if rt.port > 65535 {
+		return rt, invalid("%s.port: %d is not 0..65535", f, rt.port)
+	}
+	for i, m := range r.GetMatches() {
+		mf := fmt.Sprintf("%s.matches[%d]", f, i)
+		cm := match{method: m.GetMethod()}
+		if pm := m.GetPath(); pm != nil {
+			cm.hasPath, cm.pathType, cm.path = true, pm.GetType(), pm.GetValue()
+			switch pm.GetType() {
+			case meshv1.PathMatch_REGEX:
+				re, err := regexp.Compile(`^(?:` + pm.GetValue() + `)$`)
+				if err != nil {
+					return rt, invalid("%s.path.value: bad regex: %v", mf, err)
+				}
+				cm.pathRe = re
+			case meshv1.PathMatch_EXACT, meshv1.PathMatch_PREFIX:
+				if cm.path == "" && pm.GetType() == meshv1.PathMatch_PREFIX {
+					cm.path = "/"
+				}
+				if !strings.HasPrefix(cm.path, "/") {
+					return rt, invalid("%s.path.value: %q must start with /", mf, cm.path)
+				}
+				if pm.GetType() == meshv1.PathMatch_PREFIX && len(cm.path) > 1 {
+					cm.path = strings.TrimSuffix(cm.path, "/")
+				}
+			default:
+				return rt, invalid("%s.path.type: unknown type %d", mf, pm.GetType())
+			}
+		}
+		for j, h := range m.GetHeaders() {
+			hf := fmt.Sprintf("%s.headers[%d]", mf, j)
+			if h.GetName() == "" {
+				return rt, invalid("%s.name: empty", hf)
+			}
+			hm := headerMatch{name: http.CanonicalHeaderKey(h.GetName()), value: h.GetValue()}
+			switch h.GetType() {
+			case meshv1.HeaderMatch_REGEX:
+				re, err := regexp.Compile(`^(?:` + h.GetValue() + `)$`)
+				if err != nil {
+					return rt, invalid("%s.value: bad regex: %v", hf, err)
+				}
+				hm.re = re
+			case meshv1.HeaderMatch_EXACT:
+			default:
+				return rt, invalid("%s.type: unknown type %d", hf, h.GetType())
+			}
+			cm.headers = append(cm.headers, hm)
+		}
+		rt.matches = append(rt.matches, cm)
+	}
+	if len(r.GetBackends()) == 0 {
+		return rt, invalid("%s.backends: empty; a route must send traffic somewhere", f)
+	}
+	var total uint64
+	for i, b := range r.GetBackends() {
+		bf := fmt.Sprintf("%s.backends[%d]", f, i)
+		bns := b.GetNamespace()
+		if bns == "" {
+			bns = ns
+		}
+		svc := c.byKey[b.GetService()+"."+bns]
+		if svc == nil {
+			return rt, invalid("%s.service: %s.%s is not in the snapshot", bf, b.GetService(), bns)
+		}
+		if b.GetPort() > 65535 {
+			return rt, invalid("%s.port: %d is not 0..65535", bf, b.GetPort())
+		}
+		if b.GetWeight() == 0 {
+			continue
+		}
+		total += uint64(b.GetWeight())
+		if total > 1<<31 {
+			return rt, invalid("%s.weight: weights sum past 2^31", bf)
+		}
+		rt.backends = append(rt.backends, backend{svc: svc, port: b.GetPort()})
+		rt.cum = append(rt.cum, uint32(total))
+	}
+	if total == 0 {
+		return rt, invalid("%s.backends: every weight is 0", f)
+	}
+	return rt, nil
+}

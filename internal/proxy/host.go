@@ -1,0 +1,130 @@
+package proxy
+
+import (
+	"errors"
+	"strings"
+)
+
+// errBadAuthority is returned for a Host or :authority the proxy cannot route.
+var errBadAuthority = errors.New("proxy: malformed host")
+
+// splitAuthority splits a Host header or request authority, "host",
+// "host:port" or "[v6]:port", into a lower-cased host without a trailing dot
+// and its port (0 when absent). It allocates only when the host has upper case.
+func splitAuthority(s string) (host string, port uint32, err error) {
+	if s == "" || len(s) > 300 {
+		return "", 0, errBadAuthority
+	}
+	rest := ""
+	if s[0] == '[' {
+		end := strings.IndexByte(s, ']')
+		if end < 2 {
+			return "", 0, errBadAuthority
+		}
+		host, rest = s[1:end], s[end+1:]
+		for i := 0; i < len(host); i++ {
+			c := host[i]
+			if !(c == ':' || c == '.' || isAlnum(c)) {
+				return "", 0, errBadAuthority
+			}
+		}
+		if rest != "" && rest[0] != ':' {
+			return "", 0, errBadAuthority
+		}
+	} else {
+		i := strings.IndexByte(s, ':')
+		if i >= 0 {
+			host, rest = s[:i], s[i:]
+		} else {
+			host = s
+		}
+		host = strings.TrimSuffix(host, ".")
+		if host == "" {
+			return "", 0, errBadAuthority
+		}
+		for i := 0; i < len(host); i++ {
+			c := host[i]
+			if !(c == '-' || c == '.' || c == '_' || isAlnum(c)) {
+				return "", 0, errBadAuthority
+			}
+		}
+	}
+	if rest != "" {
+		p, ok := parsePort(rest[1:])
+		if !ok {
+			return "", 0, errBadAuthority
+		}
+		port = p
+	}
+	return lower(host), port, nil
+}
+
+// parsePort parses a decimal port 1..65535 without sign or spaces.
+func parsePort(s string) (uint32, bool) {
+	if s == "" || len(s) > 5 {
+		return 0, false
+	}
+	var n uint32
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + uint32(c-'0')
+	}
+	return n, n > 0 && n <= 65535
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+func lower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			return strings.ToLower(s)
+		}
+	}
+	return s
+}
+
+// meshName reads a service name and namespace out of a lower-cased host:
+// "name" (in ownNS), "name.ns", "name.ns.svc" or "name.ns.svc.<domain>".
+func meshName(host, ownNS, domain string) (name, ns string, ok bool) {
+	parts := strings.SplitN(host, ".", 4)
+	switch len(parts) {
+	case 1:
+		name, ns = parts[0], ownNS
+	case 2:
+		name, ns = parts[0], parts[1]
+	case 3:
+		if parts[2] != "svc" {
+			return "", "", false
+		}
+		name, ns = parts[0], parts[1]
+	default:
+		if parts[2] != "svc" || parts[3] != domain {
+			return "", "", false
+		}
+		name, ns = parts[0], parts[1]
+	}
+	if !isDNSLabel(name) || !isDNSLabel(ns) {
+		return "", "", false
+	}
+	return name, ns, true
+}
+
+// isDNSLabel reports whether s is an RFC 1123 label (what service and
+// namespace names are).
+func isDNSLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '-' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}

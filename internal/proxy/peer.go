@@ -1,0 +1,104 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+)
+
+// peer holds the pooled mTLS transports to one endpoint (a peer proxy's
+// inbound listener). Every connection verifies the peer's SPIFFE ID.
+type peer struct {
+	addr, identity string
+	h2             *http.Transport // multiplexed HTTP/2
+	h1             *http.Transport // HTTP/1.1 keep-alive, and upgrades
+	tcpTLS         *tls.Config     // opaque TCP tunnels
+}
+
+func (p *Proxy) newPeer(addr, identity string) *peer {
+	base := p.opts.ClientTLS(identity)
+	if base == nil {
+		base = &tls.Config{}
+	}
+	mk := func(protos ...string) *tls.Config {
+		c := base.Clone()
+		c.NextProtos = protos
+		c.VerifyConnection = verifyPeerID(identity, base.VerifyConnection)
+		if c.ClientSessionCache == nil {
+			c.ClientSessionCache = tls.NewLRUClientSessionCache(16)
+		}
+		return c
+	}
+	dialer := &net.Dialer{Timeout: handshakeTimeout, KeepAlive: 30 * time.Second}
+	var h2p, h1p http.Protocols
+	h2p.SetHTTP2(true)
+	h1p.SetHTTP1(true)
+	return &peer{
+		addr:     addr,
+		identity: identity,
+		h2: &http.Transport{
+			DialContext:         dialer.DialContext,
+			TLSClientConfig:     mk("h2"),
+			TLSHandshakeTimeout: handshakeTimeout,
+			Protocols:           &h2p,
+			DisableCompression:  true,
+			IdleConnTimeout:     90 * time.Second,
+			MaxIdleConnsPerHost: 8,
+			HTTP2: &http.HTTP2Config{
+				SendPingTimeout: 30 * time.Second,
+				PingTimeout:     15 * time.Second,
+			},
+		},
+		h1: &http.Transport{
+			DialContext:         dialer.DialContext,
+			TLSClientConfig:     mk("http/1.1"),
+			TLSHandshakeTimeout: handshakeTimeout,
+			Protocols:           &h1p,
+			DisableCompression:  true,
+			IdleConnTimeout:     90 * time.Second,
+			MaxIdleConns:        0,
+			MaxIdleConnsPerHost: 1024,
+		},
+		tcpTLS: mk(ALPNTCP),
+	}
+}
+
+func (pr *peer) closeIdle() {
+	pr.h1.CloseIdleConnections()
+	pr.h2.CloseIdleConnections()
+}
+
+var errPeerIdentity = errors.New("proxy: peer identity mismatch")
+
+// verifyPeerID enforces secure naming: the peer's leaf must carry want as a
+// URI SAN, whatever else the caller's tls.Config checks.
+func verifyPeerID(want string, next func(tls.ConnectionState) error) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if next != nil {
+			if err := next(cs); err != nil {
+				return err
+			}
+		}
+		if got := peerID(cs.PeerCertificates); got != want {
+			return fmt.Errorf("%w: want %s, got %q", errPeerIdentity, want, got)
+		}
+		return nil
+	}
+}
+
+// peerID returns the SPIFFE ID of a certificate chain's leaf, or "".
+func peerID(chain []*x509.Certificate) string {
+	if len(chain) == 0 {
+		return ""
+	}
+	for _, u := range chain[0].URIs {
+		if u.Scheme == "spiffe" {
+			return u.String()
+		}
+	}
+	return ""
+}

@@ -1,0 +1,309 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// ALPNTCP is the ALPN protocol of an opaque TCP tunnel between proxies. The
+// client then sends the preamble "<service port>\n" and the server answers
+// "ok\n" or "error <reason>\n" before the bytes flow.
+const ALPNTCP = "trellis-tcp/1"
+
+const (
+	maxPreamble      = 8 // "65535\n" fits with room to spare
+	handshakeTimeout = 10 * time.Second
+)
+
+var errPreamble = errors.New("proxy: tunnel: malformed preamble")
+
+// parsePreamble parses one preamble line (without its '\n') into a port.
+func parsePreamble(line []byte) (uint32, error) {
+	p, ok := parsePort(string(line))
+	if !ok {
+		return 0, errPreamble
+	}
+	return p, nil
+}
+
+// readLine reads up to max bytes through '\n' and returns the line without it.
+func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	for n := 1; n <= max; n++ {
+		b, err := br.Peek(n)
+		if err != nil {
+			return nil, err
+		}
+		if b[n-1] == '\n' {
+			line := append([]byte(nil), b[:n-1]...)
+			_, _ = br.Discard(n)
+			return line, nil
+		}
+	}
+	return nil, errPreamble
+}
+
+// dialTunnel opens an mTLS tunnel to ep for the service port and returns the
+// connection and a reader holding anything the server sent past its reply.
+func (p *Proxy) dialTunnel(ctx context.Context, ep *endpoint, port uint32) (*tls.Conn, *bufio.Reader, error) {
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	d := net.Dialer{}
+	raw, err := d.DialContext(ctx, "tcp", ep.addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("proxy: tunnel: dial %s: %w", ep.addr, err)
+	}
+	conn := tls.Client(raw, ep.peer.tcpTLS)
+	fail := func(err error) (*tls.Conn, *bufio.Reader, error) {
+		conn.Close()
+		return nil, nil, fmt.Errorf("proxy: tunnel to %s: %w", ep.addr, err)
+	}
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return fail(err)
+	}
+	if conn.ConnectionState().NegotiatedProtocol != ALPNTCP {
+		return fail(errors.New("peer does not speak " + ALPNTCP))
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if _, err := conn.Write([]byte(strconv.FormatUint(uint64(port), 10) + "\n")); err != nil {
+		return fail(err)
+	}
+	br := bufio.NewReaderSize(conn, 4096)
+	line, err := readLine(br, 128)
+	if err != nil {
+		return fail(err)
+	}
+	if string(line) != "ok" {
+		return fail(fmt.Errorf("refused: %s", line))
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn, br, nil
+}
+
+// serveTCPTunnel is the inbound side of a tunnel (http.Server.TLSNextProto):
+// it forwards only to ports the proxy's own service declares.
+func (p *Proxy) serveTCPTunnel(_ *http.Server, conn *tls.Conn, _ http.Handler) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	br := bufio.NewReaderSize(conn, 4096)
+	line, err := readLine(br, maxPreamble)
+	if err != nil {
+		return
+	}
+	refuse := func(reason string) { _, _ = conn.Write([]byte("error " + reason + "\n")) }
+	port, err := parsePreamble(line)
+	if err != nil {
+		refuse("malformed preamble")
+		return
+	}
+	cfg := p.cfg.Load()
+	ps, ok := cfg.inbound.port(port)
+	if !ok || ps.appAddr == "" {
+		refuse("port " + strconv.FormatUint(uint64(port), 10) + " is not declared by " + cfg.inbound.key)
+		return
+	}
+	d := net.Dialer{Timeout: handshakeTimeout}
+	app, err := d.Dial("tcp", ps.appAddr)
+	if err != nil {
+		refuse("app unreachable")
+		return
+	}
+	defer app.Close()
+	if _, err := conn.Write([]byte("ok\n")); err != nil {
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	cfg.inbound.metrics.TCPConnection()
+	if !p.track(conn, true) {
+		return
+	}
+	defer p.track(conn, false)
+	splice(br, conn, app, app)
+}
+
+// tunnelTCP carries client's bytes to a service port through an mTLS tunnel.
+// pre holds bytes already read from client.
+func (p *Proxy) tunnelTCP(ctx context.Context, client net.Conn, pre io.Reader, svc *service, port uint32) error {
+	if len(svc.eps) == 0 {
+		return fmt.Errorf("proxy: no healthy endpoints for %s", svc.key)
+	}
+	i, done := svc.picker.Pick(svc.addrs)
+	conn, br, err := p.dialTunnel(ctx, &svc.eps[i], port)
+	done(err)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	svc.metrics.TCPConnection()
+	if !p.track(client, true) {
+		return nil
+	}
+	defer p.track(client, false)
+	if pre == nil {
+		pre = client
+	}
+	splice(pre, client, br, conn)
+	return nil
+}
+
+// connect serves CONNECT host:port on the outbound listener as a TCP tunnel.
+func (p *Proxy) connect(w http.ResponseWriter, r *http.Request) {
+	host, port, err := splitAuthority(r.Host)
+	if err != nil || port == 0 {
+		httpError(w, http.StatusBadRequest, "CONNECT needs host:port of a mesh service")
+		return
+	}
+	_, svc, msg := p.resolve(r.Context(), host)
+	if svc == nil {
+		httpError(w, http.StatusServiceUnavailable, msg)
+		return
+	}
+	if len(svc.eps) == 0 {
+		httpError(w, http.StatusServiceUnavailable, "no healthy endpoints for "+svc.key)
+		return
+	}
+	i, done := svc.picker.Pick(svc.addrs)
+	conn, br, err := p.dialTunnel(r.Context(), &svc.eps[i], port)
+	done(err)
+	if err != nil {
+		p.log.Debug("tunnel dial failed", "service", svc.key, "err", err)
+		httpError(w, http.StatusBadGateway, "tunnel to "+svc.key+" failed")
+		return
+	}
+	defer conn.Close()
+	svc.metrics.TCPConnection()
+	if r.ProtoMajor >= 2 {
+		// HTTP/2 CONNECT: the stream is the tunnel.
+		rc := http.NewResponseController(w)
+		_ = rc.EnableFullDuplex()
+		w.WriteHeader(http.StatusOK)
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		splice(r.Body, streamWriter{w, rc}, br, conn)
+		return
+	}
+	client, cbuf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "cannot take over the connection")
+		return
+	}
+	defer client.Close()
+	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		return
+	}
+	if !p.track(client, true) {
+		return
+	}
+	defer p.track(client, false)
+	splice(cbuf.Reader, client, br, conn)
+}
+
+type streamWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (s streamWriter) Write(b []byte) (int, error) {
+	n, err := s.w.Write(b)
+	if err == nil {
+		err = s.rc.Flush()
+	}
+	return n, err
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// splice copies a→b and b→a until both directions end. EOF on one side
+// half-closes the other where the connection allows, so request/response
+// protocols that shut down their write side still get their answer.
+func splice(aR io.Reader, aW io.Writer, bR io.Reader, bW io.Writer) {
+	var wg sync.WaitGroup
+	one := func(dst io.Writer, src io.Reader, other io.Writer) {
+		defer wg.Done()
+		buf := getBuf()
+		_, err := io.CopyBuffer(dst, src, *buf)
+		putBuf(buf)
+		if cw, ok := dst.(closeWriter); ok && err == nil {
+			_ = cw.CloseWrite()
+			return
+		}
+		// Not half-closable or broken: end both directions.
+		closeIt(dst)
+		closeIt(other)
+	}
+	wg.Add(2)
+	go one(bW, aR, aW)
+	go one(aW, bR, bW)
+	wg.Wait()
+	closeIt(aW)
+	closeIt(bW)
+}
+
+func closeIt(w io.Writer) {
+	if c, ok := w.(io.Closer); ok {
+		_ = c.Close()
+	}
+}
+
+// connTracker remembers connections the http.Servers no longer own
+// (hijacked upgrades and tunnels) so Shutdown can wait for and close them.
+type connTracker struct {
+	mu     sync.Mutex
+	conns  map[io.Closer]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// track adds (add=true) or removes c; adding fails once shut down.
+func (p *Proxy) track(c io.Closer, add bool) bool {
+	t := &p.tracked
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !add {
+		delete(t.conns, c)
+		t.wg.Done()
+		return true
+	}
+	if t.closed {
+		_ = c.Close()
+		return false
+	}
+	if t.conns == nil {
+		t.conns = make(map[io.Closer]struct{})
+	}
+	t.conns[c] = struct{}{}
+	t.wg.Add(1)
+	return true
+}
+
+// drainTracked waits for tracked connections to finish until ctx ends,
+// then closes what is left.
+func (t *connTracker) drain(ctx context.Context) {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	done := make(chan struct{})
+	go func() { t.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	t.mu.Lock()
+	for c := range t.conns {
+		_ = c.Close()
+	}
+	t.mu.Unlock()
+	<-done
+}
