@@ -112,7 +112,7 @@ func TestLoadOrCreateRace(t *testing.T) {
 	cas := make([]*CA, 2)
 	var wg sync.WaitGroup
 	for i := range 2 {
-		st := &memStorage{d: d, beforeGet: func() {
+		st := &memStorage{d: d, afterGet: func() {
 			// Only the first Get of each replica waits for the other.
 			once[i].Do(func() { arrived.Done(); arrived.Wait() })
 		}}

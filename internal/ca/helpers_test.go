@@ -31,19 +31,20 @@ type memData struct {
 
 type memStorage struct {
 	d *memData
-	// beforeGet, if set, runs at the start of every Get (to line up races).
-	beforeGet func()
+	// afterGet, if set, runs after every Get has read, before it returns
+	// (to line up races).
+	afterGet func()
 }
 
 func newMem() *memStorage { return &memStorage{d: &memData{kv: map[string]store.KV{}}} }
 
 func (m *memStorage) Get(_ context.Context, key string) (store.KV, error) {
-	if m.beforeGet != nil {
-		m.beforeGet()
-	}
 	m.d.mu.Lock()
-	defer m.d.mu.Unlock()
 	kv, ok := m.d.kv[key]
+	m.d.mu.Unlock()
+	if m.afterGet != nil {
+		m.afterGet()
+	}
 	if !ok {
 		return store.KV{}, store.ErrNotFound
 	}
@@ -183,4 +184,13 @@ func csrFor(t testing.TB, id spiffeid.ID) ([]byte, crypto.Signer) {
 		t.Fatal(err)
 	}
 	return der, key
+}
+
+func spiffeIDOf(t testing.TB, s string) spiffeid.ID {
+	t.Helper()
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

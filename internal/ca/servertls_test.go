@@ -1,0 +1,171 @@
+package ca
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+type handshake struct {
+	peerChains int // verified client chains seen by the server
+	err        error
+}
+
+func serveTLS(t *testing.T, cfg *tls.Config) (string, <-chan handshake) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	out := make(chan handshake, 8)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				tc := tls.Server(c, cfg)
+				err := tc.Handshake()
+				out <- handshake{peerChains: len(tc.ConnectionState().VerifiedChains), err: err}
+				if err == nil {
+					io.WriteString(tc, "ok")
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), out
+}
+
+func dialTLS(addr string, cfg *tls.Config) (tls.ConnectionState, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return tls.ConnectionState{}, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	tc := tls.Client(c, cfg)
+	if err := tc.Handshake(); err != nil {
+		return tls.ConnectionState{}, err
+	}
+	buf := make([]byte, 2)
+	_, err = io.ReadFull(tc, buf)
+	return tc.ConnectionState(), err
+}
+
+func TestServerTLSConfig(t *testing.T) {
+	c := mustCA(t, Options{})
+	cpID := workloadID(t, "trellis-system", "control")
+	cfg, err := c.ServerTLSConfig(cpID, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, results := serveTLS(t, cfg)
+
+	// The CLI: trusts the bundle, checks the host name, has no client cert.
+	for _, name := range []string{"localhost", "127.0.0.1"} {
+		cs, err := dialTLS(addr, &tls.Config{RootCAs: c.RootPool(), ServerName: name})
+		if err != nil {
+			t.Fatalf("client with ServerName %s: %v", name, err)
+		}
+		leaf := cs.PeerCertificates[0]
+		if len(leaf.URIs) != 1 || leaf.URIs[0].String() != cpID.String() {
+			t.Fatalf("server cert URIs %v, want %s", leaf.URIs, cpID)
+		}
+		if r := <-results; r.err != nil || r.peerChains != 0 {
+			t.Fatalf("server: %+v", r)
+		}
+	}
+	// A name not in the certificate fails host name verification.
+	if _, err := dialTLS(addr, &tls.Config{RootCAs: c.RootPool(), ServerName: "evil.example"}); err == nil {
+		t.Fatal("certificate accepted for a name it does not carry")
+	}
+	<-results
+
+	// A proxy with a workload certificate: verified by the server.
+	id := workloadID(t, "default", "orders")
+	csr, key := csrFor(t, id)
+	chain, _, err := c.Sign(csr, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert := tls.Certificate{Certificate: chain, PrivateKey: key}
+	if _, err := dialTLS(addr, &tls.Config{RootCAs: c.RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{clientCert}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-results; r.err != nil || r.peerChains == 0 {
+		t.Fatalf("server did not verify the client certificate: %+v", r)
+	}
+
+	// A client certificate from another CA is refused, not ignored.
+	other := mustCA(t, Options{})
+	chain, _, err = other.Sign(csr, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue := tls.Certificate{Certificate: chain, PrivateKey: key}
+	_, err = dialTLS(addr, &tls.Config{RootCAs: c.RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{rogue}})
+	if err == nil {
+		t.Fatal("client certificate from another CA accepted")
+	}
+	if r := <-results; r.err == nil || !strings.Contains(r.err.Error(), "unknown authority") {
+		t.Fatalf("server err = %v, want unknown authority", r.err)
+	}
+
+	if _, err := c.ServerTLSConfig(spiffeIDOf(t, "spiffe://other.org/control"), nil, nil); err == nil {
+		t.Fatal("server config for a foreign ID was created")
+	}
+}
+
+// The control plane's certificate is re-issued once 2/3 of its lifetime has
+// passed, without rebuilding the tls.Config.
+func TestServerTLSConfigReissue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, err := LoadOrCreate(context.Background(), newMem(), Options{WorkloadTTL: 24 * time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := c.ServerTLSConfig(workloadID(t, "trellis-system", "control"), []string{"localhost"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		get := func() *x509.Certificate {
+			t.Helper()
+			cert, err := cfg.GetCertificate(&tls.ClientHelloInfo{ServerName: "localhost"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cert.Leaf
+		}
+		first := get()
+		start := time.Now()
+		if !first.NotAfter.Equal(start.Add(24 * time.Hour)) {
+			t.Fatalf("NotAfter %s, want now+24h", first.NotAfter)
+		}
+
+		time.Sleep(15*time.Hour + 58*time.Minute) // renewal is at 2/3 of (now-1m .. now+24h) = now+15h59m40s
+		if got := get(); got.SerialNumber.Cmp(first.SerialNumber) != 0 {
+			t.Fatal("re-issued before 2/3 of the lifetime")
+		}
+		time.Sleep(2 * time.Minute)
+		second := get()
+		if second.SerialNumber.Cmp(first.SerialNumber) == 0 {
+			t.Fatal("not re-issued after 2/3 of the lifetime")
+		}
+		if !second.NotAfter.Equal(time.Now().Add(24 * time.Hour)) {
+			t.Fatalf("new NotAfter %s, want now+24h", second.NotAfter)
+		}
+		if get() != second {
+			t.Fatal("re-issued again immediately")
+		}
+	})
+}
