@@ -107,6 +107,9 @@ type Storage interface {
 	Txn(ctx context.Context, ops ...store.Op) (int64, error)
 }
 
+// The control plane's store satisfies Storage.
+var _ Storage = store.Store(nil)
+
 // CA issues workload certificates. Safe for concurrent use; it holds no
 // mutable state after LoadOrCreate.
 type CA struct {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -182,5 +183,34 @@ func TestLoadOrCreateErrors(t *testing.T) {
 				t.Fatalf("err = %v, want containing %q", err, tt.err)
 			}
 		})
+	}
+}
+
+// The real embedded store: the root survives closing and reopening the file.
+func TestLoadOrCreateBolt(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "trellis.db")
+	open := func() *store.Bolt {
+		t.Helper()
+		st, err := store.NewBolt(path, store.BoltOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	st := open()
+	c1, err := LoadOrCreate(ctx, st, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	st = open()
+	defer st.Close()
+	c2, err := LoadOrCreate(ctx, st, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(c1.Bundle()[0], c2.Bundle()[0]) {
+		t.Fatal("root changed across a restart of the bolt store")
 	}
 }
