@@ -184,16 +184,30 @@ func strictError(ref Ref, err error) *Error {
 	return &Error{Ref: ref, Field: fe.FieldPath(), Reason: reason}
 }
 
-var typeErrorRE = regexp.MustCompile(`^json: cannot unmarshal (.+) into Go struct field [^ ]*?\.([^ .]+(?:\.[^ ]+)?) of type (\S+)$`)
+var typeErrorRE = regexp.MustCompile(`^json: cannot unmarshal (.+) into Go struct field (\S+) of type (\S+)$`)
 
 // jsonReason turns a decode error into a field path and a reason a user can
 // act on.
 func jsonReason(err error) (field, reason string) {
 	msg := err.Error()
 	if m := typeErrorRE.FindStringSubmatch(msg); m != nil {
-		return m[2], fmt.Sprintf("must be %s, got %s", wantType(m[3], m[1]), m[1])
+		return jsonFieldPath(m[2]), fmt.Sprintf("must be %s, got %s", wantType(m[3], m[1]), m[1])
 	}
 	return "", strings.TrimPrefix(msg, "json: ")
+}
+
+// jsonFieldPath turns "HTTPRoute.spec.rules.backendRefs.BackendRef.weight"
+// into "spec.rules.backendRefs.weight": the capitalised segments are Go
+// struct names (the decoded type, embedded structs); every JSON field name of
+// these kinds starts lower-case.
+func jsonFieldPath(p string) string {
+	var keep []string
+	for _, seg := range strings.Split(p, ".") {
+		if seg != "" && (seg[0] < 'A' || seg[0] > 'Z') {
+			keep = append(keep, seg)
+		}
+	}
+	return strings.Join(keep, ".")
 }
 
 // wantType describes Go type t for a user who wrote a JSON value of kind got.

@@ -1,0 +1,78 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCheckSet(t *testing.T) {
+	const services = `apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: inventory}
+spec:
+  ports: [{name: http, port: 8080}, {name: db, port: 5432, protocol: tcp}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: inventory-v1}
+spec: {ports: [{port: 8080}]}
+`
+	routeTo := func(name, parentPort, backendPort string) string {
+		return "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: " + name + "}\nspec:\n" +
+			"  parentRefs: [{kind: Service, name: inventory" + parentPort + "}]\n" +
+			"  rules: [{backendRefs: [{name: inventory-v1" + backendPort + "}]}]\n"
+	}
+	cases := []struct {
+		name string
+		in   string
+		want []string
+	}{
+		{"demo set", string(readFile(t, "testdata/inventory.yaml")), nil},
+		{"two routes on one service are allowed", services + routeTo("a", ", port: 8080", "") + routeTo("b", "", ", port: 8080"), nil},
+		{"ports of services outside the set are not checked", routeTo("a", ", port: 1234", ", port: 4321"), nil},
+		{"duplicate service", services + "---\n" + strings.SplitN(services, "---\n", 2)[1], []string{"Service default/inventory-v1: defined more than once (items 2 and 3 of the set)"}},
+		{"duplicate route", services + routeTo("a", "", "") + routeTo("a", "", ""), []string{"HTTPRoute default/a: defined more than once (items 3 and 4 of the set)"}},
+		{"parent port missing", services + routeTo("a", ", port: 9999", ""), []string{"HTTPRoute default/a: spec.parentRefs[0].port: Service default/inventory has no port 9999"}},
+		{"parent port is tcp", services + routeTo("a", ", port: 5432", ""), []string{"HTTPRoute default/a: spec.parentRefs[0].port: port 5432 of Service default/inventory is tcp"}},
+		{"backend port missing", services + routeTo("a", "", ", port: 9090"), []string{"HTTPRoute default/a: spec.rules[0].backendRefs[0].port: Service default/inventory-v1 has no port 9090"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			// Duplicates must get past Decode, which checks documents one by one.
+			objs := mustDecode(t, "set.yaml", []byte(tc.in))
+			err := CheckSet(objs)
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			wantErrs(t, err, tc.want...)
+		})
+	}
+}
+
+func TestCheckSetAcrossNamespaces(t *testing.T) {
+	in := `apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: inventory, namespace: shop}
+spec: {ports: [{port: 8080}]}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: inventory}
+spec: {ports: [{port: 8080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: web}
+spec:
+  parentRefs: [{kind: Service, name: inventory, namespace: shop, port: 9090}]
+  rules: [{backendRefs: [{name: inventory, namespace: shop, port: 8080}]}]
+`
+	objs := mustDecode(t, "ns.yaml", []byte(in))
+	wantErrs(t, CheckSet(objs), "HTTPRoute web/consumer: spec.parentRefs[0].port: Service shop/inventory has no port 9090")
+	if n := len(Errors(CheckSet(objs))); n != 1 {
+		t.Errorf("got %d errors, want 1", n)
+	}
+}
