@@ -1,0 +1,340 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFortioRealOutput(t *testing.T) {
+	b, err := os.ReadFile("testdata/fortio.json") // fortio 1.66.5 load -json
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := parseFortio(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.requests != 94 || r.errors != 0 {
+		t.Fatalf("requests, errors = %d, %d; want 94, 0", r.requests, r.errors)
+	}
+	if r.qps < 75.4 || r.qps > 75.5 {
+		t.Fatalf("qps = %v, want 75.42", r.qps)
+	}
+	// Fortio reports seconds; the harness keeps milliseconds.
+	want := map[float64]float64{50: 0.5348, 90: 0.9235, 99: 2.2490, 99.9: 2.4477}
+	for p, w := range want {
+		if got := r.pctMS[p]; got < w-0.001 || got > w+0.001 {
+			t.Errorf("p%v = %v ms, want %v", p, got, w)
+		}
+	}
+}
+
+func TestParseFortio(t *testing.T) {
+	pct := `"Percentiles":[{"Percentile":50,"Value":0.001},{"Percentile":90,"Value":0.002},{"Percentile":99,"Value":0.003},{"Percentile":99.9,"Value":0.004}]`
+	tests := []struct {
+		name       string
+		in         string
+		wantErr    string
+		wantErrors int64
+	}{
+		{"ok", `{"ActualQPS":10,"DurationHistogram":{"Count":100,` + pct + `},"RetCodes":{"200":100}}`, "", 0},
+		{"non-200 counted", `{"ActualQPS":10,"DurationHistogram":{"Count":100,` + pct + `},"RetCodes":{"200":88,"503":10,"-1":2}}`, "", 12},
+		{"not json", `Code 200 : 94`, "fortio json", 0},
+		{"no requests", `{"ActualQPS":10,"DurationHistogram":{"Count":0,` + pct + `}}`, "no requests completed", 0},
+		{"zero qps", `{"ActualQPS":0,"DurationHistogram":{"Count":1,` + pct + `}}`, "ActualQPS", 0},
+		{"missing p99.9", `{"ActualQPS":1,"DurationHistogram":{"Count":1,"Percentiles":[{"Percentile":50,"Value":0.001},{"Percentile":90,"Value":0.002},{"Percentile":99,"Value":0.003}]}}`, "no p99.9", 0},
+		{"negative latency", `{"ActualQPS":1,"DurationHistogram":{"Count":1,"Percentiles":[{"Percentile":50,"Value":-1}]}}`, "bad value", 0},
+		{"negative code count", `{"ActualQPS":1,"DurationHistogram":{"Count":1,` + pct + `},"RetCodes":{"200":-5}}`, "negative count", 0},
+		{"wrong type", `{"ActualQPS":"fast"}`, "fortio json", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := parseFortio([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error = %v, want containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.errors != tt.wantErrors {
+				t.Fatalf("errors = %d, want %d", r.errors, tt.wantErrors)
+			}
+			if r.pctMS[99.9] != 4 {
+				t.Fatalf("p99.9 = %v ms, want 4", r.pctMS[99.9])
+			}
+		})
+	}
+}
+
+func FuzzParseFortio(f *testing.F) {
+	if b, err := os.ReadFile("testdata/fortio.json"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte(`{"ActualQPS":1,"DurationHistogram":{"Count":1}}`))
+	f.Add([]byte(`{"RetCodes":{"x":1}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := parseFortio(b)
+		if err != nil {
+			return
+		}
+		if r.requests <= 0 || r.qps <= 0 || r.errors < 0 {
+			t.Fatalf("accepted a result with requests=%d qps=%v errors=%d", r.requests, r.qps, r.errors)
+		}
+		for _, p := range wantPercentiles {
+			if v, ok := r.pctMS[p]; !ok || v < 0 {
+				t.Fatalf("accepted a result with p%v = %v, %v", p, v, ok)
+			}
+		}
+	})
+}
+
+func TestParseStat(t *testing.T) {
+	tail := " 100 100 0 -1 4194304 98 0 0 0 12 34 0 0 20 0 1 0 136180 3133440 381"
+	tests := []struct {
+		name    string
+		in      string
+		want    procStat
+		wantErr string
+	}{
+		{"plain", "4242 (nginx) S 77" + tail, procStat{'S', 77, 12, 34}, ""},
+		{"name with spaces and parens", "4242 (a) b (c)) R 1" + tail, procStat{'R', 1, 12, 34}, ""},
+		{"zombie", "9 (x) Z 1" + tail, procStat{'Z', 1, 12, 34}, ""},
+		{"no name", "4242 nginx S 77" + tail, procStat{}, "no command name"},
+		{"truncated", "4242 (nginx) S 77 100 100 0", procStat{}, "fields after the name"},
+		{"bad utime", "4242 (nginx) S 77 100 100 0 -1 4194304 98 0 0 0 x 34", procStat{}, "utime"},
+		{"bad ppid", "4242 (nginx) S -3 100 100 0 -1 4194304 98 0 0 0 1 34", procStat{}, "ppid"},
+		{"empty", "", procStat{}, "no command name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseStat([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error = %v, want containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Fatalf("parseStat = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseStat(f *testing.F) {
+	if b, err := os.ReadFile("/proc/self/stat"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("1 ((x)) S 0 0 0 0 0 0 0 0 0 0 5 6"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := parseStat(b)
+		if err == nil && s.ppid < 0 {
+			t.Fatalf("accepted ppid %d", s.ppid)
+		}
+	})
+}
+
+func TestParseVmRSS(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    uint64
+		wantErr string
+	}{
+		{"ok", "Name:\tnginx\nVmPeak:\t  1 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n", 2048 * 1024, ""},
+		{"kernel thread", "Name:\tkworker\nThreads:\t1\n", 0, "no VmRSS"},
+		{"bad unit", "VmRSS:\t 2 MB\n", 0, "want"},
+		{"bad number", "VmRSS:\t x kB\n", 0, "bad number"},
+		{"absurd", "VmRSS:\t 99999999999999999 kB\n", 0, "bad number"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseVmRSS([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error = %v, want containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("parseVmRSS = %d, %v; want %d", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseVmRSS(f *testing.F) {
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("VmRSS: 1 kB"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, err := parseVmRSS(b)
+		if err == nil && n%1024 != 0 {
+			t.Fatalf("accepted %d bytes, not whole kB", n)
+		}
+	})
+}
+
+// TestSupervisorStopsProcessGroup starts a shell that forks a worker (as
+// nginx does), checks the harness sees both and their CPU/RSS, and that
+// stopAll leaves neither running.
+func TestSupervisorStopsProcessGroup(t *testing.T) {
+	sup := &supervisor{dir: t.TempDir()}
+	defer sup.stopAll()
+	p, err := sup.start("sh", "/bin/sh", []string{"-c", "sleep 30 & echo $!; wait"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var worker int
+	deadline := time.Now().Add(5 * time.Second)
+	for worker == 0 && time.Now().Before(deadline) {
+		b, _ := os.ReadFile(p.logPath)
+		worker, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if worker == 0 {
+		t.Fatal("worker pid never printed")
+	}
+	pids, err := withDescendants([]int{p.pid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(pids, p.pid()) || !slices.Contains(pids, worker) {
+		t.Fatalf("withDescendants(%d) = %v, want the shell and worker %d", p.pid(), pids, worker)
+	}
+	if _, err := cpuSeconds(pids); err != nil {
+		t.Fatal(err)
+	}
+	if rss, err := rssBytes(pids); err != nil || rss == 0 {
+		t.Fatalf("rssBytes = %d, %v", rss, err)
+	}
+	start := time.Now()
+	sup.stopAll()
+	if time.Since(start) > 4*time.Second {
+		t.Fatalf("stopAll took %v: SIGTERM did not reach the group", time.Since(start))
+	}
+	if err := p.exited(); err == nil {
+		t.Fatal("shell still running after stopAll")
+	}
+	// The worker is gone or a zombie waiting for init to reap it.
+	if s, err := readStat(worker); err == nil && s.state != 'Z' {
+		t.Fatalf("worker %d still running (state %c) after stopAll", worker, s.state)
+	}
+}
+
+func TestWaitReadyReportsEarlyExit(t *testing.T) {
+	sup := &supervisor{dir: t.TempDir()}
+	defer sup.stopAll()
+	p, err := sup.start("false", "/bin/sh", []string{"-c", "echo boom; exit 3"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = waitReady(t.Context(), p, 5*time.Second, func() error { return io.EOF })
+	if err == nil || !strings.Contains(err.Error(), "exited early") || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("waitReady = %v, want an early-exit error with the log tail", err)
+	}
+}
+
+func TestSelectPaths(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []string
+		wantErr string
+	}{
+		{"", []string{"direct", "trellis", "haproxy", "nginx"}, ""},
+		{"nginx, direct,nginx", []string{"nginx", "direct"}, ""},
+		{"envoy", nil, `unknown path "envoy" (valid: direct,trellis,haproxy,nginx)`},
+	}
+	for _, tt := range tests {
+		got, err := selectPaths(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("selectPaths(%q) error = %v, want %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("selectPaths(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+// TestCertsMutualTLS does the handshake the proxy pairs do with the files
+// the harness writes: back requires and verifies the front's client cert.
+func TestCertsMutualTLS(t *testing.T) {
+	c, err := writeCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(c.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("ca.crt holds no certificate")
+	}
+	backCert, err := tls.LoadX509KeyPair(c.backPEM, c.backPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frontCert, err := tls.LoadX509KeyPair(c.frontCrt, c.frontKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{backCert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_ = conn.(*tls.Conn).Handshake()
+				_, _ = conn.Write([]byte("ok"))
+			}()
+		}
+	}()
+	dial := func(certs []tls.Certificate) error {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", ln.Addr().String(),
+			&tls.Config{RootCAs: pool, ServerName: backName, Certificates: certs})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = io.ReadAll(conn)
+		return err
+	}
+	if err := dial([]tls.Certificate{frontCert}); err != nil {
+		t.Fatalf("mTLS with the front cert: %v", err)
+	}
+	if err := dial(nil); err == nil {
+		t.Fatal("back accepted a client without a certificate")
+	}
+	// The back cert is not a client cert: usage is enforced.
+	if err := dial([]tls.Certificate{backCert}); err == nil {
+		t.Fatal("back accepted the server cert as a client cert")
+	}
+}

@@ -1,0 +1,276 @@
+// Command bench measures four ways from a load generator to an echo server on
+// loopback — direct, a Trellis proxy pair, an HAProxy pair and an nginx pair
+// (each pair with mTLS between its halves) — in one run, prints them side by
+// side and writes bench/results/latest.json. See bench/README.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// result is one row of bench/results/latest.json.
+type result struct {
+	Name       string  `json:"name"`
+	P50        float64 `json:"p50_ms"`
+	P90        float64 `json:"p90_ms"`
+	P99        float64 `json:"p99_ms"`
+	P999       float64 `json:"p999_ms"`
+	MaxRPS     float64 `json:"max_rps"`
+	CPUPerKReq float64 `json:"cpu_s_per_krps"` // proxy CPU-seconds per 1,000 requests
+	RSSMB      float64 `json:"rss_mb"`
+}
+
+type report struct {
+	Runs []result `json:"runs"`
+}
+
+// settings of one invocation.
+type settings struct {
+	only                    []string
+	fixedQPS                int
+	fixedConns, maxConns    int
+	fixedDuration, maxDurtn time.Duration
+	out                     string
+	keep                    bool
+	trellis, haproxy, nginx string
+	gomaxprocs              int
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var s settings
+	only := fs.String("only", "", "comma-separated paths to run (default all: "+pathNames()+")")
+	fs.StringVar(&s.trellis, "trellis", "bin/trellis", "path to the trellis binary")
+	fs.StringVar(&s.haproxy, "haproxy", "/usr/sbin/haproxy", "path to haproxy")
+	fs.StringVar(&s.nginx, "nginx", "/usr/sbin/nginx", "path to nginx")
+	fs.DurationVar(&s.fixedDuration, "fixed-duration", 15*time.Second, "length of the fixed-rate (latency) run")
+	fs.DurationVar(&s.maxDurtn, "max-duration", 10*time.Second, "length of the max-rate (throughput, CPU, RSS) run")
+	fs.IntVar(&s.fixedQPS, "fixed-qps", 1000, "request rate of the fixed-rate run")
+	fs.IntVar(&s.fixedConns, "fixed-conns", 16, "connections of the fixed-rate run")
+	fs.IntVar(&s.maxConns, "max-conns", 32, "connections of the max-rate run")
+	fs.IntVar(&s.gomaxprocs, "gomaxprocs", 0, "GOMAXPROCS for the trellis processes (0: Go's default, all cores)")
+	fs.StringVar(&s.out, "out", filepath.Join("bench", "results", "latest.json"), "where to write the JSON results")
+	fs.BoolVar(&s.keep, "keep", false, "keep the temp dir (configs, certs, logs) even on success")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var err error
+	if s.only, err = selectPaths(*only); err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 2
+	}
+	if s.fixedDuration <= 0 || s.maxDurtn <= 0 || s.fixedQPS <= 0 || s.fixedConns <= 0 || s.maxConns <= 0 {
+		fmt.Fprintln(stderr, "bench: durations, -fixed-qps and connection counts must be > 0")
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	results, err := bench(ctx, s, stderr)
+	if len(results) > 0 {
+		printTable(stdout, results)
+		if werr := writeReport(s.out, results); werr != nil {
+			fmt.Fprintln(stderr, "bench:", werr)
+			return 1
+		}
+		fmt.Fprintf(stdout, "\nwrote %s\n", s.out)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 1
+	}
+	return 0
+}
+
+// selectPaths parses -only.
+func selectPaths(only string) ([]string, error) {
+	if strings.TrimSpace(only) == "" {
+		return strings.Split(pathNames(), ","), nil
+	}
+	valid := strings.Split(pathNames(), ",")
+	var out []string
+	for _, n := range strings.Split(only, ",") {
+		n = strings.TrimSpace(n)
+		if !slices.Contains(valid, n) {
+			return nil, fmt.Errorf("-only: unknown path %q (valid: %s)", n, pathNames())
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// bench runs the selected paths one after another and returns the rows of
+// those that succeeded, and the joined errors of those that did not.
+func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
+	h := &harness{gomaxprocs: s.gomaxprocs}
+	var err error
+	if h.fortio, err = findFortio(); err != nil {
+		return nil, err
+	}
+	if slices.Contains(s.only, "trellis") {
+		if h.trellis, err = filepath.Abs(s.trellis); err != nil {
+			return nil, err
+		}
+	}
+	for _, b := range []struct {
+		name string
+		dst  *string
+		flag string
+	}{{"haproxy", &h.haproxy, s.haproxy}, {"nginx", &h.nginx, s.nginx}} {
+		if !slices.Contains(s.only, b.name) {
+			continue
+		}
+		p, err := exec.LookPath(b.flag)
+		if err != nil {
+			return nil, fmt.Errorf("%s not found at %s (apt-get install %s, pass -%s, or leave it out with -only): %w", b.name, b.flag, b.name, b.name, err)
+		}
+		*b.dst = p
+	}
+
+	if h.dir, err = os.MkdirTemp("", "trellis-bench-"); err != nil {
+		return nil, err
+	}
+	// nginx workers run as nobody and must reach their temp paths.
+	if err := os.Chmod(h.dir, 0o755); err != nil {
+		return nil, err
+	}
+	failed := false
+	defer func() {
+		if failed || s.keep {
+			fmt.Fprintf(log, "bench: configs and logs kept in %s\n", h.dir)
+			return
+		}
+		os.RemoveAll(h.dir)
+	}()
+	if h.certs, err = writeCerts(h.dir); err != nil {
+		failed = true
+		return nil, err
+	}
+
+	sup := &supervisor{dir: h.dir}
+	defer sup.stopAll()
+	if h.server, err = startServer(ctx, h, sup); err != nil {
+		failed = true
+		return nil, err
+	}
+
+	var results []result
+	var errs []error
+	for _, p := range allPaths {
+		if !slices.Contains(s.only, p.name) {
+			continue
+		}
+		fmt.Fprintf(log, "bench: %s: fixed %d req/s × %v over %d conns, then max rate × %v over %d conns\n",
+			p.name, s.fixedQPS, s.fixedDuration, s.fixedConns, s.maxDurtn, s.maxConns)
+		r, err := measure(ctx, h, p, s)
+		if err != nil {
+			failed = true
+			errs = append(errs, fmt.Errorf("%s: %w", p.name, err))
+			fmt.Fprintf(log, "bench: %s: FAILED: %v\n", p.name, err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		results = append(results, r)
+	}
+	return results, errors.Join(errs...)
+}
+
+// measure brings one path up, runs both loads and tears the path down.
+func measure(ctx context.Context, h *harness, p path, s settings) (result, error) {
+	sup := &supervisor{dir: h.dir}
+	defer sup.stopAll()
+	url, roots, err := p.start(ctx, h, sup)
+	if err != nil {
+		return result{}, err
+	}
+	fixed, err := load(ctx, h.fortio, h.dir, p.name+"-fixed", s.fixedQPS, s.fixedConns, s.fixedDuration, url)
+	if err != nil {
+		return result{}, err
+	}
+	// Workers exist by now; list them once for both CPU readings.
+	pids, err := withDescendants(roots)
+	if err != nil {
+		return result{}, err
+	}
+	cpu0, err := cpuSeconds(pids)
+	if err != nil {
+		return result{}, err
+	}
+	maxRun, err := load(ctx, h.fortio, h.dir, p.name+"-max", 0, s.maxConns, s.maxDurtn, url)
+	if err != nil {
+		return result{}, err
+	}
+	cpu1, err := cpuSeconds(pids)
+	if err != nil {
+		return result{}, err
+	}
+	rss, err := rssBytes(pids)
+	if err != nil {
+		return result{}, err
+	}
+	r := result{
+		Name:   p.name,
+		P50:    round(fixed.pctMS[50], 3),
+		P90:    round(fixed.pctMS[90], 3),
+		P99:    round(fixed.pctMS[99], 3),
+		P999:   round(fixed.pctMS[99.9], 3),
+		MaxRPS: round(maxRun.qps, 1),
+		RSSMB:  round(float64(rss)/(1<<20), 1),
+	}
+	if len(pids) > 0 {
+		r.CPUPerKReq = round((cpu1-cpu0)/(float64(maxRun.requests)/1000), 4)
+	}
+	if fixed.errors+maxRun.errors > 0 {
+		fmt.Fprintf(os.Stderr, "bench: %s: %d non-200 responses (under the 0.1%% limit)\n", p.name, fixed.errors+maxRun.errors)
+	}
+	return r, nil
+}
+
+func round(v float64, places int) float64 {
+	m := math.Pow10(places)
+	return math.Round(v*m) / m
+}
+
+func printTable(w io.Writer, rs []result) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "path\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax req/s\tproxy CPU-s/1k req\tproxy RSS MB\t")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f\t%.4f\t%.1f\t\n", r.Name, r.P50, r.P90, r.P99, r.P999, r.MaxRPS, r.CPUPerKReq, r.RSSMB)
+	}
+	tw.Flush()
+}
+
+func writeReport(path string, rs []result) error {
+	b, err := json.MarshalIndent(report{Runs: rs}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}

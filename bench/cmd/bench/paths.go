@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A path is one way from the load generator to the fortio server. start
+// brings it up under sup and returns the URL to load and the root pids of
+// its proxy processes (nil for the direct path).
+type path struct {
+	name  string
+	start func(ctx context.Context, h *harness, sup *supervisor) (url string, roots []int, err error)
+}
+
+var allPaths = []path{
+	{"direct", startDirect},
+	{"trellis", startTrellis},
+	{"haproxy", startHAProxy},
+	{"nginx", startNginx},
+}
+
+// harness holds what every path needs.
+type harness struct {
+	dir        string // temp dir: configs, certs, logs
+	fortio     string
+	trellis    string
+	haproxy    string
+	nginx      string
+	gomaxprocs int
+	certs      certFiles
+	server     string // fortio server host:port
+}
+
+// freePorts reserves n distinct loopback ports; they are released just before
+// use, so another process could in theory take one in between.
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("reserve port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+var probeClient = &http.Client{Timeout: 2 * time.Second}
+
+// probeHTTP succeeds when GET url answers 200.
+func probeHTTP(url string) error {
+	resp, err := probeClient.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+func probeTCP(a string) error {
+	c, err := net.DialTimeout("tcp", a, time.Second)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// startServer runs the fortio echo server, with every listener but HTTP
+// disabled so nothing binds beyond loopback.
+func startServer(ctx context.Context, h *harness, sup *supervisor) (string, error) {
+	ports, err := freePorts(1)
+	if err != nil {
+		return "", err
+	}
+	a := addr(ports[0])
+	data := filepath.Join(h.dir, "fortio-data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return "", err
+	}
+	p, err := sup.start("fortio-server", h.fortio, []string{"server",
+		"-http-port", a, "-grpc-port", "disabled", "-redirect-port", "disabled",
+		"-tcp-port", "disabled", "-udp-port", "disabled", "-data-dir", data, "-loglevel", "warning",
+	}, nil)
+	if err != nil {
+		return "", err
+	}
+	if err := waitReady(ctx, p, 10*time.Second, func() error { return probeHTTP("http://" + a + "/") }); err != nil {
+		return "", err
+	}
+	return a, nil
+}
+
+func startDirect(_ context.Context, h *harness, _ *supervisor) (string, []int, error) {
+	return "http://" + h.server + "/", nil, nil
+}
+
+// startTrellis runs a control plane and two proxies with the real CLI:
+// client → outbound (per-upstream port) → mTLS → inbound → server.
+func startTrellis(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
+	if _, err := os.Stat(h.trellis); err != nil {
+		return "", nil, fmt.Errorf("trellis binary %s: %w (build it with `make build` or pass -trellis)", h.trellis, err)
+	}
+	p, err := freePorts(9)
+	if err != nil {
+		return "", nil, err
+	}
+	grpc, admin, srvIn, srvOut, srvAdmin, cliIn, cliOut, cliAdmin, upstream := p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
+	data := filepath.Join(h.dir, "trellis-control")
+	var env []string
+	if h.gomaxprocs > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(h.gomaxprocs))
+	}
+
+	ctl, err := sup.start("trellis-control", h.trellis, []string{"control",
+		"--data-dir", data, "--grpc-addr", addr(grpc), "--admin-addr", addr(admin)}, env)
+	if err != nil {
+		return "", nil, err
+	}
+	caFile, tokenFile := filepath.Join(data, "ca.crt"), filepath.Join(data, "bootstrap-token")
+	err = waitReady(ctx, ctl, 30*time.Second, func() error {
+		for _, f := range []string{caFile, tokenFile} {
+			if _, err := os.Stat(f); err != nil {
+				return err
+			}
+		}
+		return probeTCP(addr(grpc))
+	})
+	if err != nil {
+		return "", nil, err
+	}
+
+	common := []string{"proxy", "--control", addr(grpc), "--ca-file", caFile, "--token-file", tokenFile}
+	srv, err := sup.start("trellis-proxy-server", h.trellis, append(common[:len(common):len(common)],
+		"--service", "bench-server", "--app", h.server,
+		"--inbound", addr(srvIn), "--outbound", addr(srvOut), "--admin", addr(srvAdmin)), env)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := waitReady(ctx, srv, 30*time.Second, func() error { return probeHTTP("http://" + addr(srvAdmin) + "/ready") }); err != nil {
+		return "", nil, err
+	}
+	cli, err := sup.start("trellis-proxy-client", h.trellis, append(common[:len(common):len(common)],
+		"--service", "bench-client", "--app", "127.0.0.1:1",
+		"--inbound", addr(cliIn), "--outbound", addr(cliOut), "--admin", addr(cliAdmin),
+		"--upstream", "bench-server="+addr(upstream)), env)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := waitReady(ctx, cli, 30*time.Second, func() error { return probeHTTP("http://" + addr(cliAdmin) + "/ready") }); err != nil {
+		return "", nil, err
+	}
+	url := "http://" + addr(upstream) + "/"
+	// Ready proxies may still be waiting for the server's endpoint to reach
+	// the client's snapshot: wait for one request to go through.
+	if err := waitReady(ctx, cli, 30*time.Second, func() error { return probeHTTP(url) }); err != nil {
+		return "", nil, err
+	}
+	return url, []int{srv.pid(), cli.pid()}, nil
+}
+
+// HAProxy: one thread per half (nbthread 1), HTTP/1.1 keep-alive with
+// connection reuse on the TLS hop, TLS 1.3, no logging.
+const haproxyCommon = `global
+    nbthread 1
+    maxconn 4096
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+`
+
+func startHAProxy(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
+	p, err := freePorts(2)
+	if err != nil {
+		return "", nil, err
+	}
+	front, back := addr(p[0]), addr(p[1])
+	c := h.certs
+	backCfg := haproxyCommon + fmt.Sprintf(`frontend back
+    bind %s ssl crt %s ca-file %s verify required alpn http/1.1
+    default_backend app
+backend app
+    server app %s
+`, back, c.backPEM, c.ca, h.server)
+	frontCfg := haproxyCommon + fmt.Sprintf(`frontend front
+    bind %s
+    default_backend back
+backend back
+    server back %s ssl crt %s ca-file %s verify required verifyhost %s sni str(%s) alpn http/1.1
+`, front, back, c.frontPEM, c.ca, backName, backName)
+	var roots []int
+	for _, half := range []struct{ name, cfg, listen string }{{"haproxy-back", backCfg, back}, {"haproxy-front", frontCfg, front}} {
+		cfgPath := filepath.Join(h.dir, half.name+".cfg")
+		if err := os.WriteFile(cfgPath, []byte(half.cfg), 0o644); err != nil {
+			return "", nil, err
+		}
+		// -db: stay in the foreground, no daemon, no master process.
+		pr, err := sup.start(half.name, h.haproxy, []string{"-db", "-f", cfgPath}, nil)
+		if err != nil {
+			return "", nil, err
+		}
+		if err := waitReady(ctx, pr, 10*time.Second, func() error { return probeTCP(half.listen) }); err != nil {
+			return "", nil, err
+		}
+		roots = append(roots, pr.pid())
+	}
+	url := "http://" + front + "/"
+	if err := waitReady(ctx, sup.last(), 10*time.Second, func() error { return probeHTTP(url) }); err != nil {
+		return "", nil, err
+	}
+	return url, roots, nil
+}
+
+// nginx: one worker per half (plus its idle master), upstream keep-alive on
+// both hops with no per-connection request cap, TLS 1.3, no access log.
+const nginxMain = `daemon off;
+master_process on;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %[1]s/client_body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+%[2]s
+}
+`
+
+func startNginx(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
+	p, err := freePorts(2)
+	if err != nil {
+		return "", nil, err
+	}
+	front, back := addr(p[0]), addr(p[1])
+	c := h.certs
+	backHTTP := fmt.Sprintf(`    upstream app {
+        server %s;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen %s ssl;
+        ssl_protocols TLSv1.3;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_client_certificate %s;
+        ssl_verify_client on;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }`, h.server, back, c.backCrt, c.backKey, c.ca)
+	frontHTTP := fmt.Sprintf(`    upstream back {
+        server %s;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen %s;
+        location / {
+            proxy_pass https://back;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_ssl_protocols TLSv1.3;
+            proxy_ssl_certificate %s;
+            proxy_ssl_certificate_key %s;
+            proxy_ssl_trusted_certificate %s;
+            proxy_ssl_verify on;
+            proxy_ssl_name %s;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;
+        }
+    }`, back, front, c.frontCrt, c.frontKey, c.ca, backName)
+	var roots []int
+	for _, half := range []struct{ name, http, listen string }{{"nginx-back", backHTTP, back}, {"nginx-front", frontHTTP, front}} {
+		prefix := filepath.Join(h.dir, half.name)
+		if err := os.MkdirAll(prefix, 0o755); err != nil {
+			return "", nil, err
+		}
+		cfgPath := filepath.Join(prefix, "nginx.conf")
+		if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(nginxMain, prefix, half.http)), 0o644); err != nil {
+			return "", nil, err
+		}
+		// -e: the startup error log goes to the prefix, not /var/log/nginx.
+		pr, err := sup.start(half.name, h.nginx, []string{"-p", prefix + "/", "-c", cfgPath, "-e", filepath.Join(prefix, "error.log")}, nil)
+		if err != nil {
+			return "", nil, err
+		}
+		if err := waitReady(ctx, pr, 10*time.Second, func() error { return probeTCP(half.listen) }); err != nil {
+			return "", nil, fmt.Errorf("%w\nnginx error log:\n%s", err, tail(filepath.Join(prefix, "error.log"), 10))
+		}
+		roots = append(roots, pr.pid())
+	}
+	url := "http://" + front + "/"
+	if err := waitReady(ctx, sup.last(), 10*time.Second, func() error { return probeHTTP(url) }); err != nil {
+		return "", nil, fmt.Errorf("%w\nnginx error logs:\n%s\n%s", err,
+			tail(filepath.Join(h.dir, "nginx-front", "error.log"), 10), tail(filepath.Join(h.dir, "nginx-back", "error.log"), 10))
+	}
+	return url, roots, nil
+}
+
+// pathNames lists the valid -only values.
+func pathNames() string {
+	var n []string
+	for _, p := range allPaths {
+		n = append(n, p.name)
+	}
+	return strings.Join(n, ",")
+}
