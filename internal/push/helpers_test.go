@@ -352,3 +352,5 @@ func eventually(t testing.TB, what string, cond func() bool) {
 }
 
 func protoEqual(a, b proto.Message) bool { return proto.Equal(a, b) }
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

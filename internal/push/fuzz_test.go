@@ -1,0 +1,43 @@
+package push
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func FuzzNormalizeSubscriptions(f *testing.F) {
+	f.Add("orders.default\npayments.prod\norders.default")
+	f.Add("a.b")
+	f.Add(".\nx.\n.y\nA.b\na-.b\na.b.c")
+	f.Fuzz(func(t *testing.T, in string) {
+		subs := strings.Split(in, "\n")
+		out, err := normalizeSubscriptions(subs)
+		if err != nil {
+			return
+		}
+		if !slices.IsSorted(out) || len(slices.Compact(slices.Clone(out))) != len(out) {
+			t.Fatalf("not sorted and deduped: %q", out)
+		}
+		for _, s := range out {
+			name, ns, ok := strings.Cut(s, ".")
+			if !ok || !validLabel(name) || !validLabel(ns) || !slices.Contains(subs, s) {
+				t.Fatalf("accepted %q", s)
+			}
+		}
+	})
+}
+
+func FuzzValidLabel(f *testing.F) {
+	for _, s := range []string{"orders", "a-b", "-a", "a-", "A", "", strings.Repeat("a", 64)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !validLabel(s) {
+			return
+		}
+		if len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' || strings.ToLower(s) != s || strings.ContainsAny(s, "./_ ") {
+			t.Fatalf("accepted %q", s)
+		}
+	})
+}
