@@ -7,7 +7,6 @@ package proxy
 
 import (
 	"context"
-	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -76,9 +75,7 @@ type sidecar struct {
 	proxy  *Proxy
 
 	mu     sync.Mutex
-	chain  [][]byte
-	key    crypto.Signer
-	bundle [][]byte
+	bundle [][]byte        // the trust bundle last installed
 	subs   map[string]bool // "name.namespace"
 
 	readyOnce sync.Once
@@ -263,7 +260,7 @@ func (s *sidecar) certify(ctx context.Context, token string) error {
 	if err := s.src.Set(resp.CertChain, key, bundle); err != nil {
 		return fmt.Errorf("proxy: certificate from control plane: %w", err)
 	}
-	s.chain, s.key, s.bundle = resp.CertChain, key, bundle
+	s.bundle = bundle
 	s.log.Info("certificate issued", "identity", s.id.String(), "expires", time.Unix(resp.NotAfter, 0).UTC())
 	return nil
 }
@@ -396,7 +393,7 @@ func (s *sidecar) updateBundle(bundle [][]byte) error {
 	if slices.EqualFunc(bundle, s.bundle, func(a, b []byte) bool { return string(a) == string(b) }) {
 		return nil
 	}
-	if err := s.src.Set(s.chain, s.key, bundle); err != nil {
+	if err := s.src.SetBundle(bundle); err != nil {
 		return err
 	}
 	s.bundle = bundle
