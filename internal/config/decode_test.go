@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -60,8 +61,8 @@ func TestDecodeInventoryDemo(t *testing.T) {
 	if !reflect.DeepEqual(inv.Spec.Selector, map[string]string{"app": "inventory"}) {
 		t.Errorf("default selector = %v, want app=inventory", inv.Spec.Selector)
 	}
-	if p := inv.Spec.Ports[0]; p.TargetPort != 8080 || p.Protocol != ProtocolHTTP {
-		t.Errorf("port defaults = %+v, want targetPort 8080 protocol http", p)
+	if p := inv.Spec.Ports[0]; p.TargetPort != 80 || p.Protocol != ProtocolHTTP {
+		t.Errorf("port defaults = %+v, want targetPort 80 protocol http", p)
 	}
 	v2 := objs[2].(*Service)
 	if !reflect.DeepEqual(v2.Spec.Selector, map[string]string{"app": "inventory", "version": "v2"}) {
@@ -70,7 +71,7 @@ func TestDecodeInventoryDemo(t *testing.T) {
 
 	r := objs[3].(*HTTPRoute)
 	p := r.Spec.ParentRefs[0]
-	if *p.Kind != "Service" || *p.Group != "" || *p.Namespace != "default" || p.Name != "inventory" || *p.Port != 8080 {
+	if *p.Kind != "Service" || *p.Group != "" || *p.Namespace != "default" || p.Name != "inventory" || *p.Port != 80 {
 		t.Errorf("parentRef = %+v", p)
 	}
 	rule := r.Spec.Rules[0]
@@ -242,6 +243,53 @@ func TestDecodeMultiDocument(t *testing.T) {
 			t.Errorf("got %d errors, want 1: %v", n, err)
 		}
 	})
+}
+
+// The shipped examples are what users copy: they must stay valid, alone and
+// together with the demo shop.
+func TestExamplesDecode(t *testing.T) {
+	files, err := filepath.Glob("../../examples/*/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Skip("no examples in this tree")
+	}
+	var shop []Object
+	for _, f := range files {
+		objs := mustDecode(t, f, readFile(t, f))
+		if err := CheckSet(objs); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+		if filepath.Base(f) == "shop.yaml" {
+			shop = objs
+		}
+	}
+	if shop == nil {
+		return
+	}
+	for _, f := range files {
+		if filepath.Base(f) == "shop.yaml" {
+			continue
+		}
+		// An example applied over the shop replaces resources of the same
+		// name; the result must still be consistent.
+		merged := map[Ref]Object{}
+		var order []Ref
+		for _, o := range append(append([]Object{}, shop...), mustDecode(t, f, readFile(t, f))...) {
+			if _, ok := merged[o.Ref()]; !ok {
+				order = append(order, o.Ref())
+			}
+			merged[o.Ref()] = o
+		}
+		var set []Object
+		for _, r := range order {
+			set = append(set, merged[r])
+		}
+		if err := CheckSet(set); err != nil {
+			t.Errorf("shop + %s: %v", f, err)
+		}
+	}
 }
 
 func TestEncodeDecodeStoredRoundTrip(t *testing.T) {
