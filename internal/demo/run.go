@@ -115,7 +115,8 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	log := o.Logger.With("component", "demo")
+	// The CLI scopes the logger (component=demo).
+	log := o.Logger
 	if o.Binary == "" {
 		if o.Binary, err = os.Executable(); err != nil {
 			return Result{}, fmt.Errorf("demo: find the trellis binary: %w", err)
