@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"trellis.dev/trellis/internal/telemetry"
 )
 
 // fakeEnv makes the test binary act as a fake trellis: Run's tests start it
@@ -137,11 +138,12 @@ func fakeProxy(ctx context.Context, args []string) error {
 		return err
 	}
 
+	// The real proxy's instruments, so the demo reads what a proxy writes.
 	metrics := prometheus.NewRegistry()
-	reqs := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_proxy_requests_total"}, []string{"direction", "destination_service", "response_code"})
-	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "trellis_proxy_request_duration_seconds",
-		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"direction", "destination_service", "response_code"})
-	metrics.MustRegister(reqs, dur)
+	pm, err := telemetry.NewProxyMetrics(metrics)
+	if err != nil {
+		return err
+	}
 	appURL := &url.URL{Scheme: "http", Host: *appAddr}
 	in := httputil.NewSingleHostReverseProxy(appURL)
 	serve := func(addr string, h http.Handler) error {
@@ -156,9 +158,7 @@ func fakeProxy(ctx context.Context, args []string) error {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: 200}
 		in.ServeHTTP(rec, r)
-		code := strconv.Itoa(rec.code)
-		reqs.WithLabelValues("inbound", *service+".default", code).Inc()
-		dur.WithLabelValues("inbound", *service+".default", code).Observe(time.Since(start).Seconds())
+		pm.Request("inbound", *service+".default", rec.code, time.Since(start))
 	})); err != nil {
 		return err
 	}
