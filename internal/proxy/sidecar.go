@@ -268,6 +268,12 @@ func (s *sidecar) certify(ctx context.Context, token string) error {
 // retryable reports whether a Certify error may pass once the control plane
 // is back; a refused token or CSR will not.
 func retryable(err error) bool {
+	if errors.Is(err, push.ErrUnavailable) {
+		return true
+	}
+	if errors.Is(err, push.ErrRejected) {
+		return false
+	}
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Unknown:
 		return true
