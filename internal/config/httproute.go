@@ -255,8 +255,16 @@ func validateRule(fe *fieldErrors, path string, rule *gwapiv1.HTTPRouteRule) {
 	case n > maxBackendRefs:
 		fe.addf(path+".backendRefs", "at most %d backendRefs are allowed in a rule, got %d", maxBackendRefs, n)
 	}
+	positive := false
 	for j := range rule.BackendRefs {
-		validateBackendRef(fe, fmt.Sprintf("%s.backendRefs[%d]", path, j), &rule.BackendRefs[j])
+		b := &rule.BackendRefs[j]
+		validateBackendRef(fe, fmt.Sprintf("%s.backendRefs[%d]", path, j), b)
+		positive = positive || b.Weight == nil || *b.Weight > 0
+	}
+	// Gateway API lets every weight be 0 (all requests then fail with 500);
+	// that is never what anyone means, and proxies refuse such a route.
+	if len(rule.BackendRefs) > 0 && !positive {
+		fe.add(path+".backendRefs", "every weight is 0: give at least one backendRef a weight above 0")
 	}
 }
 

@@ -185,6 +185,8 @@ func TestHTTPRouteValidation(t *testing.T) {
 			[]string{at + "spec.rules[0].backendRefs[1].weight: must be between 0 and 1000000, got 1000001"}},
 		{"negative weight", route(rules("  - backendRefs: [{name: a, weight: -1}]\n")),
 			[]string{at + "spec.rules[0].backendRefs[0].weight: must be between 0 and 1000000, got -1"}},
+		{"every weight zero", route(rules("  - backendRefs: [{name: a, weight: 0}, {name: b, weight: 0}]\n")),
+			[]string{at + "spec.rules[0].backendRefs: every weight is 0: give at least one backendRef a weight above 0"}},
 		{"backend name missing", route(rules("  - backendRefs: [{port: 80}]\n")), []string{at + "spec.rules[0].backendRefs[0].name: required"}},
 		{"backend name invalid", route(rules("  - backendRefs: [{name: Inventory}]\n")), []string{`spec.rules[0].backendRefs[0].name: "Inventory" is not a valid name`}},
 		{"backend kind", route(rules("  - backendRefs: [{kind: ServiceImport, group: multicluster.x-k8s.io, name: a}]\n")),
