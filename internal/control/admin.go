@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -47,11 +48,14 @@ type adminDeps struct {
 type admin struct {
 	adminDeps
 	log *slog.Logger
+	// maxBody is MaxBodyBytes; tests lower it to exercise the limit cheaply.
+	maxBody atomic.Int64
+	handler http.Handler
 }
 
 // newAdmin returns the admin API handler: every route requires the admin
 // token.
-func newAdmin(d adminDeps) http.Handler {
+func newAdmin(d adminDeps) *admin {
 	if d.logger == nil {
 		d.logger = slog.New(slog.DiscardHandler)
 	}
@@ -59,6 +63,7 @@ func newAdmin(d adminDeps) http.Handler {
 		d.now = time.Now
 	}
 	a := &admin{adminDeps: d, log: d.logger.With("component", "admin")}
+	a.maxBody.Store(MaxBodyBytes)
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/apply", a.apply)
 	mux.HandleFunc("GET /v1/resources/{kind}", a.list)
@@ -69,8 +74,11 @@ func newAdmin(d adminDeps) http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints)", r.Method, r.URL.Path))
 	})
-	return a.authenticate(mux)
+	a.handler = a.authenticate(mux)
+	return a
 }
+
+func (a *admin) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.handler.ServeHTTP(w, r) }
 
 func (a *admin) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +88,7 @@ func (a *admin) authenticate(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "missing or wrong admin token: send 'Authorization: Bearer <token>' with the token in <data-dir>/admin-token")
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		r.Body = http.MaxBytesReader(w, r.Body, a.maxBody.Load())
 		next.ServeHTTP(w, r)
 	})
 }

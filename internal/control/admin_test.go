@@ -187,7 +187,9 @@ func TestApplyDryRunAndBase64(t *testing.T) {
 func TestAdminMalformedRequests(t *testing.T) {
 	c := startControl(t, t.TempDir())
 	cl := newClient(t, c)
-	big := `{"files":[{"name":"x.yaml","content":"` + strings.Repeat("a", MaxBodyBytes) + `"}]}`
+	// The limit is lowered so that the test stays fast under -race.
+	c.admin.maxBody.Store(64 << 10)
+	big := `{"files":[{"name":"x.yaml","content":"` + strings.Repeat("a", 64<<10) + `"}]}`
 	tests := []struct {
 		name, method, path, body string
 		status                   int
@@ -199,7 +201,7 @@ func TestAdminMalformedRequests(t *testing.T) {
 		{"wrong type", "POST", "/v1/apply", `{"files":"x"}`, 400, "malformed"},
 		{"no files", "POST", "/v1/apply", `{"files":[]}`, 400, "at least one file"},
 		{"empty body", "POST", "/v1/apply", ``, 400, "malformed"},
-		{"too big", "POST", "/v1/apply", big, 413, "exceeds"},
+		{"too big", "POST", "/v1/apply", big, 413, "exceeds 65536 bytes"},
 		{"unknown kind", "GET", "/v1/resources/pods", "", 404, `unknown kind \"pods\"`},
 		{"unknown kind one", "GET", "/v1/resources/pods/default/x", "", 404, "known kinds are"},
 		{"unknown path", "GET", "/v2/everything", "", 404, "no such API"},

@@ -127,6 +127,7 @@ type Control struct {
 	push    *push.Server
 	grpc    *grpc.Server
 	http    *http.Server
+	admin   *admin
 	grpcLn  net.Listener
 	adminLn net.Listener
 
@@ -253,14 +254,15 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 
 	adminTLS := tlsConfig.Clone()
 	adminTLS.NextProtos = []string{"h2", "http/1.1"}
+	c.admin = newAdmin(adminDeps{
+		store:     c.st,
+		token:     adminToken,
+		statuses:  c.push.Statuses,
+		endpoints: c.reg.Endpoints,
+		logger:    o.Logger,
+	})
 	c.http = &http.Server{
-		Handler: newAdmin(adminDeps{
-			store:     c.st,
-			token:     adminToken,
-			statuses:  c.push.Statuses,
-			endpoints: c.reg.Endpoints,
-			logger:    o.Logger,
-		}),
+		Handler:           c.admin,
 		TLSConfig:         adminTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
