@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -95,8 +94,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "\nwrote %s\n", s.out)
 	}
-	if err != nil {
-		fmt.Fprintln(stderr, "bench:", err)
+	switch {
+	case ctx.Err() != nil:
+		fmt.Fprintln(stderr, "bench: interrupted; every process it started has been stopped")
+		return 130
+	case err != nil:
+		fmt.Fprintln(stderr, "bench: failed:", err)
 		return 1
 	}
 	return 0
@@ -122,7 +125,8 @@ func selectPaths(only string) ([]string, error) {
 }
 
 // bench runs the selected paths one after another and returns the rows of
-// those that succeeded, and the joined errors of those that did not.
+// those that succeeded; the errors of those that did not are printed to log
+// as they happen.
 func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 	h := &harness{gomaxprocs: s.gomaxprocs}
 	var err error
@@ -177,7 +181,7 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 	}
 
 	var results []result
-	var errs []error
+	var failedPaths []string
 	for _, p := range allPaths {
 		if !slices.Contains(s.only, p.name) {
 			continue
@@ -187,7 +191,7 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 		r, err := measure(ctx, h, p, s)
 		if err != nil {
 			failed = true
-			errs = append(errs, fmt.Errorf("%s: %w", p.name, err))
+			failedPaths = append(failedPaths, p.name)
 			fmt.Fprintf(log, "bench: %s: FAILED: %v\n", p.name, err)
 			if ctx.Err() != nil {
 				break
@@ -196,7 +200,10 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 		}
 		results = append(results, r)
 	}
-	return results, errors.Join(errs...)
+	if len(failedPaths) > 0 {
+		return results, fmt.Errorf("%s (details above)", strings.Join(failedPaths, ", "))
+	}
+	return results, nil
 }
 
 // measure brings one path up, runs both loads and tears the path down.
