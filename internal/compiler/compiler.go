@@ -395,18 +395,33 @@ func writeField(h hashWriter, s string) {
 }
 
 // parseSubscription accepts "name", "name.namespace" and
-// "name.namespace.svc.<domain>".
+// "name.namespace.svc.<domain>"; name and namespace must be DNS labels.
 func (c *Compiler) parseSubscription(s, defaultNS string) (svcKey, bool) {
-	s = strings.TrimSuffix(strings.TrimSpace(s), ".")
+	s = strings.TrimSuffix(s, ".")
 	if c.opts.Domain != "" {
 		s = strings.TrimSuffix(s, ".svc."+c.opts.Domain)
 	}
 	parts := strings.Split(s, ".")
 	switch {
-	case len(parts) == 1 && parts[0] != "":
+	case len(parts) == 1 && isLabel(parts[0]):
 		return svcKey{ns: defaultNS, name: parts[0]}, true
-	case len(parts) == 2 && parts[0] != "" && parts[1] != "":
+	case len(parts) == 2 && isLabel(parts[0]) && isLabel(parts[1]):
 		return svcKey{ns: parts[1], name: parts[0]}, true
 	}
 	return svcKey{}, false
+}
+
+// isLabel reports whether s is an RFC 1123 DNS label (what names and
+// namespaces are).
+func isLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if !(b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '-') {
+			return false
+		}
+	}
+	return true
 }

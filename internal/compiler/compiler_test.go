@@ -532,3 +532,22 @@ func TestSnapshotWaitsForFirstListing(t *testing.T) {
 		t.Fatalf("node without service: %v", err)
 	}
 }
+
+func FuzzParseSubscription(f *testing.F) {
+	for _, s := range []string{"orders", "orders.default", "orders.default.svc.trellis.local", "a.b.c", "", ".", "x..y"} {
+		f.Add(s)
+	}
+	c := New(nil, Options{Domain: "trellis.local"})
+	f.Fuzz(func(t *testing.T, s string) {
+		k, ok := c.parseSubscription(s, "default")
+		if !ok {
+			return
+		}
+		if k.name == "" || k.ns == "" || strings.Contains(k.name, ".") || strings.Contains(k.ns, ".") {
+			t.Fatalf("%q parsed to %+v", s, k)
+		}
+		if again, ok := c.parseSubscription(k.String(), "other"); !ok || again != k {
+			t.Fatalf("%q -> %v -> %v", s, k, again)
+		}
+	})
+}

@@ -6,12 +6,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/store"
 )
 
 func TestAdminRequiresToken(t *testing.T) {
@@ -269,4 +272,32 @@ func TestProxiesAndEndpoints(t *testing.T) {
 	if status != http.StatusOK || json.Unmarshal(body, &eps) != nil || len(eps) != 1 || eps[0]["id"] != "o-1" || eps[0]["address"] != "127.0.0.1:15006" {
 		t.Fatalf("endpoints: %d %s", status, body)
 	}
+}
+
+func FuzzApplyBody(f *testing.F) {
+	st, err := store.NewBolt(filepath.Join(f.TempDir(), "store.db"), store.BoltOptions{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { st.Close() })
+	a := newAdmin(adminDeps{store: st, token: "t"})
+	f.Add(string(applyBody(false, file{"svc.yaml", serviceYAML})))
+	f.Add(string(applyBody(true, file{"r.yaml", routeYAML("x", 10)})))
+	f.Add(`{"files":[{"name":"a","content":"YXBpVmVyc2lvbjogdjE="}]}`)
+	f.Add(`{"files":null}`)
+	f.Add(`[`)
+	f.Fuzz(func(t *testing.T, body string) {
+		req := httptest.NewRequest("POST", "/v1/apply", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer t")
+		rec := httptest.NewRecorder()
+		a.ServeHTTP(rec, req)
+		switch rec.Code {
+		case http.StatusOK, http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusRequestEntityTooLarge:
+		default:
+			t.Fatalf("status %d: %s", rec.Code, rec.Body)
+		}
+		if !json.Valid(rec.Body.Bytes()) {
+			t.Fatalf("answer is not JSON: %q", rec.Body)
+		}
+	})
 }
