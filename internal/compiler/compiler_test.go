@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
@@ -461,6 +463,7 @@ func TestSubscribeNotifies(t *testing.T) {
 		e := newEnv(t)
 		ch, cancel := e.c.Subscribe()
 		ch2, cancel2 := e.c.Subscribe()
+		time.Sleep(50 * time.Millisecond) // past the debounce of the initial load
 		synctest.Wait()
 		drain := func(c <-chan struct{}) bool {
 			select {
@@ -507,6 +510,7 @@ func TestDebounceDelay(t *testing.T) {
 		e := newEnv(t)
 		ch, cancel := e.c.Subscribe()
 		defer cancel()
+		time.Sleep(50 * time.Millisecond) // past the debounce of the initial load
 		synctest.Wait()
 		select {
 		case <-ch:
@@ -515,8 +519,8 @@ func TestDebounceDelay(t *testing.T) {
 		start := time.Now()
 		e.register("o1", "orders", "default", true)
 		<-ch
-		if d := time.Since(start); d > 20*time.Millisecond {
-			t.Fatalf("notification after %v, want <= 20ms", d)
+		if d := time.Since(start); d == 0 || d > 20*time.Millisecond {
+			t.Fatalf("notification after %v, want a debounce of at most 20ms", d)
 		}
 	})
 }
@@ -549,5 +553,81 @@ func FuzzParseSubscription(f *testing.F) {
 		if again, ok := c.parseSubscription(k.String(), "other"); !ok || again != k {
 			t.Fatalf("%q -> %v -> %v", s, k, again)
 		}
+	})
+}
+
+// flakySource serves List from a settable state and hands out watches the
+// test can close, as a store does for a slow or compacted watcher.
+type flakySource struct {
+	mu      sync.Mutex
+	kvs     map[string][]store.KV
+	lists   int
+	watches []func()
+}
+
+func (f *flakySource) List(_ context.Context, prefix string) ([]store.KV, int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lists++
+	return f.kvs[prefix], 1, nil
+}
+
+func (f *flakySource) Watch(ctx context.Context, _ string, _ int64) (<-chan store.Event, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := make(chan store.Event)
+	var once sync.Once
+	closeCh := func() { once.Do(func() { close(ch) }) }
+	context.AfterFunc(ctx, closeCh)
+	f.watches = append(f.watches, closeCh)
+	return ch, nil
+}
+
+func TestRelistAfterWatchCloses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		epKV := func(id string) store.KV {
+			b, _ := proto.Marshal(&meshv1.Endpoint{Id: id, Service: "orders", Namespace: "default", Address: "a", Labels: map[string]string{"app": "orders"}, Healthy: true})
+			return store.KV{Key: registry.Key("default", "orders", id), Value: b}
+		}
+		src := &flakySource{kvs: map[string][]store.KV{registry.EndpointPrefix: {epKV("o1")}}}
+		c := New(src, Options{})
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go c.Run(ctx)
+		synctest.Wait()
+		s, err := c.Snapshot(ctx, Node{ID: "n", Service: "orders", Namespace: "default"})
+		if err != nil || endpointIDs(s.Services[0]) != "o1" {
+			t.Fatalf("first: %v %v", s, err)
+		}
+		ch, unsub := c.Subscribe()
+		defer unsub()
+		time.Sleep(50 * time.Millisecond) // past the debounce of the initial load
+		synctest.Wait()
+		select {
+		case <-ch:
+		default:
+		}
+		// The store drops the watchers; meanwhile o1 left and o2 arrived.
+		src.mu.Lock()
+		src.kvs[registry.EndpointPrefix] = []store.KV{epKV("o2")}
+		watches := src.watches
+		src.watches = nil
+		src.mu.Unlock()
+		for _, closeWatch := range watches {
+			closeWatch()
+		}
+		time.Sleep(50 * time.Millisecond)
+		synctest.Wait()
+		select {
+		case <-ch:
+		default:
+			t.Fatal("no notification after the re-list")
+		}
+		s, err = c.Snapshot(ctx, Node{ID: "n", Service: "orders", Namespace: "default"})
+		if err != nil || endpointIDs(s.Services[0]) != "o2" {
+			t.Fatalf("after re-list: endpoints %q, %v; want o2", endpointIDs(s.Services[0]), err)
+		}
+		cancel()
+		synctest.Wait()
 	})
 }
