@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -101,12 +102,14 @@ func Encode(o Object) ([]byte, error) {
 }
 
 type header struct {
-	APIVersion string `json:"apiVersion"`
-	Kind       string `json:"kind"`
-	Metadata   struct {
-		Name      string `json:"name"`
-		Namespace string `json:"namespace"`
-	} `json:"metadata"`
+	APIVersion string     `json:"apiVersion"`
+	Kind       string     `json:"kind"`
+	Metadata   headerMeta `json:"metadata"`
+}
+
+type headerMeta struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
 }
 
 // decodeObject decodes one JSON object. want, if set, is the kind the
@@ -119,7 +122,7 @@ func decodeObject(js []byte, want string, applied bool) (Object, error) {
 	}
 	var h header
 	if err := kjson.UnmarshalCaseSensitivePreserveInts(js, &h); err != nil {
-		field, reason := jsonReason(err)
+		field, reason := jsonReason(err, &h)
 		return nil, &Error{Ref: Ref{Kind: want}, Field: field, Reason: reason}
 	}
 	ref := Ref{Kind: h.Kind, Namespace: namespaceOr(h.Metadata.Namespace), Name: h.Metadata.Name}
@@ -144,7 +147,7 @@ func decodeObject(js []byte, want string, applied bool) (Object, error) {
 	obj := k.newObject()
 	strict, err := kjson.UnmarshalStrict(js, obj)
 	if err != nil {
-		field, reason := jsonReason(err)
+		field, reason := jsonReason(err, obj)
 		return nil, fail(field, reason)
 	}
 	if len(strict) > 0 {
@@ -184,24 +187,26 @@ func strictError(ref Ref, err error) *Error {
 	return &Error{Ref: ref, Field: fe.FieldPath(), Reason: reason}
 }
 
-var typeErrorRE = regexp.MustCompile(`^json: cannot unmarshal (.+) into Go struct field (\S+) of type (\S+)$`)
+var typeErrorRE = regexp.MustCompile(`^json: cannot unmarshal (.+) into Go struct field (\S+) of type (.+)$`)
 
 // jsonReason turns a decode error into a field path and a reason a user can
-// act on.
-func jsonReason(err error) (field, reason string) {
+// act on. target is what was being decoded into.
+func jsonReason(err error, target any) (field, reason string) {
 	msg := err.Error()
 	if m := typeErrorRE.FindStringSubmatch(msg); m != nil {
-		return jsonFieldPath(m[2]), fmt.Sprintf("must be %s, got %s", wantType(m[3], m[1]), m[1])
+		path := jsonFieldPath(m[2])
+		return path, fmt.Sprintf("must be %s, got %s", describeType(reflect.TypeOf(target), path, m[3]), m[1])
 	}
 	return "", strings.TrimPrefix(msg, "json: ")
 }
 
-// jsonFieldPath turns "HTTPRoute.spec.rules.backendRefs.BackendRef.weight"
-// into "spec.rules.backendRefs.weight": the capitalised segments are Go
-// struct names (the decoded type, embedded structs); every JSON field name of
+// jsonFieldPath turns "HTTPRoute.HTTPRoute.spec.rules.backendRefs.BackendRef.weight"
+// into "spec.rules.backendRefs.weight": the first segment is the decoded
+// type, the other capitalised ones embedded structs; every JSON field name of
 // these kinds starts lower-case.
 func jsonFieldPath(p string) string {
 	var keep []string
+	_, p, _ = strings.Cut(p, ".")
 	for _, seg := range strings.Split(p, ".") {
 		if seg != "" && (seg[0] < 'A' || seg[0] > 'Z') {
 			keep = append(keep, seg)
@@ -210,28 +215,86 @@ func jsonFieldPath(p string) string {
 	return strings.Join(keep, ".")
 }
 
-// wantType describes Go type t for a user who wrote a JSON value of kind got.
-func wantType(t, got string) string {
-	switch {
-	case t == "string":
-		return "a string (quote it)"
-	case strings.HasPrefix(t, "int") || strings.HasPrefix(t, "uint"):
-		return "an integer"
-	case strings.HasPrefix(t, "float"):
-		return "a number"
-	case t == "bool":
-		return "true or false"
-	case strings.HasPrefix(t, "map["):
-		return "an object"
-	case strings.HasPrefix(t, "[]"):
-		return "a list"
-	case strings.HasPrefix(got, "number") || got == "bool":
-		// Named types that hold numbers or booleans are spelled int/bool
-		// above; the rest where a scalar lands are named strings (Protocol,
-		// gateway-api names, UID).
-		return "a string (quote it)"
+// describeType finds the Go type at the JSON path under root and says what
+// a user must write there. typeName is the type the decoder named, which
+// may be an element of the field's type (a list's item).
+func describeType(root reflect.Type, path, typeName string) string {
+	t := root
+	for _, seg := range strings.Split(path, ".") {
+		t = elem(t, "")
+		if t.Kind() != reflect.Struct {
+			return "a value of type " + typeName
+		}
+		f, ok := jsonField(t, seg)
+		if !ok {
+			return "a value of type " + typeName
+		}
+		t = f
 	}
-	return "a value of type " + t
+	t = elem(t, typeName)
+	switch t.Kind() {
+	case reflect.String:
+		return "a string (quote it)"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Struct, reflect.Map:
+		if t.Name() == "Time" {
+			return "a timestamp string"
+		}
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	}
+	return "a value of type " + typeName
+}
+
+// elem unwraps pointers, lists and maps until the type is named stop, or
+// down to a non-container when stop is empty or never matches.
+func elem(t reflect.Type, stop string) reflect.Type {
+	for {
+		if stop != "" && t.String() == stop {
+			return t
+		}
+		switch t.Kind() {
+		case reflect.Pointer, reflect.Slice, reflect.Array, reflect.Map:
+			t = t.Elem()
+			continue
+		}
+		return t
+	}
+}
+
+// jsonField finds the field named name in struct t, looking through
+// embedded (inline) structs.
+func jsonField(t reflect.Type, name string) (reflect.Type, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == "-" {
+			continue
+		}
+		if tag == "" && f.Anonymous {
+			inner := f.Type
+			if inner.Kind() == reflect.Pointer {
+				inner = inner.Elem()
+			}
+			if inner.Kind() == reflect.Struct {
+				if ft, ok := jsonField(inner, name); ok {
+					return ft, true
+				}
+			}
+			continue
+		}
+		if tag == name || (tag == "" && f.Name == name) {
+			return f.Type, true
+		}
+	}
+	return nil, false
 }
 
 var yamlLineRE = regexp.MustCompile(`line (\d+)`)
