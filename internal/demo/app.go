@@ -41,6 +41,7 @@ func RunApp(ctx context.Context, name string, args []string) error {
 	version := fs.String("version", "", "version the app reports (inventory)")
 	rps := fs.Int("rps", 50, "requests per second (loadgen)")
 	target := fs.String("target", "http://frontend/", "URL the load generator calls (loadgen)")
+	statsFile := fs.String("stats-file", "", "file the load generator writes its counts to when it stops (loadgen)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("demo-app %s: %w", name, err)
 	}
@@ -95,7 +96,13 @@ func RunApp(ctx context.Context, name string, args []string) error {
 		return fmt.Errorf("demo-app %s: shutdown: %w", name, err)
 	}
 	if name == "loadgen" {
-		log.Info("stopped", "sent", sent.Load(), "failed", failed.Load())
+		st := LoadStats{Sent: sent.Load(), Failed: failed.Load()}
+		log.Info("stopped", "sent", st.Sent, "failed", st.Failed)
+		if *statsFile != "" {
+			if err := writeStats(*statsFile, st); err != nil {
+				return fmt.Errorf("demo-app %s: stats: %w", name, err)
+			}
+		}
 	}
 	return nil
 }
@@ -287,49 +294,83 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v) // the client hung up; nothing to do
 }
 
-// generateLoad calls target at rps until ctx is done. Requests run
-// concurrently, at most maxInFlight at once; a tick that finds them all busy
-// is skipped and counted as failed, so a stalled mesh shows as lost traffic
-// rather than as a slower generator.
+// generateLoad calls target at rps until ctx is done. It paces by the clock,
+// not by ticks, so a starved scheduler (ticks dropped) does not lower the
+// rate; a backlog beyond one second is skipped rather than sent as a burst.
+// Requests run concurrently, at most maxInFlight at once; a request that
+// finds them all busy is counted as failed, so a stalled mesh shows as lost
+// traffic rather than as a slower generator.
 func generateLoad(ctx context.Context, client *http.Client, target string, rps int, sent, failed *atomic.Int64) {
 	const maxInFlight = 256
 	sem := make(chan struct{}, maxInFlight)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	tick := time.NewTicker(time.Second / time.Duration(rps))
+	interval := time.Second / time.Duration(rps)
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	start, issued := time.Now(), int64(0)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		sent.Add(1)
-		select {
-		case sem <- struct{}{}:
-		default:
-			failed.Add(1)
-			continue
+		due := int64(time.Since(start)/interval) - issued
+		if due > int64(rps) {
+			issued += due - int64(rps)
+			due = int64(rps)
 		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			// Requests in flight finish even when the generator stops, so the
-			// mesh's counters and ours agree at the end of a run.
-			req, err := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodGet, target, nil)
-			if err != nil {
+		for range due {
+			issued++
+			sent.Add(1)
+			select {
+			case sem <- struct{}{}:
+			default:
 				failed.Add(1)
-				return
+				continue
 			}
-			resp, err := client.Do(req)
-			if err != nil {
-				failed.Add(1)
-				return
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode >= 500 {
-				failed.Add(1)
-			}
-		})
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if !callOnce(ctx, client, target) {
+					failed.Add(1)
+				}
+			})
+		}
 	}
+}
+
+// callOnce reports whether one GET of target got a non-5xx answer. Requests
+// in flight finish even when the generator stops, so the mesh's counters and
+// the generator's agree at the end of a run.
+func callOnce(ctx context.Context, client *http.Client, target string) bool {
+	req, err := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodGet, target, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode < 500
+}
+
+// LoadStats is what the load generator saw, written to --stats-file when it
+// stops: requests the frontend never got show here and nowhere else.
+type LoadStats struct {
+	Sent   int64 `json:"sent"`
+	Failed int64 `json:"failed"`
+}
+
+func writeStats(path string, st LoadStats) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

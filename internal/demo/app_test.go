@@ -374,3 +374,39 @@ func TestRunAppServesAndStops(t *testing.T) {
 	}
 	ln.Close()
 }
+
+func TestRunAppLoadgenStats(t *testing.T) {
+	var seen atomic.Int64
+	fo := &fakeOutbound{services: map[string]http.Handler{"frontend": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		io.WriteString(w, "{}")
+	})}}
+	srv := httptest.NewServer(fo)
+	defer srv.Close()
+	stats := filepath.Join(t.TempDir(), "stats.json")
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() {
+		errc <- RunApp(ctx, "loadgen", []string{"--listen", "127.0.0.1:0", "--outbound", strings.TrimPrefix(srv.URL, "http://"),
+			"--rps", "200", "--stats-file", stats})
+	}()
+	for deadline := time.Now().Add(5 * time.Second); seen.Load() < 20 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(stats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st LoadStats
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	// Every request sent was answered before RunApp returned.
+	if st.Sent < 20 || st.Failed != 0 || st.Sent != seen.Load() {
+		t.Fatalf("stats %+v, frontend saw %d", st, seen.Load())
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -54,12 +55,15 @@ type Options struct {
 // Result is the traffic of a whole run, one row per app (inventory per version).
 type Result struct {
 	Rows     []telemetry.Row
+	Load     LoadStats     // the load generator's own count; zero if it could not report
 	Duration time.Duration // how long the load ran
 	DataDir  string
 }
 
-// SuccessRate is the fraction of all requests served in the run, over every
-// row, that did not fail; 0 when nothing was served.
+// SuccessRate is the fraction of requests that did not fail: over every row
+// (what the proxies served) and, when the load generator reported, over what
+// it sent, whichever is lower, so requests lost before the frontend count
+// too. It is 0 when nothing was served.
 func (r Result) SuccessRate() float64 {
 	var total, ok float64
 	for _, row := range r.Rows {
@@ -69,7 +73,11 @@ func (r Result) SuccessRate() float64 {
 	if total == 0 {
 		return 0
 	}
-	return ok / total
+	rate := ok / total
+	if r.Load.Sent > 0 {
+		rate = min(rate, float64(r.Load.Sent-r.Load.Failed)/float64(r.Load.Sent))
+	}
+	return rate
 }
 
 const (
@@ -191,6 +199,8 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		return res, err
 	}
 
+	statsFile := filepath.Join(logDir, "loadgen-stats.json")
+	_ = os.Remove(statsFile) // a kept data dir may hold a previous run's
 	start := func(m *member) error {
 		args := []string{"proxy", "--control", grpcAddr,
 			"--ca-file", filepath.Join(o.DataDir, "ca.crt"),
@@ -205,7 +215,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			args = append(args, "--version", m.version)
 		}
 		if m.service == "loadgen" {
-			args = append(args, "--rps", strconv.Itoa(o.RPS))
+			args = append(args, "--rps", strconv.Itoa(o.RPS), "--stats-file", statsFile)
 		}
 		p, err := startProc(m.label(), filepath.Join(logDir, m.label()+".log"), o.Binary, args...)
 		if err != nil {
@@ -270,6 +280,11 @@ loop:
 	// count over the whole run.
 	loadgen.p.stop(stopGrace)
 	res.Duration = time.Since(loadStart)
+	if b, err := os.ReadFile(statsFile); err != nil {
+		log.Warn("the load generator did not report its counts", "err", err)
+	} else if err := json.Unmarshal(b, &res.Load); err != nil {
+		log.Warn("the load generator's counts are unreadable", "file", statsFile, "err", err)
+	}
 	scrapeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	final := scr.scrape(scrapeCtx, log)

@@ -93,6 +93,9 @@ func TestRunFakeMesh(t *testing.T) {
 	if fe.Requests < 40 || fe.Success != 1 || res.SuccessRate() != 1 {
 		t.Fatalf("frontend %+v, overall %v; want ≥ 40 requests, all served", fe, res.SuccessRate())
 	}
+	if res.Load.Sent != fe.Requests || res.Load.Failed != 0 || !strings.Contains(shown, "load generator: ") {
+		t.Errorf("load generator reported %+v, frontend served %d", res.Load, fe.Requests)
+	}
 	if ord.Requests != fe.Requests || by["payments"].Requests != fe.Requests {
 		t.Errorf("each order calls orders and payments once: %+v", res.Rows)
 	}
@@ -238,6 +241,19 @@ func TestSuccessRateAndOrder(t *testing.T) {
 		{[]telemetry.Row{{Service: "frontend"}}, 0},
 		{[]telemetry.Row{{Service: "a", Requests: 100, Success: 1}, {Service: "b", Requests: 100, Success: 0.5}}, 0.75},
 		{[]telemetry.Row{{Service: "a", Requests: 300, Success: 1}, {Service: "b", Requests: 100, Success: 0.96}}, 0.99},
+	}
+	all := []telemetry.Row{{Service: "a", Requests: 100, Success: 1}}
+	for i, tt := range []struct {
+		load LoadStats
+		want float64
+	}{
+		{LoadStats{}, 1},                        // no report: the rows decide
+		{LoadStats{Sent: 100}, 1},               // nothing lost
+		{LoadStats{Sent: 100, Failed: 5}, 0.95}, // lost before the frontend
+	} {
+		if got := (Result{Rows: all, Load: tt.load}).SuccessRate(); got != tt.want {
+			t.Errorf("load case %d: %v, want %v", i, got, tt.want)
+		}
 	}
 	for i, tt := range tests {
 		if got := (Result{Rows: tt.rows}).SuccessRate(); got < tt.want-1e-12 || got > tt.want+1e-12 {

@@ -94,5 +94,8 @@ func (v *view) final(res Result) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "\nWhole run (%s), success rate %.2f%%:\n\n", res.Duration.Round(100*time.Millisecond), 100*res.SuccessRate())
 	_ = telemetry.FormatTable(&b, res.Rows)
+	if res.Load.Sent > 0 {
+		fmt.Fprintf(&b, "\nload generator: %d requests sent, %d failed\n", res.Load.Sent, res.Load.Failed)
+	}
 	_, _ = v.o.Out.Write(b.Bytes())
 }
