@@ -82,8 +82,10 @@ func (a *admin) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.handler.Se
 
 func (a *admin) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || !tokenEqual(strings.TrimSpace(tok), a.token) {
+		// The auth scheme is case-insensitive (RFC 9110); the token is not.
+		h := r.Header.Get("Authorization")
+		ok := len(h) > 7 && strings.EqualFold(h[:7], "Bearer ")
+		if !ok || !tokenEqual(strings.TrimSpace(h[7:]), a.token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
 			writeError(w, http.StatusUnauthorized, "missing or wrong admin token: send 'Authorization: Bearer <token>' with the token in <data-dir>/admin-token")
 			return
