@@ -29,7 +29,7 @@ to loopback unless --allow-remote is given.`,
   trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger("control")
+			log, err := g.logger("")
 			if err != nil {
 				return err
 			}

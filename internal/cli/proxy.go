@@ -59,7 +59,7 @@ control plane's data directory (--data-dir) on the same machine.`,
 				return fmt.Errorf("proxy: --balancer: %w", err)
 			}
 			discoverControl(g.dataDir, &o)
-			if o.Logger, err = g.logger("proxy"); err != nil {
+			if o.Logger, err = g.logger(""); err != nil {
 				return err
 			}
 			o.Logger = o.Logger.With("service", o.Service)

@@ -91,13 +91,18 @@ func defaultDataDir() string {
 	return filepath.Join(home, ".trellis")
 }
 
+// logger builds the process's logger; component "" leaves scoping to the
+// package (control and proxy scope their own loggers).
 func (g *globals) logger(component string) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(strings.ToLower(g.logLevel))); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
 	}
-	h := slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl})
-	return slog.New(h).With("component", component), nil
+	log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
+	if component != "" {
+		log = log.With("component", component)
+	}
+	return log, nil
 }
 
 // version is set at build time with -ldflags "-X trellis.dev/trellis/internal/cli.version=...".

@@ -179,7 +179,7 @@ func newSidecar(o SidecarOptions) (*sidecar, error) {
 	}
 	s := &sidecar{
 		o:       o,
-		log:     o.Logger,
+		log:     o.Logger.With("component", "sidecar"),
 		td:      td,
 		id:      id,
 		src:     identity.NewSource(td),
