@@ -271,7 +271,7 @@ loop:
 		}
 		cur, now := scr.scrape(ctx, log), time.Now()
 		if o.Live {
-			v.draw(ordered(telemetry.Rows(prev, cur, now.Sub(prevAt))), now)
+			v.draw(ordered(telemetry.Rows(prev, cur, now.Sub(prevAt))), now, now.Sub(prevAt))
 		}
 		prev, prevAt = cur, now
 	}

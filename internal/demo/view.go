@@ -81,11 +81,11 @@ func (v *view) header(w io.Writer) {
 }
 
 // draw redraws the screen in place: cursor home, clear, header, table.
-func (v *view) draw(rows []telemetry.Row, now time.Time) {
+func (v *view) draw(rows []telemetry.Row, now time.Time, window time.Duration) {
 	var b bytes.Buffer
 	b.WriteString("\x1b[H\x1b[2J")
 	v.header(&b)
-	fmt.Fprintf(&b, "\nlast %.1fs — running for %s, Ctrl-C to stop\n\n", refreshEvery.Seconds(), now.Sub(v.start).Round(time.Second))
+	fmt.Fprintf(&b, "\nlast %.1fs — running for %s, Ctrl-C to stop\n\n", window.Seconds(), now.Sub(v.start).Round(time.Second))
 	_ = telemetry.FormatTable(&b, rows)
 	_, _ = v.o.Out.Write(b.Bytes())
 }
