@@ -129,7 +129,7 @@ func New(o Options) (*Proxy, error) {
 			return nil, errors.New("proxy: ServerTLS is required for the inbound listener")
 		}
 		if o.ServerTLS.ClientAuth < tls.RequireAnyClientCert ||
-			(o.ServerTLS.ClientAuth == tls.RequireAnyClientCert && o.ServerTLS.VerifyPeerCertificate == nil && o.ServerTLS.GetConfigForClient == nil) {
+			(o.ServerTLS.ClientAuth == tls.RequireAnyClientCert && o.ServerTLS.VerifyPeerCertificate == nil && o.ServerTLS.VerifyConnection == nil && o.ServerTLS.GetConfigForClient == nil) {
 			return nil, errors.New("proxy: ServerTLS must require and verify client certificates")
 		}
 	}
@@ -595,7 +595,8 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusBadRequest, "malformed "+headerPort)
 			return
 		}
-		if port != ps.port {
+		// A service that declares no ports takes everything on AppAddr.
+		if port != ps.port && len(cfg.inbound.ports) > 0 {
 			if ps, ok = cfg.inbound.port(port); !ok {
 				httpError(w, http.StatusNotFound, "port "+v[0]+" is not declared by "+cfg.inbound.key)
 				cfg.inbound.metrics.Request(http.StatusNotFound, time.Since(start))

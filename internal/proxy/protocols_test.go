@@ -1,0 +1,236 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/websocket"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+)
+
+// trailerService is a one-method gRPC service, registered by hand, whose
+// reply carries a trailer after its message.
+var trailerService = grpc.ServiceDesc{
+	ServiceName: "test.Trailers",
+	HandlerType: (*any)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "Check",
+		Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			var req healthpb.HealthCheckRequest
+			if err := dec(&req); err != nil {
+				return nil, err
+			}
+			_ = grpc.SetTrailer(ctx, metadata.Pairs("x-trailer", "kept-"+req.GetService()))
+			return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
+		},
+	}},
+}
+
+func TestGRPCUnaryStreamingTrailers(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	gs.RegisterService(&trailerService, struct{}{})
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+	app := ln.Addr().String()
+	srv := startServer(t, ca, "greeter", app, port(9090, app, meshv1.Protocol_GRPC))
+	client := startClient(t, ca, Options{})
+	if err := client.Update(snapshot("1", srv.svc)); err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+client.OutboundAddr(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("greeter:9090"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hc := healthpb.NewHealthClient(cc)
+
+	resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("unary Check: %v %v", resp, err)
+	}
+	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("status code lost across the mesh: %v", err)
+	}
+	var tr metadata.MD
+	out := new(healthpb.HealthCheckResponse)
+	if err := cc.Invoke(ctx, "/test.Trailers/Check", &healthpb.HealthCheckRequest{Service: "a"}, out, grpc.Trailer(&tr)); err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.Get("x-trailer"); len(got) != 1 || got[0] != "kept-a" {
+		t.Fatalf("trailer = %v, want kept-a", got)
+	}
+
+	// Server streaming: each update arrives while the stream stays open.
+	hs.SetServingStatus("svc", healthpb.HealthCheckResponse_SERVING)
+	w, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{Service: "svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []healthpb.HealthCheckResponse_ServingStatus{
+		healthpb.HealthCheckResponse_SERVING, healthpb.HealthCheckResponse_NOT_SERVING, healthpb.HealthCheckResponse_SERVING,
+	} {
+		msg, err := w.Recv()
+		if err != nil || msg.GetStatus() != want {
+			t.Fatalf("Watch: got %v %v, want %v", msg, err, want)
+		}
+		if want == healthpb.HealthCheckResponse_SERVING {
+			hs.SetServingStatus("svc", healthpb.HealthCheckResponse_NOT_SERVING)
+		} else {
+			hs.SetServingStatus("svc", healthpb.HealthCheckResponse_SERVING)
+		}
+	}
+	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="greeter.default",direction="outbound",response_code="200"} 3`)
+}
+
+func TestWebSocketEcho(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	app := startApp(t, websocket.Handler(func(ws *websocket.Conn) {
+		for {
+			var msg string
+			if websocket.Message.Receive(ws, &msg) != nil || websocket.Message.Send(ws, msg) != nil {
+				return
+			}
+		}
+	}))
+	srv := startServer(t, ca, "chat", app, port(80, app, meshv1.Protocol_HTTP))
+	for _, hopH2 := range []bool{false, true} {
+		client := startClient(t, ca, Options{})
+		client.hopH2 = hopH2 // upgrades take the HTTP/1.1 path either way
+		if err := client.Update(snapshot("1", srv.svc)); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := websocket.NewConfig("ws://chat/echo", "http://chat/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := net.Dial("tcp", client.OutboundAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws, err := websocket.NewClient(cfg, conn)
+		if err != nil {
+			t.Fatalf("websocket handshake through the mesh: %v", err)
+		}
+		for _, msg := range []string{"one", "two", strings.Repeat("x", 70000)} {
+			if err := websocket.Message.Send(ws, msg); err != nil {
+				t.Fatal(err)
+			}
+			var got string
+			if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+				t.Fatalf("echo: %d bytes, %v", len(got), err)
+			}
+		}
+		ws.Close()
+	}
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	client := startClient(t, ca, Options{})
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + client.AdminAddr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/live"); code != 200 {
+		t.Fatalf("/live = %d", code)
+	}
+	client.SetReady(true)
+	if code, body := get("/ready"); code != 503 || client.Ready() {
+		t.Fatalf("/ready without a snapshot = %d %q", code, body)
+	}
+	if code, _ := get("/config"); code != 503 {
+		t.Fatalf("/config without a snapshot = %d", code)
+	}
+	app := startApp(t, whoami("orders"))
+	srv := startServer(t, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
+	if err := client.Update(snapshot("v7", srv.svc)); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := get("/ready"); code != 200 || !client.Ready() {
+		t.Fatalf("/ready with snapshot = %d", code)
+	}
+	client.SetReady(false)
+	if code, _ := get("/ready"); code != 503 {
+		t.Fatalf("/ready after SetReady(false) = %d", code)
+	}
+	code, body := get("/config")
+	var cfg map[string]any
+	if code != 200 || json.Unmarshal([]byte(body), &cfg) != nil {
+		t.Fatalf("/config = %d %q", code, body)
+	}
+	if cfg["version"] != "v7" || cfg["trustBundle"] != nil || !strings.Contains(body, srv.proxy.InboundAddr()) {
+		t.Fatalf("/config content: %s", body)
+	}
+	if code, body := get("/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Fatalf("pprof = %d", code)
+	}
+	resp, _ := get0(t, proxyClient(client), "http://orders/m")
+	if resp != 200 {
+		t.Fatalf("request = %d", resp)
+	}
+	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="200"} 1`)
+	assertMetric(t, srv.proxy, `trellis_proxy_requests_total{destination_service="orders.default",direction="inbound",response_code="200"} 1`)
+	assertMetric(t, client, `trellis_proxy_request_duration_seconds_bucket{destination_service="orders.default",direction="outbound",response_code="200",le="10"} 1`)
+}
+
+func get0(t *testing.T, c *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, body := get(t, c, url, nil)
+	return resp.StatusCode, body
+}
+
+// assertMetric scrapes p's /metrics and looks for one exposition line.
+func assertMetric(t *testing.T, p *Proxy, line string) {
+	t.Helper()
+	resp, err := http.Get("http://" + p.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for l := range strings.SplitSeq(string(b), "\n") {
+		if l == line {
+			return
+		}
+	}
+	t.Fatalf("metric line %q not in:\n%s", line, grepLines(string(b), "trellis_proxy_"))
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for l := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(l, sub) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
