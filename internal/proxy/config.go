@@ -52,6 +52,7 @@ func (ic *inboundConfig) port(p uint32) (portSpec, bool) {
 type portSpec struct {
 	port    uint32
 	portStr string
+	portHdr []string // {portStr}, shared by every request's header
 	proto   meshv1.Protocol
 	appAddr string // inbound only: the app's loopback address for this port
 }
@@ -78,7 +79,8 @@ func (s *service) port(p uint32) portSpec {
 			return ps
 		}
 	}
-	return portSpec{port: p, portStr: strconv.FormatUint(uint64(p), 10), proto: meshv1.Protocol_HTTP}
+	ps := strconv.FormatUint(uint64(p), 10)
+	return portSpec{port: p, portStr: ps, portHdr: []string{ps}, proto: meshv1.Protocol_HTTP}
 }
 
 type endpoint struct {
@@ -359,7 +361,8 @@ func compilePorts(field string, in []*meshv1.Port, appHost string) ([]portSpec, 
 				return nil, invalid("%s.ports[%d].port: duplicate port %d", field, i, p.GetPort())
 			}
 		}
-		ps := portSpec{port: p.GetPort(), portStr: strconv.FormatUint(uint64(p.GetPort()), 10), proto: p.GetProtocol()}
+		pstr := strconv.FormatUint(uint64(p.GetPort()), 10)
+		ps := portSpec{port: p.GetPort(), portStr: pstr, portHdr: []string{pstr}, proto: p.GetProtocol()}
 		if ps.proto == meshv1.Protocol_PROTOCOL_UNSPECIFIED {
 			ps.proto = meshv1.Protocol_HTTP
 		}

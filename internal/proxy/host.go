@@ -39,7 +39,7 @@ func splitAuthority(s string) (host string, port uint32, err error) {
 			host = s
 		}
 		host = strings.TrimSuffix(host, ".")
-		if host == "" {
+		if host == "" || host[0] == '.' || host[len(host)-1] == '.' || strings.Contains(host, "..") {
 			return "", 0, errBadAuthority
 		}
 		for i := 0; i < len(host); i++ {
