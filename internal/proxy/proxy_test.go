@@ -220,7 +220,9 @@ func TestH2CFromApp(t *testing.T) {
 	m := newMesh(t, Options{})
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
-	c := &http.Client{Transport: &http.Transport{Protocols: &protos}}
+	tr := &http.Transport{Protocols: &protos}
+	defer tr.CloseIdleConnections() // else shutdown waits out HTTP/2's GOAWAY grace
+	c := &http.Client{Transport: tr}
 	resp, body := get(t, c, "http://"+m.client.OutboundAddr()+"/h2", map[string]string{"Host": "orders"})
 	if resp.StatusCode != 200 || body != "orders GET /h2" || resp.Proto != "HTTP/2.0" {
 		t.Fatalf("got %d %s %q", resp.StatusCode, resp.Proto, body)
