@@ -335,14 +335,18 @@ func (c *config) compileInbound(in *meshv1.Service, env compileEnv) error {
 	}
 	c.inbound = inboundConfig{key: key, ports: ports, metrics: env.metrics(telemetry.Inbound, key)}
 	c.inbound.def = portSpec{proto: meshv1.Protocol_HTTP}
-	if env.appHost != "" {
-		c.inbound.def.appAddr = net.JoinHostPort(env.appHost, strconv.FormatUint(uint64(env.appPort), 10))
-		for _, p := range ports {
-			if p.appAddr == c.inbound.def.appAddr {
-				c.inbound.def = p
-				break
-			}
-		}
+	if env.appHost == "" {
+		return nil
+	}
+	// The service's first port is the app at --app, whatever its targetPort
+	// says: several replicas (say inventory v1 and v2) share one Service but
+	// listen on different local ports. Further ports go to the app's host at
+	// their targetPort.
+	appAddr := net.JoinHostPort(env.appHost, strconv.FormatUint(uint64(env.appPort), 10))
+	c.inbound.def.appAddr = appAddr
+	if len(ports) > 0 {
+		ports[0].appAddr = appAddr
+		c.inbound.def = ports[0]
 	}
 	return nil
 }
