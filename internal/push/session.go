@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -92,11 +91,13 @@ func (c *Client) RunSession(ctx context.Context, o SessionOptions) error {
 		o.Heartbeat = DefaultHeartbeat
 	}
 	s := &session{
-		c:          c,
-		o:          o,
-		ep:         proto.Clone(o.Endpoint).(*meshv1.Endpoint),
-		self:       o.Endpoint.GetService() + "." + o.Endpoint.GetNamespace(),
-		ttl:        int64(math.Ceil((o.Heartbeat * 5 / 2).Seconds())),
+		c:    c,
+		o:    o,
+		ep:   proto.Clone(o.Endpoint).(*meshv1.Endpoint),
+		self: o.Endpoint.GetService() + "." + o.Endpoint.GetNamespace(),
+		// Rounded down: a dead proxy must leave within 3 heartbeats,
+		// and the lease checker and the push need some of that time.
+		ttl:        max(1, int64(o.Heartbeat*5/2/time.Second)),
 		reregister: make(chan struct{}, 1),
 	}
 	s.log = c.log.With("node", s.ep.GetId())

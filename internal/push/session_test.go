@@ -101,8 +101,8 @@ func TestSessionRegisterBackoff(t *testing.T) {
 			}
 			prev = gap
 		}
-		if m.ttls[0] != 13 {
-			t.Errorf("requested ttl = %ds, want 13 (2.5×5s, rounded up)", m.ttls[0])
+		if m.ttls[0] != 12 {
+			t.Errorf("requested ttl = %ds, want 12 (2.5×5s, rounded down)", m.ttls[0])
 		}
 		// Heartbeats every 5s after registration, for the rest of the minute.
 		want := int(time.Minute-m.registers[9].Sub(m.registers[0])) / int(DefaultHeartbeat)

@@ -222,14 +222,18 @@ type proxyConfig struct {
 	command   []string
 	extra     []string
 	noWait    bool
+	heartbeat string // default 1s
 }
 
 func (cp *controlPlane) proxy(t *testing.T, pc proxyConfig) *sidecar {
 	t.Helper()
 	s := &sidecar{name: pc.service, admin: freeAddr(t), inbound: freeAddr(t), outbound: freeAddr(t), upstreams: map[string]string{}}
+	if pc.heartbeat == "" {
+		pc.heartbeat = "1s"
+	}
 	args := []string{"proxy", "--data-dir", cp.dir, "--service", pc.service,
 		"--admin", s.admin, "--inbound", s.inbound, "--outbound", s.outbound,
-		"--heartbeat", "1s", "--log-level", "debug"}
+		"--heartbeat", pc.heartbeat, "--log-level", "debug"}
 	if pc.app != "" {
 		args = append(args, "--app", pc.app)
 	}
