@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -360,4 +361,49 @@ func TestProxyStatus(t *testing.T) {
 		out, err := cp.cli(t, "proxy-status")
 		return err == nil && strings.Contains(out, "web.default") && strings.Contains(out, "SYNCED")
 	})
+}
+
+// TestSIGTERMDrains: on SIGTERM a proxy stops accepting, lets an in-flight
+// request finish, and exits 0.
+func TestSIGTERMDrains(t *testing.T) {
+	cp := startControl(t, "")
+	started := make(chan struct{}, 1)
+	app := appServer(t, "slow", func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		time.Sleep(2 * time.Second)
+		fmt.Fprint(w, "finished")
+	})
+	web := cp.proxy(t, proxyConfig{service: "web", app: app})
+	client := cp.proxy(t, proxyConfig{service: "client", upstreams: []string{"web"}})
+
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		code, body, err := get(http.DefaultClient, "http://"+client.upstreams["web"]+"/slow")
+		res <- result{code, body, err}
+	}()
+	<-started
+	if err := web.proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// While draining, the proxy reports not ready.
+	eventually(t, 2*time.Second, "draining proxy to report not ready", func() bool {
+		resp, err := http.Get("http://" + web.admin + "/ready")
+		if err != nil {
+			return true // already closed
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	r := <-res
+	if r.err != nil || r.code != 200 || r.body != "finished" {
+		t.Fatalf("in-flight request during drain = %d %q %v; want 200 finished", r.code, r.body, r.err)
+	}
+	if code := web.proc.wait(t, 15*time.Second); code != 0 {
+		t.Fatalf("proxy exited %d after SIGTERM; want 0", code)
+	}
 }
