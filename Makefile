@@ -13,17 +13,20 @@ build:
 demo: build
 	./$(BIN) demo
 
-# All tests, race detector on, end-to-end included.
-test:
-	$(GO) vet ./...
+# All tests, race detector on, end-to-end included; lint first.
+test: lint
 	$(GO) test -race -timeout 20m ./...
 
 test-short:
 	$(GO) test -short ./...
 
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 lint:
-	test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))"
+	@unformatted=$$(gofmt -l $$(find . -name '*.go' -not -name '*.pb.go' -not -path './.git/*')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 # Regenerate api/ from .proto (needs protoc, protoc-gen-go, protoc-gen-go-grpc).
 generate:

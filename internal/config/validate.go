@@ -123,6 +123,7 @@ func checkAppliedMeta(fe *fieldErrors, m *metav1.ObjectMeta) {
 	if m.DeletionGracePeriodSeconds != nil {
 		fe.add("metadata.deletionGracePeriodSeconds", owned)
 	}
+	//lint:ignore SA1019 refused on apply precisely because it is a legacy server-owned field
 	if m.SelfLink != "" {
 		fe.add("metadata.selfLink", owned)
 	}

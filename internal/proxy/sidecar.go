@@ -308,7 +308,7 @@ func (s *sidecar) startProxy() error {
 			if c, ok := clientConfigs.Load(peer); ok {
 				return c.(*tls.Config)
 			}
-			authorize := tlsconfig.AuthorizeAny()
+			var authorize tlsconfig.Authorizer
 			if id, err := spiffeid.FromString(peer); err == nil {
 				authorize = tlsconfig.AuthorizeID(id)
 			} else {

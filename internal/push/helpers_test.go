@@ -243,12 +243,6 @@ func (f *fakeSnapshots) bump(change bool) {
 	}
 }
 
-func (f *fakeSnapshots) subscribers() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.subs)
-}
-
 // env is one control plane on a real loopback TLS listener.
 type env struct {
 	ca    *testCA

@@ -46,8 +46,6 @@ type Server struct {
 	// leases: lease id → owner, so one proxy cannot keep another's lease alive.
 	leases  map[int64]*nodeInfo
 	streams map[string]*watchStream
-	// streamSeq tells a replaced stream from its replacement.
-	streamSeq uint64
 
 	pushes, acks, nacks, slow atomic.Uint64
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -185,7 +186,7 @@ func promText(t testing.TB, observe func(c *prometheus.CounterVec, h *prometheus
 		[]string{"direction", "destination_service", "response_code"})
 	tcp := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_proxy_tcp_connections_total", Help: "Conns."},
 		[]string{"direction", "destination_service"})
-	reg.MustRegister(c, h, tcp, prometheus.NewGoCollector())
+	reg.MustRegister(c, h, tcp, collectors.NewGoCollector())
 	tcp.WithLabelValues("inbound", "orders.default").Add(3)
 	observe(c, h)
 
