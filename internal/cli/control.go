@@ -46,6 +46,7 @@ to loopback unless --allow-remote is given.`,
 	f.StringVar(&o.CACertFile, "ca-cert", "", "PEM signing certificate (root or intermediate) to use instead of creating a root")
 	f.StringVar(&o.CAKeyFile, "ca-key", "", "PEM private key of --ca-cert")
 	f.StringVar(&o.CARootFile, "ca-root", "", "PEM root of --ca-cert when it is an intermediate")
+	f.DurationVar(&o.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates; proxies renew at 2/3 of it")
 	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow listening on non-loopback addresses")
 	return cmd
 }

@@ -74,9 +74,10 @@ type sidecar struct {
 	token  string
 	proxy  *Proxy
 
-	mu     sync.Mutex
-	bundle [][]byte        // the trust bundle last installed
-	subs   map[string]bool // "name.namespace"
+	mu       sync.Mutex
+	bundle   [][]byte        // the trust bundle last installed
+	received time.Time       // when the current certificate arrived
+	subs     map[string]bool // "name.namespace"
 
 	readyOnce sync.Once
 	readyCh   chan struct{}
@@ -260,7 +261,7 @@ func (s *sidecar) certify(ctx context.Context, token string) error {
 	if err := s.src.Set(resp.CertChain, key, bundle); err != nil {
 		return fmt.Errorf("proxy: certificate from control plane: %w", err)
 	}
-	s.bundle = bundle
+	s.bundle, s.received = bundle, time.Now()
 	s.log.Info("certificate issued", "identity", s.id.String(), "expires", time.Unix(resp.NotAfter, 0).UTC())
 	return nil
 }
@@ -370,6 +371,7 @@ func (s *sidecar) sessionOptions() push.SessionOptions {
 		Heartbeat:     s.o.Heartbeat,
 		Subscriptions: s.subscriptions,
 		Apply:         s.apply,
+		CertNotAfter:  s.src.NotAfter,
 	}
 }
 
@@ -417,7 +419,15 @@ func (s *sidecar) renewLoop(ctx context.Context) {
 			return
 		}
 		leaf := svid.Certificates[0]
-		wait := time.Until(identity.RenewAt(leaf.NotBefore, leaf.NotAfter))
+		// The CA back-dates NotBefore for clock skew; count the lifetime
+		// from when the certificate arrived so short TTLs renew sensibly.
+		s.mu.Lock()
+		start := s.received
+		s.mu.Unlock()
+		if leaf.NotBefore.After(start) {
+			start = leaf.NotBefore
+		}
+		wait := time.Until(identity.RenewAt(start, leaf.NotAfter))
 		if !sleep(ctx, max(wait, time.Second)) {
 			return
 		}
@@ -431,7 +441,9 @@ func (s *sidecar) renewLoop(ctx context.Context) {
 			if !sleep(ctx, 10*time.Second) {
 				return
 			}
+			continue
 		}
+		s.client.Resubscribe() // reports the new expiry to proxy-status
 	}
 }
 

@@ -59,6 +59,9 @@ type SessionOptions struct {
 	// Apply installs a snapshot: nil ACKs it, an error NACKs it with the
 	// error's text (the proxy keeps its last good config). Required.
 	Apply func(*meshv1.Snapshot) error
+	// CertNotAfter, if set, reports the proxy's current certificate expiry
+	// to proxy-status; call Resubscribe after a renewal to send it.
+	CertNotAfter func() time.Time
 }
 
 type session struct {
@@ -245,6 +248,17 @@ func (s *session) watchLoop(ctx context.Context) error {
 }
 
 // subscriptions is the wanted set, valid entries only, own service included.
+// certNotAfter is the expiry to report, Unix seconds (0: unknown).
+func (s *session) certNotAfter() int64 {
+	if s.o.CertNotAfter == nil {
+		return 0
+	}
+	if t := s.o.CertNotAfter(); !t.IsZero() {
+		return t.Unix()
+	}
+	return 0
+}
+
 func (s *session) subscriptions() []string {
 	var want []string
 	if s.o.Subscriptions != nil {
@@ -280,7 +294,8 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 	// other. cur is the set last sent.
 	var mu sync.Mutex
 	cur := s.subscriptions()
-	if err := stream.Send(&meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur, Version: s.lastAcked}); err != nil {
+	expiry := s.certNotAfter()
+	if err := stream.Send(&meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur, Version: s.lastAcked, CertNotAfter: expiry}); err != nil {
 		_, err = stream.Recv() // the stream's real error
 		return false, gen, err
 	}
@@ -291,12 +306,12 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 				return
 			case <-s.c.resub:
 			}
-			next := s.subscriptions()
+			next, nextExpiry := s.subscriptions(), s.certNotAfter()
 			mu.Lock()
-			if !slices.Equal(next, cur) {
-				cur = next
+			if !slices.Equal(next, cur) || nextExpiry != expiry {
+				cur, expiry = next, nextExpiry
 				// A failed Send shows up as the stream's Recv error.
-				_ = stream.Send(&meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur})
+				_ = stream.Send(&meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur, CertNotAfter: expiry})
 			}
 			mu.Unlock()
 		}
@@ -317,7 +332,7 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 			s.log.Debug("applied snapshot", "version", snap.GetVersion())
 		}
 		mu.Lock()
-		req.Subscriptions = cur
+		req.Subscriptions, req.CertNotAfter = cur, expiry
 		_ = stream.Send(req)
 		mu.Unlock()
 	}

@@ -191,6 +191,9 @@ func (w *watchStream) recvLoop() error {
 		if changed {
 			w.subs = subs
 		}
+		if exp := req.GetCertNotAfter(); exp > 0 {
+			w.st.CertExpiry = time.Unix(exp, 0).UTC()
+		}
 		if nonce := req.GetNonce(); nonce != "" && nonce == w.sentNonce {
 			w.answerLocked(req)
 		}

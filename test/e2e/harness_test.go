@@ -147,15 +147,16 @@ func eventually(t *testing.T, limit time.Duration, what string, cond func() bool
 
 type controlPlane struct {
 	dir, grpc, admin string
+	extra            []string
 	proc             *process
 }
 
-func startControl(t *testing.T, dir string) *controlPlane {
+func startControl(t *testing.T, dir string, extra ...string) *controlPlane {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	cp := &controlPlane{dir: dir, grpc: freeAddr(t), admin: freeAddr(t)}
+	cp := &controlPlane{dir: dir, grpc: freeAddr(t), admin: freeAddr(t), extra: extra}
 	cp.start(t)
 	return cp
 }
@@ -163,7 +164,8 @@ func startControl(t *testing.T, dir string) *controlPlane {
 func (cp *controlPlane) start(t *testing.T) {
 	t.Helper()
 	os.Remove(filepath.Join(cp.dir, "control.json"))
-	cp.proc = start(t, "control", "control", "--data-dir", cp.dir, "--grpc-addr", cp.grpc, "--admin-addr", cp.admin, "--log-level", "debug")
+	args := append([]string{"control", "--data-dir", cp.dir, "--grpc-addr", cp.grpc, "--admin-addr", cp.admin, "--log-level", "debug"}, cp.extra...)
+	cp.proc = start(t, "control", args...)
 	eventually(t, 15*time.Second, "control plane to start", func() bool {
 		if cp.proc.exited() {
 			t.Fatalf("control plane exited:\n%s", cp.proc.out.String())

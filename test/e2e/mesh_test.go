@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"fmt"
 	"math/big"
 	"net/http"
@@ -405,5 +406,75 @@ func TestSIGTERMDrains(t *testing.T) {
 	}
 	if code := web.proc.wait(t, 15*time.Second); code != 0 {
 		t.Fatalf("proxy exited %d after SIGTERM; want 0", code)
+	}
+}
+
+// TestCertificateRenewal: with 6 s certificates, proxies renew before expiry
+// (at 2/3 of the lifetime) while traffic keeps flowing, and proxy-status
+// shows the new expiry.
+func TestCertificateRenewal(t *testing.T) {
+	cp := startControl(t, "", "--workload-cert-ttl", "6s")
+	cp.proxy(t, proxyConfig{service: "web", app: appServer(t, "web", nil)})
+	client := cp.proxy(t, proxyConfig{service: "client", upstreams: []string{"web"}})
+	expiry := func() map[string]string {
+		out, err := cp.cli(t, "proxy-status", "-o", "json")
+		if err != nil {
+			t.Fatalf("proxy-status: %v\n%s", err, out)
+		}
+		var list []map[string]any
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			t.Fatalf("proxy-status json: %v\n%s", err, out)
+		}
+		m := map[string]string{}
+		for _, p := range list {
+			m[fmt.Sprint(p["Service"])] = fmt.Sprint(p["CertExpiry"])
+		}
+		return m
+	}
+	var first map[string]string
+	eventually(t, 5*time.Second, "proxy-status to list both proxies", func() bool {
+		first = expiry()
+		return len(first) == 2
+	})
+	c := client.client()
+	deadline := time.Now().Add(10 * time.Second) // beyond the first certificates' expiry
+	n := 0
+	for time.Now().Before(deadline) {
+		code, body, err := get(c, "http://web/")
+		if err != nil || code != 200 {
+			t.Fatalf("request %d after %d renewals window: %d %q %v", n, n, code, body, err)
+		}
+		n++
+		time.Sleep(20 * time.Millisecond)
+	}
+	var later map[string]string
+	eventually(t, 5*time.Second, "proxy-status to list both proxies again", func() bool {
+		later = expiry()
+		return len(later) == 2
+	})
+	for svc, was := range first {
+		if later[svc] == was {
+			t.Errorf("%s: certificate expiry still %s after 10 s of 6 s certificates: not renewed", svc, was)
+		}
+	}
+	t.Logf("%d requests across renewals, 0 failed; expiry %v → %v", n, first, later)
+}
+
+// TestSignalForwarding: in `-- CMD` mode a SIGTERM to the proxy reaches the
+// app, and the proxy exits with the app's code.
+func TestSignalForwarding(t *testing.T) {
+	cp := startControl(t, "")
+	ready := filepath.Join(t.TempDir(), "ready")
+	p := cp.proxy(t, proxyConfig{service: "job", noWait: true, command: []string{"sh", "-c",
+		fmt.Sprintf("trap 'exit 42' TERM; touch %s; while true; do sleep 0.1; done", ready)}})
+	eventually(t, 20*time.Second, "app to start", func() bool {
+		_, err := os.Stat(ready)
+		return err == nil
+	})
+	if err := p.proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.proc.wait(t, 15*time.Second); code != 42 {
+		t.Fatalf("proxy exit code %d; want 42 from the app's TERM trap\n%s", code, p.proc.out.String())
 	}
 }

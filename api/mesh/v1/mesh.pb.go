@@ -622,7 +622,10 @@ type WatchRequest struct {
 	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
 	Nonce   string `protobuf:"bytes,4,opt,name=nonce,proto3" json:"nonce,omitempty"`
 	// Non-empty: a NACK; the proxy keeps its last good snapshot.
-	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	// Expiry (Unix seconds) of the proxy's current certificate. The stream
+	// outlives renewals, so the proxy reports it for proxy-status.
+	CertNotAfter  int64 `protobuf:"varint,6,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -690,6 +693,13 @@ func (x *WatchRequest) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *WatchRequest) GetCertNotAfter() int64 {
+	if x != nil {
+		return x.CertNotAfter
+	}
+	return 0
 }
 
 type Port struct {
@@ -1294,13 +1304,14 @@ const file_mesh_proto_rawDesc = "" +
 	"\blease_id\x18\x01 \x01(\x03R\aleaseId\"4\n" +
 	"\x11HeartbeatResponse\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
-	"ttlSeconds\"\x93\x01\n" +
+	"ttlSeconds\"\xb9\x01\n" +
 	"\fWatchRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12$\n" +
 	"\rsubscriptions\x18\x02 \x03(\tR\rsubscriptions\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x04 \x01(\tR\x05nonce\x12\x14\n" +
-	"\x05error\x18\x05 \x01(\tR\x05error\"\x86\x01\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12$\n" +
+	"\x0ecert_not_after\x18\x06 \x01(\x03R\fcertNotAfter\"\x86\x01\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
