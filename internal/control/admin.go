@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +52,10 @@ type admin struct {
 	// maxBody is MaxBodyBytes; tests lower it to exercise the limit cheaply.
 	maxBody atomic.Int64
 	handler http.Handler
+	// writeMu serializes this replica's writes: applies check the whole
+	// resource set, so concurrent ones would only conflict and retry. The
+	// store's compare-and-set still guards against other replicas.
+	writeMu sync.Mutex
 }
 
 // newAdmin returns the admin API handler: every route requires the admin
@@ -222,6 +227,8 @@ func (a *admin) apply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
 	for attempt := 0; ; attempt++ {
 		resp, problems, err := a.applyOnce(r.Context(), objs, req.DryRun)
 		switch {
@@ -476,6 +483,8 @@ func (a *admin) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := config.StoreKey(ref)
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
 	for attempt := 0; attempt < applyRetries; attempt++ {
 		kv, err := a.store.Get(r.Context(), key)
 		if errors.Is(err, store.ErrNotFound) {
