@@ -117,6 +117,10 @@ func TestAdminClientErrorsSayWhatToDo(t *testing.T) {
 		t.Fatalf("error without control.json = %v; want a hint to start the control plane", err)
 	}
 	os.WriteFile(filepath.Join(dir, "control.json"), []byte(`{"admin_addr":"127.0.0.1:1"}`), 0o644)
+	if _, err := newAdminClient(dir); err == nil || !strings.Contains(err.Error(), "grpc_addr and admin_addr are required") {
+		t.Fatalf("error with incomplete control.json = %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "control.json"), []byte(`{"grpc_addr":"127.0.0.1:2","admin_addr":"127.0.0.1:1"}`), 0o644)
 	os.WriteFile(filepath.Join(dir, "admin-token"), []byte("t\n"), 0o600)
 	os.WriteFile(filepath.Join(dir, "ca.crt"), []byte("not pem"), 0o644)
 	if _, err := newAdminClient(dir); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"trellis.dev/trellis/internal/control"
 )
 
 // adminClient talks to the control plane's admin API. It finds the address,
@@ -40,31 +42,26 @@ func (e *apiError) Error() string {
 
 func newAdminClient(dataDir string) (*adminClient, error) {
 	hint := fmt.Sprintf("is a control plane running with --data-dir %s? (start one with 'trellis control')", dataDir)
-	raw, err := os.ReadFile(filepath.Join(dataDir, "control.json"))
+	addrs, err := control.ReadAddrs(dataDir)
 	if err != nil {
 		return nil, fmt.Errorf("find control plane: %w; %s", err, hint)
 	}
-	var addrs struct {
-		AdminAddr string `json:"admin_addr"`
-	}
-	if err := json.Unmarshal(raw, &addrs); err != nil || addrs.AdminAddr == "" {
-		return nil, fmt.Errorf("find control plane: %s has no admin_addr; %s", filepath.Join(dataDir, "control.json"), hint)
-	}
-	token, err := os.ReadFile(filepath.Join(dataDir, "admin-token"))
+	token, err := os.ReadFile(filepath.Join(dataDir, control.AdminTokenFile))
 	if err != nil {
 		return nil, fmt.Errorf("read admin token: %w; %s", err, hint)
 	}
-	caPEM, err := os.ReadFile(filepath.Join(dataDir, "ca.crt"))
+	caFile := filepath.Join(dataDir, control.CAFile)
+	caPEM, err := os.ReadFile(caFile)
 	if err != nil {
 		return nil, fmt.Errorf("read CA: %w; %s", err, hint)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("read CA: %s holds no PEM certificate", filepath.Join(dataDir, "ca.crt"))
+		return nil, fmt.Errorf("read CA: %s holds no PEM certificate", caFile)
 	}
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}}
 	return &adminClient{
-		base:  "https://" + addrs.AdminAddr,
+		base:  "https://" + addrs.Admin,
 		token: strings.TrimSpace(string(token)),
 		http:  &http.Client{Transport: tr, Timeout: 30 * time.Second},
 	}, nil

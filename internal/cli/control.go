@@ -39,8 +39,8 @@ to loopback unless --allow-remote is given.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.GRPCAddr, "grpc-addr", "127.0.0.1:15010", "address of the gRPC server proxies connect to")
-	f.StringVar(&o.AdminAddr, "admin-addr", "127.0.0.1:15011", "address of the HTTPS admin API the CLI uses")
+	f.StringVar(&o.GRPCAddr, "grpc-addr", control.DefaultGRPCAddr, "address of the gRPC server proxies connect to")
+	f.StringVar(&o.AdminAddr, "admin-addr", control.DefaultAdminAddr, "address of the HTTPS admin API the CLI uses")
 	f.StringVar(&o.TrustDomain, "trust-domain", "trellis.local", "SPIFFE trust domain of workload identities")
 	f.StringVar(&o.Domain, "domain", "trellis.local", "DNS suffix of service names (<svc>.<ns>.svc.<domain>)")
 	f.StringVar(&o.CACertFile, "ca-cert", "", "PEM signing certificate (root or intermediate) to use instead of creating a root")

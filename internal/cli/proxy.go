@@ -1,14 +1,13 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"trellis.dev/trellis/internal/control"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/proxy"
 )
@@ -96,22 +95,17 @@ control plane's data directory (--data-dir) on the same machine.`,
 // discoverControl fills unset control-plane flags from the data directory.
 func discoverControl(dataDir string, o *proxy.SidecarOptions) {
 	if o.CAFile == "" {
-		o.CAFile = filepath.Join(dataDir, "ca.crt")
+		o.CAFile = filepath.Join(dataDir, control.CAFile)
 	}
 	if o.TokenFile == "" {
-		o.TokenFile = filepath.Join(dataDir, "bootstrap-token")
+		o.TokenFile = filepath.Join(dataDir, control.BootstrapTokenFile)
 	}
 	if o.ControlAddr != "" {
 		return
 	}
-	o.ControlAddr = "127.0.0.1:15010"
-	if raw, err := os.ReadFile(filepath.Join(dataDir, "control.json")); err == nil {
-		var addrs struct {
-			GRPCAddr string `json:"grpc_addr"`
-		}
-		if json.Unmarshal(raw, &addrs) == nil && addrs.GRPCAddr != "" {
-			o.ControlAddr = addrs.GRPCAddr
-		}
+	o.ControlAddr = control.DefaultGRPCAddr
+	if addrs, err := control.ReadAddrs(dataDir); err == nil {
+		o.ControlAddr = addrs.GRPC
 	}
 }
 

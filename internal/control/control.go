@@ -386,8 +386,32 @@ func loadOrCreateToken(path string) (string, error) {
 	return tok, nil
 }
 
+// Addrs is what AddrsFile holds: where a running control plane listens, so
+// the CLI and proxies on the same machine find it from the data dir alone.
+type Addrs struct {
+	GRPC  string `json:"grpc_addr"`
+	Admin string `json:"admin_addr"`
+}
+
+// ReadAddrs reads the addresses a control plane wrote to dataDir.
+func ReadAddrs(dataDir string) (Addrs, error) {
+	path := filepath.Join(dataDir, AddrsFile)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Addrs{}, err
+	}
+	var a Addrs
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return Addrs{}, fmt.Errorf("%s: %w", path, err)
+	}
+	if a.GRPC == "" || a.Admin == "" {
+		return Addrs{}, fmt.Errorf("%s: grpc_addr and admin_addr are required", path)
+	}
+	return a, nil
+}
+
 func writeAddrs(dir, grpcAddr, adminAddr string) error {
-	b, err := json.MarshalIndent(map[string]string{"grpc_addr": grpcAddr, "admin_addr": adminAddr}, "", "  ")
+	b, err := json.MarshalIndent(Addrs{GRPC: grpcAddr, Admin: adminAddr}, "", "  ")
 	if err != nil {
 		return err
 	}
