@@ -303,7 +303,15 @@ func TestCommandExitCode(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("command started before the proxy was ready")
 	}
-	_ = p
+	// Once the control plane is back, the waiting proxy gets its
+	// certificate and config, starts the command and exits with its code.
+	cp.start(t)
+	if got := p.proc.wait(t, 30*time.Second); got != 0 {
+		t.Fatalf("proxy started before its control plane exited %d\n%s", got, p.proc.out.String())
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("command never ran after the control plane came up: %v", err)
+	}
 }
 
 // TestInvalidResourceRefused: an invalid file is refused whole, the error
