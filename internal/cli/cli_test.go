@@ -223,6 +223,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"get", "services", "-o", "xml"}, `-o "xml": want table, yaml or json`},
 		{[]string{"proxy", "--service", "x", "stray"}, "put the app's command after --"},
 		{[]string{"proxy", "--service", "x", "--labels", "nokey"}, "want KEY=VALUE"},
+		{[]string{"proxy", "--service", "x", "--labels", "version=v 1"}, "--labels version=v 1: value"},
 		{[]string{"proxy", "--service", "x", "--balancer", "random"}, "unknown policy"},
 		{[]string{"control", "--log-level", "loud"}, "--log-level"},
 		{[]string{"get", "services", "--data-dir", "/nonexistent-trellis"}, "trellis control"},

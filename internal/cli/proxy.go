@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/control"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/proxy"
@@ -49,6 +50,11 @@ control plane's data directory (--data-dir) on the same machine.`,
 			var err error
 			if o.Labels, err = parsePairs("--labels", labels); err != nil {
 				return err
+			}
+			for k, v := range o.Labels {
+				if p := config.LabelProblem(k, v); p != "" {
+					return fmt.Errorf("proxy: --labels %s=%s: %s", k, v, p)
+				}
 			}
 			if o.Upstreams, err = parsePairs("--upstream", upstreams); err != nil {
 				return err

@@ -63,6 +63,16 @@ func labelValueProblem(v string) string {
 	return ""
 }
 
+// LabelProblem says why key=value is not a valid label under Kubernetes'
+// rules, or "" when it is. Endpoint labels follow the same rules as the
+// selectors that match them.
+func LabelProblem(key, value string) string {
+	if p := qualifiedNameProblem(key); p != "" {
+		return p
+	}
+	return labelValueProblem(value)
+}
+
 // validateLabels checks a label map at path (e.g. "metadata.labels").
 func validateLabels(fe *fieldErrors, path string, labels map[string]string) {
 	for _, k := range sortedKeys(labels) {

@@ -99,6 +99,9 @@ func RunSidecar(ctx context.Context, o SidecarOptions) (int, error) {
 	defer stopRun()
 
 	if err := s.certify(ctx, s.token); err != nil {
+		if ctx.Err() != nil {
+			return 0, nil // stopped while waiting for the control plane
+		}
 		return 1, err
 	}
 	if err := s.startProxy(); err != nil {
@@ -115,6 +118,11 @@ func RunSidecar(ctx context.Context, o SidecarOptions) (int, error) {
 		if o.Ready != nil {
 			close(o.Ready)
 		}
+	case err := <-sessionDone:
+		// Only a refusal ends the session early (say, an invalid
+		// endpoint); retrying would not help.
+		s.drain()
+		return 1, fmt.Errorf("proxy: control plane session: %w", err)
 	case <-ctx.Done():
 		s.drain()
 		return 0, nil

@@ -161,6 +161,16 @@ func TestRegister(t *testing.T) {
 		{name: "no endpoint", cert: orders, wantCode: codes.InvalidArgument, wantMsg: "endpoint: required"},
 		{name: "no id", cert: orders, ep: endpoint("", "orders"), wantCode: codes.InvalidArgument, wantMsg: "endpoint.id"},
 		{name: "bad service", cert: orders, ep: endpoint("x", "Orders!"), wantCode: codes.InvalidArgument, wantMsg: "endpoint.service"},
+		{name: "bad label value", cert: orders, ep: func() *meshv1.Endpoint {
+			ep := endpoint("orders-1", "orders")
+			ep.Labels = map[string]string{"version": "not a label!"}
+			return ep
+		}(), wantCode: codes.InvalidArgument, wantMsg: "endpoint.labels[version]"},
+		{name: "bad label key", cert: orders, ep: func() *meshv1.Endpoint {
+			ep := endpoint("orders-1", "orders")
+			ep.Labels = map[string]string{"-zone": "a"}
+			return ep
+		}(), wantCode: codes.InvalidArgument, wantMsg: "endpoint.labels[-zone]"},
 		{name: "bad address", cert: orders, ep: func() *meshv1.Endpoint {
 			ep := endpoint("orders-1", "orders")
 			ep.Address = "15006"

@@ -2,12 +2,14 @@ package push
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/config"
 )
 
 // maxSubscriptions bounds one WatchRequest so a broken proxy cannot make the
@@ -97,9 +99,10 @@ func validateEndpoint(ep *meshv1.Endpoint) error {
 			return err
 		}
 	}
-	for k := range ep.GetLabels() {
-		if k == "" {
-			return fmt.Errorf("endpoint.labels: empty key")
+	labels := ep.GetLabels()
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		if p := config.LabelProblem(k, labels[k]); p != "" {
+			return fmt.Errorf("endpoint.labels[%s]: %s", k, p)
 		}
 	}
 	return nil

@@ -486,3 +486,17 @@ func TestSignalForwarding(t *testing.T) {
 		t.Fatalf("proxy exit code %d; want 42 from the app's TERM trap\n%s", code, p.proc.out.String())
 	}
 }
+
+// TestInvalidLabelsRefused: a proxy given labels no selector could match
+// says why and exits non-zero instead of registering or waiting. (The
+// control plane refuses such an endpoint too: see internal/push.)
+func TestInvalidLabelsRefused(t *testing.T) {
+	cp := startControl(t, "")
+	p := cp.proxy(t, proxyConfig{service: "web", app: appServer(t, "web", nil), labels: "version=not a label!", noWait: true})
+	if code := p.proc.wait(t, 20*time.Second); code == 0 {
+		t.Fatalf("proxy with an invalid label exited 0\n%s", p.proc.out.String())
+	}
+	if out := p.proc.out.String(); !strings.Contains(out, "labels") {
+		t.Fatalf("exit message does not name the labels:\n%s", tail(out, 20))
+	}
+}
