@@ -332,7 +332,7 @@ func (s *sidecar) startProxy() error {
 		Balancer:     s.o.Balancer,
 		Subscribe:    s.subscribe,
 		DrainTimeout: s.o.DrainTimeout,
-		Logger:       s.log,
+		Logger:       s.o.Logger, // the proxy scopes its own component
 	})
 	if err != nil {
 		return err
