@@ -5,7 +5,7 @@ BIN     := bin/trellis
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X trellis.dev/trellis/internal/cli.version=$(VERSION)
 
-.PHONY: build demo test test-short lint generate bench fortio clean
+.PHONY: build demo test test-short lint generate check-generate bench fortio clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/trellis
@@ -28,9 +28,19 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-# Regenerate api/ from .proto (needs protoc, protoc-gen-go, protoc-gen-go-grpc).
+# Regenerate api/ from .proto: needs protoc (Debian: protobuf-compiler); the
+# Go plugins are installed at the versions that made the committed code.
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+
 generate:
+	$(GO) install $(PROTOC_GEN_GO)
+	$(GO) install $(PROTOC_GEN_GO_GRPC)
 	PATH="$(GOBIN):$$PATH" $(GO) generate ./api/...
+
+# Fails if the committed generated code is not what `make generate` makes.
+check-generate: generate
+	@git diff --exit-code -- api/ || { echo "api/: generated code is stale; run make generate and commit"; exit 1; }
 
 fortio:
 	@test -x $(GOBIN)/fortio || $(GO) install fortio.org/fortio@v1.66.5
