@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -211,8 +212,12 @@ func newSidecar(o SidecarOptions) (*sidecar, error) {
 	return s, nil
 }
 
-// qualify turns "orders" into "orders.default"; "orders.shop" stays.
+// qualify turns an upstream key ("orders", "orders.shop", "orders:82")
+// into the service it subscribes to: "orders.default", "orders.shop".
 func qualify(name, ns string) string {
+	if host, _, err := net.SplitHostPort(name); err == nil {
+		name = host
+	}
 	if strings.Contains(name, ".") {
 		return name
 	}
