@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,8 +25,8 @@ func TestDemo(t *testing.T) {
 	}
 	// No orphan: nothing started from this binary may outlive the demo.
 	time.Sleep(500 * time.Millisecond)
-	if left, err := exec.Command("pgrep", "-af", trellisBin).Output(); err == nil && len(left) > 0 {
-		t.Fatalf("processes left behind by the demo:\n%s", left)
+	if left := processesOf(trellisBin); len(left) > 0 {
+		t.Fatalf("processes left behind by the demo:\n%s", strings.Join(left, "\n"))
 	}
 }
 
@@ -46,7 +47,39 @@ func TestDemoCtrlC(t *testing.T) {
 		t.Fatalf("demo exited %d after Ctrl-C:\n%s", code, tail(p.out.String(), 40))
 	}
 	time.Sleep(500 * time.Millisecond)
-	if left, err := exec.Command("pgrep", "-af", trellisBin).Output(); err == nil && len(left) > 0 {
-		t.Fatalf("processes left behind after Ctrl-C:\n%s", left)
+	if left := processesOf(trellisBin); len(left) > 0 {
+		t.Fatalf("processes left behind after Ctrl-C:\n%s", strings.Join(left, "\n"))
+	}
+}
+
+// processesOf lists the live processes (pid and command line) whose command
+// line mentions bin, read from /proc. Zombies have no command line and are
+// not counted: they hold no port and no CPU.
+func processesOf(bin string) []string {
+	var out []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		raw, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil || len(raw) == 0 {
+			continue
+		}
+		cmd := strings.ReplaceAll(strings.TrimRight(string(raw), "\x00"), "\x00", " ")
+		if strings.Contains(cmd, bin) {
+			out = append(out, filepath.Base(d)+" "+cmd)
+		}
+	}
+	return out
+}
+
+// The orphan check above must be able to fail: it sees a live process.
+func TestProcessesOfSeesLiveProcess(t *testing.T) {
+	marker := "trellis-e2e-marker-" + filepath.Base(t.TempDir())
+	cmd := exec.Command("sh", "-c", "sleep 5 # "+marker)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if got := processesOf(marker); len(got) != 1 {
+		t.Fatalf("processesOf(%q) = %v; want the one live sh", marker, got)
 	}
 }
