@@ -112,8 +112,10 @@ var errAborted = errors.New("proxy: response aborted mid-body")
 
 // forward sends r to scheme://addr over rt and copies the response to w.
 // It returns the status code written (or the one it would have recorded)
-// and the upstream error, if any. r.Header is modified in place.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt http.RoundTripper, scheme, addr string) (int, error) {
+// and the upstream error, if any. r.Header is modified in place. With
+// retryable set, a failure to connect writes nothing and returns code 0 so
+// the caller can try another endpoint.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt http.RoundTripper, scheme, addr string, retryable bool) (int, error) {
 	upgrade := ""
 	if r.ProtoMajor == 1 {
 		upgrade = upgradeType(r.Header)
@@ -147,6 +149,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt http.RoundTri
 	if err != nil {
 		if r.Context().Err() != nil {
 			return 499, err // the client went away; nothing to write
+		}
+		var de *DialError
+		if retryable && errors.As(err, &de) {
+			return 0, err
 		}
 		httpError(w, http.StatusBadGateway, "upstream "+addr+" failed")
 		return http.StatusBadGateway, err

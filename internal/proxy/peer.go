@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -34,6 +35,13 @@ func (p *Proxy) newPeer(addr, identity string) *peer {
 		return c
 	}
 	dialer := &net.Dialer{Timeout: handshakeTimeout, KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &DialError{Addr: addr, Err: err}
+		}
+		return c, nil
+	}
 	var h2p, h1p http.Protocols
 	h2p.SetHTTP2(true)
 	h1p.SetHTTP1(true)
@@ -41,7 +49,7 @@ func (p *Proxy) newPeer(addr, identity string) *peer {
 		addr:     addr,
 		identity: identity,
 		h2: &http.Transport{
-			DialContext:         dialer.DialContext,
+			DialContext:         dial,
 			TLSClientConfig:     mk("h2"),
 			TLSHandshakeTimeout: handshakeTimeout,
 			Protocols:           &h2p,
@@ -54,7 +62,7 @@ func (p *Proxy) newPeer(addr, identity string) *peer {
 			},
 		},
 		h1: &http.Transport{
-			DialContext:         dialer.DialContext,
+			DialContext:         dial,
 			TLSClientConfig:     mk("http/1.1"),
 			TLSHandshakeTimeout: handshakeTimeout,
 			Protocols:           &h1p,
@@ -71,6 +79,16 @@ func (pr *peer) closeIdle() {
 	pr.h1.CloseIdleConnections()
 	pr.h2.CloseIdleConnections()
 }
+
+// DialError is a failure to connect to a peer proxy: the request never left
+// this proxy, so it is safe to send again to another endpoint.
+type DialError struct {
+	Addr string
+	Err  error
+}
+
+func (e *DialError) Error() string { return "proxy: dial " + e.Addr + ": " + e.Err.Error() }
+func (e *DialError) Unwrap() error { return e.Err }
 
 var errPeerIdentity = errors.New("proxy: peer identity mismatch")
 

@@ -563,16 +563,44 @@ func (p *Proxy) route(w http.ResponseWriter, r *http.Request, svc *service, port
 		return
 	}
 	ps := dst.port(dport)
-	i, done := dst.picker.Pick(dst.addrs)
-	ep := &dst.eps[i]
-	tr := ep.peer.h1
-	if ps.h2() || r.ProtoMajor == 2 || (p.hopH2 && upgradeType(r.Header) == "") {
-		tr = ep.peer.h2
-	}
+	upgrade := upgradeType(r.Header)
+	useH2 := ps.h2() || r.ProtoMajor == 2 || (p.hopH2 && upgrade == "")
 	r.Header[headerPort] = ps.portHdr
 	delete(r.Header, HeaderClientID)
-	code, err := p.forward(w, r, tr, "https", ep.addr)
-	done(err)
+	// A request without a body that could not even connect never reached
+	// the peer: send it once more, to another endpoint when there is one.
+	// (Retries of requests that did reach a peer wait for retry budgets.)
+	retryable := r.ContentLength == 0 && upgrade == "" && len(dst.eps) > 1
+	xff, hadXFF := r.Header["X-Forwarded-For"]
+	failed := -1
+	var code int
+	var err error
+	for attempt := 0; ; attempt++ {
+		i, done := dst.picker.Pick(dst.addrs)
+		if i == failed {
+			// The picker chose the endpoint that just failed: that counts
+			// against it too, and the next endpoint gets the request.
+			done(err)
+			i, done = (i+1)%len(dst.eps), func(error) {}
+		}
+		ep := &dst.eps[i]
+		tr := ep.peer.h1
+		if useH2 {
+			tr = ep.peer.h2
+		}
+		code, err = p.forward(w, r, tr, "https", ep.addr, retryable && attempt == 0)
+		done(err)
+		if code != 0 {
+			break
+		}
+		failed = i
+		p.log.Debug("endpoint unreachable; retrying on another", "service", dst.key, "endpoint", ep.addr, "err", err)
+		if hadXFF {
+			r.Header["X-Forwarded-For"] = xff
+		} else {
+			delete(r.Header, "X-Forwarded-For")
+		}
+	}
 	dst.metrics.Request(code, time.Since(start))
 	if errors.Is(err, errAborted) {
 		panic(http.ErrAbortHandler)
@@ -619,7 +647,7 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	if ps.h2() {
 		tr = p.appH2C
 	}
-	code, err := p.forward(w, r, tr, "http", ps.appAddr)
+	code, err := p.forward(w, r, tr, "http", ps.appAddr, false)
 	cfg.inbound.metrics.Request(code, time.Since(start))
 	if errors.Is(err, errAborted) {
 		panic(http.ErrAbortHandler)

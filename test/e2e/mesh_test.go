@@ -162,11 +162,24 @@ func TestEndpointRemovedAfterKill(t *testing.T) {
 	if err := b.proc.cmd.Process.Kill(); err != nil { // SIGKILL
 		t.Fatal(err)
 	}
+	<-b.proc.done
+	// Until the registry notices, b is still in the client's config: its
+	// connection failures must cost a GET nothing (sent to a instead).
+	c := client.client()
+	c.Transport.(*http.Transport).DisableKeepAlives = true
+	for i := 0; i < 20; i++ {
+		code, body, err := get(c, "http://web/")
+		if err != nil || code != 200 || !strings.HasPrefix(body, "a ") {
+			t.Fatalf("right after kill -9, request %d: %d %q %v; want 200 from a", i, code, body, err)
+		}
+	}
+	if client.endpointCount(t, "web") != 2 {
+		t.Log("the killed endpoint left before the requests above ran; they did not test the retry")
+	}
 	eventually(t, 6*time.Second, "killed endpoint to leave the client's config", func() bool {
 		return client.endpointCount(t, "web") == 1
 	})
 	t.Logf("endpoint removed %s after kill -9 (heartbeat 2s)", time.Since(killed).Round(10*time.Millisecond))
-	c := client.client()
 	for i := 0; i < 20; i++ {
 		code, body, err := get(c, "http://web/")
 		if err != nil || code != 200 || !strings.HasPrefix(body, "a ") {

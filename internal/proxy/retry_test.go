@@ -1,0 +1,65 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/lb"
+)
+
+// TestConnectFailureRetriedOnAnotherEndpoint: an endpoint that refuses
+// connections (its proxy just died; the registry hasn't noticed yet) costs a
+// bodiless request nothing — it goes to another endpoint. A request with a
+// body is not re-sent: it gets 502.
+func TestConnectFailureRetriedOnAnotherEndpoint(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	app := startApp(t, whoami("orders"))
+	orders := startServer(t, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
+
+	// A dead endpoint: a port nothing listens on any more.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	svc := orders.svc
+	svc.Endpoints = append([]*meshv1.Endpoint{{
+		Id: "orders-dead", Service: "orders", Namespace: "default", Address: dead,
+		Identity: spiffeFor("orders"), Healthy: true,
+	}}, svc.Endpoints...)
+
+	// Round-robin makes every other first pick the dead endpoint.
+	client := startClient(t, ca, Options{Balancer: lb.RoundRobin})
+	if err := client.Update(snapshot("1", svc)); err != nil {
+		t.Fatal(err)
+	}
+	c := proxyClient(client)
+	for i := 0; i < 20; i++ {
+		resp, body := get(t, c, "http://orders/get", nil)
+		if resp.StatusCode != http.StatusOK || body != "orders GET /get" {
+			t.Fatalf("GET %d: %d %q; want 200 from the live endpoint", i, resp.StatusCode, body)
+		}
+	}
+	var badGateway int
+	for i := 0; i < 4; i++ {
+		resp, err := c.Post("http://orders/pay", "text/plain", strings.NewReader("charge 5"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+		case http.StatusBadGateway:
+			badGateway++
+		default:
+			t.Fatalf("POST %d: %d", i, resp.StatusCode)
+		}
+	}
+	if badGateway == 0 {
+		t.Fatal("no POST with a body reached the dead endpoint's 502: was a request with a body re-sent?")
+	}
+}
