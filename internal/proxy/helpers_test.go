@@ -2,14 +2,8 @@ package proxy
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -17,72 +11,32 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/testpki"
 )
 
-// testCA is a throwaway CA issuing SPIFFE leaf certificates.
+// testCA is a throwaway CA issuing SPIFFE leaf certificates in td.
 type testCA struct {
-	td     spiffeid.TrustDomain
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	bundle *x509bundle.Bundle
+	*testpki.CA
+	td spiffeid.TrustDomain
 }
 
 func newTestCA(t testing.TB, td string) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "test root " + td},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	tdid := spiffeid.RequireTrustDomainFromString(td)
-	return &testCA{td: tdid, cert: cert, key: key, bundle: x509bundle.FromX509Authorities(tdid, []*x509.Certificate{cert})}
+	return &testCA{CA: testpki.NewCA(t), td: spiffeid.RequireTrustDomainFromString(td)}
 }
 
 func (ca *testCA) svid(t testing.TB, id string) *x509svid.SVID {
 	t.Helper()
-	sid := spiffeid.RequireFromString(id)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := url.Parse(id)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		URIs:         []*url.URL{u},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &x509svid.SVID{ID: sid, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
+	return ca.SVID(t, id)
 }
 
 func (ca *testCA) serverTLS(s *x509svid.SVID) *tls.Config {
-	return tlsconfig.MTLSServerConfig(s, ca.bundle, tlsconfig.AuthorizeMemberOf(ca.td))
+	return tlsconfig.MTLSServerConfig(s, ca.Bundle(ca.td), tlsconfig.AuthorizeMemberOf(ca.td))
 }
 
 func (ca *testCA) clientTLS(s *x509svid.SVID) func(string) *tls.Config {
@@ -91,7 +45,7 @@ func (ca *testCA) clientTLS(s *x509svid.SVID) func(string) *tls.Config {
 		if err != nil {
 			return nil
 		}
-		return tlsconfig.MTLSClientConfig(s, ca.bundle, tlsconfig.AuthorizeID(id))
+		return tlsconfig.MTLSClientConfig(s, ca.Bundle(ca.td), tlsconfig.AuthorizeID(id))
 	}
 }
 

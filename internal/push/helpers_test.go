@@ -2,17 +2,12 @@ package push
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -23,94 +18,45 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/testpki"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("trellis.local")
 
 // testCA is a throwaway CA; the real one lives in internal/ca.
 type testCA struct {
-	key  *ecdsa.PrivateKey
-	cert *x509.Certificate
+	*testpki.CA
 	pool *x509.CertPool
-}
-
-var serial struct {
-	sync.Mutex
-	n int64
-}
-
-func nextSerial() *big.Int {
-	serial.Lock()
-	defer serial.Unlock()
-	serial.n++
-	return big.NewInt(serial.n)
 }
 
 func newTestCA(t testing.TB) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          nextSerial(),
-		Subject:               pkix.Name{CommonName: "test root"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{key: key, cert: cert, pool: pool}
-}
-
-func (ca *testCA) sign(t testing.TB, tmpl *x509.Certificate, pub any) []byte {
-	t.Helper()
-	tmpl.SerialNumber = nextSerial()
-	if tmpl.NotBefore.IsZero() {
-		tmpl.NotBefore = time.Now().Add(-time.Minute)
-	}
-	if tmpl.NotAfter.IsZero() {
-		tmpl.NotAfter = time.Now().Add(time.Hour)
-	}
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
+	ca := testpki.NewCA(t)
+	return &testCA{CA: ca, pool: ca.Pool()}
 }
 
 // serverCert is the control plane's serving certificate for 127.0.0.1.
 func (ca *testCA) serverCert(t testing.TB) *tls.Certificate {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der := ca.sign(t, &x509.Certificate{Subject: pkix.Name{CommonName: "control"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}, &key.PublicKey)
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	c := ca.TLSCertificate(t, "", func(c *x509.Certificate) {
+		c.Subject.CommonName = "control"
+		c.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+	})
+	return &c
 }
 
 // workloadCert is a workload certificate for id, optionally already expired.
 func (ca *testCA) workloadCert(t testing.TB, id string, notAfter time.Time) *tls.Certificate {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse(id)
-	tmpl := &x509.Certificate{URIs: []*url.URL{u}, NotAfter: notAfter}
-	if !notAfter.IsZero() && notAfter.Before(time.Now()) {
-		tmpl.NotBefore = notAfter.Add(-time.Hour)
-	}
-	der := ca.sign(t, tmpl, &key.PublicKey)
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	c := ca.TLSCertificate(t, id, func(c *x509.Certificate) {
+		c.NotAfter = notAfter // zero: testpki's default
+		if !notAfter.IsZero() && notAfter.Before(time.Now()) {
+			c.NotBefore = notAfter.Add(-time.Hour)
+		}
+	})
+	return &c
 }
 
 func newCSR(t testing.TB) []byte {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, testpki.NewKey(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,13 +74,12 @@ func (f *fakeSigner) Sign(csrDER []byte, id spiffeid.ID) ([][]byte, time.Time, e
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	u, _ := url.Parse(id.String())
 	notAfter := time.Now().Add(time.Hour).Truncate(time.Second)
-	der := f.ca.sign(f.t, &x509.Certificate{URIs: []*url.URL{u}, NotAfter: notAfter}, csr.PublicKey)
-	return [][]byte{der}, notAfter, nil
+	tmpl := testpki.LeafTemplate(f.t, []string{id.String()}, func(c *x509.Certificate) { c.NotAfter = notAfter })
+	return [][]byte{f.ca.Issue(f.t, tmpl, csr.PublicKey).Raw}, notAfter, nil
 }
 
-func (f *fakeSigner) Bundle() [][]byte { return [][]byte{f.ca.cert.Raw} }
+func (f *fakeSigner) Bundle() [][]byte { return [][]byte{f.ca.Cert.Raw} }
 
 // fakeRegistry keeps leases in memory; expire() simulates a lapsed lease.
 type fakeRegistry struct {
