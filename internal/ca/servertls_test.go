@@ -4,63 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"io"
 	"net"
 	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"trellis.dev/trellis/internal/testpki"
 )
-
-type handshake struct {
-	peerChains int // verified client chains seen by the server
-	err        error
-}
-
-func serveTLS(t *testing.T, cfg *tls.Config) (string, <-chan handshake) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	out := make(chan handshake, 8)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				tc := tls.Server(c, cfg)
-				err := tc.Handshake()
-				out <- handshake{peerChains: len(tc.ConnectionState().VerifiedChains), err: err}
-				if err == nil {
-					io.WriteString(tc, "ok")
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String(), out
-}
-
-func dialTLS(addr string, cfg *tls.Config) (tls.ConnectionState, error) {
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		return tls.ConnectionState{}, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	tc := tls.Client(c, cfg)
-	if err := tc.Handshake(); err != nil {
-		return tls.ConnectionState{}, err
-	}
-	buf := make([]byte, 2)
-	_, err = io.ReadFull(tc, buf)
-	return tc.ConnectionState(), err
-}
 
 func TestServerTLSConfig(t *testing.T) {
 	c := mustCA(t, Options{})
@@ -69,11 +20,11 @@ func TestServerTLSConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, results := serveTLS(t, cfg)
+	addr, results := testpki.Serve(t, cfg, nil)
 
 	// The CLI: trusts the bundle, checks the host name, has no client cert.
 	for _, name := range []string{"localhost", "127.0.0.1"} {
-		cs, err := dialTLS(addr, &tls.Config{RootCAs: c.RootPool(), ServerName: name})
+		cs, err := testpki.Dial(t, addr, &tls.Config{RootCAs: c.RootPool(), ServerName: name})
 		if err != nil {
 			t.Fatalf("client with ServerName %s: %v", name, err)
 		}
@@ -81,12 +32,12 @@ func TestServerTLSConfig(t *testing.T) {
 		if len(leaf.URIs) != 1 || leaf.URIs[0].String() != cpID.String() {
 			t.Fatalf("server cert URIs %v, want %s", leaf.URIs, cpID)
 		}
-		if r := <-results; r.err != nil || r.peerChains != 0 {
-			t.Fatalf("server: %+v", r)
+		if r := <-results; r.Err != nil || len(r.State.VerifiedChains) != 0 {
+			t.Fatalf("server: err %v, %d verified chains", r.Err, len(r.State.VerifiedChains))
 		}
 	}
 	// A name not in the certificate fails host name verification.
-	if _, err := dialTLS(addr, &tls.Config{RootCAs: c.RootPool(), ServerName: "evil.example"}); err == nil {
+	if _, err := testpki.Dial(t, addr, &tls.Config{RootCAs: c.RootPool(), ServerName: "evil.example"}); err == nil {
 		t.Fatal("certificate accepted for a name it does not carry")
 	}
 	<-results
@@ -99,11 +50,11 @@ func TestServerTLSConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	clientCert := tls.Certificate{Certificate: chain, PrivateKey: key}
-	if _, err := dialTLS(addr, &tls.Config{RootCAs: c.RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{clientCert}}); err != nil {
+	if _, err := testpki.Dial(t, addr, &tls.Config{RootCAs: c.RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{clientCert}}); err != nil {
 		t.Fatal(err)
 	}
-	if r := <-results; r.err != nil || r.peerChains == 0 {
-		t.Fatalf("server did not verify the client certificate: %+v", r)
+	if r := <-results; r.Err != nil || len(r.State.VerifiedChains) == 0 {
+		t.Fatalf("server did not verify the client certificate: err %v, %d verified chains", r.Err, len(r.State.VerifiedChains))
 	}
 
 	// A client certificate from another CA is refused, not ignored.
@@ -113,12 +64,12 @@ func TestServerTLSConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	rogue := tls.Certificate{Certificate: chain, PrivateKey: key}
-	_, err = dialTLS(addr, &tls.Config{RootCAs: c.RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{rogue}})
+	_, err = testpki.Dial(t, addr, &tls.Config{RootCAs: c.RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{rogue}})
 	if err == nil {
 		t.Fatal("client certificate from another CA accepted")
 	}
-	if r := <-results; r.err == nil || !strings.Contains(r.err.Error(), "unknown authority") {
-		t.Fatalf("server err = %v, want unknown authority", r.err)
+	if r := <-results; r.Err == nil || !strings.Contains(r.Err.Error(), "unknown authority") {
+		t.Fatalf("server err = %v, want unknown authority", r.Err)
 	}
 
 	if _, err := c.ServerTLSConfig(spiffeIDOf(t, "spiffe://other.org/control"), nil, nil); err == nil {

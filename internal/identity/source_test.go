@@ -48,7 +48,7 @@ func TestSourceSet(t *testing.T) {
 		t.Fatal("SVID does not reflect what was set")
 	}
 	b, err := s.GetX509BundleForTrustDomain(td)
-	if err != nil || !b.HasX509Authority(ca.cert) {
+	if err != nil || !b.HasX509Authority(ca.Cert) {
 		t.Fatalf("bundle = %v, %v; want the CA's root", b, err)
 	}
 	if _, err := s.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("other.org")); err == nil {
@@ -105,7 +105,7 @@ func TestSourceSetRefuses(t *testing.T) {
 				t.Fatalf("err = %v, want containing %q", err, tt.err)
 			}
 			after, _ := s.GetX509SVID()
-			if after != before || !s.RootPool().Equal(poolOf(ca.cert)) {
+			if after != before || !s.RootPool().Equal(poolOf(ca.Cert)) {
 				t.Fatal("a refused Set changed the SVID or bundle")
 			}
 		})
@@ -129,22 +129,22 @@ func TestSourceSetBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Rotation step 1: trust both roots.
-	if err := s.SetBundle([][]byte{oldCA.cert.Raw, newCA.cert.Raw}); err != nil {
+	if err := s.SetBundle([][]byte{oldCA.Cert.Raw, newCA.Cert.Raw}); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := s.GetX509BundleForTrustDomain(td); !b.HasX509Authority(newCA.cert) || !b.HasX509Authority(oldCA.cert) {
+	if b, _ := s.GetX509BundleForTrustDomain(td); !b.HasX509Authority(newCA.Cert) || !b.HasX509Authority(oldCA.Cert) {
 		t.Fatal("bundle does not hold both roots")
 	}
 	// Dropping the root the current certificate needs is refused.
 	if err := s.SetBundle(newCA.bundle()); err == nil || !strings.Contains(err.Error(), "would not verify") {
 		t.Fatalf("err = %v, want refusal", err)
 	}
-	if b, _ := s.GetX509BundleForTrustDomain(td); !b.HasX509Authority(oldCA.cert) {
+	if b, _ := s.GetX509BundleForTrustDomain(td); !b.HasX509Authority(oldCA.Cert) {
 		t.Fatal("refused SetBundle dropped the old root")
 	}
 	// Step 2: a certificate from the new root, then the old root can go.
 	chain2, key2 := newCA.workload(t, id)
-	if err := s.Set(chain2, key2, [][]byte{oldCA.cert.Raw, newCA.cert.Raw}); err != nil {
+	if err := s.Set(chain2, key2, [][]byte{oldCA.Cert.Raw, newCA.Cert.Raw}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.SetBundle(newCA.bundle()); err != nil {

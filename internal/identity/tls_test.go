@@ -10,6 +10,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"trellis.dev/trellis/internal/testpki"
 )
 
 type serverResult struct {
@@ -19,65 +21,29 @@ type serverResult struct {
 
 // serve accepts TLS connections on a loopback port with cfg and reports, per
 // connection, the client's SPIFFE ID or the handshake error.
-func serve(t *testing.T, cfg *tls.Config) (string, <-chan serverResult) {
+func serve(t *testing.T, cfg *tls.Config) (string, <-chan testpki.Handshake) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	results := make(chan serverResult, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				tc := tls.Server(c, cfg)
-				if err := tc.Handshake(); err != nil {
-					results <- serverResult{err: err}
-					return
-				}
-				id, err := PeerID(tc.ConnectionState())
-				results <- serverResult{peer: id, err: err}
-				if err == nil {
-					io.WriteString(tc, "ok")
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String(), results
+	return testpki.Serve(t, cfg, func(cs tls.ConnectionState) error {
+		_, err := PeerID(cs)
+		return err
+	})
 }
 
-// dial handshakes and reads the server's "ok", which in TLS 1.3 is where a
-// server's rejection of the client certificate surfaces.
+// dial handshakes and reads the server's "ok" (see testpki.Dial).
 func dial(t *testing.T, addr string, cfg *tls.Config) (tls.ConnectionState, error) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	tc := tls.Client(c, cfg)
-	if err := tc.Handshake(); err != nil {
-		return tls.ConnectionState{}, err
-	}
-	buf := make([]byte, 2)
-	if _, err := io.ReadFull(tc, buf); err != nil {
-		return tc.ConnectionState(), err
-	}
-	return tc.ConnectionState(), nil
+	return testpki.Dial(t, addr, cfg)
 }
 
-func recv(t *testing.T, ch <-chan serverResult) serverResult {
+func recv(t *testing.T, ch <-chan testpki.Handshake) serverResult {
 	t.Helper()
 	select {
 	case r := <-ch:
-		return r
+		if r.Err != nil {
+			return serverResult{err: r.Err}
+		}
+		id, err := PeerID(r.State)
+		return serverResult{peer: id, err: err}
 	case <-time.After(5 * time.Second):
 		t.Fatal("server reported nothing")
 		return serverResult{}
@@ -273,7 +239,7 @@ func TestMTLSRotation(t *testing.T) {
 	if cs.PeerCertificates[0].SerialNumber.Cmp(first) == 0 {
 		t.Fatal("server still presents the old certificate after Set")
 	}
-	if err := cs.PeerCertificates[0].CheckSignatureFrom(next.cert); err != nil {
+	if err := cs.PeerCertificates[0].CheckSignatureFrom(next.Cert); err != nil {
 		t.Fatalf("presented certificate is not from the new CA: %v", err)
 	}
 	if r := recv(t, results); r.err != nil || r.peer != m.clientID {
