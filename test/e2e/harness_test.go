@@ -331,6 +331,18 @@ func appServer(t *testing.T, name string, h http.HandlerFunc) string {
 	return l.Addr().String()
 }
 
+// getAll sends 20 GETs to url and fails the test unless every one answers
+// 200 with a body starting with prefix (which app served it).
+func getAll(t *testing.T, c *http.Client, url, prefix, when string) {
+	t.Helper()
+	for i := 0; i < 20; i++ {
+		code, body, err := get(c, url)
+		if err != nil || code != 200 || !strings.HasPrefix(body, prefix) {
+			t.Fatalf("%s, request %d: %d %q %v; want 200 from %q", when, i, code, body, err, strings.TrimSpace(prefix))
+		}
+	}
+}
+
 func get(c *http.Client, url string) (int, string, error) {
 	resp, err := c.Get(url)
 	if err != nil {

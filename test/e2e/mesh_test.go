@@ -154,12 +154,7 @@ func TestEndpointRemovedAfterKill(t *testing.T) {
 	// connection failures must cost a GET nothing (sent to a instead).
 	c := client.client()
 	c.Transport.(*http.Transport).DisableKeepAlives = true
-	for i := 0; i < 20; i++ {
-		code, body, err := get(c, "http://web/")
-		if err != nil || code != 200 || !strings.HasPrefix(body, "a ") {
-			t.Fatalf("right after kill -9, request %d: %d %q %v; want 200 from a", i, code, body, err)
-		}
-	}
+	getAll(t, c, "http://web/", "a ", "right after kill -9")
 	if client.endpointCount(t, "web") != 2 {
 		t.Log("the killed endpoint left before the requests above ran; they did not test the retry")
 	}
@@ -167,12 +162,7 @@ func TestEndpointRemovedAfterKill(t *testing.T) {
 		return client.endpointCount(t, "web") == 1
 	})
 	t.Logf("endpoint removed %s after kill -9 (heartbeat 2s)", time.Since(killed).Round(10*time.Millisecond))
-	for i := 0; i < 20; i++ {
-		code, body, err := get(c, "http://web/")
-		if err != nil || code != 200 || !strings.HasPrefix(body, "a ") {
-			t.Fatalf("after removal: %d %q %v; want 200 from a", code, body, err)
-		}
-	}
+	getAll(t, c, "http://web/", "a ", "after removal")
 }
 
 // TestRouteChangeUnderLoad: weights move while traffic flows; no request fails
@@ -259,24 +249,14 @@ func TestProxiesSurviveControlPlaneRestart(t *testing.T) {
 	c := client.client()
 
 	cp.kill(t)
-	for i := 0; i < 20; i++ {
-		code, body, err := get(c, "http://web/")
-		if err != nil || code != 200 || !strings.HasPrefix(body, "v1 ") {
-			t.Fatalf("with control plane down: %d %q %v", code, body, err)
-		}
-	}
+	getAll(t, c, "http://web/", "v1 ", "with control plane down")
 	cp.start(t)
 	cp.apply(t, splitRoute(0, 100))
 	eventually(t, 15*time.Second, "route change after control-plane restart", func() bool {
 		_, body, err := get(c, "http://web/")
 		return err == nil && strings.HasPrefix(body, "v2 ")
 	})
-	for i := 0; i < 20; i++ {
-		code, body, err := get(c, "http://web/")
-		if err != nil || code != 200 || !strings.HasPrefix(body, "v2 ") {
-			t.Fatalf("after re-sync: %d %q %v", code, body, err)
-		}
-	}
+	getAll(t, c, "http://web/", "v2 ", "after re-sync")
 }
 
 // TestCommandExitCode: `trellis proxy -- CMD` starts CMD once ready and exits
