@@ -18,6 +18,7 @@ package meshv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -85,6 +86,57 @@ func (Protocol) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{0}
 }
 
+type LoadBalancer int32
+
+const (
+	// The proxy's default (its --balancer flag; p2c-ewma unless set).
+	LoadBalancer_LOAD_BALANCER_UNSPECIFIED LoadBalancer = 0
+	// Power of two choices over peak-EWMA latency.
+	LoadBalancer_P2C_PEAK_EWMA LoadBalancer = 1
+	LoadBalancer_ROUND_ROBIN   LoadBalancer = 2
+)
+
+// Enum value maps for LoadBalancer.
+var (
+	LoadBalancer_name = map[int32]string{
+		0: "LOAD_BALANCER_UNSPECIFIED",
+		1: "P2C_PEAK_EWMA",
+		2: "ROUND_ROBIN",
+	}
+	LoadBalancer_value = map[string]int32{
+		"LOAD_BALANCER_UNSPECIFIED": 0,
+		"P2C_PEAK_EWMA":             1,
+		"ROUND_ROBIN":               2,
+	}
+)
+
+func (x LoadBalancer) Enum() *LoadBalancer {
+	p := new(LoadBalancer)
+	*p = x
+	return p
+}
+
+func (x LoadBalancer) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LoadBalancer) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[1].Descriptor()
+}
+
+func (LoadBalancer) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[1]
+}
+
+func (x LoadBalancer) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LoadBalancer.Descriptor instead.
+func (LoadBalancer) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{1}
+}
+
 type PathMatch_Type int32
 
 const (
@@ -118,11 +170,11 @@ func (x PathMatch_Type) String() string {
 }
 
 func (PathMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[1].Descriptor()
+	return file_mesh_proto_enumTypes[2].Descriptor()
 }
 
 func (PathMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[1]
+	return &file_mesh_proto_enumTypes[2]
 }
 
 func (x PathMatch_Type) Number() protoreflect.EnumNumber {
@@ -164,11 +216,11 @@ func (x HeaderMatch_Type) String() string {
 }
 
 func (HeaderMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[2].Descriptor()
+	return file_mesh_proto_enumTypes[3].Descriptor()
 }
 
 func (HeaderMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[2]
+	return &file_mesh_proto_enumTypes[3]
 }
 
 func (x HeaderMatch_Type) Number() protoreflect.EnumNumber {
@@ -1023,8 +1075,12 @@ type Route struct {
 	// Only requests to this service port; 0 means every port.
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
 	// OR of matches; empty matches every request.
-	Matches       []*Match   `protobuf:"bytes,3,rep,name=matches,proto3" json:"matches,omitempty"`
-	Backends      []*Backend `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	Matches  []*Match   `protobuf:"bytes,3,rep,name=matches,proto3" json:"matches,omitempty"`
+	Backends []*Backend `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	// Applied in order to every request the route matches. A filter whose
+	// kind the proxy does not know (an empty oneof) is refused with a NACK.
+	Filters       []*RouteFilter `protobuf:"bytes,5,rep,name=filters,proto3" json:"filters,omitempty"`
+	Timeouts      *RouteTimeouts `protobuf:"bytes,6,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1087,6 +1143,359 @@ func (x *Route) GetBackends() []*Backend {
 	return nil
 }
 
+func (x *Route) GetFilters() []*RouteFilter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+func (x *Route) GetTimeouts() *RouteTimeouts {
+	if x != nil {
+		return x.Timeouts
+	}
+	return nil
+}
+
+// One header name and value.
+type HeaderValue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderValue) Reset() {
+	*x = HeaderValue{}
+	mi := &file_mesh_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderValue) ProtoMessage() {}
+
+func (x *HeaderValue) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderValue.ProtoReflect.Descriptor instead.
+func (*HeaderValue) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *HeaderValue) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderValue) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// Gateway API HTTPHeaderFilter: set replaces, add appends, remove deletes.
+type HeaderModifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           []*HeaderValue         `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty"`
+	Add           []*HeaderValue         `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderModifier) Reset() {
+	*x = HeaderModifier{}
+	mi := &file_mesh_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderModifier) ProtoMessage() {}
+
+func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
+func (*HeaderModifier) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *HeaderModifier) GetSet() []*HeaderValue {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetAdd() []*HeaderValue {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+// A route filter (Gateway API HTTPRouteFilter). The traffic-control issues
+// add URL rewrites, redirects, mirrors and faults as further members.
+type RouteFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Filter:
+	//
+	//	*RouteFilter_RequestHeaderModifier
+	//	*RouteFilter_ResponseHeaderModifier
+	Filter        isRouteFilter_Filter `protobuf_oneof:"filter"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteFilter) Reset() {
+	*x = RouteFilter{}
+	mi := &file_mesh_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteFilter) ProtoMessage() {}
+
+func (x *RouteFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteFilter.ProtoReflect.Descriptor instead.
+func (*RouteFilter) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RouteFilter) GetFilter() isRouteFilter_Filter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRequestHeaderModifier() *HeaderModifier {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_RequestHeaderModifier); ok {
+			return x.RequestHeaderModifier
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetResponseHeaderModifier() *HeaderModifier {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_ResponseHeaderModifier); ok {
+			return x.ResponseHeaderModifier
+		}
+	}
+	return nil
+}
+
+type isRouteFilter_Filter interface {
+	isRouteFilter_Filter()
+}
+
+type RouteFilter_RequestHeaderModifier struct {
+	RequestHeaderModifier *HeaderModifier `protobuf:"bytes,1,opt,name=request_header_modifier,json=requestHeaderModifier,proto3,oneof"`
+}
+
+type RouteFilter_ResponseHeaderModifier struct {
+	ResponseHeaderModifier *HeaderModifier `protobuf:"bytes,2,opt,name=response_header_modifier,json=responseHeaderModifier,proto3,oneof"`
+}
+
+func (*RouteFilter_RequestHeaderModifier) isRouteFilter_Filter() {}
+
+func (*RouteFilter_ResponseHeaderModifier) isRouteFilter_Filter() {}
+
+// Gateway API HTTPRouteTimeouts. Unset means no timeout.
+type RouteTimeouts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The whole request, retries included, until the response header.
+	Request *durationpb.Duration `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// One attempt to a backend.
+	BackendRequest *durationpb.Duration `protobuf:"bytes,2,opt,name=backend_request,json=backendRequest,proto3" json:"backend_request,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RouteTimeouts) Reset() {
+	*x = RouteTimeouts{}
+	mi := &file_mesh_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteTimeouts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteTimeouts) ProtoMessage() {}
+
+func (x *RouteTimeouts) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteTimeouts.ProtoReflect.Descriptor instead.
+func (*RouteTimeouts) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RouteTimeouts) GetRequest() *durationpb.Duration {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *RouteTimeouts) GetBackendRequest() *durationpb.Duration {
+	if x != nil {
+		return x.BackendRequest
+	}
+	return nil
+}
+
+// How a proxy sends traffic to one service's endpoints. The traffic-control
+// issue adds retry budgets, circuit breaking and outlier detection here.
+type BackendPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LoadBalancer  LoadBalancer           `protobuf:"varint,1,opt,name=load_balancer,json=loadBalancer,proto3,enum=trellis.mesh.v1.LoadBalancer" json:"load_balancer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendPolicy) Reset() {
+	*x = BackendPolicy{}
+	mi := &file_mesh_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendPolicy) ProtoMessage() {}
+
+func (x *BackendPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendPolicy.ProtoReflect.Descriptor instead.
+func (*BackendPolicy) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *BackendPolicy) GetLoadBalancer() LoadBalancer {
+	if x != nil {
+		return x.LoadBalancer
+	}
+	return LoadBalancer_LOAD_BALANCER_UNSPECIFIED
+}
+
+// What the receiving proxy enforces on its own inbound traffic, separate
+// from the Service that describes its ports. Authorization, rate limits and
+// the mTLS mode attach here (the security and traffic-control II issues);
+// it carries no rules yet.
+type InboundPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboundPolicy) Reset() {
+	*x = InboundPolicy{}
+	mi := &file_mesh_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboundPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboundPolicy) ProtoMessage() {}
+
+func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
+func (*InboundPolicy) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{19}
+}
+
 type Service struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1096,14 +1505,16 @@ type Service struct {
 	// service's own endpoints. Non-empty and nothing matches: 404.
 	Routes []*Route `protobuf:"bytes,4,rep,name=routes,proto3" json:"routes,omitempty"`
 	// Healthy endpoints selected by the service.
-	Endpoints     []*Endpoint `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	Endpoints []*Endpoint `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// Unset: the proxy's defaults.
+	BackendPolicy *BackendPolicy `protobuf:"bytes,6,opt,name=backend_policy,json=backendPolicy,proto3" json:"backend_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1526,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1539,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{14}
+	return file_mesh_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Service) GetName() string {
@@ -1166,6 +1577,13 @@ func (x *Service) GetEndpoints() []*Endpoint {
 	return nil
 }
 
+func (x *Service) GetBackendPolicy() *BackendPolicy {
+	if x != nil {
+		return x.BackendPolicy
+	}
+	return nil
+}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Changes whenever the snapshot's content changes.
@@ -1180,14 +1598,19 @@ type Snapshot struct {
 	// The proxy's own service (ports map inbound traffic to the app).
 	Inbound *Service `protobuf:"bytes,6,opt,name=inbound,proto3" json:"inbound,omitempty"`
 	// Subscribed services and every service their routes send to.
-	Services      []*Service `protobuf:"bytes,7,rep,name=services,proto3" json:"services,omitempty"`
+	Services []*Service `protobuf:"bytes,7,rep,name=services,proto3" json:"services,omitempty"`
+	// The store revision the snapshot was compiled from. A proxy whose
+	// snapshot is unchanged by a later write is still current at that write.
+	Revision int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Policy for the proxy's own inbound traffic.
+	InboundPolicy *InboundPolicy `protobuf:"bytes,9,opt,name=inbound_policy,json=inboundPolicy,proto3" json:"inbound_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1622,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1635,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{15}
+	return file_mesh_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Snapshot) GetVersion() string {
@@ -1264,12 +1687,26 @@ func (x *Snapshot) GetServices() []*Service {
 	return nil
 }
 
+func (x *Snapshot) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Snapshot) GetInboundPolicy() *InboundPolicy {
+	if x != nil {
+		return x.InboundPolicy
+	}
+	return nil
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"mesh.proto\x12\x0ftrellis.mesh.v1\"\x7f\n" +
+	"mesh.proto\x12\x0ftrellis.mesh.v1\x1a\x1egoogle/protobuf/duration.proto\"\x7f\n" +
 	"\x0eCertifyRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1c\n" +
@@ -1341,18 +1778,38 @@ const file_mesh_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12\x16\n" +
-	"\x06weight\x18\x04 \x01(\rR\x06weight\"\x97\x01\n" +
+	"\x06weight\x18\x04 \x01(\rR\x06weight\"\x8b\x02\n" +
 	"\x05Route\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x120\n" +
 	"\amatches\x18\x03 \x03(\v2\x16.trellis.mesh.v1.MatchR\amatches\x124\n" +
-	"\bbackends\x18\x04 \x03(\v2\x18.trellis.mesh.v1.BackendR\bbackends\"\xd1\x01\n" +
+	"\bbackends\x18\x04 \x03(\v2\x18.trellis.mesh.v1.BackendR\bbackends\x126\n" +
+	"\afilters\x18\x05 \x03(\v2\x1c.trellis.mesh.v1.RouteFilterR\afilters\x12:\n" +
+	"\btimeouts\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.RouteTimeoutsR\btimeouts\"7\n" +
+	"\vHeaderValue\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x88\x01\n" +
+	"\x0eHeaderModifier\x12.\n" +
+	"\x03set\x18\x01 \x03(\v2\x1c.trellis.mesh.v1.HeaderValueR\x03set\x12.\n" +
+	"\x03add\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.HeaderValueR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"\xcf\x01\n" +
+	"\vRouteFilter\x12Y\n" +
+	"\x17request_header_modifier\x18\x01 \x01(\v2\x1f.trellis.mesh.v1.HeaderModifierH\x00R\x15requestHeaderModifier\x12[\n" +
+	"\x18response_header_modifier\x18\x02 \x01(\v2\x1f.trellis.mesh.v1.HeaderModifierH\x00R\x16responseHeaderModifierB\b\n" +
+	"\x06filter\"\x88\x01\n" +
+	"\rRouteTimeouts\x123\n" +
+	"\arequest\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\arequest\x12B\n" +
+	"\x0fbackend_request\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ebackendRequest\"S\n" +
+	"\rBackendPolicy\x12B\n" +
+	"\rload_balancer\x18\x01 \x01(\x0e2\x1d.trellis.mesh.v1.LoadBalancerR\floadBalancer\"\x0f\n" +
+	"\rInboundPolicy\"\x98\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12+\n" +
 	"\x05ports\x18\x03 \x03(\v2\x15.trellis.mesh.v1.PortR\x05ports\x12.\n" +
 	"\x06routes\x18\x04 \x03(\v2\x16.trellis.mesh.v1.RouteR\x06routes\x127\n" +
-	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\"\x82\x02\n" +
+	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\x12E\n" +
+	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\xe5\x02\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12!\n" +
@@ -1360,13 +1817,19 @@ const file_mesh_proto_rawDesc = "" +
 	"\x06domain\x18\x04 \x01(\tR\x06domain\x12!\n" +
 	"\ftrust_bundle\x18\x05 \x03(\fR\vtrustBundle\x122\n" +
 	"\ainbound\x18\x06 \x01(\v2\x18.trellis.mesh.v1.ServiceR\ainbound\x124\n" +
-	"\bservices\x18\a \x03(\v2\x18.trellis.mesh.v1.ServiceR\bservices*L\n" +
+	"\bservices\x18\a \x03(\v2\x18.trellis.mesh.v1.ServiceR\bservices\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x03R\brevision\x12E\n" +
+	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
 	"\x05HTTP2\x10\x02\x12\b\n" +
 	"\x04GRPC\x10\x03\x12\a\n" +
-	"\x03TCP\x10\x042\xc0\x02\n" +
+	"\x03TCP\x10\x04*Q\n" +
+	"\fLoadBalancer\x12\x1d\n" +
+	"\x19LOAD_BALANCER_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rP2C_PEAK_EWMA\x10\x01\x12\x0f\n" +
+	"\vROUND_ROBIN\x10\x022\xc0\x02\n" +
 	"\x04Mesh\x12L\n" +
 	"\aCertify\x12\x1f.trellis.mesh.v1.CertifyRequest\x1a .trellis.mesh.v1.CertifyResponse\x12O\n" +
 	"\bRegister\x12 .trellis.mesh.v1.RegisterRequest\x1a!.trellis.mesh.v1.RegisterResponse\x12R\n" +
@@ -1385,58 +1848,77 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_mesh_proto_goTypes = []any{
-	(Protocol)(0),             // 0: trellis.mesh.v1.Protocol
-	(PathMatch_Type)(0),       // 1: trellis.mesh.v1.PathMatch.Type
-	(HeaderMatch_Type)(0),     // 2: trellis.mesh.v1.HeaderMatch.Type
-	(*CertifyRequest)(nil),    // 3: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),   // 4: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),          // 5: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),   // 6: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),  // 7: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),  // 8: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil), // 9: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),      // 10: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),              // 11: trellis.mesh.v1.Port
-	(*PathMatch)(nil),         // 12: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),       // 13: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),             // 14: trellis.mesh.v1.Match
-	(*Backend)(nil),           // 15: trellis.mesh.v1.Backend
-	(*Route)(nil),             // 16: trellis.mesh.v1.Route
-	(*Service)(nil),           // 17: trellis.mesh.v1.Service
-	(*Snapshot)(nil),          // 18: trellis.mesh.v1.Snapshot
-	nil,                       // 19: trellis.mesh.v1.Endpoint.LabelsEntry
+	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
+	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
+	(PathMatch_Type)(0),         // 2: trellis.mesh.v1.PathMatch.Type
+	(HeaderMatch_Type)(0),       // 3: trellis.mesh.v1.HeaderMatch.Type
+	(*CertifyRequest)(nil),      // 4: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),     // 5: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),            // 6: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),     // 7: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),    // 8: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),    // 9: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 10: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),        // 11: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                // 12: trellis.mesh.v1.Port
+	(*PathMatch)(nil),           // 13: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),         // 14: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),               // 15: trellis.mesh.v1.Match
+	(*Backend)(nil),             // 16: trellis.mesh.v1.Backend
+	(*Route)(nil),               // 17: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),         // 18: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),      // 19: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),         // 20: trellis.mesh.v1.RouteFilter
+	(*RouteTimeouts)(nil),       // 21: trellis.mesh.v1.RouteTimeouts
+	(*BackendPolicy)(nil),       // 22: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),       // 23: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),             // 24: trellis.mesh.v1.Service
+	(*Snapshot)(nil),            // 25: trellis.mesh.v1.Snapshot
+	nil,                         // 26: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 27: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	19, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	5,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	26, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	6,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
-	1,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
-	2,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	12, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	13, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	14, // 7: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	15, // 8: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	11, // 9: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	16, // 10: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	5,  // 11: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	17, // 12: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	17, // 13: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	3,  // 14: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	6,  // 15: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	8,  // 16: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	10, // 17: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	4,  // 18: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	7,  // 19: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	9,  // 20: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	18, // 21: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	2,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
+	3,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
+	13, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	14, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	15, // 7: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	16, // 8: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	20, // 9: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	21, // 10: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	18, // 11: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	18, // 12: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	19, // 13: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	19, // 14: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	27, // 15: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	27, // 16: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	1,  // 17: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
+	12, // 18: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	17, // 19: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	6,  // 20: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	22, // 21: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	24, // 22: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	24, // 23: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	23, // 24: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	4,  // 25: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	7,  // 26: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	9,  // 27: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	11, // 28: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	5,  // 29: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	8,  // 30: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	10, // 31: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	25, // 32: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	29, // [29:33] is the sub-list for method output_type
+	25, // [25:29] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -1444,13 +1926,17 @@ func file_mesh_proto_init() {
 	if File_mesh_proto != nil {
 		return
 	}
+	file_mesh_proto_msgTypes[16].OneofWrappers = []any{
+		(*RouteFilter_RequestHeaderModifier)(nil),
+		(*RouteFilter_ResponseHeaderModifier)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   17,
+			NumEnums:      4,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
