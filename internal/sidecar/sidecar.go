@@ -92,7 +92,14 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	return s.run(ctx)
+}
+
+// run is Run after the options are checked; tests call it to reach the
+// sidecar's proxy.
+func (s *sidecar) run(ctx context.Context) (int, error) {
 	defer s.client.Close()
+	o := s.o
 
 	// The session and the certificate renewal outlive ctx: on SIGTERM the
 	// app (if any) is still shutting down and may still call out.
@@ -131,6 +138,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 
 	code := 0
 	if len(o.Command) > 0 {
+		var err error
 		code, err = s.runCommand(ctx)
 		if err != nil {
 			s.drain()
