@@ -16,6 +16,7 @@ package meshname
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -136,21 +137,18 @@ func CheckSubdomain(s string) error {
 	if len(s) > MaxSubdomainLen {
 		return invalid(s, "%q is longer than %d characters", s, MaxSubdomainLen)
 	}
-	for i, label := range strings.Split(s, ".") {
-		if IsLabel(label) {
-			continue
-		}
-		problem := "it is empty"
-		switch {
-		case label == "":
-		case len(label) > MaxLabelLen:
-			problem = fmt.Sprintf("it is longer than %d characters", MaxLabelLen)
-		default:
-			problem = labelProblem(label)
-		}
-		return invalid(s, "%q is not a valid name: part %d (%q): %s; %s", s, i+1, label, problem, subdomainRule)
+	// Some part is not a label (else IsSubdomain would have said yes).
+	parts := strings.Split(s, ".")
+	i := slices.IndexFunc(parts, func(l string) bool { return !IsLabel(l) })
+	label, problem := parts[i], "it is empty"
+	switch {
+	case label == "":
+	case len(label) > MaxLabelLen:
+		problem = fmt.Sprintf("it is longer than %d characters", MaxLabelLen)
+	default:
+		problem = labelProblem(label)
 	}
-	return invalid(s, "%q is not a valid name: %s", s, subdomainRule) // unreachable: some part failed
+	return invalid(s, "%q is not a valid name: part %d (%q): %s; %s", s, i+1, label, problem, subdomainRule)
 }
 
 // ParseDomain checks a DNS domain such as trellis.local and returns it in
