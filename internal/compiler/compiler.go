@@ -26,7 +26,7 @@ import (
 // Source is what the compiler needs of the store.
 type Source interface {
 	List(ctx context.Context, prefix string) ([]store.KV, int64, error)
-	Watch(ctx context.Context, prefix string, fromRev int64) (<-chan store.Event, error)
+	Watch(ctx context.Context, prefix string, fromRev int64) (<-chan []store.Event, error)
 }
 
 // Options configure a Compiler.
@@ -205,20 +205,7 @@ func (c *Compiler) follow(ctx context.Context, prefix string) {
 			c.retry(ctx, "watch", prefix, err)
 			continue
 		}
-		for ev := range events {
-			batch := []store.Event{ev}
-		drain:
-			for {
-				select {
-				case more, ok := <-events:
-					if !ok {
-						break drain
-					}
-					batch = append(batch, more)
-				default:
-					break drain
-				}
-			}
+		for batch := range events {
 			c.apply(batch)
 		}
 		if ctx.Err() == nil {

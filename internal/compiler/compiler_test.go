@@ -572,10 +572,10 @@ func (f *flakySource) List(_ context.Context, prefix string) ([]store.KV, int64,
 	return f.kvs[prefix], 1, nil
 }
 
-func (f *flakySource) Watch(ctx context.Context, _ string, _ int64) (<-chan store.Event, error) {
+func (f *flakySource) Watch(ctx context.Context, _ string, _ int64) (<-chan []store.Event, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	ch := make(chan store.Event)
+	ch := make(chan []store.Event)
 	var once sync.Once
 	closeCh := func() { once.Do(func() { close(ch) }) }
 	context.AfterFunc(ctx, closeCh)
