@@ -29,6 +29,7 @@ import (
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/view"
 )
 
 // Defaults.
@@ -123,6 +124,7 @@ type Control struct {
 	st      *store.Bolt
 	ca      *ca.CA
 	reg     *registry.Registry
+	view    *view.View
 	comp    *compiler.Compiler
 	push    *push.Server
 	grpc    *grpc.Server
@@ -214,7 +216,8 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	}
 
 	c.reg = registry.New(c.st, o.Logger)
-	c.comp = compiler.New(c.st, compiler.Options{
+	c.view = view.New(c.st, view.Options{Logger: o.Logger})
+	c.comp = compiler.New(c.view, compiler.Options{
 		TrustDomain: td.String(),
 		Domain:      o.Domain,
 		Bundle:      c.ca.Bundle,
@@ -242,6 +245,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
+	c.wg.Go(func() { c.view.Run(runCtx) })
 	c.wg.Go(func() { c.comp.Run(runCtx) })
 
 	c.grpc = grpc.NewServer(push.GRPCServerOptions(tlsConfig)...)
