@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/ca"
 	"trellis.dev/trellis/internal/compiler"
 	"trellis.dev/trellis/internal/identity"
@@ -260,6 +261,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	adminTLS.NextProtos = []string{"h2", "http/1.1"}
 	c.admin = newAdmin(adminDeps{
 		store:     c.st,
+		applier:   apply.New(c.st, apply.Options{Logger: o.Logger}),
 		token:     adminToken,
 		statuses:  c.push.Statuses,
 		endpoints: c.reg.Endpoints,
