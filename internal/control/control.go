@@ -23,12 +23,14 @@ import (
 	"google.golang.org/grpc"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/ca"
 	"trellis.dev/trellis/internal/compiler"
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/view"
 )
 
 // Defaults.
@@ -123,6 +125,7 @@ type Control struct {
 	st      *store.Bolt
 	ca      *ca.CA
 	reg     *registry.Registry
+	view    *view.View
 	comp    *compiler.Compiler
 	push    *push.Server
 	grpc    *grpc.Server
@@ -214,7 +217,8 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	}
 
 	c.reg = registry.New(c.st, o.Logger)
-	c.comp = compiler.New(c.st, compiler.Options{
+	c.view = view.New(c.st, view.Options{Logger: o.Logger})
+	c.comp = compiler.New(c.view, compiler.Options{
 		TrustDomain: td.String(),
 		Domain:      o.Domain,
 		Bundle:      c.ca.Bundle,
@@ -242,6 +246,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
+	c.wg.Go(func() { c.view.Run(runCtx) })
 	c.wg.Go(func() { c.comp.Run(runCtx) })
 
 	c.grpc = grpc.NewServer(push.GRPCServerOptions(tlsConfig)...)
@@ -256,6 +261,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	adminTLS.NextProtos = []string{"h2", "http/1.1"}
 	c.admin = newAdmin(adminDeps{
 		store:     c.st,
+		applier:   apply.New(c.st, apply.Options{Logger: o.Logger}),
 		token:     adminToken,
 		statuses:  c.push.Statuses,
 		endpoints: c.reg.Endpoints,
