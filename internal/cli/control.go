@@ -23,8 +23,9 @@ and the gRPC push server the proxies connect to, plus the admin API the CLI uses
 
 On first start it creates, in --data-dir, the store, a CA root, ca.crt (the
 trust bundle proxies need), bootstrap-token (what a proxy presents to get its
-first certificate) and admin-token (what the CLI presents). All listeners bind
-to loopback unless --allow-remote is given.`,
+first certificate) and admin-token (what the CLI presents). Prometheus metrics
+are served at http://<metrics-addr>/metrics. All listeners bind to loopback
+unless --allow-remote is given.`,
 		Example: `  trellis control
   trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010`,
 		Args: cobra.NoArgs,
@@ -41,6 +42,7 @@ to loopback unless --allow-remote is given.`,
 	f := cmd.Flags()
 	f.StringVar(&o.GRPCAddr, "grpc-addr", control.DefaultGRPCAddr, "address of the gRPC server proxies connect to")
 	f.StringVar(&o.AdminAddr, "admin-addr", control.DefaultAdminAddr, "address of the HTTPS admin API the CLI uses")
+	f.StringVar(&o.MetricsAddr, "metrics-addr", control.DefaultMetricsAddr, "address of the plain-HTTP Prometheus /metrics endpoint (no token: counts only)")
 	f.StringVar(&o.TrustDomain, "trust-domain", "trellis.local", "SPIFFE trust domain of workload identities")
 	f.StringVar(&o.Domain, "domain", "trellis.local", "DNS suffix of service names (<svc>.<ns>.svc.<domain>)")
 	f.StringVar(&o.CACertFile, "ca-cert", "", "PEM signing certificate (root or intermediate) to use instead of creating a root")
