@@ -147,8 +147,8 @@ func eventually(t *testing.T, limit time.Duration, what string, cond func() bool
 
 type controlPlane struct {
 	dir, grpc, admin, metrics string
-	extra            []string
-	proc             *process
+	extra                     []string
+	proc                      *process
 }
 
 func startControl(t *testing.T, dir string, extra ...string) *controlPlane {
