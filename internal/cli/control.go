@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -57,8 +58,14 @@ func newProxyStatusCmd(g *globals) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "proxy-status",
-		Short: "List connected proxies with their config version, sync state and certificate expiry",
-		Args:  cobra.NoArgs,
+		Short: "List connected proxies with their config version and revision, sync state and certificate expiry",
+		Long: `List the proxies connected to the control plane. VERSION is the config a
+proxy runs (acknowledged; the one sent if none was); REVISION is the store
+revision it is current at: that of its last acknowledged config, or later
+when writes since left its config unchanged. STATE is SYNCED, STALE (sent,
+not yet acknowledged), NACKED (refused; it keeps its last good config; see
+ERROR) or PENDING.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := newAdminClient(g.dataDir)
 			if err != nil {
@@ -87,7 +94,7 @@ func printProxyStatus(g *globals, list []map[string]any) error {
 	}
 	sort.Slice(list, func(i, j int) bool { return field(list[i], "NodeID") < field(list[j], "NodeID") })
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
-	fmt.Fprintln(tw, "PROXY\tSERVICE\tVERSION\tSTATE\tCERT EXPIRES\tERROR")
+	fmt.Fprintln(tw, "PROXY\tSERVICE\tVERSION\tREVISION\tSTATE\tCERT EXPIRES\tERROR")
 	for _, p := range list {
 		svc := field(p, "Service")
 		if ns := field(p, "Namespace"); ns != "" {
@@ -105,7 +112,8 @@ func printProxyStatus(g *globals, list []map[string]any) error {
 				expiry = fmt.Sprintf("%s (in %s)", t.Local().Format("2006-01-02 15:04"), time.Until(t).Round(time.Minute))
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", field(p, "NodeID"), svc, short(version, 12), field(p, "State"), expiry, field(p, "Error"))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", field(p, "NodeID"), svc, short(version, 12), revisionText(intField(p, "Revision")),
+			field(p, "State"), expiry, field(p, "Error"))
 	}
 	return tw.Flush()
 }
@@ -123,6 +131,12 @@ func field(m map[string]any, name string) string {
 		}
 	}
 	return ""
+}
+
+// intField reads a whole-number field (JSON numbers decode as float64).
+func intField(m map[string]any, name string) int64 {
+	f, _ := strconv.ParseFloat(field(m, name), 64)
+	return int64(f)
 }
 
 func short(s string, n int) string {
