@@ -1,15 +1,15 @@
-// Package compiler turns the registry (endpoints) and the resources (Services,
-// HTTPRoutes) into per-proxy snapshots. It keeps an in-memory view of both,
-// fed by store List + Watch, and compiles for each proxy only what that proxy
-// needs: its own service's inbound ports, and the routes and endpoints of the
-// services it subscribed to plus every service their routes send to.
+// Package compiler turns the mesh view (internal/view: endpoints and
+// resources) into per-proxy snapshots. It compiles for each proxy only what
+// that proxy needs: its own service's inbound ports, and the routes and
+// endpoints of the services it subscribed to plus every service their routes
+// send to. What a resource contributes is the resource kind's own hook
+// (config.Declarer, config.Attacher); the compiler knows no kind by type.
 package compiler
 
 import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -18,15 +18,14 @@ import (
 	"time"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
-	"trellis.dev/trellis/internal/config"
-	"trellis.dev/trellis/internal/registry"
-	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/view"
 )
 
-// Source is what the compiler needs of the store.
-type Source interface {
-	List(ctx context.Context, prefix string) ([]store.KV, int64, error)
-	Watch(ctx context.Context, prefix string, fromRev int64) (<-chan store.Event, error)
+// View is what the compiler needs of the mesh view.
+type View interface {
+	Ready() <-chan struct{}
+	State() *view.State
+	Subscribe() (<-chan struct{}, func())
 }
 
 // Options configure a Compiler.
@@ -37,12 +36,10 @@ type Options struct {
 	// Bundle returns the current trust bundle (DER roots). It is read on
 	// every snapshot, so a rotated bundle shows up at the next Notify.
 	Bundle func() [][]byte
-	// Debounce coalesces bursts of store events into one notification.
+	// Debounce coalesces bursts of view changes into one notification.
 	// Default 10ms; kept small because a change must reach proxies fast.
 	Debounce time.Duration
-	// RetryInterval is the wait before re-listing after a store error. Default 500ms.
-	RetryInterval time.Duration
-	Logger        *slog.Logger
+	Logger   *slog.Logger
 }
 
 // Node is the proxy a snapshot is compiled for.
@@ -55,80 +52,69 @@ type Node struct {
 	Subscriptions []string
 }
 
-// Compiler keeps the view and compiles snapshots. It implements the push
+// Compiler compiles snapshots from view states. It implements the push
 // server's snapshot source (Snapshot + Subscribe).
 type Compiler struct {
-	src  Source
+	v    View
 	opts Options
 	log  *slog.Logger
 
-	mu        sync.Mutex
-	resources map[string]resource         // by store key
-	endpoints map[string]*meshv1.Endpoint // by store key
-	loaded    map[string]bool             // prefix → listed at least once
-	idx       *index                      // nil when the view changed since it was built
-	ready     chan struct{}               // closed once every prefix was listed
-	subs      map[uint64]chan struct{}    // notification channels
-	nextSub   uint64
-	kick      chan struct{}
-	bundleFn  func() [][]byte
+	mu       sync.Mutex
+	idx      *index      // compiled from idxState; services cached inside
+	idxState *view.State // the state idx was built from
+	subs     map[uint64]chan struct{}
+	nextSub  uint64
+	kick     chan struct{}
+	bundleFn func() [][]byte
 }
 
-type resource struct {
-	obj       config.Object
-	createRev int64
-}
-
-// New returns a compiler reading src. Call Run to feed it.
-func New(src Source, o Options) *Compiler {
+// New returns a compiler reading v. Call Run to relay v's changes to
+// subscribers.
+func New(v View, o Options) *Compiler {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Debounce <= 0 {
 		o.Debounce = 10 * time.Millisecond
 	}
-	if o.RetryInterval <= 0 {
-		o.RetryInterval = 500 * time.Millisecond
-	}
 	bundle := o.Bundle
 	if bundle == nil {
 		bundle = func() [][]byte { return nil }
 	}
 	return &Compiler{
-		src:       src,
-		opts:      o,
-		log:       o.Logger.With("component", "compiler"),
-		resources: map[string]resource{},
-		endpoints: map[string]*meshv1.Endpoint{},
-		loaded:    map[string]bool{},
-		ready:     make(chan struct{}),
-		subs:      map[uint64]chan struct{}{},
-		kick:      make(chan struct{}, 1),
-		bundleFn:  bundle,
+		v:        v,
+		opts:     o,
+		log:      o.Logger.With("component", "compiler"),
+		subs:     map[uint64]chan struct{}{},
+		kick:     make(chan struct{}, 1),
+		bundleFn: bundle,
 	}
 }
 
-// Run follows the store until ctx ends. It always returns ctx's error.
+// Run relays the view's changes, debounced, to subscribers until ctx ends.
+// It always returns ctx's error.
 func (c *Compiler) Run(ctx context.Context) error {
+	changes, cancel := c.v.Subscribe()
+	defer cancel()
 	var wg sync.WaitGroup
-	for _, prefix := range []string{config.ResourcePrefix, registry.EndpointPrefix} {
-		wg.Go(func() { c.follow(ctx, prefix) })
-	}
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changes:
+				c.poke()
+			}
+		}
+	})
 	wg.Go(func() { c.notifier(ctx) })
 	wg.Wait()
 	return ctx.Err()
 }
 
-// Ready is closed once the view holds a full listing of the store.
-func (c *Compiler) Ready() <-chan struct{} { return c.ready }
-
-// Notify tells subscribers to recompile, e.g. after the trust bundle changed.
-func (c *Compiler) Notify() {
-	c.mu.Lock()
-	c.idx = nil
-	c.mu.Unlock()
-	c.poke()
-}
+// Notify tells subscribers to recompile, e.g. after the trust bundle
+// changed (the bundle is read per snapshot, so no cache needs dropping).
+func (c *Compiler) Notify() { c.poke() }
 
 // Subscribe returns a channel that receives (buffer 1, never blocking the
 // compiler) whenever snapshots may have changed, and a cancel func.
@@ -173,7 +159,7 @@ func (c *Compiler) notifier(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		// Changes poked during the wait are already in the view.
+		// Changes poked during the wait are in the view's current state.
 		select {
 		case <-c.kick:
 		default:
@@ -189,124 +175,8 @@ func (c *Compiler) notifier(ctx context.Context) {
 	}
 }
 
-// follow keeps the view of one prefix current: List, then Watch from the
-// listed revision; on a closed watch (slow, compacted, store restarted) it
-// lists again.
-func (c *Compiler) follow(ctx context.Context, prefix string) {
-	for ctx.Err() == nil {
-		kvs, rev, err := c.src.List(ctx, prefix)
-		if err != nil {
-			c.retry(ctx, "list", prefix, err)
-			continue
-		}
-		c.reset(prefix, kvs)
-		events, err := c.src.Watch(ctx, prefix, rev+1)
-		if err != nil {
-			c.retry(ctx, "watch", prefix, err)
-			continue
-		}
-		for ev := range events {
-			batch := []store.Event{ev}
-		drain:
-			for {
-				select {
-				case more, ok := <-events:
-					if !ok {
-						break drain
-					}
-					batch = append(batch, more)
-				default:
-					break drain
-				}
-			}
-			c.apply(batch)
-		}
-		if ctx.Err() == nil {
-			c.log.Debug("watch closed, listing again", "prefix", prefix)
-		}
-	}
-}
-
-func (c *Compiler) retry(ctx context.Context, what, prefix string, err error) {
-	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
-		return
-	}
-	c.log.Warn("store "+what+" failed, retrying", "prefix", prefix, "err", err)
-	t := time.NewTimer(c.opts.RetryInterval)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
-
-func (c *Compiler) reset(prefix string, kvs []store.KV) {
-	c.mu.Lock()
-	if prefix == config.ResourcePrefix {
-		c.resources = map[string]resource{}
-	} else {
-		c.endpoints = map[string]*meshv1.Endpoint{}
-	}
-	for _, kv := range kvs {
-		c.putLocked(kv)
-	}
-	c.loaded[prefix] = true
-	c.idx = nil
-	first := len(c.loaded) == 2
-	c.mu.Unlock()
-	if first {
-		select {
-		case <-c.ready:
-		default:
-			close(c.ready)
-		}
-	}
-	c.poke()
-}
-
-func (c *Compiler) apply(batch []store.Event) {
-	c.mu.Lock()
-	for _, ev := range batch {
-		switch ev.Type {
-		case store.EventPut:
-			c.putLocked(ev.KV)
-		case store.EventDelete:
-			delete(c.resources, ev.KV.Key)
-			delete(c.endpoints, ev.KV.Key)
-		}
-	}
-	c.idx = nil
-	c.mu.Unlock()
-	c.poke()
-}
-
-func (c *Compiler) putLocked(kv store.KV) {
-	switch {
-	case strings.HasPrefix(kv.Key, config.ResourcePrefix):
-		ref, err := config.ParseStoreKey(kv.Key)
-		if err != nil {
-			c.log.Warn("skipping resource with bad key", "key", kv.Key, "err", err)
-			return
-		}
-		obj, err := config.DecodeStored(ref.Kind, kv.Value)
-		if err != nil {
-			c.log.Warn("skipping undecodable resource", "key", kv.Key, "err", err)
-			delete(c.resources, kv.Key)
-			return
-		}
-		c.resources[kv.Key] = resource{obj: obj, createRev: kv.CreateRevision}
-	case strings.HasPrefix(kv.Key, registry.EndpointPrefix):
-		ep, err := registry.Decode(kv.Value)
-		if err != nil {
-			c.log.Warn("skipping undecodable endpoint", "key", kv.Key, "err", err)
-			delete(c.endpoints, kv.Key)
-			return
-		}
-		c.endpoints[kv.Key] = ep
-	}
-}
-
-// Snapshot compiles the snapshot of node n. It waits for the first full
+// Snapshot compiles the snapshot of node n from the view's current state,
+// and carries that state's revision. It waits for the view's first full
 // listing of the store, so a proxy never gets an empty snapshot at startup.
 // The Services and Endpoints inside the result are shared with other
 // snapshots and must not be modified; the top-level message is the caller's.
@@ -315,17 +185,18 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 		return nil, fmt.Errorf("compiler: snapshot for node %q: service and namespace required", n.ID)
 	}
 	select {
-	case <-c.ready:
+	case <-c.v.Ready():
 	case <-ctx.Done():
 		return nil, fmt.Errorf("compiler: snapshot for node %q: %w", n.ID, ctx.Err())
 	}
 	bundle := c.bundleFn()
 
 	c.mu.Lock()
-	if c.idx == nil {
-		c.idx = c.buildIndex()
+	// Concurrent callers may load states out of order; never go back.
+	if st := c.v.State(); c.idxState == nil || st.Revision() > c.idxState.Revision() {
+		c.idx, c.idxState = buildIndex(st, c.log), st
 	}
-	idx := c.idx
+	idx, st := c.idx, c.idxState
 	own := svcKey{ns: n.Namespace, name: n.Service}
 	inbound := idx.inbound(own)
 	// Breadth-first over route backends: subscriptions, then what they route to.
@@ -371,6 +242,9 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 		TrustBundle: bundle,
 		Inbound:     inbound.svc,
 		Services:    make([]*meshv1.Service, 0, len(services)),
+		// Not hashed into Version: a change elsewhere in the mesh moves
+		// the revision but must not resend an unchanged snapshot.
+		Revision: st.Revision(),
 	}
 	for _, cs := range services {
 		h.Write(cs.hash[:])

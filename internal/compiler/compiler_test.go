@@ -10,21 +10,39 @@ import (
 	"testing/synctest"
 	"time"
 
-	"google.golang.org/protobuf/proto"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/view"
 )
 
-// env is a compiler running on a real bolt store inside a synctest bubble.
+// env is a compiler on a view of a real bolt store, inside a synctest
+// bubble.
 type env struct {
 	t   *testing.T
 	st  *store.Bolt
 	reg *registry.Registry
+	v   *view.View
 	c   *Compiler
+}
+
+// start runs a view of st and a compiler on it until the test ends.
+func start(t *testing.T, st store.Store) (*view.View, *Compiler) {
+	v := view.New(st, view.Options{})
+	c := New(v, Options{
+		TrustDomain: "trellis.local",
+		Domain:      "trellis.local",
+		Bundle:      func() [][]byte { return [][]byte{[]byte("root")} },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { v.Run(ctx) })
+	wg.Go(func() { c.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return v, c
 }
 
 func newEnv(t *testing.T) *env {
@@ -34,16 +52,8 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	c := New(st, Options{
-		TrustDomain: "trellis.local",
-		Domain:      "trellis.local",
-		Bundle:      func() [][]byte { return [][]byte{[]byte("root")} },
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { c.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return &env{t: t, st: st, reg: registry.New(st, nil), c: c}
+	v, c := start(t, st)
+	return &env{t: t, st: st, reg: registry.New(st, nil), v: v, c: c}
 }
 
 // apply decodes YAML and stores every object; mod may adjust objects first.
@@ -411,13 +421,8 @@ func TestVersionDeterministic(t *testing.T) {
 			t.Fatalf("equivalent subscriptions, versions %s and %s", a.Version, c.Version)
 		}
 		// A second compiler over the same store agrees.
-		c2 := New(e.st, Options{TrustDomain: "trellis.local", Domain: "trellis.local", Bundle: func() [][]byte { return [][]byte{[]byte("root")} }})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { c2.Run(ctx); close(done) }()
+		_, c2 := start(t, e.st)
 		other, err := c2.Snapshot(context.Background(), Node{ID: "x", Service: "frontend", Namespace: "default", Subscriptions: []string{"inventory.default"}})
-		cancel()
-		<-done
 		if err != nil || other.Version != a.Version {
 			t.Fatalf("second compiler: version %v err %v, want %s", other.GetVersion(), err, a.Version)
 		}
@@ -526,7 +531,7 @@ func TestDebounceDelay(t *testing.T) {
 }
 
 func TestSnapshotWaitsForFirstListing(t *testing.T) {
-	c := New(nil, Options{})
+	c := New(view.New(nil, view.Options{}), Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()
 	if _, err := c.Snapshot(ctx, Node{ID: "n", Service: "a", Namespace: "default"}); err == nil {
@@ -556,78 +561,72 @@ func FuzzParseSubscription(f *testing.F) {
 	})
 }
 
-// flakySource serves List from a settable state and hands out watches the
-// test can close, as a store does for a slow or compacted watcher.
-type flakySource struct {
-	mu      sync.Mutex
-	kvs     map[string][]store.KV
-	lists   int
-	watches []func()
-}
-
-func (f *flakySource) List(_ context.Context, prefix string) ([]store.KV, int64, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.lists++
-	return f.kvs[prefix], 1, nil
-}
-
-func (f *flakySource) Watch(ctx context.Context, _ string, _ int64) (<-chan store.Event, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	ch := make(chan store.Event)
-	var once sync.Once
-	closeCh := func() { once.Do(func() { close(ch) }) }
-	context.AfterFunc(ctx, closeCh)
-	f.watches = append(f.watches, closeCh)
-	return ch, nil
-}
-
-func TestRelistAfterWatchCloses(t *testing.T) {
+// TestSnapshotRevision: a snapshot carries the view revision it was compiled
+// from; a change elsewhere moves the revision, not the version.
+func TestSnapshotRevision(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		epKV := func(id string) store.KV {
-			b, _ := proto.Marshal(&meshv1.Endpoint{Id: id, Service: "orders", Namespace: "default", Address: "a", Labels: map[string]string{"app": "orders"}, Healthy: true})
-			return store.KV{Key: registry.Key("default", "orders", id), Value: b}
+		e := newEnv(t)
+		e.apply(splitRoute)
+		a := e.snap("frontend", "default", "inventory.default")
+		if want := e.v.Revision(); a.Revision != want || want == 0 {
+			t.Fatalf("snapshot revision %d, want the view's %d", a.Revision, want)
 		}
-		src := &flakySource{kvs: map[string][]store.KV{registry.EndpointPrefix: {epKV("o1")}}}
-		c := New(src, Options{})
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		go c.Run(ctx)
-		synctest.Wait()
-		s, err := c.Snapshot(ctx, Node{ID: "n", Service: "orders", Namespace: "default"})
-		if err != nil || endpointIDs(s.Services[0]) != "o1" {
-			t.Fatalf("first: %v %v", s, err)
+		e.register("p1", "payments", "default", true)
+		b := e.snap("frontend", "default", "inventory.default")
+		if b.Revision != e.v.Revision() || b.Revision <= a.Revision {
+			t.Fatalf("after an unrelated write: revision %d (was %d), view at %d", b.Revision, a.Revision, e.v.Revision())
 		}
-		ch, unsub := c.Subscribe()
-		defer unsub()
-		time.Sleep(50 * time.Millisecond) // past the debounce of the initial load
-		synctest.Wait()
-		select {
-		case <-ch:
-		default:
+		if b.Version != a.Version {
+			t.Fatalf("unrelated write moved the version %s -> %s", a.Version, b.Version)
 		}
-		// The store drops the watchers; meanwhile o1 left and o2 arrived.
-		src.mu.Lock()
-		src.kvs[registry.EndpointPrefix] = []store.KV{epKV("o2")}
-		watches := src.watches
-		src.watches = nil
-		src.mu.Unlock()
-		for _, closeWatch := range watches {
-			closeWatch()
+	})
+}
+
+// TestServiceCache: within one view state a service is compiled once and
+// shared by every snapshot that includes it.
+func TestServiceCache(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		e.apply(splitRoute)
+		a := service(t, e.snap("frontend", "default", "inventory.default"), "inventory", "default")
+		b := service(t, e.snap("web", "default", "inventory"), "inventory", "default")
+		if a != b {
+			t.Fatal("two snapshots of one state compiled inventory twice")
 		}
-		time.Sleep(50 * time.Millisecond)
-		synctest.Wait()
-		select {
-		case <-ch:
-		default:
-			t.Fatal("no notification after the re-list")
+		e.register("i1", "inventory", "default", true)
+		if c := service(t, e.snap("web", "default", "inventory"), "inventory", "default"); c == a || endpointIDs(c) != "i1" {
+			t.Fatalf("after a change: same compiled service %v, endpoints %q", c == a, endpointIDs(c))
 		}
-		s, err = c.Snapshot(ctx, Node{ID: "n", Service: "orders", Namespace: "default"})
-		if err != nil || endpointIDs(s.Services[0]) != "o2" {
-			t.Fatalf("after re-list: endpoints %q, %v; want o2", endpointIDs(s.Services[0]), err)
+	})
+}
+
+// TestParentRefPorts: a parentRef without a port covers every port, so a
+// second one naming a port adds no routes; two ports give a route each.
+func TestParentRefPorts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		e.apply(`
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: all-ports}
+spec:
+  parentRefs: [{kind: Service, name: a, port: 80}, {kind: Service, name: a}]
+  rules: [{backendRefs: [{name: a-v1}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: two-ports}
+spec:
+  parentRefs: [{kind: Service, name: b, port: 8080}, {kind: Service, name: b, port: 80}]
+  rules: [{backendRefs: [{name: b-v1}]}]
+`)
+		s := e.snap("web", "default", "a", "b")
+		if got, want := routesString(service(t, s, "a", "default")), "default/all-ports/rules[0] PREFIX:/ -> a-v1.default:0*1"; got != want {
+			t.Errorf("a routes\n%s\nwant\n%s", got, want)
 		}
-		cancel()
-		synctest.Wait()
+		want := "default/two-ports/rules[0] PREFIX:/ port=80 -> b-v1.default:0*1\ndefault/two-ports/rules[0] PREFIX:/ port=8080 -> b-v1.default:0*1"
+		if got := routesString(service(t, s, "b", "default")); got != want {
+			t.Errorf("b routes\n%s\nwant\n%s", got, want)
+		}
 	})
 }

@@ -6,18 +6,19 @@ import (
 )
 
 // CheckSet checks what only a set of objects can show, for the objects of
-// one apply (or the whole desired state after it):
-//   - the same resource (Ref) twice;
-//   - an HTTPRoute parentRef or backendRef port that the referenced Service,
-//     when it is in the set, does not declare;
-//   - an HTTPRoute attached to a tcp port of a Service in the set.
+// one apply (or the whole desired state after it): the same resource (Ref)
+// twice, then each kind's own cross-object checks (its checkSet hook). Today
+// those are HTTPRoute's:
+//   - a parentRef or backendRef port that the referenced Service, when it
+//     is in the set, does not declare;
+//   - a parentRef to a tcp port of a Service in the set.
 //
 // Several HTTPRoutes attached to the same Service are allowed: Gateway API
 // precedence decides between their rules.
 func CheckSet(objs []Object) error {
 	var errs []error
+	set := &Set{byRef: make(map[Ref]Object, len(objs))}
 	seen := map[Ref]int{}
-	services := map[Ref]*Service{}
 	for i, o := range objs {
 		ref := o.Ref()
 		if j, dup := seen[ref]; dup {
@@ -25,42 +26,12 @@ func CheckSet(objs []Object) error {
 			continue
 		}
 		seen[ref] = i
-		if s, ok := o.(*Service); ok {
-			services[ref] = s
-		}
+		set.byRef[ref] = o
 	}
 	for _, o := range objs {
-		r, ok := o.(*HTTPRoute)
-		if !ok {
-			continue
+		if c, ok := o.(setChecker); ok {
+			errs = append(errs, c.checkSet(set)...)
 		}
-		fe := &fieldErrors{ref: r.Ref()}
-		for i, p := range r.Spec.ParentRefs {
-			path := fmt.Sprintf("spec.parentRefs[%d]", i)
-			svc := services[Ref{Kind: "Service", Namespace: derefOr(p.Namespace, r.Namespace), Name: string(p.Name)}]
-			if svc == nil || p.Port == nil {
-				continue
-			}
-			port, ok := svc.PortByNumber(*p.Port)
-			switch {
-			case !ok:
-				fe.addf(path+".port", "Service %s has no port %d", svc.Ref().Namespace+"/"+svc.Name, *p.Port)
-			case port.Protocol == ProtocolTCP:
-				fe.addf(path+".port", "port %d of Service %s is tcp: an HTTPRoute needs an http, http2 or grpc port", *p.Port, svc.Ref().Namespace+"/"+svc.Name)
-			}
-		}
-		for i, rule := range r.Spec.Rules {
-			for j, b := range rule.BackendRefs {
-				svc := services[Ref{Kind: "Service", Namespace: derefOr(b.Namespace, r.Namespace), Name: string(b.Name)}]
-				if svc == nil || b.Port == nil {
-					continue
-				}
-				if _, ok := svc.PortByNumber(*b.Port); !ok {
-					fe.addf(fmt.Sprintf("spec.rules[%d].backendRefs[%d].port", i, j), "Service %s has no port %d", svc.Ref().Namespace+"/"+svc.Name, *b.Port)
-				}
-			}
-		}
-		errs = append(errs, fe.errs...)
 	}
 	return errors.Join(errs...)
 }

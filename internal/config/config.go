@@ -5,8 +5,9 @@
 // defaults, then Validate, whose errors name the file, the document, the
 // field and the reason.
 //
-// Adding a kind is one file: the type, its defaults and its Validate, plus
-// one line in kindTable (kinds.go).
+// Adding a kind is its file (the type, its defaults and its Validate) and
+// its hooks file (cross-object checks, what it declares or attaches to in
+// the compiled mesh), plus one line in kindTable; kinds.go says how.
 package config
 
 import (

@@ -11,14 +11,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/store"
@@ -27,19 +26,22 @@ import (
 // MaxBodyBytes bounds an admin API request body.
 const MaxBodyBytes = 8 << 20
 
-// applyRetries bounds how often an apply re-reads and retries after a
-// concurrent write changed a key it was about to write.
-const applyRetries = 8
-
-// adminStore is what the admin API needs of the store.
+// adminStore is what the admin API reads from the store; changes go through
+// the applier.
 type adminStore interface {
 	Get(ctx context.Context, key string) (store.KV, error)
 	List(ctx context.Context, prefix string) ([]store.KV, int64, error)
-	Txn(ctx context.Context, ops ...store.Op) (int64, error)
+}
+
+// applier is what the admin API needs to change resources.
+type applier interface {
+	Apply(ctx context.Context, objs []apply.Object, dryRun bool) (*apply.Outcome, error)
+	Delete(ctx context.Context, ref config.Ref) (*apply.Outcome, error)
 }
 
 type adminDeps struct {
 	store    adminStore
+	applier  applier
 	token    string
 	statuses func() []push.ProxyStatus
 	// awaitRevision blocks until every proxy runs rev or one refused it
@@ -47,7 +49,6 @@ type adminDeps struct {
 	awaitRevision func(ctx context.Context, rev int64) []push.ProxyStatus
 	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
 	logger        *slog.Logger
-	now           func() time.Time
 }
 
 // MaxProxiesWait bounds a /v1/proxies long-poll; clients wanting longer ask again.
@@ -59,10 +60,6 @@ type admin struct {
 	// maxBody is MaxBodyBytes; tests lower it to exercise the limit cheaply.
 	maxBody atomic.Int64
 	handler http.Handler
-	// writeMu serializes this replica's writes: applies check the whole
-	// resource set, so concurrent ones would only conflict and retry. The
-	// store's compare-and-set still guards against other replicas.
-	writeMu sync.Mutex
 }
 
 // newAdmin returns the admin API handler: every route requires the admin
@@ -70,9 +67,6 @@ type admin struct {
 func newAdmin(d adminDeps) *admin {
 	if d.logger == nil {
 		d.logger = slog.New(slog.DiscardHandler)
-	}
-	if d.now == nil {
-		d.now = time.Now
 	}
 	if d.awaitRevision == nil {
 		d.awaitRevision = func(context.Context, int64) []push.ProxyStatus { return d.statuses() }
@@ -153,13 +147,6 @@ type applyResponse struct {
 	Results  []applyResult `json:"results"`
 }
 
-// Apply actions.
-const (
-	actionCreated    = "created"
-	actionConfigured = "configured"
-	actionUnchanged  = "unchanged"
-)
-
 // decodeBody decodes a JSON body strictly; it writes the error answer and
 // reports false on failure.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
@@ -201,12 +188,6 @@ func fileContent(s string) []byte {
 	return []byte(s)
 }
 
-// appliedObject is one object of an apply with where it came from.
-type appliedObject struct {
-	obj  config.Object
-	file string
-}
-
 func (a *admin) apply(w http.ResponseWriter, r *http.Request) {
 	var req applyRequest
 	if !decodeBody(w, r, &req) {
@@ -216,7 +197,7 @@ func (a *admin) apply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "files: at least one file is required")
 		return
 	}
-	var objs []appliedObject
+	var objs []apply.Object
 	var problems []string
 	for i, f := range req.Files {
 		name := f.Name
@@ -229,7 +210,7 @@ func (a *admin) apply(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		for _, o := range decoded {
-			objs = append(objs, appliedObject{obj: o, file: name})
+			objs = append(objs, apply.Object{Obj: o, File: name})
 		}
 	}
 	if len(problems) > 0 {
@@ -237,26 +218,37 @@ func (a *admin) apply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	a.writeMu.Lock()
-	defer a.writeMu.Unlock()
-	for attempt := 0; ; attempt++ {
-		resp, problems, err := a.applyOnce(r.Context(), objs, req.DryRun)
-		switch {
-		case len(problems) > 0:
-			writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"errors": problems})
-			return
-		case errors.Is(err, store.ErrConflict) && attempt < applyRetries:
-			continue // a concurrent write; read again and re-check
-		case errors.Is(err, store.ErrConflict):
-			writeError(w, http.StatusConflict, "apply: resources kept changing under concurrent writes; try again")
-			return
-		case err != nil:
-			a.internalError(w, "apply", err)
-			return
-		}
-		writeJSON(w, http.StatusOK, resp)
+	out, err := a.applier.Apply(r.Context(), objs, req.DryRun)
+	if a.changeFailed(w, err, "apply: resources kept changing under concurrent writes; try again") {
 		return
 	}
+	writeJSON(w, http.StatusOK, applyResponse{Revision: out.Revision, DryRun: req.DryRun, Results: results(out)})
+}
+
+// changeFailed writes the answer to a failed apply or delete and reports
+// whether it did.
+func (a *admin) changeFailed(w http.ResponseWriter, err error, busy string) bool {
+	var problems *apply.Problems
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &problems):
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"errors": problems.Lines})
+	case errors.Is(err, store.ErrConflict):
+		writeError(w, http.StatusConflict, busy)
+	default:
+		a.log.Error("admin request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+	return true
+}
+
+func results(out *apply.Outcome) []applyResult {
+	rs := make([]applyResult, 0, len(out.Results))
+	for _, r := range out.Results {
+		rs = append(rs, applyResult{Ref: r.Ref.String(), Action: string(r.Action)})
+	}
+	return rs
 }
 
 // errorLines renders an error from config as one line per problem, each
@@ -280,154 +272,6 @@ func errorLines(err error, file string) []string {
 		out = append(out, msg)
 	}
 	return out
-}
-
-type errKey struct {
-	ref   config.Ref
-	field string
-	msg   string
-}
-
-func keysOf(err error) map[errKey]bool {
-	m := map[errKey]bool{}
-	for _, e := range config.Errors(err) {
-		m[errKey{e.Ref, e.Field, e.Reason}] = true
-	}
-	return m
-}
-
-// applyOnce checks objs against the stored state and writes them in one
-// transaction guarded by the revisions it read (ErrConflict if anything
-// changed meanwhile). problems are the user's errors; err is the system's.
-func (a *admin) applyOnce(ctx context.Context, objs []appliedObject, dryRun bool) (*applyResponse, []string, error) {
-	kvs, rev, err := a.store.List(ctx, config.ResourcePrefix)
-	if err != nil {
-		return nil, nil, err
-	}
-	stored := map[config.Ref]config.Object{}
-	storedKV := map[string]store.KV{}
-	var storedOrder []config.Ref
-	for _, kv := range kvs {
-		ref, err := config.ParseStoreKey(kv.Key)
-		if err != nil {
-			continue
-		}
-		o, err := config.DecodeStored(ref.Kind, kv.Value)
-		if err != nil {
-			a.log.Warn("stored resource does not decode; it is left out of set checks", "key", kv.Key, "err", err)
-			continue
-		}
-		stored[ref] = o
-		storedKV[kv.Key] = kv
-		storedOrder = append(storedOrder, ref)
-	}
-
-	// Set checks: within the apply (duplicates, ports), then against the
-	// state after it, refusing only problems this apply introduces.
-	fileOf := map[config.Ref]string{}
-	applied := make([]config.Object, 0, len(objs))
-	for _, ao := range objs {
-		applied = append(applied, ao.obj)
-		if _, ok := fileOf[ao.obj.Ref()]; !ok {
-			fileOf[ao.obj.Ref()] = ao.file
-		}
-	}
-	var problems []string
-	reported := map[errKey]bool{}
-	addProblems := func(err error, skip map[errKey]bool) {
-		for _, e := range config.Errors(err) {
-			k := errKey{e.Ref, e.Field, e.Reason}
-			if skip[k] || reported[k] {
-				continue
-			}
-			reported[k] = true
-			c := *e
-			if c.File == "" {
-				c.File = fileOf[e.Ref]
-			}
-			problems = append(problems, c.Error())
-		}
-		if err != nil && len(config.Errors(err)) == 0 {
-			problems = append(problems, err.Error())
-		}
-	}
-	addProblems(config.CheckSet(applied), nil)
-	if len(problems) > 0 {
-		return nil, problems, nil
-	}
-	before := make([]config.Object, 0, len(storedOrder))
-	for _, ref := range storedOrder {
-		before = append(before, stored[ref])
-	}
-	after := map[config.Ref]config.Object{}
-	for ref, o := range stored {
-		after[ref] = o
-	}
-	for _, o := range applied {
-		after[o.Ref()] = o
-	}
-	afterList := make([]config.Object, 0, len(after))
-	for _, ref := range storedOrder {
-		afterList = append(afterList, after[ref])
-	}
-	for _, o := range applied {
-		if _, ok := stored[o.Ref()]; !ok {
-			afterList = append(afterList, o)
-		}
-	}
-	addProblems(config.CheckSet(afterList), keysOf(config.CheckSet(before)))
-	if len(problems) > 0 {
-		return nil, problems, nil
-	}
-
-	now := metav1.NewTime(a.now().UTC().Truncate(time.Second))
-	resp := &applyResponse{Revision: rev, DryRun: dryRun}
-	var ops []store.Op
-	for _, o := range applied {
-		ref := o.Ref()
-		key := config.StoreKey(ref)
-		kv, exists := storedKV[key]
-		if m, ok := o.(interface {
-			GetCreationTimestamp() metav1.Time
-			SetCreationTimestamp(metav1.Time)
-		}); ok {
-			// The creation time orders routes (Gateway API precedence), so an
-			// update keeps the original one.
-			ts := now
-			if old, ok := stored[ref].(interface{ GetCreationTimestamp() metav1.Time }); exists && ok {
-				if t := old.GetCreationTimestamp(); !t.IsZero() {
-					ts = t
-				}
-			}
-			m.SetCreationTimestamp(ts)
-		}
-		value, err := config.Encode(o)
-		if err != nil {
-			return nil, nil, fmt.Errorf("encode %s: %w", ref, err)
-		}
-		res := applyResult{Ref: ref.String()}
-		switch {
-		case !exists:
-			res.Action = actionCreated
-			ops = append(ops, store.Put(key, value, store.Absent))
-		case string(kv.Value) == string(value):
-			res.Action = actionUnchanged
-		default:
-			res.Action = actionConfigured
-			ops = append(ops, store.Put(key, value, kv.ModRevision))
-		}
-		resp.Results = append(resp.Results, res)
-	}
-	if dryRun || len(ops) == 0 {
-		return resp, nil, nil
-	}
-	newRev, err := a.store.Txn(ctx, ops...)
-	if err != nil {
-		return nil, nil, err
-	}
-	resp.Revision = newRev
-	a.log.Info("resources applied", "revision", newRev, "changed", len(ops), "total", len(applied))
-	return resp, nil, nil
 }
 
 // resolveKind maps "httproutes", "HTTPRoute", "service" to a known kind.
@@ -492,32 +336,15 @@ func (a *admin) delete(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	key := config.StoreKey(ref)
-	a.writeMu.Lock()
-	defer a.writeMu.Unlock()
-	for attempt := 0; attempt < applyRetries; attempt++ {
-		kv, err := a.store.Get(r.Context(), key)
-		if errors.Is(err, store.ErrNotFound) {
-			writeError(w, http.StatusNotFound, ref.String()+" not found")
-			return
-		}
-		if err != nil {
-			a.internalError(w, "delete "+ref.String(), err)
-			return
-		}
-		rev, err := a.store.Txn(r.Context(), store.Delete(key, kv.ModRevision))
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			a.internalError(w, "delete "+ref.String(), err)
-			return
-		}
-		a.log.Info("resource deleted", "ref", ref.String(), "revision", rev)
-		writeJSON(w, http.StatusOK, map[string]any{"revision": rev, "results": []applyResult{{Ref: ref.String(), Action: "deleted"}}})
+	out, err := a.applier.Delete(r.Context(), ref)
+	if errors.Is(err, apply.ErrNotFound) {
+		writeError(w, http.StatusNotFound, ref.String()+" not found")
 		return
 	}
-	writeError(w, http.StatusConflict, "delete: "+ref.String()+" kept changing under concurrent writes; try again")
+	if a.changeFailed(w, err, "delete: "+ref.String()+" kept changing under concurrent writes; try again") {
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"revision": out.Revision, "results": results(out)})
 }
 
 func (a *admin) refOf(w http.ResponseWriter, r *http.Request) (config.Ref, bool) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/store"
 )
 
@@ -280,7 +281,7 @@ func FuzzApplyBody(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { st.Close() })
-	a := newAdmin(adminDeps{store: st, token: "t"})
+	a := newAdmin(adminDeps{store: st, applier: apply.New(st, apply.Options{}), token: "t"})
 	f.Add(string(applyBody(false, file{"svc.yaml", serviceYAML})))
 	f.Add(string(applyBody(true, file{"r.yaml", routeYAML("x", 10)})))
 	f.Add(`{"files":[{"name":"a","content":"YXBpVmVyc2lvbjogdjE="}]}`)

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/ca"
 	"trellis.dev/trellis/internal/compiler"
 	"trellis.dev/trellis/internal/config"
@@ -34,6 +35,7 @@ import (
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
 	"trellis.dev/trellis/internal/telemetry"
+	"trellis.dev/trellis/internal/view"
 )
 
 // Defaults.
@@ -144,6 +146,7 @@ type Control struct {
 	meter    *telemetry.ControlMetrics
 	ca       *ca.CA
 	reg      *registry.Registry
+	view     *view.View
 	comp     *compiler.Compiler
 	push     *push.Server
 	grpc     *grpc.Server
@@ -238,7 +241,8 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	}
 
 	c.reg = registry.New(c.st, o.Logger)
-	c.comp = compiler.New(c.st, compiler.Options{
+	c.view = view.New(c.st, view.Options{Logger: o.Logger})
+	c.comp = compiler.New(c.view, compiler.Options{
 		TrustDomain: td.String(),
 		Domain:      o.Domain,
 		Bundle:      c.ca.Bundle,
@@ -270,6 +274,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
+	c.wg.Go(func() { c.view.Run(runCtx) })
 	c.wg.Go(func() { c.comp.Run(runCtx) })
 
 	c.grpc = grpc.NewServer(push.GRPCServerOptions(tlsConfig)...)
@@ -284,6 +289,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	adminTLS.NextProtos = []string{"h2", "http/1.1"}
 	c.admin = newAdmin(adminDeps{
 		store:         c.st,
+		applier:       apply.New(c.st, apply.Options{Logger: o.Logger}),
 		token:         adminToken,
 		statuses:      c.push.Statuses,
 		awaitRevision: c.push.AwaitRevision,

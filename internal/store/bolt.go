@@ -25,8 +25,8 @@ type BoltOptions struct {
 	// LeaseCheckInterval is how often expired leases are collected.
 	// Default 250ms.
 	LeaseCheckInterval time.Duration
-	// WatchBuffer is each watcher's queue of undelivered live events; a
-	// watcher whose queue fills is closed. Default 1024.
+	// WatchBuffer is each watcher's queue of undelivered live revisions
+	// (batches); a watcher whose queue fills is closed. Default 1024.
 	WatchBuffer int
 }
 
@@ -85,7 +85,7 @@ type lease struct {
 type watcher struct {
 	prefix  string
 	fromRev int64
-	ch      chan Event
+	ch      chan []Event
 	stop    func() bool // detaches the context.AfterFunc
 }
 
@@ -203,22 +203,12 @@ func (s *Bolt) Txn(ctx context.Context, ops ...Op) (int64, error) {
 	if len(ops) == 0 {
 		return s.rev.Load(), nil
 	}
-	seen := make(map[string]struct{}, len(ops))
-	for i, op := range ops {
-		switch {
-		case op.Type != OpPut && op.Type != OpDelete:
-			return 0, fmt.Errorf("store: txn: ops[%d]: unknown op type %d", i, op.Type)
-		case op.Key == "":
-			return 0, fmt.Errorf("store: txn: ops[%d]: empty key", i)
-		case op.ExpectRevision < Any:
-			return 0, fmt.Errorf("store: txn: ops[%d]: expect revision %d: must be Any, Absent or a revision", i, op.ExpectRevision)
-		}
-		if _, dup := seen[op.Key]; dup {
-			return 0, fmt.Errorf("store: txn: ops[%d]: key %q given twice", i, op.Key)
-		}
-		seen[op.Key] = struct{}{}
+	writes, err := checkOps(ops)
+	if err != nil {
+		return 0, err
 	}
-	return s.write(true, func(tx *bolt.Tx, rev int64) ([]Event, error) {
+	// A Txn of checks only consumes no revision, as on etcd.
+	return s.write(writes, func(tx *bolt.Tx, rev int64) ([]Event, error) {
 		kvb, leases := tx.Bucket(bucketKV), tx.Bucket(bucketLeases)
 		for _, op := range ops {
 			cur := kvb.Get([]byte(op.Key))
@@ -233,6 +223,9 @@ func (s *Bolt) Txn(ctx context.Context, ops ...Op) (int64, error) {
 		for _, op := range ops {
 			k := []byte(op.Key)
 			cur := kvb.Get(k)
+			if op.Type == OpCheck {
+				continue
+			}
 			if op.Type == OpDelete {
 				if cur == nil {
 					continue
@@ -266,6 +259,29 @@ func (s *Bolt) Txn(ctx context.Context, ops ...Op) (int64, error) {
 		}
 		return evs, nil
 	})
+}
+
+// checkOps refuses malformed ops and reports whether any op writes.
+func checkOps(ops []Op) (writes bool, err error) {
+	seen := make(map[string]struct{}, len(ops))
+	for i, op := range ops {
+		switch {
+		case op.Type != OpPut && op.Type != OpDelete && op.Type != OpCheck:
+			return false, fmt.Errorf("store: txn: ops[%d]: unknown op type %d", i, op.Type)
+		case op.Key == "":
+			return false, fmt.Errorf("store: txn: ops[%d]: empty key", i)
+		case op.ExpectRevision < Any:
+			return false, fmt.Errorf("store: txn: ops[%d]: expect revision %d: must be Any, Absent or a revision", i, op.ExpectRevision)
+		case op.Type == OpCheck && op.ExpectRevision == Any:
+			return false, fmt.Errorf("store: txn: ops[%d]: check of %q against Any compares nothing: use Absent or a revision", i, op.Key)
+		}
+		if _, dup := seen[op.Key]; dup {
+			return false, fmt.Errorf("store: txn: ops[%d]: key %q given twice", i, op.Key)
+		}
+		seen[op.Key] = struct{}{}
+		writes = writes || op.Type != OpCheck
+	}
+	return writes, nil
 }
 
 func precondition(op Op, cur []byte) error {
@@ -374,29 +390,43 @@ func (s *Bolt) write(always bool, fn func(tx *bolt.Tx, rev int64) ([]Event, erro
 	return rev, nil
 }
 
-// publish hands events to every matching watcher without blocking: a watcher
-// whose buffer is full is closed and must re-List.
+// publish hands one revision's events to every matching watcher, as one
+// batch, without blocking: a watcher whose buffer is full is closed and must
+// re-List.
 func (s *Bolt) publish(evs []Event) {
 	if len(evs) == 0 {
 		return
 	}
+	rev := evs[0].KV.ModRevision
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for w := range s.watchers {
-		for _, ev := range evs {
-			if ev.KV.ModRevision < w.fromRev || !hasPrefix(ev.KV.Key, w.prefix) {
-				continue
-			}
-			select {
-			case w.ch <- ev:
-				continue
-			default:
-			}
-			s.log.Warn("closing slow watcher", "prefix", w.prefix, "revision", ev.KV.ModRevision, "buffer", cap(w.ch))
+		if rev < w.fromRev {
+			continue
+		}
+		batch := filterPrefix(evs, w.prefix)
+		if len(batch) == 0 {
+			continue
+		}
+		select {
+		case w.ch <- batch:
+		default:
+			s.log.Warn("closing slow watcher", "prefix", w.prefix, "revision", rev, "buffer", cap(w.ch))
 			s.dropLocked(w)
-			break
 		}
 	}
+}
+
+// filterPrefix returns the events under prefix, in a slice of their own
+// (each watcher owns what it receives).
+func filterPrefix(evs []Event, prefix string) []Event {
+	var out []Event
+	for _, ev := range evs {
+		if hasPrefix(ev.KV.Key, prefix) {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 func (s *Bolt) dropLocked(w *watcher) {
@@ -408,11 +438,11 @@ func (s *Bolt) dropLocked(w *watcher) {
 	close(w.ch)
 }
 
-// Watch replays logged events under prefix from fromRev, then streams live
-// ones. Replay and registration happen under txMu, so no commit falls
-// between them. The channel holds the whole replay plus WatchBuffer live
-// events.
-func (s *Bolt) Watch(ctx context.Context, prefix string, fromRev int64) (<-chan Event, error) {
+// Watch replays logged revisions under prefix from fromRev, then streams
+// live ones, one batch per revision. Replay and registration happen under
+// txMu, so no commit falls between them. The channel holds the whole replay
+// plus WatchBuffer live revisions.
+func (s *Bolt) Watch(ctx context.Context, prefix string, fromRev int64) (<-chan []Event, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -430,24 +460,16 @@ func (s *Bolt) Watch(ctx context.Context, prefix string, fromRev int64) (<-chan 
 	if fromRev < s.minRev {
 		return nil, fmt.Errorf("store: watch %q from revision %d: oldest kept is %d: %w", prefix, fromRev, s.minRev, ErrCompacted)
 	}
-	var replay []Event
+	var replay [][]Event
 	if fromRev <= s.rev.Load() {
-		err := s.db.View(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bucketEvents).Cursor()
-			for k, v := c.Seek(eventKey(fromRev, 0)); k != nil; k, v = c.Next() {
-				if ev := decodeEvent(v); hasPrefix(ev.KV.Key, prefix) {
-					replay = append(replay, ev)
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		var err error
+		if replay, err = s.replay(prefix, fromRev); err != nil {
 			return nil, fmt.Errorf("store: watch %q: %w", prefix, err)
 		}
 	}
-	w := &watcher{prefix: prefix, fromRev: fromRev, ch: make(chan Event, len(replay)+s.opts.WatchBuffer)}
-	for _, ev := range replay {
-		w.ch <- ev
+	w := &watcher{prefix: prefix, fromRev: fromRev, ch: make(chan []Event, len(replay)+s.opts.WatchBuffer)}
+	for _, batch := range replay {
+		w.ch <- batch
 	}
 	s.mu.Lock()
 	s.watchers[w] = struct{}{}
@@ -458,6 +480,28 @@ func (s *Bolt) Watch(ctx context.Context, prefix string, fromRev int64) (<-chan 
 	})
 	s.mu.Unlock()
 	return w.ch, nil
+}
+
+// replay reads the logged events under prefix from fromRev, grouped by
+// revision.
+func (s *Bolt) replay(prefix string, fromRev int64) ([][]Event, error) {
+	var out [][]Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketEvents).Cursor()
+		for k, v := c.Seek(eventKey(fromRev, 0)); k != nil; k, v = c.Next() {
+			ev := decodeEvent(v)
+			if !hasPrefix(ev.KV.Key, prefix) {
+				continue
+			}
+			if n := len(out); n > 0 && out[n-1][0].KV.ModRevision == ev.KV.ModRevision {
+				out[n-1] = append(out[n-1], ev)
+				continue
+			}
+			out = append(out, []Event{ev})
+		}
+		return nil
+	})
+	return out, err
 }
 
 // Compact drops logged events older than rev; a later Watch from before rev

@@ -31,7 +31,40 @@ func tempDB(t testing.TB) string { return filepath.Join(t.TempDir(), "trellis.db
 func TestBoltConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store {
 		return openBolt(t, tempDB(t), store.BoltOptions{})
-	})
+	}, storetest.Options{})
+}
+
+// TestBoltConformanceRealTime runs the suite as an etcd backend would take
+// it: leases on the wall clock.
+func TestBoltConformanceRealTime(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real-time lease tests take seconds")
+	}
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return openBolt(t, tempDB(t), store.BoltOptions{LeaseCheckInterval: 20 * time.Millisecond})
+	}, storetest.Options{RealTime: true, LeaseTTL: time.Second, ExpirySlack: time.Second})
+}
+
+// flat reads a watch's batches one event at a time.
+type flat struct {
+	ch      <-chan []store.Event
+	pending []store.Event
+}
+
+func events(ch <-chan []store.Event) *flat { return &flat{ch: ch} }
+
+// next returns the next event; the zero Event once the watch closed.
+func (f *flat) next() store.Event {
+	for len(f.pending) == 0 {
+		b, ok := <-f.ch
+		if !ok {
+			return store.Event{}
+		}
+		f.pending = b
+	}
+	ev := f.pending[0]
+	f.pending = f.pending[1:]
+	return ev
 }
 
 func TestBoltFileMode(t *testing.T) {
@@ -95,12 +128,13 @@ func TestBoltReopen(t *testing.T) {
 		if err != nil || string(kv.Value) != "A2" || kv.CreateRevision != r1 || kv.ModRevision != r2 {
 			t.Fatalf("reopened k/a = %+v, %v", kv, err)
 		}
-		ch, err := s.Watch(ctx, "k/", 1)
+		wch, err := s.Watch(ctx, "k/", 1)
 		if err != nil {
 			t.Fatal(err)
 		}
+		ch := events(wch)
 		for _, want := range []string{"k/a@1", "k/a@2", "k/leased@2"} {
-			ev := <-ch
+			ev := ch.next()
 			if got := fmt.Sprintf("%s@%d", ev.KV.Key, ev.KV.ModRevision); got != want {
 				t.Fatalf("replayed %s, want %s", got, want)
 			}
@@ -165,24 +199,25 @@ func TestBoltSlowWatcher(t *testing.T) {
 		n++
 	}
 	if n != 4 {
-		t.Fatalf("slow watcher got %d events before closing, want its buffer of 4", n)
+		t.Fatalf("slow watcher got %d batches before closing, want its buffer of 4", n)
 	}
 	// The watcher on another prefix was not affected.
 	r, err := s.Txn(ctx, store.Put("other/x", nil, store.Any))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev, ok := <-other; !ok || ev.KV.ModRevision != r {
-		t.Fatalf("other watcher: %+v, open %v", ev, ok)
+	if b, ok := <-other; !ok || len(b) != 1 || b[0].KV.ModRevision != r {
+		t.Fatalf("other watcher: %+v, open %v", b, ok)
 	}
 	// The dropped client resyncs from history: the replay is not limited by
 	// the live buffer.
-	again, err := s.Watch(ctx, "slow/", 1)
+	wagain, err := s.Watch(ctx, "slow/", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
+	again := events(wagain)
 	for i := range 20 {
-		if ev := <-again; ev.KV.Key != "slow/"+strconv.Itoa(i) {
+		if ev := again.next(); ev.KV.Key != "slow/"+strconv.Itoa(i) {
 			t.Fatalf("replay event %d = %s", i, ev.KV.Key)
 		}
 	}
@@ -203,12 +238,13 @@ func TestBoltHistoryTrim(t *testing.T) {
 			t.Fatalf("Watch from %d: err = %v, want ErrCompacted", rev, err)
 		}
 	}
-	ch, err := s.Watch(ctx, "", 3)
+	wch, err := s.Watch(ctx, "", 3)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ch := events(wch)
 	for _, want := range []string{"h/a2", "h/b2"} {
-		if ev := <-ch; ev.KV.Key != want || ev.KV.ModRevision != 3 {
+		if ev := ch.next(); ev.KV.Key != want || ev.KV.ModRevision != 3 {
 			t.Fatalf("replay = %s@%d, want %s@3", ev.KV.Key, ev.KV.ModRevision, want)
 		}
 	}
@@ -221,13 +257,17 @@ func TestBoltHistoryTrim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err = s.Watch(ctx, "big/", r)
+	wch, err = s.Watch(ctx, "big/", r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range ops {
-		if ev := <-ch; ev.KV.Key != ops[i].Key {
-			t.Fatalf("big revision event %d = %s", i, ev.KV.Key)
+	if b := <-wch; len(b) != len(ops) {
+		t.Fatalf("big revision: batch of %d events, want %d", len(b), len(ops))
+	} else {
+		for i := range ops {
+			if b[i].KV.Key != ops[i].Key {
+				t.Fatalf("big revision event %d = %s", i, b[i].KV.Key)
+			}
 		}
 	}
 }
@@ -257,10 +297,11 @@ func TestBoltConcurrentTxn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := s.Watch(ctx, "ctr", start+1)
+	wch, err := s.Watch(ctx, "ctr", start+1)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ch := events(wch)
 	const workers, each = 4, 20
 	var (
 		wg        sync.WaitGroup
@@ -299,7 +340,7 @@ func TestBoltConcurrentTxn(t *testing.T) {
 		t.Fatalf("counter = %s at rev %d, want %d at %d", kv.Value, kv.ModRevision, workers*each, start+workers*each)
 	}
 	for i := 1; i <= workers*each; i++ {
-		ev := <-ch
+		ev := ch.next()
 		if string(ev.KV.Value) != strconv.Itoa(i) || ev.KV.ModRevision != start+int64(i) {
 			t.Fatalf("event %d = %s at rev %d", i, ev.KV.Value, ev.KV.ModRevision)
 		}

@@ -45,15 +45,20 @@ const (
 	Absent int64 = 0
 )
 
-// OpType is a write's kind.
+// OpType is an op's kind.
 type OpType int
 
 const (
 	OpPut OpType = iota + 1
 	OpDelete
+	// OpCheck writes nothing: it only requires the key's ModRevision to be
+	// ExpectRevision (or the key to be Absent). It fences a transaction on
+	// a key it read but does not write. On etcd it is a Compare with no
+	// request in the Then branch.
+	OpCheck
 )
 
-// Op is one write in a transaction.
+// Op is one op in a transaction: a write, or a compare-only check.
 type Op struct {
 	Type  OpType
 	Key   string
@@ -75,6 +80,12 @@ func Put(key string, value []byte, expect int64) Op {
 // Delete is a convenience for an OpDelete.
 func Delete(key string, expect int64) Op {
 	return Op{Type: OpDelete, Key: key, ExpectRevision: expect}
+}
+
+// Check is a convenience for an OpCheck. expect must be Absent or a
+// revision (a check against Any would compare nothing).
+func Check(key string, expect int64) Op {
+	return Op{Type: OpCheck, Key: key, ExpectRevision: expect}
 }
 
 // EventType is what happened to a key.
@@ -101,13 +112,17 @@ type Store interface {
 	List(ctx context.Context, prefix string) ([]KV, int64, error)
 	// Txn applies every op atomically under one new revision, or none
 	// (ErrConflict if a precondition fails, ErrNotFound for an unknown lease).
-	// Deleting an absent key with ExpectRevision Any is not an error.
+	// Deleting an absent key with ExpectRevision Any is not an error. A Txn
+	// of OpChecks only writes nothing and returns the current revision.
 	Txn(ctx context.Context, ops ...Op) (int64, error)
-	// Watch streams events for keys under prefix with revision >= fromRev
-	// (fromRev 0: only new events). The channel closes when ctx ends or the
-	// store closes; a watcher too slow to keep up is closed too and must
-	// re-List. ErrCompacted if fromRev is older than the kept history.
-	Watch(ctx context.Context, prefix string, fromRev int64) (<-chan Event, error)
+	// Watch streams the changes to keys under prefix with revision >=
+	// fromRev (fromRev 0: only new changes). Each receive is one revision:
+	// every event of that revision under prefix, in the order of the Txn's
+	// ops, never part of a transaction. Revisions with no event under
+	// prefix are skipped. The channel closes when ctx ends or the store
+	// closes; a watcher too slow to keep up is closed too and must re-List.
+	// ErrCompacted if fromRev is older than the kept history.
+	Watch(ctx context.Context, prefix string, fromRev int64) (<-chan []Event, error)
 	// Grant creates a lease that expires after ttl without KeepAlive.
 	Grant(ctx context.Context, ttl time.Duration) (LeaseID, error)
 	// KeepAlive restarts a lease's TTL; ErrNotFound if it expired.

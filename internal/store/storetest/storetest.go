@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -22,11 +23,26 @@ type Compactor interface {
 	Compact(ctx context.Context, rev int64) error
 }
 
+// Options tune Run.
+type Options struct {
+	// RealTime runs the lease tests on the wall clock, with LeaseTTL leases
+	// and bounded waits, for backends whose timers live outside the process
+	// (etcd). Otherwise the lease tests call newStore inside a
+	// testing/synctest bubble, so the backend's timers must follow the
+	// bubble's clock, and they check expiry to the tenth of a TTL.
+	RealTime bool
+	// LeaseTTL is the lease TTL of the real-time lease tests. Default 2s
+	// (etcd refuses TTLs below its minimum and rounds up to whole seconds).
+	LeaseTTL time.Duration
+	// ExpirySlack bounds, in real time, how long after its TTL an expired
+	// lease's keys may linger. Default 2s.
+	ExpirySlack time.Duration
+}
+
 // Run runs the suite. newStore returns a fresh, empty store and arranges
-// (t.Cleanup) to close it; closing twice must be harmless. The lease tests
-// call newStore inside a testing/synctest bubble, so the backend's timers
-// must follow the bubble's clock.
-func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
+// (t.Cleanup) to close it; closing twice must be harmless.
+func Run(t *testing.T, newStore func(t *testing.T) store.Store, opts Options) {
+	c := newClock(opts)
 	tests := []struct {
 		name string
 		fn   func(*testing.T, func(*testing.T) store.Store)
@@ -42,10 +58,14 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"WatchFromFuture", testWatchFromFuture},
 		{"WatchDeleteEvents", testWatchDeletes},
 		{"WatchCompacted", testWatchCompacted},
+		{"WatchBatchPerRevision", testWatchBatches},
+		{"WatchBatchUnderWrites", testWatchBatchesUnderWrites},
+		{"CheckOp", testCheck},
+		{"CheckFencesReaders", testCheckFence},
 		{"WatchEndsWithContext", testWatchCtx},
 		{"Closed", testClosed},
-		{"LeaseExpiry", testLeaseExpiry},
-		{"LeaseKeepAlive", testLeaseKeepAlive},
+		{"LeaseExpiry", c.testLeaseExpiry},
+		{"LeaseKeepAlive", c.testLeaseKeepAlive},
 		{"LeaseRevoke", testLeaseRevoke},
 		{"LeaseDetach", testLeaseDetach},
 	}
@@ -215,7 +235,7 @@ func testValidation(t *testing.T, newStore func(*testing.T) store.Store) {
 	if _, err := s.Grant(ctx, 0); err == nil {
 		t.Error("Grant(0) succeeded, want an error")
 	}
-	if _, err := s.Watch(ctx, "", -5); err == nil {
+	if _, err := watch(ctx, s, "", -5); err == nil {
 		t.Error("Watch from -5 succeeded, want an error")
 	}
 }
@@ -259,7 +279,7 @@ func testWatchReplayLive(t *testing.T, newStore func(*testing.T) store.Store) {
 	txn(t, s, store.Put("other/x", []byte("1"), store.Absent))
 	r3 := txn(t, s, store.Put("w/b", []byte("1"), store.Absent), store.Put("w/a", []byte("2"), r1))
 
-	ch, err := s.Watch(ctx, "w/", r1)
+	ch, err := watch(ctx, s, "w/", r1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +295,7 @@ func testWatchReplayLive(t *testing.T, newStore func(*testing.T) store.Store) {
 	expect(t, ch, store.EventPut, "w/c", r5, "live")
 
 	// A second watcher starting mid-history sees only the tail.
-	ch2, err := s.Watch(ctx, "w/", r3)
+	ch2, err := watch(ctx, s, "w/", r3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +330,7 @@ func testWatchNoGap(t *testing.T, newStore func(*testing.T) store.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := s.Watch(ctx, "gap/", rev+1)
+	ch, err := watch(ctx, s, "gap/", rev+1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +360,7 @@ func testWatchNoGap(t *testing.T, newStore func(*testing.T) store.Store) {
 func testWatchFromZero(t *testing.T, newStore func(*testing.T) store.Store) {
 	s := newStore(t)
 	txn(t, s, store.Put("z/old", []byte("1"), store.Absent))
-	ch, err := s.Watch(t.Context(), "z/", 0)
+	ch, err := watch(t.Context(), s, "z/", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +372,7 @@ func testWatchFromZero(t *testing.T, newStore func(*testing.T) store.Store) {
 func testWatchFromFuture(t *testing.T, newStore func(*testing.T) store.Store) {
 	s := newStore(t)
 	r := txn(t, s, store.Put("f/a", []byte("0"), store.Absent))
-	ch, err := s.Watch(t.Context(), "f/", r+2)
+	ch, err := watch(t.Context(), s, "f/", r+2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,7 +384,7 @@ func testWatchFromFuture(t *testing.T, newStore func(*testing.T) store.Store) {
 func testWatchDeletes(t *testing.T, newStore func(*testing.T) store.Store) {
 	s := newStore(t)
 	ctx := t.Context()
-	ch, err := s.Watch(ctx, "d/", 0)
+	ch, err := watch(ctx, s, "d/", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +397,7 @@ func testWatchDeletes(t *testing.T, newStore func(*testing.T) store.Store) {
 	r3 := txn(t, s, store.Delete("d/b", store.Any))
 	expect(t, ch, store.EventDelete, "d/b", r3, "")
 	// Replay carries deletes too.
-	ch2, err := s.Watch(ctx, "d/", r2)
+	ch2, err := watch(ctx, s, "d/", r2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,11 +419,11 @@ func testWatchCompacted(t *testing.T, newStore func(*testing.T) store.Store) {
 	if err := c.Compact(ctx, revs[3]); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Watch(ctx, "c/", revs[1])
+	_, err := watch(ctx, s, "c/", revs[1])
 	if !errors.Is(err, store.ErrCompacted) {
 		t.Fatalf("Watch from compacted revision: err = %v, want ErrCompacted", err)
 	}
-	ch, err := s.Watch(ctx, "c/", revs[3])
+	ch, err := watch(ctx, s, "c/", revs[3])
 	if err != nil {
 		t.Fatalf("Watch from compaction revision: %v", err)
 	}
@@ -411,10 +431,154 @@ func testWatchCompacted(t *testing.T, newStore func(*testing.T) store.Store) {
 	expect(t, ch, store.EventPut, "c/k", revs[4], "4")
 }
 
+// testWatchBatches: each receive is one whole revision under the prefix, in
+// op order, live and replayed alike; revisions with nothing under the prefix
+// send nothing.
+func testWatchBatches(t *testing.T, newStore func(*testing.T) store.Store) {
+	s := newStore(t)
+	ctx := t.Context()
+	live, err := watch(ctx, s, "b/", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1 := txn(t, s, store.Put("b/1", []byte("1"), store.Absent), store.Put("b/2", []byte("2"), store.Absent),
+		store.Put("other/x", nil, store.Absent), store.Put("b/0", []byte("0"), store.Absent))
+	txn(t, s, store.Put("other/y", nil, store.Absent))
+	r3 := txn(t, s, store.Delete("b/1", r1), store.Put("b/3", []byte("3"), store.Absent))
+	want := []string{
+		fmt.Sprintf("[1 b/1@%d \"1\"] [1 b/2@%d \"2\"] [1 b/0@%d \"0\"] ", r1, r1, r1),
+		fmt.Sprintf("[2 b/1@%d \"\"] [1 b/3@%d \"3\"] ", r3, r3),
+	}
+	replay, err := watch(ctx, s, "b/", r1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range map[string]*reader{"live": live, "replay": replay} {
+		for i, w := range want {
+			if got := dumpEvents(r.batch(t)); got != w {
+				t.Fatalf("%s batch %d = %s, want %s", name, i, got, w)
+			}
+		}
+		r.quiet(t)
+	}
+}
+
+// testWatchBatchesUnderWrites: concurrent multi-key transactions never reach
+// a watcher split or merged.
+func testWatchBatchesUnderWrites(t *testing.T, newStore func(*testing.T) store.Store) {
+	s := newStore(t)
+	ctx := t.Context()
+	r, err := watch(ctx, s, "bw/", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each, width = 3, 10, 4
+	errc := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			for i := range each {
+				ops := make([]store.Op, width)
+				for k := range ops {
+					ops[k] = store.Put(fmt.Sprintf("bw/%d/%d/%d", w, i, k), nil, store.Absent)
+				}
+				if _, err := s.Txn(ctx, ops...); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range writers * each {
+		b := r.batch(t)
+		if len(b) != width {
+			t.Fatalf("batch of %d events, want one txn's %d: %s", len(b), width, dumpEvents(b))
+		}
+		prefix := b[0].KV.Key[:len(b[0].KV.Key)-1]
+		for k, ev := range b {
+			if ev.KV.Key != prefix+strconv.Itoa(k) {
+				t.Fatalf("batch mixes transactions or reorders ops: %s", dumpEvents(b))
+			}
+		}
+	}
+	for range writers {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// testCheck: OpCheck compares without writing; a failed check fails the
+// whole Txn; a Txn of checks only consumes no revision.
+func testCheck(t *testing.T, newStore func(*testing.T) store.Store) {
+	s := newStore(t)
+	ctx := t.Context()
+	r1 := txn(t, s, store.Put("ck/k", []byte("v"), store.Absent))
+	r, err := watch(ctx, s, "ck/", r1+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := txn(t, s, store.Check("ck/k", r1), store.Put("ck/w", []byte("w"), store.Absent))
+	if kv := get(t, s, "ck/k"); kv.ModRevision != r1 || string(kv.Value) != "v" {
+		t.Fatalf("checked key changed: %+v", kv)
+	}
+	expect(t, r, store.EventPut, "ck/w", r2, "w")
+	fails := []struct {
+		name string
+		op   store.Op
+	}{
+		{"stale revision", store.Check("ck/k", r1-1)},
+		{"newer revision", store.Check("ck/k", r2)},
+		{"absent on existing key", store.Check("ck/k", store.Absent)},
+		{"revision on absent key", store.Check("ck/none", r1)},
+	}
+	for _, f := range fails {
+		_, err := s.Txn(ctx, f.op, store.Put("ck/x", []byte("x"), store.Any))
+		if !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), f.op.Key) {
+			t.Fatalf("%s: err = %v, want ErrConflict naming %s", f.name, err, f.op.Key)
+		}
+	}
+	if _, err := s.Get(ctx, "ck/x"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a Txn with a failed check wrote: %v", err)
+	}
+	// Checks only: success writes nothing and keeps the revision.
+	got, err := s.Txn(ctx, store.Check("ck/k", r1), store.Check("ck/none", store.Absent))
+	if err != nil || got != r2 {
+		t.Fatalf("check-only Txn = %d, %v; want the current revision %d", got, err, r2)
+	}
+	if cur := revision(t, s); cur != r2 {
+		t.Fatalf("check-only Txn moved the revision to %d", cur)
+	}
+	r.quiet(t)
+	if _, err := s.Txn(ctx, store.Check("ck/k", store.Any)); err == nil || errors.Is(err, store.ErrConflict) {
+		t.Fatalf("check against Any: err = %v, want a validation error", err)
+	}
+	if _, err := s.Txn(ctx, store.Check("ck/k", r1), store.Put("ck/k", nil, store.Any)); err == nil {
+		t.Fatal("check and put of one key in one Txn succeeded, want an error")
+	}
+}
+
+// testCheckFences is the pattern a cross-object check relies on: a writer
+// reads A and B, decides from both, and writes only B, checking A. A second
+// writer changing A in between makes the first writer's Txn fail.
+func testCheckFence(t *testing.T, newStore func(*testing.T) store.Store) {
+	s := newStore(t)
+	ctx := t.Context()
+	ra := txn(t, s, store.Put("fence/a", []byte("port 8080"), store.Absent))
+	txn(t, s, store.Put("fence/a", []byte("no ports"), ra)) // the other writer
+	_, err := s.Txn(ctx, store.Check("fence/a", ra), store.Put("fence/b", []byte("route to 8080"), store.Absent))
+	if !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("write fenced on a changed key: err = %v, want ErrConflict", err)
+	}
+	if _, err := s.Get(ctx, "fence/b"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("fenced write happened: %v", err)
+	}
+}
+
 func testWatchCtx(t *testing.T, newStore func(*testing.T) store.Store) {
 	s := newStore(t)
 	ctx, cancel := context.WithCancel(t.Context())
-	ch, err := s.Watch(ctx, "", 0)
+	ch, err := watch(ctx, s, "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +591,7 @@ func testWatchCtx(t *testing.T, newStore func(*testing.T) store.Store) {
 func testClosed(t *testing.T, newStore func(*testing.T) store.Store) {
 	s := newStore(t)
 	ctx := t.Context()
-	ch, err := s.Watch(ctx, "", 0)
+	ch, err := watch(ctx, s, "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,32 +618,30 @@ func testClosed(t *testing.T, newStore func(*testing.T) store.Store) {
 	}
 }
 
-func testLeaseExpiry(t *testing.T, newStore func(*testing.T) store.Store) {
-	synctest.Test(t, func(t *testing.T) {
+func (c clock) testLeaseExpiry(t *testing.T, newStore func(*testing.T) store.Store) {
+	c.run(t, func(t *testing.T) {
 		s := newStore(t)
 		ctx := t.Context()
-		id := grant(t, s, 10*time.Second)
+		id := grant(t, s, c.ttl)
+		granted := time.Now()
 		r := txn(t, s, leased("l/a", id), leased("l/b", id), store.Put("l/keep", []byte("v"), store.Absent))
 		if kv := get(t, s, "l/a"); kv.Lease != id {
 			t.Fatalf("l/a lease = %d, want %d", kv.Lease, id)
 		}
-		ch, err := s.Watch(ctx, "l/", r+1)
+		ch, err := watch(ctx, s, "l/", r+1)
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(9 * time.Second)
-		synctest.Wait()
+		c.sleepUntil(granted.Add(c.alive()))
 		get(t, s, "l/a")
-		time.Sleep(2 * time.Second)
-		synctest.Wait()
-		for _, k := range []string{"l/a", "l/b"} {
-			if _, err := s.Get(ctx, k); !errors.Is(err, store.ErrNotFound) {
-				t.Fatalf("%s after its lease expired: err = %v, want ErrNotFound", k, err)
-			}
-		}
+		c.waitGone(t, s, granted.Add(c.ttl+c.slack), "l/a", "l/b")
 		get(t, s, "l/keep")
-		e1 := expect(t, ch, store.EventDelete, "l/a", r+1, "")
-		expect(t, ch, store.EventDelete, "l/b", e1.KV.ModRevision, "")
+		// Both keys leave in one revision, so in one batch.
+		b := ch.batch(t)
+		if len(b) != 2 || b[0].Type != store.EventDelete || b[1].Type != store.EventDelete ||
+			!slices.Equal([]string{b[0].KV.Key, b[1].KV.Key}, []string{"l/a", "l/b"}) {
+			t.Fatalf("expiry batch = %s, want deletes of l/a and l/b", dumpEvents(b))
+		}
 		if err := s.KeepAlive(ctx, id); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("KeepAlive on expired lease: err = %v, want ErrNotFound", err)
 		}
@@ -489,29 +651,109 @@ func testLeaseExpiry(t *testing.T, newStore func(*testing.T) store.Store) {
 	})
 }
 
-func testLeaseKeepAlive(t *testing.T, newStore func(*testing.T) store.Store) {
-	synctest.Test(t, func(t *testing.T) {
+func (c clock) testLeaseKeepAlive(t *testing.T, newStore func(*testing.T) store.Store) {
+	c.run(t, func(t *testing.T) {
 		s := newStore(t)
 		ctx := t.Context()
-		id := grant(t, s, 10*time.Second)
+		id := grant(t, s, c.ttl)
 		txn(t, s, leased("ka/a", id))
+		last := time.Now()
 		for range 3 {
-			time.Sleep(7 * time.Second)
+			c.sleepUntil(last.Add(c.keepEvery()))
 			if err := s.KeepAlive(ctx, id); err != nil {
 				t.Fatalf("KeepAlive: %v", err)
 			}
+			last = time.Now()
 		}
-		synctest.Wait()
-		get(t, s, "ka/a") // 21s after grant, alive thanks to keepalives
-		time.Sleep(9 * time.Second)
-		synctest.Wait()
+		// Past the first TTL, alive thanks to the keepalives.
+		c.settle()
 		get(t, s, "ka/a")
-		time.Sleep(2 * time.Second)
-		synctest.Wait()
-		if _, err := s.Get(ctx, "ka/a"); !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("11s after last keepalive: err = %v, want ErrNotFound", err)
-		}
+		c.sleepUntil(last.Add(c.alive()))
+		get(t, s, "ka/a")
+		c.waitGone(t, s, last.Add(c.ttl+c.slack), "ka/a")
 	})
+}
+
+// clock runs the lease tests in a synctest bubble (exact: a key is alive at
+// 0.9 TTL and gone by 1.1 TTL) or on the wall clock (alive at half its TTL,
+// gone within ExpirySlack after it).
+type clock struct {
+	realTime bool
+	ttl      time.Duration
+	slack    time.Duration
+}
+
+func newClock(o Options) clock {
+	if !o.RealTime {
+		return clock{ttl: 10 * time.Second, slack: time.Second}
+	}
+	c := clock{realTime: true, ttl: o.LeaseTTL, slack: o.ExpirySlack}
+	if c.ttl <= 0 {
+		c.ttl = 2 * time.Second
+	}
+	if c.slack <= 0 {
+		c.slack = 2 * time.Second
+	}
+	return c
+}
+
+func (c clock) run(t *testing.T, fn func(*testing.T)) {
+	if c.realTime {
+		fn(t)
+		return
+	}
+	synctest.Test(t, fn)
+}
+
+// alive is how long after a grant or keepalive a key must still be there.
+func (c clock) alive() time.Duration {
+	if c.realTime {
+		return c.ttl / 2
+	}
+	return c.ttl * 9 / 10
+}
+
+func (c clock) keepEvery() time.Duration {
+	if c.realTime {
+		return c.ttl / 2
+	}
+	return c.ttl * 7 / 10
+}
+
+// settle lets the store's background work catch up: in a bubble, until
+// every goroutine is idle; in real time there is nothing to wait for.
+func (c clock) settle() {
+	if !c.realTime {
+		synctest.Wait()
+	}
+}
+
+func (c clock) sleepUntil(t time.Time) {
+	time.Sleep(time.Until(t))
+	c.settle()
+}
+
+// waitGone polls until every key is gone, failing if one is still there at
+// deadline.
+func (c clock) waitGone(t *testing.T, s store.Store, deadline time.Time, keys ...string) {
+	t.Helper()
+	step := c.ttl / 50
+	for _, k := range keys {
+		for {
+			_, err := s.Get(t.Context(), k)
+			if errors.Is(err, store.ErrNotFound) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("Get %s: %v", k, err)
+			}
+			if !time.Now().Before(deadline) {
+				t.Fatalf("%s still there %v after its lease's TTL of %v", k, time.Since(deadline)+c.slack, c.ttl)
+			}
+			time.Sleep(step)
+			c.settle()
+		}
+	}
 }
 
 func testLeaseRevoke(t *testing.T, newStore func(*testing.T) store.Store) {
@@ -523,7 +765,7 @@ func testLeaseRevoke(t *testing.T, newStore func(*testing.T) store.Store) {
 		t.Fatalf("two grants returned the same lease %d", id)
 	}
 	r := txn(t, s, leased("rv/a", id), leased("rv/b", id), leased("rv/other", other))
-	ch, err := s.Watch(ctx, "rv/", r+1)
+	ch, err := watch(ctx, s, "rv/", r+1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -616,24 +858,73 @@ func leased(key string, id store.LeaseID) store.Op {
 	return store.Op{Type: store.OpPut, Key: key, Value: []byte("v"), ExpectRevision: store.Any, Lease: id}
 }
 
-// next waits for one event; under synctest the timeout costs no real time.
-func next(t *testing.T, ch <-chan store.Event) store.Event {
+// reader reads a watch one batch or one event at a time, and checks what
+// every batch must be: non-empty, one revision, after the previous one.
+type reader struct {
+	ch      <-chan []store.Event
+	pending []store.Event
+	lastRev int64
+}
+
+func watch(ctx context.Context, s store.Store, prefix string, fromRev int64) (*reader, error) {
+	ch, err := s.Watch(ctx, prefix, fromRev)
+	if err != nil {
+		return nil, err
+	}
+	return &reader{ch: ch}, nil
+}
+
+// batch waits for the next whole batch; under synctest the timeout costs no
+// real time.
+func (r *reader) batch(t *testing.T) []store.Event {
 	t.Helper()
+	if len(r.pending) > 0 {
+		t.Fatalf("batch: %d events of the previous batch not read", len(r.pending))
+	}
 	select {
-	case ev, ok := <-ch:
+	case b, ok := <-r.ch:
 		if !ok {
-			t.Fatal("watch channel closed, want an event")
+			t.Fatal("watch channel closed, want a batch")
 		}
-		return ev
+		r.checkBatch(t, b)
+		return b
 	case <-time.After(10 * time.Second):
-		t.Fatal("no watch event within 10s")
+		t.Fatal("no watch batch within 10s")
 	}
 	panic("unreachable")
 }
 
-func expect(t *testing.T, ch <-chan store.Event, typ store.EventType, key string, rev int64, value string) store.Event {
+func (r *reader) checkBatch(t *testing.T, b []store.Event) {
 	t.Helper()
-	ev := next(t, ch)
+	if len(b) == 0 {
+		t.Fatal("empty watch batch")
+	}
+	rev := b[0].KV.ModRevision
+	for _, ev := range b {
+		if ev.KV.ModRevision != rev {
+			t.Fatalf("one batch holds revisions %d and %d: %s", rev, ev.KV.ModRevision, dumpEvents(b))
+		}
+	}
+	if rev <= r.lastRev {
+		t.Fatalf("batch at revision %d after a batch at %d", rev, r.lastRev)
+	}
+	r.lastRev = rev
+}
+
+// next returns the next event, reading a new batch when the last is used up.
+func next(t *testing.T, r *reader) store.Event {
+	t.Helper()
+	if len(r.pending) == 0 {
+		r.pending = r.batch(t)
+	}
+	ev := r.pending[0]
+	r.pending = r.pending[1:]
+	return ev
+}
+
+func expect(t *testing.T, r *reader, typ store.EventType, key string, rev int64, value string) store.Event {
+	t.Helper()
+	ev := next(t, r)
 	if ev.Type != typ || ev.KV.Key != key || ev.KV.ModRevision != rev || string(ev.KV.Value) != value {
 		t.Fatalf("event = {type %d key %s rev %d value %q}, want {type %d key %s rev %d value %q}",
 			ev.Type, ev.KV.Key, ev.KV.ModRevision, ev.KV.Value, typ, key, rev, value)
@@ -641,12 +932,26 @@ func expect(t *testing.T, ch <-chan store.Event, typ store.EventType, key string
 	return ev
 }
 
-func waitClosed(t *testing.T, ch <-chan store.Event) {
+// quiet fails if a batch arrives within a short while (a revision with
+// nothing under the watch's prefix must not produce one).
+func (r *reader) quiet(t *testing.T) {
+	t.Helper()
+	select {
+	case b, ok := <-r.ch:
+		if ok {
+			t.Fatalf("unexpected batch %s", dumpEvents(b))
+		}
+		t.Fatal("watch channel closed")
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+func waitClosed(t *testing.T, r *reader) {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
-		case _, ok := <-ch:
+		case _, ok := <-r.ch:
 			if !ok {
 				return
 			}
@@ -654,6 +959,14 @@ func waitClosed(t *testing.T, ch <-chan store.Event) {
 			t.Fatal("watch channel not closed within 10s")
 		}
 	}
+}
+
+func dumpEvents(evs []store.Event) string {
+	var b strings.Builder
+	for _, ev := range evs {
+		fmt.Fprintf(&b, "[%d %s@%d %q] ", ev.Type, ev.KV.Key, ev.KV.ModRevision, ev.KV.Value)
+	}
+	return b.String()
 }
 
 func equalKV(a, b store.KV) bool {
