@@ -7,6 +7,17 @@
 // to them. Each Watch stream has its own sender goroutine, changes coalesce
 // (latest wins), and a stream whose send stalls is closed and counted, so one
 // slow proxy never holds up the others.
+//
+// Revisions: a snapshot carries the store revision it was compiled from.
+// Each stream records the revision its proxy is current at — that of the
+// snapshot it ACKed, advanced without a push when a later compile yields the
+// same version (the write did not change this proxy's config); a NACK does
+// not advance it. AwaitRevision waits for every connected proxy to reach a
+// revision, which is what `trellis apply --wait` long-polls.
+//
+// What the server records for metrics goes through the Metrics interface
+// (internal/telemetry implements it); gauges are read from Counters and
+// SoonestCertExpiry at scrape time.
 package push
 
 import (

@@ -1,3 +1,7 @@
+// Package telemetry holds metric instruments on registries passed in (never
+// the global one): the proxy's per-hop metrics (proxy.go), the control
+// plane's (control.go: push, ACK/NACK, store, CA), and the scraping of
+// Prometheus text into `trellis stat`'s table.
 package telemetry
 
 import (
