@@ -139,8 +139,7 @@ type Control struct {
 	o   Options
 	log *slog.Logger
 	// st is the store every component uses, timed for /metrics; raw is
-	// the same store untimed (for scrapes, which should not time
-	// themselves); ownStore: Stop closes it.
+	// the same store untimed; ownStore: Stop closes raw.
 	st, raw  store.Store
 	ownStore bool
 	meter    *telemetry.ControlMetrics
@@ -332,7 +331,7 @@ func (c *Control) openStore() error {
 	meter, err := telemetry.NewControlMetrics(c.promReg, telemetry.ControlState{
 		ConnectedProxies:  func() int { return c.push.Counters().Streams },
 		SoonestCertExpiry: func() (time.Time, bool) { return c.push.SoonestCertExpiry() },
-		Resources:         func(ctx context.Context) (map[string]int, error) { return countResources(ctx, c.raw) },
+		Resources:         func(context.Context) (map[string]int, error) { return countResources(c.view.State()), nil },
 		Kinds:             config.Kinds(),
 		StoreOps:          store.OpNames(),
 	})
@@ -375,19 +374,14 @@ func (c *Control) serveMetrics() {
 	})
 }
 
-// countResources counts stored resources by kind, for the resources gauge.
-func countResources(ctx context.Context, st store.Store) (map[string]int, error) {
-	kvs, _, err := st.List(ctx, config.ResourcePrefix)
-	if err != nil {
-		return nil, fmt.Errorf("control: count resources: %w", err)
-	}
+// countResources counts the mesh view's resources by kind, for the
+// resources gauge: from memory, so a scrape costs the store nothing.
+func countResources(st *view.State) map[string]int {
 	counts := map[string]int{}
-	for _, kv := range kvs {
-		if ref, err := config.ParseStoreKey(kv.Key); err == nil {
-			counts[ref.Kind]++
-		}
+	for _, r := range st.Resources() {
+		counts[r.Object.Ref().Kind]++
 	}
-	return counts, nil
+	return counts
 }
 
 func (c *Control) addrs() Addrs {

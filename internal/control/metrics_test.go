@@ -98,6 +98,25 @@ func TestMetricsFollowProxySession(t *testing.T) {
 		t.Fatalf("seed: %d %+v", status, a)
 	}
 
+	// waitMetric scrapes until name reaches want (an ACK is counted after
+	// Apply returns; the view, which the resource gauge reads, follows the
+	// store a little behind).
+	waitMetric := func(name string, want float64, labels ...string) families {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			m := parseMetrics(t, scrape(t, c))
+			if v, _ := m.value(name, labels...); v == want {
+				return m
+			}
+			if time.Now().After(deadline) {
+				v, _ := m.value(name, labels...)
+				t.Fatalf("%s%v = %v, want %v", name, labels, v, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitMetric(telemetry.ControlResourcesName, 1, "kind", "HTTPRoute")
 	m := parseMetrics(t, scrape(t, c))
 	for _, tt := range []struct {
 		name   string
@@ -143,23 +162,6 @@ func TestMetricsFollowProxySession(t *testing.T) {
 			case <-timeout:
 				t.Fatalf("no snapshot with weight %d", weight)
 			}
-		}
-	}
-	// waitMetric scrapes until name reaches want (an ACK is counted after
-	// Apply returns, so it trails the snapshot a little).
-	waitMetric := func(name string, want float64, labels ...string) families {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			m := parseMetrics(t, scrape(t, c))
-			if v, _ := m.value(name, labels...); v == want {
-				return m
-			}
-			if time.Now().After(deadline) {
-				v, _ := m.value(name, labels...)
-				t.Fatalf("%s%v = %v, want %v", name, labels, v, want)
-			}
-			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	waitSnap(1)
