@@ -36,6 +36,11 @@ func TestApplyWait(t *testing.T) {
 	}
 	rev, _ := strconv.ParseInt(m[1], 10, 64)
 
+	// The same again changes nothing: the current revision, run already.
+	if out, err := cp.cli(t, "apply", "-f", f, "--wait", "--timeout", "5s"); err != nil || !strings.Contains(out, "unchanged") || !strings.Contains(out, "all 3 connected proxies run it") {
+		t.Fatalf("unchanged apply --wait: %v\n%s", err, out)
+	}
+
 	out, err = cp.cli(t, "proxy-status", "-o", "json")
 	if err != nil {
 		t.Fatalf("proxy-status: %v\n%s", err, out)
