@@ -192,9 +192,14 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 	bundle := c.bundleFn()
 
 	c.mu.Lock()
-	// Concurrent callers may load states out of order; never go back.
+	// Concurrent callers may load states out of order; never go back. A
+	// newer state with the same content keeps the index (and its cached
+	// services) and only moves the revision snapshots carry.
 	if st := c.v.State(); c.idxState == nil || st.Revision() > c.idxState.Revision() {
-		c.idx, c.idxState = buildIndex(st, c.log), st
+		if c.idxState == nil || st.Generation() != c.idxState.Generation() {
+			c.idx = buildIndex(st, c.log)
+		}
+		c.idxState = st
 	}
 	idx, st := c.idx, c.idxState
 	own := svcKey{ns: n.Namespace, name: n.Service}

@@ -593,6 +593,17 @@ func TestServiceCache(t *testing.T) {
 		if a != b {
 			t.Fatal("two snapshots of one state compiled inventory twice")
 		}
+		// A write outside the mesh view: a newer revision, the same content,
+		// so the same compiled service.
+		r, err := e.st.Txn(context.Background(), store.Put("/ca/other", nil, store.Any))
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		s := e.snap("web", "default", "inventory")
+		if s.Revision != r || service(t, s, "inventory", "default") != a {
+			t.Fatalf("after a write outside the view: revision %d (want %d), recompiled %v", s.Revision, r, service(t, s, "inventory", "default") != a)
+		}
 		e.register("i1", "inventory", "default", true)
 		if c := service(t, e.snap("web", "default", "inventory"), "inventory", "default"); c == a || endpointIDs(c) != "i1" {
 			t.Fatalf("after a change: same compiled service %v, endpoints %q", c == a, endpointIDs(c))

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
 
 // FuzzDecode: Decode never panics; whatever it accepts encodes, decodes back
@@ -50,9 +52,43 @@ func FuzzDecode(f *testing.F) {
 			if err != nil || !bytes.Equal(b, b2) {
 				t.Fatalf("not a fixed point:\n%s\n%s", b, b2)
 			}
+			exerciseHooks(t, back)
 		}
 		_ = CheckSet(objs)
 	})
+}
+
+// exerciseHooks runs the compiler hooks on an accepted object: they rely on
+// defaults and Validate (they dereference what defaults fill in), so they
+// must never panic, and what they produce must be well formed.
+func exerciseHooks(t *testing.T, o Object) {
+	t.Helper()
+	if d, ok := o.(Declarer); ok {
+		svc := &meshv1.Service{}
+		d.DeclarePorts(svc)
+		for _, p := range svc.Ports {
+			if p.Port == 0 || p.TargetPort == 0 || p.Protocol == meshv1.Protocol_PROTOCOL_UNSPECIFIED {
+				t.Fatalf("%s declares port %v", o.Ref(), p)
+			}
+		}
+	}
+	a, ok := o.(Attacher)
+	if !ok {
+		return
+	}
+	for _, at := range a.Attachments() {
+		if at.Service.Name == "" || at.Service.Namespace == "" {
+			t.Fatalf("%s attaches to %+v", o.Ref(), at)
+		}
+		b := NewServiceBuild(&meshv1.Service{Name: at.Service.Name, Namespace: at.Service.Namespace})
+		a.Contribute(b, at, 1)
+		b.Finish()
+		for _, r := range b.Service.Routes {
+			if len(r.Matches) != 1 || r.Matches[0].Path == nil || len(r.Backends) == 0 {
+				t.Fatalf("%s contributes route %v", o.Ref(), r)
+			}
+		}
+	}
 }
 
 // FuzzParseStoreKey: ParseStoreKey never panics, and what it accepts maps

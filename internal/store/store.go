@@ -112,8 +112,9 @@ type Store interface {
 	List(ctx context.Context, prefix string) ([]KV, int64, error)
 	// Txn applies every op atomically under one new revision, or none
 	// (ErrConflict if a precondition fails, ErrNotFound for an unknown lease).
-	// Deleting an absent key with ExpectRevision Any is not an error. A Txn
-	// of OpChecks only writes nothing and returns the current revision.
+	// Deleting an absent key with ExpectRevision Any is not an error. A key
+	// may appear once per Txn, checks included. A Txn of OpChecks only
+	// writes nothing and returns the current revision.
 	Txn(ctx context.Context, ops ...Op) (int64, error)
 	// Watch streams the changes to keys under prefix with revision >=
 	// fromRev (fromRev 0: only new changes). Each receive is one revision:

@@ -18,7 +18,9 @@
 //	for _, ep := range st.Endpoints() { ... }
 //
 // Subscribe tells a reader that a new State is there (buffer 1, latest wins;
-// readers debounce if they want to). WaitFor blocks until the view has caught
+// readers debounce if they want to). A state whose Generation equals the
+// previous one moved the revision only (a write outside the mesh view): a
+// reader can skip rebuilding, yet still learn the view is current at it. WaitFor blocks until the view has caught
 // up with a store revision, e.g. the one an apply returned.
 //
 // The compiler is such a reader; the DNS server and the xDS adapter read the
@@ -170,7 +172,7 @@ func (v *View) WaitFor(ctx context.Context, rev int64) (*State, error) {
 }
 
 // Subscribe returns a channel that receives (buffer 1, never blocking the
-// view) whenever the view's content changed, and a cancel func.
+// view) whenever the view moved to a new state, and a cancel func.
 func (v *View) Subscribe() (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	v.mu.Lock()
@@ -190,11 +192,12 @@ func (v *View) Subscribe() (<-chan struct{}, func()) {
 
 // reset replaces the state with a full listing.
 func (v *View) reset(kvs []store.KV, rev int64) {
-	st := &State{revision: rev, resources: map[string]Resource{}, endpoints: map[string]*meshv1.Endpoint{}}
+	st := &State{revision: rev, generation: v.State().generation + 1,
+		resources: map[string]Resource{}, endpoints: map[string]*meshv1.Endpoint{}}
 	for _, kv := range kvs {
 		v.put(st, kv)
 	}
-	v.publish(st, true)
+	v.publish(st)
 	select {
 	case <-v.ready:
 	default:
@@ -206,7 +209,8 @@ func (v *View) reset(kvs []store.KV, rev int64) {
 // touches are copied; the rest is shared with the previous state.
 func (v *View) apply(batch []store.Event) {
 	prev := v.State()
-	st := &State{revision: batch[0].KV.ModRevision, resources: prev.resources, endpoints: prev.endpoints}
+	st := &State{revision: batch[0].KV.ModRevision, generation: prev.generation,
+		resources: prev.resources, endpoints: prev.endpoints}
 	var resCopied, epCopied bool
 	for _, ev := range batch {
 		key := ev.KV.Key
@@ -233,7 +237,10 @@ func (v *View) apply(batch []store.Event) {
 		}
 		v.put(st, ev.KV)
 	}
-	v.publish(st, resCopied || epCopied)
+	if resCopied || epCopied {
+		st.generation++
+	}
+	v.publish(st)
 }
 
 // put decodes kv into st (being built, not yet published). A record that
@@ -265,17 +272,13 @@ func (v *View) put(st *State, kv store.KV) {
 	}
 }
 
-// publish makes st current, wakes WaitFor callers, and notifies subscribers
-// if the content changed.
-func (v *View) publish(st *State, changed bool) {
+// publish makes st current, wakes WaitFor callers and notifies subscribers.
+func (v *View) publish(st *State) {
 	v.state.Store(st)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	close(v.moved)
 	v.moved = make(chan struct{})
-	if !changed {
-		return
-	}
 	for _, ch := range v.subs {
 		select {
 		case ch <- struct{}{}:
@@ -299,9 +302,10 @@ type Resource struct {
 // State is the mesh at one store revision. It is immutable, and so is
 // everything it returns: share it, never modify it.
 type State struct {
-	revision  int64
-	resources map[string]Resource         // by store key
-	endpoints map[string]*meshv1.Endpoint // by store key
+	revision   int64
+	generation uint64
+	resources  map[string]Resource         // by store key
+	endpoints  map[string]*meshv1.Endpoint // by store key
 
 	sortOnce  sync.Once
 	sortedRes []Resource
@@ -314,6 +318,11 @@ func emptyState() *State {
 
 // Revision is the store revision this state reflects.
 func (s *State) Revision() int64 { return s.revision }
+
+// Generation changes whenever the resources or endpoints do. Two states of
+// one view with the same generation hold the same content, whatever their
+// revisions: a reader's index built from one serves the other.
+func (s *State) Generation() uint64 { return s.generation }
 
 // Resources returns every resource, in store key order (by kind, namespace,
 // name).

@@ -232,12 +232,22 @@ func TestSubscribe(t *testing.T) {
 	if !drain() {
 		t.Fatal("no notification after a registration")
 	}
-	// A write outside the mesh view moves the revision, not the content.
+	// A write outside the mesh view moves the revision, not the content:
+	// subscribers hear of it (the view is current at a newer revision), and
+	// the generation tells them nothing needs rebuilding.
+	gen := v.State().Generation()
 	r = txn(t, st, store.Put("/ca/root", nil, store.Any))
-	waitFor(t, v, r)
-	if drain() {
-		t.Fatal("notified for a key outside the view")
+	if s := waitFor(t, v, r); s.Generation() != gen {
+		t.Fatalf("a CA write moved the generation %d -> %d", gen, s.Generation())
 	}
+	if !drain() {
+		t.Fatal("no notification for a new revision")
+	}
+	r = txn(t, st, endpoint(t, "e2"))
+	if s := waitFor(t, v, r); s.Generation() == gen {
+		t.Fatal("a registration kept the generation")
+	}
+	drain()
 	// A burst leaves one pending notification; the view never blocks.
 	for i := range 10 {
 		r = txn(t, st, service(fmt.Sprintf("s%d", i), 80))
