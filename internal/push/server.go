@@ -159,8 +159,19 @@ func (s *Server) AwaitRevision(ctx context.Context, rev int64) []ProxyStatus {
 			return list
 		case <-ch:
 		}
+		// One apply moves every stream's status; reading them all at each
+		// change would cost n² with n proxies, so changes coalesce a moment.
+		t := time.NewTimer(awaitCoalesce)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
 	}
 }
+
+// awaitCoalesce bounds how often AwaitRevision re-reads the statuses.
+const awaitCoalesce = 10 * time.Millisecond
 
 // SoonestCertExpiry is the earliest expiry of the certificates the connected
 // proxies use; ok is false when none is connected (or none reported one).
