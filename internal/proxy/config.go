@@ -68,8 +68,19 @@ type service struct {
 	routes  []route
 	eps     []endpoint
 	addrs   []string
+	lbEps   []*lb.Endpoint // lbEps[i] is the balancing state of eps[i]
 	picker  lb.Picker
 	metrics *telemetry.DestMetrics // outbound
+}
+
+// endpoint returns the endpoint whose balancing state is e.
+func (s *service) endpoint(e *lb.Endpoint) *endpoint {
+	for i, le := range s.lbEps {
+		if le == e {
+			return &s.eps[i]
+		}
+	}
+	return nil
 }
 
 // port returns the declared port p, or an HTTP port spec for undeclared ones.
@@ -210,7 +221,9 @@ type compileEnv struct {
 	ownNS   string
 	appHost string
 	appPort uint32
-	picker  func(key string) (lb.Picker, error)
+	// picker returns the service's picker and the balancing state of each
+	// of addrs, the same *lb.Endpoint as last time for an address kept.
+	picker  func(key string, addrs []string) (lb.Picker, []*lb.Endpoint, error)
 	peer    func(addr, identity string) *peer
 	metrics func(direction, key string) *telemetry.DestMetrics
 }
@@ -303,11 +316,11 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*config, error) {
 	for _, ps := range s.GetServices() {
 		name, ns := ps.GetName(), ps.GetNamespace()
 		svc := c.byKey[name+"."+ns]
-		p, err := env.picker(svc.key)
+		p, eps, err := env.picker(svc.key, svc.addrs)
 		if err != nil {
 			return nil, err
 		}
-		svc.picker = p
+		svc.picker, svc.lbEps = p, eps
 		for k := range svc.eps {
 			svc.eps[k].peer = env.peer(svc.eps[k].addr, svc.eps[k].identity)
 		}

@@ -20,8 +20,15 @@ func testEnv(t *testing.T) compileEnv {
 		t.Fatal(err)
 	}
 	return compileEnv{
-		ownNS:   "default",
-		picker:  func(string) (lb.Picker, error) { return lb.New(lb.RoundRobin) },
+		ownNS: "default",
+		picker: func(_ string, addrs []string) (lb.Picker, []*lb.Endpoint, error) {
+			eps := make([]*lb.Endpoint, len(addrs))
+			for i, a := range addrs {
+				eps[i] = lb.NewEndpoint(a)
+			}
+			pk, err := lb.New(lb.RoundRobin)
+			return pk, eps, err
+		},
 		peer:    func(addr, id string) *peer { return &peer{addr: addr, identity: id} },
 		metrics: m.Dest,
 	}

@@ -64,7 +64,7 @@ type Proxy struct {
 
 	cfg      atomic.Pointer[config]
 	updateMu sync.Mutex // serializes Update; guards pickers, peers
-	pickers  map[string]lb.Picker
+	pickers  map[string]*balancer
 	peers    map[string]*peer
 
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
@@ -140,7 +140,7 @@ func New(o Options) (*Proxy, error) {
 	p := &Proxy{
 		opts:          o,
 		log:           o.Logger.With("component", "proxy"),
-		pickers:       make(map[string]lb.Picker),
+		pickers:       make(map[string]*balancer),
 		peers:         make(map[string]*peer),
 		done:          make(chan struct{}),
 		hopH2:         hopH2Default,
@@ -190,17 +190,7 @@ func (p *Proxy) env() compileEnv {
 		ownNS:   p.opts.Namespace,
 		appHost: p.appHost,
 		appPort: p.appPort,
-		picker: func(key string) (lb.Picker, error) {
-			if pk := p.pickers[key]; pk != nil {
-				return pk, nil
-			}
-			pk, err := lb.New(p.opts.Balancer)
-			if err != nil {
-				return nil, fmt.Errorf("proxy: balancer: %w", err)
-			}
-			p.pickers[key] = pk
-			return pk, nil
-		},
+		picker:  p.balancerFor,
 		peer: func(addr, identity string) *peer {
 			if pr := p.peers[addr]; pr != nil && pr.identity == identity {
 				return pr
@@ -214,6 +204,54 @@ func (p *Proxy) env() compileEnv {
 		},
 		metrics: p.metrics.Dest,
 	}
+}
+
+// balancer is one service's long-lived balancing state: its picker and the
+// state of each of its addresses, reused across snapshots so that what the
+// endpoints learnt (latency, failures) survives a push.
+type balancer struct {
+	picker lb.Picker
+	eps    map[string]*lb.Endpoint
+}
+
+// balancerFor is compileEnv.picker. Callers hold updateMu.
+func (p *Proxy) balancerFor(key string, addrs []string) (lb.Picker, []*lb.Endpoint, error) {
+	b := p.pickers[key]
+	if b == nil {
+		pk, err := lb.New(p.opts.Balancer)
+		if err != nil {
+			return nil, nil, fmt.Errorf("proxy: balancer: %w", err)
+		}
+		b = &balancer{picker: pk}
+		p.pickers[key] = b
+	}
+	eps := make([]*lb.Endpoint, len(addrs))
+	kept := make(map[string]*lb.Endpoint, len(addrs))
+	for i, a := range addrs {
+		e := b.eps[a]
+		if e == nil {
+			e = lb.NewEndpoint(a)
+		}
+		eps[i], kept[a] = e, e
+	}
+	// Addresses gone from the config are forgotten; in-flight calls keep
+	// their own references.
+	b.eps = kept
+	return b.picker, eps, nil
+}
+
+// outcome classifies an attempt for the balancer. A 5xx is a failure,
+// including the 502/503 a peer proxy answers when its app is unreachable (a
+// fast 503 must not look like a fast success); a client that went away is
+// not the endpoint's fault.
+func outcome(ctx context.Context, code int, err error) lb.Outcome {
+	switch {
+	case ctx.Err() != nil:
+		return lb.Abandoned
+	case err != nil || code >= 500:
+		return lb.Failure
+	}
+	return lb.Success
 }
 
 // Update validates s and swaps it in atomically. On error nothing changes and
@@ -572,28 +610,32 @@ func (p *Proxy) route(w http.ResponseWriter, r *http.Request, svc *service, port
 	// (Retries of requests that did reach a peer wait for retry budgets.)
 	retryable := r.ContentLength == 0 && upgrade == "" && len(dst.eps) > 1
 	xff, hadXFF := r.Header["X-Forwarded-For"]
-	failed := -1
+	var tried []*lb.Endpoint
 	var code int
 	var err error
 	for attempt := 0; ; attempt++ {
-		i, done := dst.picker.Pick(dst.addrs)
-		if i == failed {
-			// The picker chose the endpoint that just failed: that counts
-			// against it too, and the next endpoint gets the request.
-			done(err)
-			i, done = (i+1)%len(dst.eps), func(error) {}
+		// The exchange of the pipeline branch will carry an lb.Request;
+		// neither picker reads one yet, and building it here would cost an
+		// allocation per request.
+		c, ok := dst.picker.Pick(nil, dst.lbEps, tried)
+		if !ok {
+			// Only after a retry, and only if a future retry policy
+			// outlives the endpoints: every one of them failed to connect.
+			httpError(w, http.StatusServiceUnavailable, "no endpoint of "+dst.key+" left to try")
+			code = http.StatusServiceUnavailable
+			break
 		}
-		ep := &dst.eps[i]
+		ep := dst.endpoint(c.Endpoint())
 		tr := ep.peer.h1
 		if useH2 {
 			tr = ep.peer.h2
 		}
 		code, err = p.forward(w, r, tr, "https", ep.addr, retryable && attempt == 0)
-		done(err)
+		c.Done(outcome(r.Context(), code, err))
 		if code != 0 {
 			break
 		}
-		failed = i
+		tried = append(tried, c.Endpoint())
 		p.log.Debug("endpoint unreachable; retrying on another", "service", dst.key, "endpoint", ep.addr, "err", err)
 		if hadXFF {
 			r.Header["X-Forwarded-For"] = xff

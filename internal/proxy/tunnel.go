@@ -134,12 +134,12 @@ func (p *Proxy) serveTCPTunnel(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 // tunnelTCP carries client's bytes to a service port through an mTLS tunnel.
 // pre holds bytes already read from client.
 func (p *Proxy) tunnelTCP(ctx context.Context, client net.Conn, pre io.Reader, svc *service, port uint32) error {
-	if len(svc.eps) == 0 {
+	c, ok := svc.picker.Pick(nil, svc.lbEps, nil)
+	if !ok {
 		return fmt.Errorf("proxy: no healthy endpoints for %s", svc.key)
 	}
-	i, done := svc.picker.Pick(svc.addrs)
-	conn, br, err := p.dialTunnel(ctx, &svc.eps[i], port)
-	done(err)
+	conn, br, err := p.dialTunnel(ctx, svc.endpoint(c.Endpoint()), port)
+	c.Done(outcome(ctx, 0, err))
 	if err != nil {
 		return err
 	}
@@ -168,13 +168,13 @@ func (p *Proxy) connect(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusServiceUnavailable, msg)
 		return
 	}
-	if len(svc.eps) == 0 {
+	c, ok := svc.picker.Pick(nil, svc.lbEps, nil)
+	if !ok {
 		httpError(w, http.StatusServiceUnavailable, "no healthy endpoints for "+svc.key)
 		return
 	}
-	i, done := svc.picker.Pick(svc.addrs)
-	conn, br, err := p.dialTunnel(r.Context(), &svc.eps[i], port)
-	done(err)
+	conn, br, err := p.dialTunnel(r.Context(), svc.endpoint(c.Endpoint()), port)
+	c.Done(outcome(r.Context(), 0, err))
 	if err != nil {
 		p.log.Debug("tunnel dial failed", "service", svc.key, "err", err)
 		httpError(w, http.StatusBadGateway, "tunnel to "+svc.key+" failed")
