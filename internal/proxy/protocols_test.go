@@ -103,7 +103,7 @@ func TestGRPCUnaryStreamingTrailers(t *testing.T) {
 			hs.SetServingStatus("svc", healthpb.HealthCheckResponse_SERVING)
 		}
 	}
-	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="greeter.default",direction="outbound",response_code="200"} 3`)
+	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="greeter.default",direction="outbound",response_code="200",response_flags="-"} 3`)
 }
 
 func TestWebSocketEcho(t *testing.T) {
@@ -197,9 +197,9 @@ func TestAdminEndpoints(t *testing.T) {
 	if resp != 200 {
 		t.Fatalf("request = %d", resp)
 	}
-	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="200"} 1`)
-	assertMetric(t, srv.proxy, `trellis_proxy_requests_total{destination_service="orders.default",direction="inbound",response_code="200"} 1`)
-	assertMetric(t, client, `trellis_proxy_request_duration_seconds_bucket{destination_service="orders.default",direction="outbound",response_code="200",le="10"} 1`)
+	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="200",response_flags="-"} 1`)
+	assertMetric(t, srv.proxy, `trellis_proxy_requests_total{destination_service="orders.default",direction="inbound",response_code="200",response_flags="-"} 1`)
+	assertMetric(t, client, `trellis_proxy_request_duration_seconds_bucket{destination_service="orders.default",direction="outbound",response_code="200",response_flags="-",le="10"} 1`)
 }
 
 func get0(t *testing.T, c *http.Client, url string) (int, string) {

@@ -16,8 +16,10 @@ func TestProxyMetricsLabels(t *testing.T) {
 	}
 	m.Request(Outbound, "orders.default", 200, 3*time.Millisecond)
 	m.Request(Outbound, "orders.default", 200, 20*time.Millisecond)
-	m.Dest(Inbound, "orders.default").Request(503, time.Millisecond)
-	m.Dest(Inbound, "orders.default").Request(42, time.Millisecond) // out of the cached range
+	m.Dest(Inbound, "orders.default").Request(503, "LA", time.Millisecond)
+	m.Dest(Inbound, "orders.default").Request(503, "LA", time.Millisecond)
+	m.Dest(Inbound, "orders.default").Request(503, NoFlags, time.Millisecond)
+	m.Dest(Inbound, "orders.default").Request(42, NoFlags, time.Millisecond) // out of the cached range
 	m.TCPConnection(Outbound, "db.default")
 	m.TCPConnection(Outbound, "db.default")
 
@@ -41,11 +43,12 @@ func TestProxyMetricsLabels(t *testing.T) {
 		}
 	}
 	for k, v := range map[string]float64{
-		RequestsTotalName + ",destination_service=orders.default,direction=inbound,response_code=42":     1,
-		RequestsTotalName + ",destination_service=orders.default,direction=inbound,response_code=503":    1,
-		RequestsTotalName + ",destination_service=orders.default,direction=outbound,response_code=200":   2,
-		RequestDurationName + ",destination_service=orders.default,direction=outbound,response_code=200": 2,
-		TCPConnectionsName + ",destination_service=db.default,direction=outbound":                        2,
+		RequestsTotalName + ",destination_service=orders.default,direction=inbound,response_code=42,response_flags=-":     1,
+		RequestsTotalName + ",destination_service=orders.default,direction=inbound,response_code=503,response_flags=-":    1,
+		RequestsTotalName + ",destination_service=orders.default,direction=inbound,response_code=503,response_flags=LA":   2,
+		RequestsTotalName + ",destination_service=orders.default,direction=outbound,response_code=200,response_flags=-":   2,
+		RequestDurationName + ",destination_service=orders.default,direction=outbound,response_code=200,response_flags=-": 2,
+		TCPConnectionsName + ",destination_service=db.default,direction=outbound":                                         2,
 	} {
 		if got[k] != v {
 			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
@@ -93,10 +96,12 @@ func TestProxyMetricsHotPathAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := m.Dest(Outbound, "orders.default")
-	d.Request(200, time.Millisecond)
+	d.Request(200, NoFlags, time.Millisecond)
+	d.Request(503, "UH", time.Millisecond)
 	d.TCPConnection()
 	if n := testing.AllocsPerRun(100, func() {
-		d.Request(200, time.Millisecond)
+		d.Request(200, NoFlags, time.Millisecond)
+		d.Request(503, "UH", time.Millisecond)
 		d.TCPConnection()
 	}); n != 0 {
 		t.Fatalf("allocs per cached request = %v, want 0", n)
