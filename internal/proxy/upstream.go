@@ -131,7 +131,7 @@ func connectFailed(err error) bool {
 	var cv *tls.CertificateVerificationError
 	var alert tls.AlertError
 	var rh tls.RecordHeaderError
-	return errors.As(err, &de) || errors.Is(err, errPeerIdentity) ||
+	return errors.As(err, &de) || errors.Is(err, errPeerIdentity) || errors.Is(err, errPeerRefused) ||
 		(errors.As(err, &op) && op.Op == "dial") ||
 		errors.As(err, &cv) || errors.As(err, &alert) || errors.As(err, &rh)
 }
