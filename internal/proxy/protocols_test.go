@@ -172,7 +172,9 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	app := startApp(t, whoami("orders"))
 	srv := startServer(t, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
-	if err := client.Update(snapshot("v7", srv.svc)); err != nil {
+	snap := snapshot("v7", srv.svc)
+	snap.Revision = 42
+	if err := client.Update(snap); err != nil {
 		t.Fatal(err)
 	}
 	if code, _ := get("/ready"); code != 200 || !client.Ready() {
@@ -187,7 +189,7 @@ func TestAdminEndpoints(t *testing.T) {
 	if code != 200 || json.Unmarshal([]byte(body), &cfg) != nil {
 		t.Fatalf("/config = %d %q", code, body)
 	}
-	if cfg["version"] != "v7" || cfg["trustBundle"] != nil || !strings.Contains(body, srv.proxy.InboundAddr()) {
+	if cfg["version"] != "v7" || cfg["revision"] != "42" || cfg["trustBundle"] != nil || !strings.Contains(body, srv.proxy.InboundAddr()) {
 		t.Fatalf("/config content: %s", body)
 	}
 	if code, body := get("/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
