@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 )
 
 func TestProxyMetricsLabels(t *testing.T) {
@@ -108,5 +109,40 @@ func TestProxyMetricsHotPathAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { m.Request(Outbound, "orders.default", 200, time.Millisecond) }); n != 0 {
 		t.Fatalf("allocs per Request = %v, want 0", n)
+	}
+}
+
+// TestStatSumsOverFlags: the stat table reads the proxy's metrics; series
+// that differ only in response_flags add up to one row key.
+func TestStatSumsOverFlags(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewProxyMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := m.Dest(Outbound, "orders.default")
+	d.Request(503, NoFlags, time.Millisecond)
+	d.Request(503, "UH", time.Millisecond)
+	d.Request(503, "UH", time.Millisecond)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := ParseMetrics(strings.NewReader(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := SeriesKey{Direction: Outbound, Service: "orders.default", Code: "503"}
+	if s.Requests[k] != 3 {
+		t.Fatalf("requests %v = %v, want 3 (all: %v)", k, s.Requests[k], s.Requests)
+	}
+	if h := s.Durations[k]; len(h.Counts) == 0 || h.Counts[len(h.Counts)-1] != 3 {
+		t.Fatalf("duration histogram %v, want 3 observations", h)
 	}
 }
