@@ -22,15 +22,11 @@ const minCost = float64(time.Microsecond)
 // ~10^6 times the latency cost) and the score can decay back.
 const maxFail = 1 - 1.0/1024
 
-// learning is how a call's outcome updates its endpoint; each picker holds
-// one and every Call points at it.
+// learning is how a call's outcome updates its endpoint; each learning
+// picker holds one and every Call it makes points at it.
 type learning struct {
 	tau        float64 // ns: time constant of the latency and failure decays
 	failWeight float64 // in [0, 1): how far one outcome moves the failure score
-}
-
-func defaultLearning() learning {
-	return learning{tau: float64(DefaultDecay), failWeight: DefaultFailureWeight}
 }
 
 // Endpoint is one address's balancing state: in-flight count, peak-EWMA
@@ -139,7 +135,7 @@ func (e *Endpoint) setRTT(v float64, now int64) {
 type Call struct {
 	ep    *Endpoint
 	start time.Time
-	learn *learning
+	learn *learning // nil: the picker only counts in-flight calls
 }
 
 // start counts a new attempt on e, begun at t.
@@ -152,16 +148,17 @@ func (e *Endpoint) start(l *learning, t time.Time) Call {
 func (c Call) Endpoint() *Endpoint { return c.ep }
 
 // Done must be called exactly once per Call with the attempt's outcome. It
-// releases the in-flight slot and, unless the outcome is Abandoned, charges
-// the latency and the outcome to the endpoint. Done on the zero Call (from a
-// Pick that returned ok=false) does nothing.
+// releases the in-flight slot and, unless the outcome is Abandoned (or the
+// picker uses no feedback), charges the latency and the outcome to the
+// endpoint. Done on the zero Call (from a Pick that returned ok=false) does
+// nothing.
 func (c Call) Done(o Outcome) {
 	e := c.ep
 	if e == nil {
 		return
 	}
 	e.inflight.Add(-1)
-	if o != Success && o != Failure {
+	if c.learn == nil || (o != Success && o != Failure) {
 		return
 	}
 	now := time.Now()

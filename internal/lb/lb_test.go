@@ -510,12 +510,14 @@ func TestPeakEWMANewEndpointGetsTraffic(t *testing.T) {
 
 // TestStateSurvivesSwap: a new snapshot's slice holds the same *Endpoint
 // for a kept address, in another order, next to a new one; what it learnt
-// stays, for the same picker and for a new one (a policy change).
+// stays, for the same picker and for a new one (the proxy recreating it).
 func TestStateSurvivesSwap(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		eps := newEps("a", "slow")
 		lat := fixed(map[string]time.Duration{"a": time.Millisecond, "slow": 50 * time.Millisecond})
-		simulate(t, NewRoundRobin(), eps, 2, 0, time.Second, lat)
+		// Two workers on two endpoints: both always busy, so slow is
+		// sampled however much P2C avoids it.
+		simulate(t, NewPeakEWMA(seeded(12)), eps, 2, 0, time.Second, lat)
 		slow := eps[1]
 		before, ok := slow.latency(slow.since(time.Now()), float64(DefaultDecay))
 		if !ok || before < float64(40*time.Millisecond) {
