@@ -22,6 +22,13 @@ const minCost = float64(time.Microsecond)
 // ~10^6 times the latency cost) and the score can decay back.
 const maxFail = 1 - 1.0/1024
 
+// minFail is the failure score below which it is forgotten (a cost 3%
+// higher). Without it an endpoint that never succeeded and failed once would
+// lose every comparison under serial traffic for ever: it borrows its
+// rival's estimate, so only the score tells them apart. With it, it ties
+// again (and is probed) some 40s (tau*ln(0.5*64)) after its last failure.
+const minFail = 1.0 / 64
+
 // learning is how a call's outcome updates its endpoint; each learning
 // picker holds one and every Call it makes points at it.
 type learning struct {
@@ -89,7 +96,10 @@ func (e *Endpoint) failScore(now int64, tau float64) float64 {
 	if f == 0 {
 		return 0 // the common case skips an Exp
 	}
-	return f * decay(now-e.failStamp.Load(), tau)
+	if f *= decay(now-e.failStamp.Load(), tau); f < minFail {
+		return 0
+	}
+	return f
 }
 
 // observe records a charged outcome: rtt ns, ending at now.

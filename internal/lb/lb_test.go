@@ -377,6 +377,8 @@ func TestFailureScore(t *testing.T) {
 		{"unknown outcome is not charged", []Outcome{Failure, Outcome(9)}, 0, 4},
 		{"many failures stay finite", slices.Repeat([]Outcome{Failure}, 100), 0, 1 / ((1 - maxFail) * (1 - maxFail))},
 		{"decays when idle", []Outcome{Failure}, DefaultDecay, 1 / ((1 - 0.5/math.E) * (1 - 0.5/math.E))},
+		{"forgotten when small", []Outcome{Failure}, 4 * DefaultDecay, 1},
+		{"small after successes", []Outcome{Failure, Success, Success, Success, Success, Success, Success}, 0, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -842,4 +844,31 @@ func BenchmarkPeakEWMA(b *testing.B) {
 
 func BenchmarkRoundRobin(b *testing.B) {
 	benchmarkPicker(b, func() Picker { return NewRoundRobin() })
+}
+
+// TestPeakEWMAProbesFailedNewEndpoint: an endpoint that failed its first
+// call (connect refused while it started) and is healthy since is probed
+// again after a while even under serial traffic, where its rivals never
+// carry load: it borrows their estimate, so only its failure score holds it
+// back, and that must fade out.
+func TestPeakEWMAProbesFailedNewEndpoint(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eps := newEps("a", "b", "late")
+		first := true
+		bh := func(a string, _ time.Duration) (time.Duration, Outcome) {
+			if a == "late" && first {
+				first = false
+				return 100 * time.Microsecond, Failure
+			}
+			return time.Millisecond, Success
+		}
+		p := NewPeakEWMA(seeded(13))
+		counts := simulate(t, p, eps, 1, 60*time.Second, 70*time.Second, bh)
+		if first {
+			t.Fatal("late was never picked")
+		}
+		if s := share(counts, "late"); s < 0.2 {
+			t.Fatalf("a minute after its only failure, late got %.1f%%, want >= 20%% (counts %v)", 100*s, counts)
+		}
+	})
 }
