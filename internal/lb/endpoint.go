@@ -22,15 +22,18 @@ const minCost = float64(time.Microsecond)
 // ~10^6 times the latency cost) and the score can decay back.
 const maxFail = 1 - 1.0/1024
 
-// learning is how a call's outcome updates its endpoint; each picker holds
-// one and every Call points at it.
+// minFail is the failure score below which it is forgotten (a cost 3%
+// higher). Without it an endpoint that never succeeded and failed once would
+// lose every comparison under serial traffic for ever: it borrows its
+// rival's estimate, so only the score tells them apart. With it, it ties
+// again (and is probed) some 40s (tau*ln(0.5*64)) after its last failure.
+const minFail = 1.0 / 64
+
+// learning is how a call's outcome updates its endpoint; each learning
+// picker holds one and every Call it makes points at it.
 type learning struct {
 	tau        float64 // ns: time constant of the latency and failure decays
 	failWeight float64 // in [0, 1): how far one outcome moves the failure score
-}
-
-func defaultLearning() learning {
-	return learning{tau: float64(DefaultDecay), failWeight: DefaultFailureWeight}
 }
 
 // Endpoint is one address's balancing state: in-flight count, peak-EWMA
@@ -93,7 +96,10 @@ func (e *Endpoint) failScore(now int64, tau float64) float64 {
 	if f == 0 {
 		return 0 // the common case skips an Exp
 	}
-	return f * decay(now-e.failStamp.Load(), tau)
+	if f *= decay(now-e.failStamp.Load(), tau); f < minFail {
+		return 0
+	}
+	return f
 }
 
 // observe records a charged outcome: rtt ns, ending at now.
@@ -139,7 +145,7 @@ func (e *Endpoint) setRTT(v float64, now int64) {
 type Call struct {
 	ep    *Endpoint
 	start time.Time
-	learn *learning
+	learn *learning // nil: the picker only counts in-flight calls
 }
 
 // start counts a new attempt on e, begun at t.
@@ -152,16 +158,17 @@ func (e *Endpoint) start(l *learning, t time.Time) Call {
 func (c Call) Endpoint() *Endpoint { return c.ep }
 
 // Done must be called exactly once per Call with the attempt's outcome. It
-// releases the in-flight slot and, unless the outcome is Abandoned, charges
-// the latency and the outcome to the endpoint. Done on the zero Call (from a
-// Pick that returned ok=false) does nothing.
+// releases the in-flight slot and, unless the outcome is Abandoned (or the
+// picker uses no feedback), charges the latency and the outcome to the
+// endpoint. Done on the zero Call (from a Pick that returned ok=false) does
+// nothing.
 func (c Call) Done(o Outcome) {
 	e := c.ep
 	if e == nil {
 		return
 	}
 	e.inflight.Add(-1)
-	if o != Success && o != Failure {
+	if c.learn == nil || (o != Success && o != Failure) {
 		return
 	}
 	now := time.Now()

@@ -72,7 +72,10 @@ type PeakEWMAPicker struct {
 
 // NewPeakEWMA returns a P2C peak-EWMA Picker.
 func NewPeakEWMA(opts ...PeakEWMAOption) *PeakEWMAPicker {
-	p := &PeakEWMAPicker{learn: defaultLearning(), intN: rand.IntN}
+	p := &PeakEWMAPicker{
+		learn: learning{tau: float64(DefaultDecay), failWeight: DefaultFailureWeight},
+		intN:  rand.IntN,
+	}
 	for _, o := range opts {
 		o(p)
 	}

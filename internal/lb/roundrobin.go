@@ -1,21 +1,17 @@
 package lb
 
-import (
-	"sync/atomic"
-	"time"
-)
+import "sync/atomic"
 
-// RoundRobinPicker cycles through the endpoints with one atomic counter; it
-// keeps no state of its own per endpoint, so changing eps between calls
-// costs nothing. Its calls still feed the endpoints' latency and failure
-// state, so a switch to another policy starts from fresh data.
+// RoundRobinPicker cycles through the endpoints with one atomic counter. It
+// uses no feedback, so its calls only count as in flight: it reads no clock
+// and charges no latency or failure (a later switch to PeakEWMA learns
+// within a few calls, the first slow or failed one being enough).
 type RoundRobinPicker struct {
-	next  atomic.Uint64
-	learn learning
+	next atomic.Uint64
 }
 
 // NewRoundRobin returns a lock-free round-robin Picker.
-func NewRoundRobin() *RoundRobinPicker { return &RoundRobinPicker{learn: defaultLearning()} }
+func NewRoundRobin() *RoundRobinPicker { return &RoundRobinPicker{} }
 
 // Pick returns the next endpoint in turn, skipping those in tried.
 func (r *RoundRobinPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
@@ -26,7 +22,8 @@ func (r *RoundRobinPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool)
 	i := (r.next.Add(1) - 1) % n
 	for range n {
 		if e := eps[i]; !isTried(tried, e) {
-			return e.start(&r.learn, time.Now()), true
+			e.inflight.Add(1)
+			return Call{ep: e}, true
 		}
 		if i++; i == n {
 			i = 0
