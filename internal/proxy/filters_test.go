@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -116,5 +118,30 @@ func TestHeaderModifierApply(t *testing.T) {
 	m2.apply(h2)
 	if got := strings.Join(h["X-Add"], ","); got != "a,b" {
 		t.Fatalf("a second apply on a header sharing the array changed the first: %q", got)
+	}
+}
+
+// TestPeerIDOncePerConnection: the inbound edge reads the peer's SPIFFE ID
+// from its certificate on the connection's first request and reuses it, and
+// the header value it hands the app is the same slice every time.
+func TestPeerIDOncePerConnection(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	s := ca.svid(t, spiffeFor("frontend"))
+	ctx := withConnInfo(context.Background(), nil)
+	r := httptest.NewRequest("GET", "/", nil).WithContext(ctx)
+	r.TLS = &tls.ConnectionState{PeerCertificates: s.Certificates}
+	id, hdr := connPeer(r)
+	if id != spiffeFor("frontend") || len(hdr) != 1 || hdr[0] != id {
+		t.Fatalf("first request: %q %q", id, hdr)
+	}
+	// Later requests on the connection: no certificate is looked at again.
+	r2 := httptest.NewRequest("GET", "/", nil).WithContext(ctx)
+	r2.TLS = &tls.ConnectionState{}
+	id2, hdr2 := connPeer(r2)
+	if id2 != id || &hdr2[0] != &hdr[0] {
+		t.Fatalf("second request: %q, same slice %v", id2, &hdr2[0] == &hdr[0])
+	}
+	if n := testing.AllocsPerRun(100, func() { connPeer(r2) }); n != 0 {
+		t.Fatalf("connPeer allocates %v per request", n)
 	}
 }

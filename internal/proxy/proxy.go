@@ -1,6 +1,14 @@
 // Package proxy is the sidecar's data plane: the outbound HTTP proxy and
 // per-upstream listeners the app calls, the inbound mTLS listener peers call,
 // the proxy-to-proxy transports and tunnels between them, and the admin port.
+//
+// Every request becomes an Exchange (exchange.go) and runs through its
+// listener's filter chain; chain.go is the order of every chain and the
+// place a new filter goes. The chains are compiled with each snapshot
+// (snapshot.go), never per request. net/http lives only at the two edges:
+// server.go turns a request into an exchange and writes the response the
+// chain returns; upstream.go builds each attempt's outgoing request and
+// returns the upstream's response.
 package proxy
 
 import (
@@ -40,7 +48,9 @@ type Options struct {
 	// ClientTLS returns the outbound mTLS config toward an endpoint whose
 	// SPIFFE ID must be peerIdentity.
 	ClientTLS func(peerIdentity string) *tls.Config
-	Balancer  lb.Policy // default lb.PeakEWMA
+	// Balancer balances the services whose snapshot backend policy names
+	// no load balancer; default lb.PeakEWMA.
+	Balancer lb.Policy
 	// Subscribe asks the control plane for a service ("name.namespace")
 	// not in the snapshot. It must not block.
 	Subscribe    func(service string)
