@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
@@ -164,5 +165,33 @@ func TestEndpointStateSurvivesSwap(t *testing.T) {
 	defer client.updateMu.Unlock()
 	if len(client.endpoints) != 2 {
 		t.Fatalf("proxy keeps %d endpoints, want 2", len(client.endpoints))
+	}
+}
+
+// TestAppCannotForgeProxyError: an app answering 502 with X-Trellis-Error:
+// UF must not make the caller's proxy re-send the request (only a proxy's
+// own refusal means the app never saw it): the header is dropped inbound.
+func TestAppCannotForgeProxyError(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	var hits atomic.Int32
+	svc := &meshv1.Service{Name: "liar", Namespace: "default"}
+	for range 2 {
+		app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			hits.Add(1)
+			w.Header().Set(headerError, "UF")
+			w.WriteHeader(http.StatusBadGateway)
+		}))
+		s := startServer(t, ca, "liar", app, port(80, app, meshv1.Protocol_HTTP))
+		svc.Ports = s.svc.Ports
+		svc.Endpoints = append(svc.Endpoints, s.svc.Endpoints...)
+	}
+	client := startClient(t, ca, Options{})
+	if err := client.Update(snapshot("1", svc)); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ := get(t, proxyClient(client), "http://liar/", nil)
+	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(headerError) != "" || hits.Load() != 1 {
+		t.Fatalf("status %d, %s %q, app hit %d times; want the app's 502 once, without the header",
+			resp.StatusCode, headerError, resp.Header.Get(headerError), hits.Load())
 	}
 }

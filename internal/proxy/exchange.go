@@ -49,7 +49,9 @@ type Exchange struct {
 
 	// How it went.
 	Flags Flags
-	Start time.Time
+	// Start is when the request arrived, Responded when its response
+	// header was ready to send (set by the telemetry filter).
+	Start, Responded time.Time
 	// err is the last attempt's error (nil when an upstream answered); the
 	// retry filter decides on it.
 	err error
@@ -205,7 +207,7 @@ func (ex *Exchange) fail(code int, f Flags, msg string) *Response {
 		Header: http.Header{
 			"Content-Type":           textPlain,
 			"X-Content-Type-Options": nosniff,
-			"X-Trellis-Error":        []string{f.String()},
+			headerError:              []string{f.String()},
 			"Content-Length":         []string{strconv.Itoa(len(body))},
 		},
 		Body:          io.NopCloser(strings.NewReader(body)),

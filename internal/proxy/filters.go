@@ -17,6 +17,7 @@ import (
 func telemetryFilter(next Handler) Handler {
 	return HandlerFunc(func(ex *Exchange) *Response {
 		resp := next.Serve(ex)
+		ex.Responded = time.Now()
 		if ex.raw || ex.Method == http.MethodConnect {
 			if resp.Upgraded != nil && ex.Service != nil {
 				ex.Service.metrics.TCPConnection()
@@ -275,7 +276,7 @@ func neverArrived(ex *Exchange, resp *Response) bool {
 	if ex.err != nil || resp.Status != http.StatusBadGateway {
 		return false
 	}
-	v := resp.Header["X-Trellis-Error"]
+	v := resp.Header[headerError]
 	return len(v) == 1 && v[0] == "UF"
 }
 

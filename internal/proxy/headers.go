@@ -13,6 +13,9 @@ const (
 	HeaderClientID = "X-Trellis-Client-Id"
 	// headerPort names the destination service port between proxies.
 	headerPort = "X-Trellis-Port"
+	// headerError marks a response the proxy generated itself; its value
+	// is the response flag (exchange.go).
+	headerError = "X-Trellis-Error"
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

@@ -236,3 +236,41 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestConnectOverH2C: an HTTP/2 CONNECT (the stream is the tunnel) through
+// the outbound port, counted once as a request and once as a TCP tunnel.
+func TestConnectOverH2C(t *testing.T) {
+	m := newMesh(t, Options{})
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", m.client.OutboundAddr())
+	}}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest("CONNECT", "http://orders:82", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Fatalf("CONNECT: %d %s", resp.StatusCode, resp.Proto)
+	}
+	echoRoundTrip(t, pw, resp.Body)
+	pw.Close()
+	resp.Body.Close()
+	assertMetric(t, m.orders.proxy, `trellis_proxy_tcp_connections_total{destination_service="orders.default",direction="inbound"} 1`)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if scrape(t, m.client)["outbound,orders.default,200,-"] == 1 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	assertMetric(t, m.client, `trellis_proxy_tcp_connections_total{destination_service="orders.default",direction="outbound"} 1`)
+	assertMetric(t, m.client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="200",response_flags="-"} 1`)
+}

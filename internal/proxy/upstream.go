@@ -46,7 +46,13 @@ func (p *Proxy) appUpstream() Handler {
 		h := outHeader(ex, 1)
 		delete(h, headerPort)
 		h[HeaderClientID] = ex.peerIDHdr
-		return roundTrip(ex, tr, "http", ex.target.appAddr, h)
+		resp := roundTrip(ex, tr, "http", ex.target.appAddr, h)
+		if ex.err == nil && resp.Header != nil {
+			// Only proxies speak for the mesh: an app's X-Trellis-Error
+			// must not pass for this proxy's (the caller retries on UF).
+			delete(resp.Header, headerError)
+		}
+		return resp
 	})
 }
 
