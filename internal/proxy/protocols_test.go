@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -273,4 +276,76 @@ func TestConnectOverH2C(t *testing.T) {
 	}
 	assertMetric(t, m.client, `trellis_proxy_tcp_connections_total{destination_service="orders.default",direction="outbound"} 1`)
 	assertMetric(t, m.client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="200",response_flags="-"} 1`)
+}
+
+// TestServerSentEventsFlushPerChunk: each event reaches the client before
+// the app writes the next one, through both proxies (no buffering).
+func TestServerSentEventsFlushPerChunk(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	next := make(chan struct{})
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-next:
+			case <-r.Context().Done():
+				return
+			case <-time.After(5 * time.Second):
+				return
+			}
+		}
+	}))
+	srv := startServer(t, ca, "events", app, port(80, app, meshv1.Protocol_HTTP))
+	client := startClient(t, ca, Options{})
+	if err := client.Update(snapshot("1", srv.svc)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := proxyClient(client).Get("http://events/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for i := range 3 {
+		line, err := br.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("data: %d\n", i) {
+			t.Fatalf("event %d: %q %v", i, line, err)
+		}
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case next <- struct{}{}:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("event %d arrived only after the app gave up: it was buffered", i)
+		}
+	}
+}
+
+// TestLargeBodies: 8 MiB up and the same back, through both proxies, intact.
+func TestLargeBodies(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(w, r.Body)
+	}))
+	srv := startServer(t, ca, "echo", app, port(80, app, meshv1.Protocol_HTTP))
+	client := startClient(t, ca, Options{})
+	if err := client.Update(snapshot("1", srv.svc)); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 8<<20)
+	for i := range body {
+		body[i] = byte(i * 7 / 3)
+	}
+	resp, err := proxyClient(client).Post("http://echo/", "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, body) {
+		t.Fatalf("status %d, %d of %d bytes back, equal %v, %v", resp.StatusCode, len(got), len(body), bytes.Equal(got, body), err)
+	}
 }
