@@ -269,11 +269,11 @@ func retryFilter(pol retryPolicy) Filter {
 // proxy could not connect to the endpoint, or the peer proxy says (with
 // X-Trellis-Error: UF) that its app refused the connection.
 func neverArrived(ex *Exchange, resp *Response) bool {
-	var de *DialError
-	if errors.As(ex.err, &de) {
-		return true
+	if ex.err != nil {
+		var de *DialError // escapes to errors.As: only on the error path
+		return errors.As(ex.err, &de)
 	}
-	if ex.err != nil || resp.Status != http.StatusBadGateway {
+	if resp.Status != http.StatusBadGateway {
 		return false
 	}
 	v := resp.Header[headerError]

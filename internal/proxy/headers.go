@@ -94,7 +94,12 @@ func appendForwardedFor(h http.Header, remoteAddr string) {
 	if err != nil {
 		return
 	}
-	if prior := h["X-Forwarded-For"]; len(prior) > 0 {
+	switch prior := h["X-Forwarded-For"]; len(prior) {
+	case 0:
+	case 1: // the usual case (one earlier hop): one concatenation
+		h["X-Forwarded-For"] = []string{prior[0] + ", " + ip}
+		return
+	default:
 		h["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
 		return
 	}
