@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
@@ -93,6 +94,18 @@ func TestDeadAppPostsNotResent(t *testing.T) {
 	dead := inboundRequests(t, ss[2])
 	if failed != dead {
 		t.Errorf("%d POSTs failed but the dead replica saw %d: a POST was re-sent or lost", failed, dead)
+	}
+	// Each POST reached exactly one replica's proxy: none was sent again.
+	// (Counting happens when the response is done: wait for the last.)
+	var seen int
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		seen = dead + inboundRequests(t, ss[0]) + inboundRequests(t, ss[1])
+		if seen >= n || time.Now().After(deadline) {
+			break
+		}
+	}
+	if seen != n {
+		t.Errorf("%d POSTs reached %d replica proxies: a request with a body was re-sent", n, seen)
 	}
 	if dead == 0 || dead > n/10 {
 		t.Fatalf("dead replica drew %d of %d POSTs; want 1..%d", dead, n, n/10)

@@ -138,8 +138,8 @@ func TestPeerIDOncePerConnection(t *testing.T) {
 	r2 := httptest.NewRequest("GET", "/", nil).WithContext(ctx)
 	r2.TLS = &tls.ConnectionState{}
 	id2, hdr2 := connPeer(r2)
-	if id2 != id || &hdr2[0] != &hdr[0] {
-		t.Fatalf("second request: %q, same slice %v", id2, &hdr2[0] == &hdr[0])
+	if id2 != id || len(hdr2) != 1 || &hdr2[0] != &hdr[0] {
+		t.Fatalf("second request: %q %q; want the first request's ID and header slice", id2, hdr2)
 	}
 	if n := testing.AllocsPerRun(100, func() { connPeer(r2) }); n != 0 {
 		t.Fatalf("connPeer allocates %v per request", n)
