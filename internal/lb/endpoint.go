@@ -57,6 +57,7 @@ type Endpoint struct {
 	rttStamp  atomic.Int64  // ns since born
 	fail      atomic.Uint64 // float64 bits in [0, maxFail]
 	failStamp atomic.Int64  // ns since born
+	failing   bool          // guarded by mu: the last charged outcome failed
 }
 
 // NewEndpoint returns the state of a new endpoint at addr (host:port).
@@ -114,10 +115,17 @@ func (e *Endpoint) observe(now int64, rtt float64, failed bool, l *learning) {
 		// A failure is no latency sample: the endpoint keeps borrowing
 		// its rival's estimate, scaled up by its failure score.
 	case failed:
-		// A failure never lowers the estimate (a fast 503 is not a fast
-		// answer) and keeps it from decaying as if the endpoint were idle;
-		// a slow one (a timeout) raises it at once.
-		e.setRTT(max(old, rtt), now)
+		// A failure is no latency sample, only a lower bound: a slow one
+		// (a timeout) raises the estimate at once, a fast one (a 503) must
+		// not lower it. Nor may a run of failures let it decay as if the
+		// endpoint were idle, or a failing endpoint would look ever faster:
+		// the run holds the estimate it found when it began. (Decayed then,
+		// so that an old peak does not come back.)
+		held := old
+		if !e.failing {
+			held *= decay(now-e.rttStamp.Load(), l.tau)
+		}
+		e.setRTT(max(held, rtt), now)
 	case old == 0 || rtt > old:
 		// Peak sensitivity: a slower sample replaces the estimate at once.
 		e.setRTT(rtt, now)
@@ -125,6 +133,7 @@ func (e *Endpoint) observe(now int64, rtt float64, failed bool, l *learning) {
 		w := decay(now-e.rttStamp.Load(), l.tau)
 		e.setRTT(old*w+rtt*(1-w), now)
 	}
+	e.failing = failed
 	f := e.failScore(now, l.tau)
 	if failed {
 		f = min(f+l.failWeight*(1-f), maxFail)

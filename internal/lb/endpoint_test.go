@@ -114,3 +114,48 @@ func TestStateSurvivesSwap(t *testing.T) {
 		}
 	})
 }
+
+// TestLatencyEstimate pins the peak-EWMA arithmetic on one endpoint.
+func TestLatencyEstimate(t *testing.T) {
+	ms := float64(time.Millisecond)
+	tau := float64(DefaultDecay)
+	type sample struct {
+		at     time.Duration // when the call ended
+		rtt    float64
+		failed bool
+	}
+	tests := []struct {
+		name    string
+		samples []sample
+		at      time.Duration // when the estimate is read
+		want    float64       // 0: not sampled
+	}{
+		{"none", nil, 0, 0},
+		{"first", []sample{{0, 10 * ms, false}}, 0, 10 * ms},
+		{"peak", []sample{{0, 10 * ms, false}, {time.Millisecond, 50 * ms, false}}, time.Millisecond, 50 * ms},
+		{"faster sample moves by the elapsed weight", []sample{{0, 50 * ms, false}, {DefaultDecay, 10 * ms, false}}, DefaultDecay,
+			50*ms/math.E + 10*ms*(1-1/math.E)},
+		{"idle decay", []sample{{0, 10 * ms, false}}, DefaultDecay, 10 * ms / math.E},
+		{"decays to the floor", []sample{{0, 10 * ms, false}}, 100 * DefaultDecay, minCost},
+		{"failure alone is no sample", []sample{{0, 5 * ms, true}}, 0, 0},
+		{"fast failure does not lower", []sample{{0, 10 * ms, false}, {0, 0.1 * ms, true}}, 0, 10 * ms},
+		{"a failure run holds the estimate", []sample{{0, 10 * ms, false}, {DefaultDecay, 0.1 * ms, true}, {3 * DefaultDecay, 0.1 * ms, true}}, 3 * DefaultDecay, 10 * ms / math.E},
+		{"it decays between failures (probes come)", []sample{{0, 10 * ms, false}, {DefaultDecay, 0.1 * ms, true}}, 2 * DefaultDecay, 10 * ms / math.E / math.E},
+		{"a success ends the run", []sample{{0, 10 * ms, false}, {DefaultDecay, 0.1 * ms, true}, {DefaultDecay, 10 * ms / math.E, false}, {2 * DefaultDecay, 0.1 * ms, true}}, 2 * DefaultDecay, 10 * ms / math.E / math.E},
+		{"an old peak does not come back", []sample{{0, 100 * ms, false}, {6 * DefaultDecay, 0.1 * ms, true}}, 6 * DefaultDecay, 100 * ms * math.Exp(-6)},
+		{"slow failure raises", []sample{{0, ms, false}, {time.Second, 1000 * ms, true}}, time.Second, 1000 * ms},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := NewEndpoint("a")
+			l := &learning{tau: tau, failWeight: DefaultFailureWeight}
+			for _, s := range tt.samples {
+				e.observe(int64(s.at), s.rtt, s.failed, l)
+			}
+			got, ok := e.latency(int64(tt.at), tau)
+			if ok != (tt.want != 0) || math.Abs(got-tt.want) > 1e-9*tt.want {
+				t.Fatalf("estimate = %v (sampled %v), want %v", time.Duration(got), ok, time.Duration(tt.want))
+			}
+		})
+	}
+}

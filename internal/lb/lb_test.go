@@ -98,6 +98,12 @@ func TestTriedExcluded(t *testing.T) {
 					if got[e] == 0 {
 						t.Fatalf("never picked %s among %v (tried %v)", e.Addr(), addrsOf(tt.eps), addrsOf(tt.tried))
 					}
+					// Equal endpoints: P2C's first candidate wins ties, so
+					// its picks are uniform over what is left. (Round robin
+					// hands a tried endpoint's turn to the next one.)
+					if fair := 400 / len(tt.want); policy == PeakEWMA && (got[e] < fair*7/10 || got[e] > fair*13/10) {
+						t.Fatalf("picked %s %d times of 400, want about %d (%v)", e.Addr(), got[e], fair, got)
+					}
 				}
 			})
 		}

@@ -351,3 +351,48 @@ func TestPeakEWMASingleEndpointNoRandomness(t *testing.T) {
 		}
 	}
 }
+
+func TestPeakEWMAOptions(t *testing.T) {
+	tests := []struct {
+		name     string
+		opts     []PeakEWMAOption
+		tau      time.Duration
+		failWght float64
+	}{
+		{"defaults", nil, DefaultDecay, DefaultFailureWeight},
+		{"decay", []PeakEWMAOption{WithDecay(time.Second)}, time.Second, DefaultFailureWeight},
+		{"zero decay keeps the default", []PeakEWMAOption{WithDecay(0)}, DefaultDecay, DefaultFailureWeight},
+		{"negative decay keeps the default", []PeakEWMAOption{WithDecay(-time.Second)}, DefaultDecay, DefaultFailureWeight},
+		{"failure weight", []PeakEWMAOption{WithFailureWeight(0.25)}, DefaultDecay, 0.25},
+		{"failure weight off", []PeakEWMAOption{WithFailureWeight(0)}, DefaultDecay, 0},
+		{"failure weight 1 keeps the default", []PeakEWMAOption{WithFailureWeight(1)}, DefaultDecay, DefaultFailureWeight},
+		{"negative failure weight keeps the default", []PeakEWMAOption{WithFailureWeight(-0.1)}, DefaultDecay, DefaultFailureWeight},
+		{"nil rand keeps the default", []PeakEWMAOption{WithRand(nil)}, DefaultDecay, DefaultFailureWeight},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewPeakEWMA(tt.opts...)
+			if p.learn.tau != float64(tt.tau) || p.learn.failWeight != tt.failWght || p.intN == nil {
+				t.Fatalf("tau %v, failure weight %v (rand set %v); want %v, %v", time.Duration(p.learn.tau), p.learn.failWeight, p.intN != nil, tt.tau, tt.failWght)
+			}
+		})
+	}
+}
+
+// TestPeakEWMAFailureWeightOff shows what the failure score is for: without
+// it, an endpoint failing as fast as its peers answer keeps its full share.
+func TestPeakEWMAFailureWeightOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eps := numbered("ep", 3)
+		bh := func(a string, _ time.Duration) (time.Duration, Outcome) {
+			if a == "ep0" {
+				return 900 * time.Microsecond, Failure
+			}
+			return time.Millisecond, Success
+		}
+		counts := simulate(t, NewPeakEWMA(seeded(14), WithFailureWeight(0)), eps, 4, 2*time.Second, 20*time.Second, bh)
+		if s := share(counts, "ep0"); s < 0.25 {
+			t.Fatalf("with the failure score off, the failing endpoint got %.1f%%, want its ~33%% (counts %v)", 100*s, counts)
+		}
+	})
+}
