@@ -105,6 +105,7 @@ func (ex *Exchange) release() {
 	for _, c := range ex.cancels {
 		c()
 	}
+	clear(ex.cancels) // a pooled exchange keeps no context alive
 	cancels := ex.cancels[:0]
 	*ex = Exchange{cancels: cancels}
 	exchangePool.Put(ex)
