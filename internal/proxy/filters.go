@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"trellis.dev/trellis/internal/meshname"
 
 	"trellis.dev/trellis/internal/lb"
 )
@@ -75,7 +76,7 @@ func (p *Proxy) resolve(ctx context.Context, host string) (*service, Flags, stri
 	if svc := c.byHost[host]; svc != nil {
 		return svc, 0, ""
 	}
-	name, ns, ok := meshName(host, p.opts.Namespace, c.domain)
+	name, ns, ok := meshname.ParseHost(host, p.opts.Namespace, c.domain)
 	if !ok {
 		return nil, FlagNC, host + " is not a mesh service name (use name, name.namespace or name.namespace.svc." + c.domain + ")"
 	}

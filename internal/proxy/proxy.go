@@ -23,6 +23,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"trellis.dev/trellis/internal/meshname"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -171,7 +172,7 @@ func New(o Options) (*Proxy, error) {
 		if err != nil {
 			return nil, fmt.Errorf("proxy: upstream %q: %w", key, err)
 		}
-		if _, _, ok := meshName(host, o.Namespace, defaultDomain); !ok {
+		if _, _, ok := meshname.ParseHost(host, o.Namespace, defaultDomain); !ok {
 			return nil, fmt.Errorf("proxy: upstream %q is not a service name (name, name.namespace)", key)
 		}
 		p.upstreams = append(p.upstreams, &upstream{key: key, host: host, port: port})

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"trellis.dev/trellis/internal/meshname"
 
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -21,7 +22,7 @@ import (
 // ErrInvalidSnapshot wraps every reason Update refuses a snapshot.
 var ErrInvalidSnapshot = errors.New("proxy: invalid snapshot")
 
-const defaultDomain = "trellis.local"
+const defaultDomain = meshname.DefaultDomain
 
 // compiled is the immutable form of one meshv1.Snapshot, validated, with
 // every chain built. Requests load it once and use it to the end; Update
@@ -346,10 +347,10 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 // compileService checks one service, its ports and endpoints, and returns
 // its balancer policy; routes, endpoints' state and chains come later.
 func compileService(f string, ps *meshv1.Service, env compileEnv) (*service, lb.Policy, error) {
-	if !isDNSLabel(ps.GetName()) {
+	if !meshname.IsLabel(ps.GetName()) {
 		return nil, "", invalid("%s.name: %q is not a DNS label", f, ps.GetName())
 	}
-	if !isDNSLabel(ps.GetNamespace()) {
+	if !meshname.IsLabel(ps.GetNamespace()) {
 		return nil, "", invalid("%s.namespace: %q is not a DNS label", f, ps.GetNamespace())
 	}
 	svc := &service{key: ps.GetName() + "." + ps.GetNamespace()}

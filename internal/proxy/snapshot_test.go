@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"trellis.dev/trellis/internal/meshname"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
@@ -220,8 +221,8 @@ func FuzzSplitAuthority(f *testing.F) {
 		if host == "" || port > 65535 || host != strings.ToLower(host) || strings.HasSuffix(host, ".") && !strings.HasPrefix(s, "[") {
 			t.Fatalf("splitAuthority(%q) = %q, %d", s, host, port)
 		}
-		if name, ns, ok := meshName(host, "default", "trellis.local"); ok && (!isDNSLabel(name) || !isDNSLabel(ns)) {
-			t.Fatalf("meshName(%q) = %q, %q", host, name, ns)
+		if name, ns, ok := meshname.ParseHost(host, "default", "trellis.local"); ok && (!meshname.IsLabel(name) || !meshname.IsLabel(ns)) {
+			t.Fatalf("ParseHost(%q) = %q, %q", host, name, ns)
 		}
 	})
 }
