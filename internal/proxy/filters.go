@@ -6,9 +6,9 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-	"trellis.dev/trellis/internal/meshname"
 
 	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/meshname"
 )
 
 // The filters of chain.go, in chain order. Each does one thing.

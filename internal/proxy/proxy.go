@@ -23,12 +23,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"trellis.dev/trellis/internal/meshname"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/telemetry"
 )
 

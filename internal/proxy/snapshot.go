@@ -10,12 +10,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"trellis.dev/trellis/internal/meshname"
 
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/types/known/durationpb"
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/telemetry"
 )
 

@@ -7,10 +7,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"trellis.dev/trellis/internal/meshname"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/telemetry"
 
 	"github.com/prometheus/client_golang/prometheus"
