@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/sidecar"
 )
 
@@ -69,7 +70,7 @@ func TestReadApplyFiles(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "a.json"), []byte("a"), 0o644)
 	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644)
 	os.Mkdir(filepath.Join(dir, "sub.yaml"), 0o755)
-	files, err := readApplyFiles([]string{dir})
+	files, err := readApplyFiles([]string{dir}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,10 +83,10 @@ func TestReadApplyFiles(t *testing.T) {
 	}
 
 	empty := t.TempDir()
-	if _, err := readApplyFiles([]string{empty}); err == nil || !strings.Contains(err.Error(), "has no .yaml") {
+	if _, err := readApplyFiles([]string{empty}, nil); err == nil || !strings.Contains(err.Error(), "has no .yaml") {
 		t.Errorf("empty dir error = %v", err)
 	}
-	if _, err := readApplyFiles([]string{filepath.Join(dir, "missing.yaml")}); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+	if _, err := readApplyFiles([]string{filepath.Join(dir, "missing.yaml")}, nil); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("missing file error = %v", err)
 	}
 }
@@ -190,28 +191,36 @@ func TestResourceItemsShapes(t *testing.T) {
 }
 
 func TestProxyStatusTableGolden(t *testing.T) {
-	expiry := time.Now().Add(20 * time.Hour).UTC().Format(time.RFC3339Nano)
-	list := []map[string]any{
-		{"NodeID": "web-default-2", "Service": "web", "Namespace": "default", "AckedVersion": "0123456789abcdef", "Revision": 1234567.0, "State": "SYNCED", "CertExpiry": "0001-01-01T00:00:00Z"},
-		{"NodeID": "api-default-1", "Service": "api", "Namespace": "default", "SentVersion": "fedcba", "Revision": 0.0, "SentRevision": 12.0, "State": "NACKED", "Error": "bad regex", "CertExpiry": expiry},
-	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	list := proxyFixture(now)
 	var buf bytes.Buffer
-	g := &globals{stdout: &buf}
-	if err := printProxyStatus(g, list); err != nil {
+	if err := printProxyStatus(&buf, list, nil, now); err != nil {
 		t.Fatal(err)
 	}
-	out := buf.String()
-	// The expiry column depends on the clock; check it, then blank it for the golden file.
-	if !strings.Contains(out, "(in 20h0m0s)") {
-		t.Errorf("expiry column missing relative time:\n%s", out)
+	golden(t, "proxy-status", buf.Bytes())
+
+	// -o wide: the two web replicas differ by address and labels.
+	eps := []endpoint{
+		{ID: "web-default-2", Address: "127.0.0.1:15006", Labels: map[string]string{"app": "web", "version": "v1"}},
+		{ID: "web-default-3", Address: "127.0.0.1:25006", Labels: map[string]string{"version": "v2", "app": "web"}},
 	}
-	lines := strings.Split(out, "\n")
-	for i, l := range lines {
-		if strings.HasPrefix(l, "api-default-1") {
-			lines[i] = strings.Replace(l, l[strings.Index(l, "20"):strings.Index(l, ")")+1], "<expiry>", 1)
-		}
+	buf.Reset()
+	if err := printProxyStatus(&buf, list, eps, now); err != nil {
+		t.Fatal(err)
 	}
-	golden(t, "proxy-status", []byte(strings.Join(lines, "\n")))
+	golden(t, "proxy-status-wide", buf.Bytes())
+}
+
+// proxyFixture is three proxies: one NACKed, two replicas of web (one
+// with an expired certificate).
+func proxyFixture(now time.Time) []push.ProxyStatus {
+	return []push.ProxyStatus{
+		{NodeID: "api-default-1", Service: "api", Namespace: "default", Identity: "spiffe://trellis.local/ns/default/sa/api", SentVersion: "fedcba", SentRevision: 12,
+			State: push.StateNacked, Error: "bad regex", CertExpiry: now.Add(20 * time.Hour), ConnectedAt: now.Add(-time.Hour)},
+		{NodeID: "web-default-2", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced},
+		{NodeID: "web-default-3", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced,
+			CertExpiry: now.Add(-time.Hour), LastAck: now.Add(-time.Minute)},
+	}
 }
 
 func TestCLIUsageErrors(t *testing.T) {
@@ -220,7 +229,14 @@ func TestCLIUsageErrors(t *testing.T) {
 		wantErr string
 	}{
 		{[]string{"apply"}, "-f FILE|DIR is required"},
-		{[]string{"get", "services", "-o", "xml"}, `-o "xml": want table, yaml or json`},
+		{[]string{"get", "services", "-o", "xml"}, `-o "xml": want table, wide, yaml or json`},
+		{[]string{"proxy-status", "-o", "xml"}, `-o "xml": want table, wide, yaml or json`},
+		{[]string{"get", "foo", "--data-dir", "/nonexistent-trellis"}, `get: unknown kind "foo": known kinds are httproutes (hr), services (svc)`},
+		{[]string{"delete", "foo", "nope", "--data-dir", "/nonexistent-trellis"}, `delete: unknown kind "foo": known kinds are httproutes (hr), services (svc)`},
+		{[]string{"delete", "svc", "--data-dir", "/nonexistent-trellis"}, `delete: want KIND NAME`},
+		{[]string{"delete", "svc", "a", "-f", "x.yaml", "--data-dir", "/nonexistent-trellis"}, `not both`},
+		{[]string{"get", "svc", "orders", "-A", "--data-dir", "/nonexistent-trellis"}, `a name needs one namespace`},
+		{[]string{"apply", "-f", "-", "-f", "-"}, `standard input can be read once`},
 		{[]string{"proxy", "--service", "x", "stray"}, "put the app's command after --"},
 		{[]string{"proxy", "--service", "x", "--labels", "nokey"}, "want KEY=VALUE"},
 		{[]string{"proxy", "--service", "x", "--labels", "version=v 1"}, "--labels version=v 1: value"},
