@@ -348,6 +348,14 @@ func checkCA(env checkEnv) []checkLine {
 	return lines
 }
 
+// allProxies is "the 1 proxy is" or "all 3 proxies are".
+func allProxies(n int) string {
+	if n == 1 {
+		return "the 1 proxy is"
+	}
+	return fmt.Sprintf("all %d proxies are", n)
+}
+
 // checkProxies: every proxy synced, none refusing its config, every
 // certificate renewed in time.
 func checkProxies(list []push.ProxyStatus, now time.Time) []checkLine {
@@ -372,7 +380,7 @@ func checkProxies(list []push.ProxyStatus, now time.Time) []checkLine {
 		lines = append(lines, fail("a proxy stays STALE while it applies a config, PENDING while its first one compiles; if it persists, see the proxy's log and 'trellis proxy-status'",
 			"%d of %d proxies are not synced: %s", len(notSynced), n, strings.Join(notSynced, ", ")))
 	} else {
-		lines = append(lines, pass("all %d proxies are synced", n))
+		lines = append(lines, pass("%s synced", allProxies(n)))
 	}
 	if len(nacked) > 0 {
 		lines = append(lines, fail("they keep their last good config; fix the resource they refuse and apply again ('trellis proxy-status' shows the error)",
