@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/sidecar"
 )
@@ -151,7 +152,7 @@ func TestGetTableGolden(t *testing.T) {
 	raw := []byte(`[
 	 {"apiVersion":"gateway.networking.k8s.io/v1","kind":"HTTPRoute","metadata":{"name":"inventory-split","namespace":"default"},
 	  "spec":{"parentRefs":[{"kind":"Service","name":"inventory"}],"rules":[{"backendRefs":[{"name":"inventory-v1","weight":90},{"name":"inventory-v2","weight":10}]}]}},
-	 {"apiVersion":"trellis.dev/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"default"},
+	 {"apiVersion":"trellis.dev/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"default","creationTimestamp":"2026-03-01T12:00:00Z","labels":{"team":"shop","tier":"api"}},
 	  "spec":{"ports":[{"name":"http","port":80,"protocol":"http"},{"name":"grpc","port":9090,"protocol":"grpc"}]}}
 	]`)
 	items, err := resourceItems(raw)
@@ -164,13 +165,25 @@ func TestGetTableGolden(t *testing.T) {
 	}
 	golden(t, "get-table", buf.Bytes())
 
+	for _, format := range []string{"wide", "yaml", "json"} {
+		buf.Reset()
+		if err := printResources(&buf, format, items, false); err != nil {
+			t.Fatal(err)
+		}
+		golden(t, "get-"+format, buf.Bytes())
+	}
 	buf.Reset()
-	if err := printResources(&buf, "yaml", items[:1], true); err != nil {
+	if err := printResources(&buf, "json", items[:1], true); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(buf.String(), "name: inventory-split") {
-		t.Errorf("yaml output:\n%s", buf.String())
+	if !strings.HasPrefix(buf.String(), "{\n") || !strings.Contains(buf.String(), `"name": "inventory-split"`) {
+		t.Errorf("json of one resource is not one object:\n%s", buf.String())
 	}
+	buf.Reset()
+	if err := printKinds(&buf); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "get-kinds", buf.Bytes())
 	buf.Reset()
 	printResources(&buf, "table", nil, false)
 	if buf.String() != "No resources found.\n" {
@@ -259,5 +272,25 @@ func TestCLIUsageErrors(t *testing.T) {
 		if code == 0 || !strings.Contains(errb.String(), tt.wantErr) {
 			t.Errorf("trellis %v: exit %d, stderr %q; want non-zero and %q", tt.args, code, errb.String(), tt.wantErr)
 		}
+	}
+}
+
+// TestKindNamesCoverConfig: the CLI's names (plurals, short names) cover
+// exactly the kinds the control plane accepts.
+func TestKindNamesCoverConfig(t *testing.T) {
+	var got []string
+	for _, k := range kindNames() {
+		got = append(got, k.Kind)
+		for _, name := range append([]string{k.Kind, strings.ToLower(k.Kind), k.Plural, strings.ToUpper(k.Plural)}, k.Short...) {
+			if r, err := resolveKind(name); err != nil || r.Kind != k.Kind {
+				t.Errorf("resolveKind(%q) = %v, %v; want %s", name, r.Kind, err, k.Kind)
+			}
+		}
+	}
+	if want := config.Kinds(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("CLI kinds %v; config has %v", got, want)
+	}
+	if _, err := resolveKind("deployments"); err == nil || !strings.Contains(err.Error(), "'trellis get' lists them") {
+		t.Errorf("unknown kind: %v", err)
 	}
 }
