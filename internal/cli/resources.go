@@ -35,7 +35,7 @@ past the new revision (proxies the change does not affect are there at once).
 If one refuses its config, or --timeout passes first, it names the proxies
 that did not get there and exits non-zero; the change stays applied.`,
 		Example: `  trellis apply -f examples/demo/inventory-90-10.yaml
-  trellis apply -f examples/traffic/ --dry-run
+  trellis apply -f examples/routing/ --dry-run
   trellis get httproute inventory-split -o yaml | trellis apply -f -
   trellis apply -f route.yaml --wait --timeout 1m`,
 		Args: cobra.NoArgs,
