@@ -13,10 +13,12 @@ import (
 	"net/http"
 )
 
-// Request is what a picker may inspect (to hash on, later) about the request.
+// Request is what a picker may inspect about the request (to hash on).
 type Request struct {
 	Method, Authority, Path string
 	Header                  http.Header // read-only
+	// Source is the caller's SPIFFE ID; outbound, the proxy's own.
+	Source string
 }
 
 // Outcome is how an attempt on an endpoint ended, as the balancer learns it.
@@ -37,7 +39,9 @@ const (
 type Picker interface {
 	// Pick returns a call on one of eps that is not in tried (attempts so far
 	// of this request), or ok=false if eps is empty or every endpoint is in
-	// tried. r may be nil.
+	// tried. An ejected endpoint counts as tried unless every endpoint is
+	// ejected or tried: then Pick chooses among the ejected, untried ones.
+	// r may be nil.
 	Pick(r *Request, eps []*Endpoint, tried []*Endpoint) (c Call, ok bool)
 }
 

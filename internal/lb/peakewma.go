@@ -84,45 +84,44 @@ func NewPeakEWMA(opts ...PeakEWMAOption) *PeakEWMAPicker {
 
 // Pick implements Picker.
 func (p *PeakEWMAPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
-	a, b := p.candidates(eps, tried)
+	t := time.Now()
+	g := gate{tried: tried}
+	g.setNow(t)
+	a, b := p.candidates(eps, &g)
 	if a == nil {
 		return Call{}, false
 	}
-	t := time.Now()
 	if b != nil && p.prefer(b, a, t) {
 		a = b
 	}
 	return a.start(&p.learn, t), true
 }
 
-// candidates returns two distinct random endpoints of eps not in tried, one
-// (b == nil) when only one is left, none when none is.
-func (p *PeakEWMAPicker) candidates(eps, tried []*Endpoint) (a, b *Endpoint) {
-	if len(tried) == 0 {
+// candidates returns two distinct random endpoints of eps that g lets
+// through, one (b == nil) when only one is left, none when none is.
+func (p *PeakEWMAPicker) candidates(eps []*Endpoint, g *gate) (a, b *Endpoint) {
+	if len(g.tried) == 0 {
 		switch len(eps) {
 		case 0:
 			return nil, nil
 		case 1:
-			return eps[0], nil
+			return eps[0], nil // ejected or not, it is all there is
 		}
 		i, j := p.two(len(eps))
-		return eps[i], eps[j]
-	}
-	// A retry: rare, and tried is short, so counting the rest is cheap.
-	m := 0
-	for _, e := range eps {
-		if !isTried(tried, e) {
-			m++
+		if a, b := eps[i], eps[j]; g.ok(a) && g.ok(b) {
+			return a, b
 		}
 	}
-	switch m {
+	// A retry or an ejection: rare, so counting the rest is fine.
+	switch m := g.count(eps); m {
 	case 0:
 		return nil, nil
 	case 1:
-		return nthUntried(eps, tried, 0), nil
+		return g.nth(eps, 0), nil
+	default:
+		i, j := p.two(m)
+		return g.nth(eps, i), g.nth(eps, j)
 	}
-	i, j := p.two(m)
-	return nthUntried(eps, tried, i), nthUntried(eps, tried, j)
 }
 
 // two returns two distinct random indexes in [0, n), n >= 2.
@@ -133,20 +132,6 @@ func (p *PeakEWMAPicker) two(n int) (int, int) {
 		j++
 	}
 	return i, j
-}
-
-// nthUntried returns the k-th endpoint of eps (from 0) that is not in tried.
-func nthUntried(eps, tried []*Endpoint, k int) *Endpoint {
-	for _, e := range eps {
-		if isTried(tried, e) {
-			continue
-		}
-		if k == 0 {
-			return e
-		}
-		k--
-	}
-	return nil
 }
 
 // prefer reports whether b costs less than a at t. Ties go to a, which is

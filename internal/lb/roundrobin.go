@@ -13,21 +13,18 @@ type RoundRobinPicker struct {
 // NewRoundRobin returns a lock-free round-robin Picker.
 func NewRoundRobin() *RoundRobinPicker { return &RoundRobinPicker{} }
 
-// Pick returns the next endpoint in turn, skipping those in tried.
+// Pick returns the next endpoint in turn, skipping those in tried and
+// those ejected.
 func (r *RoundRobinPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
 	n := uint64(len(eps))
 	if n == 0 {
 		return Call{}, false
 	}
-	i := (r.next.Add(1) - 1) % n
-	for range n {
-		if e := eps[i]; !isTried(tried, e) {
-			e.inflight.Add(1)
-			return Call{ep: e}, true
-		}
-		if i++; i == n {
-			i = 0
-		}
+	g := gate{tried: tried}
+	e := g.from(eps, int((r.next.Add(1)-1)%n))
+	if e == nil {
+		return Call{}, false
 	}
-	return Call{}, false
+	e.inflight.Add(1)
+	return Call{ep: e}, true
 }
