@@ -22,6 +22,7 @@ type kindName struct {
 // step with config.Kinds().
 func kindNames() []kindName {
 	return []kindName{
+		{Kind: "BackendPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "backendpolicies", Short: []string{"bp"}},
 		{Kind: "HTTPRoute", APIVersion: "gateway.networking.k8s.io/v1", Plural: "httproutes", Short: []string{"hr"}},
 		{Kind: "Service", APIVersion: "trellis.dev/v1alpha1", Plural: "services", Short: []string{"svc"}},
 	}
