@@ -49,7 +49,12 @@ func (p *Proxy) outboundChain() Handler {
 // the compiled route:
 //
 //	header filters ▸ [mirror] ▸ [fault] ▸ timeout ▸ retry ▸ attempt timeout
-//	▸ [circuit breaker] ▸ pick backend by weight ▸ pick endpoint ▸ upstream
+//	▸ pick backend by weight ▸ circuit breaker ▸ pick endpoint
+//	▸ outlier detection ▸ upstream
+//
+// The circuit breaker comes after the split, not before it: its limits are
+// the backend's (BackendPolicy on the backend Service), known only once the
+// split chose one. Outlier detection wraps each attempt on an endpoint.
 func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 	return chain(p.peerUpstream(),
 		requestHeaderFilter(rt.requestHeaders),
@@ -59,9 +64,10 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 		requestTimeout(rt.timeout),
 		retryFilter(rt.retry),
 		attemptTimeout(rt.attemptTimeout),
-		// [circuit breaker] traffic control: the backend's limits; outlier detection learns from its outcomes.
 		splitFilter(rt, env.randN),
+		p.breakerFilter(rt),
 		pickFilter,
+		p.outlierFilter(rt),
 	)
 }
 

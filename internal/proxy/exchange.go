@@ -46,6 +46,10 @@ type Exchange struct {
 	Endpoint *lb.Endpoint
 	Tried    []*lb.Endpoint // endpoints of earlier attempts
 	Attempts int
+	// anyEndpoint lets a retry go to an endpoint already tried when every
+	// one has been (a retry policy's retries; the connect-failure retry
+	// wants another endpoint or none).
+	anyEndpoint bool
 
 	// How it went.
 	Flags Flags
@@ -79,6 +83,7 @@ type Exchange struct {
 	peer    *peer
 	lbReq   lb.Request
 	body    countedBody
+	brk     breakerBody
 	triedBk [2]*lb.Endpoint
 }
 
@@ -159,6 +164,8 @@ type Response struct {
 //	NI   no identity: the inbound peer presented no SPIFFE ID  403
 //	LA   no local app: this proxy fronts no app on that port  503
 //	SD   shutting down: the proxy stopped while the request waited 503
+//	UO   upstream overflow: the backend's circuit breaker (BackendPolicy
+//	     circuitBreaker) refused the request, failing fast   503
 type Flags uint16
 
 // The response flags; see Flags.
@@ -174,10 +181,11 @@ const (
 	FlagNI
 	FlagLA
 	FlagSD
+	FlagUO
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

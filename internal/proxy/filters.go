@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -223,64 +222,6 @@ func withTimeout(ex *Exchange, d time.Duration, next Handler) *Response {
 	return resp
 }
 
-// retryPolicy says when the retry filter sends a request again.
-type retryPolicy struct {
-	// connectFailures: a bodiless request whose connection could not be
-	// made (it never reached a peer, so sending it again is safe) goes
-	// once more, to another endpoint.
-	connectFailures bool
-}
-
-// defaultRetry is every route's policy until BackendPolicy brings budgets.
-var defaultRetry = retryPolicy{connectFailures: true}
-
-// errAllTried marks an attempt that found no endpoint it had not tried.
-var errAllTried = errors.New("proxy: every endpoint tried")
-
-// retryFilter sends the request again when the policy allows: the retry
-// sees the failed response before the client does.
-func retryFilter(pol retryPolicy) Filter {
-	return func(next Handler) Handler {
-		if !pol.connectFailures {
-			return next
-		}
-		return HandlerFunc(func(ex *Exchange) *Response {
-			flags := ex.Flags
-			resp := next.Serve(ex)
-			if !ex.bodiless() || !neverArrived(ex, resp) || ex.clientCtx.Err() != nil {
-				return resp
-			}
-			first, firstFlags, firstErr := *resp, ex.Flags, ex.err
-			ex.Flags, ex.err = flags, nil
-			resp = next.Serve(ex)
-			if errors.Is(ex.err, errAllTried) {
-				// No other endpoint: the client hears of the real failure.
-				ex.Flags, ex.err = firstFlags, firstErr
-				return &first
-			}
-			if first.Body != nil {
-				_ = first.Body.Close()
-			}
-			return resp
-		})
-	}
-}
-
-// neverArrived reports whether the attempt certainly reached no app: this
-// proxy could not connect to the endpoint, or the peer proxy says (with
-// X-Trellis-Error: UF) that its app refused the connection.
-func neverArrived(ex *Exchange, resp *Response) bool {
-	if ex.err != nil {
-		var de *DialError // escapes to errors.As: only on the error path
-		return errors.As(ex.err, &de)
-	}
-	if resp.Status != http.StatusBadGateway {
-		return false
-	}
-	v := resp.Header[headerError]
-	return len(v) == 1 && v[0] == "UF"
-}
-
 // splitFilter picks the route's backend by weight.
 func splitFilter(rt *route, randN func(uint32) uint32) Filter {
 	return func(next Handler) Handler {
@@ -303,6 +244,10 @@ func pickFilter(next Handler) Handler {
 		}
 		ex.lbReq = lb.Request{Method: ex.Method, Authority: ex.Authority, Path: ex.Path, Header: ex.Header}
 		call, ok := dst.picker.Pick(&ex.lbReq, dst.eps, ex.Tried)
+		if !ok && ex.anyEndpoint {
+			// Every endpoint tried: a retry policy's retry may go to one again.
+			call, ok = dst.picker.Pick(&ex.lbReq, dst.eps, nil)
+		}
 		if !ok {
 			ex.err = errAllTried
 			return ex.fail(http.StatusServiceUnavailable, FlagUH, "no healthy endpoint of "+dst.key+" left to try")

@@ -77,6 +77,7 @@ type Proxy struct {
 	pickers   map[pickerKey]lb.Picker
 	endpoints map[endpointKey]*lb.Endpoint
 	peers     map[string]*peer
+	resil     resilienceState
 
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
 	ready      atomic.Bool
@@ -154,6 +155,7 @@ func New(o Options) (*Proxy, error) {
 		pickers:       make(map[pickerKey]lb.Picker),
 		endpoints:     make(map[endpointKey]*lb.Endpoint),
 		peers:         make(map[string]*peer),
+		resil:         newResilienceState(),
 		done:          make(chan struct{}),
 		hopH2:         hopH2Default,
 		subscribeWait: SubscribeWait,
@@ -244,8 +246,10 @@ func (p *Proxy) env() compileEnv {
 			p.peers[addr] = pr
 			return pr
 		},
-		metrics: p.metrics.Dest,
-		proxy:   p,
+		metrics:    p.metrics.Dest,
+		resilience: p.resil.service,
+		host:       p.resil.host,
+		proxy:      p,
 	}
 }
 
@@ -297,6 +301,7 @@ func (p *Proxy) forget(c *compiled) {
 			delete(p.peers, addr)
 		}
 	}
+	p.resil.forget(c)
 }
 
 // SetReady marks the app side ready; /ready also needs a first snapshot.

@@ -16,6 +16,7 @@ import (
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
+	"trellis.dev/trellis/internal/resilience"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
@@ -81,6 +82,11 @@ type service struct {
 	peers   []*peer // peers[i] is the connection pool of eps[i]
 	picker  lb.Picker
 	metrics *telemetry.DestMetrics // outbound
+	// res is the service's retry, breaker and outlier state (its
+	// BackendPolicy); hosts[i] is the outlier state of eps[i] (nil without
+	// outlier detection).
+	res   *serviceResilience
+	hosts []*resilience.Host
 }
 
 // port returns the declared port p, or an HTTP port spec for undeclared ones.
@@ -114,7 +120,7 @@ type route struct {
 
 	requestHeaders, responseHeaders []headerModifier
 	timeout, attemptTimeout         time.Duration // 0: none
-	retry                           retryPolicy
+	retry                           *retryPolicy  // the route's service's
 	// handler is the route's compiled chain (chain.go: routeChain).
 	handler Handler
 }
@@ -244,8 +250,12 @@ type compileEnv struct {
 	endpoint func(key, addr string) *lb.Endpoint
 	peer     func(addr, identity string) *peer
 	metrics  func(direction, key string) *telemetry.DestMetrics
-	randN    func(uint32) uint32 // weighted pick's draw; rand.Uint32N
-	proxy    *Proxy              // the chains' stages; nil in compile-only tests
+	// resilience binds a service's checked policy to its long-lived state,
+	// host an endpoint's outlier state; nil: fresh state (tests).
+	resilience func(key string, rs *resilienceSpec) *serviceResilience
+	host       func(key string, e *lb.Endpoint) *resilience.Host
+	randN      func(uint32) uint32 // weighted pick's draw; rand.Uint32N
+	proxy      *Proxy              // the chains' stages; nil in compile-only tests
 }
 
 func invalid(format string, a ...any) error {
@@ -279,9 +289,13 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	// Pass 1: services, ports and endpoints, so routes can refer to any.
 	byName := map[string]int{}
 	policies := make([]lb.Policy, len(s.GetServices()))
+	specs := make([]*resilienceSpec, len(s.GetServices()))
 	for i, ps := range s.GetServices() {
 		svc, pol, err := compileService(fmt.Sprintf("services[%d]", i), ps, env)
 		if err != nil {
+			return nil, err
+		}
+		if specs[i], err = compileResilience(fmt.Sprintf("services[%d]", i), ps.GetBackendPolicy()); err != nil {
 			return nil, err
 		}
 		if _, dup := c.byKey[svc.key]; dup {
@@ -306,7 +320,16 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		}
 	}
 	// Everything is valid: attach long-lived state, build the chains and
-	// index host aliases.
+	// index host aliases. Resilience state first: a route's chain looks at
+	// its backends' breakers and detectors.
+	for i, ps := range s.GetServices() {
+		svc := c.byKey[ps.GetName()+"."+ps.GetNamespace()]
+		if env.resilience != nil {
+			svc.res = env.resilience(svc.key, specs[i])
+		} else {
+			svc.res = specs[i].bind(nil)
+		}
+	}
 	for i, ps := range s.GetServices() {
 		name, ns := ps.GetName(), ps.GetNamespace()
 		svc := c.byKey[name+"."+ns]
@@ -320,12 +343,19 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 			if !e.GetHealthy() {
 				continue
 			}
-			svc.eps = append(svc.eps, env.endpoint(svc.key, e.GetAddress()))
+			ep := env.endpoint(svc.key, e.GetAddress())
+			svc.eps = append(svc.eps, ep)
 			svc.peers = append(svc.peers, env.peer(e.GetAddress(), e.GetIdentity()))
+			if svc.res.detector != nil {
+				svc.hosts = append(svc.hosts, hostFor(env, svc.key, ep))
+			}
 		}
 		for j := range svc.routes {
 			rt := &svc.routes[j]
-			rt.retry = defaultRetry
+			rt.retry = svc.res.retry
+			if rt.retry.perTry > 0 {
+				rt.attemptTimeout = rt.retry.perTry
+			}
 			rt.handler = env.proxy.routeChain(rt, env)
 		}
 		c.byHost[svc.key] = svc
@@ -342,6 +372,13 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	c.inboundH = env.proxy.inboundChain()
 	c.tunnel = env.proxy.tunnelChain()
 	return c, nil
+}
+
+func hostFor(env compileEnv, key string, ep *lb.Endpoint) *resilience.Host {
+	if env.host != nil {
+		return env.host(key, ep)
+	}
+	return resilience.NewHost(ep)
 }
 
 // compileService checks one service, its ports and endpoints, and returns

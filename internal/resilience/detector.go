@@ -62,6 +62,9 @@ type Host struct {
 // NewHost returns the outlier state of ep.
 func NewHost(ep Ejectable) *Host { return &Host{ep: ep} }
 
+// Of reports whether h is the state of ep.
+func (h *Host) Of(ep Ejectable) bool { return h.ep == ep }
+
 // Observe records the outcome of one attempt on h, one of hosts (the
 // service's endpoints now): status is the response status (0 when none
 // came), gateway whether it was a gateway error. It reports whether h was

@@ -29,6 +29,7 @@ type ProxyMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	tcp      *prometheus.CounterVec
+	res      resilienceVecs
 
 	mu    sync.RWMutex
 	dests map[destKey]*DestMetrics
@@ -54,7 +55,8 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 		}, []string{"direction", "destination_service"}),
 		dests: make(map[destKey]*DestMetrics),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp} {
+	m.res = newResilienceVecs()
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.res.retries, m.res.overflows, m.res.ejections} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -100,6 +102,7 @@ type DestMetrics struct {
 	m                  *ProxyMetrics
 	direction, service string
 	tcp                atomic.Pointer[prometheus.Counter]
+	res                resilienceCounters
 	// codes[c] caches the children of status code c (100..599) without
 	// flags, the hot path; other codes and flagged requests are cached in
 	// flagged.
