@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"trellis.dev/trellis/internal/lb"
@@ -215,11 +216,69 @@ func withTimeout(ex *Exchange, d time.Duration, next Handler) *Response {
 	parent := ex.ctx
 	ctx, cancel := context.WithCancel(parent)
 	ex.withContext(ctx, cancel)
-	t := time.AfterFunc(d, cancel)
+	if ex.timerDepth >= len(ex.timers) {
+		t := time.AfterFunc(d, cancel)
+		resp := next.Serve(ex)
+		t.Stop()
+		ex.ctx = parent
+		return resp
+	}
+	// The pooled exchange's own timers (one per nesting level: request,
+	// attempt) spare a timer allocation per request.
+	et := ex.timers[ex.timerDepth]
+	if et == nil {
+		et = new(exTimer)
+		ex.timers[ex.timerDepth] = et
+	}
+	ex.timerDepth++
+	et.arm(d, cancel)
 	resp := next.Serve(ex)
-	t.Stop()
+	et.disarm()
+	ex.timerDepth--
 	ex.ctx = parent
 	return resp
+}
+
+// exTimer is a reusable timeout timer kept by a pooled exchange.
+type exTimer struct {
+	t *time.Timer
+
+	mu       sync.Mutex
+	cancel   context.CancelFunc // nil: disarmed
+	deadline time.Time
+}
+
+func (et *exTimer) arm(d time.Duration, cancel context.CancelFunc) {
+	et.mu.Lock()
+	et.cancel, et.deadline = cancel, time.Now().Add(d)
+	et.mu.Unlock()
+	if et.t == nil {
+		et.t = time.AfterFunc(d, et.fire)
+	} else {
+		et.t.Reset(d)
+	}
+}
+
+// fire cancels the armed context. A late run of an earlier arming (Stop
+// lost the race with it) finds the timer disarmed, or re-armed with a
+// later deadline, and does nothing.
+func (et *exTimer) fire() {
+	et.mu.Lock()
+	c := et.cancel
+	if c != nil && time.Now().Before(et.deadline) {
+		c = nil
+	}
+	et.mu.Unlock()
+	if c != nil {
+		c()
+	}
+}
+
+func (et *exTimer) disarm() {
+	et.t.Stop()
+	et.mu.Lock()
+	et.cancel = nil
+	et.mu.Unlock()
 }
 
 // splitFilter picks the route's backend by weight.
