@@ -56,11 +56,7 @@ func (p *Proxy) outboundChain() Handler {
 // the backend's (BackendPolicy on the backend Service), known only once the
 // split chose one. Outlier detection wraps each attempt on an endpoint.
 func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
-	end := env.upstream
-	if end == nil {
-		end = p.peerUpstream()
-	}
-	return chain(end,
+	return chain(p.peerUpstream(),
 		requestHeaderFilter(rt.requestHeaders),
 		responseHeaderFilter(rt.responseHeaders),
 		// [mirror] traffic control: a copy of the request to rt's mirror backend, response ignored.

@@ -256,9 +256,6 @@ type compileEnv struct {
 	host       func(key string, e *lb.Endpoint) *resilience.Host
 	randN      func(uint32) uint32 // weighted pick's draw; rand.Uint32N
 	proxy      *Proxy              // the chains' stages; nil in compile-only tests
-	// upstream ends every route chain; nil: the peer proxies (benchmarks
-	// of the chain alone replace it).
-	upstream Handler
 }
 
 func invalid(format string, a ...any) error {
