@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -307,6 +309,94 @@ func TestPickRequestAllocations(t *testing.T) {
 		ex.Tried = ex.Tried[:0]
 		if h.Serve(ex); picked != first {
 			t.Fatal("the query key did not reach the balancer: picks vary")
+		}
+	}
+}
+
+// TestSlowStartFromSnapshot: slow_start reaches the service's picker, and an
+// endpoint's ramp starts when this proxy first sees it (a later snapshot),
+// not when its service appeared; the same endpoint keeps its age across
+// swaps.
+func TestSlowStartFromSnapshot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := New(Options{Service: "frontend", ClientTLS: func(string) *tls.Config { return nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc := backendSvc("orders")
+		svc.BackendPolicy = &meshv1.BackendPolicy{LoadBalancer: meshv1.LoadBalancer_RANDOM, SlowStart: durationpb.New(time.Minute)}
+		for i := range 3 {
+			svc.Endpoints = append(svc.Endpoints, &meshv1.Endpoint{Address: fmt.Sprintf("127.0.0.1:%d", 1000+i), Identity: spiffeFor("orders"), Healthy: true})
+		}
+		if err := p.Update(snapshot("1", svc)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Hour)
+		svc.Endpoints = append(svc.Endpoints, &meshv1.Endpoint{Address: "127.0.0.1:2000", Identity: spiffeFor("orders"), Healthy: true})
+		share := func(version string) float64 {
+			if err := p.Update(snapshot(version, svc)); err != nil {
+				t.Fatal(err)
+			}
+			s := p.cfg.Load().byKey["orders.default"]
+			hits := 0
+			for range 4000 {
+				c, _ := s.picker.Pick(nil, s.eps, nil)
+				if c.Endpoint().Addr() == "127.0.0.1:2000" {
+					hits++
+				}
+				c.Done(lb.Abandoned)
+			}
+			return float64(hits) / 4000
+		}
+		// Weight 0.1 against three full ones: 0.1/3.1 ≈ 3%.
+		if got := share("2"); got > 0.06 {
+			t.Fatalf("a new endpoint drew %.3f of picks at once, want ~0.03", got)
+		}
+		time.Sleep(30 * time.Second)
+		// Half way: 0.5/3.5 ≈ 14%.
+		if got := share("3"); got < 0.09 || got > 0.2 {
+			t.Fatalf("half way through slow start the endpoint drew %.3f, want ~0.14", got)
+		}
+		time.Sleep(30 * time.Second)
+		if got := share("4"); got < 0.2 || got > 0.3 {
+			t.Fatalf("after slow start the endpoint drew %.3f, want ~0.25", got)
+		}
+	})
+}
+
+// TestEjectedEndpointSkipped: through real proxies, an ejected replica
+// draws no request while others are left, and with every replica ejected
+// requests are still served (ejection never empties a service).
+func TestEjectedEndpointSkipped(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	svc := namedReplicas(t, ca, "orders", 3)
+	svc.BackendPolicy = &meshv1.BackendPolicy{LoadBalancer: meshv1.LoadBalancer_ROUND_ROBIN}
+	client := startClient(t, ca, Options{})
+	if err := client.Update(snapshot("1", svc)); err != nil {
+		t.Fatal(err)
+	}
+	eps := client.cfg.Load().byKey["orders.default"].eps
+	c := proxyClient(client)
+	eps[1].Eject(time.Now().Add(time.Hour))
+	for range 12 {
+		if got := replicaOf(t, c, "http://orders/", nil); got == "orders-1" {
+			t.Fatal("the ejected replica served a request")
+		}
+	}
+	for _, e := range eps {
+		e.Eject(time.Now().Add(time.Hour))
+	}
+	seen := map[string]bool{}
+	for range 12 {
+		seen[replicaOf(t, c, "http://orders/", nil)] = true
+	}
+	if len(seen) != 3 {
+		t.Fatalf("with every replica ejected, requests reached %v; want all three", seen)
+	}
+	eps[1].Eject(time.Time{})
+	for range 6 {
+		if got := replicaOf(t, c, "http://orders/", nil); got != "orders-1" {
+			t.Fatalf("with the others ejected, %s served; want orders-1, which returned", got)
 		}
 	}
 }
