@@ -213,40 +213,36 @@ type hashed struct {
 	s   sampler
 }
 
-// start is a picker's common beginning: the key's hash, or a random pick
-// (done = true) when there is no key or eps is not the set the picker was
-// built for.
-func (p *hashed) start(r *Request, eps, tried []*Endpoint) (h uint64, c Call, ok, done bool) {
-	if len(eps) == 0 {
-		return 0, Call{}, false, true
-	}
-	h, ok = p.key.hash(r)
-	if ok && len(eps) == p.n {
-		return h, Call{}, false, false
-	}
-	g := gate{tried: tried}
-	e := p.s.first(eps, &g)
-	if e == nil {
-		return 0, Call{}, false, true
-	}
-	e.inflight.Add(1)
-	return 0, Call{ep: e}, true, true
+// order is a hashing picker's ring or table: positions, each naming an
+// endpoint (an index into the slice it was built from).
+type order interface {
+	size() int
+	position(h uint64) int // where key hash h lands
+	at(pos int) int        // the endpoint at pos
 }
 
-// choose returns the endpoint for key hash h: the first that g lets through
-// of those next(0), next(1), … name (indexes into eps), entering panic mode
-// when nothing else is left; nil if nothing is.
-func (p *hashed) choose(eps []*Endpoint, g *gate, h uint64, steps int, next func(k int) int) *Endpoint {
-	u := keyShare(h)
-	walk := func() *Endpoint {
-		for k := range min(steps, maxWalk) {
-			if e := eps[next(k)]; g.ok(e) && p.admitKey(e, g, u) {
-				return e
-			}
-		}
-		return nil
+// pick is Pick for a hashing picker over o.
+func (p *hashed) pick(o order, r *Request, eps, tried []*Endpoint) (Call, bool) {
+	g := gate{tried: tried}
+	var e *Endpoint
+	if h, ok := p.key.hash(r); ok && len(eps) == p.n {
+		e = p.choose(o, eps, &g, h)
+	} else {
+		// No key, or not the endpoints o was built from.
+		e = p.s.first(eps, &g)
 	}
-	if e := walk(); e != nil {
+	if e == nil {
+		return Call{}, false
+	}
+	e.inflight.Add(1)
+	return Call{ep: e}, true
+}
+
+// choose returns the endpoint for key hash h: the first along o from h's
+// position that g lets through, entering panic mode when nothing else is
+// left; nil if nothing is.
+func (p *hashed) choose(o order, eps []*Endpoint, g *gate, h uint64) *Endpoint {
+	if e := p.walk(o, eps, g, h); e != nil {
 		return e
 	}
 	wasPanicked := g.panicked
@@ -255,12 +251,34 @@ func (p *hashed) choose(eps []*Endpoint, g *gate, h uint64, steps int, next func
 		return nil
 	}
 	if g.panicked && !wasPanicked {
-		if e := walk(); e != nil {
+		// Every endpoint is ejected or tried: the walk may now take an
+		// ejected one.
+		if e := p.walk(o, eps, g, h); e != nil {
 			return e
 		}
 	}
 	// A long run of endpoints it may not choose: still one per key.
 	return g.nth(eps, int(h%uint64(m)))
+}
+
+// walk returns the first endpoint along o from h's position that g lets
+// through and that takes the key, looking at most maxWalk positions.
+func (p *hashed) walk(o order, eps []*Endpoint, g *gate, h uint64) *Endpoint {
+	n := o.size()
+	if n == 0 {
+		return nil
+	}
+	u := keyShare(h)
+	pos := o.position(h)
+	for range min(n, maxWalk) {
+		if e := eps[o.at(pos)]; g.ok(e) && p.admitKey(e, g, u) {
+			return e
+		}
+		if pos++; pos == n {
+			pos = 0
+		}
+	}
+	return nil
 }
 
 // keyShare maps a key's hash to [0, 1), independently of its position.

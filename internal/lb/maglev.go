@@ -81,19 +81,11 @@ func nextPrime(n uint64) uint64 {
 
 // Pick implements Picker.
 func (p *MaglevPicker) Pick(r *Request, eps, tried []*Endpoint) (Call, bool) {
-	h, c, ok, done := p.start(r, eps, tried)
-	if done {
-		return c, ok
-	}
-	g := gate{tried: tried}
-	m := uint64(len(p.table))
-	slot := h % m
-	e := p.choose(eps, &g, h, len(p.table), func(k int) int {
-		return int(p.table[(slot+uint64(k))%m])
-	})
-	if e == nil {
-		return Call{}, false
-	}
-	e.inflight.Add(1)
-	return Call{ep: e}, true
+	return p.pick(p, r, eps, tried)
 }
+
+func (p *MaglevPicker) size() int { return len(p.table) }
+
+func (p *MaglevPicker) at(pos int) int { return int(p.table[pos]) }
+
+func (p *MaglevPicker) position(h uint64) int { return int(h % uint64(len(p.table))) }

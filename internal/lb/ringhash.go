@@ -57,24 +57,15 @@ func newRingHash(cfg Config, eps []*Endpoint, s sampler) *RingHashPicker {
 
 // Pick implements Picker.
 func (p *RingHashPicker) Pick(r *Request, eps, tried []*Endpoint) (Call, bool) {
-	h, c, ok, done := p.start(r, eps, tried)
-	if done {
-		return c, ok
-	}
-	g := gate{tried: tried}
-	i := p.search(h)
-	e := p.choose(eps, &g, h, len(p.ring), func(k int) int {
-		return int(p.ring[(i+k)%len(p.ring)].idx)
-	})
-	if e == nil {
-		return Call{}, false
-	}
-	e.inflight.Add(1)
-	return Call{ep: e}, true
+	return p.pick(p, r, eps, tried)
 }
 
-// search returns the index of the first point at or after h, wrapping.
-func (p *RingHashPicker) search(h uint64) int {
+func (p *RingHashPicker) size() int { return len(p.ring) }
+
+func (p *RingHashPicker) at(pos int) int { return int(p.ring[pos].idx) }
+
+// position returns the index of the first point at or after h, wrapping.
+func (p *RingHashPicker) position(h uint64) int {
 	lo, hi := 0, len(p.ring)
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
