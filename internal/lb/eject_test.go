@@ -115,3 +115,8 @@ func checkPicks(t *testing.T, p Picker, eps, tried, want []*Endpoint) {
 		}
 	}
 }
+
+var (
+	farFuture = time.Now().Add(100 * 365 * 24 * time.Hour)
+	past      = time.Unix(0, 0)
+)

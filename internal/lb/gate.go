@@ -28,10 +28,15 @@ func (g *gate) ejected(e *Endpoint) bool {
 	if u == nil {
 		return false
 	}
+	return g.clock().Before(*u)
+}
+
+// clock returns the pick's time, reading the clock the first time only.
+func (g *gate) clock() time.Time {
 	if !g.haveNow {
 		g.now, g.haveNow = time.Now(), true
 	}
-	return g.now.Before(*u)
+	return g.now
 }
 
 // setNow gives the gate a clock reading the picker made anyway.
@@ -73,21 +78,21 @@ func (g *gate) nth(eps []*Endpoint, k int) *Endpoint {
 }
 
 // from returns the first endpoint of eps at or after index i (wrapping) that
-// the gate lets through, entering panic mode if none would be otherwise;
-// nil if even then none is left.
-func (g *gate) from(eps []*Endpoint, i int) *Endpoint {
+// the gate lets through, and its index, entering panic mode if none would be
+// otherwise; nil if even then none is left.
+func (g *gate) from(eps []*Endpoint, i int) (*Endpoint, int) {
 	for {
 		n := len(eps)
 		for range n {
 			if e := eps[i]; g.ok(e) {
-				return e
+				return e, i
 			}
 			if i++; i == n {
 				i = 0
 			}
 		}
 		if g.panicked {
-			return nil
+			return nil, 0
 		}
 		g.panicked = true
 	}

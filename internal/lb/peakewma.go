@@ -41,7 +41,7 @@ func WithFailureWeight(w float64) PeakEWMAOption {
 func WithRand(intN func(n int) int) PeakEWMAOption {
 	return func(p *PeakEWMAPicker) {
 		if intN != nil {
-			p.intN = intN
+			p.s.intN = intN
 		}
 	}
 }
@@ -65,16 +65,19 @@ func WithRand(intN func(n int) int) PeakEWMAOption {
 // costs orders of magnitude more than its peers, draws a probe only when the
 // score has decayed for a few seconds, and is back in rotation after a few
 // successes.
+//
+// Under slow start a young endpoint is drawn as a candidate in proportion to
+// its weight; once drawn, it competes on cost like any other.
 type PeakEWMAPicker struct {
 	learn learning
-	intN  func(int) int
+	s     sampler
 }
 
 // NewPeakEWMA returns a P2C peak-EWMA Picker.
 func NewPeakEWMA(opts ...PeakEWMAOption) *PeakEWMAPicker {
 	p := &PeakEWMAPicker{
 		learn: learning{tau: float64(DefaultDecay), failWeight: DefaultFailureWeight},
-		intN:  rand.IntN,
+		s:     sampler{intN: rand.IntN},
 	}
 	for _, o := range opts {
 		o(p)
@@ -100,38 +103,13 @@ func (p *PeakEWMAPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
 // candidates returns two distinct random endpoints of eps that g lets
 // through, one (b == nil) when only one is left, none when none is.
 func (p *PeakEWMAPicker) candidates(eps []*Endpoint, g *gate) (a, b *Endpoint) {
-	if len(g.tried) == 0 {
-		switch len(eps) {
-		case 0:
-			return nil, nil
-		case 1:
-			return eps[0], nil // ejected or not, it is all there is
-		}
-		i, j := p.two(len(eps))
-		if a, b := eps[i], eps[j]; g.ok(a) && g.ok(b) {
-			return a, b
+	if len(eps) == 2 && len(g.tried) == 0 && p.s.window == 0 {
+		// Common, and the sampler's second draw would often hit a again.
+		if i := p.s.intN(2); g.ok(eps[0]) && g.ok(eps[1]) {
+			return eps[i], eps[1-i]
 		}
 	}
-	// A retry or an ejection: rare, so counting the rest is fine.
-	switch m := g.count(eps); m {
-	case 0:
-		return nil, nil
-	case 1:
-		return g.nth(eps, 0), nil
-	default:
-		i, j := p.two(m)
-		return g.nth(eps, i), g.nth(eps, j)
-	}
-}
-
-// two returns two distinct random indexes in [0, n), n >= 2.
-func (p *PeakEWMAPicker) two(n int) (int, int) {
-	i := p.intN(n)
-	j := p.intN(n - 1)
-	if j >= i {
-		j++
-	}
-	return i, j
+	return p.s.pair(eps, g)
 }
 
 // prefer reports whether b costs less than a at t. Ties go to a, which is

@@ -66,7 +66,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 		attemptTimeout(rt.attemptTimeout),
 		splitFilter(rt, env.randN),
 		p.breakerFilter(rt),
-		pickFilter,
+		p.pickFilter,
 		p.outlierFilter(rt),
 	)
 }
