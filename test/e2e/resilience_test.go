@@ -132,7 +132,7 @@ kind: BackendPolicy
 metadata: {name: web}
 spec:
   targetRefs: [{kind: Service, name: web}]
-  loadBalancer: {type: ` + balancer + `}
+  loadBalancer: {type: `+balancer+`}
   retry: {attempts: 2}
   outlierDetection: {}
 `)
