@@ -61,9 +61,9 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 		responseHeaderFilter(rt.responseHeaders),
 		// [mirror] traffic control: a copy of the request to rt's mirror backend, response ignored.
 		// [fault] traffic control: injected delay and abort.
-		requestTimeout(rt.timeout),
+		timeoutFilter(rt.timeout, p.timerPool()),
 		retryFilter(rt.retry),
-		attemptTimeout(rt.attemptTimeout),
+		timeoutFilter(rt.attemptTimeout, p.timerPool()),
 		splitFilter(rt, env.randN),
 		p.breakerFilter(rt),
 		p.pickFilter,
