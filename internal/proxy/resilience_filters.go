@@ -220,7 +220,8 @@ func retryFilter(pol *retryPolicy) Filter {
 func (pol *retryPolicy) serve(ex *Exchange, next Handler) *Response {
 	pol.budget.Deposit()
 	if !pol.eligible(ex) {
-		return next.Serve(ex)
+		// Still safe: a bodiless request that reached no app.
+		return connectRetryServe(ex, next)
 	}
 	replay, resp := prepareReplay(ex, pol.maxBody)
 	if resp != nil {
@@ -250,8 +251,10 @@ func (pol *retryPolicy) serve(ex *Exchange, next Handler) *Response {
 	return resp
 }
 
-// eligible: upgrades and CONNECT are never retried; non-idempotent methods
-// only when the policy says so; bodies over the bound are sent once.
+// eligible: upgrades and CONNECT are never retried by the policy;
+// non-idempotent methods only when it says so; bodies over the bound are
+// sent once. An ineligible bodiless request still gets the connect-failure
+// retry (it reached no app).
 func (pol *retryPolicy) eligible(ex *Exchange) bool {
 	if ex.Upgrade != "" || ex.Method == http.MethodConnect {
 		return false
@@ -426,24 +429,26 @@ var errAllTried = errors.New("proxy: every endpoint tried")
 // bodiless request that reached no app goes once more, to an endpoint not
 // yet tried; with none left the client hears of the real failure.
 func connectRetry(next Handler) Handler {
-	return HandlerFunc(func(ex *Exchange) *Response {
-		flags := ex.Flags
-		resp := next.Serve(ex)
-		if !ex.bodiless() || !neverArrived(ex, resp) || ex.clientCtx.Err() != nil {
-			return resp
-		}
-		first, firstFlags, firstErr := *resp, ex.Flags, ex.err
-		ex.Flags, ex.err = flags, nil
-		resp = next.Serve(ex)
-		if errors.Is(ex.err, errAllTried) {
-			ex.Flags, ex.err = firstFlags, firstErr
-			return &first
-		}
-		if first.Body != nil {
-			_ = first.Body.Close()
-		}
+	return HandlerFunc(func(ex *Exchange) *Response { return connectRetryServe(ex, next) })
+}
+
+func connectRetryServe(ex *Exchange, next Handler) *Response {
+	flags := ex.Flags
+	resp := next.Serve(ex)
+	if !ex.bodiless() || !neverArrived(ex, resp) || ex.clientCtx.Err() != nil {
 		return resp
-	})
+	}
+	first, firstFlags, firstErr := *resp, ex.Flags, ex.err
+	ex.Flags, ex.err = flags, nil
+	resp = next.Serve(ex)
+	if errors.Is(ex.err, errAllTried) {
+		ex.Flags, ex.err = firstFlags, firstErr
+		return &first
+	}
+	if first.Body != nil {
+		_ = first.Body.Close()
+	}
+	return resp
 }
 
 // neverArrived reports whether the attempt certainly reached no app: this
