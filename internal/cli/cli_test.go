@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"trellis.dev/trellis/internal/proxy"
+	"trellis.dev/trellis/internal/sidecar"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -92,18 +92,18 @@ func TestReadApplyFiles(t *testing.T) {
 
 func TestDiscoverControl(t *testing.T) {
 	dir := t.TempDir()
-	var o proxy.SidecarOptions
+	var o sidecar.Options
 	discoverControl(dir, &o)
 	if o.ControlAddr != "127.0.0.1:15010" || o.CAFile != filepath.Join(dir, "ca.crt") || o.TokenFile != filepath.Join(dir, "bootstrap-token") {
 		t.Errorf("defaults without control.json = %+v", o)
 	}
 	os.WriteFile(filepath.Join(dir, "control.json"), []byte(`{"grpc_addr":"127.0.0.1:4000","admin_addr":"127.0.0.1:4001"}`), 0o644)
-	o = proxy.SidecarOptions{}
+	o = sidecar.Options{}
 	discoverControl(dir, &o)
 	if o.ControlAddr != "127.0.0.1:4000" {
 		t.Errorf("ControlAddr = %q; want control.json's grpc_addr", o.ControlAddr)
 	}
-	o = proxy.SidecarOptions{ControlAddr: "10.0.0.1:1", CAFile: "/x", TokenFile: "/y"}
+	o = sidecar.Options{ControlAddr: "10.0.0.1:1", CAFile: "/x", TokenFile: "/y"}
 	discoverControl(dir, &o)
 	if o.ControlAddr != "10.0.0.1:1" || o.CAFile != "/x" || o.TokenFile != "/y" {
 		t.Errorf("explicit flags overridden: %+v", o)
@@ -226,6 +226,15 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"proxy", "--service", "x", "--labels", "version=v 1"}, "--labels version=v 1: value"},
 		{[]string{"proxy", "--service", "x", "--balancer", "random"}, "unknown policy"},
 		{[]string{"control", "--log-level", "loud"}, "--log-level"},
+		{[]string{"control", "--domain", "trellis..local"}, `control: --domain: domain "trellis..local" is not a valid name`},
+		// Names are checked before the admin client is even built.
+		{[]string{"get", "services", "Orders", "--data-dir", "/nonexistent-trellis"}, `get: name: "Orders" is not a valid name: upper case is not allowed (did you mean "orders"?)`},
+		{[]string{"get", "services", "-n", "shop_eu", "--data-dir", "/nonexistent-trellis"}, `get: --namespace: "shop_eu" is not a valid name`},
+		{[]string{"delete", "httproute", "a.b", "--data-dir", "/nonexistent-trellis"}, `delete: name: "a.b" is not a valid name`},
+		{[]string{"delete", "httproute", "ok", "-n", "", "--data-dir", "/nonexistent-trellis"}, `delete: --namespace: required`},
+		{[]string{"proxy", "--service", "Orders"}, `sidecar: --service: "Orders" is not a valid name`},
+		{[]string{"proxy", "--service", "orders", "--namespace", "a.b"}, `sidecar: --namespace: "a.b" is not a valid name`},
+		{[]string{"proxy", "--service", "orders", "--upstream", "pay_ments=127.0.0.1:9001"}, `sidecar: --upstream pay_ments: "pay_ments" is not a service name`},
 		{[]string{"get", "services", "--data-dir", "/nonexistent-trellis"}, "trellis control"},
 	}
 	for _, tt := range tests {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"trellis.dev/trellis/internal/control"
+	"trellis.dev/trellis/internal/meshname"
 )
 
 func newControlCmd(g *globals) *cobra.Command {
@@ -32,6 +33,9 @@ to loopback unless --allow-remote is given.`,
 			log, err := g.logger("")
 			if err != nil {
 				return err
+			}
+			if o.Domain, err = meshname.ParseDomain(o.Domain); err != nil {
+				return fmt.Errorf("control: --domain: %w", err)
 			}
 			o.DataDir = g.dataDir
 			o.Logger = log

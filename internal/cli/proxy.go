@@ -10,12 +10,12 @@ import (
 	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/control"
 	"trellis.dev/trellis/internal/lb"
-	"trellis.dev/trellis/internal/proxy"
+	"trellis.dev/trellis/internal/sidecar"
 )
 
 func newProxyCmd(g *globals) *cobra.Command {
 	var (
-		o         proxy.SidecarOptions
+		o         sidecar.Options
 		labels    []string
 		upstreams []string
 		balancer  string
@@ -68,7 +68,7 @@ control plane's data directory (--data-dir) on the same machine.`,
 				return err
 			}
 			o.Logger = o.Logger.With("service", o.Service)
-			code, err := proxy.RunSidecar(cmd.Context(), o)
+			code, err := sidecar.Run(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
@@ -99,7 +99,7 @@ control plane's data directory (--data-dir) on the same machine.`,
 }
 
 // discoverControl fills unset control-plane flags from the data directory.
-func discoverControl(dataDir string, o *proxy.SidecarOptions) {
+func discoverControl(dataDir string, o *sidecar.Options) {
 	if o.CAFile == "" {
 		o.CAFile = filepath.Join(dataDir, control.CAFile)
 	}

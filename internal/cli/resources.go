@@ -125,6 +125,9 @@ func newGetCmd(g *globals) *cobra.Command {
 			default:
 				return fmt.Errorf("get: -o %q: want table, yaml or json", output)
 			}
+			if err := checkResourceRef("get", namespace, args[1:]...); err != nil {
+				return err
+			}
 			c, err := newAdminClient(g.dataDir)
 			if err != nil {
 				return err
@@ -281,6 +284,9 @@ func newDeleteCmd(g *globals) *cobra.Command {
 		Example: `  trellis delete httproute inventory-split`,
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkResourceRef("delete", namespace, args[1]); err != nil {
+				return err
+			}
 			c, err := newAdminClient(g.dataDir)
 			if err != nil {
 				return err

@@ -8,6 +8,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"trellis.dev/trellis/internal/meshname"
 )
 
 // HTTPRouteAPIVersion is the apiVersion HTTPRoute is accepted under.
@@ -413,7 +415,7 @@ func sectionNameProblem(s string) string {
 		return "must not be empty"
 	case len(s) > maxSectionNameLen:
 		return fmt.Sprintf("longer than %d characters", maxSectionNameLen)
-	case !dns1123SubdomainRE.MatchString(s):
+	case !meshname.IsSubdomain(s):
 		return fmt.Sprintf("%q is not valid: use lower-case letters, digits, '-' and '.'", s)
 	}
 	return ""

@@ -7,23 +7,20 @@ import (
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"trellis.dev/trellis/internal/meshname"
 )
 
-var (
-	dns1123LabelRE     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-	dns1123SubdomainRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
-	labelNameRE        = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
-)
+// labelNameRE is Kubernetes' label name and value syntax (not a DNS name:
+// upper case, '_' and '.' are allowed).
+var labelNameRE = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
 
-// dnsLabelProblem returns why s is not a DNS-1123 label, or "".
+// dnsLabelProblem returns why s is not an RFC 1123 label (what names,
+// namespaces and port names are), or "". The rule is meshname's, shared with
+// the control plane's protocol checks, the proxy and the CLI.
 func dnsLabelProblem(s string) string {
-	switch {
-	case s == "":
-		return "required"
-	case len(s) > 63:
-		return fmt.Sprintf("%q is longer than 63 characters", s)
-	case !dns1123LabelRE.MatchString(s):
-		return fmt.Sprintf("%q is not a valid name: use lower-case letters, digits and '-', starting and ending with a letter or digit (DNS-1123 label)", s)
+	if err := meshname.CheckLabel(s); err != nil {
+		return err.Error()
 	}
 	return ""
 }
@@ -33,7 +30,7 @@ func dnsLabelProblem(s string) string {
 func qualifiedNameProblem(key string) string {
 	name := key
 	if prefix, rest, ok := strings.Cut(key, "/"); ok {
-		if prefix == "" || len(prefix) > 253 || !dns1123SubdomainRE.MatchString(prefix) {
+		if !meshname.IsSubdomain(prefix) {
 			return fmt.Sprintf("key %q: prefix must be a DNS subdomain such as example.com", key)
 		}
 		name = rest

@@ -61,6 +61,8 @@ func TestServiceValidation(t *testing.T) {
 		{"bad selector value", service("", "{selector: {app: 'a b'}, ports: [{port: 80}]}"), []string{at + `spec.selector[app]: value "a b": use letters`}},
 		{"selector value too long", service("", "{selector: {app: "+strings.Repeat("a", 64)+"}, ports: [{port: 80}]}"), []string{"spec.selector[app]: value", "longer than 63 characters"}},
 		{"bad name", strings.Replace(service("", "{ports: [{port: 80}]}"), "name: web", "name: Web", 1), []string{`v.yaml: document 1 (Service default/Web): metadata.name: "Web" is not a valid name`}},
+		{"bad name says why", strings.Replace(service("", "{ports: [{port: 80}]}"), "name: web", "name: Web", 1), []string{`metadata.name: "Web" is not a valid name: upper case is not allowed (did you mean "web"?)`}},
+		{"name with underscore", strings.Replace(service("", "{ports: [{port: 80}]}"), "name: web", "name: web_v1", 1), []string{`metadata.name: "web_v1" is not a valid name: '_' is not allowed`}},
 		{"name with dot", strings.Replace(service("", "{ports: [{port: 80}]}"), "name: web", "name: web.v1", 1), []string{`metadata.name: "web.v1" is not a valid name`}},
 		{"name too long", strings.Replace(service("", "{ports: [{port: 80}]}"), "name: web", "name: "+strings.Repeat("a", 64), 1), []string{"metadata.name:", "longer than 63 characters"}},
 		{"missing name", strings.Replace(service("", "{ports: [{port: 80}]}"), "name: web", "labels: {a: b}", 1), []string{"v.yaml: document 1 (Service): metadata.name: required"}},

@@ -6,54 +6,24 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"strings"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/config"
+	"trellis.dev/trellis/internal/meshname"
 )
 
 // maxSubscriptions bounds one WatchRequest so a broken proxy cannot make the
 // control plane compile an unbounded snapshot.
 const maxSubscriptions = 10000
 
-// validLabel reports whether s is a DNS-1123 label: lower-case alphanumerics
-// and '-', starting and ending alphanumeric, at most 63 characters.
-func validLabel(s string) bool {
-	if len(s) == 0 || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' && i > 0 && i < len(s)-1:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// validSubdomain reports whether s is a DNS-1123 subdomain (what Kubernetes
-// allows for service account names).
-func validSubdomain(s string) bool {
-	if len(s) == 0 || len(s) > 253 {
-		return false
-	}
-	for l := range strings.SplitSeq(s, ".") {
-		if !validLabel(l) {
-			return false
-		}
-	}
-	return true
-}
+// validLabel, validSubdomain and checkLabel are meshname's rules under the
+// names this package's callers use.
+func validLabel(s string) bool     { return meshname.IsLabel(s) }
+func validSubdomain(s string) bool { return meshname.IsSubdomain(s) }
 
 func checkLabel(field, s string) error {
-	if s == "" {
-		return fmt.Errorf("%s: required", field)
-	}
-	if !validLabel(s) {
-		return fmt.Errorf("%s: %q is not a DNS label (lower-case letters, digits and '-', at most 63)", field, s)
+	if err := meshname.CheckLabel(s); err != nil {
+		return fmt.Errorf("%s: %v", field, err)
 	}
 	return nil
 }
@@ -115,9 +85,8 @@ func normalizeSubscriptions(subs []string) ([]string, error) {
 		return nil, fmt.Errorf("subscriptions: %d entries, at most %d", len(subs), maxSubscriptions)
 	}
 	for i, s := range subs {
-		name, ns, ok := strings.Cut(s, ".")
-		if !ok || !validLabel(name) || !validLabel(ns) {
-			return nil, fmt.Errorf("subscriptions[%d]: %q is not name.namespace", i, s)
+		if _, err := meshname.ParseQualified(s); err != nil {
+			return nil, fmt.Errorf("subscriptions[%d]: %v", i, err)
 		}
 	}
 	out := slices.Clone(subs)

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/store"
 )
 
@@ -108,12 +109,15 @@ func ClampTTL(ttl time.Duration) time.Duration {
 	return ttl
 }
 
-func validName(field, s string) error {
+// validID checks an endpoint id: it is a store key segment, so no '/' and
+// no spaces. It is not a mesh name (the sidecar makes it from the service,
+// the namespace and a random suffix, so it may exceed a label's 63 bytes).
+func validID(s string) error {
 	if s == "" {
-		return fmt.Errorf("%w: %s: required", ErrInvalidEndpoint, field)
+		return fmt.Errorf("%w: id: required", ErrInvalidEndpoint)
 	}
 	if strings.ContainsAny(s, "/ \t\r\n") {
-		return fmt.Errorf("%w: %s %q: must not contain '/' or spaces", ErrInvalidEndpoint, field, s)
+		return fmt.Errorf("%w: id %q: must not contain '/' or spaces", ErrInvalidEndpoint, s)
 	}
 	return nil
 }
@@ -122,14 +126,16 @@ func validate(ep *meshv1.Endpoint) error {
 	if ep == nil {
 		return fmt.Errorf("%w: endpoint: required", ErrInvalidEndpoint)
 	}
-	if err := validName("id", ep.GetId()); err != nil {
+	if err := validID(ep.GetId()); err != nil {
 		return err
 	}
-	if err := validName("service", ep.GetService()); err != nil {
-		return err
+	// Service and namespace are mesh names, as everywhere else: a service
+	// named "Orders" or "orders_v2" could never be routed to or resolved.
+	if err := meshname.CheckLabel(ep.GetService()); err != nil {
+		return fmt.Errorf("%w: service: %v", ErrInvalidEndpoint, err)
 	}
-	if err := validName("namespace", ep.GetNamespace()); err != nil {
-		return err
+	if err := meshname.CheckLabel(ep.GetNamespace()); err != nil {
+		return fmt.Errorf("%w: namespace: %v", ErrInvalidEndpoint, err)
 	}
 	if ep.GetAddress() == "" {
 		return fmt.Errorf("%w: address: required", ErrInvalidEndpoint)

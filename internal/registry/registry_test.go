@@ -85,7 +85,13 @@ func TestRegisterRejectsInvalid(t *testing.T) {
 	}{
 		{"no id", func(e *meshv1.Endpoint) { e.Id = "" }, "id: required"},
 		{"no service", func(e *meshv1.Endpoint) { e.Service = "" }, "service: required"},
-		{"slash in service", func(e *meshv1.Endpoint) { e.Service = "a/b" }, "must not contain"},
+		{"slash in service", func(e *meshv1.Endpoint) { e.Service = "a/b" }, `service: "a/b" is not a valid name`},
+		{"slash in id", func(e *meshv1.Endpoint) { e.Id = "a/b" }, "must not contain"},
+		// Accepted before the registry used meshname's label rule:
+		{"upper-case service", func(e *meshv1.Endpoint) { e.Service = "Orders" }, `service: "Orders" is not a valid name`},
+		{"underscore in service", func(e *meshv1.Endpoint) { e.Service = "orders_v2" }, `'_' is not allowed`},
+		{"dot in namespace", func(e *meshv1.Endpoint) { e.Namespace = "shop.eu" }, `namespace: "shop.eu" is not a valid name`},
+		{"long namespace", func(e *meshv1.Endpoint) { e.Namespace = strings.Repeat("n", 64) }, "longer than 63"},
 		{"no namespace", func(e *meshv1.Endpoint) { e.Namespace = "" }, "namespace: required"},
 		{"no address", func(e *meshv1.Endpoint) { e.Address = "" }, "address: required"},
 	}

@@ -1,9 +1,12 @@
-package proxy
-
-// This file wires the data plane to the control plane (DESIGN.md flow 1):
+// Package sidecar is a proxy's lifecycle beside one app (DESIGN.md flow 1):
 // key → CSR + bootstrap token → certificate → listeners → register → watch
-// → ready → (optionally) start the app. It also renews the certificate,
-// follows trust-bundle changes, and on SIGTERM drains.
+// → ready → (optionally) start the app. It renews the certificate, follows
+// trust-bundle changes, feeds pushed snapshots to the data plane (ACK, or
+// NACK and keep the last good config), and on SIGTERM drains.
+//
+// The data plane itself is internal/proxy; this package only wires it to
+// the control plane (internal/push) and to the workload's identity.
+package sidecar
 
 import (
 	"context"
@@ -16,27 +19,24 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
-	"os/signal"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/meshname"
+	"trellis.dev/trellis/internal/proxy"
 	"trellis.dev/trellis/internal/push"
 )
 
-// SidecarOptions configure a proxy that runs beside one app.
-type SidecarOptions struct {
+// Options configure a proxy that runs beside one app.
+type Options struct {
 	ControlAddr string // control plane gRPC address
 	CAFile      string // PEM roots to verify the control plane
 	TokenFile   string // bootstrap token
@@ -66,14 +66,14 @@ type SidecarOptions struct {
 
 // sidecar holds the state that outlives one snapshot or one certificate.
 type sidecar struct {
-	o      SidecarOptions
+	o      Options
 	log    *slog.Logger
 	td     spiffeid.TrustDomain
 	id     spiffeid.ID
 	src    *identity.Source
 	client *push.Client
 	token  string
-	proxy  *Proxy
+	proxy  *proxy.Proxy
 
 	mu       sync.Mutex
 	bundle   [][]byte        // the trust bundle last installed
@@ -84,15 +84,22 @@ type sidecar struct {
 	readyCh   chan struct{}
 }
 
-// RunSidecar runs the proxy until ctx ends (then drains), or, with a
-// Command, until the command exits. It returns the command's exit code, or
-// 0 after a clean drain.
-func RunSidecar(ctx context.Context, o SidecarOptions) (int, error) {
+// Run runs the proxy until ctx ends (then drains), or, with a Command,
+// until the command exits. It returns the command's exit code, or 0 after a
+// clean drain.
+func Run(ctx context.Context, o Options) (int, error) {
 	s, err := newSidecar(o)
 	if err != nil {
 		return 1, err
 	}
+	return s.run(ctx)
+}
+
+// run is Run after the options are checked; tests call it to reach the
+// sidecar's proxy.
+func (s *sidecar) run(ctx context.Context) (int, error) {
 	defer s.client.Close()
+	o := s.o
 
 	// The session and the certificate renewal outlive ctx: on SIGTERM the
 	// app (if any) is still shutting down and may still call out.
@@ -123,7 +130,7 @@ func RunSidecar(ctx context.Context, o SidecarOptions) (int, error) {
 		// Only a refusal ends the session early (say, an invalid
 		// endpoint); retrying would not help.
 		s.drain()
-		return 1, fmt.Errorf("proxy: control plane session: %w", err)
+		return 1, fmt.Errorf("sidecar: control plane session: %w", err)
 	case <-ctx.Done():
 		s.drain()
 		return 0, nil
@@ -131,6 +138,7 @@ func RunSidecar(ctx context.Context, o SidecarOptions) (int, error) {
 
 	code := 0
 	if len(o.Command) > 0 {
+		var err error
 		code, err = s.runCommand(ctx)
 		if err != nil {
 			s.drain()
@@ -145,15 +153,19 @@ func RunSidecar(ctx context.Context, o SidecarOptions) (int, error) {
 	return code, nil
 }
 
-func newSidecar(o SidecarOptions) (*sidecar, error) {
+func newSidecar(o Options) (*sidecar, error) {
 	if o.Service == "" {
-		return nil, errors.New("proxy: --service is required")
+		return nil, errors.New("sidecar: --service is required")
 	}
 	if o.Namespace == "" {
 		o.Namespace = "default"
 	}
 	if o.ServiceAccount == "" {
 		o.ServiceAccount = o.Service
+	}
+	subs, err := checkNames(o)
+	if err != nil {
+		return nil, err
 	}
 	if o.TrustDomain == "" {
 		o.TrustDomain = "trellis.local"
@@ -169,23 +181,23 @@ func newSidecar(o SidecarOptions) (*sidecar, error) {
 	}
 	td, err := spiffeid.TrustDomainFromString(o.TrustDomain)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: --trust-domain: %w", err)
+		return nil, fmt.Errorf("sidecar: --trust-domain: %w", err)
 	}
 	id, err := identity.WorkloadID(o.TrustDomain, o.Namespace, o.ServiceAccount)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: identity: %w", err)
+		return nil, fmt.Errorf("sidecar: identity: %w", err)
 	}
 	caPEM, err := os.ReadFile(o.CAFile)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: read CA file (pass --ca-file, the control plane's <data-dir>/ca.crt): %w", err)
+		return nil, fmt.Errorf("sidecar: read CA file (pass --ca-file, the control plane's <data-dir>/ca.crt): %w", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("proxy: %s holds no PEM certificate", o.CAFile)
+		return nil, fmt.Errorf("sidecar: %s holds no PEM certificate", o.CAFile)
 	}
 	token, err := os.ReadFile(o.TokenFile)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: read bootstrap token (pass --token-file, the control plane's <data-dir>/bootstrap-token): %w", err)
+		return nil, fmt.Errorf("sidecar: read bootstrap token (pass --token-file, the control plane's <data-dir>/bootstrap-token): %w", err)
 	}
 	s := &sidecar{
 		o:       o,
@@ -194,11 +206,8 @@ func newSidecar(o SidecarOptions) (*sidecar, error) {
 		id:      id,
 		src:     identity.NewSource(td),
 		token:   strings.TrimSpace(string(token)),
-		subs:    map[string]bool{},
+		subs:    subs,
 		readyCh: make(chan struct{}),
-	}
-	for name := range o.Upstreams {
-		s.subs[qualify(name, o.Namespace)] = true
 	}
 	s.client, err = push.Dial(push.ClientOptions{
 		Addr:                 o.ControlAddr,
@@ -207,109 +216,57 @@ func newSidecar(o SidecarOptions) (*sidecar, error) {
 		Logger:               o.Logger,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("proxy: control plane client: %w", err)
+		return nil, fmt.Errorf("sidecar: control plane client: %w", err)
 	}
 	return s, nil
 }
 
-// qualify turns an upstream key ("orders", "orders.shop", "orders:82")
-// into the service it subscribes to: "orders.default", "orders.shop".
-func qualify(name, ns string) string {
-	if host, _, err := net.SplitHostPort(name); err == nil {
-		name = host
+// checkNames checks the names in o before anything is read or dialled, so
+// a typo fails at once with the flag it came from, and returns the
+// upstreams' subscriptions ("name.namespace").
+func checkNames(o Options) (map[string]bool, error) {
+	if err := meshname.CheckLabel(o.Service); err != nil {
+		return nil, fmt.Errorf("sidecar: --service: %w", err)
 	}
-	if strings.Contains(name, ".") {
-		return name
+	if err := meshname.CheckLabel(o.Namespace); err != nil {
+		return nil, fmt.Errorf("sidecar: --namespace: %w", err)
 	}
-	return name + "." + ns
-}
-
-// clientCertificate presents the current workload certificate to the
-// control plane, or none before the first one is issued.
-func (s *sidecar) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	svid, err := s.src.GetX509SVID()
-	if err != nil {
-		return &tls.Certificate{}, nil
+	if err := meshname.CheckSubdomain(o.ServiceAccount); err != nil {
+		return nil, fmt.Errorf("sidecar: --service-account: %w", err)
 	}
-	c := &tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
-	for _, cert := range svid.Certificates {
-		c.Certificate = append(c.Certificate, cert.Raw)
-	}
-	return c, nil
-}
-
-// certify gets a certificate for a fresh key. An empty token renews with the
-// current certificate.
-func (s *sidecar) certify(ctx context.Context, token string) error {
-	key, err := identity.NewKey()
-	if err != nil {
-		return fmt.Errorf("proxy: key: %w", err)
-	}
-	csr, err := identity.NewCSR(key, s.id)
-	if err != nil {
-		return fmt.Errorf("proxy: csr: %w", err)
-	}
-	var resp *meshv1.CertifyResponse
-	backoff := 200 * time.Millisecond
-	for {
-		resp, err = s.client.Certify(ctx, token, csr, s.o.Namespace, s.o.ServiceAccount)
-		if err == nil {
-			break
+	subs := map[string]bool{}
+	for key := range o.Upstreams {
+		svc, err := upstreamService(key, o.Namespace)
+		if err != nil {
+			return nil, fmt.Errorf("sidecar: --upstream %s: %w", key, err)
 		}
-		if !retryable(err) || ctx.Err() != nil {
-			return fmt.Errorf("proxy: certify: %w", err)
-		}
-		s.log.Warn("control plane unreachable, retrying certification", "err", err, "in", backoff)
-		if !sleep(ctx, backoff) {
-			return fmt.Errorf("proxy: certify: %w", ctx.Err())
-		}
-		backoff = min(backoff*2, 5*time.Second)
+		subs[svc] = true
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	bundle := resp.TrustBundle
-	if len(s.bundle) > 0 && len(bundle) == 0 {
-		bundle = s.bundle
-	}
-	if err := s.src.Set(resp.CertChain, key, bundle); err != nil {
-		return fmt.Errorf("proxy: certificate from control plane: %w", err)
-	}
-	s.bundle, s.received = bundle, time.Now()
-	s.log.Info("certificate issued", "identity", s.id.String(), "expires", time.Unix(resp.NotAfter, 0).UTC())
-	return nil
+	return subs, nil
 }
 
-// retryable reports whether a Certify error may pass once the control plane
-// is back; a refused token or CSR will not.
-func retryable(err error) bool {
-	if errors.Is(err, push.ErrUnavailable) {
-		return true
+// upstreamService turns an upstream key ("orders", "orders.shop",
+// "orders:82", "orders.shop.svc.trellis.local") into the service it
+// subscribes to: "orders.default", "orders.shop". Host names are
+// case-insensitive, as the proxy treats them.
+func upstreamService(key, ns string) (string, error) {
+	host := key
+	if h, _, err := net.SplitHostPort(key); err == nil {
+		host = h
 	}
-	if errors.Is(err, push.ErrRejected) {
-		return false
+	// The sidecar learns the mesh's domain only from snapshots; until then
+	// it is the default, as in the proxy's own check of these keys.
+	n, err := meshname.ParseService(strings.ToLower(host), ns, meshname.DefaultDomain)
+	if err != nil {
+		return "", err
 	}
-	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Unknown:
-		return true
-	}
-	return false
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return n.String(), nil
 }
 
 func (s *sidecar) startProxy() error {
 	authorizeMesh := tlsconfig.AuthorizeMemberOf(s.td)
 	var clientConfigs sync.Map // peer identity → *tls.Config
-	p, err := New(Options{
+	p, err := proxy.New(proxy.Options{
 		Service:      s.o.Service,
 		Namespace:    s.o.Namespace,
 		AppAddr:      s.o.AppAddr,
@@ -403,99 +360,6 @@ func (s *sidecar) apply(snap *meshv1.Snapshot) error {
 		close(s.readyCh)
 	})
 	return nil
-}
-
-func (s *sidecar) updateBundle(bundle [][]byte) error {
-	if len(bundle) == 0 {
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if slices.EqualFunc(bundle, s.bundle, func(a, b []byte) bool { return string(a) == string(b) }) {
-		return nil
-	}
-	if err := s.src.SetBundle(bundle); err != nil {
-		return err
-	}
-	s.bundle = bundle
-	s.log.Info("trust bundle updated", "roots", len(bundle))
-	return nil
-}
-
-// renewLoop renews the certificate at 2/3 of its life: with the current
-// certificate, or with the bootstrap token if that fails (say, it expired
-// while the control plane was down).
-func (s *sidecar) renewLoop(ctx context.Context) {
-	for {
-		svid, err := s.src.GetX509SVID()
-		if err != nil {
-			return
-		}
-		leaf := svid.Certificates[0]
-		// The CA back-dates NotBefore for clock skew; count the lifetime
-		// from when the certificate arrived so short TTLs renew sensibly.
-		s.mu.Lock()
-		start := s.received
-		s.mu.Unlock()
-		if leaf.NotBefore.After(start) {
-			start = leaf.NotBefore
-		}
-		wait := time.Until(identity.RenewAt(start, leaf.NotAfter))
-		if !sleep(ctx, max(wait, time.Second)) {
-			return
-		}
-		err = s.certify(ctx, "")
-		if err != nil {
-			s.log.Warn("certificate renewal with current certificate failed; trying bootstrap token", "err", err)
-			err = s.certify(ctx, s.token)
-		}
-		if err != nil {
-			s.log.Error("certificate renewal failed; will retry", "err", err)
-			if !sleep(ctx, 10*time.Second) {
-				return
-			}
-			continue
-		}
-		s.client.Resubscribe() // reports the new expiry to proxy-status
-	}
-}
-
-// runCommand starts the app and waits for it, forwarding signals.
-func (s *sidecar) runCommand(ctx context.Context) (int, error) {
-	cmd := exec.Command(s.o.Command[0], s.o.Command[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
-	if err := cmd.Start(); err != nil {
-		return 1, fmt.Errorf("proxy: start %s: %w", s.o.Command[0], err)
-	}
-	s.log.Info("app started", "cmd", strings.Join(s.o.Command, " "), "pid", cmd.Process.Pid)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	for {
-		select {
-		case sig := <-sigs:
-			s.log.Info("forwarding signal to app", "signal", sig.String())
-			_ = cmd.Process.Signal(sig)
-		case err := <-done:
-			return exitCode(err), nil
-		}
-	}
-}
-
-func exitCode(err error) int {
-	if err == nil {
-		return 0
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal())
-		}
-		return ee.ExitCode()
-	}
-	return 1
 }
 
 // drain stops accepting and lets in-flight requests finish.
