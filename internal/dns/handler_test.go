@@ -17,7 +17,7 @@ func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // shopMesh: orders (declared, two named ports, two healthy endpoints on one
 // host and one unhealthy), web (implicit: endpoints only, IPv6), and a
 // declared service with no endpoints.
-func shopMesh(t *testing.T) *testMesh {
+func shopMesh(t testing.TB) *testMesh {
 	m := newMesh(t)
 	m.service("default", "orders", "http:80", "grpc:9090")
 	m.endpoint("default", "orders", "orders-default-00000001", "127.0.0.1:15001", true)
@@ -366,8 +366,9 @@ func (f *fakeUpstream) Exchange(_ context.Context, req *mdns.Msg, tcp bool) (*md
 	}
 	resp := new(mdns.Msg).SetReply(req)
 	resp.RecursionAvailable = true
-	rr, _ := mdns.NewRR(req.Question[0].Name + " 60 IN A 192.0.2.1")
-	resp.Answer = []mdns.RR{rr}
+	if rr, err := mdns.NewRR(req.Question[0].Name + " 60 IN A 192.0.2.1"); err == nil {
+		resp.Answer = []mdns.RR{rr}
+	}
 	return resp, nil
 }
 
