@@ -71,11 +71,6 @@ func (m *testMesh) endpoint(ns, svc, id, addr string, healthy bool) {
 	m.txn(store.Put(registry.Key(ns, svc, id), b, store.Any))
 }
 
-func (m *testMesh) remove(ns, svc, id string) {
-	m.t.Helper()
-	m.txn(store.Delete(registry.Key(ns, svc, id), store.Any))
-}
-
 func (m *testMesh) txn(ops ...store.Op) {
 	m.t.Helper()
 	rev, err := m.st.Txn(context.Background(), ops...)
