@@ -192,8 +192,8 @@ func TestResourceItemsShapes(t *testing.T) {
 func TestProxyStatusTableGolden(t *testing.T) {
 	expiry := time.Now().Add(20 * time.Hour).UTC().Format(time.RFC3339Nano)
 	list := []map[string]any{
-		{"NodeID": "web-default-2", "Service": "web", "Namespace": "default", "AckedVersion": "0123456789abcdef", "State": "SYNCED", "CertExpiry": "0001-01-01T00:00:00Z"},
-		{"NodeID": "api-default-1", "Service": "api", "Namespace": "default", "SentVersion": "fedcba", "State": "NACKED", "Error": "bad regex", "CertExpiry": expiry},
+		{"NodeID": "web-default-2", "Service": "web", "Namespace": "default", "AckedVersion": "0123456789abcdef", "Revision": 1234567.0, "State": "SYNCED", "CertExpiry": "0001-01-01T00:00:00Z"},
+		{"NodeID": "api-default-1", "Service": "api", "Namespace": "default", "SentVersion": "fedcba", "Revision": 0.0, "SentRevision": 12.0, "State": "NACKED", "Error": "bad regex", "CertExpiry": expiry},
 	}
 	var buf bytes.Buffer
 	g := &globals{stdout: &buf}

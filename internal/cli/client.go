@@ -67,6 +67,15 @@ func newAdminClient(dataDir string) (*adminClient, error) {
 	}, nil
 }
 
+// withTimeout returns a copy of c whose requests may take d (a long-poll).
+func (c *adminClient) withTimeout(d time.Duration) *adminClient {
+	hc := *c.http
+	hc.Timeout = d
+	cp := *c
+	cp.http = &hc
+	return &cp
+}
+
 // do sends a request and decodes a JSON answer into out (if non-nil).
 func (c *adminClient) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader

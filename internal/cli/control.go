@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,8 +25,9 @@ and the gRPC push server the proxies connect to, plus the admin API the CLI uses
 
 On first start it creates, in --data-dir, the store, a CA root, ca.crt (the
 trust bundle proxies need), bootstrap-token (what a proxy presents to get its
-first certificate) and admin-token (what the CLI presents). All listeners bind
-to loopback unless --allow-remote is given.`,
+first certificate) and admin-token (what the CLI presents). Prometheus metrics
+are served at http://<metrics-addr>/metrics. All listeners bind to loopback
+unless --allow-remote is given.`,
 		Example: `  trellis control
   trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010`,
 		Args: cobra.NoArgs,
@@ -45,6 +47,7 @@ to loopback unless --allow-remote is given.`,
 	f := cmd.Flags()
 	f.StringVar(&o.GRPCAddr, "grpc-addr", control.DefaultGRPCAddr, "address of the gRPC server proxies connect to")
 	f.StringVar(&o.AdminAddr, "admin-addr", control.DefaultAdminAddr, "address of the HTTPS admin API the CLI uses")
+	f.StringVar(&o.MetricsAddr, "metrics-addr", control.DefaultMetricsAddr, "address of the plain-HTTP Prometheus /metrics endpoint (no token: counts only)")
 	f.StringVar(&o.TrustDomain, "trust-domain", "trellis.local", "SPIFFE trust domain of workload identities")
 	f.StringVar(&o.Domain, "domain", "trellis.local", "DNS suffix of service names (<svc>.<ns>.svc.<domain>)")
 	f.StringVar(&o.CACertFile, "ca-cert", "", "PEM signing certificate (root or intermediate) to use instead of creating a root")
@@ -59,8 +62,14 @@ func newProxyStatusCmd(g *globals) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "proxy-status",
-		Short: "List connected proxies with their config version, sync state and certificate expiry",
-		Args:  cobra.NoArgs,
+		Short: "List connected proxies with their config version and revision, sync state and certificate expiry",
+		Long: `List the proxies connected to the control plane. VERSION is the config a
+proxy runs (acknowledged; the one sent if none was); REVISION is the store
+revision it is current at: that of its last acknowledged config, or later
+when writes since left its config unchanged. STATE is SYNCED, STALE (sent,
+not yet acknowledged), NACKED (refused; it keeps its last good config; see
+ERROR) or PENDING.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := newAdminClient(g.dataDir)
 			if err != nil {
@@ -89,7 +98,7 @@ func printProxyStatus(g *globals, list []map[string]any) error {
 	}
 	sort.Slice(list, func(i, j int) bool { return field(list[i], "NodeID") < field(list[j], "NodeID") })
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
-	fmt.Fprintln(tw, "PROXY\tSERVICE\tVERSION\tSTATE\tCERT EXPIRES\tERROR")
+	fmt.Fprintln(tw, "PROXY\tSERVICE\tVERSION\tREVISION\tSTATE\tCERT EXPIRES\tERROR")
 	for _, p := range list {
 		svc := field(p, "Service")
 		if ns := field(p, "Namespace"); ns != "" {
@@ -107,7 +116,8 @@ func printProxyStatus(g *globals, list []map[string]any) error {
 				expiry = fmt.Sprintf("%s (in %s)", t.Local().Format("2006-01-02 15:04"), time.Until(t).Round(time.Minute))
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", field(p, "NodeID"), svc, short(version, 12), field(p, "State"), expiry, field(p, "Error"))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", field(p, "NodeID"), svc, short(version, 12), revisionText(intField(p, "Revision")),
+			field(p, "State"), expiry, field(p, "Error"))
 	}
 	return tw.Flush()
 }
@@ -125,6 +135,12 @@ func field(m map[string]any, name string) string {
 		}
 	}
 	return ""
+}
+
+// intField reads a whole-number field (JSON numbers decode as float64).
+func intField(m map[string]any, name string) int64 {
+	f, _ := strconv.ParseFloat(field(m, name), 64)
+	return int64(f)
 }
 
 func short(s string, n int) string {

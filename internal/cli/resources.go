@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
@@ -22,19 +23,29 @@ type applyFile struct {
 
 func newApplyCmd(g *globals) *cobra.Command {
 	var files []string
-	var dryRun bool
+	var dryRun, wait bool
+	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE|DIR [-f ...]",
 		Short: "Create or update resources from YAML or JSON files",
 		Long: `Apply validates every resource in the given files and directories and
 writes them all in one atomic step. If anything is invalid, nothing changes and
-each error names the file, the document, the field and the reason.`,
+each error names the file, the document, the field and the reason.
+
+With --wait, apply then waits until every connected proxy runs a config at or
+past the new revision (proxies the change does not affect are there at once).
+If one refuses its config, or --timeout passes first, it names the proxies
+that did not get there and exits non-zero; the change stays applied.`,
 		Example: `  trellis apply -f examples/demo/inventory-90-10.yaml
-  trellis apply -f ./mesh/ --dry-run`,
+  trellis apply -f ./mesh/ --dry-run
+  trellis apply -f route.yaml --wait --timeout 1m`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(files) == 0 {
 				return fmt.Errorf("apply: -f FILE|DIR is required")
+			}
+			if err := checkWaitFlags(cmd, wait, dryRun, timeout); err != nil {
+				return err
 			}
 			body, err := readApplyFiles(files)
 			if err != nil {
@@ -62,12 +73,29 @@ each error names the file, the document, the field and the reason.`,
 			for _, r := range out.Results {
 				fmt.Fprintf(g.stdout, "%s %s%s\n", r.Ref, r.Action, suffix)
 			}
-			return nil
+			if !wait {
+				return nil
+			}
+			return waitForRevision(cmd.Context(), c, g.stdout, out.Revision, timeout)
 		},
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or directory of .yaml/.yml/.json files (repeatable)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate only; change nothing")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every connected proxy runs the applied revision")
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long --wait waits")
 	return cmd
+}
+
+func checkWaitFlags(cmd *cobra.Command, wait, dryRun bool, timeout time.Duration) error {
+	switch {
+	case wait && dryRun:
+		return fmt.Errorf("apply: --wait cannot be used with --dry-run: a dry run changes nothing, so no proxy gets a new config to wait for")
+	case !wait && cmd.Flags().Changed("timeout"):
+		return fmt.Errorf("apply: --timeout only applies with --wait")
+	case timeout <= 0:
+		return fmt.Errorf("apply: --timeout %s: want a positive duration such as 30s", timeout)
+	}
+	return nil
 }
 
 // readApplyFiles expands directories (their .yaml, .yml and .json files, not

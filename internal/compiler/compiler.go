@@ -13,11 +13,11 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/view"
 )
 
@@ -273,34 +273,17 @@ func writeField(h hashWriter, s string) {
 	h.Write([]byte(s))
 }
 
-// parseSubscription accepts "name", "name.namespace" and
-// "name.namespace.svc.<domain>"; name and namespace must be DNS labels.
+// parseSubscription accepts the host forms meshname.ParseHost does:
+// "name" (in defaultNS), "name.namespace", "name.namespace.svc" and
+// "name.namespace.svc.<domain>".
 func (c *Compiler) parseSubscription(s, defaultNS string) (svcKey, bool) {
-	s = strings.TrimSuffix(s, ".")
-	if c.opts.Domain != "" {
-		s = strings.TrimSuffix(s, ".svc."+c.opts.Domain)
+	domain := c.opts.Domain
+	if domain == "" {
+		domain = meshname.DefaultDomain
 	}
-	parts := strings.Split(s, ".")
-	switch {
-	case len(parts) == 1 && isLabel(parts[0]):
-		return svcKey{ns: defaultNS, name: parts[0]}, true
-	case len(parts) == 2 && isLabel(parts[0]) && isLabel(parts[1]):
-		return svcKey{ns: parts[1], name: parts[0]}, true
+	name, ns, ok := meshname.ParseHost(s, defaultNS, domain)
+	if !ok {
+		return svcKey{}, false
 	}
-	return svcKey{}, false
-}
-
-// isLabel reports whether s is an RFC 1123 DNS label (what names and
-// namespaces are).
-func isLabel(s string) bool {
-	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		b := s[i]
-		if !(b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '-') {
-			return false
-		}
-	}
-	return true
+	return svcKey{ns: ns, name: name}, true
 }

@@ -9,8 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -38,13 +40,19 @@ type applier interface {
 }
 
 type adminDeps struct {
-	store     adminStore
-	applier   applier
-	token     string
-	statuses  func() []push.ProxyStatus
-	endpoints func(context.Context) ([]*meshv1.Endpoint, error)
-	logger    *slog.Logger
+	store    adminStore
+	applier  applier
+	token    string
+	statuses func() []push.ProxyStatus
+	// awaitRevision blocks until every proxy runs rev or one refused it
+	// (push.Server.AwaitRevision), or ctx ends.
+	awaitRevision func(ctx context.Context, rev int64) []push.ProxyStatus
+	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
+	logger        *slog.Logger
 }
+
+// MaxProxiesWait bounds a /v1/proxies long-poll; clients wanting longer ask again.
+const MaxProxiesWait = 5 * time.Minute
 
 type admin struct {
 	adminDeps
@@ -59,6 +67,9 @@ type admin struct {
 func newAdmin(d adminDeps) *admin {
 	if d.logger == nil {
 		d.logger = slog.New(slog.DiscardHandler)
+	}
+	if d.awaitRevision == nil {
+		d.awaitRevision = func(context.Context, int64) []push.ProxyStatus { return d.statuses() }
 	}
 	a := &admin{adminDeps: d, log: d.logger.With("component", "admin")}
 	a.maxBody.Store(MaxBodyBytes)
@@ -350,12 +361,49 @@ func (a *admin) refOf(w http.ResponseWriter, r *http.Request) (config.Ref, bool)
 	return config.Ref{Kind: kind, Namespace: ns, Name: name}, true
 }
 
-func (a *admin) proxies(w http.ResponseWriter, _ *http.Request) {
-	list := a.statuses()
+// proxies lists the connected proxies. With ?minRevision=R&wait=D it first
+// waits up to D until every proxy runs a snapshot current at R or later, or
+// one refused the config at R; the answer is the list either way, and the
+// client judges it (push.ProxyStatus.AtRevision, Refused).
+func (a *admin) proxies(w http.ResponseWriter, r *http.Request) {
+	rev, wait, err := proxiesWait(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var list []push.ProxyStatus
+	if wait > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		list = a.awaitRevision(ctx, rev)
+		cancel()
+	} else {
+		list = a.statuses()
+	}
 	if list == nil {
 		list = []push.ProxyStatus{}
 	}
 	writeJSON(w, http.StatusOK, list)
+}
+
+// proxiesWait parses the long-poll parameters of /v1/proxies.
+func proxiesWait(r *http.Request) (rev int64, wait time.Duration, err error) {
+	q := r.URL.Query()
+	if s := q.Get("minRevision"); s != "" {
+		if rev, err = strconv.ParseInt(s, 10, 64); err != nil || rev < 0 {
+			return 0, 0, fmt.Errorf("minRevision: %q is not a revision (a whole number >= 0)", s)
+		}
+	}
+	s := q.Get("wait")
+	if s == "" {
+		return rev, 0, nil
+	}
+	if !q.Has("minRevision") {
+		return 0, 0, errors.New("wait: needs minRevision, the revision to wait for")
+	}
+	if wait, err = time.ParseDuration(s); err != nil || wait <= 0 || wait > MaxProxiesWait {
+		return 0, 0, fmt.Errorf("wait: %q: want a duration such as 30s, above 0 and at most %s", s, MaxProxiesWait)
+	}
+	return rev, wait, nil
 }
 
 func (a *admin) listEndpoints(w http.ResponseWriter, r *http.Request) {

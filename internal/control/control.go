@@ -20,16 +20,21 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/ca"
 	"trellis.dev/trellis/internal/compiler"
+	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/telemetry"
 	"trellis.dev/trellis/internal/view"
 )
 
@@ -37,6 +42,7 @@ import (
 const (
 	DefaultGRPCAddr    = "127.0.0.1:15010"
 	DefaultAdminAddr   = "127.0.0.1:15011"
+	DefaultMetricsAddr = "127.0.0.1:15012"
 	DefaultTrustDomain = "trellis.local"
 	DefaultDomain      = "trellis.local"
 
@@ -62,7 +68,11 @@ type Options struct {
 	// GRPCAddr is where proxies connect (default 127.0.0.1:15010).
 	GRPCAddr string
 	// AdminAddr is the HTTPS admin API (default 127.0.0.1:15011).
-	AdminAddr   string
+	AdminAddr string
+	// MetricsAddr serves Prometheus /metrics over plain HTTP, no token
+	// (default 127.0.0.1:15012): it holds counts only, no names or secrets,
+	// and binds to loopback unless AllowRemote.
+	MetricsAddr string
 	TrustDomain string
 	Domain      string
 	// CACertFile, CAKeyFile, CARootFile: an operator-provided signing
@@ -72,7 +82,10 @@ type Options struct {
 	AllowRemote bool
 	// WorkloadTTL of issued certificates (default: the CA's, 24h).
 	WorkloadTTL time.Duration
-	Logger      *slog.Logger
+	// Store, if set, is the store to run on (the caller closes it after
+	// Stop); nil opens the bbolt store in DataDir, closed by Stop.
+	Store  store.Store
+	Logger *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -81,6 +94,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.AdminAddr == "" {
 		o.AdminAddr = DefaultAdminAddr
+	}
+	if o.MetricsAddr == "" {
+		o.MetricsAddr = DefaultMetricsAddr
 	}
 	if o.TrustDomain == "" {
 		o.TrustDomain = DefaultTrustDomain
@@ -98,7 +114,7 @@ func (o *Options) Validate() error {
 	if o.DataDir == "" {
 		return errors.New("dataDir: required")
 	}
-	for _, a := range []struct{ field, addr string }{{"grpcAddr", o.GRPCAddr}, {"adminAddr", o.AdminAddr}} {
+	for _, a := range []struct{ field, addr string }{{"grpcAddr", o.GRPCAddr}, {"adminAddr", o.AdminAddr}, {"metricsAddr", o.MetricsAddr}} {
 		host, _, err := net.SplitHostPort(a.addr)
 		if err != nil {
 			return fmt.Errorf("%s: %q: %w", a.field, a.addr, err)
@@ -120,19 +136,27 @@ func isLoopback(host string) bool {
 
 // Control is a running control plane.
 type Control struct {
-	o       Options
-	log     *slog.Logger
-	st      *store.Bolt
-	ca      *ca.CA
-	reg     *registry.Registry
-	view    *view.View
-	comp    *compiler.Compiler
-	push    *push.Server
-	grpc    *grpc.Server
-	http    *http.Server
-	admin   *admin
-	grpcLn  net.Listener
-	adminLn net.Listener
+	o   Options
+	log *slog.Logger
+	// st is the store every component uses, timed for /metrics; raw is
+	// the same store untimed; ownStore: Stop closes raw.
+	st, raw  store.Store
+	ownStore bool
+	meter    *telemetry.ControlMetrics
+	ca       *ca.CA
+	reg      *registry.Registry
+	view     *view.View
+	comp     *compiler.Compiler
+	push     *push.Server
+	grpc     *grpc.Server
+	http     *http.Server
+	admin    *admin
+	grpcLn   net.Listener
+	adminLn  net.Listener
+	// metricsSrv serves /metrics on metricsLn, plain HTTP.
+	metricsSrv *http.Server
+	metricsLn  net.Listener
+	promReg    *prometheus.Registry
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -179,9 +203,8 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		}
 	}()
 
-	c.st, err = store.NewBolt(filepath.Join(o.DataDir, StoreFile), store.BoltOptions{Logger: o.Logger})
-	if err != nil {
-		return nil, fmt.Errorf("control: %w", err)
+	if err := c.openStore(); err != nil {
+		return nil, err
 	}
 	c.ca, err = ca.LoadOrCreate(ctx, c.st, ca.Options{
 		TrustDomain: o.TrustDomain,
@@ -231,6 +254,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		Registry:    registryAdapter{c.reg},
 		Snapshots:   snapshotsAdapter{c.comp},
 		MaxTTL:      registry.MaxTTL,
+		Metrics:     c.meter,
 		Logger:      o.Logger,
 	})
 
@@ -240,7 +264,10 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if c.adminLn, err = net.Listen("tcp", o.AdminAddr); err != nil {
 		return nil, fmt.Errorf("control: admin listener: %w", err)
 	}
-	if err := writeAddrs(o.DataDir, c.grpcLn.Addr().String(), c.adminLn.Addr().String()); err != nil {
+	if c.metricsLn, err = net.Listen("tcp", o.MetricsAddr); err != nil {
+		return nil, fmt.Errorf("control: metrics listener: %w", err)
+	}
+	if err := writeAddrs(o.DataDir, c.addrs()); err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
 
@@ -260,12 +287,13 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	adminTLS := tlsConfig.Clone()
 	adminTLS.NextProtos = []string{"h2", "http/1.1"}
 	c.admin = newAdmin(adminDeps{
-		store:     c.st,
-		applier:   apply.New(c.st, apply.Options{Logger: o.Logger}),
-		token:     adminToken,
-		statuses:  c.push.Statuses,
-		endpoints: c.reg.Endpoints,
-		logger:    o.Logger,
+		store:         c.st,
+		applier:       apply.New(c.st, apply.Options{Logger: o.Logger}),
+		token:         adminToken,
+		statuses:      c.push.Statuses,
+		awaitRevision: c.push.AwaitRevision,
+		endpoints:     c.reg.Endpoints,
+		logger:        o.Logger,
 	})
 	c.http = &http.Server{
 		Handler:           c.admin,
@@ -281,15 +309,92 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		}
 	})
 
+	c.serveMetrics()
+
 	log.Info("control plane started", "grpc", c.grpcLn.Addr().String(), "admin", c.adminLn.Addr().String(),
-		"trust_domain", td.String(), "data_dir", o.DataDir)
+		"metrics", c.metricsLn.Addr().String(), "trust_domain", td.String(), "data_dir", o.DataDir)
 	return c, nil
+}
+
+// openStore takes the injected store or opens bbolt in the data dir, and
+// registers the metrics, whose store timings wrap it.
+func (c *Control) openStore() error {
+	c.raw = c.o.Store
+	if c.raw == nil {
+		b, err := store.NewBolt(filepath.Join(c.o.DataDir, StoreFile), store.BoltOptions{Logger: c.o.Logger})
+		if err != nil {
+			return fmt.Errorf("control: %w", err)
+		}
+		c.raw, c.ownStore = b, true
+	}
+	c.promReg = prometheus.NewRegistry()
+	meter, err := telemetry.NewControlMetrics(c.promReg, telemetry.ControlState{
+		ConnectedProxies:  func() int { return c.push.Counters().Streams },
+		SoonestCertExpiry: func() (time.Time, bool) { return c.push.SoonestCertExpiry() },
+		Resources:         func(context.Context) (map[string]int, error) { return countResources(c.view.State()), nil },
+		Kinds:             config.Kinds(),
+		StoreOps:          store.OpNames(),
+	})
+	if err == nil {
+		err = c.promReg.Register(collectors.NewGoCollector())
+	}
+	if err == nil {
+		err = c.promReg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if err != nil {
+		return fmt.Errorf("control: metrics: %w", err)
+	}
+	c.meter = meter
+	c.st = store.Observed(c.raw, meter)
+	return nil
+}
+
+// serveMetrics serves /metrics from the registry. No token: it holds
+// aggregate counts only (no resource names, identities or secrets), and it
+// listens on loopback unless the operator passed --allow-remote.
+func (c *Control) serveMetrics() {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(c.promReg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(c.log.Handler(), slog.LevelWarn),
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "not found: the control plane serves GET /metrics here; the API is on the admin address", http.StatusNotFound)
+	})
+	c.metricsSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
+	}
+	c.wg.Go(func() {
+		if err := c.metricsSrv.Serve(c.metricsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.errc <- fmt.Errorf("control: metrics server: %w", err)
+		}
+	})
+}
+
+// countResources counts the mesh view's resources by kind, for the
+// resources gauge: from memory, so a scrape costs the store nothing.
+func countResources(st *view.State) map[string]int {
+	counts := map[string]int{}
+	for _, r := range st.Resources() {
+		counts[r.Object.Ref().Kind]++
+	}
+	return counts
+}
+
+func (c *Control) addrs() Addrs {
+	return Addrs{GRPC: c.grpcLn.Addr().String(), Admin: c.adminLn.Addr().String(), Metrics: c.metricsLn.Addr().String()}
 }
 
 // Addrs returns the addresses actually listened on (useful with port 0).
 func (c *Control) Addrs() (grpcAddr, adminAddr string) {
 	return c.grpcLn.Addr().String(), c.adminLn.Addr().String()
 }
+
+// MetricsAddr returns the address /metrics is served on.
+func (c *Control) MetricsAddr() string { return c.metricsLn.Addr().String() }
 
 // Err receives a server's failure, if one fails while running.
 func (c *Control) Err() <-chan error { return c.errc }
@@ -311,9 +416,14 @@ func (c *Control) Stop() error {
 		if err := c.http.Shutdown(ctx); err != nil {
 			c.http.Close()
 		}
+		if err := c.metricsSrv.Shutdown(ctx); err != nil {
+			c.metricsSrv.Close()
+		}
 		c.cancel()
 		c.wg.Wait()
-		c.stopErr = c.st.Close()
+		if c.ownStore {
+			c.stopErr = c.raw.Close()
+		}
 		c.log.Info("control plane stopped")
 	})
 	return c.stopErr
@@ -327,8 +437,11 @@ func (c *Control) closeAll() {
 	if c.adminLn != nil {
 		c.adminLn.Close()
 	}
-	if c.st != nil {
-		c.st.Close()
+	if c.metricsLn != nil {
+		c.metricsLn.Close()
+	}
+	if c.ownStore {
+		c.raw.Close()
 	}
 }
 
@@ -397,6 +510,9 @@ func loadOrCreateToken(path string) (string, error) {
 type Addrs struct {
 	GRPC  string `json:"grpc_addr"`
 	Admin string `json:"admin_addr"`
+	// Metrics is where /metrics is served; absent in files written by
+	// older versions.
+	Metrics string `json:"metrics_addr,omitempty"`
 }
 
 // ReadAddrs reads the addresses a control plane wrote to dataDir.
@@ -416,8 +532,8 @@ func ReadAddrs(dataDir string) (Addrs, error) {
 	return a, nil
 }
 
-func writeAddrs(dir, grpcAddr, adminAddr string) error {
-	b, err := json.MarshalIndent(Addrs{GRPC: grpcAddr, Admin: adminAddr}, "", "  ")
+func writeAddrs(dir string, a Addrs) error {
+	b, err := json.MarshalIndent(a, "", "  ")
 	if err != nil {
 		return err
 	}

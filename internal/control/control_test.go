@@ -107,6 +107,7 @@ func TestStartRefusesBadOptions(t *testing.T) {
 		{"no data dir", Options{}, "dataDir"},
 		{"remote grpc", Options{DataDir: dir, GRPCAddr: "0.0.0.0:0", AdminAddr: "127.0.0.1:0"}, "grpcAddr: \"0.0.0.0:0\" is not a loopback address"},
 		{"remote admin", Options{DataDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: ":0"}, "adminAddr"},
+		{"remote metrics", Options{DataDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", MetricsAddr: "0.0.0.0:15012"}, "metricsAddr: \"0.0.0.0:15012\" is not a loopback address"},
 		{"bad addr", Options{DataDir: dir, GRPCAddr: "nonsense", AdminAddr: "127.0.0.1:0"}, "grpcAddr"},
 		{"bad trust domain", Options{DataDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", TrustDomain: "Not A Domain"}, "trust domain"},
 	}
@@ -140,7 +141,7 @@ func TestStartRefusesBadOptions(t *testing.T) {
 func TestSecondControlOnSameDataDirFails(t *testing.T) {
 	dir := t.TempDir()
 	startControl(t, dir)
-	c, err := Start(context.Background(), Options{DataDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0"})
+	c, err := Start(context.Background(), Options{DataDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0"})
 	if err == nil {
 		c.Stop()
 		t.Fatal("a second control plane opened the same store")
@@ -152,7 +153,7 @@ func TestRunStopsWithContext(t *testing.T) {
 	done := make(chan error, 1)
 	dir := t.TempDir()
 	go func() {
-		done <- Run(ctx, Options{DataDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0"})
+		done <- Run(ctx, Options{DataDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0"})
 	}()
 	// Wait until it wrote control.json, then stop it.
 	for {

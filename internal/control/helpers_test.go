@@ -19,9 +19,10 @@ import (
 func startControl(t testing.TB, dir string) *Control {
 	t.Helper()
 	c, err := Start(context.Background(), Options{
-		DataDir:   dir,
-		GRPCAddr:  "127.0.0.1:0",
-		AdminAddr: "127.0.0.1:0",
+		DataDir:     dir,
+		GRPCAddr:    "127.0.0.1:0",
+		AdminAddr:   "127.0.0.1:0",
+		MetricsAddr: "127.0.0.1:0",
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,15 @@ type received struct {
 // it receives (and ACKs) goes to the returned channel.
 func startProxySession(t *testing.T, c *Control, service string, subs ...string) <-chan received {
 	t.Helper()
+	ch, _ := startProxySessionWith(t, c, service, nil, subs...)
+	return ch
+}
+
+// startProxySessionWith is startProxySession whose Apply is refuse (nil:
+// ACK everything; an error: NACK with it). It also returns the issued
+// certificate's expiry.
+func startProxySessionWith(t *testing.T, c *Control, service string, refuse func(*meshv1.Snapshot) error, subs ...string) (<-chan received, time.Time) {
+	t.Helper()
 	dir := c.o.DataDir
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(readFile(t, dir, CAFile)))
@@ -81,6 +90,9 @@ func startProxySession(t *testing.T, c *Control, service string, subs ...string)
 			Subscriptions: func() []string { return subs },
 			Apply: func(s *meshv1.Snapshot) error {
 				out <- received{at: time.Now(), snap: s}
+				if refuse != nil {
+					return refuse(s)
+				}
 				return nil
 			},
 		})
@@ -91,7 +103,7 @@ func startProxySession(t *testing.T, c *Control, service string, subs ...string)
 			t.Errorf("session: %v", err)
 		}
 	})
-	return out
+	return out, time.Unix(resp.GetNotAfter(), 0)
 }
 
 func weightOf(s *meshv1.Snapshot, svc string) uint32 {

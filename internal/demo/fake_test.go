@@ -85,6 +85,7 @@ func fakeControl(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("control", flag.ContinueOnError)
 	dir, grpcAddr := fs.String("data-dir", "", ""), fs.String("grpc-addr", "", "")
 	fs.String("admin-addr", "", "")
+	fs.String("metrics-addr", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -160,13 +160,13 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		{row: "inventory-v2", service: "inventory", version: "v2"},
 		{service: "loadgen"},
 	}
-	ports, err := freePorts(2 + 4*len(members))
+	ports, err := freePorts(3 + 4*len(members))
 	if err != nil {
 		return Result{}, err
 	}
-	grpcAddr, adminAddr := ports[0], ports[1]
+	grpcAddr, adminAddr, metricsAddr := ports[0], ports[1], ports[2]
 	for i, m := range members {
-		m.app, m.inbound, m.outbound, m.admin = ports[2+4*i], ports[3+4*i], ports[4+4*i], ports[5+4*i]
+		m.app, m.inbound, m.outbound, m.admin = ports[3+4*i], ports[4+4*i], ports[5+4*i], ports[6+4*i]
 	}
 
 	// Stop everything we started, however we leave: proxies first (each
@@ -187,7 +187,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	}()
 
 	control, err = startProc("control", filepath.Join(logDir, "control.log"), o.Binary, "control",
-		"--data-dir", o.DataDir, "--grpc-addr", grpcAddr, "--admin-addr", adminAddr)
+		"--data-dir", o.DataDir, "--grpc-addr", grpcAddr, "--admin-addr", adminAddr, "--metrics-addr", metricsAddr)
 	if err != nil {
 		return res, err
 	}

@@ -131,9 +131,13 @@ func (r *fakeRegistry) stats() (registers int, endpoints []*meshv1.Endpoint, ttl
 
 // fakeSnapshots versions snapshots by a generation and the subscriptions,
 // so bumping the generation or changing subscriptions changes the version.
+// Like the compiler, it stamps each snapshot with the store revision it
+// reflects: every bump or write is one revision.
 type fakeSnapshots struct {
 	mu      sync.Mutex
 	gen     int
+	rev     int64
+	svcGen  map[string]int // write(svc): changes only that service's proxies
 	prefix  string
 	payload []byte // for every node whose id starts with "big"
 	subs    map[int]chan struct{}
@@ -141,14 +145,19 @@ type fakeSnapshots struct {
 }
 
 func newFakeSnapshots(prefix string) *fakeSnapshots {
-	return &fakeSnapshots{prefix: prefix, subs: map[int]chan struct{}{}}
+	return &fakeSnapshots{prefix: prefix, rev: 1, svcGen: map[string]int{}, subs: map[int]chan struct{}{}}
 }
 
 func (f *fakeSnapshots) Snapshot(_ context.Context, n Node) (*meshv1.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	version := fmt.Sprintf("%s%d|%s", f.prefix, f.gen, strings.Join(n.Subscriptions, ","))
+	if g := f.svcGen[n.Service]; g > 0 {
+		version += fmt.Sprintf("#%d", g)
+	}
 	snap := &meshv1.Snapshot{
-		Version:     fmt.Sprintf("%s%d|%s", f.prefix, f.gen, strings.Join(n.Subscriptions, ",")),
+		Version:     version,
+		Revision:    f.rev,
 		TrustDomain: td.Name(),
 		Inbound:     &meshv1.Service{Name: n.Service, Namespace: n.Namespace},
 	}
@@ -180,12 +189,35 @@ func (f *fakeSnapshots) Subscribe() (<-chan struct{}, func()) {
 func (f *fakeSnapshots) bump(change bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.rev++
 	if change {
 		f.gen++
 	}
 	for _, ch := range f.subs {
 		poke(ch)
 	}
+}
+
+// write is one store write at the next revision that changes the config of
+// the proxies of the services named, and of no other (none: no one's).
+// It returns the new revision.
+func (f *fakeSnapshots) write(services ...string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rev++
+	for _, s := range services {
+		f.svcGen[s]++
+	}
+	for _, ch := range f.subs {
+		poke(ch)
+	}
+	return f.rev
+}
+
+func (f *fakeSnapshots) revision() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rev
 }
 
 // env is one control plane on a real loopback TLS listener.

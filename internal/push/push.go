@@ -7,6 +7,17 @@
 // to them. Each Watch stream has its own sender goroutine, changes coalesce
 // (latest wins), and a stream whose send stalls is closed and counted, so one
 // slow proxy never holds up the others.
+//
+// Revisions: a snapshot carries the store revision it was compiled from.
+// Each stream records the revision its proxy is current at — that of the
+// snapshot it ACKed, advanced without a push when a later compile yields the
+// same version (the write did not change this proxy's config); a NACK does
+// not advance it. AwaitRevision waits for every connected proxy to reach a
+// revision, which is what `trellis apply --wait` long-polls.
+//
+// What the server records for metrics goes through the Metrics interface
+// (internal/telemetry implements it); gauges are read from Counters and
+// SoonestCertExpiry at scrape time.
 package push
 
 import (
@@ -81,8 +92,36 @@ type ServerOptions struct {
 	// SendTimeout bounds one snapshot send; a stream whose send blocks longer
 	// is closed and counted (default 10s).
 	SendTimeout time.Duration
-	Logger      *slog.Logger
+	// Metrics records pushes, answers and issued certificates (default: none).
+	Metrics Metrics
+	Logger  *slog.Logger
 }
+
+// Metrics is what the server records; internal/telemetry implements it on a
+// Prometheus registry. Gauges (connected proxies, the soonest certificate
+// expiry) are read at scrape time from Counters and SoonestCertExpiry instead.
+// Calls must be cheap and must not block: they run on the streams' goroutines.
+type Metrics interface {
+	// SnapshotPushed counts one snapshot sent to a proxy.
+	SnapshotPushed()
+	// SnapshotAcked counts an ACK; sinceSend is the time from the send to it.
+	SnapshotAcked(sinceSend time.Duration)
+	// SnapshotNacked counts a NACK.
+	SnapshotNacked()
+	// SlowConsumerClosed counts a stream closed because its send stalled.
+	SlowConsumerClosed()
+	// CertificateIssued counts a workload certificate signed by Certify;
+	// renewal tells a renewal (current certificate) from a bootstrap (token).
+	CertificateIssued(renewal bool)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) SnapshotPushed()                {}
+func (nopMetrics) SnapshotAcked(time.Duration)    {}
+func (nopMetrics) SnapshotNacked()                {}
+func (nopMetrics) SlowConsumerClosed()            {}
+func (nopMetrics) CertificateIssued(renewal bool) {}
 
 // Defaults for ServerOptions and SessionOptions.
 const (
@@ -107,6 +146,14 @@ const (
 type ProxyStatus struct {
 	NodeID, Service, Namespace, Identity string
 	SentVersion, AckedVersion            string
+	// Revision is the store revision the proxy is known to be current at:
+	// that of the snapshot it last ACKed, advanced without a push when a
+	// later compile for it yields the same version (a write that did not
+	// change its config). Zero until the first ACK on this stream.
+	Revision int64
+	// SentRevision is the revision the last snapshot sent is current at;
+	// above Revision while that snapshot is unanswered or refused.
+	SentRevision int64
 	// State is StateSynced, StateStale, StateNacked or StatePending.
 	State string
 	// Error is the proxy's last NACK text or the last compile error.
@@ -114,6 +161,31 @@ type ProxyStatus struct {
 	CertExpiry  time.Time
 	ConnectedAt time.Time
 	LastAck     time.Time
+}
+
+// AtRevision reports whether p runs a snapshot current at rev or later.
+func (p ProxyStatus) AtRevision(rev int64) bool { return p.Revision >= rev }
+
+// Refused reports whether p refused (NACKed) the config current at rev: it
+// keeps its older one and will not reach rev until its config changes again.
+func (p ProxyStatus) Refused(rev int64) bool {
+	return p.State == StateNacked && p.SentRevision >= rev && !p.AtRevision(rev)
+}
+
+// Settled reports whether waiting for rev is over: every proxy in list runs
+// it, or one refused it.
+func Settled(list []ProxyStatus, rev int64) bool {
+	for _, p := range list {
+		if p.Refused(rev) {
+			return true
+		}
+	}
+	for _, p := range list {
+		if !p.AtRevision(rev) {
+			return false
+		}
+	}
+	return true
 }
 
 // Counters are the server's running totals, for metrics.

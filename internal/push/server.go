@@ -46,6 +46,9 @@ type Server struct {
 	// leases: lease id → owner, so one proxy cannot keep another's lease alive.
 	leases  map[int64]*nodeInfo
 	streams map[string]*watchStream
+	// changed closes (and is replaced) whenever a stream opens, closes or
+	// changes its status, so waiters for a revision need not poll.
+	changed chan struct{}
 
 	pushes, acks, nacks, slow atomic.Uint64
 }
@@ -75,6 +78,9 @@ func NewServer(o ServerOptions) *Server {
 	if o.ValidToken == nil {
 		o.ValidToken = func(string) bool { return false }
 	}
+	if o.Metrics == nil {
+		o.Metrics = nopMetrics{}
+	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return &Server{
@@ -85,6 +91,7 @@ func NewServer(o ServerOptions) *Server {
 		nodes:       map[string]*nodeInfo{},
 		leases:      map[int64]*nodeInfo{},
 		streams:     map[string]*watchStream{},
+		changed:     make(chan struct{}),
 	}
 }
 
@@ -114,6 +121,70 @@ func (s *Server) Statuses() []ProxyStatus {
 	}
 	slices.SortFunc(out, func(a, b ProxyStatus) int { return strings.Compare(a.NodeID, b.NodeID) })
 	return out
+}
+
+// statusChanged returns a channel that closes at the next status change.
+func (s *Server) statusChanged() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// notifyStatus wakes every statusChanged waiter.
+func (s *Server) notifyStatus() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.notifyStatusLocked()
+}
+
+func (s *Server) notifyStatusLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// AwaitRevision waits until every connected proxy runs a snapshot current at
+// rev or later, or one has refused the config current at rev (see Settled),
+// or ctx ends; it returns the statuses at that moment. Proxies that connect
+// meanwhile count too. `trellis apply --wait` long-polls it.
+func (s *Server) AwaitRevision(ctx context.Context, rev int64) []ProxyStatus {
+	for {
+		// Take the channel before reading: a change in between still wakes us.
+		ch := s.statusChanged()
+		list := s.Statuses()
+		if Settled(list, rev) {
+			return list
+		}
+		select {
+		case <-ctx.Done():
+			return list
+		case <-ch:
+		}
+		// One apply moves every stream's status; reading them all at each
+		// change would cost n² with n proxies, so changes coalesce a moment.
+		t := time.NewTimer(awaitCoalesce)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// awaitCoalesce bounds how often AwaitRevision re-reads the statuses.
+const awaitCoalesce = 10 * time.Millisecond
+
+// SoonestCertExpiry is the earliest expiry of the certificates the connected
+// proxies use; ok is false when none is connected (or none reported one).
+func (s *Server) SoonestCertExpiry() (t time.Time, ok bool) {
+	for _, st := range s.Statuses() {
+		if st.CertExpiry.IsZero() {
+			continue
+		}
+		if !ok || st.CertExpiry.Before(t) {
+			t, ok = st.CertExpiry, true
+		}
+	}
+	return t, ok
 }
 
 // Counters returns the running totals.
@@ -240,6 +311,7 @@ func (m *meshService) Certify(ctx context.Context, req *meshv1.CertifyRequest) (
 		s.log.Error("certify: sign failed", "identity", id.String(), "err", err)
 		return nil, status.Errorf(codes.Internal, "push: certify: %v", err)
 	}
+	s.o.Metrics.CertificateIssued(renewal)
 	s.log.Info("certified", "identity", id.String(), "renewal", renewal, "not_after", notAfter)
 	return &meshv1.CertifyResponse{
 		CertChain:   chain,

@@ -35,7 +35,11 @@ type watchStream struct {
 	subs      []string
 	sentVer   string
 	sentNonce string
-	st        ProxyStatus
+	// sentRev is the newest revision sentVer is current at (compiles that
+	// yield the same version advance it); sentAt is when it was sent.
+	sentRev int64
+	sentAt  time.Time
+	st      ProxyStatus
 }
 
 func (w *watchStream) status() ProxyStatus {
@@ -121,6 +125,7 @@ func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest,
 	s.mu.Lock()
 	old := s.streams[n.id]
 	s.streams[n.id] = w
+	s.notifyStatusLocked()
 	s.mu.Unlock()
 	if old != nil {
 		old.replace()
@@ -129,6 +134,7 @@ func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest,
 		s.mu.Lock()
 		if s.streams[n.id] == w {
 			delete(s.streams, n.id)
+			s.notifyStatusLocked()
 		}
 		s.mu.Unlock()
 	}()
@@ -168,6 +174,7 @@ func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest,
 	case <-w.stalled:
 		// Returning ends the stream, which unblocks the stalled Send.
 		s.slow.Add(1)
+		s.o.Metrics.SlowConsumerClosed()
 		log.Warn("closing watch: proxy did not take a snapshot in time", "timeout", s.o.SendTimeout)
 		return status.Errorf(codes.Unavailable, "snapshot send blocked longer than %s: reconnect and resync", s.o.SendTimeout)
 	}
@@ -191,13 +198,18 @@ func (w *watchStream) recvLoop() error {
 		if changed {
 			w.subs = subs
 		}
+		answered := false
 		if exp := req.GetCertNotAfter(); exp > 0 {
 			w.st.CertExpiry = time.Unix(exp, 0).UTC()
 		}
 		if nonce := req.GetNonce(); nonce != "" && nonce == w.sentNonce {
 			w.answerLocked(req)
+			answered = true
 		}
 		w.mu.Unlock()
+		if answered {
+			w.s.notifyStatus()
+		}
 		if changed {
 			poke(w.wake)
 		}
@@ -209,17 +221,37 @@ func (w *watchStream) recvLoop() error {
 func (w *watchStream) answerLocked(req *meshv1.WatchRequest) {
 	if msg := req.GetError(); msg != "" {
 		w.s.nacks.Add(1)
+		w.s.o.Metrics.SnapshotNacked()
+		// Revision stays: the proxy runs what it ran before.
 		w.st.State = StateNacked
 		w.st.Error = msg
 		w.s.log.Warn("proxy refused snapshot (NACK); it keeps its last good config",
 			"node", w.node.ID, "version", req.GetVersion(), "error", msg)
 		return
 	}
+	now := time.Now()
 	w.s.acks.Add(1)
+	w.s.o.Metrics.SnapshotAcked(now.Sub(w.sentAt))
 	w.st.State = StateSynced
 	w.st.AckedVersion = req.GetVersion()
+	w.st.Revision = max(w.st.Revision, w.sentRev)
 	w.st.Error = ""
-	w.st.LastAck = time.Now()
+	w.st.LastAck = now
+}
+
+// unchangedLocked records a compile at rev that yielded the version last
+// sent: that snapshot is current at rev too, so a proxy that ACKed it is
+// now at rev without a push. It reports whether the status changed.
+func (w *watchStream) unchangedLocked(rev int64) bool {
+	if rev <= w.sentRev {
+		return false
+	}
+	w.sentRev = rev
+	w.st.SentRevision = rev
+	if w.st.State == StateSynced {
+		w.st.Revision = max(w.st.Revision, rev)
+	}
+	return true
 }
 
 func (w *watchStream) sendLoop(ctx context.Context, inputs <-chan struct{}) error {
@@ -247,13 +279,19 @@ func (w *watchStream) sendLoop(ctx context.Context, inputs <-chan struct{}) erro
 		}
 		w.mu.Lock()
 		if snap.GetVersion() == w.sentVer {
+			changed := w.unchangedLocked(snap.GetRevision())
 			w.mu.Unlock()
+			if changed {
+				w.s.notifyStatus()
+			}
 			continue
 		}
 		nonce := w.s.nextNonce()
 		w.sentVer, w.sentNonce = snap.GetVersion(), nonce
-		w.st.SentVersion, w.st.State = snap.GetVersion(), StateStale
+		w.sentRev, w.sentAt = snap.GetRevision(), time.Now()
+		w.st.SentVersion, w.st.SentRevision, w.st.State = snap.GetVersion(), snap.GetRevision(), StateStale
 		w.mu.Unlock()
+		w.s.notifyStatus()
 
 		out := withNonce(snap, nonce)
 		t := time.AfterFunc(w.s.o.SendTimeout, w.stall)
@@ -263,6 +301,7 @@ func (w *watchStream) sendLoop(ctx context.Context, inputs <-chan struct{}) erro
 			return err
 		}
 		w.s.pushes.Add(1)
+		w.s.o.Metrics.SnapshotPushed()
 	}
 }
 

@@ -146,9 +146,9 @@ func eventually(t *testing.T, limit time.Duration, what string, cond func() bool
 }
 
 type controlPlane struct {
-	dir, grpc, admin string
-	extra            []string
-	proc             *process
+	dir, grpc, admin, metrics string
+	extra                     []string
+	proc                      *process
 }
 
 func startControl(t *testing.T, dir string, extra ...string) *controlPlane {
@@ -156,7 +156,7 @@ func startControl(t *testing.T, dir string, extra ...string) *controlPlane {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	cp := &controlPlane{dir: dir, grpc: freeAddr(t), admin: freeAddr(t), extra: extra}
+	cp := &controlPlane{dir: dir, grpc: freeAddr(t), admin: freeAddr(t), metrics: freeAddr(t), extra: extra}
 	cp.start(t)
 	return cp
 }
@@ -164,7 +164,7 @@ func startControl(t *testing.T, dir string, extra ...string) *controlPlane {
 func (cp *controlPlane) start(t *testing.T) {
 	t.Helper()
 	os.Remove(filepath.Join(cp.dir, "control.json"))
-	args := append([]string{"control", "--data-dir", cp.dir, "--grpc-addr", cp.grpc, "--admin-addr", cp.admin, "--log-level", "debug"}, cp.extra...)
+	args := append([]string{"control", "--data-dir", cp.dir, "--grpc-addr", cp.grpc, "--admin-addr", cp.admin, "--metrics-addr", cp.metrics, "--log-level", "debug"}, cp.extra...)
 	cp.proc = start(t, "control", args...)
 	eventually(t, 15*time.Second, "control plane to start", func() bool {
 		if cp.proc.exited() {
