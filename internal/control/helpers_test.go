@@ -23,6 +23,7 @@ func startControl(t testing.TB, dir string) *Control {
 		GRPCAddr:    "127.0.0.1:0",
 		AdminAddr:   "127.0.0.1:0",
 		MetricsAddr: "127.0.0.1:0",
+		DNSAddr:     DNSOff, // tests that want DNS start their own
 	})
 	if err != nil {
 		t.Fatal(err)
