@@ -25,12 +25,15 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/view"
@@ -98,10 +101,10 @@ type Server struct {
 	ttl    uint32
 	addrs  []netip.Addr // own addresses, for ns.<domain>
 
-	idx      atomic.Pointer[index]
-	pc       net.PacketConn
-	ln       net.Listener
-	udp, tcp *mdns.Server
+	idx     atomic.Pointer[index]
+	pcs     []net.PacketConn // one per UDP reader, all on ln's port
+	ln      net.Listener
+	servers []*mdns.Server
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -135,7 +138,7 @@ func Start(v View, o Options) (_ *Server, err error) {
 		}
 		s.h.fwd = newUpstream(addr, o.ForwardTimeout)
 	}
-	if s.pc, s.ln, err = listen(o.Addr); err != nil {
+	if s.pcs, s.ln, err = listen(o.Addr, udpReaders()); err != nil {
 		return nil, err
 	}
 	s.addrs = ownAddrs(s.ln.Addr())
@@ -155,9 +158,16 @@ func Start(v View, o Options) (_ *Server, err error) {
 	return s, nil
 }
 
-// listen binds TCP and UDP on the same address. With port 0 the kernel picks
-// the TCP port and UDP takes the same one; if UDP's is taken, it tries again.
-func listen(addr string) (net.PacketConn, net.Listener, error) {
+// udpReaders is how many UDP sockets share the port: one per CPU (at most
+// 4). One socket's read loop is one goroutine in a syscall at a time; with
+// several the kernel spreads clients over them (SO_REUSEPORT).
+func udpReaders() int { return min(runtime.GOMAXPROCS(0), 4) }
+
+// listen binds TCP and n UDP sockets on the same address. With port 0 the
+// kernel picks the TCP port and UDP takes the same one; if UDP's is taken,
+// it tries again. TCP binds without SO_REUSEPORT, so a second server on the
+// same port fails there, whatever UDP would allow.
+func listen(addr string, n int) ([]net.PacketConn, net.Listener, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dns: address %q: %w", addr, err)
@@ -172,15 +182,39 @@ func listen(addr string) (net.PacketConn, net.Listener, error) {
 			return nil, nil, fmt.Errorf("dns: listen tcp: %w", err)
 		}
 		bound := net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
-		pc, err := net.ListenPacket("udp", bound)
+		pcs, err := listenUDP(bound, n)
 		if err == nil {
-			return pc, ln, nil
+			return pcs, ln, nil
 		}
 		ln.Close()
 		if i+1 >= tries {
 			return nil, nil, fmt.Errorf("dns: listen udp: %w", err)
 		}
 	}
+}
+
+func listenUDP(addr string, n int) ([]net.PacketConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	var pcs []net.PacketConn
+	for range n {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			for _, p := range pcs {
+				p.Close()
+			}
+			return nil, err
+		}
+		pcs = append(pcs, pc)
+	}
+	return pcs, nil
 }
 
 // ownAddrs is the bound address, unless it is unspecified (0.0.0.0, ::).
@@ -203,12 +237,16 @@ func (s *Server) serve() error {
 		}
 		return mdns.MsgAccept
 	}
-	started := make(chan struct{}, 2)
+	n := len(s.pcs) + 1
+	started := make(chan struct{}, n)
 	notify := func() { started <- struct{}{} }
-	s.udp = &mdns.Server{PacketConn: s.pc, Handler: s, UDPSize: mdns.DefaultMsgSize, MsgAcceptFunc: accept, NotifyStartedFunc: notify}
-	s.tcp = &mdns.Server{Listener: s.ln, Handler: s, MsgAcceptFunc: accept, NotifyStartedFunc: notify}
-	errc := make(chan error, 2)
-	for _, srv := range []*mdns.Server{s.udp, s.tcp} {
+	for _, pc := range s.pcs {
+		s.servers = append(s.servers, &mdns.Server{PacketConn: pc, Handler: s, UDPSize: mdns.DefaultMsgSize,
+			MsgAcceptFunc: accept, NotifyStartedFunc: notify})
+	}
+	s.servers = append(s.servers, &mdns.Server{Listener: s.ln, Handler: s, MsgAcceptFunc: accept, NotifyStartedFunc: notify})
+	errc := make(chan error, n)
+	for _, srv := range s.servers {
 		s.wg.Go(func() {
 			if err := srv.ActivateAndServe(); err != nil {
 				errc <- err
@@ -216,7 +254,7 @@ func (s *Server) serve() error {
 			}
 		})
 	}
-	for range 2 {
+	for range n {
 		select {
 		case <-started:
 		case err := <-errc:
@@ -314,16 +352,16 @@ func (s *Server) Stop() error {
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
 		var errs []error
-		for _, srv := range []*mdns.Server{s.udp, s.tcp} {
-			if srv != nil {
-				if err := srv.ShutdownContext(ctx); err != nil {
-					errs = append(errs, err)
-				}
+		for _, srv := range s.servers {
+			if err := srv.ShutdownContext(ctx); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		// Close what a failed Start never handed to a server; closing
 		// twice only returns an error nobody needs.
-		s.pc.Close()
+		for _, pc := range s.pcs {
+			pc.Close()
+		}
 		s.ln.Close()
 		s.cancel()
 		s.wg.Wait()

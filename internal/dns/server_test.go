@@ -197,11 +197,11 @@ func TestServerForwardFailure(t *testing.T) {
 // startUpstream runs h on UDP and TCP on one loopback port.
 func startUpstream(t *testing.T, h mdns.HandlerFunc) string {
 	t.Helper()
-	pc, ln, err := listen("127.0.0.1:0")
+	pcs, ln, err := listen("127.0.0.1:0", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, srv := range []*mdns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+	for _, srv := range []*mdns.Server{{PacketConn: pcs[0], Handler: h}, {Listener: ln, Handler: h}} {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
 		go srv.ActivateAndServe()
