@@ -137,6 +137,13 @@ func TestHandler(t *testing.T) {
 				return m
 			}(),
 			want{rcode: mdns.RcodeRefused}},
+		{"CHAOS class for a mesh name: REFUSED",
+			func() *mdns.Msg {
+				m := query("orders.default.svc."+z, mdns.TypeA)
+				m.Question[0].Qclass = mdns.ClassCHAOS
+				return m
+			}(),
+			want{rcode: mdns.RcodeRefused}},
 		{"NOTIFY: NOTIMP",
 			func() *mdns.Msg { m := query(z, mdns.TypeSOA); m.Opcode = mdns.OpcodeNotify; return m }(),
 			want{rcode: mdns.RcodeNotImplemented}},
