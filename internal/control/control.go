@@ -638,9 +638,13 @@ func (c *Control) startDNS() error {
 	if c.o.DNSAddr == DNSOff {
 		return nil
 	}
+	meter, err := telemetry.NewDNSMetrics(c.promReg)
+	if err != nil {
+		return fmt.Errorf("control: dns metrics: %w", err)
+	}
 	addr := cmp.Or(c.o.DNSAddr, meshdns.DefaultAddr)
 	s, err := meshdns.Start(c.view, meshdns.Options{Addr: addr, Domain: c.o.Domain, TTL: c.o.DNSTTL,
-		Forward: c.o.DNSForward, Logger: c.o.Logger})
+		Forward: c.o.DNSForward, Metrics: meter, Logger: c.o.Logger})
 	switch {
 	case err != nil && c.o.DNSAddr == "" && errors.Is(err, syscall.EADDRINUSE):
 		c.log.Warn("DNS port in use: serving no DNS; choose another with --dns-addr, or --dns-addr off",

@@ -12,6 +12,7 @@ import (
 	mdns "github.com/miekg/dns"
 
 	meshdns "trellis.dev/trellis/internal/dns"
+	"trellis.dev/trellis/internal/telemetry"
 )
 
 func startWithDNS(t *testing.T, dnsAddr string) (*Control, error) {
@@ -66,6 +67,12 @@ spec:
 	resp := ask()
 	if resp.Rcode != mdns.RcodeSuccess || len(resp.Answer) != 0 || len(resp.Ns) != 1 || resp.Ns[0].Header().Ttl != 7 {
 		t.Fatalf("after apply: %v; want NODATA (a service without endpoints), SOA TTL 7", resp)
+	}
+	fams := parseMetrics(t, scrape(t, c))
+	for rcode, want := range map[string]float64{"NXDOMAIN": 1, "NOERROR": 1, "REFUSED": 0} {
+		if got := fams.must(t, telemetry.ControlDNSRepliesName, "transport", "udp", "rcode", rcode); got != want {
+			t.Errorf("%s udp %s = %v, want %v", telemetry.ControlDNSRepliesName, rcode, got, want)
+		}
 	}
 }
 

@@ -54,6 +54,16 @@ type View interface {
 	Subscribe() (<-chan struct{}, func())
 }
 
+// Metrics is what the server records: one call per reply, with its
+// rcode (forwarded replies included) and whether it went over TCP.
+type Metrics interface {
+	Reply(rcode int, tcp bool)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) Reply(int, bool) {}
+
 // Options configure a Server.
 type Options struct {
 	// Addr is host:port for both UDP and TCP; port 0 picks one free on both.
@@ -69,6 +79,8 @@ type Options struct {
 	Forward string
 	// ForwardTimeout bounds one forwarded exchange (default 2s).
 	ForwardTimeout time.Duration
+	// Metrics records every reply; nil records nothing.
+	Metrics Metrics
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -88,6 +100,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = nopMetrics{}
 	}
 }
 
@@ -271,6 +286,9 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	if resp == nil {
 		return
 	}
+	// Counted before it is written, so a client that has its reply sees it
+	// counted.
+	s.o.Metrics.Reply(resp.Rcode, tcp)
 	if err := w.WriteMsg(resp); err != nil {
 		s.log.Debug("write reply", "remote", w.RemoteAddr().String(), "err", err)
 	}
