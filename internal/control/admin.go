@@ -412,7 +412,8 @@ func (a *admin) listEndpoints(w http.ResponseWriter, r *http.Request) {
 		a.internalError(w, "list endpoints", err)
 		return
 	}
-	mo := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+	// lowerCamelCase field names (adminAddress), as every -o json the CLI prints.
+	mo := protojson.MarshalOptions{EmitUnpopulated: true}
 	out := make([]json.RawMessage, 0, len(eps))
 	for _, ep := range eps {
 		b, err := mo.Marshal(ep)
