@@ -70,15 +70,14 @@ func (h *handler) resolve(ctx context.Context, req, resp *mdns.Msg, tcp bool) *m
 		resp.Rcode = mdns.RcodeRefused
 		return nil
 	}
-	idx := h.index()
-	var (
-		n    *node
-		z    *zone
-		ours bool
-	)
-	if q.Qclass == mdns.ClassINET {
-		n, z, ours = idx.lookup(strings.ToLower(q.Name))
+	if q.Qclass != mdns.ClassINET {
+		// CHAOS (version.bind), HESIOD, ANY: nothing of the mesh, and
+		// nothing to ask an upstream for either.
+		resp.Rcode = mdns.RcodeRefused
+		return nil
 	}
+	idx := h.index()
+	n, z, ours := idx.lookup(strings.ToLower(q.Name))
 	switch {
 	case !ours && h.fwd != nil:
 		return h.forward(ctx, req, tcp)

@@ -406,6 +406,14 @@ func TestHandlerForward(t *testing.T) {
 		t.Fatalf("upstream asked %d times, want once", len(up.asked))
 	}
 
+	// Other classes are refused, not forwarded.
+	chaos := query("version.bind.", mdns.TypeTXT)
+	chaos.Question[0].Qclass = mdns.ClassCHAOS
+	check(t, chaos, h.answer(context.Background(), chaos, false), want{rcode: mdns.RcodeRefused})
+	if len(up.asked) != 1 {
+		t.Fatalf("CHAOS query forwarded")
+	}
+
 	up.err = errors.New("upstream down")
 	req = query("example.com.", mdns.TypeA)
 	check(t, req, h.answer(context.Background(), req, false), want{rcode: mdns.RcodeServerFailure})

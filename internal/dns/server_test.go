@@ -3,8 +3,10 @@ package dns
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/registry"
+	"trellis.dev/trellis/internal/store"
 )
 
 // startServer serves m's view on a free loopback port.
@@ -232,5 +235,53 @@ func TestStartRefusesBadOptions(t *testing.T) {
 			s.Stop()
 			t.Errorf("Start(%+v) succeeded", o)
 		}
+	}
+}
+
+// TestServerConcurrentWithChurn: replies built from shared index records
+// while endpoints come and go (run with -race).
+func TestServerConcurrentWithChurn(t *testing.T) {
+	m := bigMesh(t, 20)
+	s := startServer(t, m, Options{})
+	m.caughtUp(s)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() {
+			network := []string{"udp", "tcp"}[i%2]
+			c := &mdns.Client{Net: network, Timeout: 5 * time.Second}
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				for _, q := range []*mdns.Msg{
+					query("big.default.svc.trellis.local.", mdns.TypeA),
+					query("_http._tcp.big.default.svc.trellis.local.", mdns.TypeSRV).SetEdns0(1232, false),
+				} {
+					resp, _, err := c.Exchange(q, s.Addr())
+					if err != nil {
+						t.Errorf("%s: %v", network, err)
+						return
+					}
+					if resp.Rcode != mdns.RcodeSuccess {
+						t.Errorf("%s: rcode %s", network, mdns.RcodeToString[resp.Rcode])
+						return
+					}
+				}
+			}
+		})
+	}
+	for i := range 20 {
+		m.endpoint("default", "big", fmt.Sprintf("churn-%d", i), fmt.Sprintf("127.4.0.%d:15001", i+1), true)
+		m.txn(store.Delete(registry.Key("default", "big", fmt.Sprintf("big-%03d", i)), store.Any))
+	}
+	m.caughtUp(s)
+	close(done)
+	wg.Wait()
+	resp := exchange(t, "tcp", s.Addr(), query("big.default.svc.trellis.local.", mdns.TypeA))
+	if got := rdata(resp.Answer); len(got) != 20 || !slices.Contains(got, "A 127.4.0.1") {
+		t.Fatalf("after churn: %q, want the 20 new endpoints", got)
 	}
 }
