@@ -53,6 +53,7 @@ type config struct {
 	clients   int
 	tool      string
 	profile   string
+	rounds    int
 }
 
 func main() {
@@ -60,7 +61,8 @@ func main() {
 	flag.BoolVar(&c.serve, "serve", false, "internal: run the Trellis DNS server and print its address")
 	flag.IntVar(&c.services, "services", 50, "mesh services (names queried)")
 	flag.IntVar(&c.endpoints, "endpoints", 3, "healthy endpoints per service (A records per answer)")
-	flag.DurationVar(&c.duration, "duration", 10*time.Second, "load time per server")
+	flag.DurationVar(&c.duration, "duration", 10*time.Second, "load time per server, split into -rounds")
+	flag.IntVar(&c.rounds, "rounds", 5, "alternations between the servers within the one run")
 	flag.IntVar(&c.clients, "clients", 8, "concurrent clients (dnsperf -c; goroutines for -tool go)")
 	flag.StringVar(&c.tool, "tool", "auto", "load tool: dnsperf, go, or auto (dnsperf if installed)")
 	flag.StringVar(&c.profile, "cpuprofile", "", "write the Trellis server's CPU profile to this file")
@@ -71,6 +73,8 @@ func main() {
 		err = fmt.Errorf("-services %d: want 1 to %d", c.services, maxServices)
 	case c.endpoints < 1 || c.endpoints > maxEndpoints:
 		err = fmt.Errorf("-endpoints %d: want 1 to %d", c.endpoints, maxEndpoints)
+	case c.rounds < 1 || c.duration/time.Duration(max(c.rounds, 1)) < time.Second:
+		err = fmt.Errorf("-rounds %d: want at least 1, and -duration/-rounds at least 1s", c.rounds)
 	case c.clients < 1:
 		err = fmt.Errorf("-clients %d: want at least 1", c.clients)
 	case c.serve:
@@ -192,18 +196,30 @@ func run(c config) error {
 		return err
 	}
 
-	fmt.Printf("%d names × %d A records, %s per server, %d clients, load tool %s\n",
-		c.services, c.endpoints, c.duration, c.clients, tool)
-	results := map[string]result{}
-	for _, srv := range []struct{ name, addr string }{{"dnsmasq", dnsmasqAddr}, {"trellis", trellisAddr}} {
-		r, err := load(tool, c, srv.addr, queries)
-		if err != nil {
-			return fmt.Errorf("%s: %w", srv.name, err)
+	fmt.Printf("%d names × %d A records, %s per server in %d rounds, %d clients, load tool %s\n",
+		c.services, c.endpoints, c.duration, c.rounds, c.clients, tool)
+	// The load alternates between the servers in rounds, so a change in
+	// what else the machine runs weighs on both alike.
+	slice := c
+	slice.duration = c.duration / time.Duration(c.rounds)
+	totals := map[string]*result{"dnsmasq": {}, "trellis": {}}
+	for range c.rounds {
+		for _, srv := range []struct{ name, addr string }{{"dnsmasq", dnsmasqAddr}, {"trellis", trellisAddr}} {
+			r, err := load(tool, slice, srv.addr, queries)
+			if err != nil {
+				return fmt.Errorf("%s: %w", srv.name, err)
+			}
+			t := totals[srv.name]
+			t.answered += r.answered
+			t.lost += r.lost
+			t.qps += r.qps / float64(c.rounds)
 		}
-		results[srv.name] = r
-		fmt.Printf("%-8s %10.0f queries/s  (%d answered, %d lost)\n", srv.name, r.qps, r.answered, r.lost)
 	}
-	fmt.Printf("ratio trellis/dnsmasq: %.2f\n", results["trellis"].qps/results["dnsmasq"].qps)
+	for _, name := range []string{"dnsmasq", "trellis"} {
+		r := totals[name]
+		fmt.Printf("%-8s %10.0f queries/s  (%d answered, %d lost)\n", name, r.qps, r.answered, r.lost)
+	}
+	fmt.Printf("ratio trellis/dnsmasq: %.2f\n", totals["trellis"].qps/totals["dnsmasq"].qps)
 	return nil
 }
 
