@@ -45,6 +45,9 @@ const (
 	DefaultTTL            = 5 * time.Second
 	DefaultForwardTimeout = 2 * time.Second
 	shutdownTimeout       = 5 * time.Second
+	// maxForwarding bounds the UDP queries waiting on the upstream; past it
+	// new ones are dropped (the client retries), not queued without end.
+	maxForwarding = 1024
 )
 
 // View is what the server needs of the mesh view.
@@ -121,9 +124,10 @@ type Server struct {
 	ln      net.Listener
 	servers []*mdns.Server
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx        context.Context
+	cancel     context.CancelFunc
+	forwarding chan struct{} // a slot per UDP query waiting on the upstream
+	wg         sync.WaitGroup
 
 	mu    sync.Mutex
 	moved chan struct{} // closed (and replaced) when the index moves
@@ -144,7 +148,8 @@ func Start(v View, o Options) (_ *Server, err error) {
 		return nil, fmt.Errorf("dns: ttl %s: must be whole seconds, at least 1s", o.TTL)
 	}
 	s := &Server{o: o, log: o.Logger.With("component", "dns"), view: v,
-		origin: origin + ".", ttl: uint32(o.TTL / time.Second), moved: make(chan struct{})}
+		origin: origin + ".", ttl: uint32(o.TTL / time.Second), moved: make(chan struct{}),
+		forwarding: make(chan struct{}, maxForwarding)}
 	s.h = &handler{index: s.idx.Load, log: s.log}
 	if o.Forward != "" {
 		addr, err := upstreamAddr(o.Forward)
@@ -241,8 +246,8 @@ func ownAddrs(a net.Addr) []netip.Addr {
 	return []netip.Addr{ap.Addr().Unmap()}
 }
 
-// serve starts the UDP and TCP servers and waits until both run, so a Stop
-// right after Start finds them started.
+// serve starts the UDP loops and the TCP server, and waits until the TCP
+// server runs, so a Stop right after Start finds it started.
 func (s *Server) serve() error {
 	accept := func(dh mdns.Header) mdns.MsgAcceptAction {
 		// Every query reaches the handler, which owns the rcodes
@@ -252,13 +257,12 @@ func (s *Server) serve() error {
 		}
 		return mdns.MsgAccept
 	}
-	n := len(s.pcs) + 1
+	for _, pc := range s.pcs {
+		s.wg.Go(func() { s.serveUDP(pc.(*net.UDPConn)) })
+	}
+	n := 1
 	started := make(chan struct{}, n)
 	notify := func() { started <- struct{}{} }
-	for _, pc := range s.pcs {
-		s.servers = append(s.servers, &mdns.Server{PacketConn: pc, Handler: s, UDPSize: mdns.DefaultMsgSize,
-			MsgAcceptFunc: accept, NotifyStartedFunc: notify})
-	}
 	s.servers = append(s.servers, &mdns.Server{Listener: s.ln, Handler: s, MsgAcceptFunc: accept, NotifyStartedFunc: notify})
 	errc := make(chan error, n)
 	for _, srv := range s.servers {

@@ -9,8 +9,9 @@ import (
 )
 
 // FuzzHandle: arbitrary bytes off the wire → unpack → handler, over UDP and
-// TCP, forwarding on and off. A message that does not unpack is dropped (as
-// the server does); anything else gets no reply only if it is a response,
+// TCP, forwarding on and off. A message that does not unpack gets the UDP
+// loop's FORMERR, which must pack, or nothing; anything else gets no reply
+// only if it is a response,
 // and every reply packs, fits the transport's size, echoes the id, and
 // unpacks again.
 func FuzzHandle(f *testing.F) {
@@ -40,6 +41,15 @@ func FuzzHandle(f *testing.F) {
 	f.Fuzz(func(t *testing.T, wire []byte, tcp, fwd bool) {
 		req := new(mdns.Msg)
 		if err := req.Unpack(wire); err != nil {
+			// The UDP loop answers FORMERR when the header reads.
+			if resp := formErr(wire); resp != nil {
+				out, err := resp.Pack()
+				back := new(mdns.Msg)
+				if err != nil || back.Unpack(out) != nil || back.Rcode != mdns.RcodeFormatError ||
+					back.Id != uint16(wire[0])<<8|uint16(wire[1]) {
+					t.Fatalf("FORMERR reply %x (%v) to %x", out, err, wire)
+				}
+			}
 			return
 		}
 		h := plain

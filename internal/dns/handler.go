@@ -36,10 +36,21 @@ type handler struct {
 // answer is the reply to req, received over TCP if tcp. It returns nil for
 // a message that gets no reply (a response: answering it could loop).
 func (h *handler) answer(ctx context.Context, req *mdns.Msg, tcp bool) *mdns.Msg {
-	if req.Response {
-		return nil
+	resp, forward := h.local(req, tcp)
+	if forward {
+		return h.forward(ctx, req, tcp)
 	}
-	resp := &mdns.Msg{MsgHdr: mdns.MsgHdr{Id: req.Id, Response: true, Opcode: req.Opcode,
+	return resp
+}
+
+// local is answer without the upstream: forward is true (and resp nil)
+// when req is for the upstream, which the caller then asks. The UDP loop
+// answers local queries inline and only forwarded ones in a goroutine.
+func (h *handler) local(req *mdns.Msg, tcp bool) (resp *mdns.Msg, forward bool) {
+	if req.Response {
+		return nil, false
+	}
+	resp = &mdns.Msg{MsgHdr: mdns.MsgHdr{Id: req.Id, Response: true, Opcode: req.Opcode,
 		RecursionDesired: req.RecursionDesired, CheckingDisabled: req.CheckingDisabled,
 		RecursionAvailable: h.fwd != nil}}
 	if len(req.Question) == 1 {
@@ -54,33 +65,33 @@ func (h *handler) answer(ctx context.Context, req *mdns.Msg, tcp bool) *mdns.Msg
 	case opt != nil && opt.Version() != 0:
 		resp.Rcode = mdns.RcodeBadVers
 	default:
-		if fwd := h.resolve(ctx, req, resp, tcp); fwd != nil {
-			return fwd
+		if h.resolve(req, resp) {
+			return nil, true
 		}
 	}
-	return finish(resp, opt, tcp)
+	return finish(resp, opt, tcp), false
 }
 
-// resolve fills resp for a well-formed query, or returns the upstream's
-// reply when the name was forwarded.
-func (h *handler) resolve(ctx context.Context, req, resp *mdns.Msg, tcp bool) *mdns.Msg {
+// resolve fills resp for a well-formed query, or says the name is for the
+// upstream.
+func (h *handler) resolve(req, resp *mdns.Msg) (forward bool) {
 	q := req.Question[0]
 	if q.Qtype == mdns.TypeAXFR || q.Qtype == mdns.TypeIXFR {
 		// The zone changes with every endpoint; nobody should copy it.
 		resp.Rcode = mdns.RcodeRefused
-		return nil
+		return false
 	}
 	if q.Qclass != mdns.ClassINET {
 		// CHAOS (version.bind), HESIOD, ANY: nothing of the mesh, and
 		// nothing to ask an upstream for either.
 		resp.Rcode = mdns.RcodeRefused
-		return nil
+		return false
 	}
 	idx := h.index()
 	n, z, ours := idx.lookup(strings.ToLower(q.Name))
 	switch {
 	case !ours && h.fwd != nil:
-		return h.forward(ctx, req, tcp)
+		return true
 	case !ours:
 		resp.Rcode = mdns.RcodeRefused
 	case !idx.ready:
@@ -90,7 +101,7 @@ func (h *handler) resolve(ctx context.Context, req, resp *mdns.Msg, tcp bool) *m
 	default:
 		authoritative(resp, q.Qtype, n, z)
 	}
-	return nil
+	return false
 }
 
 // authoritative fills in an answer from the index: records (in a new random

@@ -285,3 +285,49 @@ func TestServerConcurrentWithChurn(t *testing.T) {
 		t.Fatalf("after churn: %q, want the 20 new endpoints", got)
 	}
 }
+
+// TestServerUDPMalformed: what does not unpack gets FORMERR with its id;
+// too short for a header, or a response, gets nothing.
+func TestServerUDPMalformed(t *testing.T) {
+	s := startServer(t, newMesh(t), Options{})
+	conn, err := net.Dial("udp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	send := func(b []byte) []byte {
+		t.Helper()
+		if _, err := conn.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		buf := make([]byte, 512)
+		n, err := conn.Read(buf)
+		if err != nil {
+			return nil
+		}
+		return buf[:n]
+	}
+	// A header announcing one question, then a truncated name.
+	bad := []byte{0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 7, 'o', 'r'}
+	got := send(bad)
+	resp := new(mdns.Msg)
+	if err := resp.Unpack(got); err != nil {
+		t.Fatalf("reply to a malformed query %x: %v", got, err)
+	}
+	if resp.Id != 0xabcd || !resp.Response || resp.Rcode != mdns.RcodeFormatError {
+		t.Fatalf("reply %v, want FORMERR with id 0xabcd", resp)
+	}
+	if got := send(bad[:5]); got != nil {
+		t.Fatalf("reply to 5 bytes: %x", got)
+	}
+	response := append([]byte{}, bad...)
+	response[2] |= 0x80 // QR
+	if got := send(response); got != nil {
+		t.Fatalf("reply to a malformed response: %x", got)
+	}
+	// The loop is still serving.
+	if r := exchange(t, "udp", s.Addr(), query("trellis.local.", mdns.TypeSOA)); r.Rcode != mdns.RcodeSuccess {
+		t.Fatalf("after garbage: %v", r)
+	}
+}
