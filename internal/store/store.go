@@ -8,6 +8,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -133,4 +134,23 @@ type Store interface {
 	// Revision is the store's current revision.
 	Revision(ctx context.Context) (int64, error)
 	Close() error
+}
+
+// expectErr checks op's precondition against the key's state (whether it
+// exists and, if so, its ModRevision): nil if it holds, else an ErrConflict
+// naming the key, the same words on every backend.
+func expectErr(op Op, exists bool, mod int64) error {
+	switch {
+	case op.ExpectRevision == Any:
+		return nil
+	case op.ExpectRevision == Absent && !exists:
+		return nil
+	case op.ExpectRevision == Absent:
+		return fmt.Errorf("store: txn: %q exists at revision %d, expected absent: %w", op.Key, mod, ErrConflict)
+	case !exists:
+		return fmt.Errorf("store: txn: %q is absent, expected revision %d: %w", op.Key, op.ExpectRevision, ErrConflict)
+	case mod != op.ExpectRevision:
+		return fmt.Errorf("store: txn: %q is at revision %d, expected %d: %w", op.Key, mod, op.ExpectRevision, ErrConflict)
+	}
+	return nil
 }
