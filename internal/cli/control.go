@@ -17,6 +17,7 @@ import (
 
 func newControlCmd(g *globals) *cobra.Command {
 	var o control.Options
+	var sf storeFlags
 	cmd := &cobra.Command{
 		Use:   "control",
 		Short: "Run the control plane",
@@ -29,7 +30,8 @@ first certificate) and admin-token (what the CLI presents). Prometheus metrics
 are served at http://<metrics-addr>/metrics. All listeners bind to loopback
 unless --allow-remote is given.`,
 		Example: `  trellis control
-  trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010`,
+  trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010
+  trellis control --store etcd --etcd-endpoints http://127.0.0.1:2379`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger("")
@@ -38,6 +40,9 @@ unless --allow-remote is given.`,
 			}
 			if o.Domain, err = meshname.ParseDomain(o.Domain); err != nil {
 				return fmt.Errorf("control: --domain: %w", err)
+			}
+			if err := sf.apply(cmd.Flags(), &o); err != nil {
+				return err
 			}
 			o.DataDir = g.dataDir
 			o.Logger = log
@@ -55,6 +60,7 @@ unless --allow-remote is given.`,
 	f.StringVar(&o.CARootFile, "ca-root", "", "PEM root of --ca-cert when it is an intermediate")
 	f.DurationVar(&o.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates; proxies renew at 2/3 of it")
 	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow listening on non-loopback addresses")
+	sf.register(f)
 	return cmd
 }
 

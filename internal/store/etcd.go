@@ -24,9 +24,11 @@ import (
 type EtcdOptions struct {
 	// Endpoints are etcd client URLs, all http:// or all https://.
 	Endpoints []string
-	// Prefix is put before every key, so several meshes (or other users)
-	// share one etcd without seeing each other's keys. Empty, or ending
-	// in "/" (so "/a/" never sees "/ab/").
+	// Prefix is put before every key (the etcd key is Prefix+key), so
+	// several meshes, or other users, share one etcd without seeing each
+	// other's keys. Trellis's keys start with "/": "/trellis" stores
+	// /trellis/resources/... . One mesh's prefix must not be the start of
+	// another's.
 	Prefix string
 	// CAFile verifies the servers (default: the system roots); CertFile and
 	// KeyFile are the client certificate, both or neither. Any of them, or
@@ -117,9 +119,6 @@ func NewEtcd(o EtcdOptions) (*Etcd, error) {
 func (o *EtcdOptions) setDefaults() error {
 	if len(o.Endpoints) == 0 {
 		return errors.New("endpoints: at least one etcd URL is required")
-	}
-	if o.Prefix != "" && !strings.HasSuffix(o.Prefix, "/") {
-		return fmt.Errorf("prefix %q: must end in \"/\", so that one mesh's prefix is never the start of another's", o.Prefix)
 	}
 	if (o.CertFile == "") != (o.KeyFile == "") {
 		return errors.New("client certificate: give both the certificate and its key, or neither")

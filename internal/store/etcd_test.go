@@ -47,7 +47,6 @@ func TestEtcdOptions(t *testing.T) {
 		want string
 	}{
 		{"no endpoints", store.EtcdOptions{}, "at least one etcd URL"},
-		{"prefix without slash", store.EtcdOptions{Endpoints: []string{"http://127.0.0.1:1"}, Prefix: "/mesh"}, `must end in "/"`},
 		{"cert without key", store.EtcdOptions{Endpoints: []string{"https://127.0.0.1:1"}, CertFile: "c.pem"}, "both the certificate and its key"},
 		{"mixed schemes", store.EtcdOptions{Endpoints: []string{"http://127.0.0.1:1", "https://127.0.0.1:2"}}, "mix http:// and https://"},
 		{"no scheme", store.EtcdOptions{Endpoints: []string{"127.0.0.1:2379"}}, "want http://host:port"},
