@@ -1,7 +1,13 @@
 package store_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -10,6 +16,7 @@ import (
 	"trellis.dev/trellis/internal/store"
 	"trellis.dev/trellis/internal/store/etcdtest"
 	"trellis.dev/trellis/internal/store/storetest"
+	"trellis.dev/trellis/internal/testpki"
 )
 
 // openEtcd connects to srv under prefix and closes the store at cleanup.
@@ -74,4 +81,77 @@ func TestEtcdUnreachable(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("NewEtcd took %v to fail, want about its 500ms dial timeout", d)
 	}
+}
+
+// TestEtcdTLS: against an etcd that serves TLS and requires client
+// certificates, the store connects with the CA, certificate and key, and
+// fails fast without the certificate or with another CA.
+func TestEtcdTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	dir := t.TempDir()
+	ca := testpki.NewCA(t)
+	ipSAN := func(c *x509.Certificate) {
+		c.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+		c.DNSNames = []string{"localhost"}
+	}
+	files := map[string]string{
+		"ca":       writePEM(t, dir, "ca.pem", ca.Cert.Raw, nil),
+		"other-ca": writePEM(t, dir, "other-ca.pem", testpki.NewCA(t).Cert.Raw, nil),
+	}
+	srvCert, srvKey := ca.Leaf(t, "", ipSAN)
+	files["server"] = writePEM(t, dir, "server.pem", srvCert.Raw, nil)
+	files["server-key"] = writePEM(t, dir, "server-key.pem", nil, srvKey)
+	cliCert, cliKey := ca.Leaf(t, "")
+	files["client"] = writePEM(t, dir, "client.pem", cliCert.Raw, nil)
+	files["client-key"] = writePEM(t, dir, "client-key.pem", nil, cliKey)
+
+	srv := etcdtest.Start(t, etcdtest.Options{CertFile: files["server"], KeyFile: files["server-key"], ClientCAFile: files["ca"]})
+	if !strings.HasPrefix(srv.Endpoint, "https://") {
+		t.Fatalf("endpoint %s: want https", srv.Endpoint)
+	}
+	s := openEtcd(t, store.EtcdOptions{Endpoints: []string{srv.Endpoint}, CAFile: files["ca"], CertFile: files["client"], KeyFile: files["client-key"]})
+	if _, err := s.Txn(t.Context(), store.Put("/tls/k", []byte("v"), store.Absent)); err != nil {
+		t.Fatalf("Txn over TLS: %v", err)
+	}
+	if kv, err := s.Get(t.Context(), "/tls/k"); err != nil || string(kv.Value) != "v" {
+		t.Fatalf("Get over TLS: %+v, %v", kv, err)
+	}
+	bad := []struct {
+		name string
+		o    store.EtcdOptions
+	}{
+		{"no client certificate", store.EtcdOptions{CAFile: files["ca"]}},
+		{"another CA", store.EtcdOptions{CAFile: files["other-ca"], CertFile: files["client"], KeyFile: files["client-key"]}},
+		{"plain http", store.EtcdOptions{Endpoints: []string{strings.Replace(srv.Endpoint, "https", "http", 1)}}},
+	}
+	for _, b := range bad {
+		if b.o.Endpoints == nil {
+			b.o.Endpoints = []string{srv.Endpoint}
+		}
+		b.o.DialTimeout = time.Second
+		if s, err := store.NewEtcd(b.o); err == nil {
+			s.Close()
+			t.Errorf("%s: NewEtcd succeeded, want a refused connection", b.name)
+		}
+	}
+}
+
+// writePEM writes a certificate or a key as PEM and returns its path.
+func writePEM(t *testing.T, dir, name string, cert []byte, key *ecdsa.PrivateKey) string {
+	t.Helper()
+	block := &pem.Block{Type: "CERTIFICATE", Bytes: cert}
+	if key != nil {
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block = &pem.Block{Type: "PRIVATE KEY", Bytes: der}
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
