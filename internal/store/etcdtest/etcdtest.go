@@ -38,10 +38,13 @@ type Server struct {
 	Endpoint string
 	DataDir  string
 
-	cmd  *exec.Cmd
-	log  *syncBuffer
-	done chan struct{} // closed when the process exited
-	once sync.Once
+	bin  string
+	args []string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd     // nil when stopped
+	log  *syncBuffer   // this run's output
+	done chan struct{} // closed when this run's process exited
 }
 
 // Binary returns the etcd binary to run, or "" if none is installed.
@@ -68,8 +71,8 @@ func Start(t testing.TB, o Options) *Server {
 	}
 	var err error
 	for range 3 {
-		var s *Server
-		if s, err = start(t, bin, o); err == nil {
+		s := newServer(t, bin, o)
+		if err = s.run(); err == nil {
 			t.Cleanup(s.Stop)
 			return s
 		}
@@ -78,24 +81,18 @@ func Start(t testing.TB, o Options) *Server {
 	return nil
 }
 
-func start(t testing.TB, bin string, o Options) (*Server, error) {
-	client, peer := freePort(), freePort()
-	if client == 0 || peer == 0 {
-		return nil, errors.New("no free port")
-	}
+func newServer(t testing.TB, bin string, o Options) *Server {
 	scheme := "http"
 	if o.CertFile != "" {
 		scheme = "https"
 	}
-	dir := t.TempDir()
 	s := &Server{
-		Endpoint: fmt.Sprintf("%s://127.0.0.1:%d", scheme, client),
-		DataDir:  filepath.Join(dir, "data"),
-		log:      &syncBuffer{},
-		done:     make(chan struct{}),
+		Endpoint: fmt.Sprintf("%s://127.0.0.1:%d", scheme, freePort()),
+		DataDir:  filepath.Join(t.TempDir(), "data"),
+		bin:      bin,
 	}
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peer)
-	args := []string{
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", freePort())
+	s.args = []string{
 		"--name", "test",
 		"--data-dir", s.DataDir,
 		"--listen-client-urls", s.Endpoint,
@@ -107,69 +104,96 @@ func start(t testing.TB, bin string, o Options) (*Server, error) {
 		"--logger", "zap",
 	}
 	if o.CertFile != "" {
-		args = append(args, "--cert-file", o.CertFile, "--key-file", o.KeyFile)
+		s.args = append(s.args, "--cert-file", o.CertFile, "--key-file", o.KeyFile)
 	}
 	if o.ClientCAFile != "" {
-		args = append(args, "--client-cert-auth", "--trusted-ca-file", o.ClientCAFile)
+		s.args = append(s.args, "--client-cert-auth", "--trusted-ca-file", o.ClientCAFile)
 	}
-	s.cmd = exec.Command(bin, append(args, o.Args...)...)
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	s.cmd.SysProcAttr = procAttr()
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	s.args = append(s.args, o.Args...)
+	return s
+}
+
+// run starts the process and waits until it serves clients.
+func (s *Server) run() error {
+	s.mu.Lock()
+	cmd := exec.Command(s.bin, s.args...)
+	log, done := &syncBuffer{}, make(chan struct{})
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = procAttr()
+	if err := cmd.Start(); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("start %s: %w", s.bin, err)
 	}
-	go func() { s.cmd.Wait(); close(s.done) }()
-	if err := s.waitReady(30 * time.Second); err != nil {
-		s.Stop()
-		return nil, fmt.Errorf("%w; etcd output:\n%s", err, s.log.tail(4000))
+	go func() { cmd.Wait(); close(done) }()
+	s.cmd, s.log, s.done = cmd, log, done
+	s.mu.Unlock()
+	if err := waitReady(log, done, 30*time.Second); err != nil {
+		s.Kill()
+		return fmt.Errorf("%w; etcd output:\n%s", err, log.tail(4000))
 	}
-	return s, nil
+	return nil
 }
 
 // waitReady waits for etcd to say it serves clients, which it does once its
 // single member is leader and published ("serving client traffic" in 3.4,
 // "ready to serve client requests" later).
-func (s *Server) waitReady(timeout time.Duration) error {
+func waitReady(log *syncBuffer, done <-chan struct{}, timeout time.Duration) error {
 	deadline := time.After(timeout)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
-		case <-s.done:
+		case <-done:
 			return errors.New("etcd exited before it was ready")
 		case <-deadline:
 			return fmt.Errorf("etcd not ready within %v", timeout)
 		case <-tick.C:
-			if out := s.log.String(); strings.Contains(out, "serving client traffic") || strings.Contains(out, "ready to serve client requests") {
+			if out := log.String(); strings.Contains(out, "serving client traffic") || strings.Contains(out, "ready to serve client requests") {
 				return nil
 			}
 		}
 	}
 }
 
-// Stop ends etcd (SIGTERM, then SIGKILL after 5s) and waits for it.
-func (s *Server) Stop() {
-	s.once.Do(func() {
-		s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.done:
-		case <-time.After(5 * time.Second):
-			s.cmd.Process.Kill()
-			<-s.done
-		}
-	})
-}
+// Stop ends etcd (SIGTERM, then SIGKILL after 5s) and waits for it. It does
+// nothing if etcd is stopped.
+func (s *Server) Stop() { s.end(syscall.SIGTERM) }
 
 // Kill ends etcd at once, as a crash would.
-func (s *Server) Kill() {
-	s.once.Do(func() {
+func (s *Server) Kill() { s.end(syscall.SIGKILL) }
+
+func (s *Server) end(sig syscall.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(sig)
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
 		s.cmd.Process.Kill()
 		<-s.done
-	})
+	}
+	s.cmd = nil
 }
 
-// Log is what etcd printed so far.
-func (s *Server) Log() string { return s.log.String() }
+// Restart stops etcd and starts it again on the same ports and data, as an
+// operator's restart (or a crash and recovery) would.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	if err := s.run(); err != nil {
+		t.Fatalf("etcdtest: restart: %v", err)
+	}
+}
+
+// Log is what etcd printed since it last started.
+func (s *Server) Log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.log.String()
+}
 
 // freePort returns a loopback TCP port free at the time of asking, or 0.
 func freePort() int {
