@@ -15,6 +15,10 @@ type storeFlags struct {
 	backend                   string
 	endpoints                 []string
 	prefix, ca, cert, keyFile string
+	// caSeal is the key file sealing the CA's key in the store: with
+	// replicas on etcd the store is shared, so the key should not sit in
+	// it readable.
+	caSeal string
 }
 
 // defaultEtcdPrefix keeps Trellis's keys apart from anything else in etcd;
@@ -28,11 +32,13 @@ func (s *storeFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&s.ca, "etcd-ca", "", "PEM CA that signed the etcd servers' certificates (default: system roots; https endpoints)")
 	f.StringVar(&s.cert, "etcd-cert", "", "PEM client certificate to present to etcd (with --etcd-key)")
 	f.StringVar(&s.keyFile, "etcd-key", "", "PEM private key of --etcd-cert")
+	f.StringVar(&s.caSeal, "ca-seal-key", "", "file of 32 random bytes, base64 (head -c 32 /dev/urandom | base64), that encrypts the CA's key in the store; the same file on every replica")
 }
 
 // apply sets o's store options, refusing etcd flags without --store etcd
 // (a typo would otherwise silently run on a local file).
 func (s *storeFlags) apply(f *pflag.FlagSet, o *control.Options) error {
+	o.CASealKeyFile = s.caSeal
 	switch s.backend {
 	case "bolt":
 		for _, name := range []string{"etcd-endpoints", "etcd-prefix", "etcd-ca", "etcd-cert", "etcd-key"} {

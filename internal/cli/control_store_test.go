@@ -39,7 +39,7 @@ func TestControlStoreFlagsApply(t *testing.T) {
 	f := pflag.NewFlagSet("control", pflag.ContinueOnError)
 	sf.register(f)
 	err := f.Parse([]string{"--store", "etcd", "--etcd-endpoints", "https://a:2379,https://b:2379",
-		"--etcd-ca", "ca.pem", "--etcd-cert", "c.pem", "--etcd-key", "k.pem"})
+		"--etcd-ca", "ca.pem", "--etcd-cert", "c.pem", "--etcd-key", "k.pem", "--ca-seal-key", "seal.key"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,6 +51,9 @@ func TestControlStoreFlagsApply(t *testing.T) {
 	if !slices.Equal(e.Endpoints, []string{"https://a:2379", "https://b:2379"}) || e.Prefix != "/trellis" ||
 		e.CAFile != "ca.pem" || e.CertFile != "c.pem" || e.KeyFile != "k.pem" {
 		t.Fatalf("etcd options = %+v", e)
+	}
+	if o.CASealKeyFile != "seal.key" {
+		t.Fatalf("CASealKeyFile = %q, want seal.key", o.CASealKeyFile)
 	}
 	// The default leaves etcd off: bbolt in the data dir.
 	var plain storeFlags

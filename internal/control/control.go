@@ -78,6 +78,9 @@ type Options struct {
 	// CACertFile, CAKeyFile, CARootFile: an operator-provided signing
 	// certificate instead of the generated root (see ca.Options).
 	CACertFile, CAKeyFile, CARootFile string
+	// CASealKeyFile seals the generated root's private key in the store
+	// (see ca.LoadSealKey); every replica on one store needs the same file.
+	CASealKeyFile string
 	// AllowRemote permits listening on non-loopback addresses.
 	AllowRemote bool
 	// WorkloadTTL of issued certificates (default: the CA's, 24h).
@@ -215,6 +218,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		CertFile:    o.CACertFile,
 		KeyFile:     o.CAKeyFile,
 		RootFile:    o.CARootFile,
+		SealKeyFile: o.CASealKeyFile,
 		WorkloadTTL: o.WorkloadTTL,
 		Logger:      o.Logger,
 	})

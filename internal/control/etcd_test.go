@@ -1,14 +1,18 @@
 package control
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"trellis.dev/trellis/internal/ca"
 	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/store"
 	"trellis.dev/trellis/internal/store/etcdtest"
@@ -84,4 +88,58 @@ func TestEtcdUnreachableFailsStart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, StoreFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("%s written: %v; want no fallback to bbolt", StoreFile, err)
 	}
+}
+
+// TestEtcdSealedCA: replicas on one etcd given the same seal key file share
+// the root, whose key etcd holds only sealed; a replica with another key
+// file does not start.
+func TestEtcdSealedCA(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	e := store.EtcdOptions{Endpoints: []string{srv.Endpoint}, Prefix: "/sealed"}
+	seal := writeSealKey(t, 1)
+	start := func(keyFile string) (*Control, error) {
+		return Start(context.Background(), Options{
+			DataDir: t.TempDir(), Etcd: e, CASealKeyFile: keyFile,
+			GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
+		})
+	}
+	a, err := start(seal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop()
+	b, err := start(seal)
+	if err != nil {
+		t.Fatalf("second replica with the same seal key: %v", err)
+	}
+	defer b.Stop()
+	if readFile(t, a.o.DataDir, CAFile) != readFile(t, b.o.DataDir, CAFile) {
+		t.Fatal("replicas with one seal key have different trust bundles")
+	}
+	raw, err := store.NewEtcd(store.EtcdOptions{Endpoints: []string{srv.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	kv, err := raw.Get(context.Background(), "/sealed"+ca.RootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(kv.Value), "BEGIN PRIVATE KEY") || !strings.Contains(string(kv.Value), ca.SealedKeyType) {
+		t.Fatalf("etcd holds the CA key unsealed:\n%s", kv.Value)
+	}
+	if c, err := start(writeSealKey(t, 2)); err == nil {
+		c.Stop()
+		t.Fatal("a replica with another seal key started")
+	}
+}
+
+func writeSealKey(t *testing.T, fill byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "ca-seal.key")
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{fill}, 32))
+	if err := os.WriteFile(path, []byte(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
