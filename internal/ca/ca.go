@@ -174,8 +174,11 @@ func LoadOrCreate(ctx context.Context, st Storage, opts Options) (*CA, error) {
 				return nil, err
 			}
 		}
-		m, err = loadOrCreateRoot(ctx, st, td, opts.Now(), seal, log)
+		root, err := loadOrCreateRoot(ctx, st, td, opts.Now(), seal, log)
 		if err != nil {
+			return nil, err
+		}
+		if m, err = loadOrCreateIntermediate(ctx, st, root, td, opts.Now(), seal, log); err != nil {
 			return nil, err
 		}
 	}

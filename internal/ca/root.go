@@ -74,7 +74,7 @@ func loadStoredRoot(ctx context.Context, st Storage, kv store.KV, td spiffeid.Tr
 			RootKey, doms, td, RootKey)
 	}
 	if seal != nil && !sealed {
-		if err := sealStoredRoot(ctx, st, kv, m, seal); err != nil {
+		if err := sealStored(ctx, st, kv, m, seal); err != nil {
 			return nil, err
 		}
 		log.Info("sealed the root CA's key in the store", "store_key", RootKey, "seal_key_id", seal.ID())
@@ -83,31 +83,32 @@ func loadStoredRoot(ctx context.Context, st Storage, kv store.KV, td spiffeid.Tr
 	return m, nil
 }
 
-// sealStoredRoot rewrites an unsealed root record sealed, if it is still the
-// record read (a replica that sealed it first wins; same root either way).
-func sealStoredRoot(ctx context.Context, st Storage, kv store.KV, m *material, seal *SealKey) error {
+// sealStored rewrites an unsealed record (kv, holding m) sealed, if it is
+// still the record read (a replica that sealed it first wins; the same
+// certificate and key either way).
+func sealStored(ctx context.Context, st Storage, kv store.KV, m *material, seal *SealKey) error {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(m.signer)
 	if err != nil {
-		return fmt.Errorf("ca: seal root: %w", err)
+		return fmt.Errorf("ca: seal %s: %w", kv.Key, err)
 	}
-	value, err := rootRecord(m.cert.Raw, keyDER, seal)
+	value, err := record(kv.Key, m.cert.Raw, keyDER, seal)
 	if err != nil {
 		return err
 	}
-	if _, err := st.Txn(ctx, store.Put(RootKey, value, kv.ModRevision)); err != nil && !errors.Is(err, store.ErrConflict) {
-		return fmt.Errorf("ca: seal root in store: %w", err)
+	if _, err := st.Txn(ctx, store.Put(kv.Key, value, kv.ModRevision)); err != nil && !errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("ca: seal %s in store: %w", kv.Key, err)
 	}
 	return nil
 }
 
-// rootRecord is the store value of a root: its certificate, then its
-// PKCS#8 key, sealed when there is a seal key.
-func rootRecord(certDER, keyDER []byte, seal *SealKey) ([]byte, error) {
+// record is the store value of a CA certificate under storeKey: the
+// certificate, then its PKCS#8 key, sealed when there is a seal key.
+func record(storeKey string, certDER, keyDER []byte, seal *SealKey) ([]byte, error) {
 	value := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER})
 	if seal == nil {
 		return append(value, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})...), nil
 	}
-	sealed, err := seal.seal(keyDER, RootKey, certDER)
+	sealed, err := seal.seal(keyDER, storeKey, certDER)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +177,7 @@ func createRoot(td spiffeid.TrustDomain, now time.Time, seal *SealKey) (*materia
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: create root: %w", err)
 	}
-	value, err := rootRecord(der, keyDER, seal)
+	value, err := record(RootKey, der, keyDER, seal)
 	if err != nil {
 		return nil, nil, err
 	}
