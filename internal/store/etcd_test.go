@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -198,4 +199,33 @@ func TestEtcdWatchSurvivesRestart(t *testing.T) {
 		t.Fatalf("revision after restart = %d, want %d", r2, r1+1)
 	}
 	recv(r2)
+}
+
+// TestEtcdTxnLimits: etcd refuses a Txn of more ops than its --max-txn-ops
+// (default 128); the error says which server flag to raise, and is no
+// conflict (a retry would not help).
+func TestEtcdTxnLimits(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	s := openEtcd(t, store.EtcdOptions{Endpoints: []string{srv.Endpoint}})
+	ops := make([]store.Op, 200)
+	for i := range ops {
+		ops[i] = store.Put(fmt.Sprintf("/big/%03d", i), nil, store.Absent)
+	}
+	_, err := s.Txn(t.Context(), ops...)
+	if err == nil || errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "--max-txn-ops") {
+		t.Fatalf("Txn of 200 ops: err = %v, want a refusal naming --max-txn-ops", err)
+	}
+	// The same on an etcd allowed more goes through, in one revision.
+	big := etcdtest.Start(t, etcdtest.Options{Args: []string{"--max-txn-ops", "1024"}})
+	s2 := openEtcd(t, store.EtcdOptions{Endpoints: []string{big.Endpoint}})
+	rev, err := s2.Txn(t.Context(), ops...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kvs, _, _ := s2.List(t.Context(), "/big/"); len(kvs) != 200 || kvs[199].ModRevision != rev {
+		t.Fatalf("after the big Txn: %d keys", len(kvs))
+	}
 }
