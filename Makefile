@@ -5,10 +5,21 @@ BIN     := bin/trellis
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X trellis.dev/trellis/internal/cli.version=$(VERSION)
 
-.PHONY: build demo test test-short lint generate check-generate bench fortio clean
+# make install puts trellis in $(go env GOPATH)/bin, or in $(PREFIX)/bin
+# with PREFIX=/usr/local (DESTDIR for packagers).
+PREFIX  ?=
+BINDIR  := $(if $(PREFIX),$(PREFIX)/bin,$(GOBIN))
+
+.PHONY: build install demo test test-short lint generate check-generate bench fortio clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/trellis
+
+install: build
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/trellis
+	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) echo "note: $(BINDIR) is not on PATH; add it: export PATH=\"$(BINDIR):\$$PATH\"";; esac
+	@echo "installed $(DESTDIR)$(BINDIR)/trellis"
 
 demo: build
 	./$(BIN) demo

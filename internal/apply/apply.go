@@ -242,7 +242,8 @@ func (a *Applier) plan(s *snapshot, objs []Object, dryRun bool) (*Outcome, []sto
 		}
 	}
 	// Within the apply first (duplicates, ports), then the state after it.
-	if p := newProblems(config.CheckSet(applied), nil, fileOf); p != nil {
+	origin := func(i int) string { return objs[i].File }
+	if p := newProblems(config.CheckSetIn(applied, origin), nil, fileOf); p != nil {
 		return nil, nil, p
 	}
 	after := make([]config.Object, 0, len(s.order)+len(applied))
@@ -352,17 +353,21 @@ func newProblems(err, before error, fileOf map[config.Ref]string) *Problems {
 		skip[errKey{e.Ref, e.Field, e.Reason}] = true
 	}
 	var lines []string
+	shown := map[string]bool{}
 	for _, e := range config.Errors(err) {
-		k := errKey{e.Ref, e.Field, e.Reason}
-		if skip[k] {
+		if skip[errKey{e.Ref, e.Field, e.Reason}] {
 			continue
 		}
-		skip[k] = true
 		c := *e
 		if c.File == "" {
 			c.File = fileOf[e.Ref]
 		}
-		lines = append(lines, c.Error())
+		// Once per line: one resource's problem in two files (a
+		// duplicate) is two lines.
+		if line := c.Error(); !shown[line] {
+			shown[line] = true
+			lines = append(lines, line)
+		}
 	}
 	if err != nil && len(config.Errors(err)) == 0 {
 		lines = append(lines, err.Error())

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"trellis.dev/trellis/internal/config"
+	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/sidecar"
 )
 
@@ -69,7 +71,7 @@ func TestReadApplyFiles(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "a.json"), []byte("a"), 0o644)
 	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644)
 	os.Mkdir(filepath.Join(dir, "sub.yaml"), 0o755)
-	files, err := readApplyFiles([]string{dir})
+	files, err := readApplyFiles([]string{dir}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,10 +84,10 @@ func TestReadApplyFiles(t *testing.T) {
 	}
 
 	empty := t.TempDir()
-	if _, err := readApplyFiles([]string{empty}); err == nil || !strings.Contains(err.Error(), "has no .yaml") {
+	if _, err := readApplyFiles([]string{empty}, nil); err == nil || !strings.Contains(err.Error(), "has no .yaml") {
 		t.Errorf("empty dir error = %v", err)
 	}
-	if _, err := readApplyFiles([]string{filepath.Join(dir, "missing.yaml")}); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+	if _, err := readApplyFiles([]string{filepath.Join(dir, "missing.yaml")}, nil); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("missing file error = %v", err)
 	}
 }
@@ -150,7 +152,7 @@ func TestGetTableGolden(t *testing.T) {
 	raw := []byte(`[
 	 {"apiVersion":"gateway.networking.k8s.io/v1","kind":"HTTPRoute","metadata":{"name":"inventory-split","namespace":"default"},
 	  "spec":{"parentRefs":[{"kind":"Service","name":"inventory"}],"rules":[{"backendRefs":[{"name":"inventory-v1","weight":90},{"name":"inventory-v2","weight":10}]}]}},
-	 {"apiVersion":"trellis.dev/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"default"},
+	 {"apiVersion":"trellis.dev/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"default","creationTimestamp":"2026-03-01T12:00:00Z","labels":{"team":"shop","tier":"api"}},
 	  "spec":{"ports":[{"name":"http","port":80,"protocol":"http"},{"name":"grpc","port":9090,"protocol":"grpc"}]}}
 	]`)
 	items, err := resourceItems(raw)
@@ -163,13 +165,25 @@ func TestGetTableGolden(t *testing.T) {
 	}
 	golden(t, "get-table", buf.Bytes())
 
+	for _, format := range []string{"wide", "yaml", "json"} {
+		buf.Reset()
+		if err := printResources(&buf, format, items, false); err != nil {
+			t.Fatal(err)
+		}
+		golden(t, "get-"+format, buf.Bytes())
+	}
 	buf.Reset()
-	if err := printResources(&buf, "yaml", items[:1], true); err != nil {
+	if err := printResources(&buf, "json", items[:1], true); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(buf.String(), "name: inventory-split") {
-		t.Errorf("yaml output:\n%s", buf.String())
+	if !strings.HasPrefix(buf.String(), "{\n") || !strings.Contains(buf.String(), `"name": "inventory-split"`) {
+		t.Errorf("json of one resource is not one object:\n%s", buf.String())
 	}
+	buf.Reset()
+	if err := printKinds(&buf); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "get-kinds", buf.Bytes())
 	buf.Reset()
 	printResources(&buf, "table", nil, false)
 	if buf.String() != "No resources found.\n" {
@@ -190,28 +204,36 @@ func TestResourceItemsShapes(t *testing.T) {
 }
 
 func TestProxyStatusTableGolden(t *testing.T) {
-	expiry := time.Now().Add(20 * time.Hour).UTC().Format(time.RFC3339Nano)
-	list := []map[string]any{
-		{"NodeID": "web-default-2", "Service": "web", "Namespace": "default", "AckedVersion": "0123456789abcdef", "Revision": 1234567.0, "State": "SYNCED", "CertExpiry": "0001-01-01T00:00:00Z"},
-		{"NodeID": "api-default-1", "Service": "api", "Namespace": "default", "SentVersion": "fedcba", "Revision": 0.0, "SentRevision": 12.0, "State": "NACKED", "Error": "bad regex", "CertExpiry": expiry},
-	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	list := proxyFixture(now)
 	var buf bytes.Buffer
-	g := &globals{stdout: &buf}
-	if err := printProxyStatus(g, list); err != nil {
+	if err := printProxyStatus(&buf, list, nil, now); err != nil {
 		t.Fatal(err)
 	}
-	out := buf.String()
-	// The expiry column depends on the clock; check it, then blank it for the golden file.
-	if !strings.Contains(out, "(in 20h0m0s)") {
-		t.Errorf("expiry column missing relative time:\n%s", out)
+	golden(t, "proxy-status", buf.Bytes())
+
+	// -o wide: the two web replicas differ by address and labels.
+	eps := []endpoint{
+		{ID: "web-default-2", Address: "127.0.0.1:15006", Labels: map[string]string{"app": "web", "version": "v1"}},
+		{ID: "web-default-3", Address: "127.0.0.1:25006", Labels: map[string]string{"version": "v2", "app": "web"}},
 	}
-	lines := strings.Split(out, "\n")
-	for i, l := range lines {
-		if strings.HasPrefix(l, "api-default-1") {
-			lines[i] = strings.Replace(l, l[strings.Index(l, "20"):strings.Index(l, ")")+1], "<expiry>", 1)
-		}
+	buf.Reset()
+	if err := printProxyStatus(&buf, list, eps, now); err != nil {
+		t.Fatal(err)
 	}
-	golden(t, "proxy-status", []byte(strings.Join(lines, "\n")))
+	golden(t, "proxy-status-wide", buf.Bytes())
+}
+
+// proxyFixture is three proxies: one NACKed, two replicas of web (one
+// with an expired certificate).
+func proxyFixture(now time.Time) []push.ProxyStatus {
+	return []push.ProxyStatus{
+		{NodeID: "api-default-1", Service: "api", Namespace: "default", Identity: "spiffe://trellis.local/ns/default/sa/api", SentVersion: "fedcba", SentRevision: 12,
+			State: push.StateNacked, Error: "bad regex", CertExpiry: now.Add(20 * time.Hour), ConnectedAt: now.Add(-time.Hour)},
+		{NodeID: "web-default-2", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced},
+		{NodeID: "web-default-3", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced,
+			CertExpiry: now.Add(-time.Hour), LastAck: now.Add(-time.Minute)},
+	}
 }
 
 func TestCLIUsageErrors(t *testing.T) {
@@ -220,7 +242,14 @@ func TestCLIUsageErrors(t *testing.T) {
 		wantErr string
 	}{
 		{[]string{"apply"}, "-f FILE|DIR is required"},
-		{[]string{"get", "services", "-o", "xml"}, `-o "xml": want table, yaml or json`},
+		{[]string{"get", "services", "-o", "xml"}, `-o "xml": want table, wide, yaml or json`},
+		{[]string{"proxy-status", "-o", "xml"}, `-o "xml": want table, wide, yaml or json`},
+		{[]string{"get", "foo", "--data-dir", "/nonexistent-trellis"}, `get: unknown kind "foo": known kinds are httproutes (hr), services (svc)`},
+		{[]string{"delete", "foo", "nope", "--data-dir", "/nonexistent-trellis"}, `delete: unknown kind "foo": known kinds are httproutes (hr), services (svc)`},
+		{[]string{"delete", "svc", "--data-dir", "/nonexistent-trellis"}, `delete: want KIND NAME`},
+		{[]string{"delete", "svc", "a", "-f", "x.yaml", "--data-dir", "/nonexistent-trellis"}, `not both`},
+		{[]string{"get", "svc", "orders", "-A", "--data-dir", "/nonexistent-trellis"}, `a name needs one namespace`},
+		{[]string{"apply", "-f", "-", "-f", "-"}, `standard input can be read once`},
 		{[]string{"proxy", "--service", "x", "stray"}, "put the app's command after --"},
 		{[]string{"proxy", "--service", "x", "--labels", "nokey"}, "want KEY=VALUE"},
 		{[]string{"proxy", "--service", "x", "--labels", "version=v 1"}, "--labels version=v 1: value"},
@@ -243,5 +272,25 @@ func TestCLIUsageErrors(t *testing.T) {
 		if code == 0 || !strings.Contains(errb.String(), tt.wantErr) {
 			t.Errorf("trellis %v: exit %d, stderr %q; want non-zero and %q", tt.args, code, errb.String(), tt.wantErr)
 		}
+	}
+}
+
+// TestKindNamesCoverConfig: the CLI's names (plurals, short names) cover
+// exactly the kinds the control plane accepts.
+func TestKindNamesCoverConfig(t *testing.T) {
+	var got []string
+	for _, k := range kindNames() {
+		got = append(got, k.Kind)
+		for _, name := range append([]string{k.Kind, strings.ToLower(k.Kind), k.Plural, strings.ToUpper(k.Plural)}, k.Short...) {
+			if r, err := resolveKind(name); err != nil || r.Kind != k.Kind {
+				t.Errorf("resolveKind(%q) = %v, %v; want %s", name, r.Kind, err, k.Kind)
+			}
+		}
+	}
+	if want := config.Kinds(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("CLI kinds %v; config has %v", got, want)
+	}
+	if _, err := resolveKind("deployments"); err == nil || !strings.Contains(err.Error(), "'trellis get' lists them") {
+		t.Errorf("unknown kind: %v", err)
 	}
 }

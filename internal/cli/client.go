@@ -78,17 +78,24 @@ func (c *adminClient) withTimeout(d time.Duration) *adminClient {
 
 // do sends a request and decodes a JSON answer into out (if non-nil).
 func (c *adminClient) do(ctx context.Context, method, path string, body, out any) error {
+	_, err := c.roundTrip(ctx, method, path, body, out)
+	return err
+}
+
+// roundTrip is do that also returns the answer's headers (check reads the
+// server's Date to compare clocks).
+func (c *adminClient) roundTrip(ctx context.Context, method, path string, body, out any) (http.Header, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	if body != nil {
@@ -96,23 +103,23 @@ func (c *adminClient) do(ctx context.Context, method, path string, body, out any
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("control plane at %s: %w", c.base, err)
+		return nil, fmt.Errorf("control plane at %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("control plane: read answer: %w", err)
+		return nil, fmt.Errorf("control plane: read answer: %w", err)
 	}
 	if resp.StatusCode >= 300 {
-		return decodeAPIError(resp.StatusCode, data)
+		return resp.Header, decodeAPIError(resp.StatusCode, data)
 	}
 	if out == nil {
-		return nil
+		return resp.Header, nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("control plane: decode answer: %w", err)
+		return resp.Header, fmt.Errorf("control plane: decode answer: %w", err)
 	}
-	return nil
+	return resp.Header, nil
 }
 
 func decodeAPIError(status int, data []byte) error {

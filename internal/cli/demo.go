@@ -2,6 +2,10 @@ package cli
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -18,8 +22,11 @@ func newDemoCmd(g *globals) *cobra.Command {
 inventory (v1 and v2, split by an HTTPRoute) — each app behind its own proxy,
 drive steady traffic and show a live table per service.
 
-Ctrl-C stops everything. With --duration it runs headless, prints the final
-table and exits non-zero if less than 99% of requests succeeded.`,
+Ctrl-C stops everything and prints the table of the whole run. When
+standard output is not a terminal (make demo | tee log), the table is printed
+as plain lines every refresh instead of redrawn. With --duration it runs
+headless, prints the final table and exits non-zero if less than 99% of
+requests succeeded.`,
 		Example: `  trellis demo
   trellis demo --duration 30s`,
 		Args: cobra.NoArgs,
@@ -34,7 +41,18 @@ table and exits non-zero if less than 99% of requests succeeded.`,
 			if f := cmd.Flag("data-dir"); f != nil && f.Changed {
 				o.DataDir = g.dataDir
 			}
-			o.Live = o.Duration == 0 && isTerminal(g.stdout)
+			interactive := o.Duration == 0
+			o.Live = interactive && isTerminal(g.stdout)
+			o.Plain = interactive && !o.Live
+			o.Terminal = openTerminal
+			// Under 'make demo | tee log', Ctrl-C stops tee too: a write to
+			// the broken pipe must fail, not kill the demo (Go's default for
+			// stdout) before it stops its processes and removes its data dir.
+			// Notify, unlike Ignore, is not inherited by the processes the
+			// demo starts.
+			sigpipe := make(chan os.Signal, 1)
+			signal.Notify(sigpipe, syscall.SIGPIPE)
+			defer signal.Stop(sigpipe)
 			res, err := demo.Run(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -62,6 +80,12 @@ func newDemoAppCmd(g *globals) *cobra.Command {
 			return demo.RunApp(cmd.Context(), args[0], args[1:])
 		},
 	}
+}
+
+// openTerminal opens the controlling terminal, where the demo's final
+// table goes when standard output is a pipe that broke.
+func openTerminal() (io.WriteCloser, error) {
+	return os.OpenFile("/dev/tty", os.O_WRONLY, 0)
 }
 
 func isTerminal(w any) bool {

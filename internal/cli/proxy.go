@@ -35,9 +35,16 @@ With '-- CMD ARGS', the proxy starts CMD once it is ready, forwards signals to
 it and exits with its exit code.
 
 Without --control, --ca-file and --token-file, the proxy finds them in the
-control plane's data directory (--data-dir) on the same machine.`,
+control plane's data directory (--data-dir) on the same machine.
+
+Each proxy on a machine needs its own --admin, --outbound and --inbound
+ports (and --upstream ports); 127.0.0.1:0 picks a free one, printed in the
+'proxy ready' log line. A port already taken fails at once, before the
+proxy asks for a certificate, naming the flag to change.`,
 		Example: `  trellis proxy --service orders --app 127.0.0.1:8080 --upstream payments=127.0.0.1:9001
-  trellis proxy --service inventory --labels version=v2 --app 127.0.0.1:8082 -- ./inventory`,
+  trellis proxy --service inventory --labels version=v2 --app 127.0.0.1:8082 -- ./inventory
+  trellis proxy --service payments --app 127.0.0.1:9090 \
+    --admin 127.0.0.1:0 --outbound 127.0.0.1:0 --inbound 127.0.0.1:0 -- ./payments   # a second proxy on this host`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()

@@ -23,9 +23,14 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 // Main runs the CLI and returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
+	return run(args, os.Stdin, stdout, stderr)
+}
+
+// run is Main with stdin passed in (apply -f - reads it), for tests.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root := newRoot(stdout, stderr)
+	root := newRoot(stdin, stdout, stderr)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -43,12 +48,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 type globals struct {
 	dataDir  string
 	logLevel string
+	stdin    io.Reader
 	stdout   io.Writer
 	stderr   io.Writer
 }
 
-func newRoot(stdout, stderr io.Writer) *cobra.Command {
-	g := &globals{stdout: stdout, stderr: stderr}
+func newRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:   "trellis",
 		Short: "Trellis is a light service mesh: control plane, sidecar proxy and CLI in one binary",
@@ -57,10 +63,16 @@ metrics without changing the service's code.
 
 Start a control plane with 'trellis control', put 'trellis proxy' beside each
 service, and operate the mesh with apply, get, delete and proxy-status.
-'trellis demo' runs a small shop in the mesh and shows its traffic live.`,
+'trellis check' says whether this machine and the mesh are healthy, and what
+to do when not. 'trellis demo' runs a small shop in the mesh and shows its
+traffic live. 'trellis completion bash|zsh|fish' prints shell completion.`,
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// --version prints what 'trellis version' prints.
+	root.SetVersionTemplate("trellis {{.Version}}\n")
+	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", defaultDataDir(),
@@ -73,6 +85,7 @@ service, and operate the mesh with apply, get, delete and proxy-status.
 		newGetCmd(g),
 		newDeleteCmd(g),
 		newProxyStatusCmd(g),
+		newCheckCmd(g),
 		newDemoCmd(g),
 		newDemoAppCmd(g),
 		newVersionCmd(g),

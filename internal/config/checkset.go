@@ -15,14 +15,25 @@ import (
 //
 // Several HTTPRoutes attached to the same Service are allowed: Gateway API
 // precedence decides between their rules.
-func CheckSet(objs []Object) error {
+func CheckSet(objs []Object) error { return CheckSetIn(objs, nil) }
+
+// CheckSetIn is CheckSet where origin(i) names the file objs[i] came from,
+// so a resource defined twice names both files. A nil origin, or "" for an
+// object, means the origin is unknown.
+func CheckSetIn(objs []Object, origin func(i int) string) error {
 	var errs []error
 	set := &Set{byRef: make(map[Ref]Object, len(objs))}
 	seen := map[Ref]int{}
+	from := func(i int) string {
+		if origin == nil {
+			return ""
+		}
+		return origin(i)
+	}
 	for i, o := range objs {
 		ref := o.Ref()
 		if j, dup := seen[ref]; dup {
-			errs = append(errs, &Error{Ref: ref, Reason: fmt.Sprintf("defined more than once (items %d and %d of the set); keep one", j+1, i+1)})
+			errs = append(errs, duplicate(ref, from(j), from(i)))
 			continue
 		}
 		seen[ref] = i
@@ -34,6 +45,19 @@ func CheckSet(objs []Object) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// duplicate reports ref defined a second time, in file second (first is
+// where it was defined first): against the second, naming the first.
+func duplicate(ref Ref, first, second string) error {
+	reason := "defined more than once in the set; keep one"
+	switch {
+	case first != "" && first == second:
+		reason = "defined more than once in this file; keep one"
+	case first != "":
+		reason = fmt.Sprintf("defined more than once: also in %s; keep one (a directory applies every file in it)", first)
+	}
+	return &Error{File: second, Ref: ref, Reason: reason}
 }
 
 func derefOr[T ~string](p *T, def string) string {

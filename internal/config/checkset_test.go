@@ -30,8 +30,8 @@ spec: {ports: [{port: 8080}]}
 		{"demo set", string(readFile(t, "testdata/inventory.yaml")), nil},
 		{"two routes on one service are allowed", services + routeTo("a", ", port: 8080", "") + routeTo("b", "", ", port: 8080"), nil},
 		{"ports of services outside the set are not checked", routeTo("a", ", port: 1234", ", port: 4321"), nil},
-		{"duplicate service", services + "---\n" + strings.SplitN(services, "---\n", 2)[1], []string{"Service default/inventory-v1: defined more than once (items 2 and 3 of the set)"}},
-		{"duplicate route", services + routeTo("a", "", "") + routeTo("a", "", ""), []string{"HTTPRoute default/a: defined more than once (items 3 and 4 of the set)"}},
+		{"duplicate service", services + "---\n" + strings.SplitN(services, "---\n", 2)[1], []string{"Service default/inventory-v1: defined more than once in the set; keep one"}},
+		{"duplicate route", services + routeTo("a", "", "") + routeTo("a", "", ""), []string{"HTTPRoute default/a: defined more than once in the set; keep one"}},
 		{"parent port missing", services + routeTo("a", ", port: 9999", ""), []string{"HTTPRoute default/a: spec.parentRefs[0].port: Service default/inventory has no port 9999"}},
 		{"parent port is tcp", services + routeTo("a", ", port: 5432", ""), []string{"HTTPRoute default/a: spec.parentRefs[0].port: port 5432 of Service default/inventory is tcp"}},
 		{"backend port missing", services + routeTo("a", "", ", port: 9090"), []string{"HTTPRoute default/a: spec.rules[0].backendRefs[0].port: Service default/inventory-v1 has no port 9090"}},
@@ -49,6 +49,28 @@ spec: {ports: [{port: 8080}]}
 			}
 			wantErrs(t, err, tc.want...)
 		})
+	}
+}
+
+// TestCheckSetInNamesFiles: a resource defined twice names the file of
+// each definition (a directory holding two versions of one route), not
+// positions in the set that match nothing a user sees.
+func TestCheckSetInNamesFiles(t *testing.T) {
+	route := func(weight string) []Object {
+		return mustDecode(t, "r.yaml", []byte("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split}\nspec:\n"+
+			"  parentRefs: [{kind: Service, name: inventory}]\n  rules: [{backendRefs: [{name: inventory-v1, weight: "+weight+"}]}]\n"))
+	}
+	objs := append(append(route("90"), route("10")...), route("50")...)
+	files := []string{"demo/a.yaml", "demo/a.yaml", "demo/b.yaml"}
+	err := CheckSetIn(objs, func(i int) string { return files[i] })
+	wantErrs(t, err,
+		"demo/b.yaml: HTTPRoute default/split: defined more than once: also in demo/a.yaml; keep one",
+		"demo/a.yaml: HTTPRoute default/split: defined more than once in this file; keep one")
+	if n := len(Errors(err)); n != 2 {
+		t.Errorf("got %d errors, want 2: %v", n, err)
+	}
+	if strings.Contains(err.Error(), "items") {
+		t.Errorf("error still numbers items of the set: %v", err)
 	}
 }
 

@@ -187,7 +187,7 @@ func TestDecodeStrict(t *testing.T) {
 			[]string{"apiVersion: required: Service is apiVersion trellis.dev/v1alpha1"}},
 		{"not an object", "just a string\n", []string{"document 1: must be an object with apiVersion, kind, metadata and spec"}},
 		{"server-owned metadata", svcHead + "  uid: \"1234\"\n  resourceVersion: \"7\"\n  creationTimestamp: \"2024-01-01T00:00:00Z\"\nspec: {ports: [{port: 80}]}\n",
-			[]string{"metadata.uid: is set by the control plane", "metadata.resourceVersion: is set by the control plane", "metadata.creationTimestamp: is set by the control plane"}},
+			[]string{"metadata.uid: is set by the control plane", "metadata.resourceVersion: is set by the control plane"}},
 		{"unsupported metadata", svcHead + "  finalizers: [x]\nspec: {ports: [{port: 80}]}\n",
 			[]string{"metadata.finalizers: is not supported"}},
 		{"route status", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{kind: Service, name: a}]\n  rules: [{backendRefs: [{name: a}]}]\nstatus:\n  parents: [{parentRef: {name: a}, controllerName: x.io/y, conditions: []}]\n",

@@ -121,9 +121,10 @@ func checkAppliedMeta(fe *fieldErrors, m *metav1.ObjectMeta) {
 	if m.Generation != 0 {
 		fe.add("metadata.generation", owned)
 	}
-	if !m.CreationTimestamp.IsZero() {
-		fe.add("metadata.creationTimestamp", owned)
-	}
+	// metadata.creationTimestamp is set by the control plane too, but taken
+	// back as 'trellis get -o yaml' prints it, as kubectl does: apply keeps
+	// the stored time (or stamps a new object now), so the value given is
+	// dropped and the output of get applies unchanged.
 	if m.DeletionTimestamp != nil {
 		fe.add("metadata.deletionTimestamp", owned)
 	}

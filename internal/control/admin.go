@@ -19,6 +19,7 @@ import (
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/config"
+	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/store"
 )
@@ -358,6 +359,15 @@ func (a *admin) refOf(w http.ResponseWriter, r *http.Request) (config.Ref, bool)
 		writeError(w, http.StatusBadRequest, "want /v1/resources/<kind>/<namespace>/<name>")
 		return config.Ref{}, false
 	}
+	// The same rules as metadata.namespace and metadata.name on apply.
+	if err := meshname.CheckLabel(ns); err != nil {
+		writeError(w, http.StatusBadRequest, "namespace: "+err.Error())
+		return config.Ref{}, false
+	}
+	if err := meshname.CheckLabel(name); err != nil {
+		writeError(w, http.StatusBadRequest, "name: "+err.Error())
+		return config.Ref{}, false
+	}
 	return config.Ref{Kind: kind, Namespace: ns, Name: name}, true
 }
 
@@ -412,7 +422,8 @@ func (a *admin) listEndpoints(w http.ResponseWriter, r *http.Request) {
 		a.internalError(w, "list endpoints", err)
 		return
 	}
-	mo := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+	// lowerCamelCase field names (adminAddress), as every -o json the CLI prints.
+	mo := protojson.MarshalOptions{EmitUnpopulated: true}
 	out := make([]json.RawMessage, 0, len(eps))
 	for _, ep := range eps {
 		b, err := mo.Marshal(ep)

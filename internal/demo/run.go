@@ -41,9 +41,15 @@ type Options struct {
 	DataDir string
 	// Duration is how long traffic runs; 0 means until ctx is cancelled.
 	Duration time.Duration
-	// Live redraws the table in place every refresh; otherwise only the
-	// final table is printed.
-	Live bool
+	// Live redraws the table in place every refresh (a terminal); Plain
+	// prints it as plain lines every refresh instead (a pipe or a file,
+	// where redrawing would only show escape codes). With neither, only
+	// the final table is printed.
+	Live, Plain bool
+	// Terminal, if set, opens the controlling terminal: the final table
+	// goes there when Out is gone (under 'make demo | tee log', Ctrl-C
+	// stops tee too, and the pipe breaks).
+	Terminal func() (io.WriteCloser, error)
 	// RPS is the load generator's rate; default 50.
 	RPS int
 	// Out receives the table; default io.Discard.
@@ -130,7 +136,8 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			return Result{}, fmt.Errorf("demo: find the trellis binary: %w", err)
 		}
 	}
-	if o.DataDir == "" {
+	temp := o.DataDir == ""
+	if temp {
 		if o.DataDir, err = os.MkdirTemp("", "trellis-demo-"); err != nil {
 			return Result{}, fmt.Errorf("demo: %w", err)
 		}
@@ -243,7 +250,12 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	loadStart := time.Now()
 	log.Info("traffic started", "rps", o.RPS)
 
-	v := &view{o: o, start: loadStart, cmd: applyHint(o.Binary, o.DataDir)}
+	v := &view{o: o, start: loadStart}
+	// A headless run in a temporary data dir deletes it at exit: a hint to
+	// apply to it would name a directory that is gone when read.
+	if !temp || o.Duration == 0 {
+		v.cmd = applyHint(o.Binary, o.DataDir)
+	}
 	if !o.Live {
 		v.header(o.Out)
 	}
@@ -270,8 +282,11 @@ loop:
 			return res, p.failure()
 		}
 		cur, now := scr.scrape(ctx, log), time.Now()
-		if o.Live {
-			v.draw(ordered(telemetry.Rows(prev, cur, now.Sub(prevAt))), now, now.Sub(prevAt))
+		switch rows := ordered(telemetry.Rows(prev, cur, now.Sub(prevAt))); {
+		case o.Live:
+			v.draw(rows, now, now.Sub(prevAt))
+		case o.Plain:
+			v.lines(rows, now, now.Sub(prevAt))
 		}
 		prev, prevAt = cur, now
 	}
@@ -448,17 +463,17 @@ func apply(ctx context.Context, bin, file, dataDir string) error {
 	return nil
 }
 
-// applyHint is the command a user copies to move the inventory split.
+// applyHint is the command a user copies to move the inventory split. It
+// works from any directory: the binary is "trellis" when that is on PATH,
+// else its absolute path, and the file is the data dir's copy.
 func applyHint(bin, dataDir string) string {
 	name := bin
 	if p, err := exec.LookPath("trellis"); err == nil && sameFile(p, bin) {
 		name = "trellis"
+	} else if abs, err := filepath.Abs(bin); err == nil {
+		name = abs
 	}
-	file := filepath.Join("examples", "demo", "inventory-90-10.yaml")
-	if _, err := os.Stat(file); err != nil {
-		file = filepath.Join(dataDir, "inventory-90-10.yaml")
-	}
-	return name + " apply -f " + file + " --data-dir " + dataDir
+	return name + " apply -f " + filepath.Join(dataDir, "inventory-90-10.yaml") + " --data-dir " + dataDir
 }
 
 func sameFile(a, b string) bool {

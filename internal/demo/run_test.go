@@ -3,6 +3,7 @@ package demo
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -267,5 +268,111 @@ func TestSuccessRateAndOrder(t *testing.T) {
 	}
 	if strings.Join(names, ",") != strings.Join(rowOrder, ",") || got[0].Requests != 1 || got[4].Requests != 3 || got[1].Requests != 0 {
 		t.Fatalf("ordered: %+v", got)
+	}
+}
+
+// pipeWriter is stdout under 'make demo | tee log': it takes writes until
+// broken (tee stopped by the Ctrl-C), then fails them as a pipe does.
+type pipeWriter struct {
+	syncBuffer
+	mu     sync.Mutex
+	broken bool
+}
+
+func (p *pipeWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	broken := p.broken
+	p.mu.Unlock()
+	if broken {
+		return 0, syscall.EPIPE
+	}
+	return p.syncBuffer.Write(b)
+}
+
+func (p *pipeWriter) breakPipe() {
+	p.mu.Lock()
+	p.broken = true
+	p.mu.Unlock()
+}
+
+type nopCloser struct{ *syncBuffer }
+
+func (nopCloser) Close() error { return nil }
+
+// TestRunPlainUnderBrokenPipe: output that is not a terminal gets the
+// table as plain lines every refresh; a Ctrl-C that also broke the pipe
+// still shows the final table (on the terminal) and removes the temporary
+// data dir; the apply hint names absolute paths into the data dir.
+func TestRunPlainUnderBrokenPipe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a dozen processes")
+	}
+	token := strconv.FormatInt(time.Now().UnixNano(), 36)
+	t.Setenv(fakeEnv, token)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out, tty := &pipeWriter{}, &syncBuffer{}
+	type ret struct {
+		res Result
+		err error
+	}
+	done := make(chan ret, 1)
+	go func() {
+		res, err := Run(ctx, Options{Binary: os.Args[0], Plain: true, RPS: 40, Out: out,
+			Terminal: func() (io.WriteCloser, error) { return nopCloser{tty}, nil }})
+		done <- ret{res, err}
+	}()
+	deadline := time.Now().Add(25 * time.Second)
+	for strings.Count(out.String(), "SERVICE") < 2 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	out.breakPipe()
+	cancel()
+	r := <-done
+	shown := out.String()
+	if r.err != nil {
+		t.Fatalf("Run: %v\n%s", r.err, shown)
+	}
+	if n := strings.Count(shown, "SERVICE"); n < 2 || strings.Contains(shown, "\x1b[") {
+		t.Errorf("want ≥ 2 plain tables and no escape codes, got %d tables:\n%q", n, shown)
+	}
+	dir := r.res.DataDir
+	hint := " apply -f " + filepath.Join(dir, "inventory-90-10.yaml") + " --data-dir " + dir
+	if !strings.Contains(shown, hint) || !filepath.IsAbs(dir) {
+		t.Errorf("header lacks the absolute apply hint %q:\n%s", hint, shown)
+	}
+	if !strings.Contains(tty.String(), "Whole run") || strings.Contains(shown, "Whole run") {
+		t.Errorf("final table: on the terminal %q; in the broken pipe %q", tty.String(), shown)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("temporary data dir %s left behind: %v", dir, err)
+	}
+	if left := fakeProcesses(t, token); len(left) > 0 {
+		t.Fatalf("processes left after Run: %q", left)
+	}
+}
+
+// TestHeadlessHint: a headless run in a temporary data dir prints no apply
+// hint (the dir is gone at exit); with a data dir that is kept, it does.
+func TestHeadlessHint(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a dozen processes")
+	}
+	t.Setenv(fakeEnv, strconv.FormatInt(time.Now().UnixNano(), 36))
+	for _, keep := range []bool{false, true} {
+		o := Options{Binary: os.Args[0], Duration: 500 * time.Millisecond, RPS: 20, Out: &syncBuffer{}}
+		if keep {
+			o.DataDir = t.TempDir()
+		}
+		if _, err := Run(t.Context(), o); err != nil {
+			t.Fatalf("keep=%v: %v", keep, err)
+		}
+		shown := o.Out.(*syncBuffer).String()
+		if got := strings.Contains(shown, "apply -f "); got != keep {
+			t.Errorf("keep data dir %v: hint shown %v:\n%s", keep, got, shown)
+		}
+		if !strings.Contains(shown, "Whole run") {
+			t.Errorf("keep=%v: no final table:\n%s", keep, shown)
+		}
 	}
 }

@@ -77,7 +77,21 @@ type view struct {
 func (v *view) header(w io.Writer) {
 	fmt.Fprintf(w, "Trellis demo: frontend → orders → payments, inventory (v1/v2 split by HTTPRoute inventory-split), %d rps\n", v.o.RPS)
 	fmt.Fprintf(w, "data dir:  %s (logs in %s/logs)\n", v.o.DataDir, v.o.DataDir)
-	fmt.Fprintf(w, "move the inventory split (or use inventory-v2-only.yaml):\n  %s\n", v.cmd)
+	if v.cmd != "" {
+		fmt.Fprintf(w, "move the inventory split (or use inventory-v2-only.yaml):\n  %s\n", v.cmd)
+	}
+	if v.o.Plain {
+		fmt.Fprintf(w, "a table every %s; Ctrl-C to stop\n", refreshEvery)
+	}
+}
+
+// lines prints one refresh as plain lines, for output that is not a
+// terminal: a time line, then the table.
+func (v *view) lines(rows []telemetry.Row, now time.Time, window time.Duration) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "\n%s — last %.1fs, running for %s\n", now.Format("15:04:05"), window.Seconds(), now.Sub(v.start).Round(time.Second))
+	_ = telemetry.FormatTable(&b, rows)
+	_, _ = v.o.Out.Write(b.Bytes())
 }
 
 // draw redraws the screen in place: cursor home, clear, header, table.
@@ -97,5 +111,13 @@ func (v *view) final(res Result) {
 	if res.Load.Sent > 0 {
 		fmt.Fprintf(&b, "\nload generator: %d requests sent, %d failed\n", res.Load.Sent, res.Load.Failed)
 	}
-	_, _ = v.o.Out.Write(b.Bytes())
+	if _, err := v.o.Out.Write(b.Bytes()); err == nil || v.o.Terminal == nil {
+		return
+	}
+	// Out is gone (its reader died with the Ctrl-C): the user still sees
+	// the final table on the terminal, if there is one.
+	if tty, err := v.o.Terminal(); err == nil {
+		_, _ = tty.Write(b.Bytes())
+		tty.Close()
+	}
 }

@@ -1,17 +1,44 @@
 // Package lb holds the proxy's endpoint pickers.
+//
+// The proxy owns the balancing state: one *Endpoint per (service, address),
+// kept while the address stays in its config and passed, as the same pointer,
+// in every new snapshot's slice. A Picker is stateless apart from its own
+// cursor or random source, so it can be swapped (a policy change) without
+// losing what the endpoints have learnt, and picking takes no global lock and
+// looks nothing up in a map.
 package lb
 
-import "fmt"
+import (
+	"fmt"
+	"net/http"
+)
 
-// Picker chooses an endpoint for one request. Implementations keep their own
-// per-address state (latency, load) across calls, so the caller keeps one
-// Picker per destination and passes the destination's current endpoint
-// addresses on every call; addresses that disappear are forgotten.
+// Request is what a picker may inspect (to hash on, later) about the request.
+type Request struct {
+	Method, Authority, Path string
+	Header                  http.Header // read-only
+}
+
+// Outcome is how an attempt on an endpoint ended, as the balancer learns it.
+type Outcome uint8
+
+const (
+	// Success: the app answered, not with a 5xx.
+	Success Outcome = iota
+	// Failure: connect failure, reset, timeout, or a 5xx — including a 5xx
+	// the peer proxy generated because its app is unreachable.
+	Failure
+	// Abandoned: the client went away or the attempt was cancelled. Not
+	// charged to the endpoint: no latency sample, no failure.
+	Abandoned
+)
+
+// Picker chooses an endpoint for one attempt.
 type Picker interface {
-	// Pick returns the index in addrs of the chosen endpoint and a function
-	// the caller must call exactly once when the request completes, with
-	// the request's error (nil on success). addrs must not be empty.
-	Pick(addrs []string) (int, func(err error))
+	// Pick returns a call on one of eps that is not in tried (attempts so far
+	// of this request), or ok=false if eps is empty or every endpoint is in
+	// tried. r may be nil.
+	Pick(r *Request, eps []*Endpoint, tried []*Endpoint) (c Call, ok bool)
 }
 
 // Policy names a load-balancing algorithm.
@@ -39,5 +66,13 @@ func New(p Policy) (Picker, error) {
 	return nil, fmt.Errorf("lb: unknown policy %q (valid: %s, %s)", p, PeakEWMA, RoundRobin)
 }
 
-// nopDone is the completion func of pickers that keep no per-request state.
-func nopDone(error) {}
+// isTried reports whether e is in tried. tried holds the attempts of one
+// request, a handful at most, so a scan beats any index.
+func isTried(tried []*Endpoint, e *Endpoint) bool {
+	for _, t := range tried {
+		if t == e {
+			return true
+		}
+	}
+	return false
+}

@@ -1,80 +1,55 @@
 package lb
 
 import (
-	"math"
 	"math/rand/v2"
-	"sync"
 	"time"
 )
-
-// Defaults of the peak-EWMA picker; Linkerd and Finagle use the same decay.
-const (
-	DefaultDecay        = 10 * time.Second
-	DefaultErrorPenalty = 100 * time.Millisecond
-	DefaultStateTTL     = time.Minute
-)
-
-// minCost keeps an estimate that decayed to ~0 from erasing the in-flight
-// factor: after a long idle spell every endpoint is equal and load decides.
-const minCost = float64(time.Microsecond)
 
 // PeakEWMAOption configures NewPeakEWMA.
 type PeakEWMAOption func(*PeakEWMAPicker)
 
-// WithDecay sets tau, the time constant of the moving average: a sample's
-// weight falls to 1/e after tau. Values <= 0 keep DefaultDecay.
+// WithDecay sets tau, the time constant of the moving average and of the
+// failure score: a sample's weight falls to 1/e after tau, and an idle
+// endpoint's estimate and failure score decay toward zero at that pace.
+// Values <= 0 keep DefaultDecay.
 func WithDecay(tau time.Duration) PeakEWMAOption {
 	return func(p *PeakEWMAPicker) {
 		if tau > 0 {
-			p.tau = float64(tau)
+			p.learn.tau = float64(tau)
 		}
 	}
 }
 
-// WithErrorPenalty sets the latency added to a failed request's RTT, so an
-// endpoint that fails fast does not look fast. Values < 0 keep the default;
-// 0 disables the penalty.
-func WithErrorPenalty(d time.Duration) PeakEWMAOption {
+// WithFailureWeight sets how far one outcome moves the failure score: a
+// Failure moves it that fraction of the way to 1, a Success that fraction
+// of the way to 0. The cost of an endpoint is divided by (1-score)², so with
+// the default 0.5 three failures in a row make it 64 times as expensive and
+// one success brings that down to 3.2. 0 disables the penalty; values
+// outside [0, 1) keep DefaultFailureWeight.
+func WithFailureWeight(w float64) PeakEWMAOption {
 	return func(p *PeakEWMAPicker) {
-		if d >= 0 {
-			p.penalty = float64(d)
+		if w >= 0 && w < 1 {
+			p.learn.failWeight = w
 		}
 	}
 }
 
-// WithStateTTL sets how long the state of an address that is no longer
-// passed to Pick is kept. Values <= 0 keep DefaultStateTTL.
-func WithStateTTL(d time.Duration) PeakEWMAOption {
+// WithRand makes the random choices come from intN, which returns a number
+// in [0, n). It is called from every Pick, concurrently: the default,
+// math/rand/v2's IntN, is safe for that; a seeded *rand.Rand's IntN (for
+// deterministic tests) is only safe when one goroutine picks.
+func WithRand(intN func(n int) int) PeakEWMAOption {
 	return func(p *PeakEWMAPicker) {
-		if d > 0 {
-			p.ttl = d
-		}
-	}
-}
-
-// WithClock replaces time.Now (tests; time.Now already follows
-// testing/synctest's fake clock).
-func WithClock(now func() time.Time) PeakEWMAOption {
-	return func(p *PeakEWMAPicker) {
-		if now != nil {
-			p.now = now
-		}
-	}
-}
-
-// WithRand makes the two random choices come from r (deterministic tests).
-// r is only used under the picker's lock.
-func WithRand(r *rand.Rand) PeakEWMAOption {
-	return func(p *PeakEWMAPicker) {
-		if r != nil {
-			p.intN = r.IntN
+		if intN != nil {
+			p.intN = intN
 		}
 	}
 }
 
 // PeakEWMAPicker is power-of-two-choices over peak-EWMA latency, as in
 // Linkerd and Finagle: pick two distinct endpoints at random and send to the
-// one with the lower cost = RTT estimate × (in-flight + 1).
+// one with the lower cost = RTT estimate × (in-flight + 1), scaled up by its
+// recent failures.
 //
 // The estimate moves toward each observed RTT with a weight that depends on
 // the time since the last update (w = exp(-elapsed/tau)), jumps straight to a
@@ -82,174 +57,120 @@ func WithRand(r *rand.Rand) PeakEWMAOption {
 // while an endpoint gets no traffic (so an endpoint that was slow is retried
 // and can recover). An endpoint with no sample yet borrows the estimate of the
 // endpoint it is compared with, so new endpoints compete on load alone.
+//
+// Latency alone would reward an endpoint that fails fast (a 503 in 100µs
+// looks like the best answer), so each endpoint also keeps a failure score in
+// [0, 1) that failures raise and successes lower, decaying toward zero with
+// time; the cost is divided by (1-score)². A consistently failing endpoint
+// costs orders of magnitude more than its peers, draws a probe only when the
+// score has decayed for a few seconds, and is back in rotation after a few
+// successes.
 type PeakEWMAPicker struct {
-	tau     float64 // ns
-	penalty float64 // ns
-	ttl     time.Duration
-	now     func() time.Time
-	intN    func(int) int
-	calls   sync.Pool // *call
-
-	mu        sync.Mutex
-	eps       map[string]*endpoint
-	lastSweep time.Time
-	sweeps    uint64
-}
-
-// endpoint is one address's state; fields are guarded by PeakEWMAPicker.mu.
-type endpoint struct {
-	ewma     float64 // ns; valid when sampled
-	stamp    time.Time
-	sampled  bool
-	inflight int
-	lastSeen time.Time
-	sweep    uint64 // last sweep that found it in addrs
-}
-
-// call is one request in flight. Its done method value is built once per
-// pooled call so that Pick allocates nothing in the steady state.
-type call struct {
-	p     *PeakEWMAPicker
-	ep    *endpoint
-	start time.Time
-	done  func(error)
+	learn learning
+	intN  func(int) int
 }
 
 // NewPeakEWMA returns a P2C peak-EWMA Picker.
 func NewPeakEWMA(opts ...PeakEWMAOption) *PeakEWMAPicker {
 	p := &PeakEWMAPicker{
-		tau:     float64(DefaultDecay),
-		penalty: float64(DefaultErrorPenalty),
-		ttl:     DefaultStateTTL,
-		now:     time.Now,
-		intN:    rand.IntN,
-		eps:     make(map[string]*endpoint),
+		learn: learning{tau: float64(DefaultDecay), failWeight: DefaultFailureWeight},
+		intN:  rand.IntN,
 	}
 	for _, o := range opts {
 		o(p)
 	}
-	p.calls.New = func() any {
-		c := &call{p: p}
-		c.done = c.finish
-		return c
-	}
 	return p
 }
 
-// Pick implements Picker. The returned func must be called exactly once.
-func (p *PeakEWMAPicker) Pick(addrs []string) (int, func(error)) {
-	c := p.calls.Get().(*call)
-	now := p.now()
-	c.start = now
-
-	p.mu.Lock()
-	p.maybeSweep(addrs, now)
-	var i int
-	var ep *endpoint
-	if n := len(addrs); n <= 1 {
-		ep = p.lookup(addrs[0], now)
-	} else {
-		i = p.intN(n)
-		j := p.intN(n - 1)
-		if j >= i {
-			j++
-		}
-		a, b := p.lookup(addrs[i], now), p.lookup(addrs[j], now)
-		ea, eb := a.estimate(now, p.tau), b.estimate(now, p.tau)
-		// An endpoint never sampled borrows its rival's estimate.
-		if !a.sampled {
-			ea = eb
-		} else if !b.sampled {
-			eb = ea
-		}
-		ep = a
-		// i is already random, so a tie going to i is unbiased.
-		if eb*float64(b.inflight+1) < ea*float64(a.inflight+1) {
-			i, ep = j, b
-		}
+// Pick implements Picker.
+func (p *PeakEWMAPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
+	a, b := p.candidates(eps, tried)
+	if a == nil {
+		return Call{}, false
 	}
-	ep.inflight++
-	p.mu.Unlock()
-
-	c.ep = ep
-	return i, c.done
+	t := time.Now()
+	if b != nil && p.prefer(b, a, t) {
+		a = b
+	}
+	return a.start(&p.learn, t), true
 }
 
-// lookup returns addr's state, creating it. Callers hold p.mu.
-func (p *PeakEWMAPicker) lookup(addr string, now time.Time) *endpoint {
-	ep := p.eps[addr]
-	if ep == nil {
-		ep = &endpoint{}
-		p.eps[addr] = ep
+// candidates returns two distinct random endpoints of eps not in tried, one
+// (b == nil) when only one is left, none when none is.
+func (p *PeakEWMAPicker) candidates(eps, tried []*Endpoint) (a, b *Endpoint) {
+	if len(tried) == 0 {
+		switch len(eps) {
+		case 0:
+			return nil, nil
+		case 1:
+			return eps[0], nil
+		}
+		i, j := p.two(len(eps))
+		return eps[i], eps[j]
 	}
-	ep.lastSeen = now
-	return ep
+	// A retry: rare, and tried is short, so counting the rest is cheap.
+	m := 0
+	for _, e := range eps {
+		if !isTried(tried, e) {
+			m++
+		}
+	}
+	switch m {
+	case 0:
+		return nil, nil
+	case 1:
+		return nthUntried(eps, tried, 0), nil
+	}
+	i, j := p.two(m)
+	return nthUntried(eps, tried, i), nthUntried(eps, tried, j)
 }
 
-// estimate is the RTT estimate at now in ns, decayed toward zero for the time
-// since the last sample. Callers hold p.mu.
-func (e *endpoint) estimate(now time.Time, tau float64) float64 {
-	if !e.sampled {
-		return minCost
+// two returns two distinct random indexes in [0, n), n >= 2.
+func (p *PeakEWMAPicker) two(n int) (int, int) {
+	i := p.intN(n)
+	j := p.intN(n - 1)
+	if j >= i {
+		j++
 	}
-	v := e.ewma * math.Exp(-float64(now.Sub(e.stamp))/tau)
-	return max(v, minCost)
+	return i, j
 }
 
-func (c *call) finish(err error) {
-	p, ep := c.p, c.ep
-	now := p.now()
-	rtt := float64(now.Sub(c.start))
-	if err != nil {
-		rtt += p.penalty
+// nthUntried returns the k-th endpoint of eps (from 0) that is not in tried.
+func nthUntried(eps, tried []*Endpoint, k int) *Endpoint {
+	for _, e := range eps {
+		if isTried(tried, e) {
+			continue
+		}
+		if k == 0 {
+			return e
+		}
+		k--
 	}
-	c.ep = nil
-	p.calls.Put(c)
+	return nil
+}
 
-	p.mu.Lock()
-	ep.inflight--
+// prefer reports whether b costs less than a at t. Ties go to a, which is
+// already a random choice.
+func (p *PeakEWMAPicker) prefer(b, a *Endpoint, t time.Time) bool {
+	tau := p.learn.tau
+	na, nb := a.since(t), b.since(t)
+	la, okA := a.latency(na, tau)
+	lb, okB := b.latency(nb, tau)
+	// An endpoint never sampled borrows its rival's estimate.
 	switch {
-	case !ep.sampled || rtt > ep.ewma:
-		// Peak sensitivity: a slower sample replaces the estimate at once.
-		ep.ewma = rtt
-		ep.sampled = true
-	default:
-		w := math.Exp(-float64(now.Sub(ep.stamp)) / p.tau)
-		ep.ewma = ep.ewma*w + rtt*(1-w)
+	case !okA && !okB:
+		la, lb = minCost, minCost
+	case !okA:
+		la = lb
+	case !okB:
+		lb = la
 	}
-	ep.stamp = now
-	p.mu.Unlock()
+	return cost(b, lb, b.failScore(nb, tau)) < cost(a, la, a.failScore(na, tau))
 }
 
-// maybeSweep forgets addresses no longer passed to Pick. It runs once per
-// ttl, or sooner when churn has grown the map well past len(addrs); in both
-// cases its O(len(addrs)+len(map)) cost is amortised over many picks.
-// Callers hold p.mu.
-func (p *PeakEWMAPicker) maybeSweep(addrs []string, now time.Time) {
-	oversized := len(p.eps) > 2*len(addrs)+64
-	if !oversized && now.Sub(p.lastSweep) < p.ttl {
-		return
-	}
-	p.lastSweep = now
-	p.sweeps++
-	for _, a := range addrs {
-		if ep := p.eps[a]; ep != nil {
-			ep.lastSeen = now
-			ep.sweep = p.sweeps
-		}
-	}
-	for a, ep := range p.eps {
-		// A deleted endpoint's in-flight calls still finish on the
-		// orphaned struct, harmlessly.
-		if ep.lastSeen.Before(now.Add(-p.ttl)) || (oversized && ep.sweep != p.sweeps) {
-			delete(p.eps, a)
-		}
-	}
-}
-
-// tracked reports how many addresses the picker holds state for.
-func (p *PeakEWMAPicker) tracked() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.eps)
+// cost is Linkerd's latency × (in-flight + 1), divided by (1-fail)² so
+// that failures push traffic away however fast they come back.
+func cost(e *Endpoint, lat, fail float64) float64 {
+	ok := 1 - fail
+	return lat * float64(e.inflight.Load()+1) / (ok * ok)
 }

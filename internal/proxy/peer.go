@@ -29,6 +29,14 @@ func (p *Proxy) newPeer(addr, identity string) *peer {
 		c := base.Clone()
 		c.NextProtos = protos
 		c.VerifyConnection = verifyPeerID(identity, base.VerifyConnection)
+		if v := base.VerifyPeerCertificate; v != nil {
+			c.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+				if err := v(raw, chains); err != nil {
+					return fmt.Errorf("%w: %w", errPeerRefused, err)
+				}
+				return nil
+			}
+		}
 		if c.ClientSessionCache == nil {
 			c.ClientSessionCache = tls.NewLRUClientSessionCache(16)
 		}
@@ -91,6 +99,10 @@ func (e *DialError) Error() string { return "proxy: dial " + e.Addr + ": " + e.E
 func (e *DialError) Unwrap() error { return e.Err }
 
 var errPeerIdentity = errors.New("proxy: peer identity mismatch")
+
+// errPeerRefused marks a peer certificate the caller's own checks (chain,
+// SPIFFE ID) refused: like a failed dial, nothing was sent.
+var errPeerRefused = errors.New("proxy: peer certificate refused")
 
 // verifyPeerID enforces secure naming: the peer's leaf must carry want as a
 // URI SAN, whatever else the caller's tls.Config checks.

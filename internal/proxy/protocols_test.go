@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -103,7 +106,7 @@ func TestGRPCUnaryStreamingTrailers(t *testing.T) {
 			hs.SetServingStatus("svc", healthpb.HealthCheckResponse_SERVING)
 		}
 	}
-	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="greeter.default",direction="outbound",response_code="200"} 3`)
+	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="greeter.default",direction="outbound",response_code="200",response_flags="-"} 3`)
 }
 
 func TestWebSocketEcho(t *testing.T) {
@@ -172,7 +175,9 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	app := startApp(t, whoami("orders"))
 	srv := startServer(t, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
-	if err := client.Update(snapshot("v7", srv.svc)); err != nil {
+	snap := snapshot("v7", srv.svc)
+	snap.Revision = 42
+	if err := client.Update(snap); err != nil {
 		t.Fatal(err)
 	}
 	if code, _ := get("/ready"); code != 200 || !client.Ready() {
@@ -187,7 +192,7 @@ func TestAdminEndpoints(t *testing.T) {
 	if code != 200 || json.Unmarshal([]byte(body), &cfg) != nil {
 		t.Fatalf("/config = %d %q", code, body)
 	}
-	if cfg["version"] != "v7" || cfg["trustBundle"] != nil || !strings.Contains(body, srv.proxy.InboundAddr()) {
+	if cfg["version"] != "v7" || cfg["revision"] != "42" || cfg["trustBundle"] != nil || !strings.Contains(body, srv.proxy.InboundAddr()) {
 		t.Fatalf("/config content: %s", body)
 	}
 	if code, body := get("/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
@@ -197,9 +202,9 @@ func TestAdminEndpoints(t *testing.T) {
 	if resp != 200 {
 		t.Fatalf("request = %d", resp)
 	}
-	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="200"} 1`)
-	assertMetric(t, srv.proxy, `trellis_proxy_requests_total{destination_service="orders.default",direction="inbound",response_code="200"} 1`)
-	assertMetric(t, client, `trellis_proxy_request_duration_seconds_bucket{destination_service="orders.default",direction="outbound",response_code="200",le="10"} 1`)
+	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="200",response_flags="-"} 1`)
+	assertMetric(t, srv.proxy, `trellis_proxy_requests_total{destination_service="orders.default",direction="inbound",response_code="200",response_flags="-"} 1`)
+	assertMetric(t, client, `trellis_proxy_request_duration_seconds_bucket{destination_service="orders.default",direction="outbound",response_code="200",response_flags="-",le="10"} 1`)
 }
 
 func get0(t *testing.T, c *http.Client, url string) (int, string) {
@@ -233,4 +238,114 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestConnectOverH2C: an HTTP/2 CONNECT (the stream is the tunnel) through
+// the outbound port, counted once as a request and once as a TCP tunnel.
+func TestConnectOverH2C(t *testing.T) {
+	m := newMesh(t, Options{})
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", m.client.OutboundAddr())
+	}}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest("CONNECT", "http://orders:82", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Fatalf("CONNECT: %d %s", resp.StatusCode, resp.Proto)
+	}
+	echoRoundTrip(t, pw, resp.Body)
+	pw.Close()
+	resp.Body.Close()
+	assertMetric(t, m.orders.proxy, `trellis_proxy_tcp_connections_total{destination_service="orders.default",direction="inbound"} 1`)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if scrape(t, m.client)["outbound,orders.default,200,-"] == 1 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	assertMetric(t, m.client, `trellis_proxy_tcp_connections_total{destination_service="orders.default",direction="outbound"} 1`)
+	assertMetric(t, m.client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="200",response_flags="-"} 1`)
+}
+
+// TestServerSentEventsFlushPerChunk: each event reaches the client before
+// the app writes the next one, through both proxies (no buffering).
+func TestServerSentEventsFlushPerChunk(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	next := make(chan struct{})
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-next:
+			case <-r.Context().Done():
+				return
+			case <-time.After(5 * time.Second):
+				return
+			}
+		}
+	}))
+	srv := startServer(t, ca, "events", app, port(80, app, meshv1.Protocol_HTTP))
+	client := startClient(t, ca, Options{})
+	if err := client.Update(snapshot("1", srv.svc)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := proxyClient(client).Get("http://events/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for i := range 3 {
+		line, err := br.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("data: %d\n", i) {
+			t.Fatalf("event %d: %q %v", i, line, err)
+		}
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case next <- struct{}{}:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("event %d arrived only after the app gave up: it was buffered", i)
+		}
+	}
+}
+
+// TestLargeBodies: 8 MiB up and the same back, through both proxies, intact.
+func TestLargeBodies(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(w, r.Body)
+	}))
+	srv := startServer(t, ca, "echo", app, port(80, app, meshv1.Protocol_HTTP))
+	client := startClient(t, ca, Options{})
+	if err := client.Update(snapshot("1", srv.svc)); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 8<<20)
+	for i := range body {
+		body[i] = byte(i * 7 / 3)
+	}
+	resp, err := proxyClient(client).Post("http://echo/", "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, body) {
+		t.Fatalf("status %d, %d of %d bytes back, equal %v, %v", resp.StatusCode, len(got), len(body), bytes.Equal(got, body), err)
+	}
 }

@@ -1,6 +1,14 @@
 // Package proxy is the sidecar's data plane: the outbound HTTP proxy and
 // per-upstream listeners the app calls, the inbound mTLS listener peers call,
 // the proxy-to-proxy transports and tunnels between them, and the admin port.
+//
+// Every request becomes an Exchange (exchange.go) and runs through its
+// listener's filter chain; chain.go is the order of every chain and the
+// place a new filter goes. The chains are compiled with each snapshot
+// (snapshot.go), never per request. net/http lives only at the two edges:
+// server.go turns a request into an exchange and writes the response the
+// chain returns; upstream.go builds each attempt's outgoing request and
+// returns the upstream's response.
 package proxy
 
 import (
@@ -12,7 +20,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +28,7 @@ import (
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
@@ -41,7 +49,9 @@ type Options struct {
 	// ClientTLS returns the outbound mTLS config toward an endpoint whose
 	// SPIFFE ID must be peerIdentity.
 	ClientTLS func(peerIdentity string) *tls.Config
-	Balancer  lb.Policy // default lb.PeakEWMA
+	// Balancer balances the services whose snapshot backend policy names
+	// no load balancer; default lb.PeakEWMA.
+	Balancer lb.Policy
 	// Subscribe asks the control plane for a service ("name.namespace")
 	// not in the snapshot. It must not block.
 	Subscribe    func(service string)
@@ -62,10 +72,11 @@ type Proxy struct {
 	appHost string
 	appPort uint32
 
-	cfg      atomic.Pointer[config]
-	updateMu sync.Mutex // serializes Update; guards pickers, peers
-	pickers  map[string]lb.Picker
-	peers    map[string]*peer
+	cfg       atomic.Pointer[compiled]
+	updateMu  sync.Mutex // serializes Update; guards pickers, endpoints, peers
+	pickers   map[pickerKey]lb.Picker
+	endpoints map[endpointKey]*lb.Endpoint
+	peers     map[string]*peer
 
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
 	ready      atomic.Bool
@@ -140,7 +151,8 @@ func New(o Options) (*Proxy, error) {
 	p := &Proxy{
 		opts:          o,
 		log:           o.Logger.With("component", "proxy"),
-		pickers:       make(map[string]lb.Picker),
+		pickers:       make(map[pickerKey]lb.Picker),
+		endpoints:     make(map[endpointKey]*lb.Endpoint),
 		peers:         make(map[string]*peer),
 		done:          make(chan struct{}),
 		hopH2:         hopH2Default,
@@ -160,7 +172,7 @@ func New(o Options) (*Proxy, error) {
 		if err != nil {
 			return nil, fmt.Errorf("proxy: upstream %q: %w", key, err)
 		}
-		if _, _, ok := meshName(host, o.Namespace, defaultDomain); !ok {
+		if _, _, ok := meshname.ParseHost(host, o.Namespace, defaultDomain); !ok {
 			return nil, fmt.Errorf("proxy: upstream %q is not a service name (name, name.namespace)", key)
 		}
 		p.upstreams = append(p.upstreams, &upstream{key: key, host: host, port: port})
@@ -175,7 +187,7 @@ func New(o Options) (*Proxy, error) {
 	h2c.SetUnencryptedHTTP2(true)
 	p.appH1 = &http.Transport{Protocols: &h1, DisableCompression: true, MaxIdleConnsPerHost: 1024, IdleConnTimeout: 90 * time.Second}
 	p.appH2C = &http.Transport{Protocols: &h2c, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
-	// An empty config until the first snapshot, so waiting for one works.
+	// An empty snapshot until the first Update, so waiting for one works.
 	empty, err := compile(&meshv1.Snapshot{}, p.env())
 	if err != nil {
 		return nil, err
@@ -185,21 +197,41 @@ func New(o Options) (*Proxy, error) {
 	return p, nil
 }
 
+// pickerKey and endpointKey index the balancing state kept across
+// snapshots: a service's picker per policy, an endpoint per address.
+type pickerKey struct {
+	service string
+	policy  lb.Policy
+}
+
+type endpointKey struct{ service, addr string }
+
 func (p *Proxy) env() compileEnv {
 	return compileEnv{
-		ownNS:   p.opts.Namespace,
-		appHost: p.appHost,
-		appPort: p.appPort,
-		picker: func(key string) (lb.Picker, error) {
-			if pk := p.pickers[key]; pk != nil {
+		ownNS:    p.opts.Namespace,
+		appHost:  p.appHost,
+		appPort:  p.appPort,
+		balancer: p.opts.Balancer,
+		picker: func(svc string, pol lb.Policy) (lb.Picker, error) {
+			k := pickerKey{svc, pol}
+			if pk := p.pickers[k]; pk != nil {
 				return pk, nil
 			}
-			pk, err := lb.New(p.opts.Balancer)
+			pk, err := lb.New(pol)
 			if err != nil {
 				return nil, fmt.Errorf("proxy: balancer: %w", err)
 			}
-			p.pickers[key] = pk
+			p.pickers[k] = pk
 			return pk, nil
+		},
+		endpoint: func(svc, addr string) *lb.Endpoint {
+			k := endpointKey{svc, addr}
+			e := p.endpoints[k]
+			if e == nil {
+				e = lb.NewEndpoint(addr)
+				p.endpoints[k] = e
+			}
+			return e
 		},
 		peer: func(addr, identity string) *peer {
 			if pr := p.peers[addr]; pr != nil && pr.identity == identity {
@@ -213,6 +245,7 @@ func (p *Proxy) env() compileEnv {
 			return pr
 		},
 		metrics: p.metrics.Dest,
+		proxy:   p,
 	}
 }
 
@@ -222,32 +255,48 @@ func (p *Proxy) Update(s *meshv1.Snapshot) error {
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	c, err := compile(s, p.env())
+	if err == nil {
+		old := p.cfg.Swap(c)
+		close(old.changed)
+	}
+	p.forget(p.cfg.Load())
 	if err != nil {
 		return err
 	}
-	old := p.cfg.Swap(c)
-	close(old.changed)
-	// Forget balancers and connection pools nothing refers to any more;
-	// in-flight requests keep their own references.
-	for key := range p.pickers {
-		if c.byKey[key] == nil {
-			delete(p.pickers, key)
+	p.log.Debug("snapshot applied", "version", s.GetVersion(), "revision", s.GetRevision(), "services", len(c.byKey))
+	return nil
+}
+
+// forget drops balancing state and connection pools the live snapshot no
+// longer refers to (a refused one may have made some); in-flight requests
+// keep their own references.
+func (p *Proxy) forget(c *compiled) {
+	livePickers := make(map[lb.Picker]bool)
+	liveEps := make(map[*lb.Endpoint]bool)
+	livePeers := make(map[*peer]bool)
+	for _, svc := range c.byKey {
+		livePickers[svc.picker] = true
+		for i, e := range svc.eps {
+			liveEps[e] = true
+			livePeers[svc.peers[i]] = true
 		}
 	}
-	live := make(map[*peer]bool)
-	for _, svc := range c.byKey {
-		for _, ep := range svc.eps {
-			live[ep.peer] = true
+	for k, pk := range p.pickers {
+		if !livePickers[pk] {
+			delete(p.pickers, k)
+		}
+	}
+	for k, e := range p.endpoints {
+		if !liveEps[e] {
+			delete(p.endpoints, k)
 		}
 	}
 	for addr, pr := range p.peers {
-		if !live[pr] {
+		if !livePeers[pr] {
 			pr.closeIdle()
 			delete(p.peers, addr)
 		}
 	}
-	p.log.Debug("config updated", "version", s.GetVersion(), "services", len(c.byKey))
-	return nil
 }
 
 // SetReady marks the app side ready; /ready also needs a first snapshot.
@@ -312,7 +361,7 @@ func (p *Proxy) Start() error {
 		if err != nil {
 			return err
 		}
-		todo = append(todo, serve{p.appServer(http.HandlerFunc(p.serveOutbound), errLog), ln})
+		todo = append(todo, serve{p.appServer(&edge{p: p, kind: outboundListener}, errLog), ln})
 	}
 	for _, u := range p.upstreams {
 		ln, err := listen("upstream:"+u.key, p.opts.Upstreams[u.key])
@@ -321,9 +370,7 @@ func (p *Proxy) Start() error {
 		}
 		u.ln = ln
 		u.http = newChanListener(ln.Addr())
-		u := u
-		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveUpstream(w, r, u) })
-		todo = append(todo, serve{p.appServer(h, errLog), u.http})
+		todo = append(todo, serve{p.appServer(&edge{p: p, kind: upstreamListener, up: u}, errLog), u.http})
 	}
 	if a := p.opts.InboundAddr; a != "" {
 		ln, err := listen("inbound", a)
@@ -334,7 +381,8 @@ func (p *Proxy) Start() error {
 		protos.SetHTTP1(true)
 		protos.SetHTTP2(true)
 		srv := &http.Server{
-			Handler:           http.HandlerFunc(p.serveInbound),
+			Handler:           &edge{p: p, kind: inboundListener},
+			ConnContext:       withConnInfo,
 			Protocols:         &protos,
 			ReadHeaderTimeout: 30 * time.Second,
 			IdleTimeout:       5 * time.Minute,
@@ -464,196 +512,6 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// resolve finds the service a host names, asking the control plane and
-// waiting (bounded) when the snapshot lacks it. msg explains a nil service.
-func (p *Proxy) resolve(ctx context.Context, host string) (*config, *service, string) {
-	c := p.cfg.Load()
-	if svc := c.byHost[host]; svc != nil {
-		return c, svc, ""
-	}
-	name, ns, ok := meshName(host, p.opts.Namespace, c.domain)
-	if !ok {
-		return c, nil, host + " is not a mesh service name (use name, name.namespace or name.namespace.svc." + c.domain + ")"
-	}
-	key := name + "." + ns
-	if svc := c.byKey[key]; svc != nil {
-		return c, svc, ""
-	}
-	if p.opts.Subscribe != nil {
-		if _, seen := p.subscribed.LoadOrStore(key, struct{}{}); !seen {
-			p.opts.Subscribe(key)
-		}
-	}
-	t := time.NewTimer(p.subscribeWait)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.changed:
-		case <-t.C:
-			return c, nil, "service " + key + " is unknown to the mesh (no snapshot contains it)"
-		case <-ctx.Done():
-			return c, nil, "request canceled"
-		case <-p.done:
-			return c, nil, "proxy is shutting down"
-		}
-		c = p.cfg.Load()
-		if svc := c.byHost[host]; svc != nil {
-			return c, svc, ""
-		}
-		if svc := c.byKey[key]; svc != nil {
-			return c, svc, ""
-		}
-	}
-}
-
-// serveOutbound is the explicit HTTP proxy the app calls.
-func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodConnect {
-		p.connect(w, r)
-		return
-	}
-	host, port, err := splitAuthority(r.Host)
-	if err != nil {
-		httpError(w, http.StatusBadRequest, "malformed Host "+strconv.Quote(r.Host))
-		return
-	}
-	_, svc, msg := p.resolve(r.Context(), host)
-	if svc == nil {
-		httpError(w, http.StatusServiceUnavailable, msg)
-		return
-	}
-	p.route(w, r, svc, port)
-}
-
-func (p *Proxy) serveUpstream(w http.ResponseWriter, r *http.Request, u *upstream) {
-	if r.Method == http.MethodConnect {
-		httpError(w, http.StatusMethodNotAllowed, "CONNECT is for the outbound proxy port")
-		return
-	}
-	_, svc, msg := p.resolve(r.Context(), u.host)
-	if svc == nil {
-		httpError(w, http.StatusServiceUnavailable, msg)
-		return
-	}
-	p.route(w, r, svc, u.port)
-}
-
-// route matches a route of svc, splits by weight, picks an endpoint and
-// forwards over mTLS.
-func (p *Proxy) route(w http.ResponseWriter, r *http.Request, svc *service, port uint32) {
-	start := time.Now()
-	if port == 0 {
-		port = svc.defPort
-	}
-	rt := svc.route(r, port)
-	if rt == nil {
-		httpError(w, http.StatusNotFound, "no route of "+svc.key+" matches "+r.Method+" "+r.URL.Path)
-		svc.metrics.Request(http.StatusNotFound, time.Since(start))
-		return
-	}
-	b := rt.pick()
-	dst := b.svc
-	dport := b.port
-	if dport == 0 {
-		dport = port
-	}
-	if len(dst.eps) == 0 {
-		httpError(w, http.StatusServiceUnavailable, "no healthy endpoints for "+dst.key)
-		dst.metrics.Request(http.StatusServiceUnavailable, time.Since(start))
-		return
-	}
-	ps := dst.port(dport)
-	upgrade := upgradeType(r.Header)
-	useH2 := ps.h2() || r.ProtoMajor == 2 || (p.hopH2 && upgrade == "")
-	r.Header[headerPort] = ps.portHdr
-	delete(r.Header, HeaderClientID)
-	// A request without a body that could not even connect never reached
-	// the peer: send it once more, to another endpoint when there is one.
-	// (Retries of requests that did reach a peer wait for retry budgets.)
-	retryable := r.ContentLength == 0 && upgrade == "" && len(dst.eps) > 1
-	xff, hadXFF := r.Header["X-Forwarded-For"]
-	failed := -1
-	var code int
-	var err error
-	for attempt := 0; ; attempt++ {
-		i, done := dst.picker.Pick(dst.addrs)
-		if i == failed {
-			// The picker chose the endpoint that just failed: that counts
-			// against it too, and the next endpoint gets the request.
-			done(err)
-			i, done = (i+1)%len(dst.eps), func(error) {}
-		}
-		ep := &dst.eps[i]
-		tr := ep.peer.h1
-		if useH2 {
-			tr = ep.peer.h2
-		}
-		code, err = p.forward(w, r, tr, "https", ep.addr, retryable && attempt == 0)
-		done(err)
-		if code != 0 {
-			break
-		}
-		failed = i
-		p.log.Debug("endpoint unreachable; retrying on another", "service", dst.key, "endpoint", ep.addr, "err", err)
-		if hadXFF {
-			r.Header["X-Forwarded-For"] = xff
-		} else {
-			delete(r.Header, "X-Forwarded-For")
-		}
-	}
-	dst.metrics.Request(code, time.Since(start))
-	if errors.Is(err, errAborted) {
-		panic(http.ErrAbortHandler)
-	}
-}
-
-// serveInbound authenticates the peer (already verified by TLS), tells the
-// app who it is, and forwards on loopback.
-func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	cfg := p.cfg.Load()
-	var id string
-	if r.TLS != nil {
-		id = peerID(r.TLS.PeerCertificates)
-	}
-	if id == "" {
-		httpError(w, http.StatusForbidden, "no verified client identity")
-		return
-	}
-	ps := cfg.inbound.def
-	if v := r.Header[headerPort]; len(v) > 0 {
-		port, ok := parsePort(v[0])
-		if !ok {
-			httpError(w, http.StatusBadRequest, "malformed "+headerPort)
-			return
-		}
-		// A service that declares no ports takes everything on AppAddr.
-		if port != ps.port && len(cfg.inbound.ports) > 0 {
-			if ps, ok = cfg.inbound.port(port); !ok {
-				httpError(w, http.StatusNotFound, "port "+v[0]+" is not declared by "+cfg.inbound.key)
-				cfg.inbound.metrics.Request(http.StatusNotFound, time.Since(start))
-				return
-			}
-		}
-		delete(r.Header, headerPort)
-	}
-	if ps.appAddr == "" {
-		httpError(w, http.StatusServiceUnavailable, cfg.inbound.key+" has no local app")
-		cfg.inbound.metrics.Request(http.StatusServiceUnavailable, time.Since(start))
-		return
-	}
-	r.Header[HeaderClientID] = []string{id}
-	tr := p.appH1
-	if ps.h2() {
-		tr = p.appH2C
-	}
-	code, err := p.forward(w, r, tr, "http", ps.appAddr, false)
-	cfg.inbound.metrics.Request(code, time.Since(start))
-	if errors.Is(err, errAborted) {
-		panic(http.ErrAbortHandler)
-	}
-}
-
 // acceptUpstream serves one Upstreams listener: connections to a TCP port
 // are tunnelled raw, the rest go to the HTTP server.
 func (p *Proxy) acceptUpstream(u *upstream) {
@@ -670,7 +528,7 @@ func (p *Proxy) acceptUpstream(u *upstream) {
 		go func() {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			_, svc, _ := p.resolve(ctx, u.host)
+			svc, _, _ := p.resolve(ctx, u.host)
 			if svc != nil {
 				port := u.port
 				if port == 0 {
@@ -678,9 +536,7 @@ func (p *Proxy) acceptUpstream(u *upstream) {
 				}
 				if svc.port(port).proto == meshv1.Protocol_TCP {
 					defer conn.Close()
-					if err := p.tunnelTCP(ctx, conn, nil, svc, port); err != nil {
-						p.log.Debug("tcp tunnel failed", "service", svc.key, "err", err)
-					}
+					p.serveRaw(ctx, conn, p.cfg.Load(), svc, port)
 					return
 				}
 			}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
 
@@ -299,11 +301,7 @@ func TestSecureNaming(t *testing.T) {
 func TestUpdateInvalidKeepsOldConfig(t *testing.T) {
 	m := newMesh(t, Options{})
 	good := m.orders.svc
-	withRoute := func(r *meshv1.Route) *meshv1.Service {
-		s := renamed(good, "orders")
-		s.Routes = []*meshv1.Route{r}
-		return s
-	}
+	withRoute := func(r *meshv1.Route) *meshv1.Service { return withRoutes(good, r) }
 	for _, tc := range []struct {
 		name string
 		snap *meshv1.Snapshot
@@ -332,6 +330,35 @@ func TestUpdateInvalidKeepsOldConfig(t *testing.T) {
 		{"duplicate service", snapshot("x", good, good), "duplicate service orders.default"},
 		{"bad name", snapshot("x", &meshv1.Service{Name: "Orders!", Namespace: "default"}), "services[0].name"},
 		{"bad port", snapshot("x", &meshv1.Service{Name: "o", Namespace: "default", Ports: []*meshv1.Port{{Port: 70000}}}), "ports[0].port"},
+		{"empty filter", snapshot("x", withRoute(&meshv1.Route{
+			Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}},
+			Filters:  []*meshv1.RouteFilter{{Filter: &meshv1.RouteFilter_RequestHeaderModifier{RequestHeaderModifier: &meshv1.HeaderModifier{}}}, {}},
+		})), "services[0].routes[0].filters[1]: empty or unknown filter kind"},
+		{"bad header name in filter", snapshot("x", withRoute(&meshv1.Route{
+			Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}},
+			Filters: []*meshv1.RouteFilter{{Filter: &meshv1.RouteFilter_ResponseHeaderModifier{ResponseHeaderModifier: &meshv1.HeaderModifier{
+				Add: []*meshv1.HeaderValue{{Name: "bad name", Value: "v"}}}}}},
+		})), "filters[0].response_header_modifier.add[0].name"},
+		{"hop-by-hop header in filter", snapshot("x", withRoute(&meshv1.Route{
+			Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}},
+			Filters: []*meshv1.RouteFilter{{Filter: &meshv1.RouteFilter_RequestHeaderModifier{RequestHeaderModifier: &meshv1.HeaderModifier{
+				Set: []*meshv1.HeaderValue{{Name: "connection", Value: "close"}}}}}},
+		})), "filters[0].request_header_modifier.set[0].name"},
+		{"bad header value in filter", snapshot("x", withRoute(&meshv1.Route{
+			Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}},
+			Filters: []*meshv1.RouteFilter{{Filter: &meshv1.RouteFilter_RequestHeaderModifier{RequestHeaderModifier: &meshv1.HeaderModifier{
+				Set: []*meshv1.HeaderValue{{Name: "x-a", Value: "line\nbreak"}}}}}},
+		})), "request_header_modifier.set[0].value"},
+		{"negative timeout", snapshot("x", withRoute(&meshv1.Route{
+			Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}},
+			Timeouts: &meshv1.RouteTimeouts{Request: durationpb.New(-time.Second)},
+		})), "services[0].routes[0].timeouts.request"},
+		{"attempt outlasts request", snapshot("x", withRoute(&meshv1.Route{
+			Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}},
+			Timeouts: &meshv1.RouteTimeouts{Request: durationpb.New(time.Second), BackendRequest: durationpb.New(2 * time.Second)},
+		})), "timeouts.backend_request: 2s is longer than request 1s"},
+		{"unknown balancer", snapshot("x", &meshv1.Service{Name: "orders", Namespace: "default",
+			BackendPolicy: &meshv1.BackendPolicy{LoadBalancer: 42}}), "services[0].backend_policy.load_balancer: unknown balancer 42"},
 		{"relative exact path", snapshot("x", withRoute(&meshv1.Route{
 			Matches:  []*meshv1.Match{{Path: &meshv1.PathMatch{Type: meshv1.PathMatch_EXACT, Value: "a"}}},
 			Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}},
@@ -600,5 +627,68 @@ func TestShutdownDeadlineCutsStuckRequests(t *testing.T) {
 	err := p.Shutdown(context.Background())
 	if err == nil || time.Since(start) > 3*time.Second {
 		t.Fatalf("Shutdown = %v after %v; want a drain error after ~200ms", err, time.Since(start))
+	}
+}
+
+// TestRouteHeaderFilters: Gateway API header modifiers on a route — set
+// replaces, add appends, remove deletes — on the request the app sees and
+// on the response the client sees, the proxy's own errors included.
+func TestRouteHeaderFilters(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Got-Set", strings.Join(r.Header.Values("X-Set"), "|"))
+		h.Set("X-Got-Add", strings.Join(r.Header.Values("X-Add"), "|"))
+		h.Set("X-Got-Remove", strings.Join(r.Header.Values("X-Remove"), "|"))
+		h.Set("Server", "app")
+		h.Set("X-Internal", "secret")
+		h.Add("X-Multi", "app")
+	}))
+	orders := startServer(t, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
+	hv := func(n, v string) *meshv1.HeaderValue { return &meshv1.HeaderValue{Name: n, Value: v} }
+	svc := withRoutes(orders.svc, &meshv1.Route{
+		Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}},
+		Filters: []*meshv1.RouteFilter{
+			{Filter: &meshv1.RouteFilter_RequestHeaderModifier{RequestHeaderModifier: &meshv1.HeaderModifier{
+				Set: []*meshv1.HeaderValue{hv("x-set", "route")}, Add: []*meshv1.HeaderValue{hv("X-Add", "route")}, Remove: []string{"x-remove"},
+			}}},
+			{Filter: &meshv1.RouteFilter_ResponseHeaderModifier{ResponseHeaderModifier: &meshv1.HeaderModifier{
+				Set: []*meshv1.HeaderValue{hv("server", "trellis")}, Add: []*meshv1.HeaderValue{hv("x-multi", "route")}, Remove: []string{"X-Internal"},
+			}}},
+		},
+	}, &meshv1.Route{
+		Matches:  []*meshv1.Match{{Path: &meshv1.PathMatch{Value: "/none"}}},
+		Backends: []*meshv1.Backend{{Service: "empty", Weight: 1}},
+		Filters: []*meshv1.RouteFilter{{Filter: &meshv1.RouteFilter_ResponseHeaderModifier{ResponseHeaderModifier: &meshv1.HeaderModifier{
+			Set: []*meshv1.HeaderValue{hv("x-route", "none")}}}}},
+	})
+	svc.Routes[0], svc.Routes[1] = svc.Routes[1], svc.Routes[0]
+	client := startClient(t, ca, Options{})
+	if err := client.Update(snapshot("1", svc, &meshv1.Service{Name: "empty", Namespace: "default"})); err != nil {
+		t.Fatal(err)
+	}
+	c := proxyClient(client)
+	req, _ := http.NewRequest("GET", "http://orders/x", nil)
+	req.Header.Add("X-Set", "client1")
+	req.Header.Add("X-Set", "client2")
+	req.Header.Add("X-Add", "client")
+	req.Header.Add("X-Remove", "client")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for k, want := range map[string]string{
+		"X-Got-Set": "route", "X-Got-Add": "client|route", "X-Got-Remove": "",
+		"Server": "trellis", "X-Multi": "app|route", "X-Internal": "",
+	} {
+		if got := strings.Join(resp.Header.Values(k), "|"); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	// The proxy's own answer (no endpoints: 503) gets the response filter.
+	resp, _ = get(t, c, "http://orders/none", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Route") != "none" {
+		t.Fatalf("proxy error: %d, X-Route %q", resp.StatusCode, resp.Header.Get("X-Route"))
 	}
 }

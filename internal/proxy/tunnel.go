@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"trellis.dev/trellis/internal/lb"
 )
 
 // ALPNTCP is the ALPN protocol of an opaque TCP tunnel between proxies. The
@@ -51,20 +53,21 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 	return nil, errPreamble
 }
 
-// dialTunnel opens an mTLS tunnel to ep for the service port and returns the
-// connection and a reader holding anything the server sent past its reply.
-func (p *Proxy) dialTunnel(ctx context.Context, ep *endpoint, port uint32) (*tls.Conn, *bufio.Reader, error) {
+// dialTunnel opens an mTLS tunnel to the peer for the service port and
+// returns the connection and a reader holding anything the server sent past
+// its reply.
+func dialTunnel(ctx context.Context, pr *peer, port uint32) (*tls.Conn, *bufio.Reader, error) {
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	d := net.Dialer{}
-	raw, err := d.DialContext(ctx, "tcp", ep.addr)
+	raw, err := d.DialContext(ctx, "tcp", pr.addr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("proxy: tunnel: dial %s: %w", ep.addr, err)
+		return nil, nil, &DialError{Addr: pr.addr, Err: err}
 	}
-	conn := tls.Client(raw, ep.peer.tcpTLS)
+	conn := tls.Client(raw, pr.tcpTLS)
 	fail := func(err error) (*tls.Conn, *bufio.Reader, error) {
 		conn.Close()
-		return nil, nil, fmt.Errorf("proxy: tunnel to %s: %w", ep.addr, err)
+		return nil, nil, fmt.Errorf("proxy: tunnel to %s: %w", pr.addr, err)
 	}
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return fail(err)
@@ -88,6 +91,48 @@ func (p *Proxy) dialTunnel(ctx context.Context, ep *endpoint, port uint32) (*tls
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return conn, br, nil
+}
+
+// tunnelConn is an established tunnel: reads drain what the preamble's
+// reader already buffered; writes and CloseWrite go to the TLS connection.
+type tunnelConn struct {
+	*tls.Conn
+	r *bufio.Reader
+}
+
+func (t tunnelConn) Read(b []byte) (int, error) { return t.r.Read(b) }
+
+// tunnelUpstream is the tunnel chain's last stage: it picks an endpoint of
+// the service and opens an mTLS tunnel to its port there. The writer (or
+// the raw TCP edge) splices the client to it.
+func (p *Proxy) tunnelUpstream() Handler {
+	return HandlerFunc(func(ex *Exchange) *Response {
+		svc := ex.Service
+		if len(svc.eps) == 0 {
+			return ex.fail(http.StatusServiceUnavailable, FlagUH, "no healthy endpoints for "+svc.key)
+		}
+		ex.lbReq = lb.Request{Method: ex.Method, Authority: ex.Authority, Header: ex.Header}
+		call, ok := svc.picker.Pick(&ex.lbReq, svc.eps, nil)
+		if !ok {
+			return ex.fail(http.StatusServiceUnavailable, FlagUH, "no healthy endpoints for "+svc.key)
+		}
+		ex.Endpoint, ex.peer = call.Endpoint(), svc.peerOf(call.Endpoint())
+		ex.Tried = append(ex.Tried, ex.Endpoint)
+		ex.Attempts++
+		conn, br, err := dialTunnel(ex.ctx, ex.peer, ex.Port)
+		if err != nil {
+			ex.err = err
+			if ex.clientCtx.Err() != nil {
+				call.Done(lb.Abandoned)
+				return ex.fail(statusClientClosed, FlagDC, "client went away")
+			}
+			call.Done(lb.Failure)
+			p.log.Debug("tunnel dial failed", "service", svc.key, "err", err)
+			return ex.fail(http.StatusBadGateway, FlagUF, "tunnel to "+svc.key+" failed")
+		}
+		call.Done(lb.Success)
+		return &Response{Status: http.StatusOK, Upgraded: tunnelConn{conn, br}}
+	})
 }
 
 // serveTCPTunnel is the inbound side of a tunnel (http.Server.TLSNextProto):
@@ -129,84 +174,6 @@ func (p *Proxy) serveTCPTunnel(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 	}
 	defer p.track(conn, false)
 	splice(br, conn, app, app)
-}
-
-// tunnelTCP carries client's bytes to a service port through an mTLS tunnel.
-// pre holds bytes already read from client.
-func (p *Proxy) tunnelTCP(ctx context.Context, client net.Conn, pre io.Reader, svc *service, port uint32) error {
-	if len(svc.eps) == 0 {
-		return fmt.Errorf("proxy: no healthy endpoints for %s", svc.key)
-	}
-	i, done := svc.picker.Pick(svc.addrs)
-	conn, br, err := p.dialTunnel(ctx, &svc.eps[i], port)
-	done(err)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	svc.metrics.TCPConnection()
-	if !p.track(client, true) {
-		return nil
-	}
-	defer p.track(client, false)
-	if pre == nil {
-		pre = client
-	}
-	splice(pre, client, br, conn)
-	return nil
-}
-
-// connect serves CONNECT host:port on the outbound listener as a TCP tunnel.
-func (p *Proxy) connect(w http.ResponseWriter, r *http.Request) {
-	host, port, err := splitAuthority(r.Host)
-	if err != nil || port == 0 {
-		httpError(w, http.StatusBadRequest, "CONNECT needs host:port of a mesh service")
-		return
-	}
-	_, svc, msg := p.resolve(r.Context(), host)
-	if svc == nil {
-		httpError(w, http.StatusServiceUnavailable, msg)
-		return
-	}
-	if len(svc.eps) == 0 {
-		httpError(w, http.StatusServiceUnavailable, "no healthy endpoints for "+svc.key)
-		return
-	}
-	i, done := svc.picker.Pick(svc.addrs)
-	conn, br, err := p.dialTunnel(r.Context(), &svc.eps[i], port)
-	done(err)
-	if err != nil {
-		p.log.Debug("tunnel dial failed", "service", svc.key, "err", err)
-		httpError(w, http.StatusBadGateway, "tunnel to "+svc.key+" failed")
-		return
-	}
-	defer conn.Close()
-	svc.metrics.TCPConnection()
-	if r.ProtoMajor >= 2 {
-		// HTTP/2 CONNECT: the stream is the tunnel.
-		rc := http.NewResponseController(w)
-		_ = rc.EnableFullDuplex()
-		w.WriteHeader(http.StatusOK)
-		if err := rc.Flush(); err != nil {
-			return
-		}
-		splice(r.Body, streamWriter{w, rc}, br, conn)
-		return
-	}
-	client, cbuf, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		httpError(w, http.StatusInternalServerError, "cannot take over the connection")
-		return
-	}
-	defer client.Close()
-	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
-		return
-	}
-	if !p.track(client, true) {
-		return
-	}
-	defer p.track(client, false)
-	splice(cbuf.Reader, client, br, conn)
 }
 
 type streamWriter struct {

@@ -142,25 +142,35 @@ const (
 	StateNacked = "NACKED"
 )
 
-// ProxyStatus is one connected proxy, for `trellis proxy-status`.
+// ProxyStatus is one connected proxy, for `trellis proxy-status`. Its JSON
+// (the admin API's /v1/proxies, `proxy-status -o json|yaml`) uses
+// lowerCamelCase names, as kubectl and the Gateway API do; they are part of
+// the admin API and documented in docs/operations.md.
 type ProxyStatus struct {
-	NodeID, Service, Namespace, Identity string
-	SentVersion, AckedVersion            string
+	NodeID    string `json:"nodeId"`
+	Service   string `json:"service"`
+	Namespace string `json:"namespace"`
+	Identity  string `json:"identity"`
+	// SentVersion is the config version last sent; AckedVersion the last
+	// one the proxy acknowledged (and runs).
+	SentVersion  string `json:"sentVersion"`
+	AckedVersion string `json:"ackedVersion"`
 	// Revision is the store revision the proxy is known to be current at:
 	// that of the snapshot it last ACKed, advanced without a push when a
 	// later compile for it yields the same version (a write that did not
 	// change its config). Zero until the first ACK on this stream.
-	Revision int64
+	Revision int64 `json:"revision"`
 	// SentRevision is the revision the last snapshot sent is current at;
 	// above Revision while that snapshot is unanswered or refused.
-	SentRevision int64
+	SentRevision int64 `json:"sentRevision"`
 	// State is StateSynced, StateStale, StateNacked or StatePending.
-	State string
+	State string `json:"state"`
 	// Error is the proxy's last NACK text or the last compile error.
-	Error       string
-	CertExpiry  time.Time
-	ConnectedAt time.Time
-	LastAck     time.Time
+	Error string `json:"error,omitempty"`
+	// CertExpiry is when the proxy's workload certificate expires.
+	CertExpiry  time.Time `json:"certExpiry,omitzero"`
+	ConnectedAt time.Time `json:"connectedAt,omitzero"`
+	LastAck     time.Time `json:"lastAck,omitzero"`
 }
 
 // AtRevision reports whether p runs a snapshot current at rev or later.

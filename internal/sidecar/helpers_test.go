@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ const testToken = "s3cret"
 // the compiler is replaced.
 type controlPlane struct {
 	srv    *push.Server
+	signer *signer
 	addr   string
 	caFile string
 	token  string
@@ -44,11 +46,12 @@ type controlPlane struct {
 func startControlPlane(t *testing.T) *controlPlane {
 	t.Helper()
 	ca := testpki.NewCA(t)
+	sg := &signer{t: t, ca: ca}
 	m := &mesh{bundle: [][]byte{ca.Cert.Raw}, subs: map[int]chan struct{}{}, reg: map[string]*meshv1.Endpoint{}}
 	srv := push.NewServer(push.ServerOptions{
 		TrustDomain: spiffeid.RequireTrustDomainFromString("trellis.local"),
 		ValidToken:  push.TokenValidator(testToken),
-		Signer:      &signer{t: t, ca: ca},
+		Signer:      sg,
 		Registry:    m,
 		Snapshots:   m,
 		Logger:      testLogger(t, "control"),
@@ -69,7 +72,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 	t.Cleanup(func() { srv.Shutdown(); g.GracefulStop() })
 
 	dir := t.TempDir()
-	cp := &controlPlane{srv: srv, addr: lis.Addr().String(), mesh: m,
+	cp := &controlPlane{srv: srv, signer: sg, addr: lis.Addr().String(), mesh: m,
 		caFile: filepath.Join(dir, "ca.crt"), token: filepath.Join(dir, "bootstrap-token")}
 	writeFile(t, cp.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}))
 	writeFile(t, cp.token, []byte(testToken+"\n"))
@@ -97,9 +100,12 @@ func (cp *controlPlane) status(service string) (push.ProxyStatus, bool) {
 type signer struct {
 	t  testing.TB
 	ca *testpki.CA
+	// signed counts certificates issued.
+	signed atomic.Int32
 }
 
 func (s *signer) Sign(csrDER []byte, id spiffeid.ID) ([][]byte, time.Time, error) {
+	s.signed.Add(1)
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
 		return nil, time.Time{}, err

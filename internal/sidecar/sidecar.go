@@ -106,6 +106,11 @@ func (s *sidecar) run(ctx context.Context) (int, error) {
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRun()
 
+	// A taken port fails now, naming its flag, not after a certificate was
+	// issued and the endpoint half set up.
+	if err := checkPortsFree(o); err != nil {
+		return 1, err
+	}
 	if err := s.certify(ctx, s.token); err != nil {
 		if ctx.Err() != nil {
 			return 0, nil // stopped while waiting for the control plane
@@ -261,6 +266,27 @@ func upstreamService(key, ns string) (string, error) {
 		return "", err
 	}
 	return n.String(), nil
+}
+
+// checkPortsFree binds and releases each listen address. The proxy binds
+// them again after the certificate arrives; a port taken in between still
+// fails there.
+func checkPortsFree(o Options) error {
+	addrs := []struct{ flag, addr string }{{"--inbound", o.InboundAddr}, {"--outbound", o.OutboundAddr}, {"--admin", o.AdminAddr}}
+	for _, k := range slices.Sorted(maps.Keys(o.Upstreams)) {
+		addrs = append(addrs, struct{ flag, addr string }{"--upstream " + k, o.Upstreams[k]})
+	}
+	for _, a := range addrs {
+		if a.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			return fmt.Errorf("sidecar: %s %s: %w; pass %s another address (127.0.0.1:0 picks a free port, logged when the proxy is ready)", a.flag, a.addr, err, a.flag)
+		}
+		ln.Close()
+	}
+	return nil
 }
 
 func (s *sidecar) startProxy() error {

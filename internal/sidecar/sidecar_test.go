@@ -1,8 +1,11 @@
 package sidecar
 
 import (
+	"context"
+	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestUpstreamService(t *testing.T) {
@@ -53,5 +56,40 @@ func TestNewSidecarChecksNames(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.HasPrefix(err.Error(), "sidecar: ") {
 			t.Errorf("newSidecar(%+v) = %v; want %q", tt.o, err, tt.wantErr)
 		}
+	}
+}
+
+// TestTakenPortFailsBeforeCertificate: a listen address in use fails the
+// start at once, naming its flag, and no certificate is asked for.
+func TestTakenPortFailsBeforeCertificate(t *testing.T) {
+	cp := startControlPlane(t)
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	taken := held.Addr().String()
+	free := "127.0.0.1:0"
+	for _, tt := range []struct {
+		flag string
+		o    Options
+	}{
+		{"--inbound", Options{InboundAddr: taken, OutboundAddr: free, AdminAddr: free}},
+		{"--outbound", Options{InboundAddr: free, OutboundAddr: taken, AdminAddr: free}},
+		{"--admin", Options{InboundAddr: free, OutboundAddr: free, AdminAddr: taken}},
+		{"--upstream payments", Options{InboundAddr: free, OutboundAddr: free, AdminAddr: free, Upstreams: map[string]string{"payments": taken}}},
+	} {
+		o := tt.o
+		o.Service, o.ControlAddr, o.CAFile, o.TokenFile = "orders", cp.addr, cp.caFile, cp.token
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		code, err := Run(ctx, o)
+		cancel()
+		want := "sidecar: " + tt.flag + " " + taken + ": "
+		if code != 1 || err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "pass "+tt.flag+" another address") {
+			t.Errorf("%s taken: code %d, err %v; want %q", tt.flag, code, err, want)
+		}
+	}
+	if n := cp.signer.signed.Load(); n != 0 {
+		t.Errorf("%d certificates issued; a taken port must fail before asking", n)
 	}
 }

@@ -22,8 +22,9 @@ const (
 var RequestDurationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
 // ProxyMetrics holds the proxy's per-hop instruments on one registry.
-// Label children are cached per (direction, service) and per status code, so
-// recording a request on the hot path does not allocate after warm-up.
+// Label children are cached per (direction, service) and per status code and
+// response flags, so recording a request on the hot path does not allocate
+// after warm-up.
 type ProxyMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -40,13 +41,13 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 	m := &ProxyMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: RequestsTotalName,
-			Help: "Requests handled by the proxy, by direction, destination service and response code.",
-		}, []string{"direction", "destination_service", "response_code"}),
+			Help: "Requests handled by the proxy, refused ones included, by direction, destination service, response code and response flags (\"-\": none).",
+		}, []string{"direction", "destination_service", "response_code", "response_flags"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    RequestDurationName,
-			Help:    "Time from request received to response complete, by direction, destination service and response code.",
+			Help:    "Time from request received to response complete, by direction, destination service, response code and response flags.",
 			Buckets: RequestDurationBuckets,
-		}, []string{"direction", "destination_service", "response_code"}),
+		}, []string{"direction", "destination_service", "response_code", "response_flags"}),
 		tcp: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: TCPConnectionsName,
 			Help: "Opaque TCP connections proxied, by direction and destination service.",
@@ -80,10 +81,14 @@ func (m *ProxyMetrics) Dest(direction, service string) *DestMetrics {
 	return d
 }
 
-// Request records one finished request.
+// Request records one finished request that ended normally (no response
+// flags); the proxy itself records through Dest, with flags.
 func (m *ProxyMetrics) Request(direction, service string, code int, d time.Duration) {
-	m.Dest(direction, service).Request(code, d)
+	m.Dest(direction, service).Request(code, NoFlags, d)
 }
+
+// NoFlags is the response_flags value of a request that ended normally.
+const NoFlags = "-"
 
 // TCPConnection counts one proxied TCP connection.
 func (m *ProxyMetrics) TCPConnection(direction, service string) {
@@ -95,9 +100,18 @@ type DestMetrics struct {
 	m                  *ProxyMetrics
 	direction, service string
 	tcp                atomic.Pointer[prometheus.Counter]
-	// codes[c] caches the children of status code c (100..599); other
-	// values share codes[0] under their own label, looked up each time.
+	// codes[c] caches the children of status code c (100..599) without
+	// flags, the hot path; other codes and flagged requests are cached in
+	// flagged.
 	codes [600]atomic.Pointer[codeChildren]
+
+	mu      sync.RWMutex
+	flagged map[flaggedKey]*codeChildren
+}
+
+type flaggedKey struct {
+	code  int
+	flags string
 }
 
 type codeChildren struct {
@@ -105,9 +119,10 @@ type codeChildren struct {
 	dur   prometheus.Observer
 }
 
-// Request records one finished request with status code and duration.
-func (d *DestMetrics) Request(code int, dur time.Duration) {
-	c := d.children(code)
+// Request records one finished request with status code, response flags
+// (NoFlags for none) and duration.
+func (d *DestMetrics) Request(code int, flags string, dur time.Duration) {
+	c := d.children(code, flags)
 	c.count.Inc()
 	c.dur.Observe(dur.Seconds())
 }
@@ -123,22 +138,38 @@ func (d *DestMetrics) TCPConnection() {
 	(*c).Inc()
 }
 
-func (d *DestMetrics) children(code int) *codeChildren {
-	if code < 100 || code >= len(d.codes) {
-		return d.newChildren(code)
-	}
-	if c := d.codes[code].Load(); c != nil {
+func (d *DestMetrics) children(code int, flags string) *codeChildren {
+	if flags == NoFlags && code >= 100 && code < len(d.codes) {
+		if c := d.codes[code].Load(); c != nil {
+			return c
+		}
+		c := d.newChildren(code, flags)
+		d.codes[code].Store(c)
 		return c
 	}
-	c := d.newChildren(code)
-	d.codes[code].Store(c)
+	k := flaggedKey{code, flags}
+	d.mu.RLock()
+	c := d.flagged[k]
+	d.mu.RUnlock()
+	if c != nil {
+		return c
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c = d.flagged[k]; c == nil {
+		if d.flagged == nil {
+			d.flagged = make(map[flaggedKey]*codeChildren)
+		}
+		c = d.newChildren(code, flags)
+		d.flagged[k] = c
+	}
 	return c
 }
 
-func (d *DestMetrics) newChildren(code int) *codeChildren {
+func (d *DestMetrics) newChildren(code int, flags string) *codeChildren {
 	s := strconv.Itoa(code)
 	return &codeChildren{
-		count: d.m.requests.WithLabelValues(d.direction, d.service, s),
-		dur:   d.m.duration.WithLabelValues(d.direction, d.service, s),
+		count: d.m.requests.WithLabelValues(d.direction, d.service, s, flags),
+		dur:   d.m.duration.WithLabelValues(d.direction, d.service, s, flags),
 	}
 }

@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -49,6 +51,73 @@ func TestDemoCtrlC(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if left := processesOf(trellisBin); len(left) > 0 {
 		t.Fatalf("processes left behind after Ctrl-C:\n%s", strings.Join(left, "\n"))
+	}
+}
+
+// TestDemoCtrlCUnderBrokenPipe is 'make demo 2>&1 | tee log' and Ctrl-C,
+// which stops tee as well: output that is not a terminal gets plain table
+// lines every refresh; once the pipe's reader is gone, the demo is not
+// killed by SIGPIPE but still stops everything it started, exits 0 and
+// removes its temporary data dir.
+func TestDemoCtrlCUnderBrokenPipe(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(trellisBin, "demo")
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+
+	// Read as tee would, until a plain table has been printed.
+	var seen strings.Builder
+	dir := ""
+	sc := bufio.NewScanner(r)
+	deadline := time.AfterFunc(60*time.Second, func() { r.Close() })
+	for sc.Scan() {
+		line := sc.Text()
+		seen.WriteString(line + "\n")
+		if d, ok := strings.CutPrefix(line, "data dir:  "); ok {
+			dir, _, _ = strings.Cut(d, " (logs")
+		}
+		if strings.HasPrefix(line, "SERVICE ") {
+			break
+		}
+	}
+	deadline.Stop()
+	if dir == "" || !strings.Contains(seen.String(), "SERVICE ") || strings.Contains(seen.String(), "\x1b[") {
+		t.Fatalf("no plain table (or escape codes) before Ctrl-C:\n%s", seen.String())
+	}
+	r.Close() // tee is gone: the next refresh writes into a broken pipe
+	time.Sleep(2 * time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("demo died when its output broke, before Ctrl-C: %v (SIGPIPE?)", err)
+	default:
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo under a broken pipe: %v (killed by SIGPIPE?)\n%s", err, seen.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo did not stop within 30s of Ctrl-C")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("temporary data dir %s left behind (%v)", dir, err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if left := processesOf(trellisBin); len(left) > 0 {
+		t.Fatalf("processes left behind:\n%s", strings.Join(left, "\n"))
 	}
 }
 

@@ -415,7 +415,7 @@ func TestCertificateRenewal(t *testing.T) {
 		}
 		m := map[string]string{}
 		for _, p := range list {
-			m[fmt.Sprint(p["Service"])] = fmt.Sprint(p["CertExpiry"])
+			m[fmt.Sprint(p["service"])] = fmt.Sprint(p["certExpiry"])
 		}
 		return m
 	}

@@ -46,8 +46,8 @@ func TestApplyWait(t *testing.T) {
 		t.Fatalf("proxy-status: %v\n%s", err, out)
 	}
 	var list []struct {
-		NodeID   string
-		Revision int64
+		NodeID   string `json:"nodeId"`
+		Revision int64  `json:"revision"`
 	}
 	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 3 {
 		t.Fatalf("proxy-status json (%v):\n%s", err, out)

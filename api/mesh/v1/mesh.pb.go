@@ -94,6 +94,12 @@ const (
 	// Power of two choices over peak-EWMA latency.
 	LoadBalancer_P2C_PEAK_EWMA LoadBalancer = 1
 	LoadBalancer_ROUND_ROBIN   LoadBalancer = 2
+	LoadBalancer_RANDOM        LoadBalancer = 3
+	// Power of two choices over in-flight requests.
+	LoadBalancer_LEAST_REQUEST LoadBalancer = 4
+	// Consistent hashing by BackendPolicy.hash.
+	LoadBalancer_RING_HASH LoadBalancer = 5
+	LoadBalancer_MAGLEV    LoadBalancer = 6
 )
 
 // Enum value maps for LoadBalancer.
@@ -102,11 +108,19 @@ var (
 		0: "LOAD_BALANCER_UNSPECIFIED",
 		1: "P2C_PEAK_EWMA",
 		2: "ROUND_ROBIN",
+		3: "RANDOM",
+		4: "LEAST_REQUEST",
+		5: "RING_HASH",
+		6: "MAGLEV",
 	}
 	LoadBalancer_value = map[string]int32{
 		"LOAD_BALANCER_UNSPECIFIED": 0,
 		"P2C_PEAK_EWMA":             1,
 		"ROUND_ROBIN":               2,
+		"RANDOM":                    3,
+		"LEAST_REQUEST":             4,
+		"RING_HASH":                 5,
+		"MAGLEV":                    6,
 	}
 )
 
@@ -230,6 +244,99 @@ func (x HeaderMatch_Type) Number() protoreflect.EnumNumber {
 // Deprecated: Use HeaderMatch_Type.Descriptor instead.
 func (HeaderMatch_Type) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{10, 0}
+}
+
+type QueryParamMatch_Type int32
+
+const (
+	QueryParamMatch_EXACT QueryParamMatch_Type = 0
+	QueryParamMatch_REGEX QueryParamMatch_Type = 1
+)
+
+// Enum value maps for QueryParamMatch_Type.
+var (
+	QueryParamMatch_Type_name = map[int32]string{
+		0: "EXACT",
+		1: "REGEX",
+	}
+	QueryParamMatch_Type_value = map[string]int32{
+		"EXACT": 0,
+		"REGEX": 1,
+	}
+)
+
+func (x QueryParamMatch_Type) Enum() *QueryParamMatch_Type {
+	p := new(QueryParamMatch_Type)
+	*p = x
+	return p
+}
+
+func (x QueryParamMatch_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (QueryParamMatch_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[4].Descriptor()
+}
+
+func (QueryParamMatch_Type) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[4]
+}
+
+func (x QueryParamMatch_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use QueryParamMatch_Type.Descriptor instead.
+func (QueryParamMatch_Type) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{12, 0}
+}
+
+type PathModifier_Type int32
+
+const (
+	PathModifier_REPLACE_FULL_PATH PathModifier_Type = 0
+	// Replaces the part of the path the route's PathPrefix match matched.
+	PathModifier_REPLACE_PREFIX_MATCH PathModifier_Type = 1
+)
+
+// Enum value maps for PathModifier_Type.
+var (
+	PathModifier_Type_name = map[int32]string{
+		0: "REPLACE_FULL_PATH",
+		1: "REPLACE_PREFIX_MATCH",
+	}
+	PathModifier_Type_value = map[string]int32{
+		"REPLACE_FULL_PATH":    0,
+		"REPLACE_PREFIX_MATCH": 1,
+	}
+)
+
+func (x PathModifier_Type) Enum() *PathModifier_Type {
+	p := new(PathModifier_Type)
+	*p = x
+	return p
+}
+
+func (x PathModifier_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PathModifier_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[5].Descriptor()
+}
+
+func (PathModifier_Type) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[5]
+}
+
+func (x PathModifier_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PathModifier_Type.Descriptor instead.
+func (PathModifier_Type) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{18, 0}
 }
 
 type CertifyRequest struct {
@@ -942,7 +1049,8 @@ type Match struct {
 	Path    *PathMatch             `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	Headers []*HeaderMatch         `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
 	// Empty matches any method.
-	Method        string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	Method        string             `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	QueryParams   []*QueryParamMatch `protobuf:"bytes,4,rep,name=query_params,json=queryParams,proto3" json:"query_params,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -998,6 +1106,74 @@ func (x *Match) GetMethod() string {
 	return ""
 }
 
+func (x *Match) GetQueryParams() []*QueryParamMatch {
+	if x != nil {
+		return x.QueryParams
+	}
+	return nil
+}
+
+type QueryParamMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  QueryParamMatch_Type   `protobuf:"varint,1,opt,name=type,proto3,enum=trellis.mesh.v1.QueryParamMatch_Type" json:"type,omitempty"`
+	// Exact, case-sensitive parameter name.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryParamMatch) Reset() {
+	*x = QueryParamMatch{}
+	mi := &file_mesh_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryParamMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryParamMatch) ProtoMessage() {}
+
+func (x *QueryParamMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryParamMatch.ProtoReflect.Descriptor instead.
+func (*QueryParamMatch) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *QueryParamMatch) GetType() QueryParamMatch_Type {
+	if x != nil {
+		return x.Type
+	}
+	return QueryParamMatch_EXACT
+}
+
+func (x *QueryParamMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QueryParamMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 type Backend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Service name and namespace; its endpoints are in the same snapshot.
@@ -1012,7 +1188,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_mesh_proto_msgTypes[12]
+	mi := &file_mesh_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1024,7 +1200,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[12]
+	mi := &file_mesh_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1037,7 +1213,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{12}
+	return file_mesh_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Backend) GetService() string {
@@ -1087,7 +1263,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_mesh_proto_msgTypes[13]
+	mi := &file_mesh_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1275,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[13]
+	mi := &file_mesh_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1288,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{13}
+	return file_mesh_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Route) GetName() string {
@@ -1168,7 +1344,7 @@ type HeaderValue struct {
 
 func (x *HeaderValue) Reset() {
 	*x = HeaderValue{}
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1356,7 @@ func (x *HeaderValue) String() string {
 func (*HeaderValue) ProtoMessage() {}
 
 func (x *HeaderValue) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1369,7 @@ func (x *HeaderValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderValue.ProtoReflect.Descriptor instead.
 func (*HeaderValue) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{14}
+	return file_mesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeaderValue) GetName() string {
@@ -1222,7 +1398,7 @@ type HeaderModifier struct {
 
 func (x *HeaderModifier) Reset() {
 	*x = HeaderModifier{}
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +1410,7 @@ func (x *HeaderModifier) String() string {
 func (*HeaderModifier) ProtoMessage() {}
 
 func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +1423,7 @@ func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
 func (*HeaderModifier) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{15}
+	return file_mesh_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HeaderModifier) GetSet() []*HeaderValue {
@@ -1271,14 +1447,17 @@ func (x *HeaderModifier) GetRemove() []string {
 	return nil
 }
 
-// A route filter (Gateway API HTTPRouteFilter). The traffic-control issues
-// add URL rewrites, redirects, mirrors and faults as further members.
+// A route filter (Gateway API HTTPRouteFilter, plus Trellis's fault).
 type RouteFilter struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Filter:
 	//
 	//	*RouteFilter_RequestHeaderModifier
 	//	*RouteFilter_ResponseHeaderModifier
+	//	*RouteFilter_UrlRewrite
+	//	*RouteFilter_RequestRedirect
+	//	*RouteFilter_RequestMirror
+	//	*RouteFilter_Fault
 	Filter        isRouteFilter_Filter `protobuf_oneof:"filter"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1286,7 +1465,7 @@ type RouteFilter struct {
 
 func (x *RouteFilter) Reset() {
 	*x = RouteFilter{}
-	mi := &file_mesh_proto_msgTypes[16]
+	mi := &file_mesh_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1477,7 @@ func (x *RouteFilter) String() string {
 func (*RouteFilter) ProtoMessage() {}
 
 func (x *RouteFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[16]
+	mi := &file_mesh_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1490,7 @@ func (x *RouteFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteFilter.ProtoReflect.Descriptor instead.
 func (*RouteFilter) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{16}
+	return file_mesh_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RouteFilter) GetFilter() isRouteFilter_Filter {
@@ -1339,6 +1518,42 @@ func (x *RouteFilter) GetResponseHeaderModifier() *HeaderModifier {
 	return nil
 }
 
+func (x *RouteFilter) GetUrlRewrite() *URLRewrite {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_UrlRewrite); ok {
+			return x.UrlRewrite
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRequestRedirect() *RequestRedirect {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_RequestRedirect); ok {
+			return x.RequestRedirect
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRequestMirror() *RequestMirror {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_RequestMirror); ok {
+			return x.RequestMirror
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetFault() *Fault {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_Fault); ok {
+			return x.Fault
+		}
+	}
+	return nil
+}
+
 type isRouteFilter_Filter interface {
 	isRouteFilter_Filter()
 }
@@ -1351,9 +1566,448 @@ type RouteFilter_ResponseHeaderModifier struct {
 	ResponseHeaderModifier *HeaderModifier `protobuf:"bytes,2,opt,name=response_header_modifier,json=responseHeaderModifier,proto3,oneof"`
 }
 
+type RouteFilter_UrlRewrite struct {
+	UrlRewrite *URLRewrite `protobuf:"bytes,3,opt,name=url_rewrite,json=urlRewrite,proto3,oneof"`
+}
+
+type RouteFilter_RequestRedirect struct {
+	RequestRedirect *RequestRedirect `protobuf:"bytes,4,opt,name=request_redirect,json=requestRedirect,proto3,oneof"`
+}
+
+type RouteFilter_RequestMirror struct {
+	RequestMirror *RequestMirror `protobuf:"bytes,5,opt,name=request_mirror,json=requestMirror,proto3,oneof"`
+}
+
+type RouteFilter_Fault struct {
+	Fault *Fault `protobuf:"bytes,6,opt,name=fault,proto3,oneof"`
+}
+
 func (*RouteFilter_RequestHeaderModifier) isRouteFilter_Filter() {}
 
 func (*RouteFilter_ResponseHeaderModifier) isRouteFilter_Filter() {}
+
+func (*RouteFilter_UrlRewrite) isRouteFilter_Filter() {}
+
+func (*RouteFilter_RequestRedirect) isRouteFilter_Filter() {}
+
+func (*RouteFilter_RequestMirror) isRouteFilter_Filter() {}
+
+func (*RouteFilter_Fault) isRouteFilter_Filter() {}
+
+// Gateway API HTTPPathModifier.
+type PathModifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          PathModifier_Type      `protobuf:"varint,1,opt,name=type,proto3,enum=trellis.mesh.v1.PathModifier_Type" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathModifier) Reset() {
+	*x = PathModifier{}
+	mi := &file_mesh_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathModifier) ProtoMessage() {}
+
+func (x *PathModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
+func (*PathModifier) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *PathModifier) GetType() PathModifier_Type {
+	if x != nil {
+		return x.Type
+	}
+	return PathModifier_REPLACE_FULL_PATH
+}
+
+func (x *PathModifier) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// Gateway API HTTPURLRewriteFilter. Empty fields leave that part alone.
+type URLRewrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Path          *PathModifier          `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *URLRewrite) Reset() {
+	*x = URLRewrite{}
+	mi := &file_mesh_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *URLRewrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*URLRewrite) ProtoMessage() {}
+
+func (x *URLRewrite) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use URLRewrite.ProtoReflect.Descriptor instead.
+func (*URLRewrite) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *URLRewrite) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *URLRewrite) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+// Gateway API HTTPRequestRedirectFilter: the proxy answers itself.
+// Empty / 0 fields keep the request's value; status_code 0 means 302.
+type RequestRedirect struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Scheme        string                 `protobuf:"bytes,1,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	Hostname      string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Path          *PathModifier          `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	Port          uint32                 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	StatusCode    uint32                 `protobuf:"varint,5,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestRedirect) Reset() {
+	*x = RequestRedirect{}
+	mi := &file_mesh_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestRedirect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestRedirect) ProtoMessage() {}
+
+func (x *RequestRedirect) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestRedirect.ProtoReflect.Descriptor instead.
+func (*RequestRedirect) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RequestRedirect) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *RequestRedirect) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *RequestRedirect) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *RequestRedirect) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RequestRedirect) GetStatusCode() uint32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+// Gateway API HTTPRequestMirrorFilter: a copy of the request goes to
+// backend (its weight is ignored), fire-and-forget, for numerator /
+// denominator of requests (denominator 0 means every request).
+type RequestMirror struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Backend       *Backend               `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	Numerator     uint32                 `protobuf:"varint,2,opt,name=numerator,proto3" json:"numerator,omitempty"`
+	Denominator   uint32                 `protobuf:"varint,3,opt,name=denominator,proto3" json:"denominator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestMirror) Reset() {
+	*x = RequestMirror{}
+	mi := &file_mesh_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestMirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestMirror) ProtoMessage() {}
+
+func (x *RequestMirror) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestMirror.ProtoReflect.Descriptor instead.
+func (*RequestMirror) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RequestMirror) GetBackend() *Backend {
+	if x != nil {
+		return x.Backend
+	}
+	return nil
+}
+
+func (x *RequestMirror) GetNumerator() uint32 {
+	if x != nil {
+		return x.Numerator
+	}
+	return 0
+}
+
+func (x *RequestMirror) GetDenominator() uint32 {
+	if x != nil {
+		return x.Denominator
+	}
+	return 0
+}
+
+// Fault injection (a Trellis FaultInjection resource a route rule refers
+// to by ExtensionRef). Percentages are 0..100.
+type Fault struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Delay         *FaultDelay            `protobuf:"bytes,1,opt,name=delay,proto3" json:"delay,omitempty"`
+	Abort         *FaultAbort            `protobuf:"bytes,2,opt,name=abort,proto3" json:"abort,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Fault) Reset() {
+	*x = Fault{}
+	mi := &file_mesh_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fault) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fault) ProtoMessage() {}
+
+func (x *Fault) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fault.ProtoReflect.Descriptor instead.
+func (*Fault) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Fault) GetDelay() *FaultDelay {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *Fault) GetAbort() *FaultAbort {
+	if x != nil {
+		return x.Abort
+	}
+	return nil
+}
+
+type FaultDelay struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FixedDelay    *durationpb.Duration   `protobuf:"bytes,1,opt,name=fixed_delay,json=fixedDelay,proto3" json:"fixed_delay,omitempty"`
+	Percent       float64                `protobuf:"fixed64,2,opt,name=percent,proto3" json:"percent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FaultDelay) Reset() {
+	*x = FaultDelay{}
+	mi := &file_mesh_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FaultDelay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FaultDelay) ProtoMessage() {}
+
+func (x *FaultDelay) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FaultDelay.ProtoReflect.Descriptor instead.
+func (*FaultDelay) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FaultDelay) GetFixedDelay() *durationpb.Duration {
+	if x != nil {
+		return x.FixedDelay
+	}
+	return nil
+}
+
+func (x *FaultDelay) GetPercent() float64 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+type FaultAbort struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The HTTP status sent; for gRPC requests with grpc_status set, the
+	// response is HTTP 200 with that grpc-status instead.
+	HttpStatus    uint32  `protobuf:"varint,1,opt,name=http_status,json=httpStatus,proto3" json:"http_status,omitempty"`
+	GrpcStatus    *uint32 `protobuf:"varint,2,opt,name=grpc_status,json=grpcStatus,proto3,oneof" json:"grpc_status,omitempty"`
+	Percent       float64 `protobuf:"fixed64,3,opt,name=percent,proto3" json:"percent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FaultAbort) Reset() {
+	*x = FaultAbort{}
+	mi := &file_mesh_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FaultAbort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FaultAbort) ProtoMessage() {}
+
+func (x *FaultAbort) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FaultAbort.ProtoReflect.Descriptor instead.
+func (*FaultAbort) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FaultAbort) GetHttpStatus() uint32 {
+	if x != nil {
+		return x.HttpStatus
+	}
+	return 0
+}
+
+func (x *FaultAbort) GetGrpcStatus() uint32 {
+	if x != nil && x.GrpcStatus != nil {
+		return *x.GrpcStatus
+	}
+	return 0
+}
+
+func (x *FaultAbort) GetPercent() float64 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
 
 // Gateway API HTTPRouteTimeouts. Unset means no timeout.
 type RouteTimeouts struct {
@@ -1368,7 +2022,7 @@ type RouteTimeouts struct {
 
 func (x *RouteTimeouts) Reset() {
 	*x = RouteTimeouts{}
-	mi := &file_mesh_proto_msgTypes[17]
+	mi := &file_mesh_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +2034,7 @@ func (x *RouteTimeouts) String() string {
 func (*RouteTimeouts) ProtoMessage() {}
 
 func (x *RouteTimeouts) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[17]
+	mi := &file_mesh_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +2047,7 @@ func (x *RouteTimeouts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTimeouts.ProtoReflect.Descriptor instead.
 func (*RouteTimeouts) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{17}
+	return file_mesh_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RouteTimeouts) GetRequest() *durationpb.Duration {
@@ -1410,18 +2064,467 @@ func (x *RouteTimeouts) GetBackendRequest() *durationpb.Duration {
 	return nil
 }
 
-// How a proxy sends traffic to one service's endpoints. The traffic-control
-// issue adds retry budgets, circuit breaking and outlier detection here.
+// What RING_HASH and MAGLEV hash. Unset: the request is balanced as if
+// the key were absent (a random endpoint).
+type HashPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Key:
+	//
+	//	*HashPolicy_Header
+	//	*HashPolicy_Cookie
+	//	*HashPolicy_QueryParam
+	//	*HashPolicy_SourceIdentity
+	Key           isHashPolicy_Key `protobuf_oneof:"key"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HashPolicy) Reset() {
+	*x = HashPolicy{}
+	mi := &file_mesh_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashPolicy) ProtoMessage() {}
+
+func (x *HashPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashPolicy.ProtoReflect.Descriptor instead.
+func (*HashPolicy) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *HashPolicy) GetKey() isHashPolicy_Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *HashPolicy) GetHeader() string {
+	if x != nil {
+		if x, ok := x.Key.(*HashPolicy_Header); ok {
+			return x.Header
+		}
+	}
+	return ""
+}
+
+func (x *HashPolicy) GetCookie() string {
+	if x != nil {
+		if x, ok := x.Key.(*HashPolicy_Cookie); ok {
+			return x.Cookie
+		}
+	}
+	return ""
+}
+
+func (x *HashPolicy) GetQueryParam() string {
+	if x != nil {
+		if x, ok := x.Key.(*HashPolicy_QueryParam); ok {
+			return x.QueryParam
+		}
+	}
+	return ""
+}
+
+func (x *HashPolicy) GetSourceIdentity() bool {
+	if x != nil {
+		if x, ok := x.Key.(*HashPolicy_SourceIdentity); ok {
+			return x.SourceIdentity
+		}
+	}
+	return false
+}
+
+type isHashPolicy_Key interface {
+	isHashPolicy_Key()
+}
+
+type HashPolicy_Header struct {
+	// Header name, lower case.
+	Header string `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type HashPolicy_Cookie struct {
+	Cookie string `protobuf:"bytes,2,opt,name=cookie,proto3,oneof"`
+}
+
+type HashPolicy_QueryParam struct {
+	QueryParam string `protobuf:"bytes,3,opt,name=query_param,json=queryParam,proto3,oneof"`
+}
+
+type HashPolicy_SourceIdentity struct {
+	// The caller's SPIFFE ID (outbound: this proxy's own identity).
+	SourceIdentity bool `protobuf:"varint,4,opt,name=source_identity,json=sourceIdentity,proto3,oneof"`
+}
+
+func (*HashPolicy_Header) isHashPolicy_Key() {}
+
+func (*HashPolicy_Cookie) isHashPolicy_Key() {}
+
+func (*HashPolicy_QueryParam) isHashPolicy_Key() {}
+
+func (*HashPolicy_SourceIdentity) isHashPolicy_Key() {}
+
+// Retries of one service's requests. Connect failures, resets and refused
+// streams are retried when attempts > 0; so are status_codes and
+// grpc_statuses. The compiler fills every default, so 0 means 0.
+type RetryPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Retries after the first try.
+	Attempts uint32 `protobuf:"varint,1,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// Unset: the route's backendRequest timeout, else none.
+	PerTryTimeout *durationpb.Duration `protobuf:"bytes,2,opt,name=per_try_timeout,json=perTryTimeout,proto3" json:"per_try_timeout,omitempty"`
+	StatusCodes   []uint32             `protobuf:"varint,3,rep,packed,name=status_codes,json=statusCodes,proto3" json:"status_codes,omitempty"`
+	// gRPC status codes (numbers: 1 cancelled, 4 deadline-exceeded,
+	// 8 resource-exhausted, 13 internal, 14 unavailable).
+	GrpcStatuses []uint32 `protobuf:"varint,4,rep,packed,name=grpc_statuses,json=grpcStatuses,proto3" json:"grpc_statuses,omitempty"`
+	// Retry POST, PATCH and other non-idempotent methods too.
+	RetryNonIdempotent bool `protobuf:"varint,5,opt,name=retry_non_idempotent,json=retryNonIdempotent,proto3" json:"retry_non_idempotent,omitempty"`
+	// Exponential backoff with full jitter between base and max.
+	BackoffBase *durationpb.Duration `protobuf:"bytes,6,opt,name=backoff_base,json=backoffBase,proto3" json:"backoff_base,omitempty"`
+	BackoffMax  *durationpb.Duration `protobuf:"bytes,7,opt,name=backoff_max,json=backoffMax,proto3" json:"backoff_max,omitempty"`
+	Budget      *RetryBudget         `protobuf:"bytes,8,opt,name=budget,proto3" json:"budget,omitempty"`
+	// Request bodies up to this many bytes are buffered for replay; larger
+	// ones are not retried.
+	MaxBodyBytes  uint32 `protobuf:"varint,9,opt,name=max_body_bytes,json=maxBodyBytes,proto3" json:"max_body_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryPolicy) Reset() {
+	*x = RetryPolicy{}
+	mi := &file_mesh_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryPolicy) ProtoMessage() {}
+
+func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
+func (*RetryPolicy) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RetryPolicy) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetPerTryTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.PerTryTimeout
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetStatusCodes() []uint32 {
+	if x != nil {
+		return x.StatusCodes
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetGrpcStatuses() []uint32 {
+	if x != nil {
+		return x.GrpcStatuses
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetRetryNonIdempotent() bool {
+	if x != nil {
+		return x.RetryNonIdempotent
+	}
+	return false
+}
+
+func (x *RetryPolicy) GetBackoffBase() *durationpb.Duration {
+	if x != nil {
+		return x.BackoffBase
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetBackoffMax() *durationpb.Duration {
+	if x != nil {
+		return x.BackoffMax
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetBudget() *RetryBudget {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetMaxBodyBytes() uint32 {
+	if x != nil {
+		return x.MaxBodyBytes
+	}
+	return 0
+}
+
+// Linkerd's retry budget: retries at most retry_ratio of requests plus
+// min_retries_per_second, over a ttl window.
+type RetryBudget struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	RetryRatio          float64                `protobuf:"fixed64,1,opt,name=retry_ratio,json=retryRatio,proto3" json:"retry_ratio,omitempty"`
+	MinRetriesPerSecond uint32                 `protobuf:"varint,2,opt,name=min_retries_per_second,json=minRetriesPerSecond,proto3" json:"min_retries_per_second,omitempty"`
+	Ttl                 *durationpb.Duration   `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *RetryBudget) Reset() {
+	*x = RetryBudget{}
+	mi := &file_mesh_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBudget) ProtoMessage() {}
+
+func (x *RetryBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
+func (*RetryBudget) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RetryBudget) GetRetryRatio() float64 {
+	if x != nil {
+		return x.RetryRatio
+	}
+	return 0
+}
+
+func (x *RetryBudget) GetMinRetriesPerSecond() uint32 {
+	if x != nil {
+		return x.MinRetriesPerSecond
+	}
+	return 0
+}
+
+func (x *RetryBudget) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+// Per backend service, per proxy. Overflow fails fast with 503.
+type CircuitBreaker struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	MaxConnections     uint32                 `protobuf:"varint,1,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	MaxPendingRequests uint32                 `protobuf:"varint,2,opt,name=max_pending_requests,json=maxPendingRequests,proto3" json:"max_pending_requests,omitempty"`
+	MaxRequests        uint32                 `protobuf:"varint,3,opt,name=max_requests,json=maxRequests,proto3" json:"max_requests,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *CircuitBreaker) Reset() {
+	*x = CircuitBreaker{}
+	mi := &file_mesh_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CircuitBreaker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CircuitBreaker) ProtoMessage() {}
+
+func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CircuitBreaker.ProtoReflect.Descriptor instead.
+func (*CircuitBreaker) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CircuitBreaker) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *CircuitBreaker) GetMaxPendingRequests() uint32 {
+	if x != nil {
+		return x.MaxPendingRequests
+	}
+	return 0
+}
+
+func (x *CircuitBreaker) GetMaxRequests() uint32 {
+	if x != nil {
+		return x.MaxRequests
+	}
+	return 0
+}
+
+// Passive outlier detection (Envoy's): eject an endpoint after
+// consecutive 5xx or gateway errors (502, 503, 504, connect failures) for
+// base_ejection_time × times ejected, up to max_ejection_time, never more
+// than max_ejection_percent of the service's endpoints. 0 disables a rule.
+type OutlierDetection struct {
+	state                    protoimpl.MessageState `protogen:"open.v1"`
+	Consecutive_5Xx          uint32                 `protobuf:"varint,1,opt,name=consecutive_5xx,json=consecutive5xx,proto3" json:"consecutive_5xx,omitempty"`
+	ConsecutiveGatewayErrors uint32                 `protobuf:"varint,2,opt,name=consecutive_gateway_errors,json=consecutiveGatewayErrors,proto3" json:"consecutive_gateway_errors,omitempty"`
+	BaseEjectionTime         *durationpb.Duration   `protobuf:"bytes,3,opt,name=base_ejection_time,json=baseEjectionTime,proto3" json:"base_ejection_time,omitempty"`
+	MaxEjectionTime          *durationpb.Duration   `protobuf:"bytes,4,opt,name=max_ejection_time,json=maxEjectionTime,proto3" json:"max_ejection_time,omitempty"`
+	MaxEjectionPercent       uint32                 `protobuf:"varint,5,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3" json:"max_ejection_percent,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
+}
+
+func (x *OutlierDetection) Reset() {
+	*x = OutlierDetection{}
+	mi := &file_mesh_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutlierDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutlierDetection) ProtoMessage() {}
+
+func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
+func (*OutlierDetection) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *OutlierDetection) GetConsecutive_5Xx() uint32 {
+	if x != nil {
+		return x.Consecutive_5Xx
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetConsecutiveGatewayErrors() uint32 {
+	if x != nil {
+		return x.ConsecutiveGatewayErrors
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetBaseEjectionTime() *durationpb.Duration {
+	if x != nil {
+		return x.BaseEjectionTime
+	}
+	return nil
+}
+
+func (x *OutlierDetection) GetMaxEjectionTime() *durationpb.Duration {
+	if x != nil {
+		return x.MaxEjectionTime
+	}
+	return nil
+}
+
+func (x *OutlierDetection) GetMaxEjectionPercent() uint32 {
+	if x != nil {
+		return x.MaxEjectionPercent
+	}
+	return 0
+}
+
+// How a proxy sends traffic to one service's endpoints (a Trellis
+// BackendPolicy attached to the Service).
 type BackendPolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LoadBalancer  LoadBalancer           `protobuf:"varint,1,opt,name=load_balancer,json=loadBalancer,proto3,enum=trellis.mesh.v1.LoadBalancer" json:"load_balancer,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	LoadBalancer LoadBalancer           `protobuf:"varint,1,opt,name=load_balancer,json=loadBalancer,proto3,enum=trellis.mesh.v1.LoadBalancer" json:"load_balancer,omitempty"`
+	// Unset: no retries beyond the proxy's connect-failure one.
+	Retry *RetryPolicy `protobuf:"bytes,2,opt,name=retry,proto3" json:"retry,omitempty"`
+	// Unset: no limits.
+	CircuitBreaker *CircuitBreaker `protobuf:"bytes,3,opt,name=circuit_breaker,json=circuitBreaker,proto3" json:"circuit_breaker,omitempty"`
+	// Unset: no ejection.
+	OutlierDetection *OutlierDetection `protobuf:"bytes,4,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
+	Hash             *HashPolicy       `protobuf:"bytes,5,opt,name=hash,proto3" json:"hash,omitempty"`
+	// New endpoints ramp their share up over this window; unset: off.
+	SlowStart     *durationpb.Duration `protobuf:"bytes,6,opt,name=slow_start,json=slowStart,proto3" json:"slow_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BackendPolicy) Reset() {
 	*x = BackendPolicy{}
-	mi := &file_mesh_proto_msgTypes[18]
+	mi := &file_mesh_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +2536,7 @@ func (x *BackendPolicy) String() string {
 func (*BackendPolicy) ProtoMessage() {}
 
 func (x *BackendPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[18]
+	mi := &file_mesh_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +2549,7 @@ func (x *BackendPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendPolicy.ProtoReflect.Descriptor instead.
 func (*BackendPolicy) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{18}
+	return file_mesh_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *BackendPolicy) GetLoadBalancer() LoadBalancer {
@@ -1454,6 +2557,41 @@ func (x *BackendPolicy) GetLoadBalancer() LoadBalancer {
 		return x.LoadBalancer
 	}
 	return LoadBalancer_LOAD_BALANCER_UNSPECIFIED
+}
+
+func (x *BackendPolicy) GetRetry() *RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+func (x *BackendPolicy) GetCircuitBreaker() *CircuitBreaker {
+	if x != nil {
+		return x.CircuitBreaker
+	}
+	return nil
+}
+
+func (x *BackendPolicy) GetOutlierDetection() *OutlierDetection {
+	if x != nil {
+		return x.OutlierDetection
+	}
+	return nil
+}
+
+func (x *BackendPolicy) GetHash() *HashPolicy {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+func (x *BackendPolicy) GetSlowStart() *durationpb.Duration {
+	if x != nil {
+		return x.SlowStart
+	}
+	return nil
 }
 
 // What the receiving proxy enforces on its own inbound traffic, separate
@@ -1468,7 +2606,7 @@ type InboundPolicy struct {
 
 func (x *InboundPolicy) Reset() {
 	*x = InboundPolicy{}
-	mi := &file_mesh_proto_msgTypes[19]
+	mi := &file_mesh_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +2618,7 @@ func (x *InboundPolicy) String() string {
 func (*InboundPolicy) ProtoMessage() {}
 
 func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[19]
+	mi := &file_mesh_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +2631,7 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{19}
+	return file_mesh_proto_rawDescGZIP(), []int{32}
 }
 
 type Service struct {
@@ -1514,7 +2652,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_mesh_proto_msgTypes[20]
+	mi := &file_mesh_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +2664,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[20]
+	mi := &file_mesh_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +2677,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{20}
+	return file_mesh_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Service) GetName() string {
@@ -1610,7 +2748,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_mesh_proto_msgTypes[21]
+	mi := &file_mesh_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +2760,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[21]
+	mi := &file_mesh_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +2773,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{21}
+	return file_mesh_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Snapshot) GetVersion() string {
@@ -1769,11 +2907,19 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05value\x18\x03 \x01(\tR\x05value\"\x1c\n" +
 	"\x04Type\x12\t\n" +
 	"\x05EXACT\x10\x00\x12\t\n" +
-	"\x05REGEX\x10\x01\"\x87\x01\n" +
+	"\x05REGEX\x10\x01\"\xcc\x01\n" +
 	"\x05Match\x12.\n" +
 	"\x04path\x18\x01 \x01(\v2\x1a.trellis.mesh.v1.PathMatchR\x04path\x126\n" +
 	"\aheaders\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.HeaderMatchR\aheaders\x12\x16\n" +
-	"\x06method\x18\x03 \x01(\tR\x06method\"m\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12C\n" +
+	"\fquery_params\x18\x04 \x03(\v2 .trellis.mesh.v1.QueryParamMatchR\vqueryParams\"\x94\x01\n" +
+	"\x0fQueryParamMatch\x129\n" +
+	"\x04type\x18\x01 \x01(\x0e2%.trellis.mesh.v1.QueryParamMatch.TypeR\x04type\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"\x1c\n" +
+	"\x04Type\x12\t\n" +
+	"\x05EXACT\x10\x00\x12\t\n" +
+	"\x05REGEX\x10\x01\"m\n" +
 	"\aBackend\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
@@ -1792,16 +2938,98 @@ const file_mesh_proto_rawDesc = "" +
 	"\x0eHeaderModifier\x12.\n" +
 	"\x03set\x18\x01 \x03(\v2\x1c.trellis.mesh.v1.HeaderValueR\x03set\x12.\n" +
 	"\x03add\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.HeaderValueR\x03add\x12\x16\n" +
-	"\x06remove\x18\x03 \x03(\tR\x06remove\"\xcf\x01\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"\xd7\x03\n" +
 	"\vRouteFilter\x12Y\n" +
 	"\x17request_header_modifier\x18\x01 \x01(\v2\x1f.trellis.mesh.v1.HeaderModifierH\x00R\x15requestHeaderModifier\x12[\n" +
-	"\x18response_header_modifier\x18\x02 \x01(\v2\x1f.trellis.mesh.v1.HeaderModifierH\x00R\x16responseHeaderModifierB\b\n" +
-	"\x06filter\"\x88\x01\n" +
+	"\x18response_header_modifier\x18\x02 \x01(\v2\x1f.trellis.mesh.v1.HeaderModifierH\x00R\x16responseHeaderModifier\x12>\n" +
+	"\vurl_rewrite\x18\x03 \x01(\v2\x1b.trellis.mesh.v1.URLRewriteH\x00R\n" +
+	"urlRewrite\x12M\n" +
+	"\x10request_redirect\x18\x04 \x01(\v2 .trellis.mesh.v1.RequestRedirectH\x00R\x0frequestRedirect\x12G\n" +
+	"\x0erequest_mirror\x18\x05 \x01(\v2\x1e.trellis.mesh.v1.RequestMirrorH\x00R\rrequestMirror\x12.\n" +
+	"\x05fault\x18\x06 \x01(\v2\x16.trellis.mesh.v1.FaultH\x00R\x05faultB\b\n" +
+	"\x06filter\"\x95\x01\n" +
+	"\fPathModifier\x126\n" +
+	"\x04type\x18\x01 \x01(\x0e2\".trellis.mesh.v1.PathModifier.TypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"7\n" +
+	"\x04Type\x12\x15\n" +
+	"\x11REPLACE_FULL_PATH\x10\x00\x12\x18\n" +
+	"\x14REPLACE_PREFIX_MATCH\x10\x01\"[\n" +
+	"\n" +
+	"URLRewrite\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x121\n" +
+	"\x04path\x18\x02 \x01(\v2\x1d.trellis.mesh.v1.PathModifierR\x04path\"\xad\x01\n" +
+	"\x0fRequestRedirect\x12\x16\n" +
+	"\x06scheme\x18\x01 \x01(\tR\x06scheme\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x121\n" +
+	"\x04path\x18\x03 \x01(\v2\x1d.trellis.mesh.v1.PathModifierR\x04path\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x1f\n" +
+	"\vstatus_code\x18\x05 \x01(\rR\n" +
+	"statusCode\"\x83\x01\n" +
+	"\rRequestMirror\x122\n" +
+	"\abackend\x18\x01 \x01(\v2\x18.trellis.mesh.v1.BackendR\abackend\x12\x1c\n" +
+	"\tnumerator\x18\x02 \x01(\rR\tnumerator\x12 \n" +
+	"\vdenominator\x18\x03 \x01(\rR\vdenominator\"m\n" +
+	"\x05Fault\x121\n" +
+	"\x05delay\x18\x01 \x01(\v2\x1b.trellis.mesh.v1.FaultDelayR\x05delay\x121\n" +
+	"\x05abort\x18\x02 \x01(\v2\x1b.trellis.mesh.v1.FaultAbortR\x05abort\"b\n" +
+	"\n" +
+	"FaultDelay\x12:\n" +
+	"\vfixed_delay\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"fixedDelay\x12\x18\n" +
+	"\apercent\x18\x02 \x01(\x01R\apercent\"}\n" +
+	"\n" +
+	"FaultAbort\x12\x1f\n" +
+	"\vhttp_status\x18\x01 \x01(\rR\n" +
+	"httpStatus\x12$\n" +
+	"\vgrpc_status\x18\x02 \x01(\rH\x00R\n" +
+	"grpcStatus\x88\x01\x01\x12\x18\n" +
+	"\apercent\x18\x03 \x01(\x01R\apercentB\x0e\n" +
+	"\f_grpc_status\"\x88\x01\n" +
 	"\rRouteTimeouts\x123\n" +
 	"\arequest\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\arequest\x12B\n" +
-	"\x0fbackend_request\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ebackendRequest\"S\n" +
+	"\x0fbackend_request\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ebackendRequest\"\x95\x01\n" +
+	"\n" +
+	"HashPolicy\x12\x18\n" +
+	"\x06header\x18\x01 \x01(\tH\x00R\x06header\x12\x18\n" +
+	"\x06cookie\x18\x02 \x01(\tH\x00R\x06cookie\x12!\n" +
+	"\vquery_param\x18\x03 \x01(\tH\x00R\n" +
+	"queryParam\x12)\n" +
+	"\x0fsource_identity\x18\x04 \x01(\bH\x00R\x0esourceIdentityB\x05\n" +
+	"\x03key\"\xbc\x03\n" +
+	"\vRetryPolicy\x12\x1a\n" +
+	"\battempts\x18\x01 \x01(\rR\battempts\x12A\n" +
+	"\x0fper_try_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rperTryTimeout\x12!\n" +
+	"\fstatus_codes\x18\x03 \x03(\rR\vstatusCodes\x12#\n" +
+	"\rgrpc_statuses\x18\x04 \x03(\rR\fgrpcStatuses\x120\n" +
+	"\x14retry_non_idempotent\x18\x05 \x01(\bR\x12retryNonIdempotent\x12<\n" +
+	"\fbackoff_base\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vbackoffBase\x12:\n" +
+	"\vbackoff_max\x18\a \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"backoffMax\x124\n" +
+	"\x06budget\x18\b \x01(\v2\x1c.trellis.mesh.v1.RetryBudgetR\x06budget\x12$\n" +
+	"\x0emax_body_bytes\x18\t \x01(\rR\fmaxBodyBytes\"\x90\x01\n" +
+	"\vRetryBudget\x12\x1f\n" +
+	"\vretry_ratio\x18\x01 \x01(\x01R\n" +
+	"retryRatio\x123\n" +
+	"\x16min_retries_per_second\x18\x02 \x01(\rR\x13minRetriesPerSecond\x12+\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x8e\x01\n" +
+	"\x0eCircuitBreaker\x12'\n" +
+	"\x0fmax_connections\x18\x01 \x01(\rR\x0emaxConnections\x120\n" +
+	"\x14max_pending_requests\x18\x02 \x01(\rR\x12maxPendingRequests\x12!\n" +
+	"\fmax_requests\x18\x03 \x01(\rR\vmaxRequests\"\xbb\x02\n" +
+	"\x10OutlierDetection\x12'\n" +
+	"\x0fconsecutive_5xx\x18\x01 \x01(\rR\x0econsecutive5xx\x12<\n" +
+	"\x1aconsecutive_gateway_errors\x18\x02 \x01(\rR\x18consecutiveGatewayErrors\x12G\n" +
+	"\x12base_ejection_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x10baseEjectionTime\x12E\n" +
+	"\x11max_ejection_time\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x0fmaxEjectionTime\x120\n" +
+	"\x14max_ejection_percent\x18\x05 \x01(\rR\x12maxEjectionPercent\"\x8c\x03\n" +
 	"\rBackendPolicy\x12B\n" +
-	"\rload_balancer\x18\x01 \x01(\x0e2\x1d.trellis.mesh.v1.LoadBalancerR\floadBalancer\"\x0f\n" +
+	"\rload_balancer\x18\x01 \x01(\x0e2\x1d.trellis.mesh.v1.LoadBalancerR\floadBalancer\x122\n" +
+	"\x05retry\x18\x02 \x01(\v2\x1c.trellis.mesh.v1.RetryPolicyR\x05retry\x12H\n" +
+	"\x0fcircuit_breaker\x18\x03 \x01(\v2\x1f.trellis.mesh.v1.CircuitBreakerR\x0ecircuitBreaker\x12N\n" +
+	"\x11outlier_detection\x18\x04 \x01(\v2!.trellis.mesh.v1.OutlierDetectionR\x10outlierDetection\x12/\n" +
+	"\x04hash\x18\x05 \x01(\v2\x1b.trellis.mesh.v1.HashPolicyR\x04hash\x128\n" +
+	"\n" +
+	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"\x0f\n" +
 	"\rInboundPolicy\"\x98\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
@@ -1825,11 +3053,17 @@ const file_mesh_proto_rawDesc = "" +
 	"\x04HTTP\x10\x01\x12\t\n" +
 	"\x05HTTP2\x10\x02\x12\b\n" +
 	"\x04GRPC\x10\x03\x12\a\n" +
-	"\x03TCP\x10\x04*Q\n" +
+	"\x03TCP\x10\x04*\x8b\x01\n" +
 	"\fLoadBalancer\x12\x1d\n" +
 	"\x19LOAD_BALANCER_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rP2C_PEAK_EWMA\x10\x01\x12\x0f\n" +
-	"\vROUND_ROBIN\x10\x022\xc0\x02\n" +
+	"\vROUND_ROBIN\x10\x02\x12\n" +
+	"\n" +
+	"\x06RANDOM\x10\x03\x12\x11\n" +
+	"\rLEAST_REQUEST\x10\x04\x12\r\n" +
+	"\tRING_HASH\x10\x05\x12\n" +
+	"\n" +
+	"\x06MAGLEV\x10\x062\xc0\x02\n" +
 	"\x04Mesh\x12L\n" +
 	"\aCertify\x12\x1f.trellis.mesh.v1.CertifyRequest\x1a .trellis.mesh.v1.CertifyResponse\x12O\n" +
 	"\bRegister\x12 .trellis.mesh.v1.RegisterRequest\x1a!.trellis.mesh.v1.RegisterResponse\x12R\n" +
@@ -1848,77 +3082,117 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
 	(PathMatch_Type)(0),         // 2: trellis.mesh.v1.PathMatch.Type
 	(HeaderMatch_Type)(0),       // 3: trellis.mesh.v1.HeaderMatch.Type
-	(*CertifyRequest)(nil),      // 4: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),     // 5: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),            // 6: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),     // 7: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),    // 8: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),    // 9: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 10: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),        // 11: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),                // 12: trellis.mesh.v1.Port
-	(*PathMatch)(nil),           // 13: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),         // 14: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),               // 15: trellis.mesh.v1.Match
-	(*Backend)(nil),             // 16: trellis.mesh.v1.Backend
-	(*Route)(nil),               // 17: trellis.mesh.v1.Route
-	(*HeaderValue)(nil),         // 18: trellis.mesh.v1.HeaderValue
-	(*HeaderModifier)(nil),      // 19: trellis.mesh.v1.HeaderModifier
-	(*RouteFilter)(nil),         // 20: trellis.mesh.v1.RouteFilter
-	(*RouteTimeouts)(nil),       // 21: trellis.mesh.v1.RouteTimeouts
-	(*BackendPolicy)(nil),       // 22: trellis.mesh.v1.BackendPolicy
-	(*InboundPolicy)(nil),       // 23: trellis.mesh.v1.InboundPolicy
-	(*Service)(nil),             // 24: trellis.mesh.v1.Service
-	(*Snapshot)(nil),            // 25: trellis.mesh.v1.Snapshot
-	nil,                         // 26: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 27: google.protobuf.Duration
+	(QueryParamMatch_Type)(0),   // 4: trellis.mesh.v1.QueryParamMatch.Type
+	(PathModifier_Type)(0),      // 5: trellis.mesh.v1.PathModifier.Type
+	(*CertifyRequest)(nil),      // 6: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),     // 7: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),            // 8: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),     // 9: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),    // 10: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),    // 11: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 12: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),        // 13: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                // 14: trellis.mesh.v1.Port
+	(*PathMatch)(nil),           // 15: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),         // 16: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),               // 17: trellis.mesh.v1.Match
+	(*QueryParamMatch)(nil),     // 18: trellis.mesh.v1.QueryParamMatch
+	(*Backend)(nil),             // 19: trellis.mesh.v1.Backend
+	(*Route)(nil),               // 20: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),         // 21: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),      // 22: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),         // 23: trellis.mesh.v1.RouteFilter
+	(*PathModifier)(nil),        // 24: trellis.mesh.v1.PathModifier
+	(*URLRewrite)(nil),          // 25: trellis.mesh.v1.URLRewrite
+	(*RequestRedirect)(nil),     // 26: trellis.mesh.v1.RequestRedirect
+	(*RequestMirror)(nil),       // 27: trellis.mesh.v1.RequestMirror
+	(*Fault)(nil),               // 28: trellis.mesh.v1.Fault
+	(*FaultDelay)(nil),          // 29: trellis.mesh.v1.FaultDelay
+	(*FaultAbort)(nil),          // 30: trellis.mesh.v1.FaultAbort
+	(*RouteTimeouts)(nil),       // 31: trellis.mesh.v1.RouteTimeouts
+	(*HashPolicy)(nil),          // 32: trellis.mesh.v1.HashPolicy
+	(*RetryPolicy)(nil),         // 33: trellis.mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),         // 34: trellis.mesh.v1.RetryBudget
+	(*CircuitBreaker)(nil),      // 35: trellis.mesh.v1.CircuitBreaker
+	(*OutlierDetection)(nil),    // 36: trellis.mesh.v1.OutlierDetection
+	(*BackendPolicy)(nil),       // 37: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),       // 38: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),             // 39: trellis.mesh.v1.Service
+	(*Snapshot)(nil),            // 40: trellis.mesh.v1.Snapshot
+	nil,                         // 41: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 42: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	26, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	6,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	41, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	8,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
 	2,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
 	3,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	13, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	14, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	15, // 7: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	16, // 8: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	20, // 9: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
-	21, // 10: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	18, // 11: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
-	18, // 12: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
-	19, // 13: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	19, // 14: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	27, // 15: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	27, // 16: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	1,  // 17: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
-	12, // 18: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	17, // 19: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	6,  // 20: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	22, // 21: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	24, // 22: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	24, // 23: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	23, // 24: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	4,  // 25: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	7,  // 26: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	9,  // 27: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	11, // 28: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	5,  // 29: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	8,  // 30: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	10, // 31: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	25, // 32: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	29, // [29:33] is the sub-list for method output_type
-	25, // [25:29] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	15, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	16, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	18, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
+	4,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
+	17, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	19, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	23, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	31, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	21, // 13: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	21, // 14: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	22, // 15: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	22, // 16: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	25, // 17: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
+	26, // 18: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
+	27, // 19: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
+	28, // 20: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
+	5,  // 21: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
+	24, // 22: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
+	24, // 23: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
+	19, // 24: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
+	29, // 25: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
+	30, // 26: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
+	42, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	42, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	42, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	42, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	42, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	42, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	34, // 33: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
+	42, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	42, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	42, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	1,  // 37: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
+	33, // 38: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
+	35, // 39: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
+	36, // 40: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
+	32, // 41: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
+	42, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	14, // 43: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	20, // 44: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	8,  // 45: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	37, // 46: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	39, // 47: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	39, // 48: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	38, // 49: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	6,  // 50: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	9,  // 51: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	11, // 52: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	13, // 53: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	7,  // 54: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	10, // 55: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	12, // 56: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	40, // 57: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	54, // [54:58] is the sub-list for method output_type
+	50, // [50:54] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -1926,17 +3200,28 @@ func file_mesh_proto_init() {
 	if File_mesh_proto != nil {
 		return
 	}
-	file_mesh_proto_msgTypes[16].OneofWrappers = []any{
+	file_mesh_proto_msgTypes[17].OneofWrappers = []any{
 		(*RouteFilter_RequestHeaderModifier)(nil),
 		(*RouteFilter_ResponseHeaderModifier)(nil),
+		(*RouteFilter_UrlRewrite)(nil),
+		(*RouteFilter_RequestRedirect)(nil),
+		(*RouteFilter_RequestMirror)(nil),
+		(*RouteFilter_Fault)(nil),
+	}
+	file_mesh_proto_msgTypes[24].OneofWrappers = []any{}
+	file_mesh_proto_msgTypes[26].OneofWrappers = []any{
+		(*HashPolicy_Header)(nil),
+		(*HashPolicy_Cookie)(nil),
+		(*HashPolicy_QueryParam)(nil),
+		(*HashPolicy_SourceIdentity)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   23,
+			NumEnums:      6,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

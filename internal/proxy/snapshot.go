@@ -9,26 +9,35 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
+	"golang.org/x/net/http/httpguts"
+	"google.golang.org/protobuf/types/known/durationpb"
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
 // ErrInvalidSnapshot wraps every reason Update refuses a snapshot.
 var ErrInvalidSnapshot = errors.New("proxy: invalid snapshot")
 
-const defaultDomain = "trellis.local"
+const defaultDomain = meshname.DefaultDomain
 
-// config is the compiled, immutable form of one snapshot. Requests load it
-// once and use it to the end; Update swaps in a new one.
-type config struct {
+// compiled is the immutable form of one meshv1.Snapshot, validated, with
+// every chain built. Requests load it once and use it to the end; Update
+// swaps in a new one.
+type compiled struct {
 	snap    *meshv1.Snapshot // nil before the first Update
 	domain  string
 	byHost  map[string]*service // every host alias
 	byKey   map[string]*service // "name.namespace"
 	inbound inboundConfig
-	// changed is closed when this config is superseded, waking requests
+	// The listener chains (chain.go), compiled with the snapshot.
+	outbound, inboundH, tunnel Handler
+	// unknown counts outbound requests refused before a service is known.
+	unknown *telemetry.DestMetrics
+	// changed is closed when this snapshot is superseded, waking requests
 	// that wait for a service they asked the control plane for.
 	changed chan struct{}
 }
@@ -66,8 +75,10 @@ type service struct {
 	ports   []portSpec
 	defPort uint32
 	routes  []route
-	eps     []endpoint
-	addrs   []string
+	// eps are the healthy endpoints; the same *lb.Endpoint in every
+	// snapshot while its address stays, so balancing state survives swaps.
+	eps     []*lb.Endpoint
+	peers   []*peer // peers[i] is the connection pool of eps[i]
 	picker  lb.Picker
 	metrics *telemetry.DestMetrics // outbound
 }
@@ -83,10 +94,15 @@ func (s *service) port(p uint32) portSpec {
 	return portSpec{port: p, portStr: ps, portHdr: []string{ps}, proto: meshv1.Protocol_HTTP}
 }
 
-type endpoint struct {
-	addr     string
-	identity string
-	peer     *peer
+// peerOf returns the pool of e, one of s.eps. A scan, not a map: endpoint
+// lists are short and pointer compares cheap.
+func (s *service) peerOf(e *lb.Endpoint) *peer {
+	for i, x := range s.eps {
+		if x == e {
+			return s.peers[i]
+		}
+	}
+	return nil
 }
 
 type route struct {
@@ -95,6 +111,12 @@ type route struct {
 	matches  []match
 	backends []backend
 	cum      []uint32 // cumulative weights, same order as backends
+
+	requestHeaders, responseHeaders []headerModifier
+	timeout, attemptTimeout         time.Duration // 0: none
+	retry                           retryPolicy
+	// handler is the route's compiled chain (chain.go: routeChain).
+	handler Handler
 }
 
 type backend struct {
@@ -117,8 +139,8 @@ type headerMatch struct {
 	re    *regexp.Regexp
 }
 
-// route returns the first route of s that matches r on port, or nil.
-func (s *service) route(r *http.Request, port uint32) *route {
+// match returns the first route of s that matches ex on port, or nil.
+func (s *service) match(ex *Exchange, port uint32) *route {
 	for i := range s.routes {
 		rt := &s.routes[i]
 		if rt.port != 0 && rt.port != port {
@@ -128,7 +150,7 @@ func (s *service) route(r *http.Request, port uint32) *route {
 			return rt
 		}
 		for j := range rt.matches {
-			if rt.matches[j].ok(r) {
+			if rt.matches[j].ok(ex) {
 				return rt
 			}
 		}
@@ -136,12 +158,12 @@ func (s *service) route(r *http.Request, port uint32) *route {
 	return nil
 }
 
-func (m *match) ok(r *http.Request) bool {
-	if m.method != "" && m.method != r.Method {
+func (m *match) ok(ex *Exchange) bool {
+	if m.method != "" && m.method != ex.Method {
 		return false
 	}
 	if m.hasPath {
-		p := r.URL.Path
+		p := ex.Path
 		if p == "" {
 			p = "/"
 		}
@@ -162,7 +184,7 @@ func (m *match) ok(r *http.Request) bool {
 	}
 	for i := range m.headers {
 		h := &m.headers[i]
-		vv := r.Header[h.name]
+		vv := ex.Header[h.name]
 		if len(vv) == 0 {
 			return false
 		}
@@ -190,48 +212,63 @@ func prefixMatch(prefix, path string) bool {
 	return len(path) == len(prefix) || path[len(prefix)] == '/'
 }
 
-// pick chooses a backend by weight; zero-weight backends are never chosen.
-func (rt *route) pick() *backend {
+// pickBackend maps a draw n in [0, total weight) to the backend whose
+// cumulative-weight interval [cum[i-1], cum[i]) holds it. Zero-weight
+// backends are never in cum.
+func pickBackend(cum []uint32, n uint32) int {
+	for i, c := range cum {
+		if n < c {
+			return i
+		}
+	}
+	return len(cum) - 1
+}
+
+// pick chooses a backend by weight with the draw function randN.
+func (rt *route) pick(randN func(uint32) uint32) *backend {
 	if len(rt.backends) == 1 {
 		return &rt.backends[0]
 	}
-	n := rand.Uint32N(rt.cum[len(rt.cum)-1])
-	for i, c := range rt.cum {
-		if n < c {
-			return &rt.backends[i]
-		}
-	}
-	return &rt.backends[len(rt.backends)-1]
+	return &rt.backends[pickBackend(rt.cum, randN(rt.cum[len(rt.cum)-1]))]
 }
 
 // compileEnv is what compile needs from the proxy: long-lived state that
-// survives config swaps.
+// survives snapshot swaps.
 type compileEnv struct {
 	ownNS   string
 	appHost string
 	appPort uint32
-	picker  func(key string) (lb.Picker, error)
-	peer    func(addr, identity string) *peer
-	metrics func(direction, key string) *telemetry.DestMetrics
+	// balancer is used for services whose backend policy names none.
+	balancer lb.Policy
+	picker   func(key string, p lb.Policy) (lb.Picker, error)
+	endpoint func(key, addr string) *lb.Endpoint
+	peer     func(addr, identity string) *peer
+	metrics  func(direction, key string) *telemetry.DestMetrics
+	randN    func(uint32) uint32 // weighted pick's draw; rand.Uint32N
+	proxy    *Proxy              // the chains' stages; nil in compile-only tests
 }
 
 func invalid(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidSnapshot, fmt.Sprintf(format, a...))
 }
 
-// compile validates s and builds its config. It never touches live state
-// except through env's constructors, whose products are harmless if the
-// config is then thrown away.
-func compile(s *meshv1.Snapshot, env compileEnv) (*config, error) {
+// compile validates s and builds its snapshot, chains included. It never
+// touches live state except through env's constructors, whose products are
+// harmless if the snapshot is then thrown away.
+func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	if s == nil {
 		return nil, invalid("snapshot is nil")
 	}
-	c := &config{
+	if env.randN == nil {
+		env.randN = rand.Uint32N
+	}
+	c := &compiled{
 		snap:    s,
 		domain:  s.GetDomain(),
 		byHost:  make(map[string]*service),
 		byKey:   make(map[string]*service),
 		changed: make(chan struct{}),
+		unknown: env.metrics(telemetry.Outbound, "unknown"),
 	}
 	if c.domain == "" {
 		c.domain = defaultDomain
@@ -241,48 +278,17 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*config, error) {
 	}
 	// Pass 1: services, ports and endpoints, so routes can refer to any.
 	byName := map[string]int{}
+	policies := make([]lb.Policy, len(s.GetServices()))
 	for i, ps := range s.GetServices() {
-		f := fmt.Sprintf("services[%d]", i)
-		if !isDNSLabel(ps.GetName()) {
-			return nil, invalid("%s.name: %q is not a DNS label", f, ps.GetName())
-		}
-		if !isDNSLabel(ps.GetNamespace()) {
-			return nil, invalid("%s.namespace: %q is not a DNS label", f, ps.GetNamespace())
-		}
-		key := ps.GetName() + "." + ps.GetNamespace()
-		if _, dup := c.byKey[key]; dup {
-			return nil, invalid("%s: duplicate service %s", f, key)
-		}
-		svc := &service{key: key, metrics: env.metrics(telemetry.Outbound, key)}
-		ports, err := compilePorts(f, ps.GetPorts(), "")
+		svc, pol, err := compileService(fmt.Sprintf("services[%d]", i), ps, env)
 		if err != nil {
 			return nil, err
 		}
-		svc.ports = ports
-		svc.defPort = 80
-		if len(ports) > 0 {
-			svc.defPort = ports[0].port
-			for _, p := range ports {
-				if p.port == 80 {
-					svc.defPort = 80
-				}
-			}
+		if _, dup := c.byKey[svc.key]; dup {
+			return nil, invalid("services[%d]: duplicate service %s", i, svc.key)
 		}
-		for j, e := range ps.GetEndpoints() {
-			ef := fmt.Sprintf("%s.endpoints[%d]", f, j)
-			if _, _, err := net.SplitHostPort(e.GetAddress()); err != nil || e.GetAddress() == "" {
-				return nil, invalid("%s.address: %q is not host:port", ef, e.GetAddress())
-			}
-			if !strings.HasPrefix(e.GetIdentity(), "spiffe://") {
-				return nil, invalid("%s.identity: %q is not a SPIFFE ID; peers are verified against it", ef, e.GetIdentity())
-			}
-			if !e.GetHealthy() {
-				continue
-			}
-			svc.eps = append(svc.eps, endpoint{addr: e.GetAddress(), identity: e.GetIdentity()})
-			svc.addrs = append(svc.addrs, e.GetAddress())
-		}
-		c.byKey[key] = svc
+		c.byKey[svc.key] = svc
+		policies[i] = pol
 		byName[ps.GetName()]++
 	}
 	// Pass 2: routes.
@@ -299,17 +305,28 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*config, error) {
 			svc.routes = []route{{name: "default", backends: []backend{{svc: svc}}, cum: []uint32{1}}}
 		}
 	}
-	// Everything is valid: attach long-lived state and index host aliases.
-	for _, ps := range s.GetServices() {
+	// Everything is valid: attach long-lived state, build the chains and
+	// index host aliases.
+	for i, ps := range s.GetServices() {
 		name, ns := ps.GetName(), ps.GetNamespace()
 		svc := c.byKey[name+"."+ns]
-		p, err := env.picker(svc.key)
+		p, err := env.picker(svc.key, policies[i])
 		if err != nil {
 			return nil, err
 		}
 		svc.picker = p
-		for k := range svc.eps {
-			svc.eps[k].peer = env.peer(svc.eps[k].addr, svc.eps[k].identity)
+		svc.metrics = env.metrics(telemetry.Outbound, svc.key)
+		for _, e := range ps.GetEndpoints() {
+			if !e.GetHealthy() {
+				continue
+			}
+			svc.eps = append(svc.eps, env.endpoint(svc.key, e.GetAddress()))
+			svc.peers = append(svc.peers, env.peer(e.GetAddress(), e.GetIdentity()))
+		}
+		for j := range svc.routes {
+			rt := &svc.routes[j]
+			rt.retry = defaultRetry
+			rt.handler = env.proxy.routeChain(rt, env)
 		}
 		c.byHost[svc.key] = svc
 		c.byHost[svc.key+".svc"] = svc
@@ -321,10 +338,59 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*config, error) {
 			c.byHost[name] = svc
 		}
 	}
+	c.outbound = env.proxy.outboundChain()
+	c.inboundH = env.proxy.inboundChain()
+	c.tunnel = env.proxy.tunnelChain()
 	return c, nil
 }
 
-func (c *config) compileInbound(in *meshv1.Service, env compileEnv) error {
+// compileService checks one service, its ports and endpoints, and returns
+// its balancer policy; routes, endpoints' state and chains come later.
+func compileService(f string, ps *meshv1.Service, env compileEnv) (*service, lb.Policy, error) {
+	if !meshname.IsLabel(ps.GetName()) {
+		return nil, "", invalid("%s.name: %q is not a DNS label", f, ps.GetName())
+	}
+	if !meshname.IsLabel(ps.GetNamespace()) {
+		return nil, "", invalid("%s.namespace: %q is not a DNS label", f, ps.GetNamespace())
+	}
+	svc := &service{key: ps.GetName() + "." + ps.GetNamespace()}
+	ports, err := compilePorts(f, ps.GetPorts(), "")
+	if err != nil {
+		return nil, "", err
+	}
+	svc.ports = ports
+	svc.defPort = 80
+	if len(ports) > 0 {
+		svc.defPort = ports[0].port
+		for _, p := range ports {
+			if p.port == 80 {
+				svc.defPort = 80
+			}
+		}
+	}
+	for j, e := range ps.GetEndpoints() {
+		ef := fmt.Sprintf("%s.endpoints[%d]", f, j)
+		if _, _, err := net.SplitHostPort(e.GetAddress()); err != nil || e.GetAddress() == "" {
+			return nil, "", invalid("%s.address: %q is not host:port", ef, e.GetAddress())
+		}
+		if !strings.HasPrefix(e.GetIdentity(), "spiffe://") {
+			return nil, "", invalid("%s.identity: %q is not a SPIFFE ID; peers are verified against it", ef, e.GetIdentity())
+		}
+	}
+	pol := env.balancer
+	switch lbk := ps.GetBackendPolicy().GetLoadBalancer(); lbk {
+	case meshv1.LoadBalancer_LOAD_BALANCER_UNSPECIFIED:
+	case meshv1.LoadBalancer_P2C_PEAK_EWMA:
+		pol = lb.PeakEWMA
+	case meshv1.LoadBalancer_ROUND_ROBIN:
+		pol = lb.RoundRobin
+	default:
+		return nil, "", invalid("%s.backend_policy.load_balancer: unknown balancer %d", f, lbk)
+	}
+	return svc, pol, nil
+}
+
+func (c *compiled) compileInbound(in *meshv1.Service, env compileEnv) error {
 	key := "unknown." + env.ownNS
 	if in.GetName() != "" {
 		key = in.GetName() + "." + in.GetNamespace()
@@ -382,7 +448,7 @@ func compilePorts(field string, in []*meshv1.Port, appHost string) ([]portSpec, 
 	return out, nil
 }
 
-func (c *config) compileRoute(f string, r *meshv1.Route, ns string) (route, error) {
+func (c *compiled) compileRoute(f string, r *meshv1.Route, ns string) (route, error) {
 	rt := route{name: r.GetName(), port: r.GetPort()}
 	if rt.port > 65535 {
 		return rt, invalid("%s.port: %d is not 0..65535", f, rt.port)
@@ -464,5 +530,97 @@ func (c *config) compileRoute(f string, r *meshv1.Route, ns string) (route, erro
 	if total == 0 {
 		return rt, invalid("%s.backends: every weight is 0", f)
 	}
-	return rt, nil
+	if err := rt.compileFilters(f, r.GetFilters()); err != nil {
+		return rt, err
+	}
+	return rt, rt.compileTimeouts(f+".timeouts", r.GetTimeouts())
+}
+
+// compileFilters checks and compiles a route's filters, in order. A filter
+// of a kind this proxy does not know arrives as an empty oneof and is
+// refused: silently skipping it would route differently than asked.
+func (rt *route) compileFilters(f string, fs []*meshv1.RouteFilter) error {
+	for i, rf := range fs {
+		ff := fmt.Sprintf("%s.filters[%d]", f, i)
+		switch k := rf.GetFilter().(type) {
+		case *meshv1.RouteFilter_RequestHeaderModifier:
+			hm, err := compileHeaderModifier(ff+".request_header_modifier", k.RequestHeaderModifier)
+			if err != nil {
+				return err
+			}
+			rt.requestHeaders = append(rt.requestHeaders, hm)
+		case *meshv1.RouteFilter_ResponseHeaderModifier:
+			hm, err := compileHeaderModifier(ff+".response_header_modifier", k.ResponseHeaderModifier)
+			if err != nil {
+				return err
+			}
+			rt.responseHeaders = append(rt.responseHeaders, hm)
+		default:
+			return invalid("%s: empty or unknown filter kind; this proxy knows request_header_modifier and response_header_modifier", ff)
+		}
+	}
+	return nil
+}
+
+func compileHeaderModifier(f string, m *meshv1.HeaderModifier) (headerModifier, error) {
+	var hm headerModifier
+	if m == nil {
+		return hm, invalid("%s: empty", f)
+	}
+	check := func(field, name, value string) error {
+		if !httpguts.ValidHeaderFieldName(name) {
+			return invalid("%s.name: %q is not a header name", field, name)
+		}
+		if !httpguts.ValidHeaderFieldValue(value) {
+			return invalid("%s.value: %q is not a header value", field, value)
+		}
+		if hopHeader(http.CanonicalHeaderKey(name)) {
+			return invalid("%s.name: %s is a hop-by-hop header the proxy owns", field, name)
+		}
+		return nil
+	}
+	for i, h := range m.GetSet() {
+		if err := check(fmt.Sprintf("%s.set[%d]", f, i), h.GetName(), h.GetValue()); err != nil {
+			return hm, err
+		}
+		hm.set = append(hm.set, headerValue{http.CanonicalHeaderKey(h.GetName()), []string{h.GetValue()}})
+	}
+	for i, h := range m.GetAdd() {
+		if err := check(fmt.Sprintf("%s.add[%d]", f, i), h.GetName(), h.GetValue()); err != nil {
+			return hm, err
+		}
+		hm.add = append(hm.add, headerValue{http.CanonicalHeaderKey(h.GetName()), []string{h.GetValue()}})
+	}
+	for i, name := range m.GetRemove() {
+		if err := check(fmt.Sprintf("%s.remove[%d]", f, i), name, ""); err != nil {
+			return hm, err
+		}
+		hm.remove = append(hm.remove, http.CanonicalHeaderKey(name))
+	}
+	return hm, nil
+}
+
+// compileTimeouts reads Gateway API HTTPRouteTimeouts: zero or unset is no
+// timeout, and one attempt may not outlast the whole request.
+func (rt *route) compileTimeouts(f string, t *meshv1.RouteTimeouts) error {
+	get := func(field string, d *durationpb.Duration) (time.Duration, error) {
+		if d == nil {
+			return 0, nil
+		}
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return 0, invalid("%s.%s: %v is not a non-negative duration", f, field, d)
+		}
+		return d.AsDuration(), nil
+	}
+	var err error
+	if rt.timeout, err = get("request", t.GetRequest()); err != nil {
+		return err
+	}
+	if rt.attemptTimeout, err = get("backend_request", t.GetBackendRequest()); err != nil {
+		return err
+	}
+	if rt.timeout > 0 && rt.attemptTimeout > rt.timeout {
+		return invalid("%s.backend_request: %v is longer than request %v", f, rt.attemptTimeout, rt.timeout)
+	}
+	return nil
 }

@@ -1,0 +1,96 @@
+package proxy
+
+// This file is the order of every filter chain the proxy runs. A new
+// data-plane feature is a Filter and one line here, at its slot.
+
+// Handler serves one exchange and returns its response; it never writes to
+// the client (the listener edge does, once, for every chain).
+type Handler interface {
+	Serve(*Exchange) *Response
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(*Exchange) *Response
+
+// Serve calls f.
+func (f HandlerFunc) Serve(ex *Exchange) *Response { return f(ex) }
+
+// Filter wraps the rest of a chain: it may change the exchange, answer
+// itself, call next (more than once, as retry does) and look at or change
+// the response before the client sees it. A filter with nothing to do for
+// a route or listener returns next itself, so it costs nothing per request.
+type Filter func(next Handler) Handler
+
+// chain builds filters[0] ▸ filters[1] ▸ … ▸ end.
+func chain(end Handler, filters ...Filter) Handler {
+	h := end
+	for i := len(filters) - 1; i >= 0; i-- {
+		h = filters[i](h)
+	}
+	return h
+}
+
+// Chains are compiled when a snapshot is applied (compile), never per
+// request: the listener chains here once per snapshot, the route chain once
+// per route of it.
+
+// outboundChain serves the app's HTTP requests, on the outbound proxy port
+// and the per-upstream ports:
+//
+//	telemetry ▸ resolve service ▸ match route ▸ (the route's chain)
+func (p *Proxy) outboundChain() Handler {
+	return chain(routeDispatch{},
+		telemetryFilter,
+		p.resolveFilter,
+	)
+}
+
+// routeChain is the part of the outbound chain one route owns, built into
+// the compiled route:
+//
+//	header filters ▸ [mirror] ▸ [fault] ▸ timeout ▸ retry ▸ attempt timeout
+//	▸ [circuit breaker] ▸ pick backend by weight ▸ pick endpoint ▸ upstream
+func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
+	return chain(p.peerUpstream(),
+		requestHeaderFilter(rt.requestHeaders),
+		responseHeaderFilter(rt.responseHeaders),
+		// [mirror] traffic control: a copy of the request to rt's mirror backend, response ignored.
+		// [fault] traffic control: injected delay and abort.
+		requestTimeout(rt.timeout),
+		retryFilter(rt.retry),
+		attemptTimeout(rt.attemptTimeout),
+		// [circuit breaker] traffic control: the backend's limits; outlier detection learns from its outcomes.
+		splitFilter(rt, env.randN),
+		pickFilter,
+	)
+}
+
+// inboundChain serves peers' requests on the mTLS listener:
+//
+//	telemetry ▸ authenticate peer ▸ local port ▸ [authorization]
+//	▸ [rate limit] ▸ [concurrency limit] ▸ app
+//
+// The local port comes before the slots so authorization and limits can
+// depend on the port.
+func (p *Proxy) inboundChain() Handler {
+	return chain(p.appUpstream(),
+		telemetryFilter,
+		authnFilter,
+		localPortFilter,
+		// [authorization] security: the snapshot's inbound_policy against ex.PeerID.
+		// [rate limit] traffic control II: token / leaky bucket, local or global.
+		// [concurrency limit] traffic control II: adaptive concurrency.
+	)
+}
+
+// tunnelChain serves CONNECT on the outbound port and opaque TCP on the
+// per-upstream ports:
+//
+//	telemetry ▸ resolve service ▸ [authorization] ▸ tunnel
+func (p *Proxy) tunnelChain() Handler {
+	return chain(p.tunnelUpstream(),
+		telemetryFilter,
+		p.resolveFilter,
+		// [authorization] security: egress policy for the destination.
+	)
+}

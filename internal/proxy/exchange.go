@@ -1,0 +1,303 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/telemetry"
+)
+
+// Exchange is one request as the proxy's filters see it: the request as it
+// arrived, what the pipeline chose for it, how it went. The listener edge
+// fills the request part and net/http stays at the two edges, so a filter
+// never sees *http.Request or http.ResponseWriter. An Exchange belongs to one
+// request and is used by one goroutine at a time; it is pooled, so nothing
+// may keep it after the response body is closed.
+type Exchange struct {
+	// The request.
+	Method    string
+	Authority string // Host or :authority, as sent on
+	// Path is the decoded path routes match; RawPath is its escaped form
+	// when that differs (url.URL's rule) and RawQuery the query, both sent
+	// on unchanged.
+	Path, RawPath, RawQuery string
+	// Header is the request's header. Filters may change it before the
+	// first attempt; every attempt sends a clean copy of it.
+	Header        http.Header
+	Body          io.ReadCloser // nil or http.NoBody: none
+	ContentLength int64         // -1: unknown
+	ProtoMajor    int
+	Upgrade       string // the protocol an HTTP/1.1 request upgrades to, or ""
+	RemoteAddr    string
+	// PeerID is the caller's verified SPIFFE ID (inbound only).
+	PeerID string
+
+	// What the pipeline chose.
+	Service  *service // outbound: the service the host names
+	Port     uint32   // the service port (outbound) or local port (inbound)
+	Route    *route
+	Backend  *backend
+	Endpoint *lb.Endpoint
+	Tried    []*lb.Endpoint // endpoints of earlier attempts
+	Attempts int
+
+	// How it went.
+	Flags Flags
+	// Start is when the request arrived, Responded when its response
+	// header was ready to send (set by the telemetry filter).
+	Start, Responded time.Time
+	// err is the last attempt's error (nil when an upstream answered); the
+	// retry filter decides on it.
+	err error
+
+	ctx, clientCtx context.Context
+	// cancels are called when the exchange ends (timeouts' contexts).
+	cancels []context.CancelFunc
+	// metrics is where the exchange is counted: set as soon as the
+	// destination is known; the listener's "unknown" before that.
+	metrics *telemetry.DestMetrics
+	// raw marks an opaque TCP connection (no HTTP request to count).
+	raw bool
+	// host and hostPort, when set by an upstream listener's edge, name the
+	// destination instead of Authority.
+	host     string
+	hostPort uint32
+	// cfg is the snapshot the exchange started with.
+	cfg *compiled
+	// target is the inbound port's spec, set by the local port stage.
+	target portSpec
+	// peerIDHdr is {PeerID}, cached per connection.
+	peerIDHdr []string
+	// resp holds the upstream's response, so answering allocates none.
+	resp    Response
+	peer    *peer
+	lbReq   lb.Request
+	body    countedBody
+	triedBk [2]*lb.Endpoint
+	// out is the first attempt's outgoing header and URL, kept across
+	// pooled uses so a request allocates neither; see lendOut.
+	out     *outgoing
+	outLent bool
+}
+
+// outgoing is the reusable part of one attempt's *http.Request.
+type outgoing struct {
+	header http.Header
+	url    url.URL
+}
+
+// lendOut returns storage for one attempt's header and URL. The first
+// attempt of an exchange gets the exchange's own, cleared; later attempts
+// (retries, which may overlap a transport still reading the first) get
+// fresh ones. net/http may read a request until its response body is
+// closed, which the writer does before release, so a lent outgoing is
+// free again once the exchange is released — unless its attempt failed
+// without a response, when the transport may still hold it: forgetOut
+// drops it then.
+func (ex *Exchange) lendOut(n int) *outgoing {
+	if ex.outLent || ex.out == nil {
+		o := &outgoing{header: make(http.Header, n)}
+		if !ex.outLent {
+			ex.out, ex.outLent = o, true
+		}
+		return o
+	}
+	ex.outLent = true
+	clear(ex.out.header)
+	return ex.out
+}
+
+// forgetOut stops the exchange from reusing the outgoing it lent.
+func (ex *Exchange) forgetOut() { ex.out = nil }
+
+// Context is the exchange's context: canceled when the client goes away,
+// the proxy gives up on it, or a timeout expires.
+func (ex *Exchange) Context() context.Context { return ex.ctx }
+
+// withContext replaces the exchange's context; cancel runs when it ends.
+func (ex *Exchange) withContext(ctx context.Context, cancel context.CancelFunc) {
+	ex.ctx = ctx
+	ex.cancels = append(ex.cancels, cancel)
+}
+
+var exchangePool = sync.Pool{New: func() any { return new(Exchange) }}
+
+func getExchange() *Exchange {
+	ex := exchangePool.Get().(*Exchange)
+	ex.Tried = ex.triedBk[:0]
+	return ex
+}
+
+// release ends the exchange's contexts and returns it to the pool.
+func (ex *Exchange) release() {
+	for _, c := range ex.cancels {
+		c()
+	}
+	clear(ex.cancels) // a pooled exchange keeps no context alive
+	cancels, out := ex.cancels[:0], ex.out
+	*ex = Exchange{cancels: cancels, out: out}
+	exchangePool.Put(ex)
+}
+
+// bodiless reports whether the request carries no body, so sending it again
+// cannot duplicate one.
+func (ex *Exchange) bodiless() bool {
+	return ex.ContentLength == 0 && ex.Upgrade == "" && ex.Method != http.MethodConnect
+}
+
+// Response is what a handler returns and the listener edge writes: the only
+// place that writes to the client.
+type Response struct {
+	Status int
+	Header http.Header
+	// Body is streamed to the client; nil means none. The writer always
+	// closes it.
+	Body io.ReadCloser
+	// ContentLength -1 means unknown: the body is a stream (gRPC, server-sent
+	// events) and every chunk is flushed as it comes.
+	ContentLength int64
+	// Trailer points to the trailers, which are known only once Body has
+	// returned io.EOF (the transport may replace the map then); nil: none.
+	Trailer *http.Header
+	// Upgraded is the upstream side of a 101 Switching Protocols or of a
+	// CONNECT/TCP tunnel (Status 200): the writer splices the client to it.
+	Upgraded io.ReadWriteCloser
+}
+
+// Flags say why an exchange ended as it did, in the spirit of Envoy's
+// response flags; metrics carry them as the response_flags label ("-" for
+// none). docs/metrics.md has the same table.
+//
+//	DPE  downstream protocol error: malformed Host/:authority, CONNECT
+//	     without a port, malformed X-Trellis-Port           400
+//	NC   no cluster: the host is not a mesh service name, or no snapshot
+//	     names the service (also after waiting for a subscription) 503
+//	NR   no route: an HTTPRoute is attached and no rule matches (outbound),
+//	     or the port is not declared by this proxy's service (inbound) 404
+//	UH   no healthy upstream: the backend has no endpoint      503
+//	UF   upstream connection failure: dial, TLS or identity check failed;
+//	     inbound: the local app refused the connection         502
+//	UR   upstream reset: the upstream failed after the connection was made,
+//	     before its response header (502) or mid-body (status as sent,
+//	     client stream aborted)
+//	UT   upstream timeout: the route's request or backend_request timeout
+//	     expired before the response header                  504
+//	DC   downstream closed: the client went away (499 before the header,
+//	     else the status as sent)
+//	NI   no identity: the inbound peer presented no SPIFFE ID  403
+//	LA   no local app: this proxy fronts no app on that port  503
+//	SD   shutting down: the proxy stopped while the request waited 503
+type Flags uint16
+
+// The response flags; see Flags.
+const (
+	FlagDPE Flags = 1 << iota
+	FlagNC
+	FlagNR
+	FlagUH
+	FlagUF
+	FlagUR
+	FlagUT
+	FlagDC
+	FlagNI
+	FlagLA
+	FlagSD
+	numFlags = iota
+)
+
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD"}
+
+// String is the response_flags label value: "-", one flag, or several
+// joined by commas as Envoy does.
+func (f Flags) String() string {
+	if f == 0 {
+		return "-"
+	}
+	var parts []string
+	for i := range numFlags {
+		if f&(1<<i) != 0 {
+			if f == 1<<i {
+				return flagNames[i] // the usual case: one flag, no allocation
+			}
+			parts = append(parts, flagNames[i])
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// fail ends the exchange with a proxy-generated error: the flag says why,
+// the body who refused and what to do. X-Trellis-Error carries the flag so
+// the peer proxy's error is told apart from the app's.
+func (ex *Exchange) fail(code int, f Flags, msg string) *Response {
+	ex.Flags |= f
+	body := "trellis proxy: " + msg + "\n"
+	return &Response{
+		Status: code,
+		Header: http.Header{
+			"Content-Type":           textPlain,
+			"X-Content-Type-Options": nosniff,
+			headerError:              []string{f.String()},
+			"Content-Length":         []string{strconv.Itoa(len(body))},
+		},
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)),
+	}
+}
+
+var (
+	textPlain = []string{"text/plain; charset=utf-8"}
+	nosniff   = []string{"nosniff"}
+)
+
+// countedBody wraps a response body so the exchange is counted exactly once,
+// when the body is done (closed), with the time the whole response took.
+type countedBody struct {
+	ex     *Exchange
+	rc     io.ReadCloser // nil: no body
+	status int
+	done   bool
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	if b.rc == nil {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		// Mid-body: the upstream broke off, or the client went away and
+		// took the upstream request's context with it.
+		if b.ex.clientCtx.Err() != nil {
+			b.ex.Flags |= FlagDC
+		} else {
+			b.ex.Flags |= FlagUR
+		}
+	}
+	return n, err
+}
+
+func (b *countedBody) Close() error {
+	var err error
+	if b.rc != nil {
+		err = b.rc.Close()
+	}
+	if !b.done {
+		b.done = true
+		b.ex.count(b.status)
+	}
+	return err
+}
+
+// count records the finished exchange.
+func (ex *Exchange) count(status int) {
+	if ex.raw {
+		return
+	}
+	ex.metrics.Request(status, ex.Flags.String(), time.Since(ex.Start))
+}

@@ -1,0 +1,369 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/meshname"
+)
+
+// The filters of chain.go, in chain order. Each does one thing.
+
+// telemetryFilter counts every exchange once, when its response body is
+// done, whatever the rest of the chain answered (refusals included).
+func telemetryFilter(next Handler) Handler {
+	return HandlerFunc(func(ex *Exchange) *Response {
+		resp := next.Serve(ex)
+		ex.Responded = time.Now()
+		if ex.raw || ex.Method == http.MethodConnect {
+			if resp.Upgraded != nil && ex.Service != nil {
+				ex.Service.metrics.TCPConnection()
+			}
+		}
+		ex.body = countedBody{ex: ex, rc: resp.Body, status: resp.Status}
+		resp.Body = &ex.body
+		return resp
+	})
+}
+
+// resolveFilter finds the service the request names (Host, :authority, the
+// CONNECT target or the upstream listener's service), asking the control
+// plane and waiting, bounded, when the snapshot lacks it.
+func (p *Proxy) resolveFilter(next Handler) Handler {
+	return HandlerFunc(func(ex *Exchange) *Response {
+		if ex.Service != nil {
+			return next.Serve(ex)
+		}
+		host, port := ex.host, ex.hostPort
+		if host == "" {
+			var err error
+			host, port, err = splitAuthority(ex.Authority)
+			if err != nil {
+				return ex.fail(http.StatusBadRequest, FlagDPE, "malformed Host "+strconv.Quote(ex.Authority))
+			}
+			if port == 0 && ex.Method == http.MethodConnect {
+				return ex.fail(http.StatusBadRequest, FlagDPE, "CONNECT needs host:port of a mesh service")
+			}
+		}
+		svc, f, msg := p.resolve(ex.ctx, host)
+		if svc == nil {
+			code := http.StatusServiceUnavailable
+			if f == FlagDC {
+				code = statusClientClosed
+			}
+			return ex.fail(code, f, msg)
+		}
+		ex.Service, ex.metrics = svc, svc.metrics
+		if port == 0 {
+			port = svc.defPort
+		}
+		ex.Port = port
+		return next.Serve(ex)
+	})
+}
+
+// statusClientClosed is recorded (never sent: nobody is listening) for a
+// client that went away before its response, as nginx does.
+const statusClientClosed = 499
+
+// resolve returns the service host names, or nil with the flag and reason.
+func (p *Proxy) resolve(ctx context.Context, host string) (*service, Flags, string) {
+	c := p.cfg.Load()
+	if svc := c.byHost[host]; svc != nil {
+		return svc, 0, ""
+	}
+	name, ns, ok := meshname.ParseHost(host, p.opts.Namespace, c.domain)
+	if !ok {
+		return nil, FlagNC, host + " is not a mesh service name (use name, name.namespace or name.namespace.svc." + c.domain + ")"
+	}
+	key := name + "." + ns
+	if svc := c.byKey[key]; svc != nil {
+		return svc, 0, ""
+	}
+	if p.opts.Subscribe != nil {
+		if _, seen := p.subscribed.LoadOrStore(key, struct{}{}); !seen {
+			p.opts.Subscribe(key)
+		}
+	}
+	t := time.NewTimer(p.subscribeWait)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.changed:
+		case <-t.C:
+			return nil, FlagNC, "service " + key + " is unknown to the mesh (no snapshot contains it)"
+		case <-ctx.Done():
+			return nil, FlagDC, "request canceled"
+		case <-p.done:
+			return nil, FlagSD, "proxy is shutting down"
+		}
+		c = p.cfg.Load()
+		if svc := c.byHost[host]; svc != nil {
+			return svc, 0, ""
+		}
+		if svc := c.byKey[key]; svc != nil {
+			return svc, 0, ""
+		}
+	}
+}
+
+// routeDispatch matches the service's routes and runs the matching route's
+// compiled chain.
+type routeDispatch struct{}
+
+func (routeDispatch) Serve(ex *Exchange) *Response {
+	rt := ex.Service.match(ex, ex.Port)
+	if rt == nil {
+		return ex.fail(http.StatusNotFound, FlagNR, "no route of "+ex.Service.key+" matches "+ex.Method+" "+ex.Path)
+	}
+	ex.Route = rt
+	return rt.handler.Serve(ex)
+}
+
+// headerModifier is a compiled Gateway API HTTPHeaderFilter.
+type headerModifier struct {
+	set, add []headerValue
+	remove   []string // canonical names
+}
+
+type headerValue struct {
+	name  string   // canonical
+	value []string // one value, shared by every request
+}
+
+// apply modifies h: set replaces, add appends, remove deletes.
+func (m *headerModifier) apply(h http.Header) {
+	for _, s := range m.set {
+		h[s.name] = s.value
+	}
+	for _, a := range m.add {
+		if old := h[a.name]; len(old) > 0 {
+			// A new slice: old may share its array with another header.
+			h[a.name] = append(old[:len(old):len(old)], a.value[0])
+		} else {
+			h[a.name] = a.value
+		}
+	}
+	for _, r := range m.remove {
+		delete(h, r)
+	}
+}
+
+// requestHeaderFilter applies the route's request header modifiers once,
+// before the first attempt (every attempt then copies the result).
+func requestHeaderFilter(ms []headerModifier) Filter {
+	return func(next Handler) Handler {
+		if len(ms) == 0 {
+			return next
+		}
+		return HandlerFunc(func(ex *Exchange) *Response {
+			for i := range ms {
+				ms[i].apply(ex.Header)
+			}
+			return next.Serve(ex)
+		})
+	}
+}
+
+// responseHeaderFilter applies the route's response header modifiers to
+// whatever response comes back, the proxy's own errors included.
+func responseHeaderFilter(ms []headerModifier) Filter {
+	return func(next Handler) Handler {
+		if len(ms) == 0 {
+			return next
+		}
+		return HandlerFunc(func(ex *Exchange) *Response {
+			resp := next.Serve(ex)
+			if resp.Upgraded != nil && resp.Status != http.StatusSwitchingProtocols {
+				return resp
+			}
+			if resp.Header == nil {
+				resp.Header = make(http.Header)
+			}
+			for i := range ms {
+				ms[i].apply(resp.Header)
+			}
+			return resp
+		})
+	}
+}
+
+// requestTimeout bounds the whole request, retries included, until the
+// response header arrives (Gateway API timeouts.request): then 504 UT.
+func requestTimeout(d time.Duration) Filter {
+	return func(next Handler) Handler {
+		if d <= 0 {
+			return next
+		}
+		return HandlerFunc(func(ex *Exchange) *Response { return withTimeout(ex, d, next) })
+	}
+}
+
+// attemptTimeout bounds each attempt (Gateway API timeouts.backendRequest).
+func attemptTimeout(d time.Duration) Filter {
+	return requestTimeout(d)
+}
+
+// withTimeout runs next under a context canceled if d passes before next
+// returns (the response header): the upstream stage then answers 504 UT.
+// The body may take its time: the timer is stopped, and the context lives
+// until the exchange ends.
+func withTimeout(ex *Exchange, d time.Duration, next Handler) *Response {
+	parent := ex.ctx
+	ctx, cancel := context.WithCancel(parent)
+	ex.withContext(ctx, cancel)
+	t := time.AfterFunc(d, cancel)
+	resp := next.Serve(ex)
+	t.Stop()
+	ex.ctx = parent
+	return resp
+}
+
+// retryPolicy says when the retry filter sends a request again.
+type retryPolicy struct {
+	// connectFailures: a bodiless request whose connection could not be
+	// made (it never reached a peer, so sending it again is safe) goes
+	// once more, to another endpoint.
+	connectFailures bool
+}
+
+// defaultRetry is every route's policy until BackendPolicy brings budgets.
+var defaultRetry = retryPolicy{connectFailures: true}
+
+// errAllTried marks an attempt that found no endpoint it had not tried.
+var errAllTried = errors.New("proxy: every endpoint tried")
+
+// retryFilter sends the request again when the policy allows: the retry
+// sees the failed response before the client does.
+func retryFilter(pol retryPolicy) Filter {
+	return func(next Handler) Handler {
+		if !pol.connectFailures {
+			return next
+		}
+		return HandlerFunc(func(ex *Exchange) *Response {
+			flags := ex.Flags
+			resp := next.Serve(ex)
+			if !ex.bodiless() || !neverArrived(ex, resp) || ex.clientCtx.Err() != nil {
+				return resp
+			}
+			first, firstFlags, firstErr := *resp, ex.Flags, ex.err
+			ex.Flags, ex.err = flags, nil
+			resp = next.Serve(ex)
+			if errors.Is(ex.err, errAllTried) {
+				// No other endpoint: the client hears of the real failure.
+				ex.Flags, ex.err = firstFlags, firstErr
+				return &first
+			}
+			if first.Body != nil {
+				_ = first.Body.Close()
+			}
+			return resp
+		})
+	}
+}
+
+// neverArrived reports whether the attempt certainly reached no app: this
+// proxy could not connect to the endpoint, or the peer proxy says (with
+// X-Trellis-Error: UF) that its app refused the connection.
+func neverArrived(ex *Exchange, resp *Response) bool {
+	if ex.err != nil {
+		var de *DialError // escapes to errors.As: only on the error path
+		return errors.As(ex.err, &de)
+	}
+	if resp.Status != http.StatusBadGateway {
+		return false
+	}
+	v := resp.Header[headerError]
+	return len(v) == 1 && v[0] == "UF"
+}
+
+// splitFilter picks the route's backend by weight.
+func splitFilter(rt *route, randN func(uint32) uint32) Filter {
+	return func(next Handler) Handler {
+		return HandlerFunc(func(ex *Exchange) *Response {
+			b := rt.pick(randN)
+			ex.Backend = b
+			ex.metrics = b.svc.metrics
+			return next.Serve(ex)
+		})
+	}
+}
+
+// pickFilter picks an endpoint of the backend that this exchange has not
+// tried, and tells the balancer how the attempt went.
+func pickFilter(next Handler) Handler {
+	return HandlerFunc(func(ex *Exchange) *Response {
+		dst := ex.Backend.svc
+		if len(dst.eps) == 0 {
+			return ex.fail(http.StatusServiceUnavailable, FlagUH, "no healthy endpoints for "+dst.key)
+		}
+		ex.lbReq = lb.Request{Method: ex.Method, Authority: ex.Authority, Path: ex.Path, Header: ex.Header}
+		call, ok := dst.picker.Pick(&ex.lbReq, dst.eps, ex.Tried)
+		if !ok {
+			ex.err = errAllTried
+			return ex.fail(http.StatusServiceUnavailable, FlagUH, "no healthy endpoint of "+dst.key+" left to try")
+		}
+		ep := call.Endpoint()
+		ex.Endpoint, ex.peer = ep, dst.peerOf(ep)
+		ex.Tried = append(ex.Tried, ep)
+		ex.Attempts++
+		ex.err = nil
+		resp := next.Serve(ex)
+		call.Done(outcome(ex, resp))
+		return resp
+	})
+}
+
+// outcome is how the balancer should see an attempt: a 5xx is a failure
+// (the peer proxy's own 5xx, its app unreachable, above all), a client that
+// went away is nobody's fault.
+func outcome(ex *Exchange, resp *Response) lb.Outcome {
+	switch {
+	case ex.clientCtx.Err() != nil:
+		return lb.Abandoned
+	case ex.err != nil || resp.Status >= 500:
+		return lb.Failure
+	}
+	return lb.Success
+}
+
+// authnFilter admits only peers with a verified SPIFFE ID. TLS already
+// refuses others; this is the filter authorization builds on.
+func authnFilter(next Handler) Handler {
+	return HandlerFunc(func(ex *Exchange) *Response {
+		if ex.PeerID == "" {
+			return ex.fail(http.StatusForbidden, FlagNI, "no verified client identity")
+		}
+		return next.Serve(ex)
+	})
+}
+
+// localPortFilter maps the service port the peer asked for (X-Trellis-Port)
+// to the local app's address.
+func localPortFilter(next Handler) Handler {
+	return HandlerFunc(func(ex *Exchange) *Response {
+		in := &ex.cfg.inbound
+		ps := in.def
+		if v := ex.Header[headerPort]; len(v) > 0 {
+			port, ok := parsePort(v[0])
+			if !ok {
+				return ex.fail(http.StatusBadRequest, FlagDPE, "malformed "+headerPort)
+			}
+			// A service that declares no ports takes everything on AppAddr.
+			if port != ps.port && len(in.ports) > 0 {
+				if ps, ok = in.port(port); !ok {
+					return ex.fail(http.StatusNotFound, FlagNR, "port "+v[0]+" is not declared by "+in.key)
+				}
+			}
+		}
+		if ps.appAddr == "" {
+			return ex.fail(http.StatusServiceUnavailable, FlagLA, in.key+" has no local app")
+		}
+		ex.target, ex.Port = ps, ps.port
+		return next.Serve(ex)
+	})
+}

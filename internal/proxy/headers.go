@@ -1,0 +1,107 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+)
+
+// Headers the proxy owns between hops.
+const (
+	// HeaderClientID carries the caller's verified SPIFFE ID to the app.
+	HeaderClientID = "X-Trellis-Client-Id"
+	// headerPort names the destination service port between proxies.
+	headerPort = "X-Trellis-Port"
+	// headerError marks a response the proxy generated itself; its value
+	// is the response flag (exchange.go).
+	headerError = "X-Trellis-Error"
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
+func putBuf(b *[]byte) { bufPool.Put(b) }
+
+// hopHeaders are dropped at every hop (RFC 9110 §7.6.1, plus the de-facto
+// Keep-Alive and Proxy-Connection). TE is handled separately.
+var hopHeaders = [...]string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// hopHeader reports whether the canonical name is hop-by-hop (TE included).
+func hopHeader(name string) bool {
+	for _, k := range hopHeaders {
+		if k == name {
+			return true
+		}
+	}
+	return name == "Te"
+}
+
+// upgradeType returns the protocol a request or response asks to switch
+// to ("websocket"), or "" when it is not an upgrade.
+func upgradeType(h http.Header) string {
+	up := h["Upgrade"]
+	if len(up) == 0 {
+		return ""
+	}
+	for _, v := range h["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
+				return up[0]
+			}
+		}
+	}
+	return ""
+}
+
+// removeHopHeaders strips hop-by-hop headers in place, including those the
+// Connection header names; TE survives only as "trailers".
+func removeHopHeaders(h http.Header) {
+	for _, v := range h["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" {
+				delete(h, http.CanonicalHeaderKey(tok))
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+	if te, ok := h["Te"]; ok {
+		keep := false
+		for _, v := range te {
+			for tok := range strings.SplitSeq(v, ",") {
+				if strings.EqualFold(strings.TrimSpace(tok), "trailers") {
+					keep = true
+				}
+			}
+		}
+		if keep {
+			h["Te"] = teTrailers
+		} else {
+			delete(h, "Te")
+		}
+	}
+}
+
+var teTrailers = []string{"trailers"}
+
+func appendForwardedFor(h http.Header, remoteAddr string) {
+	ip, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return
+	}
+	switch prior := h["X-Forwarded-For"]; len(prior) {
+	case 0:
+	case 1: // the usual case (one earlier hop): one concatenation
+		h["X-Forwarded-For"] = []string{prior[0] + ", " + ip}
+		return
+	default:
+		h["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
+		return
+	}
+	h["X-Forwarded-For"] = []string{ip}
+}

@@ -1,0 +1,169 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// The transport edge: the stages at the end of each chain that build an
+// outgoing *http.Request from the exchange, send it, and return the
+// response (never writing it). Every attempt starts from a clean copy of
+// the exchange's header, so nothing repairs headers between attempts.
+
+// peerUpstream sends the exchange to the chosen endpoint's proxy over mTLS,
+// naming the service port in X-Trellis-Port.
+func (p *Proxy) peerUpstream() Handler {
+	return HandlerFunc(func(ex *Exchange) *Response {
+		port := ex.Backend.port
+		if port == 0 {
+			port = ex.Port
+		}
+		ps := ex.Backend.svc.port(port)
+		tr := ex.peer.h1
+		if ps.h2() || ex.ProtoMajor == 2 || (p.hopH2 && ex.Upgrade == "") {
+			tr = ex.peer.h2
+		}
+		o := outHeader(ex, 2)
+		o.header[headerPort] = ps.portHdr
+		// Only the receiving proxy says who the caller is.
+		delete(o.header, HeaderClientID)
+		return roundTrip(ex, tr, "https", ex.peer.addr, o)
+	})
+}
+
+// appUpstream sends a peer's exchange to the local app, telling it the
+// caller's verified identity.
+func (p *Proxy) appUpstream() Handler {
+	return HandlerFunc(func(ex *Exchange) *Response {
+		tr := p.appH1
+		if ex.target.h2() {
+			tr = p.appH2C
+		}
+		o := outHeader(ex, 1)
+		delete(o.header, headerPort)
+		o.header[HeaderClientID] = ex.peerIDHdr
+		resp := roundTrip(ex, tr, "http", ex.target.appAddr, o)
+		if ex.err == nil && resp.Header != nil {
+			// Only proxies speak for the mesh: an app's X-Trellis-Error
+			// must not pass for this proxy's (the caller retries on UF).
+			delete(resp.Header, headerError)
+		}
+		return resp
+	})
+}
+
+// outHeader is a clean copy of the exchange's header for one attempt:
+// hop-by-hop headers removed, an upgrade re-requested, the caller appended
+// to X-Forwarded-For. Value slices are shared with ex.Header, which no one
+// changes once attempts begin; extra is room for the caller's own headers.
+func outHeader(ex *Exchange, extra int) *outgoing {
+	o := ex.lendOut(len(ex.Header) + extra + 1)
+	h := o.header
+	for k, vv := range ex.Header {
+		h[k] = vv
+	}
+	removeHopHeaders(h)
+	if ex.Upgrade != "" {
+		h["Connection"] = connUpgrade
+		h["Upgrade"] = []string{ex.Upgrade}
+	}
+	appendForwardedFor(h, ex.RemoteAddr)
+	return o
+}
+
+var connUpgrade = []string{"Upgrade"}
+
+// roundTrip sends one attempt and returns its response, or the proxy's own
+// error response with the flag that says why.
+func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, o *outgoing) *Response {
+	path := ex.Path
+	if path == "" {
+		path = "/"
+	}
+	o.url = url.URL{Scheme: scheme, Host: addr, Path: path, RawPath: ex.RawPath, RawQuery: ex.RawQuery}
+	tmpl := http.Request{
+		Method:        ex.Method,
+		URL:           &o.url,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        o.header,
+		ContentLength: ex.ContentLength,
+		Host:          ex.Authority,
+	}
+	if ex.ContentLength != 0 {
+		tmpl.Body = ex.Body
+	}
+	resp, err := rt.RoundTrip(tmpl.WithContext(ex.ctx))
+	if err != nil {
+		if o == ex.out {
+			ex.forgetOut()
+		}
+		return attemptFailed(ex, addr, err)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return upgradeResponse(ex, resp)
+	}
+	removeHopHeaders(resp.Header)
+	ex.resp = Response{
+		Status:        resp.StatusCode,
+		Header:        resp.Header,
+		Body:          resp.Body,
+		ContentLength: resp.ContentLength,
+		Trailer:       &resp.Trailer,
+	}
+	return &ex.resp
+}
+
+// attemptFailed turns a transport error into the exchange's answer.
+func attemptFailed(ex *Exchange, addr string, err error) *Response {
+	ex.err = err
+	switch {
+	case ex.clientCtx.Err() != nil:
+		// Nobody is listening; the status is only recorded.
+		return ex.fail(statusClientClosed, FlagDC, "client went away")
+	case ex.ctx.Err() != nil:
+		return ex.fail(http.StatusGatewayTimeout, FlagUT, "upstream "+addr+" did not answer within the route's timeout")
+	case connectFailed(err):
+		return ex.fail(http.StatusBadGateway, FlagUF, "upstream "+addr+" failed: cannot connect")
+	}
+	return ex.fail(http.StatusBadGateway, FlagUR, "upstream "+addr+" failed")
+}
+
+// connectFailed reports whether err happened before a request could be
+// sent: dialing, the TLS handshake, or the peer's identity check.
+func connectFailed(err error) bool {
+	var de *DialError
+	var op *net.OpError
+	var cv *tls.CertificateVerificationError
+	var alert tls.AlertError
+	var rh tls.RecordHeaderError
+	return errors.As(err, &de) || errors.Is(err, errPeerIdentity) || errors.Is(err, errPeerRefused) ||
+		(errors.As(err, &op) && op.Op == "dial") ||
+		errors.As(err, &cv) || errors.As(err, &alert) || errors.As(err, &rh)
+}
+
+// upgradeResponse checks a 101 Switching Protocols answers the upgrade the
+// client asked for, and hands the upstream stream to the writer.
+func upgradeResponse(ex *Exchange, resp *http.Response) *Response {
+	back, ok := resp.Body.(interface {
+		Read([]byte) (int, error)
+		Write([]byte) (int, error)
+		Close() error
+	})
+	got := upgradeType(resp.Header)
+	if !ok || ex.Upgrade == "" || !strings.EqualFold(got, ex.Upgrade) {
+		resp.Body.Close()
+		ex.err = errors.New("proxy: unexpected 101")
+		return ex.fail(http.StatusBadGateway, FlagUR, "upstream switched protocols unasked")
+	}
+	removeHopHeaders(resp.Header)
+	resp.Header["Connection"] = connUpgrade
+	resp.Header["Upgrade"] = []string{got}
+	ex.resp = Response{Status: http.StatusSwitchingProtocols, Header: resp.Header, Upgraded: back}
+	return &ex.resp
+}
