@@ -1,8 +1,10 @@
 // Package ca is the mesh's certificate authority. It owns a signing
-// certificate (a self-signed root it creates and keeps in the control plane's
-// store, or a root or intermediate loaded from files), issues short-lived
-// workload certificates whose only name is a SPIFFE ID, publishes the trust
-// bundle, and serves TLS for the control plane's own listeners.
+// certificate (an intermediate under a self-signed root, both created and
+// kept in the control plane's store, their keys optionally sealed with a
+// key file; or a root or intermediate loaded from files), issues
+// short-lived workload certificates whose only name is a SPIFFE ID,
+// publishes the trust bundle, and serves TLS for the control plane's own
+// listeners. Replicas sharing a store share the root and intermediate.
 package ca
 
 import (

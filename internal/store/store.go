@@ -1,8 +1,9 @@
 // Package store defines the control plane's key-value store: get, list,
 // compare-and-set writes, atomic multi-key transactions, watches from a
-// revision, and leases. The embedded backend is bbolt (NewBolt); an etcd
-// backend slots under the same interface. Nothing outside this package knows
-// which backend it runs on.
+// revision, and leases. The embedded backend is bbolt (NewBolt); NewEtcd
+// puts the same interface on an etcd cluster, which several control-plane
+// replicas can share. Both pass the conformance suite in storetest. Nothing
+// outside this package knows which backend it runs on.
 package store
 
 import (
