@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"go.uber.org/zap"
+
+	"trellis.dev/trellis/internal/store/etcdtest"
 )
 
 type recorder struct {
@@ -49,5 +51,36 @@ func TestZapSlog(t *testing.T) {
 	quiet := newZapSlog(slog.New(slog.NewTextHandler(nil, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if quiet.Core().Enabled(zap.InfoLevel) || !quiet.Core().Enabled(zap.WarnLevel) {
 		t.Fatal("zap info should follow slog debug, zap warn slog warn")
+	}
+}
+
+// TestEtcdWatchStartQuiet: starting watches, at the next revision or at a
+// future one as the view does after a List, logs no client warning.
+func TestEtcdWatchStartQuiet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	rec := &recorder{}
+	s, err := NewEtcd(EtcdOptions{Endpoints: []string{srv.Endpoint}, Logger: slog.New(rec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rev, err := s.Txn(t.Context(), Put("/q/a", nil, Absent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, from := range []int64{0, rev, rev + 1, rev + 5} {
+		if _, err := s.Watch(t.Context(), "/q/", from); err != nil {
+			t.Fatalf("Watch from %d: %v", from, err)
+		}
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, r := range rec.recs {
+		if r.Level >= slog.LevelWarn {
+			t.Errorf("logged %v %q starting watches", r.Level, r.Message)
+		}
 	}
 }
