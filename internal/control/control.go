@@ -81,6 +81,9 @@ type Options struct {
 	// CACertFile, CAKeyFile, CARootFile: an operator-provided signing
 	// certificate instead of the generated root (see ca.Options).
 	CACertFile, CAKeyFile, CARootFile string
+	// CASealKeyFile seals the generated root's private key in the store
+	// (see ca.LoadSealKey); every replica on one store needs the same file.
+	CASealKeyFile string
 	// AllowRemote permits listening on non-loopback addresses.
 	AllowRemote bool
 	// WorkloadTTL of issued certificates (default: the CA's, 24h).
@@ -95,8 +98,12 @@ type Options struct {
 	DNSTTL     time.Duration
 	DNSForward string
 	// Store, if set, is the store to run on (the caller closes it after
-	// Stop); nil opens the bbolt store in DataDir, closed by Stop.
-	Store  store.Store
+	// Stop); nil opens the store Stop closes: etcd if Etcd.Endpoints are
+	// set, else the bbolt file in DataDir.
+	Store store.Store
+	// Etcd connects the control plane to etcd instead of bbolt, so several
+	// replicas can share one store (Logger defaults to Options.Logger).
+	Etcd   store.EtcdOptions
 	Logger *slog.Logger
 }
 
@@ -224,6 +231,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		CertFile:    o.CACertFile,
 		KeyFile:     o.CAKeyFile,
 		RootFile:    o.CARootFile,
+		SealKeyFile: o.CASealKeyFile,
 		WorkloadTTL: o.WorkloadTTL,
 		Logger:      o.Logger,
 	})
@@ -337,11 +345,11 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 func (c *Control) openStore() error {
 	c.raw = c.o.Store
 	if c.raw == nil {
-		b, err := store.NewBolt(filepath.Join(c.o.DataDir, StoreFile), store.BoltOptions{Logger: c.o.Logger})
+		s, err := c.o.openOwnStore()
 		if err != nil {
 			return fmt.Errorf("control: %w", err)
 		}
-		c.raw, c.ownStore = b, true
+		c.raw, c.ownStore = s, true
 	}
 	c.promReg = prometheus.NewRegistry()
 	meter, err := telemetry.NewControlMetrics(c.promReg, telemetry.ControlState{
@@ -363,6 +371,19 @@ func (c *Control) openStore() error {
 	c.meter = meter
 	c.st = store.Observed(c.raw, meter)
 	return nil
+}
+
+// openOwnStore opens etcd when it is configured, else bbolt in the data dir.
+func (o *Options) openOwnStore() (store.Store, error) {
+	if len(o.Etcd.Endpoints) == 0 {
+		return store.NewBolt(filepath.Join(o.DataDir, StoreFile), store.BoltOptions{Logger: o.Logger})
+	}
+	e := o.Etcd
+	if e.Logger == nil {
+		e.Logger = o.Logger
+	}
+	o.Logger.Info("store on etcd", "component", "control", "endpoints", e.Endpoints, "prefix", e.Prefix)
+	return store.NewEtcd(e)
 }
 
 // serveMetrics serves /metrics from the registry. No token: it holds

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,7 +81,41 @@ type Exchange struct {
 	lbReq   lb.Request
 	body    countedBody
 	triedBk [2]*lb.Endpoint
+	// out is the first attempt's outgoing header and URL, kept across
+	// pooled uses so a request allocates neither; see lendOut.
+	out     *outgoing
+	outLent bool
 }
+
+// outgoing is the reusable part of one attempt's *http.Request.
+type outgoing struct {
+	header http.Header
+	url    url.URL
+}
+
+// lendOut returns storage for one attempt's header and URL. The first
+// attempt of an exchange gets the exchange's own, cleared; later attempts
+// (retries, which may overlap a transport still reading the first) get
+// fresh ones. net/http may read a request until its response body is
+// closed, which the writer does before release, so a lent outgoing is
+// free again once the exchange is released — unless its attempt failed
+// without a response, when the transport may still hold it: forgetOut
+// drops it then.
+func (ex *Exchange) lendOut(n int) *outgoing {
+	if ex.outLent || ex.out == nil {
+		o := &outgoing{header: make(http.Header, n)}
+		if !ex.outLent {
+			ex.out, ex.outLent = o, true
+		}
+		return o
+	}
+	ex.outLent = true
+	clear(ex.out.header)
+	return ex.out
+}
+
+// forgetOut stops the exchange from reusing the outgoing it lent.
+func (ex *Exchange) forgetOut() { ex.out = nil }
 
 // Context is the exchange's context: canceled when the client goes away,
 // the proxy gives up on it, or a timeout expires.
@@ -106,8 +141,8 @@ func (ex *Exchange) release() {
 		c()
 	}
 	clear(ex.cancels) // a pooled exchange keeps no context alive
-	cancels := ex.cancels[:0]
-	*ex = Exchange{cancels: cancels}
+	cancels, out := ex.cancels[:0], ex.out
+	*ex = Exchange{cancels: cancels, out: out}
 	exchangePool.Put(ex)
 }
 
