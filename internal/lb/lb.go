@@ -18,7 +18,6 @@ package lb
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"time"
@@ -143,22 +142,21 @@ func NewPicker(cfg Config, eps []*Endpoint) (Picker, error) {
 	if cfg.Hash.Kind != HashNone && cfg.Hash.Kind != HashSource && cfg.Hash.Name == "" {
 		return nil, errors.New("lb: hash key needs a name")
 	}
-	s := sampler{intN: rand.IntN, window: cfg.SlowStart}
 	switch cfg.Policy {
 	case PeakEWMA, "":
 		p := NewPeakEWMA()
 		p.s.window = cfg.SlowStart
 		return p, nil
 	case RoundRobin:
-		return &RoundRobinPicker{s: s}, nil
+		return &RoundRobinPicker{s: newSampler(cfg.SlowStart)}, nil
 	case Random:
-		return &RandomPicker{s: s}, nil
+		return &RandomPicker{s: newSampler(cfg.SlowStart)}, nil
 	case LeastRequest:
-		return &LeastRequestPicker{s: s}, nil
+		return &LeastRequestPicker{s: newSampler(cfg.SlowStart)}, nil
 	case RingHash:
-		return newRingHash(cfg, eps, s), nil
+		return newRingHash(cfg, eps), nil
 	case Maglev:
-		return newMaglev(cfg, eps, s), nil
+		return newMaglev(cfg, eps), nil
 	}
 	return nil, fmt.Errorf("%w %q (valid: %s)", ErrUnknownPolicy, cfg.Policy, policyList())
 }

@@ -2,6 +2,7 @@ package lb
 
 import (
 	"math"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -92,6 +93,32 @@ func TestSlowStartHashing(t *testing.T) {
 					if f := float64(held) / float64(own); math.Abs(f-w) > 0.05 {
 						t.Fatalf("at age %v the new endpoint holds %.3f of its keys, want %.2f", age, f, w)
 					}
+				}
+			})
+		})
+	}
+}
+
+// TestSlowStartTogether: endpoints that joined together (a proxy's first
+// view of a service, a deploy that replaced every replica) share evenly at
+// once; only one younger than the rest is held back, relative to them.
+func TestSlowStartTogether(t *testing.T) {
+	const window = time.Minute
+	for _, policy := range []Policy{Random, RoundRobin, LeastRequest, PeakEWMA} {
+		t.Run(string(policy), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				eps := numbered("new", 4)
+				p := mustPicker(t, Config{Policy: policy, SlowStart: window}, eps)
+				for _, e := range eps {
+					if got := youngShare(p, eps, e, 8000); math.Abs(got-0.25) > 0.03 {
+						t.Fatalf("%s drew %.3f of picks, want 0.25: they joined together", e.Addr(), got)
+					}
+				}
+				time.Sleep(window / 2)
+				late := append(slices.Clone(eps), NewEndpoint("late"))
+				// Weight 0.1 against 0.5 each: 0.2/(4+0.2).
+				if got, want := youngShare(p, late, late[4], 8000), 0.2/4.2; math.Abs(got-want) > 0.25*want+0.01 {
+					t.Fatalf("the late endpoint drew %.3f, want %.3f", got, want)
 				}
 			})
 		})
