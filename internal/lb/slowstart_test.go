@@ -2,6 +2,7 @@ package lb
 
 import (
 	"math"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"testing/synctest"
@@ -123,4 +124,23 @@ func TestSlowStartTogether(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestSlowStartTogetherCheap: endpoints ramping together cost no extra
+// draws: a pick draws once, as without slow start, instead of rejecting
+// most draws (and scanning) because every weight is small.
+func TestSlowStartTogetherCheap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eps := numbered("new", 100)
+		p := mustPicker(t, Config{Policy: Random, SlowStart: time.Minute}, eps).(*RandomPicker)
+		draws := 0
+		p.s.intN = func(n int) int { draws++; return rand.IntN(n) }
+		for range 1000 {
+			c, _ := p.Pick(nil, eps, nil)
+			c.Done(Abandoned)
+		}
+		if draws > 1000 {
+			t.Fatalf("1000 picks made %d random draws, want 1000", draws)
+		}
+	})
 }
