@@ -11,8 +11,12 @@
 // Every picker skips endpoints that are ejected (Endpoint.Eject, outlier
 // detection) as it skips those already tried, unless nothing else is left.
 // With a slow-start window, an endpoint younger than the window (counted
-// from NewEndpoint) draws a share that grows linearly with its age, from
-// 10% of a full share (Envoy's aggression 1.0 and min_weight_percent 10).
+// from NewEndpoint, when the proxy first saw it) weighs in proportion to its
+// age, from 10% of a full weight (Envoy's aggression 1.0 and
+// min_weight_percent 10), relative to the oldest endpoint of the set: a new
+// endpoint among old ones ramps up, endpoints that arrived together share
+// evenly at once. Hashing pickers ramp by moving a new endpoint's keys to it
+// gradually.
 package lb
 
 import (
@@ -53,7 +57,10 @@ type Picker interface {
 	// of this request), or ok=false if eps is empty or every endpoint is in
 	// tried. An ejected endpoint counts as tried unless every endpoint is
 	// ejected or tried: then Pick chooses among the ejected, untried ones.
-	// r may be nil.
+	// r may be nil. eps is read, never kept or changed, and must not be
+	// changed in place while pickers use it (a picker may remember facts
+	// about the slice it last saw, by its address): a new endpoint set is a
+	// new slice, as each snapshot's is.
 	Pick(r *Request, eps []*Endpoint, tried []*Endpoint) (c Call, ok bool)
 }
 
