@@ -57,7 +57,7 @@ type Picker interface {
 	// of this request), or ok=false if eps is empty or every endpoint is in
 	// tried. An ejected endpoint counts as tried unless every endpoint is
 	// ejected or tried: then Pick chooses among the ejected, untried ones.
-	// r may be nil. eps is read, never kept or changed, and must not be
+	// r may be nil. eps is only read, and must not be
 	// changed in place while pickers use it (a picker may remember facts
 	// about the slice it last saw, by its address): a new endpoint set is a
 	// new slice, as each snapshot's is.
