@@ -121,7 +121,7 @@ func cookieValue(lines []string, name string) (string, bool) {
 			part, line, _ = strings.Cut(line, ";")
 			// No "=" is a name with an empty value, as net/http reads it.
 			k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
-			if k != name {
+			if strings.TrimSpace(k) != name {
 				continue
 			}
 			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
