@@ -253,7 +253,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"proxy", "--service", "x", "stray"}, "put the app's command after --"},
 		{[]string{"proxy", "--service", "x", "--labels", "nokey"}, "want KEY=VALUE"},
 		{[]string{"proxy", "--service", "x", "--labels", "version=v 1"}, "--labels version=v 1: value"},
-		{[]string{"proxy", "--service", "x", "--balancer", "random"}, "unknown policy"},
+		{[]string{"proxy", "--service", "x", "--balancer", "bogus"}, "unknown policy"},
 		{[]string{"control", "--log-level", "loud"}, "--log-level"},
 		{[]string{"control", "--domain", "trellis..local"}, `control: --domain: domain "trellis..local" is not a valid name`},
 		// Names are checked before the admin client is even built.

@@ -61,7 +61,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 		attemptTimeout(rt.attemptTimeout),
 		// [circuit breaker] traffic control: the backend's limits; outlier detection learns from its outcomes.
 		splitFilter(rt, env.randN),
-		pickFilter,
+		p.pickFilter,
 	)
 }
 

@@ -294,14 +294,20 @@ func splitFilter(rt *route, randN func(uint32) uint32) Filter {
 }
 
 // pickFilter picks an endpoint of the backend that this exchange has not
-// tried, and tells the balancer how the attempt went.
-func pickFilter(next Handler) Handler {
+// tried, and tells the balancer how the attempt went. The balancer sees the
+// request through ex.lbReq, which lives in the pooled exchange: filling it
+// copies a few string headers and allocates nothing. Its source identity is
+// this proxy's own (outbound: the app behind it is the caller).
+func (p *Proxy) pickFilter(next Handler) Handler {
 	return HandlerFunc(func(ex *Exchange) *Response {
 		dst := ex.Backend.svc
 		if len(dst.eps) == 0 {
 			return ex.fail(http.StatusServiceUnavailable, FlagUH, "no healthy endpoints for "+dst.key)
 		}
-		ex.lbReq = lb.Request{Method: ex.Method, Authority: ex.Authority, Path: ex.Path, Header: ex.Header}
+		ex.lbReq = lb.Request{
+			Method: ex.Method, Authority: ex.Authority, Path: ex.Path, RawQuery: ex.RawQuery,
+			Header: ex.Header, Source: p.opts.Identity,
+		}
 		call, ok := dst.picker.Pick(&ex.lbReq, dst.eps, ex.Tried)
 		if !ok {
 			ex.err = errAllTried
