@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -114,7 +115,7 @@ func TestKubectlHabits(t *testing.T) {
 	other := "apiVersion: trellis.dev/v1alpha1\nkind: Service\nmetadata: {name: ledger, namespace: shop}\nspec: {ports: [{port: 80}]}\n"
 	lc.must(other, "apply", "-f", "-")
 
-	if out := lc.must("", "get"); !strings.Contains(out, "httproutes   hr") || !strings.Contains(out, "services     svc") {
+	if out := lc.must("", "get"); !regexp.MustCompile(`httproutes +hr`).MatchString(out) || !regexp.MustCompile(`services +svc`).MatchString(out) {
 		t.Errorf("get without a kind:\n%s", out)
 	}
 	def := lc.must("", "get", "svc")

@@ -40,6 +40,8 @@ type kindInfo struct {
 //     internal/compiler that shows the compiled effect.
 func kindTable() []kindInfo {
 	return []kindInfo{
+		faultInjectionKindInfo(),
+		grpcRouteKind(),
 		httpRouteKind(),
 		serviceKind(),
 	}
