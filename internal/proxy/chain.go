@@ -48,14 +48,21 @@ func (p *Proxy) outboundChain() Handler {
 // routeChain is the part of the outbound chain one route owns, built into
 // the compiled route:
 //
-//	header filters ▸ [mirror] ▸ [fault] ▸ timeout ▸ retry ▸ attempt timeout
-//	▸ [circuit breaker] ▸ pick backend by weight ▸ pick endpoint ▸ upstream
+//	header filters ▸ redirect ▸ URL rewrite ▸ mirror ▸ fault ▸ timeout
+//	▸ retry ▸ attempt timeout ▸ [circuit breaker] ▸ pick backend by weight
+//	▸ pick endpoint ▸ upstream
+//
+// A redirect answers without going further; the rewrite comes before the
+// mirror, so the mirror sees the request as the backend will; a fault
+// comes before the timeouts, so an injected delay is not a timeout.
 func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 	return chain(p.peerUpstream(),
 		requestHeaderFilter(rt.requestHeaders),
 		responseHeaderFilter(rt.responseHeaders),
-		// [mirror] traffic control: a copy of the request to rt's mirror backend, response ignored.
-		// [fault] traffic control: injected delay and abort.
+		redirectFilter(rt.redirect),
+		rewriteFilter(rt.rewrite),
+		p.mirrorFilter(rt.mirrors, env.randN),
+		faultFilter(rt.fault, env.randN),
 		requestTimeout(rt.timeout),
 		retryFilter(rt.retry),
 		attemptTimeout(rt.attemptTimeout),

@@ -39,9 +39,12 @@ type Exchange struct {
 	PeerID string
 
 	// What the pipeline chose.
-	Service  *service // outbound: the service the host names
-	Port     uint32   // the service port (outbound) or local port (inbound)
-	Route    *route
+	Service *service // outbound: the service the host names
+	Port    uint32   // the service port (outbound) or local port (inbound)
+	Route   *route
+	// matched is the match of Route that selected the request (nil for a
+	// route without matches): URL rewrite's ReplacePrefixMatch needs it.
+	matched  *match
 	Backend  *backend
 	Endpoint *lb.Endpoint
 	Tried    []*lb.Endpoint // endpoints of earlier attempts
@@ -159,6 +162,10 @@ type Response struct {
 //	NI   no identity: the inbound peer presented no SPIFFE ID  403
 //	LA   no local app: this proxy fronts no app on that port  503
 //	SD   shutting down: the proxy stopped while the request waited 503
+//	FI   fault injected: the route's FaultInjection aborted the request
+//	     (its status; a gRPC abort is 200 with grpc-status)
+//	DI   delay injected: the route's FaultInjection delayed the request
+//	     (with the status the request then got)
 type Flags uint16
 
 // The response flags; see Flags.
@@ -174,10 +181,12 @@ const (
 	FlagNI
 	FlagLA
 	FlagSD
+	FlagFI
+	FlagDI
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "FI", "DI"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.
