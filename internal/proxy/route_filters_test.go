@@ -79,6 +79,7 @@ func TestQueryParamMatchThroughProxies(t *testing.T) {
 		{"debug=1&version=2", "v2"},
 		{"version=2&version=3&debug=1", "v2"},
 		{"version=3&version=2&debug=1", "v1"}, // only the first of a name counts
+		{"version&version=2&debug=1", "v1"},   // even when it is empty
 		{"version=2", "v1"},
 		{"version=2&debug=yes", "v1"}, // regex matches the whole value
 		{"ver%73ion=%32&debug=1", "v2"},
