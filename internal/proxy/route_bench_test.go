@@ -40,7 +40,7 @@ func BenchmarkRouteChain(b *testing.B) {
 	headers := &meshv1.Route{Name: "headers", Matches: []*meshv1.Match{{Path: prefix("/h")}}, Backends: backendTo("api"), Filters: filtered.Filters}
 	bare := &meshv1.Route{Name: "bare", Backends: backendTo("api")}
 	api := &meshv1.Service{Name: "api", Namespace: "default", Ports: []*meshv1.Port{{Name: "http", Port: 80}},
-		Routes: []*meshv1.Route{filtered, headers, bare},
+		Routes:    []*meshv1.Route{filtered, headers, bare},
 		Endpoints: []*meshv1.Endpoint{{Id: "a", Service: "api", Namespace: "default", Address: "127.0.0.1:1", Identity: spiffeFor("api"), Healthy: true}}}
 	if err := p.Update(snapshot("1", api)); err != nil {
 		b.Fatal(err)
