@@ -86,6 +86,7 @@ func (g *GRPCRoute) Validate() error {
 		fe.add("spec.hostnames", "not supported for mesh routes: a route attached to a Service applies to all traffic addressed to that Service; remove hostnames")
 	}
 	validateParentRefs(fe, g.Spec.ParentRefs, g.Namespace)
+	validateDefaultGateways(fe, g.Spec.UseDefaultGateways)
 	switch n := len(g.Spec.Rules); {
 	case n == 0:
 		fe.add("spec.rules", "at least one rule is required")

@@ -153,6 +153,7 @@ func (r *HTTPRoute) Validate() error {
 		fe.add("spec.hostnames", "not supported for mesh routes: a route attached to a Service applies to all traffic addressed to that Service; remove hostnames")
 	}
 	validateParentRefs(fe, r.Spec.ParentRefs, r.Namespace)
+	validateDefaultGateways(fe, r.Spec.UseDefaultGateways)
 
 	switch n := len(spec.Rules); {
 	case n == 0:
@@ -182,6 +183,14 @@ func (r *HTTPRoute) Validate() error {
 		fe.addf("spec.rules", "at most %d matches are allowed across all rules, got %d", maxTotalMatches, total)
 	}
 	return fe.err()
+}
+
+// validateDefaultGateways refuses useDefaultGateways: it attaches a route
+// to Gateways, and mesh routes attach to Services only.
+func validateDefaultGateways(fe *fieldErrors, scope gwapiv1.GatewayDefaultScope) {
+	if scope != "" {
+		fe.add("spec.useDefaultGateways", "not supported: it attaches the route to Gateways, and Trellis routes are mesh (GAMMA) routes attached to Services by parentRefs; remove it")
+	}
 }
 
 func validateParentRefs(fe *fieldErrors, refs []gwapiv1.ParentReference, routeNS string) {

@@ -25,6 +25,8 @@ func TestRouteFilterValidation(t *testing.T) {
 		{"redirect needs no backends", route(rules("  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301}}]\n")), nil},
 		{"no backends and no redirect", route(rules("  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x, value: z}]}}]\n")),
 			[]string{at + "backendRefs: at least one backendRef is required (or a RequestRedirect filter)"}},
+		{"useDefaultGateways refused", route(gamma + "  useDefaultGateways: All\n  rules: [{backendRefs: [{name: a}]}]\n"),
+			[]string{"v.yaml: document 1 (HTTPRoute default/r): spec.useDefaultGateways: not supported"}},
 		{"CORS refused by name", rule("{type: CORS, cors: {allowOrigins: ['https://a.example']}}"), []string{at + "filters[0].type: CORS filters are not supported by the mesh"}},
 		{"ExternalAuth refused by name", rule("{type: ExternalAuth, externalAuth: {protocol: HTTP, backendRef: {name: auth}}}"), []string{at + "filters[0].type: ExternalAuth filters are not supported"}},
 		{"ExtensionRef to another kind", rule("{type: ExtensionRef, extensionRef: {group: example.com, kind: RateLimit, name: x}}"),
