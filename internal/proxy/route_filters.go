@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
@@ -300,7 +302,9 @@ func rewriteFilter(u *urlRewrite) Filter {
 // goroutine with its own context, and its answer, latency and failure are
 // never seen by the request. At most Options.MaxMirrors copies are in
 // flight per proxy; past that, copies are dropped and counted, so a slow
-// mirror cannot pile up goroutines.
+// mirror cannot pile up goroutines. A request body up to maxMirrorBody is
+// copied as it streams to the backend, and the mirror sent when it is
+// complete; larger bodies, upgrades and CONNECT are not mirrored.
 func (p *Proxy) mirrorFilter(ms []mirrorSpec, randN func(uint32) uint32) Filter {
 	return func(next Handler) Handler {
 		if len(ms) == 0 {
@@ -321,19 +325,34 @@ func (p *Proxy) mirrorFilter(ms []mirrorSpec, randN func(uint32) uint32) Filter 
 // mirrorTimeout bounds one mirrored request, header and body.
 const mirrorTimeout = 10 * time.Second
 
+// maxMirrorBody is the largest request body copied to a mirror (as
+// Linkerd's and our retries' replay bound); larger ones are not mirrored.
+const maxMirrorBody = 64 << 10
+
 func (p *Proxy) mirror(ex *Exchange, m *mirrorSpec) {
-	// A body would have to be buffered and replayed; the request's own
-	// body is streamed once, to the backend.
-	if !ex.bodiless() {
+	switch {
+	case ex.Upgrade != "" || ex.Method == http.MethodConnect || ex.ContentLength > maxMirrorBody:
 		p.metrics.Mirror(telemetry.MirrorDropped)
-		return
-	}
-	select {
-	case p.mirrorSlots <- struct{}{}:
+	case ex.bodiless():
+		p.sendMirror(p.mirrorCopy(ex, m), nil)
 	default:
-		p.metrics.Mirror(telemetry.MirrorDropped)
-		return
+		// The body is copied as the request's own send reads it, and the
+		// copy goes out once it is complete: the request never waits.
+		mx := p.mirrorCopy(ex, m)
+		ex.Body = &teeBody{rc: ex.Body, want: ex.ContentLength,
+			done: func(body []byte, ok bool) {
+				if !ok {
+					p.metrics.Mirror(telemetry.MirrorDropped)
+					return
+				}
+				p.sendMirror(mx, body)
+			}}
 	}
+}
+
+// mirrorCopy is the mirror's own exchange: a copy of the request's, sent
+// to the mirror backend, owned by the mirror's goroutine.
+func (p *Proxy) mirrorCopy(ex *Exchange, m *mirrorSpec) *Exchange {
 	mx := &Exchange{
 		Method: ex.Method, Authority: ex.Authority, Path: ex.Path, RawPath: ex.RawPath, RawQuery: ex.RawQuery,
 		Header: ex.Header.Clone(), ProtoMajor: ex.ProtoMajor, RemoteAddr: ex.RemoteAddr,
@@ -341,13 +360,27 @@ func (p *Proxy) mirror(ex *Exchange, m *mirrorSpec) {
 		cfg: ex.cfg, Start: time.Now(),
 	}
 	mx.Tried = mx.triedBk[:0]
+	return mx
+}
+
+// sendMirror sends mx (with body, if any) on its own goroutine, when one of
+// the MaxMirrors slots is free; else the copy is dropped.
+func (p *Proxy) sendMirror(mx *Exchange, body []byte) {
+	select {
+	case p.mirrorSlots <- struct{}{}:
+	default:
+		p.metrics.Mirror(telemetry.MirrorDropped)
+		return
+	}
+	if body != nil {
+		mx.Body, mx.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), mirrorTimeout)
 	mx.ctx, mx.clientCtx = ctx, ctx
 	go func() {
 		defer func() { <-p.mirrorSlots }()
 		defer cancel()
 		go func() { // a proxy shutting down ends its mirrors
-
 			select {
 			case <-p.done:
 				cancel()
@@ -365,6 +398,51 @@ func (p *Proxy) mirror(ex *Exchange, m *mirrorSpec) {
 		}
 		p.metrics.Mirror(telemetry.MirrorOK)
 	}()
+}
+
+// teeBody copies a request body, up to maxMirrorBody, as it is read, and
+// calls done once: with the copy when the body is complete (io.EOF, or
+// want bytes read), with ok false when it was too large or closed first.
+type teeBody struct {
+	rc       io.ReadCloser
+	want     int64 // ContentLength; -1 unknown
+	buf      []byte
+	over     bool
+	finished atomic.Bool
+	done     func(body []byte, ok bool)
+}
+
+func (t *teeBody) Read(b []byte) (int, error) {
+	n, err := t.rc.Read(b)
+	if !t.over {
+		if len(t.buf)+n > maxMirrorBody {
+			t.over, t.buf = true, nil
+		} else {
+			t.buf = append(t.buf, b[:n]...)
+		}
+	}
+	// A transport stops reading at ContentLength without asking for EOF.
+	if err == io.EOF || (t.want >= 0 && !t.over && int64(len(t.buf)) == t.want) {
+		t.finish(!t.over)
+	}
+	return n, err
+}
+
+func (t *teeBody) finish(ok bool) {
+	if t.finished.CompareAndSwap(false, true) {
+		if ok {
+			t.done(t.buf, true)
+		} else {
+			t.done(nil, false)
+		}
+	}
+}
+
+// Close ends the copy too: a body closed before it was complete (the
+// request failed or was answered early) is not mirrored.
+func (t *teeBody) Close() error {
+	t.finish(false)
+	return t.rc.Close()
 }
 
 // mirrorChain sends a mirrored copy: pick an endpoint of the mirror

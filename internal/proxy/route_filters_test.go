@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -453,5 +454,65 @@ func TestFilterSnapshotRefusals(t *testing.T) {
 				t.Fatalf("compile: %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestMirrorCopiesBodies: a request body reaches both the backend and the
+// mirror, whether its length is known or streamed (chunked); one over
+// 64 KiB reaches only the backend, and the drop is counted.
+func TestMirrorCopiesBodies(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	echo := func(name string, seen chan<- string) string {
+		return startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			if seen != nil {
+				seen <- string(b)
+			}
+			_, _ = io.WriteString(w, name+" got "+strconv.Itoa(len(b)))
+		}))
+	}
+	mirrored := make(chan string, 8)
+	primary := startServer(t, ca, "primary", echo("primary", nil), port(80, "127.0.0.1:1", meshv1.Protocol_HTTP))
+	shadow := startServer(t, ca, "shadow", echo("shadow", mirrored), port(80, "127.0.0.1:1", meshv1.Protocol_HTTP))
+	client, c := routed(t, ca, Options{}, []*meshv1.Route{{Name: "m", Backends: backendTo("primary"),
+		Filters: []*meshv1.RouteFilter{{Filter: &meshv1.RouteFilter_RequestMirror{RequestMirror: &meshv1.RequestMirror{
+			Backend: &meshv1.Backend{Service: "shadow", Namespace: "default"}}}}}}}, primary, shadow)
+	post := func(body io.Reader) string {
+		t.Helper()
+		resp, err := c.Post("http://shop/orders", "text/plain", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if got := post(strings.NewReader("sku=42")); got != "primary got 6" {
+		t.Fatalf("primary answered %q", got)
+	}
+	if got := <-mirrored; got != "sku=42" {
+		t.Fatalf("mirror got %q", got)
+	}
+	pr, pw := io.Pipe()
+	go func() { _, _ = io.WriteString(pw, "streamed"); pw.Close() }()
+	if got := post(pr); got != "primary got 8" { // no length: chunked
+		t.Fatalf("primary answered %q", got)
+	}
+	if got := <-mirrored; got != "streamed" {
+		t.Fatalf("mirror got %q", got)
+	}
+	big := strings.Repeat("x", 70<<10)
+	pr, pw = io.Pipe()
+	go func() { _, _ = io.WriteString(pw, big); pw.Close() }()
+	if got := post(pr); got != "primary got "+strconv.Itoa(len(big)) {
+		t.Fatalf("primary answered %q", got)
+	}
+	waitFor(t, func() bool {
+		return metricValue(scrapeText(t, client), `trellis_proxy_mirror_requests_total{result="dropped"}`) == 1
+	})
+	select {
+	case got := <-mirrored:
+		t.Fatalf("a %d-byte body was mirrored (%d bytes)", len(big), len(got))
+	case <-time.After(200 * time.Millisecond):
 	}
 }
