@@ -339,7 +339,7 @@ func (p *Proxy) mirror(ex *Exchange, m *mirrorSpec) {
 		// The body is copied as the request's own send reads it, and the
 		// copy goes out once it is complete: the request never waits.
 		mx := p.mirrorCopy(ex, m)
-		ex.Body = &teeBody{rc: ex.Body, want: ex.ContentLength,
+		ex.Body = &teeBody{rc: ex.Body,
 			done: func(body []byte, ok bool) {
 				if !ok {
 					p.metrics.Mirror(telemetry.MirrorDropped)
@@ -401,11 +401,11 @@ func (p *Proxy) sendMirror(mx *Exchange, body []byte) {
 }
 
 // teeBody copies a request body, up to maxMirrorBody, as it is read, and
-// calls done once: with the copy when the body is complete (io.EOF, or
-// want bytes read), with ok false when it was too large or closed first.
+// calls done once: with the copy when the body is complete (io.EOF: both
+// of net/http's transports read to it, a known length included), with ok
+// false when it was too large or closed first.
 type teeBody struct {
 	rc       io.ReadCloser
-	want     int64 // ContentLength; -1 unknown
 	buf      []byte
 	over     bool
 	finished atomic.Bool
@@ -421,8 +421,7 @@ func (t *teeBody) Read(b []byte) (int, error) {
 			t.buf = append(t.buf, b[:n]...)
 		}
 	}
-	// A transport stops reading at ContentLength without asking for EOF.
-	if err == io.EOF || (t.want >= 0 && !t.over && int64(len(t.buf)) == t.want) {
+	if err == io.EOF {
 		t.finish(!t.over)
 	}
 	return n, err

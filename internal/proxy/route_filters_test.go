@@ -493,6 +493,21 @@ func TestMirrorCopiesBodies(t *testing.T) {
 	if got := <-mirrored; got != "sku=42" {
 		t.Fatalf("mirror got %q", got)
 	}
+	// Over HTTP/1.1 between proxies too (the copy completes at EOF, which
+	// that transport also reads for a body of known length).
+	client.hopH2 = false
+	if got := post(strings.NewReader("sku=43")); got != "primary got 6" {
+		t.Fatalf("primary answered %q (HTTP/1.1 hop)", got)
+	}
+	select {
+	case got := <-mirrored:
+		if got != "sku=43" {
+			t.Fatalf("mirror got %q (HTTP/1.1 hop)", got)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("a body of known length sent over HTTP/1.1 was not mirrored")
+	}
+	client.hopH2 = true
 	pr, pw := io.Pipe()
 	go func() { _, _ = io.WriteString(pw, "streamed"); pw.Close() }()
 	if got := post(pr); got != "primary got 8" { // no length: chunked
