@@ -22,7 +22,8 @@ const (
 	// MirrorFailed: the mirror answered 5xx, or could not be reached.
 	MirrorFailed = "failed"
 	// MirrorDropped: not sent, because as many mirrored requests as the
-	// proxy allows were in flight, or the request had a body.
+	// proxy allows were in flight, or the body was over 64 KiB (or not sent
+	// to its end), or the request was an upgrade or CONNECT.
 	MirrorDropped = "dropped"
 )
 
