@@ -99,7 +99,7 @@ proxy asks for a certificate, naming the flag to change.`,
 	f.StringVar(&o.OutboundAddr, "outbound", "127.0.0.1:15001", "outbound HTTP proxy listener")
 	f.StringVar(&o.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (/ready, /metrics, /config, /debug/pprof)")
 	f.StringArrayVar(&upstreams, "upstream", nil, "per-upstream local port, SERVICE=ADDR (repeatable)")
-	f.StringVar(&balancer, "balancer", string(lb.PeakEWMA), "load balancer: p2c-ewma or round-robin")
+	f.StringVar(&balancer, "balancer", string(lb.PeakEWMA), "load balancer of services whose BackendPolicy names none: "+policyNames())
 	f.DurationVar(&o.Heartbeat, "heartbeat", 0, "registration heartbeat interval (default 5s)")
 	f.DurationVar(&o.DrainTimeout, "drain-timeout", 0, "longest wait for in-flight requests on shutdown (default 10s)")
 	return cmd
@@ -133,4 +133,14 @@ func parsePairs(flag string, items []string) (map[string]string, error) {
 		out[k] = v
 	}
 	return out, nil
+}
+
+// policyNames lists the balancers --balancer takes, "a, b or c".
+func policyNames() string {
+	ps := lb.Policies()
+	names := make([]string, len(ps))
+	for i, p := range ps {
+		names[i] = string(p)
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }

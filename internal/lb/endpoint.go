@@ -58,6 +58,11 @@ type Endpoint struct {
 	fail      atomic.Uint64 // float64 bits in [0, maxFail]
 	failStamp atomic.Int64  // ns since born
 	failing   bool          // guarded by mu: the last charged outcome failed
+
+	// ejected holds the end of the current ejection, nil if the endpoint
+	// was never ejected. A pointer, not a stamp, so that the common case (no
+	// ejection) costs pickers one load and no clock read.
+	ejected atomic.Pointer[time.Time]
 }
 
 // NewEndpoint returns the state of a new endpoint at addr (host:port).
@@ -67,6 +72,21 @@ func NewEndpoint(addr string) *Endpoint {
 
 // Addr returns the endpoint's address as given to NewEndpoint.
 func (e *Endpoint) Addr() string { return e.addr }
+
+// Eject takes e out of every picker's choice until t (outlier detection).
+// A later Eject replaces the earlier one, so Eject(time.Time{}) (or any past
+// time) returns e at once. Pickers still choose an ejected endpoint when
+// every endpoint they could choose is ejected or tried: ejection never
+// empties a service.
+func (e *Endpoint) Eject(until time.Time) {
+	e.ejected.Store(&until)
+}
+
+// Ejected reports whether e is ejected at now.
+func (e *Endpoint) Ejected(now time.Time) bool {
+	u := e.ejected.Load()
+	return u != nil && now.Before(*u)
+}
 
 // since converts t to the endpoint's stamp scale.
 func (e *Endpoint) since(t time.Time) int64 { return int64(t.Sub(e.born)) }

@@ -3,20 +3,35 @@
 // The proxy owns the balancing state: one *Endpoint per (service, address),
 // kept while the address stays in its config and passed, as the same pointer,
 // in every new snapshot's slice. A Picker is stateless apart from its own
-// cursor or random source, so it can be swapped (a policy change) without
-// losing what the endpoints have learnt, and picking takes no global lock and
-// looks nothing up in a map.
+// cursor, random source or (hashing pickers) the ring or table built from the
+// endpoint set, so it can be swapped (a policy change) without losing what
+// the endpoints have learnt, and picking takes no global lock and looks
+// nothing up in a map.
+//
+// Every picker skips endpoints that are ejected (Endpoint.Eject, outlier
+// detection) as it skips those already tried, unless nothing else is left.
+// With a slow-start window, an endpoint younger than the window (counted
+// from NewEndpoint) draws a share that grows linearly with its age, from
+// 10% of a full share (Envoy's aggression 1.0 and min_weight_percent 10).
 package lb
 
 import (
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
+	"strings"
+	"time"
 )
 
-// Request is what a picker may inspect (to hash on, later) about the request.
+// Request is what a picker may inspect about the request (to hash on).
 type Request struct {
 	Method, Authority, Path string
-	Header                  http.Header // read-only
+	// RawQuery is the query without '?', still escaped.
+	RawQuery string
+	Header   http.Header // read-only
+	// Source is the caller's SPIFFE ID; outbound, the proxy's own.
+	Source string
 }
 
 // Outcome is how an attempt on an endpoint ended, as the balancer learns it.
@@ -37,7 +52,9 @@ const (
 type Picker interface {
 	// Pick returns a call on one of eps that is not in tried (attempts so far
 	// of this request), or ok=false if eps is empty or every endpoint is in
-	// tried. r may be nil.
+	// tried. An ejected endpoint counts as tried unless every endpoint is
+	// ejected or tried: then Pick chooses among the ejected, untried ones.
+	// r may be nil.
 	Pick(r *Request, eps []*Endpoint, tried []*Endpoint) (c Call, ok bool)
 }
 
@@ -49,21 +66,112 @@ const (
 	PeakEWMA Policy = "p2c-ewma"
 	// RoundRobin cycles through the endpoints.
 	RoundRobin Policy = "round-robin"
+	// Random picks uniformly at random.
+	Random Policy = "random"
+	// LeastRequest is power-of-two-choices over in-flight requests.
+	LeastRequest Policy = "least-request"
+	// RingHash is consistent hashing on a ring (Karger; Envoy's ring_hash).
+	RingHash Policy = "ring-hash"
+	// Maglev is consistent hashing by a Maglev lookup table.
+	Maglev Policy = "maglev"
 )
 
 // Policies lists every valid Policy, the default first.
-func Policies() []Policy { return []Policy{PeakEWMA, RoundRobin} }
+func Policies() []Policy {
+	return []Policy{PeakEWMA, RoundRobin, Random, LeastRequest, RingHash, Maglev}
+}
+
+// Hashing reports whether p is a consistent-hashing policy: its picker is
+// built for one endpoint set (NewPicker's eps).
+func (p Policy) Hashing() bool { return p == RingHash || p == Maglev }
+
+// HashKind says what a hashing picker hashes.
+type HashKind uint8
+
+const (
+	// HashNone: no key; every request is balanced randomly.
+	HashNone HashKind = iota
+	// HashHeader: the first value of the header Name.
+	HashHeader
+	// HashCookie: the value of the cookie Name.
+	HashCookie
+	// HashQuery: the first value of the query parameter Name (unescaped).
+	HashQuery
+	// HashSource: Request.Source, the caller's identity.
+	HashSource
+)
+
+// HashKey is what a hashing picker hashes. A request without the key (no
+// such header, cookie or parameter) is balanced randomly.
+type HashKey struct {
+	Kind HashKind
+	Name string // header (any case), cookie or query parameter name
+}
+
+// Config is a picker's whole configuration; comparable, so a caller can
+// keep a picker while its Config is unchanged.
+type Config struct {
+	Policy Policy // "": PeakEWMA
+	// Hash is what RingHash and Maglev hash; other policies ignore it.
+	Hash HashKey
+	// SlowStart is the window over which a new endpoint's share ramps up;
+	// 0: off.
+	SlowStart time.Duration
+}
+
+// ErrUnknownPolicy is returned for a policy not in Policies.
+var ErrUnknownPolicy = errors.New("lb: unknown policy")
 
 // New returns a Picker for p with default settings. An empty policy means
-// the default, PeakEWMA.
+// the default, PeakEWMA. A hashing policy gets no key and no endpoints, so
+// it balances randomly: use NewPicker.
 func New(p Policy) (Picker, error) {
-	switch p {
-	case PeakEWMA, "":
-		return NewPeakEWMA(), nil
-	case RoundRobin:
-		return NewRoundRobin(), nil
+	return NewPicker(Config{Policy: p}, nil)
+}
+
+// NewPicker returns a Picker for cfg. A hashing picker builds its ring or
+// table from eps here, once: it must then be given the same endpoints in the
+// same order (a slice of another length is balanced randomly), so build a
+// new one when the endpoint set changes. Other pickers ignore eps.
+func NewPicker(cfg Config, eps []*Endpoint) (Picker, error) {
+	if cfg.SlowStart < 0 {
+		return nil, fmt.Errorf("lb: slow start %v is negative", cfg.SlowStart)
 	}
-	return nil, fmt.Errorf("lb: unknown policy %q (valid: %s, %s)", p, PeakEWMA, RoundRobin)
+	if cfg.Hash.Kind > HashSource {
+		return nil, fmt.Errorf("lb: unknown hash kind %d", cfg.Hash.Kind)
+	}
+	if cfg.Hash.Kind != HashNone && cfg.Hash.Kind != HashSource && cfg.Hash.Name == "" {
+		return nil, errors.New("lb: hash key needs a name")
+	}
+	s := sampler{intN: rand.IntN, window: cfg.SlowStart}
+	switch cfg.Policy {
+	case PeakEWMA, "":
+		p := NewPeakEWMA()
+		p.s.window = cfg.SlowStart
+		return p, nil
+	case RoundRobin:
+		return &RoundRobinPicker{s: s}, nil
+	case Random:
+		return &RandomPicker{s: s}, nil
+	case LeastRequest:
+		return &LeastRequestPicker{s: s}, nil
+	case RingHash:
+		return newRingHash(cfg, eps, s), nil
+	case Maglev:
+		return newMaglev(cfg, eps, s), nil
+	}
+	return nil, fmt.Errorf("%w %q (valid: %s)", ErrUnknownPolicy, cfg.Policy, policyList())
+}
+
+func policyList() string {
+	var b strings.Builder
+	for i, p := range Policies() {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(string(p))
+	}
+	return b.String()
 }
 
 // isTried reports whether e is in tried. tried holds the attempts of one

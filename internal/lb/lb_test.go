@@ -1,11 +1,14 @@
 package lb
 
 import (
+	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestNew(t *testing.T) {
@@ -17,7 +20,11 @@ func TestNew(t *testing.T) {
 		{policy: PeakEWMA, want: "*lb.PeakEWMAPicker"},
 		{policy: "", want: "*lb.PeakEWMAPicker"},
 		{policy: RoundRobin, want: "*lb.RoundRobinPicker"},
-		{policy: "random", wantErr: `unknown policy "random" (valid: p2c-ewma, round-robin)`},
+		{policy: Random, want: "*lb.RandomPicker"},
+		{policy: LeastRequest, want: "*lb.LeastRequestPicker"},
+		{policy: RingHash, want: "*lb.RingHashPicker"},
+		{policy: Maglev, want: "*lb.MaglevPicker"},
+		{policy: "bogus", wantErr: `unknown policy "bogus" (valid: p2c-ewma, round-robin, random, least-request, ring-hash, maglev)`},
 		{policy: "P2C-EWMA", wantErr: "unknown policy"},
 	}
 	for _, tt := range tests {
@@ -107,6 +114,31 @@ func TestTriedExcluded(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+func TestNewPickerInvalid(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"negative slow start", Config{Policy: Random, SlowStart: -time.Second}, "slow start -1s is negative"},
+		{"header without a name", Config{Policy: RingHash, Hash: HashKey{Kind: HashHeader}}, "hash key needs a name"},
+		{"cookie without a name", Config{Policy: Maglev, Hash: HashKey{Kind: HashCookie}}, "hash key needs a name"},
+		{"unknown hash kind", Config{Policy: Maglev, Hash: HashKey{Kind: 9, Name: "x"}}, "unknown hash kind 9"},
+		{"unknown policy", Config{Policy: "rr"}, `unknown policy "rr"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := NewPicker(tt.cfg, nil)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || p != nil {
+				t.Fatalf("NewPicker(%+v) = %v, %v; want error containing %q", tt.cfg, p, err, tt.wantErr)
+			}
+		})
+	}
+	if _, err := NewPicker(Config{Policy: "x"}, nil); !errors.Is(err, ErrUnknownPolicy) {
+		t.Fatalf("error %v is not ErrUnknownPolicy", err)
 	}
 }
 
@@ -255,19 +287,93 @@ func TestPickersConcurrent(t *testing.T) {
 	}
 }
 
+// hashedReq is a request carrying every key a hashing picker may hash.
+func hashedReq() *Request {
+	return &Request{
+		Method: "GET", Authority: "orders", Path: "/x", RawQuery: "a=1&user=al%20ice&b=2",
+		Header: http.Header{"X-User": {"alice"}, "Cookie": {"theme=dark; session=\"abc123\"; lang=en"}},
+		Source: "spiffe://trellis.local/ns/default/sa/web",
+	}
+}
+
+// benchConfigs is every balancer as the benchmarks and the allocation test
+// run it; the hashing ones hash something the request carries.
+func benchConfigs() []Config {
+	var cs []Config
+	for _, p := range Policies() {
+		if !p.Hashing() {
+			cs = append(cs, Config{Policy: p})
+			continue
+		}
+		for _, k := range []HashKey{{HashHeader, "x-user"}, {HashCookie, "session"}, {HashQuery, "user"}, {HashSource, ""}} {
+			cs = append(cs, Config{Policy: p, Hash: k})
+		}
+	}
+	return cs
+}
+
+func (c Config) String() string {
+	names := [...]string{"none", "header", "cookie", "query", "source"}
+	if c.Policy.Hashing() {
+		return string(c.Policy) + "/" + names[c.Hash.Kind]
+	}
+	return string(c.Policy)
+}
+
 func TestPickAllocations(t *testing.T) {
 	eps := numbered("ep", 4)
 	tried := eps[1:2]
-	for _, policy := range Policies() {
-		p, _ := New(policy)
-		for _, tr := range [][]*Endpoint{nil, tried} {
-			allocs := testing.AllocsPerRun(1000, func() {
-				c, _ := p.Pick(nil, eps, tr)
-				c.Done(Success)
-			})
-			if allocs > 0 {
-				t.Errorf("%s (tried %d): %.1f allocs per Pick+Done, want 0", policy, len(tr), allocs)
+	r := hashedReq()
+	for _, cfg := range benchConfigs() {
+		for _, ss := range []time.Duration{0, time.Hour} {
+			cfg.SlowStart = ss
+			p, err := NewPicker(cfg, eps)
+			if err != nil {
+				t.Fatal(err)
 			}
+			for _, tr := range [][]*Endpoint{nil, tried} {
+				allocs := testing.AllocsPerRun(1000, func() {
+					c, _ := p.Pick(r, eps, tr)
+					c.Done(Success)
+				})
+				if allocs > 0 {
+					t.Errorf("%s (slow start %v, tried %d): %.1f allocs per Pick+Done, want 0", cfg, ss, len(tr), allocs)
+				}
+			}
+		}
+	}
+}
+
+// BenchmarkPick is the issue's figure: a pick over 100 endpoints must take
+// < 200 ns and allocate nothing, for every balancer.
+func BenchmarkPick(b *testing.B) {
+	r := hashedReq()
+	for _, n := range []int{3, 100} {
+		eps := make([]*Endpoint, n)
+		for i := range eps {
+			eps[i] = NewEndpoint(fmt.Sprintf("127.0.%d.%d:8080", i/256, i%256))
+		}
+		for _, cfg := range benchConfigs() {
+			p, err := NewPicker(cfg, eps)
+			if err != nil {
+				b.Fatal(err)
+			}
+			// Abandoned only releases the in-flight slot: the pick alone.
+			b.Run(fmt.Sprintf("%s/n=%d", cfg, n), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					c, _ := p.Pick(r, eps, nil)
+					c.Done(Abandoned)
+				}
+			})
+			// With the feedback a learning picker charges per call.
+			b.Run(fmt.Sprintf("%s/n=%d/done", cfg, n), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					c, _ := p.Pick(r, eps, nil)
+					c.Done(Success)
+				}
+			})
 		}
 	}
 }

@@ -41,7 +41,7 @@ func WithFailureWeight(w float64) PeakEWMAOption {
 func WithRand(intN func(n int) int) PeakEWMAOption {
 	return func(p *PeakEWMAPicker) {
 		if intN != nil {
-			p.intN = intN
+			p.s.intN = intN
 		}
 	}
 }
@@ -65,16 +65,19 @@ func WithRand(intN func(n int) int) PeakEWMAOption {
 // costs orders of magnitude more than its peers, draws a probe only when the
 // score has decayed for a few seconds, and is back in rotation after a few
 // successes.
+//
+// Under slow start a young endpoint is drawn as a candidate in proportion to
+// its weight; once drawn, it competes on cost like any other.
 type PeakEWMAPicker struct {
 	learn learning
-	intN  func(int) int
+	s     sampler
 }
 
 // NewPeakEWMA returns a P2C peak-EWMA Picker.
 func NewPeakEWMA(opts ...PeakEWMAOption) *PeakEWMAPicker {
 	p := &PeakEWMAPicker{
 		learn: learning{tau: float64(DefaultDecay), failWeight: DefaultFailureWeight},
-		intN:  rand.IntN,
+		s:     sampler{intN: rand.IntN},
 	}
 	for _, o := range opts {
 		o(p)
@@ -84,69 +87,29 @@ func NewPeakEWMA(opts ...PeakEWMAOption) *PeakEWMAPicker {
 
 // Pick implements Picker.
 func (p *PeakEWMAPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
-	a, b := p.candidates(eps, tried)
+	t := time.Now()
+	g := gate{tried: tried}
+	g.setNow(t)
+	a, b := p.candidates(eps, &g)
 	if a == nil {
 		return Call{}, false
 	}
-	t := time.Now()
 	if b != nil && p.prefer(b, a, t) {
 		a = b
 	}
 	return a.start(&p.learn, t), true
 }
 
-// candidates returns two distinct random endpoints of eps not in tried, one
-// (b == nil) when only one is left, none when none is.
-func (p *PeakEWMAPicker) candidates(eps, tried []*Endpoint) (a, b *Endpoint) {
-	if len(tried) == 0 {
-		switch len(eps) {
-		case 0:
-			return nil, nil
-		case 1:
-			return eps[0], nil
-		}
-		i, j := p.two(len(eps))
-		return eps[i], eps[j]
-	}
-	// A retry: rare, and tried is short, so counting the rest is cheap.
-	m := 0
-	for _, e := range eps {
-		if !isTried(tried, e) {
-			m++
+// candidates returns two distinct random endpoints of eps that g lets
+// through, one (b == nil) when only one is left, none when none is.
+func (p *PeakEWMAPicker) candidates(eps []*Endpoint, g *gate) (a, b *Endpoint) {
+	if len(eps) == 2 && len(g.tried) == 0 && p.s.window == 0 {
+		// Common, and the sampler's second draw would often hit a again.
+		if i := p.s.intN(2); g.ok(eps[0]) && g.ok(eps[1]) {
+			return eps[i], eps[1-i]
 		}
 	}
-	switch m {
-	case 0:
-		return nil, nil
-	case 1:
-		return nthUntried(eps, tried, 0), nil
-	}
-	i, j := p.two(m)
-	return nthUntried(eps, tried, i), nthUntried(eps, tried, j)
-}
-
-// two returns two distinct random indexes in [0, n), n >= 2.
-func (p *PeakEWMAPicker) two(n int) (int, int) {
-	i := p.intN(n)
-	j := p.intN(n - 1)
-	if j >= i {
-		j++
-	}
-	return i, j
-}
-
-// nthUntried returns the k-th endpoint of eps (from 0) that is not in tried.
-func nthUntried(eps, tried []*Endpoint, k int) *Endpoint {
-	for _, e := range eps {
-		if isTried(tried, e) {
-			continue
-		}
-		if k == 0 {
-			return e
-		}
-		k--
-	}
-	return nil
+	return p.s.pair(eps, g)
 }
 
 // prefer reports whether b costs less than a at t. Ties go to a, which is

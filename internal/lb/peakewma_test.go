@@ -372,8 +372,8 @@ func TestPeakEWMAOptions(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := NewPeakEWMA(tt.opts...)
-			if p.learn.tau != float64(tt.tau) || p.learn.failWeight != tt.failWght || p.intN == nil {
-				t.Fatalf("tau %v, failure weight %v (rand set %v); want %v, %v", time.Duration(p.learn.tau), p.learn.failWeight, p.intN != nil, tt.tau, tt.failWght)
+			if p.learn.tau != float64(tt.tau) || p.learn.failWeight != tt.failWght || p.s.intN == nil {
+				t.Fatalf("tau %v, failure weight %v (rand set %v); want %v, %v", time.Duration(p.learn.tau), p.learn.failWeight, p.s.intN != nil, tt.tau, tt.failWght)
 			}
 		})
 	}

@@ -49,12 +49,15 @@ func (p *Proxy) outboundChain() Handler {
 // the compiled route:
 //
 //	header filters ▸ redirect ▸ URL rewrite ▸ mirror ▸ fault ▸ timeout
-//	▸ retry ▸ attempt timeout ▸ [circuit breaker] ▸ pick backend by weight
-//	▸ pick endpoint ▸ upstream
+//	▸ retry ▸ attempt timeout ▸ pick backend by weight ▸ circuit breaker
+//	▸ pick endpoint ▸ outlier detection ▸ upstream
 //
 // A redirect answers without going further; the rewrite comes before the
 // mirror, so the mirror sees the request as the backend will; a fault
 // comes before the timeouts, so an injected delay is not a timeout.
+// The circuit breaker comes after the split, not before it: its limits are
+// the backend's (BackendPolicy on the backend Service), known only once the
+// split chose one. Outlier detection wraps each attempt on an endpoint.
 func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 	return chain(p.peerUpstream(),
 		requestHeaderFilter(rt.requestHeaders),
@@ -66,9 +69,10 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 		requestTimeout(rt.timeout),
 		retryFilter(rt.retry),
 		attemptTimeout(rt.attemptTimeout),
-		// [circuit breaker] traffic control: the backend's limits; outlier detection learns from its outcomes.
 		splitFilter(rt, env.randN),
-		pickFilter,
+		p.breakerFilter(rt),
+		p.pickFilter,
+		p.outlierFilter(rt),
 	)
 }
 

@@ -49,6 +49,10 @@ type Exchange struct {
 	Endpoint *lb.Endpoint
 	Tried    []*lb.Endpoint // endpoints of earlier attempts
 	Attempts int
+	// anyEndpoint lets a retry go to an endpoint already tried when every
+	// one has been (a retry policy's retries; the connect-failure retry
+	// wants another endpoint or none).
+	anyEndpoint bool
 
 	// How it went.
 	Flags Flags
@@ -78,11 +82,16 @@ type Exchange struct {
 	// peerIDHdr is {PeerID}, cached per connection.
 	peerIDHdr []string
 	// resp holds the upstream's response, so answering allocates none.
-	resp    Response
-	peer    *peer
-	lbReq   lb.Request
-	body    countedBody
-	triedBk [2]*lb.Endpoint
+	resp  Response
+	peer  *peer
+	lbReq lb.Request
+	body  countedBody
+	brk   breakerBody
+	// timers are kept across pooled uses (withTimeout); timerDepth is how
+	// many are armed.
+	timers     [2]*exTimer
+	timerDepth int
+	triedBk    [2]*lb.Endpoint
 }
 
 // Context is the exchange's context: canceled when the client goes away,
@@ -110,7 +119,7 @@ func (ex *Exchange) release() {
 	}
 	clear(ex.cancels) // a pooled exchange keeps no context alive
 	cancels := ex.cancels[:0]
-	*ex = Exchange{cancels: cancels}
+	*ex = Exchange{cancels: cancels, timers: ex.timers}
 	exchangePool.Put(ex)
 }
 
@@ -162,6 +171,8 @@ type Response struct {
 //	NI   no identity: the inbound peer presented no SPIFFE ID  403
 //	LA   no local app: this proxy fronts no app on that port  503
 //	SD   shutting down: the proxy stopped while the request waited 503
+//	UO   upstream overflow: the backend's circuit breaker (BackendPolicy
+//	     circuitBreaker) refused the request, failing fast   503
 //	FI   fault injected: the route's FaultInjection aborted the request
 //	     (its status; a gRPC abort is 200 with grpc-status)
 //	DI   delay injected: the route's FaultInjection delayed the request
@@ -181,12 +192,13 @@ const (
 	FlagNI
 	FlagLA
 	FlagSD
+	FlagUO
 	FlagFI
 	FlagDI
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "FI", "DI"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"trellis.dev/trellis/internal/lb"
@@ -216,69 +216,69 @@ func withTimeout(ex *Exchange, d time.Duration, next Handler) *Response {
 	parent := ex.ctx
 	ctx, cancel := context.WithCancel(parent)
 	ex.withContext(ctx, cancel)
-	t := time.AfterFunc(d, cancel)
+	if ex.timerDepth >= len(ex.timers) {
+		t := time.AfterFunc(d, cancel)
+		resp := next.Serve(ex)
+		t.Stop()
+		ex.ctx = parent
+		return resp
+	}
+	// The pooled exchange's own timers (one per nesting level: request,
+	// attempt) spare a timer allocation per request.
+	et := ex.timers[ex.timerDepth]
+	if et == nil {
+		et = new(exTimer)
+		ex.timers[ex.timerDepth] = et
+	}
+	ex.timerDepth++
+	et.arm(d, cancel)
 	resp := next.Serve(ex)
-	t.Stop()
+	et.disarm()
+	ex.timerDepth--
 	ex.ctx = parent
 	return resp
 }
 
-// retryPolicy says when the retry filter sends a request again.
-type retryPolicy struct {
-	// connectFailures: a bodiless request whose connection could not be
-	// made (it never reached a peer, so sending it again is safe) goes
-	// once more, to another endpoint.
-	connectFailures bool
+// exTimer is a reusable timeout timer kept by a pooled exchange.
+type exTimer struct {
+	t *time.Timer
+
+	mu       sync.Mutex
+	cancel   context.CancelFunc // nil: disarmed
+	deadline time.Time
 }
 
-// defaultRetry is every route's policy until BackendPolicy brings budgets.
-var defaultRetry = retryPolicy{connectFailures: true}
-
-// errAllTried marks an attempt that found no endpoint it had not tried.
-var errAllTried = errors.New("proxy: every endpoint tried")
-
-// retryFilter sends the request again when the policy allows: the retry
-// sees the failed response before the client does.
-func retryFilter(pol retryPolicy) Filter {
-	return func(next Handler) Handler {
-		if !pol.connectFailures {
-			return next
-		}
-		return HandlerFunc(func(ex *Exchange) *Response {
-			flags := ex.Flags
-			resp := next.Serve(ex)
-			if !ex.bodiless() || !neverArrived(ex, resp) || ex.clientCtx.Err() != nil {
-				return resp
-			}
-			first, firstFlags, firstErr := *resp, ex.Flags, ex.err
-			ex.Flags, ex.err = flags, nil
-			resp = next.Serve(ex)
-			if errors.Is(ex.err, errAllTried) {
-				// No other endpoint: the client hears of the real failure.
-				ex.Flags, ex.err = firstFlags, firstErr
-				return &first
-			}
-			if first.Body != nil {
-				_ = first.Body.Close()
-			}
-			return resp
-		})
+func (et *exTimer) arm(d time.Duration, cancel context.CancelFunc) {
+	et.mu.Lock()
+	et.cancel, et.deadline = cancel, time.Now().Add(d)
+	et.mu.Unlock()
+	if et.t == nil {
+		et.t = time.AfterFunc(d, et.fire)
+	} else {
+		et.t.Reset(d)
 	}
 }
 
-// neverArrived reports whether the attempt certainly reached no app: this
-// proxy could not connect to the endpoint, or the peer proxy says (with
-// X-Trellis-Error: UF) that its app refused the connection.
-func neverArrived(ex *Exchange, resp *Response) bool {
-	if ex.err != nil {
-		var de *DialError // escapes to errors.As: only on the error path
-		return errors.As(ex.err, &de)
+// fire cancels the armed context. A late run of an earlier arming (Stop
+// lost the race with it) finds the timer disarmed, or re-armed with a
+// later deadline, and does nothing.
+func (et *exTimer) fire() {
+	et.mu.Lock()
+	c := et.cancel
+	if c != nil && time.Now().Before(et.deadline) {
+		c = nil
 	}
-	if resp.Status != http.StatusBadGateway {
-		return false
+	et.mu.Unlock()
+	if c != nil {
+		c()
 	}
-	v := resp.Header[headerError]
-	return len(v) == 1 && v[0] == "UF"
+}
+
+func (et *exTimer) disarm() {
+	et.t.Stop()
+	et.mu.Lock()
+	et.cancel = nil
+	et.mu.Unlock()
 }
 
 // splitFilter picks the route's backend by weight.
@@ -294,15 +294,25 @@ func splitFilter(rt *route, randN func(uint32) uint32) Filter {
 }
 
 // pickFilter picks an endpoint of the backend that this exchange has not
-// tried, and tells the balancer how the attempt went.
-func pickFilter(next Handler) Handler {
+// tried, and tells the balancer how the attempt went. The balancer sees the
+// request through ex.lbReq, which lives in the pooled exchange: filling it
+// copies a few string headers and allocates nothing. Its source identity is
+// this proxy's own (outbound: the app behind it is the caller).
+func (p *Proxy) pickFilter(next Handler) Handler {
 	return HandlerFunc(func(ex *Exchange) *Response {
 		dst := ex.Backend.svc
 		if len(dst.eps) == 0 {
 			return ex.fail(http.StatusServiceUnavailable, FlagUH, "no healthy endpoints for "+dst.key)
 		}
-		ex.lbReq = lb.Request{Method: ex.Method, Authority: ex.Authority, Path: ex.Path, Header: ex.Header}
+		ex.lbReq = lb.Request{
+			Method: ex.Method, Authority: ex.Authority, Path: ex.Path, RawQuery: ex.RawQuery,
+			Header: ex.Header, Source: p.opts.Identity,
+		}
 		call, ok := dst.picker.Pick(&ex.lbReq, dst.eps, ex.Tried)
+		if !ok && ex.anyEndpoint {
+			// Every endpoint tried: a retry policy's retry may go to one again.
+			call, ok = dst.picker.Pick(&ex.lbReq, dst.eps, nil)
+		}
 		if !ok {
 			ex.err = errAllTried
 			return ex.fail(http.StatusServiceUnavailable, FlagUH, "no healthy endpoint of "+dst.key+" left to try")

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,6 +53,10 @@ type Options struct {
 	// Balancer balances the services whose snapshot backend policy names
 	// no load balancer; default lb.PeakEWMA.
 	Balancer lb.Policy
+	// Identity is this proxy's own SPIFFE ID: outbound, the source identity
+	// a hashing balancer hashes (HashPolicy.source_identity). "" hashes
+	// nothing: such requests are balanced randomly.
+	Identity string
 	// Subscribe asks the control plane for a service ("name.namespace")
 	// not in the snapshot. It must not block.
 	Subscribe    func(service string)
@@ -82,9 +87,10 @@ type Proxy struct {
 
 	cfg       atomic.Pointer[compiled]
 	updateMu  sync.Mutex // serializes Update; guards pickers, endpoints, peers
-	pickers   map[pickerKey]lb.Picker
+	pickers   map[pickerKey]pickerEntry
 	endpoints map[endpointKey]*lb.Endpoint
 	peers     map[string]*peer
+	resil     resilienceState
 
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
 	ready      atomic.Bool
@@ -164,9 +170,10 @@ func New(o Options) (*Proxy, error) {
 	p := &Proxy{
 		opts:          o,
 		log:           o.Logger.With("component", "proxy"),
-		pickers:       make(map[pickerKey]lb.Picker),
+		pickers:       make(map[pickerKey]pickerEntry),
 		endpoints:     make(map[endpointKey]*lb.Endpoint),
 		peers:         make(map[string]*peer),
+		resil:         newResilienceState(),
 		done:          make(chan struct{}),
 		hopH2:         hopH2Default,
 		subscribeWait: SubscribeWait,
@@ -217,10 +224,18 @@ func New(o Options) (*Proxy, error) {
 }
 
 // pickerKey and endpointKey index the balancing state kept across
-// snapshots: a service's picker per policy, an endpoint per address.
+// snapshots: a service's picker per balancer config, an endpoint per
+// address.
 type pickerKey struct {
 	service string
-	policy  lb.Policy
+	cfg     lb.Config
+}
+
+// pickerEntry is a cached picker and, for a hashing one, the endpoint set
+// its ring or table was built from.
+type pickerEntry struct {
+	picker lb.Picker
+	eps    []*lb.Endpoint
 }
 
 type endpointKey struct{ service, addr string }
@@ -231,18 +246,7 @@ func (p *Proxy) env() compileEnv {
 		appHost:  p.appHost,
 		appPort:  p.appPort,
 		balancer: p.opts.Balancer,
-		picker: func(svc string, pol lb.Policy) (lb.Picker, error) {
-			k := pickerKey{svc, pol}
-			if pk := p.pickers[k]; pk != nil {
-				return pk, nil
-			}
-			pk, err := lb.New(pol)
-			if err != nil {
-				return nil, fmt.Errorf("proxy: balancer: %w", err)
-			}
-			p.pickers[k] = pk
-			return pk, nil
-		},
+		picker:   p.picker,
 		endpoint: func(svc, addr string) *lb.Endpoint {
 			k := endpointKey{svc, addr}
 			e := p.endpoints[k]
@@ -263,9 +267,28 @@ func (p *Proxy) env() compileEnv {
 			p.peers[addr] = pr
 			return pr
 		},
-		metrics: p.metrics.Dest,
-		proxy:   p,
+		metrics:    p.metrics.Dest,
+		resilience: p.resil.service,
+		host:       p.resil.host,
+		proxy:      p,
 	}
+}
+
+// picker returns service svc's picker for cfg over eps: the cached one
+// while cfg is unchanged and, for a hashing balancer (whose ring or table
+// is built from the endpoints), while eps holds the same endpoints in the
+// same order; else a new one, built here, at compile, never per request.
+func (p *Proxy) picker(svc string, cfg lb.Config, eps []*lb.Endpoint) (lb.Picker, error) {
+	k := pickerKey{svc, cfg}
+	if pe, ok := p.pickers[k]; ok && (!cfg.Policy.Hashing() || slices.Equal(pe.eps, eps)) {
+		return pe.picker, nil
+	}
+	pk, err := lb.NewPicker(cfg, eps)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: balancer: %w", err)
+	}
+	p.pickers[k] = pickerEntry{picker: pk, eps: eps}
+	return pk, nil
 }
 
 // Update validates s and swaps it in atomically. On error nothing changes and
@@ -300,8 +323,8 @@ func (p *Proxy) forget(c *compiled) {
 			livePeers[svc.peers[i]] = true
 		}
 	}
-	for k, pk := range p.pickers {
-		if !livePickers[pk] {
+	for k, pe := range p.pickers {
+		if !livePickers[pe.picker] {
 			delete(p.pickers, k)
 		}
 	}
@@ -316,6 +339,7 @@ func (p *Proxy) forget(c *compiled) {
 			delete(p.peers, addr)
 		}
 	}
+	p.resil.forget(c)
 }
 
 // SetReady marks the app side ready; /ready also needs a first snapshot.

@@ -94,7 +94,7 @@ func TestRetryExcludesTriedEndpoint(t *testing.T) {
 	svc.Endpoints = append([]*meshv1.Endpoint{{Address: dead, Identity: spiffeFor("orders"), Healthy: true}}, orders.svc.Endpoints...)
 	client := startClient(t, ca, Options{Balancer: lb.RoundRobin})
 	rec := &recordingPicker{Picker: lb.NewRoundRobin()}
-	client.pickers[pickerKey{"orders.default", lb.RoundRobin}] = rec
+	client.pickers[pickerKey{"orders.default", lb.Config{Policy: lb.RoundRobin}}] = pickerEntry{picker: rec}
 	if err := client.Update(snapshot("1", svc)); err != nil {
 		t.Fatal(err)
 	}

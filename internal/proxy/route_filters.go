@@ -339,7 +339,7 @@ func (p *Proxy) mirror(ex *Exchange, m *mirrorSpec) {
 		// The body is copied as the request's own send reads it, and the
 		// copy goes out once it is complete: the request never waits.
 		mx := p.mirrorCopy(ex, m)
-		ex.Body = &teeBody{rc: ex.Body,
+		ex.Body = &mirrorBody{rc: ex.Body,
 			done: func(body []byte, ok bool) {
 				if !ok {
 					p.metrics.Mirror(telemetry.MirrorDropped)
@@ -400,11 +400,11 @@ func (p *Proxy) sendMirror(mx *Exchange, body []byte) {
 	}()
 }
 
-// teeBody copies a request body, up to maxMirrorBody, as it is read, and
+// mirrorBody copies a request body, up to maxMirrorBody, as it is read, and
 // calls done once: with the copy when the body is complete (io.EOF: both
 // of net/http's transports read to it, a known length included), with ok
 // false when it was too large or closed first.
-type teeBody struct {
+type mirrorBody struct {
 	rc       io.ReadCloser
 	buf      []byte
 	over     bool
@@ -412,7 +412,7 @@ type teeBody struct {
 	done     func(body []byte, ok bool)
 }
 
-func (t *teeBody) Read(b []byte) (int, error) {
+func (t *mirrorBody) Read(b []byte) (int, error) {
 	n, err := t.rc.Read(b)
 	if !t.over {
 		if len(t.buf)+n > maxMirrorBody {
@@ -427,7 +427,7 @@ func (t *teeBody) Read(b []byte) (int, error) {
 	return n, err
 }
 
-func (t *teeBody) finish(ok bool) {
+func (t *mirrorBody) finish(ok bool) {
 	if t.finished.CompareAndSwap(false, true) {
 		if ok {
 			t.done(t.buf, true)
@@ -439,7 +439,7 @@ func (t *teeBody) finish(ok bool) {
 
 // Close ends the copy too: a body closed before it was complete (the
 // request failed or was answered early) is not mirrored.
-func (t *teeBody) Close() error {
+func (t *mirrorBody) Close() error {
 	t.finish(false)
 	return t.rc.Close()
 }
@@ -447,7 +447,7 @@ func (t *teeBody) Close() error {
 // mirrorChain sends a mirrored copy: pick an endpoint of the mirror
 // backend, send it to that endpoint's proxy.
 func (p *Proxy) buildMirrorChain() Handler {
-	return chain(p.peerUpstream(), pickFilter)
+	return chain(p.peerUpstream(), p.pickFilter)
 }
 
 // faultFilter injects the route's fault: a fixed delay, then an abort,

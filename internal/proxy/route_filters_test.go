@@ -207,12 +207,12 @@ func TestMirrorNeverTouchesTheResponse(t *testing.T) {
 		t.Errorf("the slow mirror has %d copies in flight, over the bound of 4", got)
 	}
 	metrics := scrapeText(t, client)
-	dropped := metricValue(metrics, `trellis_proxy_mirror_requests_total{result="dropped"}`)
+	dropped := mirrorMetric(metrics, `trellis_proxy_mirror_requests_total{result="dropped"}`)
 	if dropped < n-4 {
 		t.Errorf("dropped mirrors = %v, want at least %d:\n%s", dropped, n-4, grepLines(metrics, "mirror"))
 	}
 	waitFor(t, func() bool {
-		return metricValue(scrapeText(t, client), `trellis_proxy_mirror_requests_total{result="failed"}`) >= 1
+		return mirrorMetric(scrapeText(t, client), `trellis_proxy_mirror_requests_total{result="failed"}`) >= 1
 	})
 }
 
@@ -238,8 +238,8 @@ func scrapeText(t *testing.T, p *Proxy) string {
 	return string(b)
 }
 
-// metricValue is the value of the metric line starting with series, or -1.
-func metricValue(text, series string) float64 {
+// mirrorMetric is the value of the metric line starting with series, or -1.
+func mirrorMetric(text, series string) float64 {
 	for l := range strings.SplitSeq(text, "\n") {
 		if v, ok := strings.CutPrefix(l, series+" "); ok {
 			var f float64
@@ -523,7 +523,7 @@ func TestMirrorCopiesBodies(t *testing.T) {
 		t.Fatalf("primary answered %q", got)
 	}
 	waitFor(t, func() bool {
-		return metricValue(scrapeText(t, client), `trellis_proxy_mirror_requests_total{result="dropped"}`) == 1
+		return mirrorMetric(scrapeText(t, client), `trellis_proxy_mirror_requests_total{result="dropped"}`) == 1
 	})
 	select {
 	case got := <-mirrored:

@@ -16,6 +16,7 @@ import (
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
+	"trellis.dev/trellis/internal/resilience"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
@@ -81,6 +82,11 @@ type service struct {
 	peers   []*peer // peers[i] is the connection pool of eps[i]
 	picker  lb.Picker
 	metrics *telemetry.DestMetrics // outbound
+	// res is the service's retry, breaker and outlier state (its
+	// BackendPolicy); hosts[i] is the outlier state of eps[i] (nil without
+	// outlier detection).
+	res   *serviceResilience
+	hosts []*resilience.Host
 }
 
 // port returns the declared port p, or an HTTP port spec for undeclared ones.
@@ -114,7 +120,7 @@ type route struct {
 
 	requestHeaders, responseHeaders []headerModifier
 	timeout, attemptTimeout         time.Duration // 0: none
-	retry                           retryPolicy
+	retry                           *retryPolicy  // the route's service's
 	// The issue-6 route filters (route_filters.go); nil or empty: none.
 	redirect *redirectSpec
 	rewrite  *urlRewrite
@@ -253,12 +259,19 @@ type compileEnv struct {
 	appPort uint32
 	// balancer is used for services whose backend policy names none.
 	balancer lb.Policy
-	picker   func(key string, p lb.Policy) (lb.Picker, error)
+	// picker returns the picker of service key for cfg over eps (the
+	// slice the service's snapshot holds), reusing one while neither its
+	// config nor, for a hashing one, its endpoint set changed.
+	picker   func(key string, cfg lb.Config, eps []*lb.Endpoint) (lb.Picker, error)
 	endpoint func(key, addr string) *lb.Endpoint
 	peer     func(addr, identity string) *peer
 	metrics  func(direction, key string) *telemetry.DestMetrics
-	randN    func(uint32) uint32 // weighted pick's draw; rand.Uint32N
-	proxy    *Proxy              // the chains' stages; nil in compile-only tests
+	// resilience binds a service's checked policy to its long-lived state,
+	// host an endpoint's outlier state; nil: fresh state (tests).
+	resilience func(key string, rs *resilienceSpec) *serviceResilience
+	host       func(key string, e *lb.Endpoint) *resilience.Host
+	randN      func(uint32) uint32 // weighted pick's draw; rand.Uint32N
+	proxy      *Proxy              // the chains' stages; nil in compile-only tests
 }
 
 func invalid(format string, a ...any) error {
@@ -291,10 +304,14 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	}
 	// Pass 1: services, ports and endpoints, so routes can refer to any.
 	byName := map[string]int{}
-	policies := make([]lb.Policy, len(s.GetServices()))
+	policies := make([]lb.Config, len(s.GetServices()))
+	specs := make([]*resilienceSpec, len(s.GetServices()))
 	for i, ps := range s.GetServices() {
 		svc, pol, err := compileService(fmt.Sprintf("services[%d]", i), ps, env)
 		if err != nil {
+			return nil, err
+		}
+		if specs[i], err = compileResilience(fmt.Sprintf("services[%d]", i), ps.GetBackendPolicy()); err != nil {
 			return nil, err
 		}
 		if _, dup := c.byKey[svc.key]; dup {
@@ -319,26 +336,43 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		}
 	}
 	// Everything is valid: attach long-lived state, build the chains and
-	// index host aliases.
+	// index host aliases. Resilience state first: a route's chain looks at
+	// its backends' breakers and detectors.
+	for i, ps := range s.GetServices() {
+		svc := c.byKey[ps.GetName()+"."+ps.GetNamespace()]
+		if env.resilience != nil {
+			svc.res = env.resilience(svc.key, specs[i])
+		} else {
+			svc.res = specs[i].bind(nil)
+		}
+	}
 	for i, ps := range s.GetServices() {
 		name, ns := ps.GetName(), ps.GetNamespace()
 		svc := c.byKey[name+"."+ns]
-		p, err := env.picker(svc.key, policies[i])
-		if err != nil {
-			return nil, err
-		}
-		svc.picker = p
 		svc.metrics = env.metrics(telemetry.Outbound, svc.key)
 		for _, e := range ps.GetEndpoints() {
 			if !e.GetHealthy() {
 				continue
 			}
-			svc.eps = append(svc.eps, env.endpoint(svc.key, e.GetAddress()))
+			ep := env.endpoint(svc.key, e.GetAddress())
+			svc.eps = append(svc.eps, ep)
 			svc.peers = append(svc.peers, env.peer(e.GetAddress(), e.GetIdentity()))
+			if svc.res.detector != nil {
+				svc.hosts = append(svc.hosts, hostFor(env, svc.key, ep))
+			}
 		}
+		// After the endpoints: a hashing picker is built over them.
+		p, err := env.picker(svc.key, policies[i], svc.eps)
+		if err != nil {
+			return nil, invalid("services[%d].backend_policy: %v", i, err)
+		}
+		svc.picker = p
 		for j := range svc.routes {
 			rt := &svc.routes[j]
-			rt.retry = defaultRetry
+			rt.retry = svc.res.retry
+			if rt.retry.perTry > 0 {
+				rt.attemptTimeout = rt.retry.perTry
+			}
 			rt.handler = env.proxy.routeChain(rt, env)
 		}
 		c.byHost[svc.key] = svc
@@ -357,19 +391,27 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	return c, nil
 }
 
+func hostFor(env compileEnv, key string, ep *lb.Endpoint) *resilience.Host {
+	if env.host != nil {
+		return env.host(key, ep)
+	}
+	return resilience.NewHost(ep)
+}
+
 // compileService checks one service, its ports and endpoints, and returns
-// its balancer policy; routes, endpoints' state and chains come later.
-func compileService(f string, ps *meshv1.Service, env compileEnv) (*service, lb.Policy, error) {
+// its balancer config; routes, endpoints' state and chains come later.
+func compileService(f string, ps *meshv1.Service, env compileEnv) (*service, lb.Config, error) {
+	var none lb.Config
 	if !meshname.IsLabel(ps.GetName()) {
-		return nil, "", invalid("%s.name: %q is not a DNS label", f, ps.GetName())
+		return nil, none, invalid("%s.name: %q is not a DNS label", f, ps.GetName())
 	}
 	if !meshname.IsLabel(ps.GetNamespace()) {
-		return nil, "", invalid("%s.namespace: %q is not a DNS label", f, ps.GetNamespace())
+		return nil, none, invalid("%s.namespace: %q is not a DNS label", f, ps.GetNamespace())
 	}
 	svc := &service{key: ps.GetName() + "." + ps.GetNamespace()}
 	ports, err := compilePorts(f, ps.GetPorts(), "")
 	if err != nil {
-		return nil, "", err
+		return nil, none, err
 	}
 	svc.ports = ports
 	svc.defPort = 80
@@ -384,23 +426,87 @@ func compileService(f string, ps *meshv1.Service, env compileEnv) (*service, lb.
 	for j, e := range ps.GetEndpoints() {
 		ef := fmt.Sprintf("%s.endpoints[%d]", f, j)
 		if _, _, err := net.SplitHostPort(e.GetAddress()); err != nil || e.GetAddress() == "" {
-			return nil, "", invalid("%s.address: %q is not host:port", ef, e.GetAddress())
+			return nil, none, invalid("%s.address: %q is not host:port", ef, e.GetAddress())
 		}
 		if !strings.HasPrefix(e.GetIdentity(), "spiffe://") {
-			return nil, "", invalid("%s.identity: %q is not a SPIFFE ID; peers are verified against it", ef, e.GetIdentity())
+			return nil, none, invalid("%s.identity: %q is not a SPIFFE ID; peers are verified against it", ef, e.GetIdentity())
 		}
 	}
-	pol := env.balancer
-	switch lbk := ps.GetBackendPolicy().GetLoadBalancer(); lbk {
-	case meshv1.LoadBalancer_LOAD_BALANCER_UNSPECIFIED:
-	case meshv1.LoadBalancer_P2C_PEAK_EWMA:
-		pol = lb.PeakEWMA
-	case meshv1.LoadBalancer_ROUND_ROBIN:
-		pol = lb.RoundRobin
-	default:
-		return nil, "", invalid("%s.backend_policy.load_balancer: unknown balancer %d", f, lbk)
+	cfg, err := compileBalancer(f+".backend_policy", ps.GetBackendPolicy(), env.balancer)
+	if err != nil {
+		return nil, none, err
 	}
-	return svc, pol, nil
+	return svc, cfg, nil
+}
+
+// balancerPolicy maps a snapshot load balancer to lb's policy;
+// LOAD_BALANCER_UNSPECIFIED (the proxy's default) and unknown values are not
+// mapped.
+func balancerPolicy(k meshv1.LoadBalancer) (lb.Policy, bool) {
+	switch k {
+	case meshv1.LoadBalancer_P2C_PEAK_EWMA:
+		return lb.PeakEWMA, true
+	case meshv1.LoadBalancer_ROUND_ROBIN:
+		return lb.RoundRobin, true
+	case meshv1.LoadBalancer_RANDOM:
+		return lb.Random, true
+	case meshv1.LoadBalancer_LEAST_REQUEST:
+		return lb.LeastRequest, true
+	case meshv1.LoadBalancer_RING_HASH:
+		return lb.RingHash, true
+	case meshv1.LoadBalancer_MAGLEV:
+		return lb.Maglev, true
+	}
+	return "", false
+}
+
+// compileBalancer reads a backend policy's balancing fields (load_balancer,
+// hash, slow_start) into a picker config; def is the proxy's default
+// balancer. A hash policy only matters to a hashing balancer and is
+// dropped for others, so that it does not split the picker cache.
+func compileBalancer(f string, bp *meshv1.BackendPolicy, def lb.Policy) (lb.Config, error) {
+	cfg := lb.Config{Policy: def}
+	if k := bp.GetLoadBalancer(); k != meshv1.LoadBalancer_LOAD_BALANCER_UNSPECIFIED {
+		pol, ok := balancerPolicy(k)
+		if !ok {
+			return cfg, invalid("%s.load_balancer: unknown balancer %d", f, k)
+		}
+		cfg.Policy = pol
+	}
+	if d := bp.GetSlowStart(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return cfg, invalid("%s.slow_start: %v is not a non-negative duration", f, d)
+		}
+		cfg.SlowStart = d.AsDuration()
+	}
+	if !cfg.Policy.Hashing() {
+		return cfg, nil
+	}
+	h := bp.GetHash()
+	switch k := h.GetKey().(type) {
+	case nil:
+		// No key: every request is balanced randomly (the proto's rule).
+	case *meshv1.HashPolicy_Header:
+		if !httpguts.ValidHeaderFieldName(k.Header) {
+			return cfg, invalid("%s.hash.header: %q is not a header name", f, k.Header)
+		}
+		cfg.Hash = lb.HashKey{Kind: lb.HashHeader, Name: k.Header}
+	case *meshv1.HashPolicy_Cookie:
+		if !httpguts.ValidHeaderFieldName(k.Cookie) { // a cookie name is an RFC 7230 token too
+			return cfg, invalid("%s.hash.cookie: %q is not a cookie name", f, k.Cookie)
+		}
+		cfg.Hash = lb.HashKey{Kind: lb.HashCookie, Name: k.Cookie}
+	case *meshv1.HashPolicy_QueryParam:
+		if k.QueryParam == "" {
+			return cfg, invalid("%s.hash.query_param: empty", f)
+		}
+		cfg.Hash = lb.HashKey{Kind: lb.HashQuery, Name: k.QueryParam}
+	case *meshv1.HashPolicy_SourceIdentity:
+		if k.SourceIdentity {
+			cfg.Hash = lb.HashKey{Kind: lb.HashSource}
+		}
+	}
+	return cfg, nil
 }
 
 func (c *compiled) compileInbound(in *meshv1.Service, env compileEnv) error {

@@ -24,7 +24,7 @@ func testEnv(t testing.TB) compileEnv {
 	return compileEnv{
 		ownNS:    "default",
 		balancer: lb.RoundRobin,
-		picker:   func(_ string, p lb.Policy) (lb.Picker, error) { return lb.New(p) },
+		picker:   func(_ string, cfg lb.Config, eps []*lb.Endpoint) (lb.Picker, error) { return lb.NewPicker(cfg, eps) },
 		endpoint: func(_, addr string) *lb.Endpoint { return lb.NewEndpoint(addr) },
 		peer:     func(addr, id string) *peer { return &peer{addr: addr, identity: id} },
 		metrics:  m.Dest,

@@ -300,6 +300,7 @@ func (s *sidecar) startProxy() error {
 		OutboundAddr: s.o.OutboundAddr,
 		AdminAddr:    s.o.AdminAddr,
 		Upstreams:    s.o.Upstreams,
+		Identity:     s.id.String(),
 		ServerTLS:    identity.ServerTLS(s.src, authorizeMesh),
 		ClientTLS: func(peer string) *tls.Config {
 			if c, ok := clientConfigs.Load(peer); ok {

@@ -45,6 +45,7 @@ type ProxyMetrics struct {
 	duration *prometheus.HistogramVec
 	tcp      *prometheus.CounterVec
 	mirrors  *prometheus.CounterVec
+	res      resilienceVecs
 
 	mu    sync.RWMutex
 	dests map[destKey]*DestMetrics
@@ -77,7 +78,8 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 	for _, r := range []string{MirrorOK, MirrorFailed, MirrorDropped} {
 		m.mirrors.WithLabelValues(r) // shown at 0 from the start
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors} {
+	m.res = newResilienceVecs()
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -127,6 +129,7 @@ type DestMetrics struct {
 	m                  *ProxyMetrics
 	direction, service string
 	tcp                atomic.Pointer[prometheus.Counter]
+	res                resilienceCounters
 	// codes[c] caches the children of status code c (100..599) without
 	// flags, the hot path; other codes and flagged requests are cached in
 	// flagged.
