@@ -82,16 +82,12 @@ type Exchange struct {
 	// peerIDHdr is {PeerID}, cached per connection.
 	peerIDHdr []string
 	// resp holds the upstream's response, so answering allocates none.
-	resp  Response
-	peer  *peer
-	lbReq lb.Request
-	body  countedBody
-	brk   breakerBody
-	// timers are kept across pooled uses (withTimeout); timerDepth is how
-	// many are armed.
-	timers     [2]*exTimer
-	timerDepth int
-	triedBk    [2]*lb.Endpoint
+	resp    Response
+	peer    *peer
+	lbReq   lb.Request
+	body    countedBody
+	brk     breakerBody
+	triedBk [2]*lb.Endpoint
 }
 
 // Context is the exchange's context: canceled when the client goes away,
@@ -119,7 +115,7 @@ func (ex *Exchange) release() {
 	}
 	clear(ex.cancels) // a pooled exchange keeps no context alive
 	cancels := ex.cancels[:0]
-	*ex = Exchange{cancels: cancels, timers: ex.timers}
+	*ex = Exchange{cancels: cancels}
 	exchangePool.Put(ex)
 }
 

@@ -194,52 +194,52 @@ func responseHeaderFilter(ms []headerModifier) Filter {
 
 // requestTimeout bounds the whole request, retries included, until the
 // response header arrives (Gateway API timeouts.request): then 504 UT.
-func requestTimeout(d time.Duration) Filter {
+// Each timer is made for its request.
+func requestTimeout(d time.Duration) Filter { return timeoutFilter(d, nil) }
+
+// timeoutFilter is a timeout whose timers come from timers (a proxy's
+// pool) when not nil, sparing a timer allocation per request. The route
+// chain uses it for timeouts.request (before retry) and
+// timeouts.backendRequest (each attempt).
+func timeoutFilter(d time.Duration, timers *sync.Pool) Filter {
 	return func(next Handler) Handler {
 		if d <= 0 {
 			return next
 		}
-		return HandlerFunc(func(ex *Exchange) *Response { return withTimeout(ex, d, next) })
+		return HandlerFunc(func(ex *Exchange) *Response { return withTimeout(ex, d, next, timers) })
 	}
-}
-
-// attemptTimeout bounds each attempt (Gateway API timeouts.backendRequest).
-func attemptTimeout(d time.Duration) Filter {
-	return requestTimeout(d)
 }
 
 // withTimeout runs next under a context canceled if d passes before next
 // returns (the response header): the upstream stage then answers 504 UT.
 // The body may take its time: the timer is stopped, and the context lives
 // until the exchange ends.
-func withTimeout(ex *Exchange, d time.Duration, next Handler) *Response {
+func withTimeout(ex *Exchange, d time.Duration, next Handler, timers *sync.Pool) *Response {
 	parent := ex.ctx
 	ctx, cancel := context.WithCancel(parent)
 	ex.withContext(ctx, cancel)
-	if ex.timerDepth >= len(ex.timers) {
+	if timers == nil {
 		t := time.AfterFunc(d, cancel)
 		resp := next.Serve(ex)
 		t.Stop()
 		ex.ctx = parent
 		return resp
 	}
-	// The pooled exchange's own timers (one per nesting level: request,
-	// attempt) spare a timer allocation per request.
-	et := ex.timers[ex.timerDepth]
+	et, _ := timers.Get().(*exTimer)
 	if et == nil {
 		et = new(exTimer)
-		ex.timers[ex.timerDepth] = et
 	}
-	ex.timerDepth++
 	et.arm(d, cancel)
 	resp := next.Serve(ex)
 	et.disarm()
-	ex.timerDepth--
+	timers.Put(et)
 	ex.ctx = parent
 	return resp
 }
 
-// exTimer is a reusable timeout timer kept by a pooled exchange.
+// exTimer is a reusable timeout timer. A proxy pools its own (Proxy.timers),
+// not the package's exchanges': a timer belongs to the goroutines that made
+// it (a testing/synctest bubble refuses one reset from outside).
 type exTimer struct {
 	t *time.Timer
 

@@ -91,6 +91,7 @@ type Proxy struct {
 	endpoints map[endpointKey]*lb.Endpoint
 	peers     map[string]*peer
 	resil     resilienceState
+	timers    sync.Pool // *exTimer, the route timeouts'
 
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
 	ready      atomic.Bool
@@ -340,6 +341,15 @@ func (p *Proxy) forget(c *compiled) {
 		}
 	}
 	p.resil.forget(c)
+}
+
+// timerPool is the pool of the route chains' timeout timers (nil for a
+// nil proxy: compile-only tests).
+func (p *Proxy) timerPool() *sync.Pool {
+	if p == nil {
+		return nil
+	}
+	return &p.timers
 }
 
 // SetReady marks the app side ready; /ready also needs a first snapshot.

@@ -275,10 +275,12 @@ func idempotent(m string) bool {
 // retries: a connection failure (here or, X-Trellis-Error: UF, at the peer
 // proxy's app), a reset or refused stream, a per-try timeout, a listed
 // status, or a listed gRPC status in a trailers-only response. Never when
-// the client left, the request's own timeout expired, or a circuit breaker
-// refused (retrying an overflow would only add load).
+// the client left, the request's own timeout expired, a circuit breaker
+// refused (retrying an overflow would only add load) or the backend has no
+// endpoint.
 func (pol *retryPolicy) retriable(ex *Exchange, resp *Response) bool {
-	if ex.clientCtx.Err() != nil || ex.ctx.Err() != nil || ex.Flags&FlagUO != 0 || resp.Upgraded != nil {
+	// UH: the backend has no endpoint at all; another try finds none either.
+	if ex.clientCtx.Err() != nil || ex.ctx.Err() != nil || ex.Flags&(FlagUO|FlagUH) != 0 || resp.Upgraded != nil {
 		return false
 	}
 	if ex.err != nil {

@@ -106,18 +106,18 @@ func TestKillOneOfThreeUnderLoad(t *testing.T) {
 // and draws no more traffic, and retries keep every request successful.
 // Round-robin sends it a third of the requests, so five 503s in a row come
 // at once and it must be out within 1 s. P2C-EWMA (the default) moves
-// traffic away from it after its first failure, often before a fifth 503
-// in a row ejects it (measured: 2 requests, or 5 with the last at 0.95 s);
-// the test logs when its last request came and bounds it at 3 s.
+// traffic away from it after its first failure, before a fifth 503 in a
+// row could eject it, and probes it now and then as its failure score
+// decays (measured: 2 to 5 requests in 5 s, of ~1,500): there the test
+// checks it draws under 1% of the requests.
 func TestFailingEndpointEjected(t *testing.T) {
-	for _, tc := range []struct {
-		balancer    string
-		ejectWithin time.Duration
-	}{{"round-robin", time.Second}, {"p2c-ewma", 3 * time.Second}} {
-		t.Run(tc.balancer, func(t *testing.T) { failingEndpointEjected(t, tc.balancer, tc.ejectWithin) })
-	}
+	t.Run("round-robin", func(t *testing.T) { failingEndpointEjected(t, "round-robin", time.Second) })
+	t.Run("p2c-ewma", func(t *testing.T) { failingEndpointEjected(t, "p2c-ewma", 0) })
 }
 
+// failingEndpointEjected checks the failing endpoint's last request came
+// within `within` of its first 503, or, when within is 0, that it drew
+// under 1% of the requests.
 func failingEndpointEjected(t *testing.T, balancer string, within time.Duration) {
 	cp := startControl(t, "")
 	cp.apply(t, `
@@ -177,15 +177,18 @@ spec:
 	load(time.Second) // warm up
 	flipped := time.Now()
 	failing.Store(true)
-	n, failed := load(within + 2*time.Second)
+	n, failed := load(3 * time.Second)
 	last := time.Unix(0, lastBad.Load())
 	t.Logf("%s: %d requests, %d failed; the failing endpoint drew %d, the last %v after it started failing",
 		balancer, n, failed, badHits.Load(), last.Sub(flipped).Round(time.Millisecond))
 	if lastBad.Load() == 0 {
 		t.Fatal("the failing endpoint drew no request at all: the test proves nothing")
 	}
-	if last.Sub(flipped) > within {
+	if within > 0 && last.Sub(flipped) > within {
 		t.Fatalf("the failing endpoint still drew traffic %v after it started failing, want ejection within %v", last.Sub(flipped), within)
+	}
+	if within == 0 && badHits.Load()*100 > n {
+		t.Fatalf("the failing endpoint drew %d of %d requests, want under 1%%", badHits.Load(), n)
 	}
 	if failed > 0 {
 		t.Fatalf("%d of %d requests failed; retries should have sent them to healthy endpoints", failed, n)
