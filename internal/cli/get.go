@@ -257,6 +257,28 @@ func summarize(obj map[string]any) string {
 			}
 		}
 		return fmt.Sprintf("parents %s → %s", strings.Join(parents, ","), strings.Join(backends, ","))
+	case "BackendPolicy":
+		return summarizeBackendPolicy(spec)
 	}
 	return ""
+}
+
+// summarizeBackendPolicy names the targeted Services and the sections set:
+// "targets inventory: loadBalancer=maglev retry outlierDetection".
+func summarizeBackendPolicy(spec map[string]any) string {
+	var targets, parts []string
+	trs, _ := spec["targetRefs"].([]any)
+	for _, t := range trs {
+		tm, _ := t.(map[string]any)
+		targets = append(targets, fmt.Sprint(tm["name"]))
+	}
+	if lb, ok := spec["loadBalancer"].(map[string]any); ok {
+		parts = append(parts, fmt.Sprintf("loadBalancer=%v", lb["type"]))
+	}
+	for _, s := range []string{"retry", "circuitBreaker", "outlierDetection"} {
+		if spec[s] != nil {
+			parts = append(parts, s)
+		}
+	}
+	return "targets " + strings.Join(targets, ",") + ": " + strings.Join(parts, " ")
 }

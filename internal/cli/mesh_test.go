@@ -114,7 +114,8 @@ func TestKubectlHabits(t *testing.T) {
 	other := "apiVersion: trellis.dev/v1alpha1\nkind: Service\nmetadata: {name: ledger, namespace: shop}\nspec: {ports: [{port: 80}]}\n"
 	lc.must(other, "apply", "-f", "-")
 
-	if out := lc.must("", "get"); !strings.Contains(out, "httproutes   hr") || !strings.Contains(out, "services     svc") {
+	// Column widths follow the longest kind name: compare words.
+	if out := lc.must("", "get"); !strings.Contains(strings.Join(strings.Fields(out), " "), "httproutes hr") || !strings.Contains(strings.Join(strings.Fields(out), " "), "services svc") {
 		t.Errorf("get without a kind:\n%s", out)
 	}
 	def := lc.must("", "get", "svc")
@@ -149,7 +150,7 @@ func TestKubectlHabits(t *testing.T) {
 
 	// delete -f deletes routes before the services they attach to.
 	out := lc.must("", "delete", "-f", repoFile("examples", "demo", "shop.yaml"))
-	if !strings.HasPrefix(out, "HTTPRoute default/inventory-split deleted\n") || strings.Count(out, "deleted") != 7 {
+	if !strings.HasPrefix(out, "HTTPRoute default/") || strings.Count(out, "deleted") != 9 || strings.Index(out, "HTTPRoute default/inventory-split deleted") > strings.Index(out, "Service ") {
 		t.Errorf("delete -f shop.yaml:\n%s", out)
 	}
 	code, out, errOut = lc.run(other, "delete", "-f", "-", "-f", repoFile("examples", "demo", "inventory-90-10.yaml"))

@@ -20,6 +20,12 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add([]byte(route(rules("  - matches: [{path: {type: RegularExpression, value: '/a.*'}, headers: [{name: x, value: v}], method: GET}]\n    backendRefs: [{name: a, weight: 0}]\n"))))
 	f.Add([]byte(service(", namespace: shop", "{selector: {app: x}, ports: [{name: a, port: 1, protocol: tcp}]}")))
+	for _, name := range []string{"retries", "circuit-breaker", "outlier-detection", "load-balancing"} {
+		if data, err := os.ReadFile("../../examples/traffic/" + name + ".yaml"); err == nil {
+			f.Add(data)
+		}
+	}
+	f.Add([]byte(policy("p", "{targetRefs: [{name: a}], retry: {}, circuitBreaker: {}, outlierDetection: {}, loadBalancer: {type: ring-hash, hash: {sourceIdentity: true}}}")))
 	f.Add([]byte("---\n---\n"))
 	f.Add([]byte(`[{"kind":"Service"}]`))
 	f.Fuzz(func(t *testing.T, data []byte) {

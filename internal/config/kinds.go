@@ -40,6 +40,9 @@ type kindInfo struct {
 //     internal/compiler that shows the compiled effect.
 func kindTable() []kindInfo {
 	return []kindInfo{
+		backendPolicyKind(),
+		faultInjectionKindInfo(),
+		grpcRouteKind(),
 		httpRouteKind(),
 		serviceKind(),
 	}

@@ -170,7 +170,9 @@ spec:
     name: inventory
     port: 80
   rules:
-  - backendRefs:
+  - matches:
+    - path: {value: /` + name + `} # a path of its own: routes of different names never conflict
+    backendRefs:
     - name: inventory-v1
       port: 80
       weight: ` + itoa(weightV1) + `

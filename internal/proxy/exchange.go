@@ -40,13 +40,20 @@ type Exchange struct {
 	PeerID string
 
 	// What the pipeline chose.
-	Service  *service // outbound: the service the host names
-	Port     uint32   // the service port (outbound) or local port (inbound)
-	Route    *route
+	Service *service // outbound: the service the host names
+	Port    uint32   // the service port (outbound) or local port (inbound)
+	Route   *route
+	// matched is the match of Route that selected the request (nil for a
+	// route without matches): URL rewrite's ReplacePrefixMatch needs it.
+	matched  *match
 	Backend  *backend
 	Endpoint *lb.Endpoint
 	Tried    []*lb.Endpoint // endpoints of earlier attempts
 	Attempts int
+	// anyEndpoint lets a retry go to an endpoint already tried when every
+	// one has been (a retry policy's retries; the connect-failure retry
+	// wants another endpoint or none).
+	anyEndpoint bool
 
 	// How it went.
 	Flags Flags
@@ -80,6 +87,7 @@ type Exchange struct {
 	peer    *peer
 	lbReq   lb.Request
 	body    countedBody
+	brk     breakerBody
 	triedBk [2]*lb.Endpoint
 	// out is the first attempt's outgoing header and URL, kept across
 	// pooled uses so a request allocates neither; see lendOut.
@@ -194,6 +202,12 @@ type Response struct {
 //	NI   no identity: the inbound peer presented no SPIFFE ID  403
 //	LA   no local app: this proxy fronts no app on that port  503
 //	SD   shutting down: the proxy stopped while the request waited 503
+//	UO   upstream overflow: the backend's circuit breaker (BackendPolicy
+//	     circuitBreaker) refused the request, failing fast   503
+//	FI   fault injected: the route's FaultInjection aborted the request
+//	     (its status; a gRPC abort is 200 with grpc-status)
+//	DI   delay injected: the route's FaultInjection delayed the request
+//	     (with the status the request then got)
 type Flags uint16
 
 // The response flags; see Flags.
@@ -209,10 +223,13 @@ const (
 	FlagNI
 	FlagLA
 	FlagSD
+	FlagUO
+	FlagFI
+	FlagDI
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

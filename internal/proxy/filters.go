@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"trellis.dev/trellis/internal/lb"
@@ -194,91 +194,91 @@ func responseHeaderFilter(ms []headerModifier) Filter {
 
 // requestTimeout bounds the whole request, retries included, until the
 // response header arrives (Gateway API timeouts.request): then 504 UT.
-func requestTimeout(d time.Duration) Filter {
+// Each timer is made for its request.
+func requestTimeout(d time.Duration) Filter { return timeoutFilter(d, nil) }
+
+// timeoutFilter is a timeout whose timers come from timers (a proxy's
+// pool) when not nil, sparing a timer allocation per request. The route
+// chain uses it for timeouts.request (before retry) and
+// timeouts.backendRequest (each attempt).
+func timeoutFilter(d time.Duration, timers *sync.Pool) Filter {
 	return func(next Handler) Handler {
 		if d <= 0 {
 			return next
 		}
-		return HandlerFunc(func(ex *Exchange) *Response { return withTimeout(ex, d, next) })
+		return HandlerFunc(func(ex *Exchange) *Response { return withTimeout(ex, d, next, timers) })
 	}
-}
-
-// attemptTimeout bounds each attempt (Gateway API timeouts.backendRequest).
-func attemptTimeout(d time.Duration) Filter {
-	return requestTimeout(d)
 }
 
 // withTimeout runs next under a context canceled if d passes before next
 // returns (the response header): the upstream stage then answers 504 UT.
 // The body may take its time: the timer is stopped, and the context lives
 // until the exchange ends.
-func withTimeout(ex *Exchange, d time.Duration, next Handler) *Response {
+func withTimeout(ex *Exchange, d time.Duration, next Handler, timers *sync.Pool) *Response {
 	parent := ex.ctx
 	ctx, cancel := context.WithCancel(parent)
 	ex.withContext(ctx, cancel)
-	t := time.AfterFunc(d, cancel)
+	if timers == nil {
+		t := time.AfterFunc(d, cancel)
+		resp := next.Serve(ex)
+		t.Stop()
+		ex.ctx = parent
+		return resp
+	}
+	et, _ := timers.Get().(*exTimer)
+	if et == nil {
+		et = new(exTimer)
+	}
+	et.arm(d, cancel)
 	resp := next.Serve(ex)
-	t.Stop()
+	et.disarm()
+	timers.Put(et)
 	ex.ctx = parent
 	return resp
 }
 
-// retryPolicy says when the retry filter sends a request again.
-type retryPolicy struct {
-	// connectFailures: a bodiless request whose connection could not be
-	// made (it never reached a peer, so sending it again is safe) goes
-	// once more, to another endpoint.
-	connectFailures bool
+// exTimer is a reusable timeout timer. A proxy pools its own (Proxy.timers),
+// not the package's exchanges': a timer belongs to the goroutines that made
+// it (a testing/synctest bubble refuses one reset from outside).
+type exTimer struct {
+	t *time.Timer
+
+	mu       sync.Mutex
+	cancel   context.CancelFunc // nil: disarmed
+	deadline time.Time
 }
 
-// defaultRetry is every route's policy until BackendPolicy brings budgets.
-var defaultRetry = retryPolicy{connectFailures: true}
-
-// errAllTried marks an attempt that found no endpoint it had not tried.
-var errAllTried = errors.New("proxy: every endpoint tried")
-
-// retryFilter sends the request again when the policy allows: the retry
-// sees the failed response before the client does.
-func retryFilter(pol retryPolicy) Filter {
-	return func(next Handler) Handler {
-		if !pol.connectFailures {
-			return next
-		}
-		return HandlerFunc(func(ex *Exchange) *Response {
-			flags := ex.Flags
-			resp := next.Serve(ex)
-			if !ex.bodiless() || !neverArrived(ex, resp) || ex.clientCtx.Err() != nil {
-				return resp
-			}
-			first, firstFlags, firstErr := *resp, ex.Flags, ex.err
-			ex.Flags, ex.err = flags, nil
-			resp = next.Serve(ex)
-			if errors.Is(ex.err, errAllTried) {
-				// No other endpoint: the client hears of the real failure.
-				ex.Flags, ex.err = firstFlags, firstErr
-				return &first
-			}
-			if first.Body != nil {
-				_ = first.Body.Close()
-			}
-			return resp
-		})
+func (et *exTimer) arm(d time.Duration, cancel context.CancelFunc) {
+	et.mu.Lock()
+	et.cancel, et.deadline = cancel, time.Now().Add(d)
+	et.mu.Unlock()
+	if et.t == nil {
+		et.t = time.AfterFunc(d, et.fire)
+	} else {
+		et.t.Reset(d)
 	}
 }
 
-// neverArrived reports whether the attempt certainly reached no app: this
-// proxy could not connect to the endpoint, or the peer proxy says (with
-// X-Trellis-Error: UF) that its app refused the connection.
-func neverArrived(ex *Exchange, resp *Response) bool {
-	if ex.err != nil {
-		var de *DialError // escapes to errors.As: only on the error path
-		return errors.As(ex.err, &de)
+// fire cancels the armed context. A late run of an earlier arming (Stop
+// lost the race with it) finds the timer disarmed, or re-armed with a
+// later deadline, and does nothing.
+func (et *exTimer) fire() {
+	et.mu.Lock()
+	c := et.cancel
+	if c != nil && time.Now().Before(et.deadline) {
+		c = nil
 	}
-	if resp.Status != http.StatusBadGateway {
-		return false
+	et.mu.Unlock()
+	if c != nil {
+		c()
 	}
-	v := resp.Header[headerError]
-	return len(v) == 1 && v[0] == "UF"
+}
+
+func (et *exTimer) disarm() {
+	et.t.Stop()
+	et.mu.Lock()
+	et.cancel = nil
+	et.mu.Unlock()
 }
 
 // splitFilter picks the route's backend by weight.
@@ -309,6 +309,10 @@ func (p *Proxy) pickFilter(next Handler) Handler {
 			Header: ex.Header, Source: p.opts.Identity,
 		}
 		call, ok := dst.picker.Pick(&ex.lbReq, dst.eps, ex.Tried)
+		if !ok && ex.anyEndpoint {
+			// Every endpoint tried: a retry policy's retry may go to one again.
+			call, ok = dst.picker.Pick(&ex.lbReq, dst.eps, nil)
+		}
 		if !ok {
 			ex.err = errAllTried
 			return ex.fail(http.StatusServiceUnavailable, FlagUH, "no healthy endpoint of "+dst.key+" left to try")

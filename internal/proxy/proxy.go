@@ -63,7 +63,15 @@ type Options struct {
 	DrainTimeout time.Duration        // default 10s
 	Registry     *prometheus.Registry // nil: a new one
 	Logger       *slog.Logger
+	// MaxMirrors bounds the RequestMirror copies in flight; beyond it
+	// copies are dropped (and counted). Default DefaultMaxMirrors.
+	MaxMirrors int
 }
+
+// DefaultMaxMirrors is Options.MaxMirrors' default: enough for a mirror
+// about as fast as the primary at a few thousand requests per second, small
+// enough that a stalled mirror costs little memory.
+const DefaultMaxMirrors = 128
 
 // SubscribeWait bounds how long a request for an unknown service waits for
 // the control plane to send it.
@@ -82,6 +90,8 @@ type Proxy struct {
 	pickers   map[pickerKey]pickerEntry
 	endpoints map[endpointKey]*lb.Endpoint
 	peers     map[string]*peer
+	resil     resilienceState
+	timers    sync.Pool // *exTimer, the route timeouts'
 
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
 	ready      atomic.Bool
@@ -95,6 +105,11 @@ type Proxy struct {
 	subscribeWait time.Duration
 
 	appH1, appH2C *http.Transport
+
+	// mirrorSlots bounds the mirrored requests in flight (MaxMirrors);
+	// mirrorChain sends them.
+	mirrorSlots chan struct{}
+	mirrorChain Handler
 
 	mu        sync.Mutex
 	started   bool
@@ -159,6 +174,7 @@ func New(o Options) (*Proxy, error) {
 		pickers:       make(map[pickerKey]pickerEntry),
 		endpoints:     make(map[endpointKey]*lb.Endpoint),
 		peers:         make(map[string]*peer),
+		resil:         newResilienceState(),
 		done:          make(chan struct{}),
 		hopH2:         hopH2Default,
 		subscribeWait: SubscribeWait,
@@ -187,6 +203,12 @@ func New(o Options) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
 	p.metrics = m
+	if o.MaxMirrors <= 0 {
+		o.MaxMirrors = DefaultMaxMirrors
+		p.opts.MaxMirrors = o.MaxMirrors
+	}
+	p.mirrorSlots = make(chan struct{}, o.MaxMirrors)
+	p.mirrorChain = p.buildMirrorChain()
 	var h1, h2c http.Protocols
 	h1.SetHTTP1(true)
 	h2c.SetUnencryptedHTTP2(true)
@@ -246,8 +268,10 @@ func (p *Proxy) env() compileEnv {
 			p.peers[addr] = pr
 			return pr
 		},
-		metrics: p.metrics.Dest,
-		proxy:   p,
+		metrics:    p.metrics.Dest,
+		resilience: p.resil.service,
+		host:       p.resil.host,
+		proxy:      p,
 	}
 }
 
@@ -316,6 +340,16 @@ func (p *Proxy) forget(c *compiled) {
 			delete(p.peers, addr)
 		}
 	}
+	p.resil.forget(c)
+}
+
+// timerPool is the pool of the route chains' timeout timers (nil for a
+// nil proxy: compile-only tests).
+func (p *Proxy) timerPool() *sync.Pool {
+	if p == nil {
+		return nil
+	}
+	return &p.timers
 }
 
 // SetReady marks the app side ready; /ready also needs a first snapshot.

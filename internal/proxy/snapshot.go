@@ -16,6 +16,7 @@ import (
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
+	"trellis.dev/trellis/internal/resilience"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
@@ -81,6 +82,11 @@ type service struct {
 	peers   []*peer // peers[i] is the connection pool of eps[i]
 	picker  lb.Picker
 	metrics *telemetry.DestMetrics // outbound
+	// res is the service's retry, breaker and outlier state (its
+	// BackendPolicy); hosts[i] is the outlier state of eps[i] (nil without
+	// outlier detection).
+	res   *serviceResilience
+	hosts []*resilience.Host
 }
 
 // port returns the declared port p, or an HTTP port spec for undeclared ones.
@@ -114,7 +120,12 @@ type route struct {
 
 	requestHeaders, responseHeaders []headerModifier
 	timeout, attemptTimeout         time.Duration // 0: none
-	retry                           retryPolicy
+	retry                           *retryPolicy  // the route's service's
+	// The issue-6 route filters (route_filters.go); nil or empty: none.
+	redirect *redirectSpec
+	rewrite  *urlRewrite
+	mirrors  []mirrorSpec
+	fault    *faultSpec
 	// handler is the route's compiled chain (chain.go: routeChain).
 	handler Handler
 }
@@ -130,6 +141,7 @@ type match struct {
 	path     string
 	pathRe   *regexp.Regexp
 	headers  []headerMatch
+	queries  []queryMatch
 	method   string
 }
 
@@ -147,10 +159,12 @@ func (s *service) match(ex *Exchange, port uint32) *route {
 			continue
 		}
 		if len(rt.matches) == 0 {
+			ex.matched = nil
 			return rt
 		}
 		for j := range rt.matches {
 			if rt.matches[j].ok(ex) {
+				ex.matched = &rt.matches[j]
 				return rt
 			}
 		}
@@ -193,6 +207,11 @@ func (m *match) ok(ex *Exchange) bool {
 				return false
 			}
 		} else if vv[0] != h.value {
+			return false
+		}
+	}
+	for i := range m.queries {
+		if !m.queries[i].ok(ex.RawQuery) {
 			return false
 		}
 	}
@@ -247,8 +266,12 @@ type compileEnv struct {
 	endpoint func(key, addr string) *lb.Endpoint
 	peer     func(addr, identity string) *peer
 	metrics  func(direction, key string) *telemetry.DestMetrics
-	randN    func(uint32) uint32 // weighted pick's draw; rand.Uint32N
-	proxy    *Proxy              // the chains' stages; nil in compile-only tests
+	// resilience binds a service's checked policy to its long-lived state,
+	// host an endpoint's outlier state; nil: fresh state (tests).
+	resilience func(key string, rs *resilienceSpec) *serviceResilience
+	host       func(key string, e *lb.Endpoint) *resilience.Host
+	randN      func(uint32) uint32 // weighted pick's draw; rand.Uint32N
+	proxy      *Proxy              // the chains' stages; nil in compile-only tests
 }
 
 func invalid(format string, a ...any) error {
@@ -282,9 +305,13 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	// Pass 1: services, ports and endpoints, so routes can refer to any.
 	byName := map[string]int{}
 	policies := make([]lb.Config, len(s.GetServices()))
+	specs := make([]*resilienceSpec, len(s.GetServices()))
 	for i, ps := range s.GetServices() {
 		svc, pol, err := compileService(fmt.Sprintf("services[%d]", i), ps, env)
 		if err != nil {
+			return nil, err
+		}
+		if specs[i], err = compileResilience(fmt.Sprintf("services[%d]", i), ps.GetBackendPolicy()); err != nil {
 			return nil, err
 		}
 		if _, dup := c.byKey[svc.key]; dup {
@@ -309,7 +336,16 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		}
 	}
 	// Everything is valid: attach long-lived state, build the chains and
-	// index host aliases.
+	// index host aliases. Resilience state first: a route's chain looks at
+	// its backends' breakers and detectors.
+	for i, ps := range s.GetServices() {
+		svc := c.byKey[ps.GetName()+"."+ps.GetNamespace()]
+		if env.resilience != nil {
+			svc.res = env.resilience(svc.key, specs[i])
+		} else {
+			svc.res = specs[i].bind(nil)
+		}
+	}
 	for i, ps := range s.GetServices() {
 		name, ns := ps.GetName(), ps.GetNamespace()
 		svc := c.byKey[name+"."+ns]
@@ -318,8 +354,12 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 			if !e.GetHealthy() {
 				continue
 			}
-			svc.eps = append(svc.eps, env.endpoint(svc.key, e.GetAddress()))
+			ep := env.endpoint(svc.key, e.GetAddress())
+			svc.eps = append(svc.eps, ep)
 			svc.peers = append(svc.peers, env.peer(e.GetAddress(), e.GetIdentity()))
+			if svc.res.detector != nil {
+				svc.hosts = append(svc.hosts, hostFor(env, svc.key, ep))
+			}
 		}
 		// After the endpoints: a hashing picker is built over them.
 		p, err := env.picker(svc.key, policies[i], svc.eps)
@@ -329,7 +369,10 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		svc.picker = p
 		for j := range svc.routes {
 			rt := &svc.routes[j]
-			rt.retry = defaultRetry
+			rt.retry = svc.res.retry
+			if rt.retry.perTry > 0 {
+				rt.attemptTimeout = rt.retry.perTry
+			}
 			rt.handler = env.proxy.routeChain(rt, env)
 		}
 		c.byHost[svc.key] = svc
@@ -346,6 +389,13 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	c.inboundH = env.proxy.inboundChain()
 	c.tunnel = env.proxy.tunnelChain()
 	return c, nil
+}
+
+func hostFor(env compileEnv, key string, ep *lb.Endpoint) *resilience.Host {
+	if env.host != nil {
+		return env.host(key, ep)
+	}
+	return resilience.NewHost(ep)
 }
 
 // compileService checks one service, its ports and endpoints, and returns
@@ -567,7 +617,33 @@ func (c *compiled) compileRoute(f string, r *meshv1.Route, ns string) (route, er
 			}
 			cm.headers = append(cm.headers, hm)
 		}
+		for j, q := range m.GetQueryParams() {
+			qf := fmt.Sprintf("%s.query_params[%d]", mf, j)
+			if q.GetName() == "" {
+				return rt, invalid("%s.name: empty", qf)
+			}
+			qm := queryMatch{name: q.GetName(), value: q.GetValue()}
+			switch q.GetType() {
+			case meshv1.QueryParamMatch_REGEX:
+				re, err := regexp.Compile(`^(?:` + q.GetValue() + `)$`)
+				if err != nil {
+					return rt, invalid("%s.value: bad regex: %v", qf, err)
+				}
+				qm.re = re
+			case meshv1.QueryParamMatch_EXACT:
+			default:
+				return rt, invalid("%s.type: unknown type %d", qf, q.GetType())
+			}
+			cm.queries = append(cm.queries, qm)
+		}
 		rt.matches = append(rt.matches, cm)
+	}
+	if err := c.compileFilters(f, &rt, r.GetFilters(), ns); err != nil {
+		return rt, err
+	}
+	if len(r.GetBackends()) == 0 && rt.redirect != nil {
+		// The proxy answers every request itself.
+		return rt, rt.compileTimeouts(f+".timeouts", r.GetTimeouts())
 	}
 	if len(r.GetBackends()) == 0 {
 		return rt, invalid("%s.backends: empty; a route must send traffic somewhere", f)
@@ -599,16 +675,13 @@ func (c *compiled) compileRoute(f string, r *meshv1.Route, ns string) (route, er
 	if total == 0 {
 		return rt, invalid("%s.backends: every weight is 0", f)
 	}
-	if err := rt.compileFilters(f, r.GetFilters()); err != nil {
-		return rt, err
-	}
 	return rt, rt.compileTimeouts(f+".timeouts", r.GetTimeouts())
 }
 
 // compileFilters checks and compiles a route's filters, in order. A filter
 // of a kind this proxy does not know arrives as an empty oneof and is
 // refused: silently skipping it would route differently than asked.
-func (rt *route) compileFilters(f string, fs []*meshv1.RouteFilter) error {
+func (c *compiled) compileFilters(f string, rt *route, fs []*meshv1.RouteFilter, ns string) error {
 	for i, rf := range fs {
 		ff := fmt.Sprintf("%s.filters[%d]", f, i)
 		switch k := rf.GetFilter().(type) {
@@ -625,7 +698,13 @@ func (rt *route) compileFilters(f string, fs []*meshv1.RouteFilter) error {
 			}
 			rt.responseHeaders = append(rt.responseHeaders, hm)
 		default:
-			return invalid("%s: empty or unknown filter kind; this proxy knows request_header_modifier and response_header_modifier", ff)
+			known, err := c.compileRouteFilter(ff, rt, rf, ns)
+			if err != nil {
+				return err
+			}
+			if !known {
+				return invalid("%s: empty or unknown filter kind; this proxy knows request_header_modifier, response_header_modifier, url_rewrite, request_redirect, request_mirror and fault", ff)
+			}
 		}
 	}
 	return nil

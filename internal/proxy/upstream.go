@@ -24,7 +24,7 @@ func (p *Proxy) peerUpstream() Handler {
 		}
 		ps := ex.Backend.svc.port(port)
 		tr := ex.peer.h1
-		if ps.h2() || ex.ProtoMajor == 2 || (p.hopH2 && ex.Upgrade == "") {
+		if p.peerH2(ex) {
 			tr = ex.peer.h2
 		}
 		o := outHeader(ex, 2)
@@ -33,6 +33,16 @@ func (p *Proxy) peerUpstream() Handler {
 		delete(o.header, HeaderClientID)
 		return roundTrip(ex, tr, "https", ex.peer.addr, o)
 	})
+}
+
+// peerH2 reports whether the exchange rides the multiplexed HTTP/2
+// transport to the peer (else one HTTP/1.1 connection of its own).
+func (p *Proxy) peerH2(ex *Exchange) bool {
+	port := ex.Backend.port
+	if port == 0 {
+		port = ex.Port
+	}
+	return ex.Backend.svc.port(port).h2() || ex.ProtoMajor == 2 || (p.hopH2 && ex.Upgrade == "")
 }
 
 // appUpstream sends a peer's exchange to the local app, telling it the
