@@ -49,14 +49,16 @@ func serviceYAML(ports ...int) string {
 	return "apiVersion: trellis.dev/v1alpha1\nkind: Service\nmetadata: {name: inventory}\nspec: {ports: [" + strings.Join(ps, ", ") + "]}\n"
 }
 
+// routeYAML is a route of its own path (/<name>), so routes of different
+// names never conflict.
 func routeYAML(name string, port int) string {
 	return fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: %s}
 spec:
   parentRefs: [{kind: Service, name: inventory, port: %d}]
-  rules: [{backendRefs: [{name: inventory-v1}]}]
-`, name, port)
+  rules: [{matches: [{path: {value: /%s}}], backendRefs: [{name: inventory-v1}]}]
+`, name, port, name)
 }
 
 func actions(out *apply.Outcome) string {

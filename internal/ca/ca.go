@@ -1,8 +1,10 @@
 // Package ca is the mesh's certificate authority. It owns a signing
-// certificate (a self-signed root it creates and keeps in the control plane's
-// store, or a root or intermediate loaded from files), issues short-lived
-// workload certificates whose only name is a SPIFFE ID, publishes the trust
-// bundle, and serves TLS for the control plane's own listeners.
+// certificate (an intermediate under a self-signed root, both created and
+// kept in the control plane's store, their keys optionally sealed with a
+// key file; or a root or intermediate loaded from files), issues
+// short-lived workload certificates whose only name is a SPIFFE ID,
+// publishes the trust bundle, and serves TLS for the control plane's own
+// listeners. Replicas sharing a store share the root and intermediate.
 package ca
 
 import (
@@ -35,8 +37,9 @@ var (
 )
 
 // RootKey is the store key holding the generated root's certificate and key
-// as PEM. Anyone who can read the store can mint identities, so the store's
-// file (or etcd) must be as private as a key file.
+// as PEM. Unless the key is sealed (Options.SealKeyFile), anyone who can
+// read the store can mint identities, so the store's file (or etcd) must be
+// as private as a key file.
 const RootKey = "/ca/root"
 
 // Defaults.
@@ -63,6 +66,10 @@ type Options struct {
 	// certificate is not self-signed, RootFile must hold the root(s) it
 	// chains to; those roots are the trust bundle.
 	CertFile, KeyFile, RootFile string
+	// SealKeyFile, if set, is the seal key (see LoadSealKey) that encrypts
+	// the generated root's private key in the store. Every replica sharing
+	// the store needs the same file. Not with CertFile, whose key is KeyFile.
+	SealKeyFile string
 	// WorkloadTTL is the lifetime of issued certificates; default 24h.
 	WorkloadTTL time.Duration
 	// Now is the clock; default time.Now.
@@ -98,6 +105,9 @@ func (o *Options) Validate() error {
 	}
 	if (o.CertFile == "") != (o.KeyFile == "") {
 		return errors.New("certFile, keyFile: set both or neither")
+	}
+	if o.SealKeyFile != "" && o.CertFile != "" {
+		return errors.New("sealKeyFile: seals the generated root in the store; with certFile the key is keyFile's")
 	}
 	if o.RootFile != "" && o.CertFile == "" {
 		return errors.New("rootFile: only meaningful with certFile and keyFile")
@@ -160,8 +170,17 @@ func LoadOrCreate(ctx context.Context, st Storage, opts Options) (*CA, error) {
 		if st == nil {
 			return nil, errors.New("ca: no store and no certFile/keyFile: nowhere to keep the root")
 		}
-		m, err = loadOrCreateRoot(ctx, st, td, opts.Now(), log)
+		var seal *SealKey
+		if opts.SealKeyFile != "" {
+			if seal, err = LoadSealKey(opts.SealKeyFile); err != nil {
+				return nil, err
+			}
+		}
+		root, err := loadOrCreateRoot(ctx, st, td, opts.Now(), seal, log)
 		if err != nil {
+			return nil, err
+		}
+		if m, err = loadOrCreateIntermediate(ctx, st, root, td, opts.Now(), seal, log); err != nil {
 			return nil, err
 		}
 	}

@@ -92,7 +92,7 @@ func TestLoadOrCreatePersists(t *testing.T) {
 		t.Fatal(err)
 	}
 	leaf, _ := x509.ParseCertificate(chain[0])
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: c2.RootPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: c2.RootPool(), Intermediates: intermediatesOf(t, chain), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatalf("certificate from the first instance does not verify against the second's bundle: %v", err)
 	}
 	// A fresh store is a different CA.

@@ -22,17 +22,19 @@ import (
 
 // loadOrCreateRoot reads the root from the store, or creates and stores one.
 // The write expects the key to be absent, so when replicas race, one wins
-// and the others read back the winner's root.
-func loadOrCreateRoot(ctx context.Context, st Storage, td spiffeid.TrustDomain, now time.Time, log *slog.Logger) (*material, error) {
+// and the others read back the winner's root. With a seal key the root's
+// private key is stored sealed, and a root found unsealed is sealed in
+// place.
+func loadOrCreateRoot(ctx context.Context, st Storage, td spiffeid.TrustDomain, now time.Time, seal *SealKey, log *slog.Logger) (*material, error) {
 	kv, err := st.Get(ctx, RootKey)
 	switch {
 	case err == nil:
-		return loadStoredRoot(kv, td, now, log)
+		return loadStoredRoot(ctx, st, kv, td, now, seal, log)
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("ca: read root from store: %w", err)
 	}
 
-	m, value, err := createRoot(td, now)
+	m, value, err := createRoot(td, now, seal)
 	if err != nil {
 		return nil, err
 	}
@@ -44,14 +46,18 @@ func loadOrCreateRoot(ctx context.Context, st Storage, td spiffeid.TrustDomain, 
 		if err != nil {
 			return nil, fmt.Errorf("ca: read root from store after losing the race to create it: %w", err)
 		}
-		return loadStoredRoot(kv, td, now, log)
+		return loadStoredRoot(ctx, st, kv, td, now, seal, log)
 	}
-	log.Info("created root CA", "trust_domain", td.String(), "not_after", m.cert.NotAfter, "store_key", RootKey)
+	log.Info("created root CA", "trust_domain", td.String(), "not_after", m.cert.NotAfter, "store_key", RootKey, "sealed", seal != nil)
 	return m, nil
 }
 
-func loadStoredRoot(kv store.KV, td spiffeid.TrustDomain, now time.Time, log *slog.Logger) (*material, error) {
-	certs, signer, err := parsePEMBundle(kv.Value)
+func loadStoredRoot(ctx context.Context, st Storage, kv store.KV, td spiffeid.TrustDomain, now time.Time, seal *SealKey, log *slog.Logger) (*material, error) {
+	plain, sealed, err := openRecord(kv.Value, RootKey, seal)
+	if err != nil {
+		return nil, fmt.Errorf("ca: root in store (%s): %w", RootKey, err)
+	}
+	certs, signer, err := parsePEMBundle(plain)
 	if err != nil {
 		return nil, fmt.Errorf("ca: root in store (%s): %w", RootKey, err)
 	}
@@ -67,13 +73,77 @@ func loadStoredRoot(kv store.KV, td spiffeid.TrustDomain, now time.Time, log *sl
 			"start with the original trust domain, or delete %s to create a new root (every workload must then be re-issued)",
 			RootKey, doms, td, RootKey)
 	}
-	log.Info("loaded root CA from store", "trust_domain", td.String(), "not_after", m.cert.NotAfter)
+	if seal != nil && !sealed {
+		if err := sealStored(ctx, st, kv, m, seal); err != nil {
+			return nil, err
+		}
+		log.Info("sealed the root CA's key in the store", "store_key", RootKey, "seal_key_id", seal.ID())
+	}
+	log.Info("loaded root CA from store", "trust_domain", td.String(), "not_after", m.cert.NotAfter, "sealed", sealed || seal != nil)
 	return m, nil
 }
 
+// sealStored rewrites an unsealed record (kv, holding m) sealed, if it is
+// still the record read (a replica that sealed it first wins; the same
+// certificate and key either way).
+func sealStored(ctx context.Context, st Storage, kv store.KV, m *material, seal *SealKey) error {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(m.signer)
+	if err != nil {
+		return fmt.Errorf("ca: seal %s: %w", kv.Key, err)
+	}
+	value, err := record(kv.Key, m.cert.Raw, keyDER, seal)
+	if err != nil {
+		return err
+	}
+	if _, err := st.Txn(ctx, store.Put(kv.Key, value, kv.ModRevision)); err != nil && !errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("ca: seal %s in store: %w", kv.Key, err)
+	}
+	return nil
+}
+
+// record is the store value of a CA certificate under storeKey: the
+// certificate, then its PKCS#8 key, sealed when there is a seal key.
+func record(storeKey string, certDER, keyDER []byte, seal *SealKey) ([]byte, error) {
+	value := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER})
+	if seal == nil {
+		return append(value, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})...), nil
+	}
+	sealed, err := seal.seal(keyDER, storeKey, certDER)
+	if err != nil {
+		return nil, err
+	}
+	return append(value, sealed...), nil
+}
+
+// openRecord returns a stored record as plain PEM, its sealed key (bound to
+// the record's first certificate) opened, and whether it was sealed.
+func openRecord(value []byte, storeKey string, seal *SealKey) (plain []byte, sealed bool, err error) {
+	var firstCert []byte
+	for rest := value; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return plain, sealed, nil
+		}
+		if b.Type == "CERTIFICATE" && firstCert == nil {
+			firstCert = b.Bytes
+		}
+		if b.Type == SealedKeyType {
+			if firstCert == nil {
+				return nil, false, errors.New("sealed key before any certificate")
+			}
+			if b, err = seal.open(b, storeKey, firstCert); err != nil {
+				return nil, false, err
+			}
+			sealed = true
+		}
+		plain = append(plain, pem.EncodeToMemory(b)...)
+	}
+}
+
 // createRoot makes a self-signed ECDSA P-256 root and its store value
-// (certificate and PKCS#8 key as PEM).
-func createRoot(td spiffeid.TrustDomain, now time.Time) (*material, []byte, error) {
+// (certificate and PKCS#8 key as PEM, the key sealed if seal is set).
+func createRoot(td spiffeid.TrustDomain, now time.Time, seal *SealKey) (*material, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: create root: %w", err)
@@ -107,8 +177,10 @@ func createRoot(td spiffeid.TrustDomain, now time.Time) (*material, []byte, erro
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: create root: %w", err)
 	}
-	value := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	value = append(value, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})...)
+	value, err := record(RootKey, der, keyDER, seal)
+	if err != nil {
+		return nil, nil, err
+	}
 	return &material{cert: cert, signer: key, roots: []*x509.Certificate{cert}, chains: [][]*x509.Certificate{{cert}}}, value, nil
 }
 

@@ -28,17 +28,18 @@ func TestSign(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(chain) != 1 {
-		t.Fatalf("chain has %d certificates, want just the leaf (the root is in the bundle)", len(chain))
+	if len(chain) != 2 {
+		t.Fatalf("chain has %d certificates, want the leaf and the intermediate (the root is in the bundle)", len(chain))
 	}
 	leaf, err := x509.ParseCertificate(chain[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:       c.RootPool(),
-		CurrentTime: now,
-		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		Roots:         c.RootPool(),
+		Intermediates: intermediatesOf(t, chain),
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		t.Fatalf("leaf does not verify against the bundle: %v", err)
 	}

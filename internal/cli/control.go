@@ -12,6 +12,7 @@ import (
 
 func newControlCmd(g *globals) *cobra.Command {
 	var o control.Options
+	var sf storeFlags
 	cmd := &cobra.Command{
 		Use:   "control",
 		Short: "Run the control plane",
@@ -24,7 +25,9 @@ first certificate) and admin-token (what the CLI presents). Prometheus metrics
 are served at http://<metrics-addr>/metrics. All listeners bind to loopback
 unless --allow-remote is given.`,
 		Example: `  trellis control
-  trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010`,
+  trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010
+  trellis control --store etcd --etcd-endpoints http://127.0.0.1:2379
+  trellis control --dns-addr 127.0.0.1:5353 --dns-forward 127.0.0.53`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger("")
@@ -33,6 +36,9 @@ unless --allow-remote is given.`,
 			}
 			if o.Domain, err = meshname.ParseDomain(o.Domain); err != nil {
 				return fmt.Errorf("control: --domain: %w", err)
+			}
+			if err := sf.apply(cmd.Flags(), &o); err != nil {
+				return err
 			}
 			o.DataDir = g.dataDir
 			o.Logger = log
@@ -50,5 +56,9 @@ unless --allow-remote is given.`,
 	f.StringVar(&o.CARootFile, "ca-root", "", "PEM root of --ca-cert when it is an intermediate")
 	f.DurationVar(&o.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates; proxies renew at 2/3 of it")
 	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow listening on non-loopback addresses")
+	f.StringVar(&o.DNSAddr, "dns-addr", "", `DNS server address, UDP and TCP (default 127.0.0.1:8600, skipped with a warning if busy); "off" disables`)
+	f.DurationVar(&o.DNSTTL, "dns-ttl", 5*time.Second, "TTL of DNS answers, negative ones included (whole seconds)")
+	f.StringVar(&o.DNSForward, "dns-forward", "", "upstream resolver (host[:port]) for names outside the mesh; empty answers them REFUSED")
+	sf.register(f)
 	return cmd
 }

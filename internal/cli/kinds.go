@@ -23,6 +23,8 @@ type kindName struct {
 func kindNames() []kindName {
 	return []kindName{
 		{Kind: "BackendPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "backendpolicies", Short: []string{"bp"}},
+		{Kind: "FaultInjection", APIVersion: "trellis.dev/v1alpha1", Plural: "faultinjections", Short: []string{"fi"}},
+		{Kind: "GRPCRoute", APIVersion: "gateway.networking.k8s.io/v1", Plural: "grpcroutes", Short: []string{"gr"}},
 		{Kind: "HTTPRoute", APIVersion: "gateway.networking.k8s.io/v1", Plural: "httproutes", Short: []string{"hr"}},
 		{Kind: "Service", APIVersion: "trellis.dev/v1alpha1", Plural: "services", Short: []string{"svc"}},
 	}

@@ -157,6 +157,9 @@ func routesString(svc *meshv1.Service) string {
 		for _, h := range m.Headers {
 			s += fmt.Sprintf(" %s=%s", h.Name, h.Value)
 		}
+		for _, q := range m.QueryParams {
+			s += fmt.Sprintf(" ?%s=%s", q.Name, q.Value)
+		}
 		if r.Port != 0 {
 			s += fmt.Sprintf(" port=%d", r.Port)
 		}
@@ -364,6 +367,11 @@ spec:
     backendRefs: [{name: api-canary}]
   - matches: [{path: {type: PathPrefix, value: /api}, method: POST}]
     backendRefs: [{name: api-write}]
+  - matches:
+    - {path: {type: PathPrefix, value: /api}, queryParams: [{name: v, value: "2"}]}
+    - {path: {type: PathPrefix, value: /api}, headers: [{name: X-Canary, value: "2"}], queryParams: [{name: v, value: "2"}]}
+    - {path: {type: PathPrefix, value: /api}, queryParams: [{name: v, value: "3"}, {name: debug, value: "1"}]}
+    backendRefs: [{name: api-query}]
 `, at(t0.Add(time.Hour)))
 		e.apply(`
 apiVersion: gateway.networking.k8s.io/v1
@@ -393,7 +401,11 @@ spec:
 			"default/newer/rules[1] EXACT:/api/health -> api.default:0*1",
 			"default/older/rules[1] PREFIX:/api/v1 -> api-v1.default:0*1",
 			"default/newer/rules[3] PREFIX:/api POST -> api-write.default:0*1",
+			// More header matches first; equal headers: more query params.
+			"default/newer/rules[4] PREFIX:/api x-canary=2 ?v=2 -> api-query.default:0*1",
 			"default/newer/rules[2] PREFIX:/api x-canary=1 -> api-canary.default:0*1",
+			"default/newer/rules[4] PREFIX:/api ?v=3 ?debug=1 -> api-query.default:0*1",
+			"default/newer/rules[4] PREFIX:/api ?v=2 -> api-query.default:0*1",
 			"default/newer/rules[1] PREFIX:/api -> api.default:0*1",
 			"default/older/rules[0] PREFIX:/ -> shop-old.default:0*1",
 			"default/a-same-age/rules[0] PREFIX:/ -> shop-same.default:0*1",
@@ -638,6 +650,51 @@ spec:
 		want := "default/two-ports/rules[0] PREFIX:/ port=80 -> b-v1.default:0*1\ndefault/two-ports/rules[0] PREFIX:/ port=8080 -> b-v1.default:0*1"
 		if got := routesString(service(t, s, "b", "default")); got != want {
 			t.Errorf("b routes\n%s\nwant\n%s", got, want)
+		}
+	})
+}
+
+// TestRouteFiltersCompile: a mirror's backend is in the snapshot like a
+// route's backends, and a rule's ExtensionRef resolves to the
+// FaultInjection of the view (and follows it when it changes).
+func TestRouteFiltersCompile(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		e.apply(`
+apiVersion: trellis.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: slow}
+spec: {delay: {fixedDelay: 50ms, percentage: 10}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{kind: Service, name: shop}]
+  rules:
+  - filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}
+    - {type: ExtensionRef, extensionRef: {group: trellis.dev, kind: FaultInjection, name: slow}}
+    backendRefs: [{name: shop-v1}]
+`)
+		s := e.snap("web", "default", "shop.default")
+		if got, want := names(s), "shadow.default,shop.default,shop-v1.default,web.default"; got != want {
+			t.Fatalf("services %s, want %s", got, want)
+		}
+		fs := service(t, s, "shop", "default").Routes[0].Filters
+		if len(fs) != 2 || fs[1].GetFault().GetDelay().GetPercent() != 10 {
+			t.Fatalf("filters %v", fs)
+		}
+		e.apply(`
+apiVersion: trellis.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: slow}
+spec: {abort: {httpStatus: 418, percentage: 100}}
+`)
+		s2 := e.snap("web", "default", "shop.default")
+		fs = service(t, s2, "shop", "default").Routes[0].Filters
+		if fs[1].GetFault().GetAbort().GetHttpStatus() != 418 || s2.Version == s.Version {
+			t.Fatalf("changed FaultInjection not followed: %v (versions %s %s)", fs[1], s.Version, s2.Version)
 		}
 	})
 }

@@ -47,6 +47,7 @@ type index struct {
 	log       *slog.Logger
 	declared  map[svcKey]config.Declarer
 	attached  map[svcKey][]attached
+	objects   map[config.Ref]config.Object  // what Attachers look up (a route's FaultInjection)
 	endpoints map[string][]*meshv1.Endpoint // by namespace, sorted by id
 	cache     map[svcKey]*compiled
 	inbounds  map[svcKey]*compiled
@@ -58,11 +59,13 @@ func buildIndex(st *view.State, log *slog.Logger) *index {
 		log:       log,
 		declared:  map[svcKey]config.Declarer{},
 		attached:  map[svcKey][]attached{},
+		objects:   map[config.Ref]config.Object{},
 		endpoints: map[string][]*meshv1.Endpoint{},
 		cache:     map[svcKey]*compiled{},
 		inbounds:  map[svcKey]*compiled{},
 	}
 	for _, r := range st.Resources() {
+		idx.objects[r.Object.Ref()] = r.Object
 		if d, ok := r.Object.(config.Declarer); ok {
 			idx.declared[keyOf(d.Declares())] = d
 		}
@@ -133,6 +136,7 @@ func (idx *index) service(k svcKey) *compiled {
 		}
 	}
 	b := config.NewServiceBuild(svc)
+	b.Lookup = func(ref config.Ref) config.Object { return idx.objects[ref] }
 	for _, a := range idx.attached[k] {
 		a.obj.Contribute(b, a.at, a.createRev)
 	}
@@ -142,6 +146,14 @@ func (idx *index) service(k svcKey) *compiled {
 		for _, be := range r.Backends {
 			if d := (svcKey{ns: be.Namespace, name: be.Service}); d != k {
 				deps[d] = true
+			}
+		}
+		// A mirror's backend must be in the snapshot too.
+		for _, f := range r.Filters {
+			if be := f.GetRequestMirror().GetBackend(); be != nil {
+				if d := (svcKey{ns: be.Namespace, name: be.Service}); d != k {
+					deps[d] = true
+				}
 			}
 		}
 	}

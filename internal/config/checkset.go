@@ -8,13 +8,15 @@ import (
 // CheckSet checks what only a set of objects can show, for the objects of
 // one apply (or the whole desired state after it): the same resource (Ref)
 // twice, then each kind's own cross-object checks (its checkSet hook). Today
-// those are HTTPRoute's:
-//   - a parentRef or backendRef port that the referenced Service, when it
-//     is in the set, does not declare;
-//   - a parentRef to a tcp port of a Service in the set.
+// those are the routes' (HTTPRoute and GRPCRoute):
+//   - a parentRef, backendRef or mirror port that the referenced Service,
+//     when it is in the set, does not declare;
+//   - a parentRef to a tcp port of a Service in the set;
+//   - two routes attached to the same Service port with an identical match
+//     (a conflict, reported against each, naming the other).
 //
-// Several HTTPRoutes attached to the same Service are allowed: Gateway API
-// precedence decides between their rules.
+// Several routes attached to the same Service are otherwise allowed:
+// Gateway API precedence decides between their rules.
 func CheckSet(objs []Object) error { return CheckSetIn(objs, nil) }
 
 // CheckSetIn is CheckSet where origin(i) names the file objs[i] came from,

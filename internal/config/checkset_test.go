@@ -22,13 +22,33 @@ spec: {ports: [{port: 8080}]}
 			"  parentRefs: [{kind: Service, name: inventory" + parentPort + "}]\n" +
 			"  rules: [{backendRefs: [{name: inventory-v1" + backendPort + "}]}]\n"
 	}
+	matchRoute := func(kind, name, parentPort, match string) string {
+		return "---\napiVersion: gateway.networking.k8s.io/v1\nkind: " + kind + "\nmetadata: {name: " + name + "}\nspec:\n" +
+			"  parentRefs: [{kind: Service, name: inventory" + parentPort + "}]\n" +
+			"  rules: [{matches: [" + match + "], backendRefs: [{name: inventory-v1}]}]\n"
+	}
+	const conflictAB = "HTTPRoute default/a: spec.rules[0].matches[0]: conflicts with HTTPRoute default/b spec.rules[0].matches[0]: both attach to Service default/inventory port 8080 with an identical match"
+	const conflictBA = "HTTPRoute default/b: spec.rules[0].matches[0]: conflicts with HTTPRoute default/a spec.rules[0].matches[0]: both attach to Service default/inventory port 8080 with an identical match"
 	cases := []struct {
 		name string
 		in   string
 		want []string
 	}{
 		{"demo set", string(readFile(t, "testdata/inventory.yaml")), nil},
-		{"two routes on one service are allowed", services + routeTo("a", ", port: 8080", "") + routeTo("b", "", ", port: 8080"), nil},
+		{"two routes on one service are allowed", services + routeTo("a", ", port: 8080", "") + matchRoute("HTTPRoute", "b", "", "{path: {value: /b}}"), nil},
+		{"identical default matches conflict", services + routeTo("a", ", port: 8080", "") + routeTo("b", "", ", port: 8080"), []string{conflictAB, conflictBA}},
+		{"header order does not make matches differ", services +
+			matchRoute("HTTPRoute", "a", ", port: 8080", "{headers: [{name: X-A, value: '1'}, {name: x-b, value: '2'}]}") +
+			matchRoute("HTTPRoute", "b", ", port: 8080", "{headers: [{name: x-b, value: '2'}, {name: x-a, value: '1'}], path: {type: PathPrefix, value: /}}"), []string{conflictAB, conflictBA}},
+		{"different ports do not conflict", services + routeTo("a", ", port: 8080", "") + routeTo("b", ", port: 5432", ""),
+			[]string{"HTTPRoute default/b: spec.parentRefs[0].port: port 5432 of Service default/inventory is tcp"}},
+		{"a query param makes matches differ", services + matchRoute("HTTPRoute", "a", "", "{path: {value: /x}}") +
+			matchRoute("HTTPRoute", "b", "", "{path: {value: /x}, queryParams: [{name: v, value: '2'}]}"), nil},
+		{"GRPCRoute against HTTPRoute on the same path", services +
+			matchRoute("GRPCRoute", "g", "", "{method: {service: shop.Inventory, method: Get}}") +
+			matchRoute("HTTPRoute", "h", "", "{path: {type: Exact, value: /shop.Inventory/Get}}"),
+			[]string{"GRPCRoute default/g: spec.rules[0].matches[0]: conflicts with HTTPRoute default/h spec.rules[0].matches[0]: both attach to Service default/inventory with an identical match",
+				"HTTPRoute default/h: spec.rules[0].matches[0]: conflicts with GRPCRoute default/g"}},
 		{"ports of services outside the set are not checked", routeTo("a", ", port: 1234", ", port: 4321"), nil},
 		{"duplicate service", services + "---\n" + strings.SplitN(services, "---\n", 2)[1], []string{"Service default/inventory-v1: defined more than once in the set; keep one"}},
 		{"duplicate route", services + routeTo("a", "", "") + routeTo("a", "", ""), []string{"HTTPRoute default/a: defined more than once in the set; keep one"}},

@@ -79,7 +79,10 @@ type ServiceBuild struct {
 	// Service is the compiled service: name, namespace and ports are set
 	// when attached objects contribute; endpoints are the compiler's.
 	Service *meshv1.Service
-	routes  []rankedRoute
+	// Lookup finds another resource of the mesh by Ref (a route's
+	// FaultInjection); nil or a miss returns nil.
+	Lookup func(Ref) Object
+	routes []rankedRoute
 }
 
 // NewServiceBuild starts building svc.
@@ -87,20 +90,21 @@ func NewServiceBuild(svc *meshv1.Service) *ServiceBuild { return &ServiceBuild{S
 
 // RouteRank orders a service's routes (Gateway API HTTPRoute precedence):
 // exact path, then regex, then the longest prefix; then a method match; then
-// the most header matches; then the oldest route (creationTimestamp, then
-// store create revision), then namespace/name; then rule and match order
-// within the route; then port.
+// the most header matches; then the most query parameter matches; then the
+// oldest route (creationTimestamp, then store create revision), then
+// namespace/name; then rule and match order within the route; then port.
 type RouteRank struct {
-	PathRank  int // 0 exact, 1 regex, 2 prefix
-	PathLen   int
-	HasMethod bool
-	Headers   int
-	Created   time.Time
-	CreateRev int64
-	FullName  string // namespace/name
-	Rule      int
-	Match     int
-	Port      uint32
+	PathRank    int // 0 exact, 1 regex, 2 prefix
+	PathLen     int
+	HasMethod   bool
+	Headers     int
+	QueryParams int
+	Created     time.Time
+	CreateRev   int64
+	FullName    string // namespace/name
+	Rule        int
+	Match       int
+	Port        uint32
 }
 
 func (a *RouteRank) less(b *RouteRank) bool {
@@ -113,6 +117,8 @@ func (a *RouteRank) less(b *RouteRank) bool {
 		return a.HasMethod
 	case a.Headers != b.Headers:
 		return a.Headers > b.Headers
+	case a.QueryParams != b.QueryParams:
+		return a.QueryParams > b.QueryParams
 	case !a.Created.Equal(b.Created):
 		return a.Created.Before(b.Created)
 	case a.CreateRev != b.CreateRev:

@@ -73,20 +73,7 @@ func (r *HTTPRoute) setDefaults() {
 		r.Namespace = DefaultNamespace
 	}
 	ns := gwapiv1.Namespace(r.Namespace)
-	for i := range r.Spec.ParentRefs {
-		p := &r.Spec.ParentRefs[i]
-		// Upstream, an omitted kind means Gateway, which Validate refuses;
-		// only a Service parent gets its group and namespace filled in.
-		if p.Kind == nil || *p.Kind != "Service" {
-			continue
-		}
-		if p.Group == nil {
-			p.Group = ptrTo(gwapiv1.Group(""))
-		}
-		if p.Namespace == nil {
-			p.Namespace = ptrTo(ns)
-		}
-	}
+	defaultParentRefs(r.Spec.ParentRefs, ns)
 	for i := range r.Spec.Rules {
 		rule := &r.Spec.Rules[i]
 		if len(rule.Matches) == 0 {
@@ -108,22 +95,50 @@ func (r *HTTPRoute) setDefaults() {
 					m.Headers[k].Type = ptrTo(gwapiv1.HeaderMatchExact)
 				}
 			}
+			for k := range m.QueryParams {
+				if m.QueryParams[k].Type == nil {
+					m.QueryParams[k].Type = ptrTo(gwapiv1.QueryParamMatchExact)
+				}
+			}
+		}
+		for j := range rule.Filters {
+			defaultFilter(&rule.Filters[j], ns)
 		}
 		for j := range rule.BackendRefs {
-			b := &rule.BackendRefs[j]
-			if b.Group == nil {
-				b.Group = ptrTo(gwapiv1.Group(""))
-			}
-			if b.Kind == nil {
-				b.Kind = ptrTo(gwapiv1.Kind("Service"))
-			}
-			if b.Namespace == nil {
-				b.Namespace = ptrTo(ns)
-			}
-			if b.Weight == nil {
-				b.Weight = ptrTo(int32(1))
-			}
+			defaultBackendRef(&rule.BackendRefs[j].BackendRef, ns)
 		}
+	}
+}
+
+func defaultParentRefs(refs []gwapiv1.ParentReference, ns gwapiv1.Namespace) {
+	for i := range refs {
+		p := &refs[i]
+		// Upstream, an omitted kind means Gateway, which Validate refuses;
+		// only a Service parent gets its group and namespace filled in.
+		if p.Kind == nil || *p.Kind != "Service" {
+			continue
+		}
+		if p.Group == nil {
+			p.Group = ptrTo(gwapiv1.Group(""))
+		}
+		if p.Namespace == nil {
+			p.Namespace = ptrTo(ns)
+		}
+	}
+}
+
+func defaultBackendRef(b *gwapiv1.BackendRef, ns gwapiv1.Namespace) {
+	if b.Group == nil {
+		b.Group = ptrTo(gwapiv1.Group(""))
+	}
+	if b.Kind == nil {
+		b.Kind = ptrTo(gwapiv1.Kind("Service"))
+	}
+	if b.Namespace == nil {
+		b.Namespace = ptrTo(ns)
+	}
+	if b.Weight == nil {
+		b.Weight = ptrTo(int32(1))
 	}
 }
 
@@ -137,7 +152,8 @@ func (r *HTTPRoute) Validate() error {
 	if len(spec.Hostnames) > 0 {
 		fe.add("spec.hostnames", "not supported for mesh routes: a route attached to a Service applies to all traffic addressed to that Service; remove hostnames")
 	}
-	r.validateParentRefs(fe)
+	validateParentRefs(fe, r.Spec.ParentRefs, r.Namespace)
+	validateDefaultGateways(fe, r.Spec.UseDefaultGateways)
 
 	switch n := len(spec.Rules); {
 	case n == 0:
@@ -169,8 +185,15 @@ func (r *HTTPRoute) Validate() error {
 	return fe.err()
 }
 
-func (r *HTTPRoute) validateParentRefs(fe *fieldErrors) {
-	refs := r.Spec.ParentRefs
+// validateDefaultGateways refuses useDefaultGateways: it attaches a route
+// to Gateways, and mesh routes attach to Services only.
+func validateDefaultGateways(fe *fieldErrors, scope gwapiv1.GatewayDefaultScope) {
+	if scope != "" {
+		fe.add("spec.useDefaultGateways", "not supported: it attaches the route to Gateways, and Trellis routes are mesh (GAMMA) routes attached to Services by parentRefs; remove it")
+	}
+}
+
+func validateParentRefs(fe *fieldErrors, refs []gwapiv1.ParentReference, routeNS string) {
 	switch n := len(refs); {
 	case n == 0:
 		fe.add("spec.parentRefs", "at least one parentRef is required: name the Service whose traffic this route handles (kind: Service, group: \"\")")
@@ -206,7 +229,7 @@ func (r *HTTPRoute) validateParentRefs(fe *fieldErrors) {
 		if prob := dnsLabelProblem(string(p.Name)); prob != "" {
 			fe.add(path+".name", prob)
 		}
-		ns := r.Namespace
+		ns := routeNS
 		if p.Namespace != nil {
 			ns = string(*p.Namespace)
 			if prob := dnsLabelProblem(ns); prob != "" {
@@ -239,34 +262,37 @@ func validateRule(fe *fieldErrors, path string, rule *gwapiv1.HTTPRouteRule) {
 	for j := range rule.Matches {
 		validateMatch(fe, fmt.Sprintf("%s.matches[%d]", path, j), &rule.Matches[j])
 	}
-	if len(rule.Filters) > 0 {
-		fe.add(path+".filters", "filters are "+notSupportedYet+"; remove them")
-	}
-	if rule.Timeouts != nil {
-		fe.add(path+".timeouts", notSupportedYet+"; remove them")
-	}
+	redirect := validateFilters(fe, path+".filters", rule.Filters, allPrefix(rule.Matches))
+	validateTimeouts(fe, path+".timeouts", rule.Timeouts)
 	if rule.Retry != nil {
-		fe.add(path+".retry", notSupportedYet+"; remove it")
+		fe.add(path+".retry", "not supported: retries are a BackendPolicy's (trellis.dev/v1alpha1, spec.retry) attached to the backend Service; remove it")
 	}
 	if rule.SessionPersistence != nil {
-		fe.add(path+".sessionPersistence", notSupportedYet+"; remove it")
+		fe.add(path+".sessionPersistence", "sessionPersistence is not supported; for sticky routing use a BackendPolicy with a RING_HASH or MAGLEV balancer hashing a cookie or header; remove it")
 	}
-	switch n := len(rule.BackendRefs); {
+	validateBackendRefs(fe, path+".backendRefs", rule.BackendRefs, redirect)
+}
+
+// validateBackendRefs checks a rule's backends; a redirecting rule needs none.
+func validateBackendRefs(fe *fieldErrors, path string, refs []gwapiv1.HTTPBackendRef, redirect bool) {
+	switch n := len(refs); {
+	case n == 0 && redirect:
+		// The proxy answers a redirect itself.
 	case n == 0:
-		fe.add(path+".backendRefs", "at least one backendRef is required")
+		fe.add(path, "at least one backendRef is required (or a RequestRedirect filter)")
 	case n > maxBackendRefs:
-		fe.addf(path+".backendRefs", "at most %d backendRefs are allowed in a rule, got %d", maxBackendRefs, n)
+		fe.addf(path, "at most %d backendRefs are allowed in a rule, got %d", maxBackendRefs, n)
 	}
 	positive := false
-	for j := range rule.BackendRefs {
-		b := &rule.BackendRefs[j]
-		validateBackendRef(fe, fmt.Sprintf("%s.backendRefs[%d]", path, j), b)
+	for j := range refs {
+		b := &refs[j]
+		validateBackendRef(fe, fmt.Sprintf("%s[%d]", path, j), b)
 		positive = positive || b.Weight == nil || *b.Weight > 0
 	}
 	// Gateway API lets every weight be 0 (all requests then fail with 500);
 	// that is never what anyone means, and proxies refuse such a route.
-	if len(rule.BackendRefs) > 0 && !positive {
-		fe.add(path+".backendRefs", "every weight is 0: give at least one backendRef a weight above 0")
+	if len(refs) > 0 && !positive {
+		fe.add(path, "every weight is 0: give at least one backendRef a weight above 0")
 	}
 }
 
@@ -319,9 +345,7 @@ func validateMatch(fe *fieldErrors, path string, m *gwapiv1.HTTPRouteMatch) {
 			fe.addf(hp+".type", "unknown header match type %q: must be Exact or RegularExpression", typ)
 		}
 	}
-	if len(m.QueryParams) > 0 {
-		fe.add(path+".queryParams", "query parameter matches are "+notSupportedYet+"; remove them")
-	}
+	validateQueryParams(fe, path+".queryParams", m.QueryParams)
 	if m.Method != nil && !slices.Contains(httpMethods(), *m.Method) {
 		fe.addf(path+".method", "unknown method %q: must be one of GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH", *m.Method)
 	}
@@ -405,7 +429,7 @@ func validateBackendRef(fe *fieldErrors, path string, b *gwapiv1.HTTPBackendRef)
 		fe.addf(path+".weight", "must be between 0 and %d, got %d", maxWeight, *b.Weight)
 	}
 	if len(b.Filters) > 0 {
-		fe.add(path+".filters", "filters are "+notSupportedYet+"; remove them")
+		fe.add(path+".filters", "filters on a backendRef are "+notSupportedYet+": put them on the rule (spec.rules[].filters)")
 	}
 }
 

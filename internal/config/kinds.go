@@ -41,6 +41,8 @@ type kindInfo struct {
 func kindTable() []kindInfo {
 	return []kindInfo{
 		backendPolicyKind(),
+		faultInjectionKindInfo(),
+		grpcRouteKind(),
 		httpRouteKind(),
 		serviceKind(),
 	}

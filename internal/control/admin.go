@@ -19,6 +19,7 @@ import (
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/config"
+	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/store"
 )
@@ -356,6 +357,15 @@ func (a *admin) refOf(w http.ResponseWriter, r *http.Request) (config.Ref, bool)
 	ns, name := r.PathValue("namespace"), r.PathValue("name")
 	if ns == "" || name == "" || strings.ContainsAny(ns+name, "/") {
 		writeError(w, http.StatusBadRequest, "want /v1/resources/<kind>/<namespace>/<name>")
+		return config.Ref{}, false
+	}
+	// The same rules as metadata.namespace and metadata.name on apply.
+	if err := meshname.CheckLabel(ns); err != nil {
+		writeError(w, http.StatusBadRequest, "namespace: "+err.Error())
+		return config.Ref{}, false
+	}
+	if err := meshname.CheckLabel(name); err != nil {
+		writeError(w, http.StatusBadRequest, "name: "+err.Error())
 		return config.Ref{}, false
 	}
 	return config.Ref{Kind: kind, Namespace: ns, Name: name}, true

@@ -209,6 +209,8 @@ func TestAdminMalformedRequests(t *testing.T) {
 		{"unknown kind", "GET", "/v1/resources/pods", "", 404, `unknown kind \"pods\"`},
 		{"unknown kind one", "GET", "/v1/resources/pods/default/x", "", 404, "known kinds are"},
 		{"unknown path", "GET", "/v2/everything", "", 404, "no such API"},
+		{"bad namespace", "GET", "/v1/resources/services/Shop/orders", "", 400, `namespace: \"Shop\" is not a valid name`},
+		{"bad name", "DELETE", "/v1/resources/services/default/orders_v2", "", 400, `name: \"orders_v2\" is not a valid name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

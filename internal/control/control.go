@@ -4,6 +4,7 @@
 package control
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -18,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +32,7 @@ import (
 	"trellis.dev/trellis/internal/ca"
 	"trellis.dev/trellis/internal/compiler"
 	"trellis.dev/trellis/internal/config"
+	meshdns "trellis.dev/trellis/internal/dns"
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/registry"
@@ -78,13 +81,29 @@ type Options struct {
 	// CACertFile, CAKeyFile, CARootFile: an operator-provided signing
 	// certificate instead of the generated root (see ca.Options).
 	CACertFile, CAKeyFile, CARootFile string
+	// CASealKeyFile seals the generated root's private key in the store
+	// (see ca.LoadSealKey); every replica on one store needs the same file.
+	CASealKeyFile string
 	// AllowRemote permits listening on non-loopback addresses.
 	AllowRemote bool
 	// WorkloadTTL of issued certificates (default: the CA's, 24h).
 	WorkloadTTL time.Duration
+	// DNS (internal/dns), UDP and TCP. DNSAddr "" serves the default
+	// 127.0.0.1:8600 if that port is free (busy: a warning, so a second
+	// control plane or the demo still starts); DNSOff serves none; any
+	// other address must bind. DNSTTL of every record (default 5s).
+	// DNSForward is an upstream resolver for non-mesh names (empty: they
+	// are REFUSED).
+	DNSAddr    string
+	DNSTTL     time.Duration
+	DNSForward string
 	// Store, if set, is the store to run on (the caller closes it after
-	// Stop); nil opens the bbolt store in DataDir, closed by Stop.
-	Store  store.Store
+	// Stop); nil opens the store Stop closes: etcd if Etcd.Endpoints are
+	// set, else the bbolt file in DataDir.
+	Store store.Store
+	// Etcd connects the control plane to etcd instead of bbolt, so several
+	// replicas can share one store (Logger defaults to Options.Logger).
+	Etcd   store.EtcdOptions
 	Logger *slog.Logger
 }
 
@@ -123,7 +142,7 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("%s: %q is not a loopback address; use 127.0.0.1, ::1 or localhost, or pass --allow-remote to listen beyond this machine", a.field, a.addr)
 		}
 	}
-	return nil
+	return o.validateDNS()
 }
 
 func isLoopback(host string) bool {
@@ -157,6 +176,7 @@ type Control struct {
 	metricsSrv *http.Server
 	metricsLn  net.Listener
 	promReg    *prometheus.Registry
+	dns        *meshdns.Server // nil when DNS is off
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -211,6 +231,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		CertFile:    o.CACertFile,
 		KeyFile:     o.CAKeyFile,
 		RootFile:    o.CARootFile,
+		SealKeyFile: o.CASealKeyFile,
 		WorkloadTTL: o.WorkloadTTL,
 		Logger:      o.Logger,
 	})
@@ -267,6 +288,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if c.metricsLn, err = net.Listen("tcp", o.MetricsAddr); err != nil {
 		return nil, fmt.Errorf("control: metrics listener: %w", err)
 	}
+	if err := c.startDNS(); err != nil {
+		return nil, err
+	}
 	if err := writeAddrs(o.DataDir, c.addrs()); err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
@@ -321,11 +345,11 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 func (c *Control) openStore() error {
 	c.raw = c.o.Store
 	if c.raw == nil {
-		b, err := store.NewBolt(filepath.Join(c.o.DataDir, StoreFile), store.BoltOptions{Logger: c.o.Logger})
+		s, err := c.o.openOwnStore()
 		if err != nil {
 			return fmt.Errorf("control: %w", err)
 		}
-		c.raw, c.ownStore = b, true
+		c.raw, c.ownStore = s, true
 	}
 	c.promReg = prometheus.NewRegistry()
 	meter, err := telemetry.NewControlMetrics(c.promReg, telemetry.ControlState{
@@ -347,6 +371,19 @@ func (c *Control) openStore() error {
 	c.meter = meter
 	c.st = store.Observed(c.raw, meter)
 	return nil
+}
+
+// openOwnStore opens etcd when it is configured, else bbolt in the data dir.
+func (o *Options) openOwnStore() (store.Store, error) {
+	if len(o.Etcd.Endpoints) == 0 {
+		return store.NewBolt(filepath.Join(o.DataDir, StoreFile), store.BoltOptions{Logger: o.Logger})
+	}
+	e := o.Etcd
+	if e.Logger == nil {
+		e.Logger = o.Logger
+	}
+	o.Logger.Info("store on etcd", "component", "control", "endpoints", e.Endpoints, "prefix", e.Prefix)
+	return store.NewEtcd(e)
 }
 
 // serveMetrics serves /metrics from the registry. No token: it holds
@@ -385,7 +422,8 @@ func countResources(st *view.State) map[string]int {
 }
 
 func (c *Control) addrs() Addrs {
-	return Addrs{GRPC: c.grpcLn.Addr().String(), Admin: c.adminLn.Addr().String(), Metrics: c.metricsLn.Addr().String()}
+	return Addrs{GRPC: c.grpcLn.Addr().String(), Admin: c.adminLn.Addr().String(), Metrics: c.metricsLn.Addr().String(),
+		DNS: c.DNSAddr()}
 }
 
 // Addrs returns the addresses actually listened on (useful with port 0).
@@ -419,6 +457,7 @@ func (c *Control) Stop() error {
 		if err := c.metricsSrv.Shutdown(ctx); err != nil {
 			c.metricsSrv.Close()
 		}
+		c.stopDNS()
 		c.cancel()
 		c.wg.Wait()
 		if c.ownStore {
@@ -440,6 +479,7 @@ func (c *Control) closeAll() {
 	if c.metricsLn != nil {
 		c.metricsLn.Close()
 	}
+	c.stopDNS()
 	if c.ownStore {
 		c.raw.Close()
 	}
@@ -513,6 +553,8 @@ type Addrs struct {
 	// Metrics is where /metrics is served; absent in files written by
 	// older versions.
 	Metrics string `json:"metrics_addr,omitempty"`
+	// DNS is where DNS is served (UDP and TCP); absent when it is off.
+	DNS string `json:"dns_addr,omitempty"`
 }
 
 // ReadAddrs reads the addresses a control plane wrote to dataDir.
@@ -590,4 +632,65 @@ func (a snapshotsAdapter) Subscribe() (<-chan struct{}, func()) { return a.c.Sub
 // tokenEqual compares in constant time.
 func tokenEqual(got, want string) bool {
 	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// DNS wiring: the server reads the same view as the compiler.
+
+// DNSOff as Options.DNSAddr serves no DNS.
+const DNSOff = "off"
+
+func (o *Options) validateDNS() error {
+	if o.DNSAddr == "" || o.DNSAddr == DNSOff {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(o.DNSAddr)
+	if err != nil {
+		return fmt.Errorf("dnsAddr: %q: %w (or %q to serve no DNS)", o.DNSAddr, err, DNSOff)
+	}
+	if !o.AllowRemote && !isLoopback(host) {
+		return fmt.Errorf("dnsAddr: %q is not a loopback address; use 127.0.0.1, ::1 or localhost, or pass --allow-remote to listen beyond this machine", o.DNSAddr)
+	}
+	return nil
+}
+
+// startDNS serves DNS from the view unless it is off; see Options.DNSAddr
+// for a busy default port.
+func (c *Control) startDNS() error {
+	if c.o.DNSAddr == DNSOff {
+		return nil
+	}
+	meter, err := telemetry.NewDNSMetrics(c.promReg)
+	if err != nil {
+		return fmt.Errorf("control: dns metrics: %w", err)
+	}
+	addr := cmp.Or(c.o.DNSAddr, meshdns.DefaultAddr)
+	s, err := meshdns.Start(c.view, meshdns.Options{Addr: addr, Domain: c.o.Domain, TTL: c.o.DNSTTL,
+		Forward: c.o.DNSForward, Metrics: meter, Logger: c.o.Logger})
+	switch {
+	case err != nil && c.o.DNSAddr == "" && errors.Is(err, syscall.EADDRINUSE):
+		c.log.Warn("DNS port in use: serving no DNS; choose another with --dns-addr, or --dns-addr off",
+			"addr", addr, "err", err)
+		return nil
+	case err != nil:
+		return fmt.Errorf("control: %w", err)
+	}
+	c.dns = s
+	return nil
+}
+
+// DNSAddr is where DNS is served, "" when it is not.
+func (c *Control) DNSAddr() string {
+	if c.dns == nil {
+		return ""
+	}
+	return c.dns.Addr()
+}
+
+func (c *Control) stopDNS() {
+	if c.dns == nil {
+		return
+	}
+	if err := c.dns.Stop(); err != nil {
+		c.log.Warn("stopping DNS", "err", err)
+	}
 }

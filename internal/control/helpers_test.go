@@ -23,6 +23,7 @@ func startControl(t testing.TB, dir string) *Control {
 		GRPCAddr:    "127.0.0.1:0",
 		AdminAddr:   "127.0.0.1:0",
 		MetricsAddr: "127.0.0.1:0",
+		DNSAddr:     DNSOff, // tests that want DNS start their own
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +170,9 @@ spec:
     name: inventory
     port: 80
   rules:
-  - backendRefs:
+  - matches:
+    - path: {value: /` + name + `} # a path of its own: routes of different names never conflict
+    backendRefs:
     - name: inventory-v1
       port: 80
       weight: ` + itoa(weightV1) + `

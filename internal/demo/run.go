@@ -202,6 +202,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		return res, err
 	}
 	log.Info("control plane ready", "grpc", grpcAddr, "admin", adminAddr)
+	logDNS(log, o.DataDir)
 	if err := apply(ctx, o.Binary, filepath.Join(o.DataDir, "shop.yaml"), o.DataDir); err != nil {
 		return res, err
 	}

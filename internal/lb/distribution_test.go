@@ -186,7 +186,7 @@ func TestHashingWithoutKey(t *testing.T) {
 				p := mustPicker(t, Config{Policy: policy, Hash: k}, eps)
 				bare := &Request{Header: http.Header{"Cookie": {"other=1"}}, RawQuery: "other=1"}
 				for _, r := range []*Request{nil, bare} {
-					checkPicks(t, p, eps, nil, eps)
+					checkPicks(t, p, nil, eps, nil, eps)
 					seen := map[*Endpoint]bool{}
 					for range 200 {
 						c, _ := p.Pick(r, eps, nil)

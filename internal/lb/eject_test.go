@@ -60,6 +60,13 @@ func TestEjectionHonoured(t *testing.T) {
 			t.Run(tt.name+"/"+string(policy), func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					eps := newEps("a", "b", "c", "d")
+					var p Picker = newSeeded(policy, 3)
+					var rs []*Request // nil: keyless requests
+					if policy.Hashing() {
+						// Built for eps and keyed: the ring or table's walk.
+						p = mustPicker(t, Config{Policy: policy, Hash: HashKey{HashHeader, "x-user"}}, eps)
+						rs = keyed(400)
+					}
 					for _, i := range tt.ejected {
 						eps[i].Eject(time.Now().Add(time.Minute))
 					}
@@ -71,8 +78,7 @@ func TestEjectionHonoured(t *testing.T) {
 					for _, i := range tt.want {
 						want = append(want, eps[i])
 					}
-					p := newSeeded(policy, 3)
-					checkPicks(t, p, eps, tried, want)
+					checkPicks(t, p, rs, eps, tried, want)
 					// The ejections end: every untried endpoint is back.
 					time.Sleep(time.Minute)
 					var back []*Endpoint
@@ -81,20 +87,25 @@ func TestEjectionHonoured(t *testing.T) {
 							back = append(back, e)
 						}
 					}
-					checkPicks(t, p, eps, tried, back)
+					checkPicks(t, p, rs, eps, tried, back)
 				})
 			})
 		}
 	}
 }
 
-// checkPicks picks 400 times from eps and fails unless every pick is in
-// want and every one of want is picked (want empty: every pick fails).
-func checkPicks(t *testing.T, p Picker, eps, tried, want []*Endpoint) {
+// checkPicks picks 400 times from eps, for the requests rs in turn (none:
+// nil requests), and fails unless every pick is in want and every one of
+// want is picked (want empty: every pick fails).
+func checkPicks(t *testing.T, p Picker, rs []*Request, eps, tried, want []*Endpoint) {
 	t.Helper()
 	got := map[*Endpoint]int{}
-	for range 400 {
-		c, ok := p.Pick(nil, eps, tried)
+	for i := range 400 {
+		var r *Request
+		if len(rs) > 0 {
+			r = rs[i%len(rs)]
+		}
+		c, ok := p.Pick(r, eps, tried)
 		if ok != (len(want) > 0) {
 			t.Fatalf("ok = %v, want %v", ok, len(want) > 0)
 		}

@@ -159,3 +159,16 @@ func TestLatencyEstimate(t *testing.T) {
 		})
 	}
 }
+
+// TestDecaySeries: the short series decay uses for small steps matches
+// math.Exp to 1e-9, on both sides of where it switches.
+func TestDecaySeries(t *testing.T) {
+	tau := float64(DefaultDecay)
+	for _, x := range []float64{1e-9, 1e-6, 1e-4, 5e-4, 9.99e-4, 1e-3, 1.01e-3, 0.5, 3} {
+		elapsed := int64(x * tau)
+		want := math.Exp(-float64(elapsed) / tau)
+		if got := decay(elapsed, tau); math.Abs(got-want) > 1e-9*want {
+			t.Errorf("decay at x=%g: %v, want %v", x, got, want)
+		}
+	}
+}

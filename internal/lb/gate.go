@@ -8,10 +8,14 @@ import "time"
 // the clock at most once, and only if it meets an endpoint that was ever
 // ejected.
 type gate struct {
+	eps      []*Endpoint // the set picked from (slow start weighs against it)
 	tried    []*Endpoint
 	now      time.Time
 	haveNow  bool
 	panicked bool // every endpoint is ejected or tried: ejected ones are fine
+	// heaviest is the slow-start weight of eps's oldest endpoint, -1 when
+	// none is ramping, 0 until the sampler looks (sampler.share).
+	heaviest float64
 }
 
 // ok reports whether the pick may choose e.

@@ -121,7 +121,7 @@ func cookieValue(lines []string, name string) (string, bool) {
 			part, line, _ = strings.Cut(line, ";")
 			// No "=" is a name with an empty value, as net/http reads it.
 			k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
-			if k != name {
+			if strings.TrimSpace(k) != name {
 				continue
 			}
 			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
@@ -223,7 +223,7 @@ type order interface {
 
 // pick is Pick for a hashing picker over o.
 func (p *hashed) pick(o order, r *Request, eps, tried []*Endpoint) (Call, bool) {
-	g := gate{tried: tried}
+	g := gate{eps: eps, tried: tried}
 	var e *Endpoint
 	if h, ok := p.key.hash(r); ok && len(eps) == p.n {
 		e = p.choose(o, eps, &g, h)
@@ -290,8 +290,5 @@ func keyShare(h uint64) float64 {
 // share is below its weight and passes the others on along the ring, so its
 // keys move to it gradually and, once moved, stay.
 func (p *hashed) admitKey(e *Endpoint, g *gate, u float64) bool {
-	if p.s.window <= 0 {
-		return true
-	}
-	return u < p.s.weight(e, g.clock())
+	return p.s.window <= 0 || u < p.s.share(e, g)
 }

@@ -3,6 +3,7 @@ package lb
 import (
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -17,6 +18,7 @@ func TestCookieValue(t *testing.T) {
 		{"only", []string{"session=abc"}, "session", "abc", true},
 		{"among others", []string{"a=1; session=abc; b=2"}, "session", "abc", true},
 		{"no spaces", []string{"a=1;session=abc;b=2"}, "session", "abc", true},
+		{"space before the equals", []string{"session =abc; b=2"}, "session", "abc", true},
 		{"last", []string{"a=1; session=abc"}, "session", "abc", true},
 		{"quoted", []string{`session="abc"`}, "session", "abc", true},
 		{"empty value", []string{"session=; a=1"}, "session", "", true},
@@ -158,6 +160,33 @@ func FuzzQueryHash(f *testing.F) {
 		if q, err := url.ParseQuery(raw); err == nil && len(q[name]) > 0 {
 			if !ok1 || h1 != hashString(q[name][0]) {
 				t.Fatalf("queryHash(%q, %q) disagrees with url.ParseQuery's %q", raw, name, q[name][0])
+			}
+		}
+	})
+}
+
+func FuzzCookieValue(f *testing.F) {
+	f.Add("a=1; session=\"abc\"; b=2", "session")
+	f.Add(";;=;", "")
+	f.Fuzz(func(t *testing.T, line, name string) {
+		v, ok := cookieValue([]string{line}, name)
+		if !ok {
+			if v != "" {
+				t.Fatalf("not found, yet value %q", v)
+			}
+			return
+		}
+		if !strings.Contains(line, name+"=") && !strings.Contains(line, name) {
+			t.Fatalf("found %q in %q, which does not name it", name, line)
+		}
+		if !strings.Contains(line, v) {
+			t.Fatalf("value %q is not part of %q", v, line)
+		}
+		// Well-formed lines read as net/http reads them.
+		r := http.Request{Header: http.Header{"Cookie": {line}}}
+		if len(r.Cookies()) == strings.Count(line, ";")+1 {
+			if c, err := r.Cookie(name); err == nil && c.Value != v {
+				t.Fatalf("cookieValue(%q, %q) = %q; net/http reads %q", line, name, v, c.Value)
 			}
 		}
 	})

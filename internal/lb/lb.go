@@ -11,14 +11,17 @@
 // Every picker skips endpoints that are ejected (Endpoint.Eject, outlier
 // detection) as it skips those already tried, unless nothing else is left.
 // With a slow-start window, an endpoint younger than the window (counted
-// from NewEndpoint) draws a share that grows linearly with its age, from
-// 10% of a full share (Envoy's aggression 1.0 and min_weight_percent 10).
+// from NewEndpoint, when the proxy first saw it) weighs in proportion to its
+// age, from 10% of a full weight (Envoy's aggression 1.0 and
+// min_weight_percent 10), relative to the oldest endpoint of the set: a new
+// endpoint among old ones ramps up, endpoints that arrived together share
+// evenly at once. Hashing pickers ramp by moving a new endpoint's keys to it
+// gradually.
 package lb
 
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"time"
@@ -54,7 +57,10 @@ type Picker interface {
 	// of this request), or ok=false if eps is empty or every endpoint is in
 	// tried. An ejected endpoint counts as tried unless every endpoint is
 	// ejected or tried: then Pick chooses among the ejected, untried ones.
-	// r may be nil.
+	// r may be nil. eps is only read, and must not be
+	// changed in place while pickers use it (a picker may remember facts
+	// about the slice it last saw, by its address): a new endpoint set is a
+	// new slice, as each snapshot's is.
 	Pick(r *Request, eps []*Endpoint, tried []*Endpoint) (c Call, ok bool)
 }
 
@@ -143,22 +149,21 @@ func NewPicker(cfg Config, eps []*Endpoint) (Picker, error) {
 	if cfg.Hash.Kind != HashNone && cfg.Hash.Kind != HashSource && cfg.Hash.Name == "" {
 		return nil, errors.New("lb: hash key needs a name")
 	}
-	s := sampler{intN: rand.IntN, window: cfg.SlowStart}
 	switch cfg.Policy {
 	case PeakEWMA, "":
 		p := NewPeakEWMA()
 		p.s.window = cfg.SlowStart
 		return p, nil
 	case RoundRobin:
-		return &RoundRobinPicker{s: s}, nil
+		return &RoundRobinPicker{s: newSampler(cfg.SlowStart)}, nil
 	case Random:
-		return &RandomPicker{s: s}, nil
+		return &RandomPicker{s: newSampler(cfg.SlowStart)}, nil
 	case LeastRequest:
-		return &LeastRequestPicker{s: s}, nil
+		return &LeastRequestPicker{s: newSampler(cfg.SlowStart)}, nil
 	case RingHash:
-		return newRingHash(cfg, eps, s), nil
+		return newRingHash(cfg, eps), nil
 	case Maglev:
-		return newMaglev(cfg, eps, s), nil
+		return newMaglev(cfg, eps), nil
 	}
 	return nil, fmt.Errorf("%w %q (valid: %s)", ErrUnknownPolicy, cfg.Policy, policyList())
 }

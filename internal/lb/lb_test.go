@@ -314,10 +314,14 @@ func benchConfigs() []Config {
 
 func (c Config) String() string {
 	names := [...]string{"none", "header", "cookie", "query", "source"}
+	s := string(c.Policy)
 	if c.Policy.Hashing() {
-		return string(c.Policy) + "/" + names[c.Hash.Kind]
+		s += "/" + names[c.Hash.Kind]
 	}
-	return string(c.Policy)
+	if c.SlowStart > 0 {
+		s += "/slow-start-" + c.SlowStart.String()
+	}
+	return s
 }
 
 func TestPickAllocations(t *testing.T) {
@@ -353,7 +357,16 @@ func BenchmarkPick(b *testing.B) {
 		for i := range eps {
 			eps[i] = NewEndpoint(fmt.Sprintf("127.0.%d.%d:8080", i/256, i%256))
 		}
-		for _, cfg := range benchConfigs() {
+		configs := benchConfigs()
+		// Slow start reads the clock on every pick (the window may be
+		// open). A minute: every endpoint is ramping, together; a
+		// microsecond: none is (the steady state).
+		for _, p := range []Policy{PeakEWMA, RoundRobin, Random, LeastRequest, Maglev} {
+			for _, w := range []time.Duration{time.Minute, time.Microsecond} {
+				configs = append(configs, Config{Policy: p, Hash: HashKey{HashHeader, "x-user"}, SlowStart: w})
+			}
+		}
+		for _, cfg := range configs {
 			p, err := NewPicker(cfg, eps)
 			if err != nil {
 				b.Fatal(err)

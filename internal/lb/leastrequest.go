@@ -10,7 +10,7 @@ type LeastRequestPicker struct {
 
 // Pick implements Picker.
 func (p *LeastRequestPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
-	g := gate{tried: tried}
+	g := gate{eps: eps, tried: tried}
 	a, b := p.s.pair(eps, &g)
 	if a == nil {
 		return Call{}, false

@@ -22,8 +22,8 @@ type MaglevPicker struct {
 	table []uint32 // slot → index into the endpoint slice
 }
 
-func newMaglev(cfg Config, eps []*Endpoint, s sampler) *MaglevPicker {
-	p := &MaglevPicker{hashed: hashed{key: newKeyer(cfg.Hash), n: len(eps), s: s}}
+func newMaglev(cfg Config, eps []*Endpoint) *MaglevPicker {
+	p := &MaglevPicker{hashed: hashed{key: newKeyer(cfg.Hash), n: len(eps), s: newSampler(cfg.SlowStart)}}
 	n := len(eps)
 	if n == 0 {
 		return p

@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"math/rand/v2"
 	"time"
 )
 
@@ -77,7 +76,7 @@ type PeakEWMAPicker struct {
 func NewPeakEWMA(opts ...PeakEWMAOption) *PeakEWMAPicker {
 	p := &PeakEWMAPicker{
 		learn: learning{tau: float64(DefaultDecay), failWeight: DefaultFailureWeight},
-		s:     sampler{intN: rand.IntN},
+		s:     newSampler(0),
 	}
 	for _, o := range opts {
 		o(p)
@@ -88,7 +87,7 @@ func NewPeakEWMA(opts ...PeakEWMAOption) *PeakEWMAPicker {
 // Pick implements Picker.
 func (p *PeakEWMAPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
 	t := time.Now()
-	g := gate{tried: tried}
+	g := gate{eps: eps, tried: tried}
 	g.setNow(t)
 	a, b := p.candidates(eps, &g)
 	if a == nil {

@@ -9,7 +9,7 @@ type RandomPicker struct {
 
 // Pick implements Picker.
 func (p *RandomPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
-	g := gate{tried: tried}
+	g := gate{eps: eps, tried: tried}
 	e := p.s.first(eps, &g)
 	if e == nil {
 		return Call{}, false

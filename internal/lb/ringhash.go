@@ -31,8 +31,8 @@ type RingHashPicker struct {
 	ring []ringPoint
 }
 
-func newRingHash(cfg Config, eps []*Endpoint, s sampler) *RingHashPicker {
-	p := &RingHashPicker{hashed: hashed{key: newKeyer(cfg.Hash), n: len(eps), s: s}}
+func newRingHash(cfg Config, eps []*Endpoint) *RingHashPicker {
+	p := &RingHashPicker{hashed: hashed{key: newKeyer(cfg.Hash), n: len(eps), s: newSampler(cfg.SlowStart)}}
 	if len(eps) == 0 {
 		return p
 	}

@@ -23,7 +23,7 @@ func (r *RoundRobinPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool)
 	if n == 0 {
 		return Call{}, false
 	}
-	g := gate{tried: tried}
+	g := gate{eps: eps, tried: tried}
 	e, i := g.from(eps, int((r.next.Add(1)-1)%uint64(n)))
 	// A young endpoint passes its turn on; after a full round of passes
 	// (every one young) the last one takes it.

@@ -2,6 +2,8 @@ package lb
 
 import (
 	"math"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -96,4 +98,49 @@ func TestSlowStartHashing(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestSlowStartTogether: endpoints that joined together (a proxy's first
+// view of a service, a deploy that replaced every replica) share evenly at
+// once; only one younger than the rest is held back, relative to them.
+func TestSlowStartTogether(t *testing.T) {
+	const window = time.Minute
+	for _, policy := range []Policy{Random, RoundRobin, LeastRequest, PeakEWMA} {
+		t.Run(string(policy), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				eps := numbered("new", 4)
+				p := mustPicker(t, Config{Policy: policy, SlowStart: window}, eps)
+				for _, e := range eps {
+					if got := youngShare(p, eps, e, 8000); math.Abs(got-0.25) > 0.03 {
+						t.Fatalf("%s drew %.3f of picks, want 0.25: they joined together", e.Addr(), got)
+					}
+				}
+				time.Sleep(window / 2)
+				late := append(slices.Clone(eps), NewEndpoint("late"))
+				// Weight 0.1 against 0.5 each: 0.2/(4+0.2).
+				if got, want := youngShare(p, late, late[4], 8000), 0.2/4.2; math.Abs(got-want) > 0.25*want+0.01 {
+					t.Fatalf("the late endpoint drew %.3f, want %.3f", got, want)
+				}
+			})
+		})
+	}
+}
+
+// TestSlowStartTogetherCheap: endpoints ramping together cost no extra
+// draws: a pick draws once, as without slow start, instead of rejecting
+// most draws (and scanning) because every weight is small.
+func TestSlowStartTogetherCheap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eps := numbered("new", 100)
+		p := mustPicker(t, Config{Policy: Random, SlowStart: time.Minute}, eps).(*RandomPicker)
+		draws := 0
+		p.s.intN = func(n int) int { draws++; return rand.IntN(n) }
+		for range 1000 {
+			c, _ := p.Pick(nil, eps, nil)
+			c.Done(Abandoned)
+		}
+		if draws > 1000 {
+			t.Fatalf("1000 picks made %d random draws, want 1000", draws)
+		}
+	})
 }

@@ -48,10 +48,13 @@ func (p *Proxy) outboundChain() Handler {
 // routeChain is the part of the outbound chain one route owns, built into
 // the compiled route:
 //
-//	header filters ▸ [mirror] ▸ [fault] ▸ timeout ▸ retry ▸ attempt timeout
-//	▸ pick backend by weight ▸ circuit breaker ▸ pick endpoint
-//	▸ outlier detection ▸ upstream
+//	header filters ▸ redirect ▸ URL rewrite ▸ mirror ▸ fault ▸ timeout
+//	▸ retry ▸ attempt timeout ▸ pick backend by weight ▸ circuit breaker
+//	▸ pick endpoint ▸ outlier detection ▸ upstream
 //
+// A redirect answers without going further; the rewrite comes before the
+// mirror, so the mirror sees the request as the backend will; a fault
+// comes before the timeouts, so an injected delay is not a timeout.
 // The circuit breaker comes after the split, not before it: its limits are
 // the backend's (BackendPolicy on the backend Service), known only once the
 // split chose one. Outlier detection wraps each attempt on an endpoint.
@@ -59,8 +62,10 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 	return chain(p.peerUpstream(),
 		requestHeaderFilter(rt.requestHeaders),
 		responseHeaderFilter(rt.responseHeaders),
-		// [mirror] traffic control: a copy of the request to rt's mirror backend, response ignored.
-		// [fault] traffic control: injected delay and abort.
+		redirectFilter(rt.redirect),
+		rewriteFilter(rt.rewrite),
+		p.mirrorFilter(rt.mirrors, env.randN),
+		faultFilter(rt.fault, env.randN),
 		timeoutFilter(rt.timeout, p.timerPool()),
 		retryFilter(rt.retry),
 		timeoutFilter(rt.attemptTimeout, p.timerPool()),

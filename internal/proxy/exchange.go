@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,9 +40,12 @@ type Exchange struct {
 	PeerID string
 
 	// What the pipeline chose.
-	Service  *service // outbound: the service the host names
-	Port     uint32   // the service port (outbound) or local port (inbound)
-	Route    *route
+	Service *service // outbound: the service the host names
+	Port    uint32   // the service port (outbound) or local port (inbound)
+	Route   *route
+	// matched is the match of Route that selected the request (nil for a
+	// route without matches): URL rewrite's ReplacePrefixMatch needs it.
+	matched  *match
 	Backend  *backend
 	Endpoint *lb.Endpoint
 	Tried    []*lb.Endpoint // endpoints of earlier attempts
@@ -85,7 +89,41 @@ type Exchange struct {
 	body    countedBody
 	brk     breakerBody
 	triedBk [2]*lb.Endpoint
+	// out is the first attempt's outgoing header and URL, kept across
+	// pooled uses so a request allocates neither; see lendOut.
+	out     *outgoing
+	outLent bool
 }
+
+// outgoing is the reusable part of one attempt's *http.Request.
+type outgoing struct {
+	header http.Header
+	url    url.URL
+}
+
+// lendOut returns storage for one attempt's header and URL. The first
+// attempt of an exchange gets the exchange's own, cleared; later attempts
+// (retries, which may overlap a transport still reading the first) get
+// fresh ones. net/http may read a request until its response body is
+// closed, which the writer does before release, so a lent outgoing is
+// free again once the exchange is released — unless its attempt failed
+// without a response, when the transport may still hold it: forgetOut
+// drops it then.
+func (ex *Exchange) lendOut(n int) *outgoing {
+	if ex.outLent || ex.out == nil {
+		o := &outgoing{header: make(http.Header, n)}
+		if !ex.outLent {
+			ex.out, ex.outLent = o, true
+		}
+		return o
+	}
+	ex.outLent = true
+	clear(ex.out.header)
+	return ex.out
+}
+
+// forgetOut stops the exchange from reusing the outgoing it lent.
+func (ex *Exchange) forgetOut() { ex.out = nil }
 
 // Context is the exchange's context: canceled when the client goes away,
 // the proxy gives up on it, or a timeout expires.
@@ -111,8 +149,8 @@ func (ex *Exchange) release() {
 		c()
 	}
 	clear(ex.cancels) // a pooled exchange keeps no context alive
-	cancels := ex.cancels[:0]
-	*ex = Exchange{cancels: cancels}
+	cancels, out := ex.cancels[:0], ex.out
+	*ex = Exchange{cancels: cancels, out: out}
 	exchangePool.Put(ex)
 }
 
@@ -166,6 +204,10 @@ type Response struct {
 //	SD   shutting down: the proxy stopped while the request waited 503
 //	UO   upstream overflow: the backend's circuit breaker (BackendPolicy
 //	     circuitBreaker) refused the request, failing fast   503
+//	FI   fault injected: the route's FaultInjection aborted the request
+//	     (its status; a gRPC abort is 200 with grpc-status)
+//	DI   delay injected: the route's FaultInjection delayed the request
+//	     (with the status the request then got)
 type Flags uint16
 
 // The response flags; see Flags.
@@ -182,10 +224,12 @@ const (
 	FlagLA
 	FlagSD
 	FlagUO
+	FlagFI
+	FlagDI
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

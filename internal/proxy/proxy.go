@@ -63,7 +63,15 @@ type Options struct {
 	DrainTimeout time.Duration        // default 10s
 	Registry     *prometheus.Registry // nil: a new one
 	Logger       *slog.Logger
+	// MaxMirrors bounds the RequestMirror copies in flight; beyond it
+	// copies are dropped (and counted). Default DefaultMaxMirrors.
+	MaxMirrors int
 }
+
+// DefaultMaxMirrors is Options.MaxMirrors' default: enough for a mirror
+// about as fast as the primary at a few thousand requests per second, small
+// enough that a stalled mirror costs little memory.
+const DefaultMaxMirrors = 128
 
 // SubscribeWait bounds how long a request for an unknown service waits for
 // the control plane to send it.
@@ -97,6 +105,11 @@ type Proxy struct {
 	subscribeWait time.Duration
 
 	appH1, appH2C *http.Transport
+
+	// mirrorSlots bounds the mirrored requests in flight (MaxMirrors);
+	// mirrorChain sends them.
+	mirrorSlots chan struct{}
+	mirrorChain Handler
 
 	mu        sync.Mutex
 	started   bool
@@ -190,6 +203,12 @@ func New(o Options) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
 	p.metrics = m
+	if o.MaxMirrors <= 0 {
+		o.MaxMirrors = DefaultMaxMirrors
+		p.opts.MaxMirrors = o.MaxMirrors
+	}
+	p.mirrorSlots = make(chan struct{}, o.MaxMirrors)
+	p.mirrorChain = p.buildMirrorChain()
 	var h1, h2c http.Protocols
 	h1.SetHTTP1(true)
 	h2c.SetUnencryptedHTTP2(true)

@@ -121,6 +121,11 @@ type route struct {
 	requestHeaders, responseHeaders []headerModifier
 	timeout, attemptTimeout         time.Duration // 0: none
 	retry                           *retryPolicy  // the route's service's
+	// The issue-6 route filters (route_filters.go); nil or empty: none.
+	redirect *redirectSpec
+	rewrite  *urlRewrite
+	mirrors  []mirrorSpec
+	fault    *faultSpec
 	// handler is the route's compiled chain (chain.go: routeChain).
 	handler Handler
 }
@@ -136,6 +141,7 @@ type match struct {
 	path     string
 	pathRe   *regexp.Regexp
 	headers  []headerMatch
+	queries  []queryMatch
 	method   string
 }
 
@@ -153,10 +159,12 @@ func (s *service) match(ex *Exchange, port uint32) *route {
 			continue
 		}
 		if len(rt.matches) == 0 {
+			ex.matched = nil
 			return rt
 		}
 		for j := range rt.matches {
 			if rt.matches[j].ok(ex) {
+				ex.matched = &rt.matches[j]
 				return rt
 			}
 		}
@@ -199,6 +207,11 @@ func (m *match) ok(ex *Exchange) bool {
 				return false
 			}
 		} else if vv[0] != h.value {
+			return false
+		}
+	}
+	for i := range m.queries {
+		if !m.queries[i].ok(ex.RawQuery) {
 			return false
 		}
 	}
@@ -604,7 +617,33 @@ func (c *compiled) compileRoute(f string, r *meshv1.Route, ns string) (route, er
 			}
 			cm.headers = append(cm.headers, hm)
 		}
+		for j, q := range m.GetQueryParams() {
+			qf := fmt.Sprintf("%s.query_params[%d]", mf, j)
+			if q.GetName() == "" {
+				return rt, invalid("%s.name: empty", qf)
+			}
+			qm := queryMatch{name: q.GetName(), value: q.GetValue()}
+			switch q.GetType() {
+			case meshv1.QueryParamMatch_REGEX:
+				re, err := regexp.Compile(`^(?:` + q.GetValue() + `)$`)
+				if err != nil {
+					return rt, invalid("%s.value: bad regex: %v", qf, err)
+				}
+				qm.re = re
+			case meshv1.QueryParamMatch_EXACT:
+			default:
+				return rt, invalid("%s.type: unknown type %d", qf, q.GetType())
+			}
+			cm.queries = append(cm.queries, qm)
+		}
 		rt.matches = append(rt.matches, cm)
+	}
+	if err := c.compileFilters(f, &rt, r.GetFilters(), ns); err != nil {
+		return rt, err
+	}
+	if len(r.GetBackends()) == 0 && rt.redirect != nil {
+		// The proxy answers every request itself.
+		return rt, rt.compileTimeouts(f+".timeouts", r.GetTimeouts())
 	}
 	if len(r.GetBackends()) == 0 {
 		return rt, invalid("%s.backends: empty; a route must send traffic somewhere", f)
@@ -636,16 +675,13 @@ func (c *compiled) compileRoute(f string, r *meshv1.Route, ns string) (route, er
 	if total == 0 {
 		return rt, invalid("%s.backends: every weight is 0", f)
 	}
-	if err := rt.compileFilters(f, r.GetFilters()); err != nil {
-		return rt, err
-	}
 	return rt, rt.compileTimeouts(f+".timeouts", r.GetTimeouts())
 }
 
 // compileFilters checks and compiles a route's filters, in order. A filter
 // of a kind this proxy does not know arrives as an empty oneof and is
 // refused: silently skipping it would route differently than asked.
-func (rt *route) compileFilters(f string, fs []*meshv1.RouteFilter) error {
+func (c *compiled) compileFilters(f string, rt *route, fs []*meshv1.RouteFilter, ns string) error {
 	for i, rf := range fs {
 		ff := fmt.Sprintf("%s.filters[%d]", f, i)
 		switch k := rf.GetFilter().(type) {
@@ -662,7 +698,13 @@ func (rt *route) compileFilters(f string, fs []*meshv1.RouteFilter) error {
 			}
 			rt.responseHeaders = append(rt.responseHeaders, hm)
 		default:
-			return invalid("%s: empty or unknown filter kind; this proxy knows request_header_modifier and response_header_modifier", ff)
+			known, err := c.compileRouteFilter(ff, rt, rf, ns)
+			if err != nil {
+				return err
+			}
+			if !known {
+				return invalid("%s: empty or unknown filter kind; this proxy knows request_header_modifier, response_header_modifier, url_rewrite, request_redirect, request_mirror and fault", ff)
+			}
 		}
 	}
 	return nil

@@ -27,11 +27,11 @@ func (p *Proxy) peerUpstream() Handler {
 		if p.peerH2(ex) {
 			tr = ex.peer.h2
 		}
-		h := outHeader(ex, 2)
-		h[headerPort] = ps.portHdr
+		o := outHeader(ex, 2)
+		o.header[headerPort] = ps.portHdr
 		// Only the receiving proxy says who the caller is.
-		delete(h, HeaderClientID)
-		return roundTrip(ex, tr, "https", ex.peer.addr, h)
+		delete(o.header, HeaderClientID)
+		return roundTrip(ex, tr, "https", ex.peer.addr, o)
 	})
 }
 
@@ -53,10 +53,10 @@ func (p *Proxy) appUpstream() Handler {
 		if ex.target.h2() {
 			tr = p.appH2C
 		}
-		h := outHeader(ex, 1)
-		delete(h, headerPort)
-		h[HeaderClientID] = ex.peerIDHdr
-		resp := roundTrip(ex, tr, "http", ex.target.appAddr, h)
+		o := outHeader(ex, 1)
+		delete(o.header, headerPort)
+		o.header[HeaderClientID] = ex.peerIDHdr
+		resp := roundTrip(ex, tr, "http", ex.target.appAddr, o)
 		if ex.err == nil && resp.Header != nil {
 			// Only proxies speak for the mesh: an app's X-Trellis-Error
 			// must not pass for this proxy's (the caller retries on UF).
@@ -70,8 +70,9 @@ func (p *Proxy) appUpstream() Handler {
 // hop-by-hop headers removed, an upgrade re-requested, the caller appended
 // to X-Forwarded-For. Value slices are shared with ex.Header, which no one
 // changes once attempts begin; extra is room for the caller's own headers.
-func outHeader(ex *Exchange, extra int) http.Header {
-	h := make(http.Header, len(ex.Header)+extra+1)
+func outHeader(ex *Exchange, extra int) *outgoing {
+	o := ex.lendOut(len(ex.Header) + extra + 1)
+	h := o.header
 	for k, vv := range ex.Header {
 		h[k] = vv
 	}
@@ -81,25 +82,26 @@ func outHeader(ex *Exchange, extra int) http.Header {
 		h["Upgrade"] = []string{ex.Upgrade}
 	}
 	appendForwardedFor(h, ex.RemoteAddr)
-	return h
+	return o
 }
 
 var connUpgrade = []string{"Upgrade"}
 
 // roundTrip sends one attempt and returns its response, or the proxy's own
 // error response with the flag that says why.
-func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, h http.Header) *Response {
+func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, o *outgoing) *Response {
 	path := ex.Path
 	if path == "" {
 		path = "/"
 	}
+	o.url = url.URL{Scheme: scheme, Host: addr, Path: path, RawPath: ex.RawPath, RawQuery: ex.RawQuery}
 	tmpl := http.Request{
 		Method:        ex.Method,
-		URL:           &url.URL{Scheme: scheme, Host: addr, Path: path, RawPath: ex.RawPath, RawQuery: ex.RawQuery},
+		URL:           &o.url,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
-		Header:        h,
+		Header:        o.header,
 		ContentLength: ex.ContentLength,
 		Host:          ex.Authority,
 	}
@@ -108,6 +110,9 @@ func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, h http.H
 	}
 	resp, err := rt.RoundTrip(tmpl.WithContext(ex.ctx))
 	if err != nil {
+		if o == ex.out {
+			ex.forgetOut()
+		}
 		return attemptFailed(ex, addr, err)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {

@@ -125,9 +125,10 @@ type mesh struct {
 
 	mu      sync.Mutex
 	gen     int
-	reg     map[string]*meshv1.Endpoint // by id
-	version map[string]string           // service → endpoint version label to route to
-	poison  map[string]*meshv1.Service  // node's service → extra service in its snapshot
+	reg     map[string]*meshv1.Endpoint      // by id
+	version map[string]string                // service → endpoint version label to route to
+	poison  map[string]*meshv1.Service       // node's service → extra service in its snapshot
+	policy  map[string]*meshv1.BackendPolicy // service → its backend policy
 	subs    map[int]chan struct{}
 	nextSub int
 	lease   int64
@@ -166,6 +167,7 @@ func (m *mesh) Snapshot(_ context.Context, n push.Node) (*meshv1.Snapshot, error
 			continue
 		}
 		svc := httpService(name)
+		svc.BackendPolicy = m.policy[name]
 		for _, ep := range m.reg {
 			if ep.GetService() == name && (m.version[name] == "" || ep.GetLabels()["version"] == m.version[name]) {
 				svc.Endpoints = append(svc.Endpoints, ep)

@@ -285,21 +285,10 @@ func checkOps(ops []Op) (writes bool, err error) {
 }
 
 func precondition(op Op, cur []byte) error {
-	switch {
-	case op.ExpectRevision == Any:
-		return nil
-	case op.ExpectRevision == Absent && cur == nil:
-		return nil
-	case op.ExpectRevision == Absent:
-		return fmt.Errorf("store: txn: %q exists at revision %d, expected absent: %w",
-			op.Key, decodeKV(op.Key, cur).ModRevision, ErrConflict)
-	case cur == nil:
-		return fmt.Errorf("store: txn: %q is absent, expected revision %d: %w", op.Key, op.ExpectRevision, ErrConflict)
+	if cur == nil {
+		return expectErr(op, false, 0)
 	}
-	if mod := decodeKV(op.Key, cur).ModRevision; mod != op.ExpectRevision {
-		return fmt.Errorf("store: txn: %q is at revision %d, expected %d: %w", op.Key, mod, op.ExpectRevision, ErrConflict)
-	}
-	return nil
+	return expectErr(op, true, decodeKV(op.Key, cur).ModRevision)
 }
 
 // deleteKey removes key (whose stored record is cur) and its lease index entry.

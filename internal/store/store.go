@@ -1,13 +1,15 @@
 // Package store defines the control plane's key-value store: get, list,
 // compare-and-set writes, atomic multi-key transactions, watches from a
-// revision, and leases. The embedded backend is bbolt (NewBolt); an etcd
-// backend slots under the same interface. Nothing outside this package knows
-// which backend it runs on.
+// revision, and leases. The embedded backend is bbolt (NewBolt); NewEtcd
+// puts the same interface on an etcd cluster, which several control-plane
+// replicas can share. Both pass the conformance suite in storetest. Nothing
+// outside this package knows which backend it runs on.
 package store
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -133,4 +135,23 @@ type Store interface {
 	// Revision is the store's current revision.
 	Revision(ctx context.Context) (int64, error)
 	Close() error
+}
+
+// expectErr checks op's precondition against the key's state (whether it
+// exists and, if so, its ModRevision): nil if it holds, else an ErrConflict
+// naming the key, the same words on every backend.
+func expectErr(op Op, exists bool, mod int64) error {
+	switch {
+	case op.ExpectRevision == Any:
+		return nil
+	case op.ExpectRevision == Absent && !exists:
+		return nil
+	case op.ExpectRevision == Absent:
+		return fmt.Errorf("store: txn: %q exists at revision %d, expected absent: %w", op.Key, mod, ErrConflict)
+	case !exists:
+		return fmt.Errorf("store: txn: %q is absent, expected revision %d: %w", op.Key, op.ExpectRevision, ErrConflict)
+	case mod != op.ExpectRevision:
+		return fmt.Errorf("store: txn: %q is at revision %d, expected %d: %w", op.Key, mod, op.ExpectRevision, ErrConflict)
+	}
+	return nil
 }

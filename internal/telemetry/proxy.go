@@ -12,6 +12,21 @@ import (
 // TCPConnectionsName is the proxy's opaque-TCP connection counter.
 const TCPConnectionsName = "trellis_proxy_tcp_connections_total"
 
+// MirrorRequestsName counts mirrored requests by result.
+const MirrorRequestsName = "trellis_proxy_mirror_requests_total"
+
+// Mirror results, the "result" label of MirrorRequestsName.
+const (
+	// MirrorOK: the mirror answered below 500.
+	MirrorOK = "ok"
+	// MirrorFailed: the mirror answered 5xx, or could not be reached.
+	MirrorFailed = "failed"
+	// MirrorDropped: not sent, because as many mirrored requests as the
+	// proxy allows were in flight, or the body was over 64 KiB (or not sent
+	// to its end), or the request was an upgrade or CONNECT.
+	MirrorDropped = "dropped"
+)
+
 // Directions of a proxy hop, as the "direction" label carries them.
 const (
 	Inbound  = "inbound"
@@ -29,6 +44,7 @@ type ProxyMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	tcp      *prometheus.CounterVec
+	mirrors  *prometheus.CounterVec
 	res      resilienceVecs
 
 	mu    sync.RWMutex
@@ -53,16 +69,27 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 			Name: TCPConnectionsName,
 			Help: "Opaque TCP connections proxied, by direction and destination service.",
 		}, []string{"direction", "destination_service"}),
+		mirrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MirrorRequestsName,
+			Help: "Requests copied to a route's RequestMirror backend, by result (ok, failed, dropped).",
+		}, []string{"result"}),
 		dests: make(map[destKey]*DestMetrics),
 	}
+	for _, r := range []string{MirrorOK, MirrorFailed, MirrorDropped} {
+		m.mirrors.WithLabelValues(r) // shown at 0 from the start
+	}
 	m.res = newResilienceVecs()
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.res.retries, m.res.overflows, m.res.ejections} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
 }
+
+// Mirror counts one mirrored request's result (MirrorOK, MirrorFailed,
+// MirrorDropped).
+func (m *ProxyMetrics) Mirror(result string) { m.mirrors.WithLabelValues(result).Inc() }
 
 // Dest returns the cached instruments of one (direction, service) pair;
 // service is "name.namespace". Callers on a hot path keep the result.
