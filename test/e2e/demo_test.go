@@ -142,7 +142,9 @@ func processesOf(bin string) []string {
 
 // The orphan check above must be able to fail: it sees a live process.
 func TestProcessesOfSeesLiveProcess(t *testing.T) {
-	marker := "trellis-e2e-marker-" + filepath.Base(t.TempDir())
+	// The whole temp dir path is unique per run (its base alone, "001",
+	// is not), so a concurrent run's marker process never counts here.
+	marker := "trellis-e2e-marker:" + t.TempDir()
 	cmd := exec.Command("sh", "-c", "sleep 5 # "+marker)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
