@@ -408,13 +408,13 @@ func (p *Proxy) Start() error {
 		srv *http.Server
 		ln  net.Listener
 	}
-	var todo []serve
+	var toServe []serve
 	if a := p.opts.OutboundAddr; a != "" {
 		ln, err := listen("outbound", a)
 		if err != nil {
 			return err
 		}
-		todo = append(todo, serve{p.appServer(&edge{p: p, kind: outboundListener}, errLog), ln})
+		toServe = append(toServe, serve{p.appServer(&edge{p: p, kind: outboundListener}, errLog), ln})
 	}
 	for _, u := range p.upstreams {
 		ln, err := listen("upstream:"+u.key, p.opts.Upstreams[u.key])
@@ -423,7 +423,7 @@ func (p *Proxy) Start() error {
 		}
 		u.ln = ln
 		u.http = newChanListener(ln.Addr())
-		todo = append(todo, serve{p.appServer(&edge{p: p, kind: upstreamListener, up: u}, errLog), u.http})
+		toServe = append(toServe, serve{p.appServer(&edge{p: p, kind: upstreamListener, up: u}, errLog), u.http})
 	}
 	if a := p.opts.InboundAddr; a != "" {
 		ln, err := listen("inbound", a)
@@ -443,7 +443,7 @@ func (p *Proxy) Start() error {
 			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){ALPNTCP: p.serveTCPTunnel},
 			HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		}
-		todo = append(todo, serve{srv, tls.NewListener(ln, p.inboundTLS())})
+		toServe = append(toServe, serve{srv, tls.NewListener(ln, p.inboundTLS())})
 	}
 	if a := p.opts.AdminAddr; a != "" {
 		ln, err := listen("admin", a)
@@ -454,7 +454,7 @@ func (p *Proxy) Start() error {
 		p.wg.Add(1)
 		go func() { defer p.wg.Done(); _ = p.admin.Serve(ln) }()
 	}
-	for _, s := range todo {
+	for _, s := range toServe {
 		p.servers = append(p.servers, s.srv)
 		p.wg.Add(1)
 		go func() { defer p.wg.Done(); _ = s.srv.Serve(s.ln) }()
