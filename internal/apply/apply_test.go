@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,17 +15,10 @@ import (
 	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/store/storetest"
 )
 
-func openStore(t *testing.T) *store.Bolt {
-	t.Helper()
-	st, err := store.NewBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
+func openStore(t *testing.T) *store.Bolt { return storetest.OpenBolt(t, store.BoltOptions{}) }
 
 func objects(t *testing.T, file, yaml string) []apply.Object {
 	t.Helper()

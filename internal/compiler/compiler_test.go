@@ -3,7 +3,6 @@ package compiler
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/store/storetest"
 	"trellis.dev/trellis/internal/view"
 )
 
@@ -47,11 +47,7 @@ func start(t *testing.T, st store.Store) (*view.View, *Compiler) {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	st, err := store.NewBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.OpenBolt(t, store.BoltOptions{})
 	v, c := start(t, st)
 	return &env{t: t, st: st, reg: registry.New(st, nil), v: v, c: c}
 }

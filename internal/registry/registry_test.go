@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -13,16 +12,12 @@ import (
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/store/storetest"
 )
 
 func newStore(t *testing.T) *store.Bolt {
 	t.Helper()
-	st, err := store.NewBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOptions{LeaseCheckInterval: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
+	return storetest.OpenBolt(t, store.BoltOptions{LeaseCheckInterval: 100 * time.Millisecond})
 }
 
 func endpoint(id, svc string) *meshv1.Endpoint {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,18 +17,11 @@ import (
 	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/store/storetest"
 	"trellis.dev/trellis/internal/view"
 )
 
-func openStore(t *testing.T) *store.Bolt {
-	t.Helper()
-	st, err := store.NewBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
+func openStore(t *testing.T) *store.Bolt { return storetest.OpenBolt(t, store.BoltOptions{}) }
 
 // run starts v and stops it when the test ends.
 func run(t *testing.T, v *view.View) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -988,4 +989,16 @@ func dump(kvs []store.KV) string {
 		fmt.Fprintf(&b, "[%s=%q c%d m%d] ", kv.Key, kv.Value, kv.CreateRevision, kv.ModRevision)
 	}
 	return b.String()
+}
+
+// OpenBolt opens a bbolt store in t's temporary directory and closes it
+// when t ends: the real store other packages' tests run on.
+func OpenBolt(t testing.TB, opts store.BoltOptions) *store.Bolt {
+	t.Helper()
+	st, err := store.NewBolt(filepath.Join(t.TempDir(), "store.db"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }
