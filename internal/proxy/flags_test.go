@@ -140,10 +140,7 @@ func withRoutes(s *meshv1.Service, rs ...*meshv1.Route) *meshv1.Service {
 // or fail through real listeners, and checks the status, the response flag
 // and that the proxy counted exactly one request for it.
 func TestEveryRequestCountedWithFlag(t *testing.T) {
-	type result struct {
-		p      *Proxy // whose metrics to check
-		status int    // what the client saw; 0 when it saw none
-	}
+	type result = flagResult
 	for _, tc := range []struct {
 		name   string
 		run    func(e *flagEnv) result
@@ -231,32 +228,10 @@ func TestEveryRequestCountedWithFlag(t *testing.T) {
 			return result{c, 0}
 		}, "outbound,slow.default,499,DC", 0},
 		{"request timeout", func(e *flagEnv) result {
-			app := startApp(e.t, http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
-				select {
-				case <-r.Context().Done():
-				case <-time.After(5 * time.Second):
-				}
-			}))
-			srv := startServer(e.t, e.ca, "slow", app, port(80, app, meshv1.Protocol_HTTP))
-			c := e.client(Options{}, withRoutes(srv.svc, &meshv1.Route{
-				Backends: []*meshv1.Backend{{Service: "slow", Weight: 1}},
-				Timeouts: &meshv1.RouteTimeouts{Request: durationpb.New(100 * time.Millisecond)},
-			}))
-			return result{c, statusOf(e.t, c, "http://slow/")}
+			return slowBackend(e, &meshv1.RouteTimeouts{Request: durationpb.New(100 * time.Millisecond)})
 		}, "outbound,slow.default,504,UT", 504},
 		{"backend request timeout", func(e *flagEnv) result {
-			app := startApp(e.t, http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
-				select {
-				case <-r.Context().Done():
-				case <-time.After(5 * time.Second):
-				}
-			}))
-			srv := startServer(e.t, e.ca, "slow", app, port(80, app, meshv1.Protocol_HTTP))
-			c := e.client(Options{}, withRoutes(srv.svc, &meshv1.Route{
-				Backends: []*meshv1.Backend{{Service: "slow", Weight: 1}},
-				Timeouts: &meshv1.RouteTimeouts{BackendRequest: durationpb.New(100 * time.Millisecond)},
-			}))
-			return result{c, statusOf(e.t, c, "http://slow/")}
+			return slowBackend(e, &meshv1.RouteTimeouts{BackendRequest: durationpb.New(100 * time.Millisecond)})
 		}, "outbound,slow.default,504,UT", 504},
 		{"shutting down", func(e *flagEnv) result {
 			asked := make(chan struct{})
@@ -355,4 +330,27 @@ func TestFlagsString(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _ = FlagUH.String() }); n != 0 {
 		t.Errorf("one flag's String allocates %v times", n)
 	}
+}
+
+// slowBackend sends one request through a route with timeouts to an app
+// that answers only when the request is canceled (or after 5s).
+func slowBackend(e *flagEnv, timeouts *meshv1.RouteTimeouts) flagResult {
+	app := startApp(e.t, http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	srv := startServer(e.t, e.ca, "slow", app, port(80, app, meshv1.Protocol_HTTP))
+	c := e.client(Options{}, withRoutes(srv.svc, &meshv1.Route{
+		Backends: []*meshv1.Backend{{Service: "slow", Weight: 1}},
+		Timeouts: timeouts,
+	}))
+	return flagResult{c, statusOf(e.t, c, "http://slow/")}
+}
+
+// flagResult is what one case of TestEveryRequestCountedWithFlag saw.
+type flagResult struct {
+	p      *Proxy // whose metrics to check
+	status int    // what the client saw; 0 when it saw none
 }
