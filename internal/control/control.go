@@ -86,6 +86,11 @@ type Options struct {
 	CASealKeyFile string
 	// AllowRemote permits listening on non-loopback addresses.
 	AllowRemote bool
+	// InsecureBootstrapToken is dev mode (make demo): the data dir's
+	// bootstrap-token obtains a certificate for ANY identity, as before
+	// join tokens. Off by default; the control plane warns loudly when on
+	// and `trellis check` shows it.
+	InsecureBootstrapToken bool
 	// WorkloadTTL of issued certificates (default: the CA's, 24h).
 	WorkloadTTL time.Duration
 	// DNS (internal/dns), UDP and TCP. DNSAddr "" serves the default
@@ -170,6 +175,7 @@ type Control struct {
 	grpc     *grpc.Server
 	http     *http.Server
 	admin    *admin
+	tokens   *tokenStore
 	grpcLn   net.Listener
 	adminLn  net.Listener
 	// metricsSrv serves /metrics on metricsLn, plain HTTP.
@@ -245,9 +251,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
-	bootstrapToken, err := loadOrCreateToken(filepath.Join(o.DataDir, BootstrapTokenFile))
+	devToken, err := c.devBootstrapToken()
 	if err != nil {
-		return nil, fmt.Errorf("control: %w", err)
+		return nil, err
 	}
 
 	id, err := identity.WorkloadID(o.TrustDomain, ControlNamespace, ControlServiceAccount)
@@ -268,9 +274,19 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		Bundle:      c.ca.Bundle,
 		Logger:      o.Logger,
 	})
+	tokens := &tokenStore{st: c.st, now: time.Now}
+	c.tokens = tokens
+	refusals, err := telemetry.NewControlSecurity(c.promReg, push.RefusalReasons())
+	if err != nil {
+		return nil, fmt.Errorf("control: metrics: %w", err)
+	}
 	c.push = push.NewServer(push.ServerOptions{
 		TrustDomain: td,
-		ValidToken:  push.TokenValidator(bootstrapToken),
+		ValidToken:  push.TokenValidator(devToken),
+		Tokens:      tokens,
+		Auditor:     tokens,
+		Accounts:    serviceAccounts{st: c.st},
+		Refusals:    refusals,
 		Signer:      c.ca,
 		Registry:    registryAdapter{c.reg},
 		Snapshots:   snapshotsAdapter{c.comp},
@@ -312,8 +328,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	adminTLS.NextProtos = []string{"h2", "http/1.1"}
 	c.admin = newAdmin(adminDeps{
 		store:         c.st,
-		applier:       apply.New(c.st, apply.Options{Logger: o.Logger}),
+		applier:       apply.New(auditingStore{c.st}, apply.Options{Logger: o.Logger}),
 		token:         adminToken,
+		tokens:        tokens,
 		statuses:      c.push.Statuses,
 		awaitRevision: c.push.AwaitRevision,
 		endpoints:     c.reg.Endpoints,
@@ -423,7 +440,7 @@ func countResources(st *view.State) map[string]int {
 
 func (c *Control) addrs() Addrs {
 	return Addrs{GRPC: c.grpcLn.Addr().String(), Admin: c.adminLn.Addr().String(), Metrics: c.metricsLn.Addr().String(),
-		DNS: c.DNSAddr()}
+		DNS: c.DNSAddr(), InsecureBootstrapToken: c.o.InsecureBootstrapToken}
 }
 
 // Addrs returns the addresses actually listened on (useful with port 0).
@@ -555,6 +572,9 @@ type Addrs struct {
 	Metrics string `json:"metrics_addr,omitempty"`
 	// DNS is where DNS is served (UDP and TCP); absent when it is off.
 	DNS string `json:"dns_addr,omitempty"`
+	// InsecureBootstrapToken: dev mode is on (any holder of
+	// bootstrap-token may obtain any identity); `trellis check` warns.
+	InsecureBootstrapToken bool `json:"insecure_bootstrap_token,omitempty"`
 }
 
 // ReadAddrs reads the addresses a control plane wrote to dataDir.
@@ -693,4 +713,23 @@ func (c *Control) stopDNS() {
 	if err := c.dns.Stop(); err != nil {
 		c.log.Warn("stopping DNS", "err", err)
 	}
+}
+
+// devBootstrapToken is the shared bootstrap token in dev mode, "" (none
+// valid) otherwise. Outside dev mode a bootstrap-token file left by an
+// earlier dev run is ignored, and the log says so.
+func (c *Control) devBootstrapToken() (string, error) {
+	path := filepath.Join(c.o.DataDir, BootstrapTokenFile)
+	if !c.o.InsecureBootstrapToken {
+		if _, err := os.Stat(path); err == nil {
+			c.log.Warn("ignoring the bootstrap-token file: it is accepted only with --insecure-bootstrap-token (dev mode); proxies join with 'trellis token create' tokens", "file", path)
+		}
+		return "", nil
+	}
+	tok, err := loadOrCreateToken(path)
+	if err != nil {
+		return "", fmt.Errorf("control: %w", err)
+	}
+	c.log.Warn("INSECURE DEV MODE (--insecure-bootstrap-token): anyone who can read the bootstrap-token file can obtain a certificate for ANY identity, the control plane's included; never use this outside a demo", "file", path)
+	return tok, nil
 }

@@ -134,7 +134,9 @@ func startTrellis(ctx context.Context, h *harness, sup *supervisor) (string, []i
 	}
 
 	ctl, err := sup.start("trellis-control", h.trellis, []string{"control",
-		"--data-dir", data, "--grpc-addr", addr(grpc), "--admin-addr", addr(admin)}, env)
+		"--data-dir", data, "--grpc-addr", addr(grpc), "--admin-addr", addr(admin),
+		// A throwaway benchmark mesh: dev mode's shared bootstrap token.
+		"--insecure-bootstrap-token"}, env)
 	if err != nil {
 		return "", nil, err
 	}
