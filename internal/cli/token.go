@@ -56,8 +56,8 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
 			if err := checkOutput("token create", output, "secret", "json", "yaml"); err != nil {
 				return err
 			}
-			if !cmd.Flags().Changed("uses") && (req.Role == "" || req.Role == control.RoleProxy) {
-				req.Uses = 1
+			if !cmd.Flags().Changed("uses") && req.Role != "" && req.Role != control.RoleProxy {
+				req.Uses = 0 // the default 1 is a proxy token's
 			}
 			if !cmd.Flags().Changed("ttl") && req.Role != "" && req.Role != control.RoleProxy {
 				ttl = 0
