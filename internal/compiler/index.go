@@ -3,7 +3,9 @@ package compiler
 import (
 	"crypto/sha256"
 	"log/slog"
+	"slices"
 	"sort"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -130,8 +132,9 @@ func (idx *index) service(k svcKey) *compiled {
 	}
 	svc := idx.base(k)
 	sel := idx.selector(k)
+	accounts, nsPath := idx.accounts(k), "ns/"+k.ns+"/sa/"
 	for _, ep := range idx.endpoints[k.ns] {
-		if ep.Healthy && matches(sel, ep.Labels) {
+		if ep.Healthy && matches(sel, ep.Labels) && runsAs(ep.Identity, nsPath, accounts) {
 			svc.Endpoints = append(svc.Endpoints, ep)
 		}
 	}
@@ -164,6 +167,34 @@ func (idx *index) service(k svcKey) *compiled {
 	sort.Slice(c.deps, func(i, j int) bool { return c.deps[i].less(c.deps[j]) })
 	idx.cache[k] = c
 	return c
+}
+
+// accounts are the service accounts k's endpoints may run as (a Service's
+// spec.serviceAccounts and their default; an undeclared service: its name).
+func (idx *index) accounts(k svcKey) []string {
+	if a, ok := idx.declared[k].(interface{ Accounts() []string }); ok {
+		return a.Accounts()
+	}
+	return []string{k.name}
+}
+
+// runsAs reports whether an endpoint whose certificate is identity may serve
+// a service running as accounts in the namespace whose SPIFFE path prefix is
+// nsPath ("ns/<ns>/sa/"). Register already refuses others; this keeps out
+// one registered before the Service's accounts changed (or through a
+// replica that did not check), as soon as the change is compiled. An
+// endpoint without an identity (tests' hand-made ones; Register always sets
+// it) is not judged here.
+func runsAs(identity, nsPath string, accounts []string) bool {
+	if identity == "" {
+		return true
+	}
+	_, path, ok := strings.Cut(strings.TrimPrefix(identity, "spiffe://"), "/")
+	if !ok {
+		return false
+	}
+	sa, ok := strings.CutPrefix(path, nsPath)
+	return ok && slices.Contains(accounts, sa)
 }
 
 func matches(selector, labels map[string]string) bool {

@@ -219,7 +219,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: trust domain: %w", err)
 	}
-	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+	if err := makePrivateDir(o.DataDir, log); err != nil {
 		return nil, fmt.Errorf("control: data dir: %w", err)
 	}
 	c := &Control{o: o, log: log, errc: make(chan error, 2)}
@@ -732,4 +732,22 @@ func (c *Control) devBootstrapToken() (string, error) {
 	}
 	c.log.Warn("INSECURE DEV MODE (--insecure-bootstrap-token): anyone who can read the bootstrap-token file can obtain a certificate for ANY identity, the control plane's included; never use this outside a demo", "file", path)
 	return tok, nil
+}
+
+// makePrivateDir creates dir 0700, or narrows an existing one to 0700: it
+// holds the store (the CA's key unless sealed, token hashes) and the admin
+// token, which no other user of the machine may read.
+func makePrivateDir(dir string, log *slog.Logger) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("data dir was readable by other users; narrowed to 0700", "dir", dir, "was", fi.Mode().Perm().String())
+		return os.Chmod(dir, 0o700)
+	}
+	return nil
 }
