@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -213,4 +214,48 @@ func auditEntries(t *testing.T, cl *client) []AuditEntry {
 		t.Fatal(err)
 	}
 	return entries
+}
+
+// FuzzCredentialInURL: whatever the query, a credential parameter or a
+// Trellis token anywhere in it is always caught, and nothing panics.
+func FuzzCredentialInURL(f *testing.F) {
+	f.Add("namespace=default", "token")
+	f.Add("a=1&b=%zz", "access_token")
+	f.Add("wait=30s&minRevision=3", "x")
+	a := &admin{adminDeps: adminDeps{token: strings.Repeat("ab", 32)}}
+	f.Fuzz(func(t *testing.T, query, key string) {
+		u := &url.URL{RawQuery: query}
+		a.credentialInURL(u)
+		withSecret := &url.URL{RawQuery: query + "&x=" + tokenSecretPrefix + "0123456789abcdef." + strings.Repeat("0", 64)}
+		if !a.credentialInURL(withSecret) {
+			t.Fatalf("a token in %q not caught", withSecret.RawQuery)
+		}
+		withAdmin := &url.URL{RawQuery: query + "&" + url.QueryEscape(key) + "=" + a.token}
+		if !a.credentialInURL(withAdmin) {
+			t.Fatalf("the admin token in %q not caught", withAdmin.RawQuery)
+		}
+	})
+}
+
+// BenchmarkAdminAuth is the cost an admin API request pays to be
+// authenticated: the data dir's admin-token (a constant-time compare) or a
+// stored token (a store read and a SHA-256).
+func BenchmarkAdminAuth(b *testing.B) {
+	c := startControlWith(b, Options{DataDir: b.TempDir()})
+	_, secret, err := c.tokens.Create(context.Background(), TokenSpec{Role: RoleReadOnly}, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct{ name, token string }{{"admin-token", c.admin.token}, {"stored", secret}} {
+		b.Run(bc.name, func(b *testing.B) {
+			req, _ := http.NewRequest("GET", "/v1/proxies", nil)
+			req.Header.Set("Authorization", "Bearer "+bc.token)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, st, _ := c.admin.identify(req); st != 0 {
+					b.Fatal(st)
+				}
+			}
+		})
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -348,5 +349,28 @@ func TestAuditCommand(t *testing.T) {
 	human, err := cp.cli(t, "audit")
 	if err != nil || !regexp.MustCompile(`(?m)^REVISION\s+TIME\s+WHO\s+ACTION`).MatchString(human) || !strings.Contains(human, "serial=") {
 		t.Fatalf("trellis audit (%v):\n%s", err, human)
+	}
+}
+
+// TestCLIWithReadOnlyToken: the CLI presents the token in
+// $TRELLIS_ADMIN_TOKEN_FILE; with a read-only one, get works and apply is
+// refused naming the role.
+func TestCLIWithReadOnlyToken(t *testing.T) {
+	cp := startControl(t, "")
+	cp.apply(t, tokenServices)
+	ro, _ := cp.createToken(t, "--role", "read-only")
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(trellisBin, append([]string{"--data-dir", cp.dir}, args...)...)
+		cmd.Env = append(os.Environ(), "TRELLIS_ADMIN_TOKEN_FILE="+ro)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("get", "services"); err != nil || !strings.Contains(out, "payments") {
+		t.Fatalf("get with a read-only token: %v\n%s", err, out)
+	}
+	f := filepath.Join(t.TempDir(), "s.yaml")
+	os.WriteFile(f, []byte(strings.ReplaceAll(tokenServices, "payments", "billing")), 0o600)
+	if out, err := run("apply", "-f", f); err == nil || !strings.Contains(out, "read-only token") {
+		t.Fatalf("apply with a read-only token: %v\n%s", err, out)
 	}
 }
