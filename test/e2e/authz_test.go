@@ -223,8 +223,8 @@ func TestAuthorizationHTTP(t *testing.T) {
 		}
 	}
 	for series, want := range map[string]string{
-		`trellis_proxy_authz_decisions_total{decision="deny",policy="default/web-deny"}`:  "3",
-		`trellis_proxy_authz_decisions_total{decision="deny",policy="no-allow-match"}`:    "5",
+		`trellis_proxy_authz_decisions_total{decision="deny",policy="default/web-deny"}`:   "3",
+		`trellis_proxy_authz_decisions_total{decision="deny",policy="no-allow-match"}`:     "5",
 		`trellis_proxy_authz_decisions_total{decision="allow",policy="default/web-allow"}`: "5",
 	} {
 		if got := web.metric(t, series); got != want {
@@ -401,7 +401,7 @@ spec:
 		t.Fatalf("allowed tunnel: %q %v", buf, err)
 	}
 	for series, want := range map[string]string{
-		`trellis_proxy_authz_decisions_total{decision="deny",policy="no-allow-match"}`:     "1",
+		`trellis_proxy_authz_decisions_total{decision="deny",policy="no-allow-match"}`:      "1",
 		`trellis_proxy_authz_decisions_total{decision="allow",policy="default/echo-allow"}`: "1",
 	} {
 		if got := echo.metric(t, series); got != want {
