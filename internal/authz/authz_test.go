@@ -87,6 +87,7 @@ func TestDecide(t *testing.T) {
 		{"namespace", false, []*meshv1.AuthzPolicy{pol("a/p", false, &meshv1.AuthzRule{From: []*meshv1.AuthzSource{ns("shop")}})}, get(batch, "/"), true, ReasonAllowed, 0, 0},
 		{"namespace miss", false, []*meshv1.AuthzPolicy{pol("a/p", false, &meshv1.AuthzRule{From: []*meshv1.AuthzSource{ns("shop")}})}, get(other, "/"), false, ReasonNoAllowMatch, -1, -1},
 		{"namespace not a sa named like it", false, []*meshv1.AuthzPolicy{pol("a/p", false, &meshv1.AuthzRule{From: []*meshv1.AuthzSource{ns("shop")}})}, get("spiffe://td/ns/ops/sa/ns/shop/sa/x", "/"), false, ReasonNoAllowMatch, -1, -1},
+		{"namespace, extra path segments", false, []*meshv1.AuthzPolicy{pol("a/p", false, &meshv1.AuthzRule{From: []*meshv1.AuthzSource{ns("shop")}})}, get("spiffe://td/ns/shop/sa/a/b", "/"), false, ReasonNoAllowMatch, -1, -1},
 		{"any authenticated", false, []*meshv1.AuthzPolicy{pol("a/p", false, &meshv1.AuthzRule{From: []*meshv1.AuthzSource{anyAuth()}})}, get(other, "/"), true, ReasonAllowed, 0, 0},
 		{"any authenticated, plaintext", false, []*meshv1.AuthzPolicy{pol("a/p", false, &meshv1.AuthzRule{From: []*meshv1.AuthzSource{anyAuth()}})}, get("", "/"), false, ReasonNoAllowMatch, -1, -1},
 		{"empty rule matches all", false, []*meshv1.AuthzPolicy{pol("a/p", false, &meshv1.AuthzRule{})}, get("", "/"), true, ReasonAllowed, 0, 0},

@@ -36,6 +36,7 @@ func FuzzCleanPath(f *testing.F) {
 func FuzzDecide(f *testing.F) {
 	f.Add("spiffe://td/ns/shop/sa/web", "/admin/x", "GET")
 	f.Add("spiffe://td/ns/shop/sa/a/b", "/public/../admin", "POST")
+	f.Add("spiffe://td/ns/shop/sa/a/b", "/x", "GET")
 	f.Add("", "//admin", "GET")
 	f.Add("spiffe://td/ns/shopx/sa/web", "/x", "PUT")
 	e, err := Compile(&meshv1.Authorization{Policies: []*meshv1.AuthzPolicy{

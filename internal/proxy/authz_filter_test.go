@@ -109,7 +109,7 @@ func TestAuthzTCPRefusedBeforeApp(t *testing.T) {
 	if err := client.Update(snapshot("1", orders.svc)); err != nil {
 		t.Fatal(err)
 	}
-	tunnel := func() (int, string) {
+	tunnel := func(client *Proxy) (int, string) {
 		conn, err := net.Dial("tcp", client.OutboundAddr())
 		if err != nil {
 			t.Fatal(err)
@@ -137,7 +137,7 @@ func TestAuthzTCPRefusedBeforeApp(t *testing.T) {
 		allowPolicy("default/http-only", &meshv1.AuthzRule{From: azSrc(spiffeFor("frontend")),
 			Paths: []*meshv1.AuthzPath{{Match: &meshv1.AuthzPath_Prefix{Prefix: "/"}}}}),
 	}})
-	if code, _ := tunnel(); code != http.StatusBadGateway {
+	if code, _ := tunnel(client); code != http.StatusBadGateway {
 		t.Fatalf("denied tunnel: status %d, want 502", code)
 	}
 	if n := accepted.Load(); n != 0 {
@@ -147,10 +147,22 @@ func TestAuthzTCPRefusedBeforeApp(t *testing.T) {
 	setAuthz(t, orders, "3", &meshv1.Authorization{Policies: []*meshv1.AuthzPolicy{
 		allowPolicy("default/tcp", &meshv1.AuthzRule{From: azSrc(spiffeFor("frontend")), Ports: []uint32{82}}),
 	}})
-	if code, got := tunnel(); code != 200 || got != "ping" {
+	if code, got := tunnel(client); code != 200 || got != "ping" {
 		t.Fatalf("allowed tunnel: %d %q", code, got)
 	}
 	assertMetric(t, orders.proxy, `trellis_proxy_authz_decisions_total{decision="allow",policy="default/tcp"} 1`)
+	// Another identity, same port: refused, and the app still saw only the
+	// allowed tunnel.
+	intruder := startClient(t, ca, Options{ClientTLS: ca.clientTLS(ca.svid(t, spiffeFor("intruder")))})
+	if err := intruder.Update(snapshot("1", orders.svc)); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := tunnel(intruder); code != http.StatusBadGateway {
+		t.Fatalf("tunnel from a denied identity: status %d, want 502", code)
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("the app accepted %d connections, want the allowed one only", n)
+	}
 }
 
 // TestAuthzInvalidNACKed: a malformed authorization refuses the snapshot
