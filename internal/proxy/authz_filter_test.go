@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -19,7 +20,7 @@ func azSrc(id string) []*meshv1.AuthzSource {
 }
 
 // setAuthz pushes the orders proxy its own snapshot with authz.
-func setAuthz(t *testing.T, s *server, version string, az *meshv1.Authorization) {
+func setAuthz(t testing.TB, s *server, version string, az *meshv1.Authorization) {
 	t.Helper()
 	in := &meshv1.Service{Name: s.svc.GetName(), Namespace: s.svc.GetNamespace(), Ports: s.svc.GetPorts()}
 	if err := s.proxy.Update(&meshv1.Snapshot{Version: version, Inbound: in, InboundPolicy: &meshv1.InboundPolicy{Authorization: az}}); err != nil {
@@ -224,5 +225,58 @@ func BenchmarkAuthzFilter(b *testing.B) {
 		if h.Serve(ex) != ok {
 			b.Fatal("denied")
 		}
+	}
+}
+
+// BenchmarkHopAuthz: one request across both proxies (HTTP/2 hop) with no
+// AuthorizationPolicy, then with an ALLOW policy of 10 rules the caller
+// matches only the last of: what authorization adds to a real request.
+func BenchmarkHopAuthz(b *testing.B) {
+	ca := newTestCA(b, "trellis.local")
+	app := startApp(b, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
+	srv := startServer(b, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
+	client := startClient(b, ca, Options{})
+	client.hopH2 = true
+	if err := client.Update(snapshot("1", srv.svc)); err != nil {
+		b.Fatal(err)
+	}
+	var rules []*meshv1.AuthzRule
+	for i := range 9 {
+		rules = append(rules, &meshv1.AuthzRule{From: azSrc(spiffeFor(fmt.Sprint("caller-", i))),
+			Methods: []string{"GET", "POST"}, Paths: []*meshv1.AuthzPath{{Match: &meshv1.AuthzPath_Prefix{Prefix: fmt.Sprint("/api/v", i)}}}})
+	}
+	rules = append(rules, &meshv1.AuthzRule{From: azSrc(spiffeFor("frontend")),
+		Methods: []string{"GET", "POST"}, Paths: []*meshv1.AuthzPath{{Match: &meshv1.AuthzPath_Prefix{Prefix: "/"}}}})
+	for _, tc := range []struct {
+		name string
+		az   *meshv1.Authorization
+	}{
+		{"authz=off", nil},
+		{"authz=10rules", &meshv1.Authorization{Policies: []*meshv1.AuthzPolicy{allowPolicy("default/bench", rules...)}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			setAuthz(b, srv, tc.name, tc.az)
+			tr := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+			defer tr.CloseIdleConnections()
+			b.ReportAllocs()
+			b.SetParallelism(8)
+			b.RunParallel(func(pb *testing.PB) {
+				req, _ := http.NewRequest("GET", "http://"+client.OutboundAddr()+"/bench", nil)
+				req.Host = "orders"
+				for pb.Next() {
+					resp, err := tr.RoundTrip(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						b.Errorf("status %d", resp.StatusCode)
+						return
+					}
+				}
+			})
+		})
 	}
 }
