@@ -135,7 +135,7 @@ type headerMatch struct {
 	present bool
 }
 
-// Allow reports a nil Authorization's behaviour: an engine with no policy
+// allowAll is a nil Authorization's engine: no policy
 // and default allow.
 func allowAll() *Engine { return &Engine{defaultAllow: true} }
 
