@@ -2,6 +2,7 @@ package compiler
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sort"
@@ -34,6 +35,9 @@ type compiled struct {
 	svc  *meshv1.Service
 	hash [sha256.Size]byte
 	deps []svcKey // services its routes send to, excluding itself
+	// policy is the inbound policy of a proxy of this service (inbound
+	// only), covered by hash.
+	policy *meshv1.InboundPolicy
 }
 
 // attached is an object attached to a service through one Attachment.
@@ -53,23 +57,31 @@ type index struct {
 	endpoints map[string][]*meshv1.Endpoint // by namespace, sorted by id
 	cache     map[svcKey]*compiled
 	inbounds  map[svcKey]*compiled
+	// inboundObjs contribute to proxies' own inbound policy, in Ref order.
+	inboundObjs []config.InboundContributor
+	// defaultAuthz is the mesh-wide default decision.
+	defaultAuthz meshv1.AuthzAction
 }
 
 // buildIndex sorts the state's resources by the hooks their kinds implement.
-func buildIndex(st *view.State, log *slog.Logger) *index {
+func buildIndex(st *view.State, log *slog.Logger, defaultAuthz meshv1.AuthzAction) *index {
 	idx := &index{
-		log:       log,
-		declared:  map[svcKey]config.Declarer{},
-		attached:  map[svcKey][]attached{},
-		objects:   map[config.Ref]config.Object{},
-		endpoints: map[string][]*meshv1.Endpoint{},
-		cache:     map[svcKey]*compiled{},
-		inbounds:  map[svcKey]*compiled{},
+		log:          log,
+		defaultAuthz: defaultAuthz,
+		declared:     map[svcKey]config.Declarer{},
+		attached:     map[svcKey][]attached{},
+		objects:      map[config.Ref]config.Object{},
+		endpoints:    map[string][]*meshv1.Endpoint{},
+		cache:        map[svcKey]*compiled{},
+		inbounds:     map[svcKey]*compiled{},
 	}
 	for _, r := range st.Resources() {
 		idx.objects[r.Object.Ref()] = r.Object
 		if d, ok := r.Object.(config.Declarer); ok {
 			idx.declared[keyOf(d.Declares())] = d
+		}
+		if ic, ok := r.Object.(config.InboundContributor); ok {
+			idx.inboundObjs = append(idx.inboundObjs, ic)
 		}
 		if a, ok := r.Object.(config.Attacher); ok {
 			for _, at := range a.Attachments() {
@@ -78,6 +90,7 @@ func buildIndex(st *view.State, log *slog.Logger) *index {
 			}
 		}
 	}
+	sort.Slice(idx.inboundObjs, func(i, j int) bool { return refLess(idx.inboundObjs[i].Ref(), idx.inboundObjs[j].Ref()) })
 	for _, ep := range st.Endpoints() {
 		idx.endpoints[ep.Namespace] = append(idx.endpoints[ep.Namespace], ep)
 	}
@@ -121,9 +134,48 @@ func (idx *index) inbound(k svcKey) *compiled {
 		return c
 	}
 	svc := idx.base(k)
-	c := &compiled{key: k, svc: svc, hash: hashService(svc)}
+	pol := idx.inboundPolicy(k)
+	h := sha256.New()
+	sh := hashService(svc)
+	h.Write(sh[:])
+	h.Write(marshal(pol))
+	c := &compiled{key: k, svc: svc, policy: pol}
+	h.Sum(c.hash[:0])
 	idx.inbounds[k] = c
 	return c
+}
+
+// inboundPolicy is what a proxy of service k enforces on traffic it
+// receives: the mesh-wide default authorization and every object that
+// applies to k (authorization policies), in Ref order.
+func (idx *index) inboundPolicy(k svcKey) *meshv1.InboundPolicy {
+	p := &meshv1.InboundPolicy{Authorization: &meshv1.Authorization{DefaultAction: idx.defaultAuthz}}
+	key := config.ServiceKey{Namespace: k.ns, Name: k.name}
+	for _, o := range idx.inboundObjs {
+		if o.AppliesTo(key) {
+			o.ContributeInbound(p)
+		}
+	}
+	return p
+}
+
+func refLess(a, b config.Ref) bool {
+	if a.Kind != b.Kind {
+		return a.Kind < b.Kind
+	}
+	if a.Namespace != b.Namespace {
+		return a.Namespace < b.Namespace
+	}
+	return a.Name < b.Name
+}
+
+func marshal(m proto.Message) []byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		// As hashService: never pretend the content is unchanged.
+		b = []byte(fmt.Sprint(m))
+	}
+	return b
 }
 
 func (idx *index) service(k svcKey) *compiled {

@@ -52,6 +52,7 @@ type adminDeps struct {
 	// (push.Server.AwaitRevision), or ctx ends.
 	awaitRevision func(ctx context.Context, rev int64) []push.ProxyStatus
 	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
+	snapshots     snapshotSource // authz check (authcheck.go)
 	logger        *slog.Logger
 }
 
@@ -85,6 +86,7 @@ func newAdmin(d adminDeps) *admin {
 	mux.HandleFunc("GET /v1/proxies", a.proxies)
 	mux.HandleFunc("GET /v1/endpoints", a.listEndpoints)
 	a.tokenRoutes(mux)
+	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit)", r.Method, truncate(r.URL.Path, 256)))
 	})

@@ -87,7 +87,7 @@ func (a *admin) authenticate(next http.Handler) http.Handler {
 		case c.role == RoleProxy:
 			writeError(w, http.StatusForbidden, "this is a proxy join token: it obtains a proxy's certificate and cannot use the admin API; use an admin or read-only token")
 			return
-		case c.role == RoleReadOnly && r.Method != http.MethodGet && r.Method != http.MethodHead:
+		case c.role == RoleReadOnly && !readsOnly(r):
 			writeError(w, http.StatusForbidden, "read-only token: "+r.Method+" needs an admin token")
 			return
 		case c.role != RoleAdmin && c.role != RoleReadOnly:
@@ -129,4 +129,16 @@ func (a *admin) identify(r *http.Request) (caller, int, string) {
 		a.log.Error("admin: token lookup failed", "err", err)
 		return caller{}, http.StatusServiceUnavailable, "token lookup failed; try again"
 	}
+}
+
+// readsOnly reports whether r changes nothing: GET and HEAD, and the
+// authorization check, a POST only because it carries a question.
+func readsOnly(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		return true
+	case http.MethodPost:
+		return r.URL.Path == "/v1/authz/check"
+	}
+	return false
 }

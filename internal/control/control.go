@@ -110,6 +110,10 @@ type Options struct {
 	// replicas can share one store (Logger defaults to Options.Logger).
 	Etcd   store.EtcdOptions
 	Logger *slog.Logger
+	// DefaultAuthorization decides requests to a workload no ALLOW
+	// AuthorizationPolicy applies to: "allow" (default, as Istio and
+	// Linkerd) or "deny".
+	DefaultAuthorization string
 }
 
 func (o *Options) setDefaults() {
@@ -131,12 +135,18 @@ func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.DefaultAuthorization == "" {
+		o.DefaultAuthorization = DefaultAuthorizationAllow
+	}
 }
 
 // Validate checks the options after defaults.
 func (o *Options) Validate() error {
 	if o.DataDir == "" {
 		return errors.New("dataDir: required")
+	}
+	if err := checkDefaultAuthz(o.DefaultAuthorization); err != nil {
+		return err
 	}
 	for _, a := range []struct{ field, addr string }{{"grpcAddr", o.GRPCAddr}, {"adminAddr", o.AdminAddr}, {"metricsAddr", o.MetricsAddr}} {
 		host, _, err := net.SplitHostPort(a.addr)
@@ -273,6 +283,8 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		Domain:      o.Domain,
 		Bundle:      c.ca.Bundle,
 		Logger:      o.Logger,
+		// Validate has checked it is allow or deny.
+		DefaultAuthorization: defaultAuthz(o.DefaultAuthorization),
 	})
 	tokens := &tokenStore{st: c.st, now: time.Now}
 	c.tokens = tokens
@@ -334,6 +346,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		statuses:      c.push.Statuses,
 		awaitRevision: c.push.AwaitRevision,
 		endpoints:     c.reg.Endpoints,
+		snapshots:     c.comp,
 		logger:        o.Logger,
 	})
 	c.http = &http.Server{

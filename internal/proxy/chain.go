@@ -78,17 +78,18 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 
 // inboundChain serves peers' requests on the mTLS listener:
 //
-//	telemetry ▸ authenticate peer ▸ local port ▸ [authorization]
+//	telemetry ▸ authenticate peer ▸ local port ▸ authorization
 //	▸ [rate limit] ▸ [concurrency limit] ▸ app
 //
-// The local port comes before the slots so authorization and limits can
-// depend on the port.
+// The local port comes before authorization and the slots so they can
+// depend on the port. Opaque TCP tunnels are authorized where they are
+// accepted (serveTCPTunnel → authorizeTunnel), before the app is dialled.
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
 		telemetryFilter,
 		authnFilter,
 		localPortFilter,
-		// [authorization] security: the snapshot's inbound_policy against ex.PeerID.
+		p.authzFilter,
 		// [rate limit] traffic control II: token / leaky bucket, local or global.
 		// [concurrency limit] traffic control II: adaptive concurrency.
 	)

@@ -133,7 +133,7 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 	if h.fortio, err = findFortio(); err != nil {
 		return nil, err
 	}
-	if slices.Contains(s.only, "trellis") {
+	if slices.Contains(s.only, "trellis") || slices.Contains(s.only, "trellis-authz") {
 		if h.trellis, err = filepath.Abs(s.trellis); err != nil {
 			return nil, err
 		}
