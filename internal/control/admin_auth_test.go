@@ -81,6 +81,10 @@ func TestAdminRoles(t *testing.T) {
 			t.Errorf("read-only GET %s: %d %s", path, st, b)
 		}
 	}
+	// The authorization check is a POST that only asks.
+	if st, b := cl.doToken("POST", "/v1/authz/check", []byte(`{"from":"spiffe://trellis.local/ns/default/sa/web","to":"inventory.default"}`), ro.Secret); st != http.StatusOK {
+		t.Errorf("read-only POST /v1/authz/check: %d %s", st, b)
+	}
 	rev := revision(t, c)
 	for _, w := range []struct{ method, path, body string }{
 		{"POST", "/v1/apply", string(applyBody(false, file{"r.yaml", routeYAML("r", 50)}))},
