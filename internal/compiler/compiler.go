@@ -242,11 +242,12 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 	}
 	h.Write(inbound.hash[:])
 	snap := &meshv1.Snapshot{
-		TrustDomain: c.opts.TrustDomain,
-		Domain:      c.opts.Domain,
-		TrustBundle: bundle,
-		Inbound:     inbound.svc,
-		Services:    make([]*meshv1.Service, 0, len(services)),
+		TrustDomain:   c.opts.TrustDomain,
+		Domain:        c.opts.Domain,
+		TrustBundle:   bundle,
+		Inbound:       inbound.svc,
+		InboundPolicy: inbound.policy,
+		Services:      make([]*meshv1.Service, 0, len(services)),
 		// Not hashed into Version: a change elsewhere in the mesh moves
 		// the revision but must not resend an unchanged snapshot.
 		Revision: st.Revision(),

@@ -2,6 +2,7 @@ package compiler
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"log/slog"
 	"sort"
 
@@ -32,6 +33,8 @@ type compiled struct {
 	svc  *meshv1.Service
 	hash [sha256.Size]byte
 	deps []svcKey // services its routes send to, excluding itself
+	// policy is the inbound policy (of inbound compiles only); nil: none.
+	policy *meshv1.InboundPolicy
 }
 
 // attached is an object attached to a service through one Attachment.
@@ -51,6 +54,10 @@ type index struct {
 	endpoints map[string][]*meshv1.Endpoint // by namespace, sorted by id
 	cache     map[svcKey]*compiled
 	inbounds  map[svcKey]*compiled
+	// Policies on a service's own inbound traffic, and on routes, in
+	// resource order (kind, namespace, name).
+	inboundAttached map[svcKey][]config.InboundAttacher
+	routeAttached   map[config.Ref][]config.RouteAttacher
 }
 
 // buildIndex sorts the state's resources by the hooks their kinds implement.
@@ -63,6 +70,9 @@ func buildIndex(st *view.State, log *slog.Logger) *index {
 		endpoints: map[string][]*meshv1.Endpoint{},
 		cache:     map[svcKey]*compiled{},
 		inbounds:  map[svcKey]*compiled{},
+
+		inboundAttached: map[svcKey][]config.InboundAttacher{},
+		routeAttached:   map[config.Ref][]config.RouteAttacher{},
 	}
 	for _, r := range st.Resources() {
 		idx.objects[r.Object.Ref()] = r.Object
@@ -75,6 +85,16 @@ func buildIndex(st *view.State, log *slog.Logger) *index {
 				idx.attached[k] = append(idx.attached[k], attached{obj: a, at: at, createRev: r.CreateRevision})
 			}
 		}
+		if a, ok := r.Object.(config.InboundAttacher); ok {
+			for _, k := range a.InboundTargets() {
+				idx.inboundAttached[keyOf(k)] = append(idx.inboundAttached[keyOf(k)], a)
+			}
+		}
+		if a, ok := r.Object.(config.RouteAttacher); ok {
+			for _, ref := range a.RouteTargets() {
+				idx.routeAttached[ref] = append(idx.routeAttached[ref], a)
+			}
+		}
 	}
 	for _, ep := range st.Endpoints() {
 		idx.endpoints[ep.Namespace] = append(idx.endpoints[ep.Namespace], ep)
@@ -85,12 +105,14 @@ func buildIndex(st *view.State, log *slog.Logger) *index {
 	return idx
 }
 
-func hashService(s *meshv1.Service) [sha256.Size]byte {
+func hashService(s *meshv1.Service) [sha256.Size]byte { return hashMessage(s) }
+
+func hashMessage(s proto.Message) [sha256.Size]byte {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s)
 	if err != nil {
 		// Marshal of a well-formed message does not fail; hash the text
 		// form rather than pretend the content is unchanged.
-		b = []byte(s.String())
+		b = []byte(fmt.Sprint(s))
 	}
 	return sha256.Sum256(b)
 }
@@ -114,12 +136,22 @@ func (idx *index) selector(k svcKey) map[string]string {
 	return map[string]string{"app": k.name}
 }
 
+// inbound is the proxy's own service (ports) and its inbound policy; the
+// hash covers both.
 func (idx *index) inbound(k svcKey) *compiled {
 	if c, ok := idx.inbounds[k]; ok {
 		return c
 	}
 	svc := idx.base(k)
 	c := &compiled{key: k, svc: svc, hash: hashService(svc)}
+	if as := idx.inboundAttached[k]; len(as) > 0 {
+		c.policy = &meshv1.InboundPolicy{}
+		for _, a := range as {
+			a.ContributeInbound(c.policy, config.ServiceKey{Namespace: k.ns, Name: k.name})
+		}
+		ph := hashMessage(c.policy)
+		c.hash = sha256.Sum256(append(c.hash[:], ph[:]...))
+	}
 	idx.inbounds[k] = c
 	return c
 }
@@ -137,6 +169,7 @@ func (idx *index) service(k svcKey) *compiled {
 	}
 	b := config.NewServiceBuild(svc)
 	b.Lookup = func(ref config.Ref) config.Object { return idx.objects[ref] }
+	b.RoutePolicies = func(ref config.Ref) []config.RouteAttacher { return idx.routeAttached[ref] }
 	for _, a := range idx.attached[k] {
 		a.obj.Contribute(b, a.at, a.createRev)
 	}

@@ -59,6 +59,28 @@ type Attacher interface {
 	Contribute(b *ServiceBuild, at Attachment, createRev int64)
 }
 
+// InboundAttacher is a kind that attaches to the inbound policy of
+// services: what their own (receiving) proxies enforce, compiled into the
+// snapshot's inbound_policy rather than into the Service other proxies see.
+type InboundAttacher interface {
+	Object
+	// InboundTargets lists the services, each once, in a stable order.
+	InboundTargets() []ServiceKey
+	// ContributeInbound adds what the object brings to svc's policy.
+	ContributeInbound(p *meshv1.InboundPolicy, svc ServiceKey)
+}
+
+// RouteAttacher is a kind that attaches to routes (an HTTPRoute or
+// GRPCRoute, by Ref) and adds to each route compiled from them.
+type RouteAttacher interface {
+	Object
+	// RouteTargets lists the routes.
+	RouteTargets() []Ref
+	// ContributeRoute adds what the object brings to r, one compiled route
+	// of target.
+	ContributeRoute(r *meshv1.Route, target Ref)
+}
+
 // Set is a set of objects indexed by Ref: what a set check reads.
 type Set struct {
 	byRef map[Ref]Object
@@ -82,7 +104,22 @@ type ServiceBuild struct {
 	// Lookup finds another resource of the mesh by Ref (a route's
 	// FaultInjection); nil or a miss returns nil.
 	Lookup func(Ref) Object
-	routes []rankedRoute
+	// RoutePolicies lists the RouteAttachers of a route, in order; nil:
+	// none.
+	RoutePolicies func(route Ref) []RouteAttacher
+	routes        []rankedRoute
+}
+
+// withRoutePolicies lets the route's attached policies contribute to r, a
+// route compiled from owner, and returns r.
+func (b *ServiceBuild) withRoutePolicies(owner Ref, r *meshv1.Route) *meshv1.Route {
+	if b.RoutePolicies == nil {
+		return r
+	}
+	for _, a := range b.RoutePolicies(owner) {
+		a.ContributeRoute(r, owner)
+	}
+	return r
 }
 
 // NewServiceBuild starts building svc.

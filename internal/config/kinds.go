@@ -44,6 +44,7 @@ func kindTable() []kindInfo {
 		faultInjectionKindInfo(),
 		grpcRouteKind(),
 		httpRouteKind(),
+		rateLimitPolicyKind(),
 		serviceKind(),
 	}
 }
