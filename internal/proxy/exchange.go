@@ -208,6 +208,8 @@ type Response struct {
 //	     (its status; a gRPC abort is 200 with grpc-status)
 //	DI   delay injected: the route's FaultInjection delayed the request
 //	     (with the status the request then got)
+//	RL   rate limited: a RateLimitPolicy refused the request      429
+//	     (gRPC: 200 with grpc-status 8, RESOURCE_EXHAUSTED)
 type Flags uint16
 
 // The response flags; see Flags.
@@ -226,10 +228,11 @@ const (
 	FlagUO
 	FlagFI
 	FlagDI
+	FlagRL
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "RL"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

@@ -46,6 +46,8 @@ type ProxyMetrics struct {
 	tcp      *prometheus.CounterVec
 	mirrors  *prometheus.CounterVec
 	res      resilienceVecs
+	// RateLimits counts rate-limit decisions (ratelimit.go).
+	RateLimits *RateLimitMetrics
 
 	mu    sync.RWMutex
 	dests map[destKey]*DestMetrics
@@ -79,6 +81,10 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 		m.mirrors.WithLabelValues(r) // shown at 0 from the start
 	}
 	m.res = newResilienceVecs()
+	var err error
+	if m.RateLimits, err = newRateLimitMetrics(reg); err != nil {
+		return nil, err
+	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
