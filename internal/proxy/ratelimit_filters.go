@@ -165,6 +165,10 @@ func routeObject(name string) string {
 	return name
 }
 
+// RateLimits is the proxy's running rate limits: what a global limit's
+// quota client reports and grants shares to.
+func (p *Proxy) RateLimits() *ratelimit.Registry { return p.limits }
+
 // nanotime is the proxy's monotonic clock for rate decisions, read once
 // per request.
 func (p *Proxy) nanotime() int64 { return int64(time.Since(p.epoch)) }
