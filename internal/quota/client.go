@@ -35,6 +35,7 @@ const (
 	// the proxy falls back to its safe local shares though the stream is
 	// open (a control plane that accepts but does not answer).
 	staleAfter = 4
+	maxBackoff = 2 * time.Second
 )
 
 // ClientOptions configure Run.
@@ -78,7 +79,10 @@ func Run(ctx context.Context, o ClientOptions) error {
 		if !sleep(ctx, backoff) {
 			return ctx.Err()
 		}
-		backoff = min(2*backoff, 10*time.Second)
+		// Capped low: while the stream is down the proxy enforces less
+		// than its share, so a control plane that is back should be
+		// found soon.
+		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
