@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -243,5 +244,45 @@ func BenchmarkRateLimitFilter(b *testing.B) {
 				h.Serve(ex)
 			}
 		})
+	}
+}
+
+// TestGlobalLimitSafeShare: before any grant a global limit runs on the
+// limit ÷ the endpoints of the proxy's own service in its snapshot, and
+// follows that count when it changes.
+func TestGlobalLimitSafeShare(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	p, err := New(Options{Service: "inventory", ClientTLS: ca.clientTLS(ca.svid(t, spiffeFor("inventory")))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := rateLimit("default/inventory", 300, time.Second, 30)
+	rl.Global = true
+	snap := func(version string, n int) *meshv1.Snapshot {
+		own := &meshv1.Service{Name: "inventory", Namespace: "default"}
+		for i := range n {
+			own.Endpoints = append(own.Endpoints, &meshv1.Endpoint{Id: fmt.Sprint(i), Address: fmt.Sprintf("127.0.0.1:%d", 1000+i), Identity: spiffeFor("inventory"), Healthy: true})
+		}
+		return &meshv1.Snapshot{Version: version, Inbound: &meshv1.Service{Name: "inventory", Namespace: "default"},
+			Services: []*meshv1.Service{own}, InboundPolicy: &meshv1.InboundPolicy{RateLimits: []*meshv1.RateLimit{rl}}}
+	}
+	share := func() float64 {
+		e := p.cfg.Load().inbound.rateLimits[0].entry
+		return e.Policy().Share()
+	}
+	if err := p.Update(snap("1", 3)); err != nil {
+		t.Fatal(err)
+	}
+	if got := share(); got != 1.0/3 {
+		t.Errorf("3 endpoints: share %v, want 1/3", got)
+	}
+	if err := p.Update(snap("2", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if got := share(); got != 0.5 {
+		t.Errorf("2 endpoints: share %v, want 1/2", got)
+	}
+	if d := p.RateLimits().Demands(); len(d) != 1 || d[0].Limit.Requests != 300 {
+		t.Errorf("demands %+v, want the one global limit", d)
 	}
 }

@@ -355,9 +355,6 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	// its backends' breakers and detectors.
 	c.rateLimits = map[string]*ratelimit.Entry{}
 	c.inbound.rateLimits = env.proxy.bindRateLimits(telemetry.Inbound, "service", inboundLimits, c.rateLimits)
-	if own := c.byKey[c.inbound.key]; own != nil {
-		c.replicas = len(own.eps)
-	}
 	for i, ps := range s.GetServices() {
 		svc := c.byKey[ps.GetName()+"."+ps.GetNamespace()]
 		if env.resilience != nil {
@@ -405,6 +402,11 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		if ns == env.ownNS || (byName[name] == 1 && c.byKey[name+"."+env.ownNS] == nil) {
 			c.byHost[name] = svc
 		}
+	}
+	// A global limit's safe share divides by the replicas of this proxy's
+	// own service, as the snapshot has them (endpoints are set above).
+	if own := c.byKey[c.inbound.key]; own != nil {
+		c.replicas = len(own.eps)
 	}
 	c.outbound = env.proxy.outboundChain()
 	c.inboundH = env.proxy.inboundChain()
