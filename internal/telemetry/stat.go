@@ -232,8 +232,8 @@ func subHistograms(cur, prev Histogram) Histogram {
 func Rows(prev, cur Sample, window time.Duration) []Row {
 	type acc struct {
 		total, failed, limited float64
-		hist          Histogram
-		hasHist       bool
+		hist                   Histogram
+		hasHist                bool
 	}
 	by := map[string]*acc{}
 	get := func(svc string) *acc {
