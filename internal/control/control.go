@@ -35,6 +35,7 @@ import (
 	meshdns "trellis.dev/trellis/internal/dns"
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/push"
+	"trellis.dev/trellis/internal/quota"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
 	"trellis.dev/trellis/internal/telemetry"
@@ -304,6 +305,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		Snapshots:   snapshotsAdapter{c.comp},
 		MaxTTL:      registry.MaxTTL,
 		Metrics:     c.meter,
+		Quota:       quota.NewAllocator(quota.AllocatorOptions{}),
 		Logger:      o.Logger,
 	})
 

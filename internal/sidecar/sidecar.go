@@ -33,6 +33,7 @@ import (
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/proxy"
 	"trellis.dev/trellis/internal/push"
+	"trellis.dev/trellis/internal/quota"
 )
 
 // Options configure a proxy that runs beside one app.
@@ -121,8 +122,10 @@ func (s *sidecar) run(ctx context.Context) (int, error) {
 		return 1, err
 	}
 	sessionDone := make(chan error, 1)
-	go func() { sessionDone <- s.client.RunSession(runCtx, s.sessionOptions()) }()
+	so := s.sessionOptions()
+	go func() { sessionDone <- s.client.RunSession(runCtx, so) }()
 	go s.renewLoop(runCtx)
+	go s.quotaLoop(runCtx, so.Endpoint.GetId())
 
 	select {
 	case <-s.readyCh:
@@ -331,6 +334,19 @@ func (s *sidecar) startProxy() error {
 	}
 	s.proxy = p
 	return nil
+}
+
+// quotaLoop shares the proxy's global rate limits with its service's other
+// replicas through the control plane (internal/quota).
+func (s *sidecar) quotaLoop(ctx context.Context, nodeID string) {
+	_ = quota.Run(ctx, quota.ClientOptions{
+		NodeID: nodeID,
+		Open: func(ctx context.Context) (quota.Stream, error) {
+			return s.client.OpenQuota(ctx)
+		},
+		Limits: s.proxy.RateLimits(),
+		Logger: s.o.Logger,
+	})
 }
 
 // subscribe adds a service the app asked for to the watch.

@@ -47,6 +47,8 @@ type ProxyMetrics struct {
 	mirrors  *prometheus.CounterVec
 	res      resilienceVecs
 	authz    *prometheus.CounterVec
+	// RateLimits counts rate-limit decisions (ratelimit.go).
+	RateLimits *RateLimitMetrics
 
 	mu    sync.RWMutex
 	dests map[destKey]*DestMetrics
@@ -81,6 +83,10 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 	}
 	m.res = newResilienceVecs()
 	m.authz = newAuthzVec()
+	var err error
+	if m.RateLimits, err = newRateLimitMetrics(reg); err != nil {
+		return nil, err
+	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.authz} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
