@@ -53,6 +53,9 @@ type adminDeps struct {
 	awaitRevision func(ctx context.Context, rev int64) []push.ProxyStatus
 	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
 	snapshots     snapshotSource // authz check (authcheck.go)
+	// caughtUp blocks until the mesh view has every write committed
+	// before the call, so a check right after an apply sees it.
+	caughtUp func(ctx context.Context) error
 	logger        *slog.Logger
 }
 

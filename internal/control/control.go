@@ -349,7 +349,14 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		awaitRevision: c.push.AwaitRevision,
 		endpoints:     c.reg.Endpoints,
 		snapshots:     c.comp,
-		logger:        o.Logger,
+		caughtUp: func(ctx context.Context) error {
+			rev, err := c.st.Revision(ctx)
+			if err == nil {
+				_, err = c.view.WaitFor(ctx, rev)
+			}
+			return err
+		},
+		logger: o.Logger,
 	})
 	c.http = &http.Server{
 		Handler:           c.admin,
