@@ -205,7 +205,7 @@ func newSidecar(o Options) (*sidecar, error) {
 	}
 	token, err := os.ReadFile(o.TokenFile)
 	if err != nil {
-		return nil, fmt.Errorf("sidecar: read bootstrap token (pass --token-file, the control plane's <data-dir>/bootstrap-token): %w", err)
+		return nil, fmt.Errorf("sidecar: read join token (pass --token-file with a token from 'trellis token create --service-account SA'; <data-dir>/bootstrap-token exists only when the control plane runs in dev mode): %w", err)
 	}
 	s := &sidecar{
 		o:       o,
