@@ -226,6 +226,7 @@ func TestTokenBucketSynctestRate(t *testing.T) {
 			}
 			time.Sleep(500 * time.Microsecond)
 		}
+		t.Logf("token bucket: offered 2000/s for 10 s, admitted %d (%.1f/s)", admitted, float64(admitted)/10)
 		// 10 s at 500/s plus the initial burst of 50.
 		if admitted < 5000 || admitted > 5051 {
 			t.Errorf("admitted %d in 10 s, want 5000..5051", admitted)
@@ -261,4 +262,37 @@ func TestLimitScaled(t *testing.T) {
 	if got := perSecond(10, 1).Scaled(0.01).Burst; got != 1 {
 		t.Errorf("a tiny share's burst is %d, want at least 1", got)
 	}
+}
+
+// TestLeakyBucketSynctestRate: 2,000/s offered for 10 s of fake time to a
+// 500/s leaky bucket: the admitted rate, and the most released (arrival +
+// delay) in any 100 ms window.
+func TestLeakyBucketSynctestRate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		epoch := time.Now()
+		b := NewLeakyBucket(perSecond(500, 10))
+		var released []int64
+		for range 20000 {
+			now := int64(time.Since(epoch))
+			if d := b.Decide(now); d.Allowed {
+				released = append(released, now+int64(d.Delay))
+			}
+			time.Sleep(500 * time.Microsecond)
+		}
+		// 10 s at 500/s, plus the queue of 10 and the one at t=0.
+		if n := len(released); n < 5000 || n > 5011 {
+			t.Errorf("admitted %d in 10 s, want 5000..5011", n)
+		}
+		most, j := 0, 0
+		for i := range released {
+			for released[i]-released[j] >= int64(100*time.Millisecond) {
+				j++
+			}
+			most = max(most, i-j+1)
+		}
+		t.Logf("admitted %d in 10 s (%.1f/s); at most %d released in any 100 ms", len(released), float64(len(released))/10, most)
+		if most > 50 {
+			t.Errorf("%d released in a 100 ms window, want ≤ 50 (500/s)", most)
+		}
+	})
 }

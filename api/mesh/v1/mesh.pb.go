@@ -3845,7 +3845,9 @@ func (x *QuotaReport) GetDemands() []*QuotaDemand {
 
 type QuotaDemand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// RateLimit.name.
+	// The policy as the proxy runs it: "<direction> <place> <RateLimit.name>"
+	// ("inbound service default/inventory", "outbound default/search
+	// default/search-limit"); replicas enforcing one limit report one key.
 	Policy string `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
 	// Requests per second offered to the policy (allowed and limited) since
 	// the previous report.
@@ -3954,8 +3956,9 @@ func (x *QuotaGrant) GetShares() []*QuotaShare {
 }
 
 type QuotaShare struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Policy string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in the QuotaDemand.
+	Policy string `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
 	// The fraction of the limit this replica enforces, in (0, 1].
 	Share float64 `protobuf:"fixed64,2,opt,name=share,proto3" json:"share,omitempty"`
 	// How many replicas share the limit now.
