@@ -386,7 +386,11 @@ spec:
 		// TestLeakyBucketSynctestRate); what reaches the app adds the
 		// hop's scheduling jitter, which bunches some (64 measured on an
 		// idle 2-core machine, against 114 for the token bucket's run).
-		if name == "lb" && maxIn > 75 {
+		// Only when the machine kept the schedule: a starved one bunches
+		// the hop's deliveries whatever the bucket released.
+		if late := lateness(shots); name == "lb" && late > 500*time.Millisecond {
+			t.Logf("lb: the generator ran up to %v late (a busy machine): the 100 ms window is not checked", late)
+		} else if name == "lb" && maxIn > 75 {
 			t.Errorf("leaky bucket: %d reached the app in a 100 ms window, want ≤ 75 (rate 50 and the hop's jitter)", maxIn)
 		}
 	}
