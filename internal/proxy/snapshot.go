@@ -41,6 +41,9 @@ type compiled struct {
 	// changed is closed when this snapshot is superseded, waking requests
 	// that wait for a service they asked the control plane for.
 	changed chan struct{}
+	// accessLog: this snapshot's requests are access-logged (the proxy's
+	// AccessLogs mode, else the snapshot's telemetry).
+	accessLog bool
 }
 
 type inboundConfig struct {
@@ -385,6 +388,7 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 			c.byHost[name] = svc
 		}
 	}
+	c.accessLog = env.proxy.accessLogOn(s)
 	c.outbound = env.proxy.outboundChain()
 	c.inboundH = env.proxy.inboundChain()
 	c.tunnel = env.proxy.tunnelChain()

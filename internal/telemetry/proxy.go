@@ -46,6 +46,8 @@ type ProxyMetrics struct {
 	tcp      *prometheus.CounterVec
 	mirrors  *prometheus.CounterVec
 	res      resilienceVecs
+	// AccessLog counts access log lines written and dropped (accesslog.go).
+	AccessLog *AccessLogMetrics
 
 	mu    sync.RWMutex
 	dests map[destKey]*DestMetrics
@@ -83,6 +85,10 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	var err error
+	if m.AccessLog, err = newAccessLogMetrics(reg); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
