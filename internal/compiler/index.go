@@ -51,6 +51,8 @@ type index struct {
 	endpoints map[string][]*meshv1.Endpoint // by namespace, sorted by id
 	cache     map[svcKey]*compiled
 	inbounds  map[svcKey]*compiled
+	// scoped configure proxies by their own service (Telemetry).
+	scoped []config.ProxyScoped
 }
 
 // buildIndex sorts the state's resources by the hooks their kinds implement.
@@ -68,6 +70,9 @@ func buildIndex(st *view.State, log *slog.Logger) *index {
 		idx.objects[r.Object.Ref()] = r.Object
 		if d, ok := r.Object.(config.Declarer); ok {
 			idx.declared[keyOf(d.Declares())] = d
+		}
+		if ps, ok := r.Object.(config.ProxyScoped); ok {
+			idx.scoped = append(idx.scoped, ps)
 		}
 		if a, ok := r.Object.(config.Attacher); ok {
 			for _, at := range a.Attachments() {

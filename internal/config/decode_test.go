@@ -440,7 +440,7 @@ func TestStoreKey(t *testing.T) {
 }
 
 func TestKinds(t *testing.T) {
-	if got := Kinds(); !reflect.DeepEqual(got, []string{"BackendPolicy", "FaultInjection", "GRPCRoute", "HTTPRoute", "Service"}) {
+	if got := Kinds(); !reflect.DeepEqual(got, []string{"BackendPolicy", "FaultInjection", "GRPCRoute", "HTTPRoute", "Service", "Telemetry"}) {
 		t.Fatalf("Kinds() = %v", got)
 	}
 	for _, k := range kindTable() {

@@ -45,6 +45,7 @@ func kindTable() []kindInfo {
 		grpcRouteKind(),
 		httpRouteKind(),
 		serviceKind(),
+		telemetryKindInfo(),
 	}
 }
 

@@ -127,19 +127,42 @@ func (p *Proxy) stopObserving() {
 	}
 }
 
-// accessLogOn says whether requests under snapshot s are access-logged:
-// the proxy's mode, else what the snapshot's telemetry says.
-func (p *Proxy) accessLogOn(s *meshv1.Snapshot) bool {
+// accessLogOn checks the snapshot's telemetry and says whether requests
+// under it are access-logged: the proxy's mode, else what the snapshot
+// says, else off.
+func (p *Proxy) accessLogOn(s *meshv1.Snapshot) (bool, error) {
+	t := s.GetTelemetry()
+	if t != nil && t.TracingSamplingPercent != nil {
+		if err := tracing.ValidSamplingPercent(*t.TracingSamplingPercent); err != nil {
+			return false, invalid("telemetry.tracing_sampling_percent: %v", err)
+		}
+	}
 	if p == nil || p.alog == nil {
-		return false
+		return false, nil
 	}
 	switch p.opts.AccessLogs {
 	case AccessLogAlways:
-		return true
+		return true, nil
 	case AccessLogNever:
-		return false
+		return false, nil
 	}
-	return false
+	return t.GetAccessLog(), nil
+}
+
+// applySampling sets the tracer's rate from an applied snapshot, unless
+// the proxy's own setting is fixed (its flag wins).
+func (p *Proxy) applySampling(s *meshv1.Snapshot) {
+	if p.tracer == nil || p.opts.SamplingFixed {
+		return
+	}
+	pct := p.opts.Tracing.SamplingPercent
+	if t := s.GetTelemetry(); t != nil && t.TracingSamplingPercent != nil {
+		pct = *t.TracingSamplingPercent
+	}
+	if pct != p.tracer.SamplingPercent() {
+		p.tracer.SetSamplingPercent(pct)
+		p.log.Info("tracing sampling changed", "percent", pct)
+	}
 }
 
 // startSpan starts the hop's span as a child of the caller's trace

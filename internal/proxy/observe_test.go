@@ -425,3 +425,55 @@ func BenchmarkObserve(b *testing.B) {
 		})
 	}
 }
+
+// TestTelemetryFromSnapshot: the snapshot's telemetry turns access logs on
+// and sets the sampling rate, unless the proxy's own setting is fixed; a
+// bad rate is refused (NACK) and the last good snapshot kept.
+func TestTelemetryFromSnapshot(t *testing.T) {
+	rcv := otlptest.Start(t)
+	ca := newTestCA(t, "trellis.local")
+	newP := func(o Options) *Proxy {
+		o.Service, o.ClientTLS = "frontend", ca.clientTLS(ca.svid(t, spiffeFor("frontend")))
+		p, err := New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.stopObserving)
+		return p
+	}
+	on, pct := true, 40.0
+	withTel := snapshot("2")
+	withTel.Telemetry = &meshv1.Telemetry{AccessLog: &on, TracingSamplingPercent: &pct}
+
+	mesh := newP(Options{Tracing: &tracing.Config{Endpoint: "http://" + rcv.GRPCAddr, SamplingPercent: 1}, AccessLog: nopCloser{io.Discard}})
+	if err := mesh.Update(snapshot("1")); err != nil {
+		t.Fatal(err)
+	}
+	if mesh.cfg.Load().accessLog || mesh.tracer.SamplingPercent() != 1 {
+		t.Errorf("no telemetry: access log %v, sampling %v; want off, the flag's 1", mesh.cfg.Load().accessLog, mesh.tracer.SamplingPercent())
+	}
+	if err := mesh.Update(withTel); err != nil {
+		t.Fatal(err)
+	}
+	if !mesh.cfg.Load().accessLog || mesh.tracer.SamplingPercent() != 40 {
+		t.Errorf("telemetry: access log %v, sampling %v; want on, 40", mesh.cfg.Load().accessLog, mesh.tracer.SamplingPercent())
+	}
+	bad := 120.0
+	badSnap := snapshot("3")
+	badSnap.Telemetry = &meshv1.Telemetry{TracingSamplingPercent: &bad}
+	if err := mesh.Update(badSnap); err == nil || !strings.Contains(err.Error(), "tracing_sampling_percent") {
+		t.Errorf("bad sampling accepted: %v", err)
+	}
+	if mesh.tracer.SamplingPercent() != 40 || mesh.cfg.Load().snap.Version != "2" {
+		t.Errorf("after a refused snapshot: sampling %v version %s", mesh.tracer.SamplingPercent(), mesh.cfg.Load().snap.Version)
+	}
+
+	fixed := newP(Options{Tracing: &tracing.Config{Endpoint: "http://" + rcv.GRPCAddr, SamplingPercent: 5}, SamplingFixed: true,
+		AccessLog: nopCloser{io.Discard}, AccessLogs: AccessLogNever})
+	if err := fixed.Update(withTel); err != nil {
+		t.Fatal(err)
+	}
+	if fixed.cfg.Load().accessLog || fixed.tracer.SamplingPercent() != 5 {
+		t.Errorf("flags fixed: access log %v, sampling %v; want off, 5", fixed.cfg.Load().accessLog, fixed.tracer.SamplingPercent())
+	}
+}

@@ -331,6 +331,7 @@ func (p *Proxy) Update(s *meshv1.Snapshot) error {
 	if err == nil {
 		old := p.cfg.Swap(c)
 		close(old.changed)
+		p.applySampling(s)
 	}
 	p.forget(p.cfg.Load())
 	if err != nil {

@@ -388,7 +388,10 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 			c.byHost[name] = svc
 		}
 	}
-	c.accessLog = env.proxy.accessLogOn(s)
+	var err error
+	if c.accessLog, err = env.proxy.accessLogOn(s); err != nil {
+		return nil, err
+	}
 	c.outbound = env.proxy.outboundChain()
 	c.inboundH = env.proxy.inboundChain()
 	c.tunnel = env.proxy.tunnelChain()

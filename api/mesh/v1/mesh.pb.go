@@ -2742,6 +2742,8 @@ type Snapshot struct {
 	Revision int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Policy for the proxy's own inbound traffic.
 	InboundPolicy *InboundPolicy `protobuf:"bytes,9,opt,name=inbound_policy,json=inboundPolicy,proto3" json:"inbound_policy,omitempty"`
+	// Tracing and access logs for the proxy, from Telemetry resources.
+	Telemetry     *Telemetry `protobuf:"bytes,10,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2837,6 +2839,73 @@ func (x *Snapshot) GetInboundPolicy() *InboundPolicy {
 		return x.InboundPolicy
 	}
 	return nil
+}
+
+func (x *Snapshot) GetTelemetry() *Telemetry {
+	if x != nil {
+		return x.Telemetry
+	}
+	return nil
+}
+
+// Telemetry is what the Telemetry resources that apply to a proxy's own
+// service say: mesh-wide (trellis-system, no targetRefs), then its
+// namespace's, then one targeting the service, the narrower winning field
+// by field. An unset field leaves the proxy's default; a proxy flag given
+// on its command line wins over both.
+type Telemetry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Percent of new traces sampled, 0-100 (parent-based: a request whose
+	// caller sampled it is always traced).
+	TracingSamplingPercent *float64 `protobuf:"fixed64,1,opt,name=tracing_sampling_percent,json=tracingSamplingPercent,proto3,oneof" json:"tracing_sampling_percent,omitempty"`
+	// Access logs on (true) or off (false).
+	AccessLog     *bool `protobuf:"varint,2,opt,name=access_log,json=accessLog,proto3,oneof" json:"access_log,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Telemetry) Reset() {
+	*x = Telemetry{}
+	mi := &file_mesh_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Telemetry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Telemetry) ProtoMessage() {}
+
+func (x *Telemetry) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Telemetry.ProtoReflect.Descriptor instead.
+func (*Telemetry) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *Telemetry) GetTracingSamplingPercent() float64 {
+	if x != nil && x.TracingSamplingPercent != nil {
+		return *x.TracingSamplingPercent
+	}
+	return 0
+}
+
+func (x *Telemetry) GetAccessLog() bool {
+	if x != nil && x.AccessLog != nil {
+		return *x.AccessLog
+	}
+	return false
 }
 
 var File_mesh_proto protoreflect.FileDescriptor
@@ -3037,7 +3106,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05ports\x18\x03 \x03(\v2\x15.trellis.mesh.v1.PortR\x05ports\x12.\n" +
 	"\x06routes\x18\x04 \x03(\v2\x16.trellis.mesh.v1.RouteR\x06routes\x127\n" +
 	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\x12E\n" +
-	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\xe5\x02\n" +
+	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\x9f\x03\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12!\n" +
@@ -3047,7 +3116,15 @@ const file_mesh_proto_rawDesc = "" +
 	"\ainbound\x18\x06 \x01(\v2\x18.trellis.mesh.v1.ServiceR\ainbound\x124\n" +
 	"\bservices\x18\a \x03(\v2\x18.trellis.mesh.v1.ServiceR\bservices\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12E\n" +
-	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy*L\n" +
+	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy\x128\n" +
+	"\ttelemetry\x18\n" +
+	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\"\x9a\x01\n" +
+	"\tTelemetry\x12=\n" +
+	"\x18tracing_sampling_percent\x18\x01 \x01(\x01H\x00R\x16tracingSamplingPercent\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"access_log\x18\x02 \x01(\bH\x01R\taccessLog\x88\x01\x01B\x1b\n" +
+	"\x19_tracing_sampling_percentB\r\n" +
+	"\v_access_log*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -3083,7 +3160,7 @@ func file_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
@@ -3126,11 +3203,12 @@ var file_mesh_proto_goTypes = []any{
 	(*InboundPolicy)(nil),       // 38: trellis.mesh.v1.InboundPolicy
 	(*Service)(nil),             // 39: trellis.mesh.v1.Service
 	(*Snapshot)(nil),            // 40: trellis.mesh.v1.Snapshot
-	nil,                         // 41: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 42: google.protobuf.Duration
+	(*Telemetry)(nil),           // 41: trellis.mesh.v1.Telemetry
+	nil,                         // 42: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 43: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	41, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	42, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
 	8,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
 	2,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
@@ -3157,22 +3235,22 @@ var file_mesh_proto_depIdxs = []int32{
 	19, // 24: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
 	29, // 25: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
 	30, // 26: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	42, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	42, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	42, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	42, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	42, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	42, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	43, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	43, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	43, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	43, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	43, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	43, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
 	34, // 33: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	42, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	42, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	42, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	43, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	43, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	43, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 37: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
 	33, // 38: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
 	35, // 39: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
 	36, // 40: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
 	32, // 41: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	42, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	43, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
 	14, // 43: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
 	20, // 44: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
 	8,  // 45: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
@@ -3180,19 +3258,20 @@ var file_mesh_proto_depIdxs = []int32{
 	39, // 47: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
 	39, // 48: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
 	38, // 49: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	6,  // 50: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	9,  // 51: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	11, // 52: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	13, // 53: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	7,  // 54: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	10, // 55: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	12, // 56: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	40, // 57: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	54, // [54:58] is the sub-list for method output_type
-	50, // [50:54] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	41, // 50: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	6,  // 51: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	9,  // 52: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	11, // 53: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	13, // 54: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	7,  // 55: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	10, // 56: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	12, // 57: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	40, // 58: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	55, // [55:59] is the sub-list for method output_type
+	51, // [51:55] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -3215,13 +3294,14 @@ func file_mesh_proto_init() {
 		(*HashPolicy_QueryParam)(nil),
 		(*HashPolicy_SourceIdentity)(nil),
 	}
+	file_mesh_proto_msgTypes[35].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
