@@ -126,8 +126,10 @@ func TestFullQueueDropsAndCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Count(sink.buf.String(), "\n")
-	if d := m.dropped.Load(); d < 95 || int64(lines)+d != 100 || m.logged.Load() != int64(lines) {
-		t.Errorf("written %d, logged %d, dropped %d; want at most 5 written (queue 4 + one in hand) and the rest dropped", lines, m.logged.Load(), d)
+	// At most one batch in the stuck write (what the queue held when the
+	// writer took it) plus a full queue behind it.
+	if d := m.dropped.Load(); d < 100-(2*4+1) || int64(lines)+d != 100 || m.logged.Load() != int64(lines) {
+		t.Errorf("written %d, logged %d, dropped %d; want at most 9 written (a batch and a queue of 4) and the rest dropped", lines, m.logged.Load(), d)
 	}
 }
 

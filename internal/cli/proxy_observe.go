@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"trellis.dev/trellis/internal/accesslog"
 	"trellis.dev/trellis/internal/sidecar"
 	"trellis.dev/trellis/internal/tracing"
 )
@@ -17,8 +18,8 @@ type observeFlags struct {
 	traceEndpoint, traceProtocol string
 	sampling                     float64
 	accessLog                    string
-	maxMB                        int64
-	maxFiles                     int
+	maxSize                      string
+	maxFiles, buffer             int
 }
 
 func (f *observeFlags) register(fs *pflag.FlagSet) {
@@ -26,8 +27,9 @@ func (f *observeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.traceProtocol, "trace-protocol", tracing.ProtocolGRPC, "OTLP protocol: grpc (port 4317 by convention) or http (4318; path /v1/traces unless the URL names one)")
 	fs.Float64Var(&f.sampling, "trace-sampling", tracing.DefaultSamplingPercent, "percent of new traces sampled, 0-100 (a request with a sampled parent is always traced); given, it wins over the mesh's Telemetry")
 	fs.StringVar(&f.accessLog, "access-log", "", "access logs: off, stdout, or a file path (JSON lines); given, it wins over the mesh's Telemetry; empty: as the Telemetry says, to stdout")
-	fs.Int64Var(&f.maxMB, "access-log-max-size", 100, "MiB an access log file grows to before it is rotated to FILE.1")
+	fs.StringVar(&f.maxSize, "access-log-max-size", "100MiB", "size an access log file grows to before it is rotated to FILE.1 (KiB, MiB, GiB)")
 	fs.IntVar(&f.maxFiles, "access-log-max-files", 3, "rotated access log files kept (FILE.1 … FILE.N)")
+	fs.IntVar(&f.buffer, "access-log-buffer", accesslog.DefaultQueue, "access log lines that may wait for the sink; beyond, lines are dropped (and counted), never the request delayed")
 }
 
 // apply checks the flags and sets them on o.
@@ -42,9 +44,13 @@ func (f *observeFlags) apply(cmd *cobra.Command, o *sidecar.Options) error {
 		o.Tracing = &tracing.Config{Endpoint: f.traceEndpoint, Protocol: f.traceProtocol, SamplingPercent: f.sampling}
 		o.SamplingFixed = cmd.Flags().Changed("trace-sampling")
 	}
-	if f.maxMB <= 0 || f.maxFiles <= 0 {
-		return fmt.Errorf("proxy: --access-log-max-size and --access-log-max-files must be > 0")
+	maxBytes, err := accesslog.ParseSize(f.maxSize)
+	if err != nil {
+		return fmt.Errorf("proxy: --access-log-max-size: %w", err)
 	}
-	o.AccessLog, o.AccessLogMaxBytes, o.AccessLogMaxFiles = f.accessLog, f.maxMB<<20, f.maxFiles
+	if f.maxFiles <= 0 || f.buffer <= 0 {
+		return fmt.Errorf("proxy: --access-log-max-files and --access-log-buffer must be > 0")
+	}
+	o.AccessLog, o.AccessLogMaxBytes, o.AccessLogMaxFiles, o.AccessLogBuffer = f.accessLog, maxBytes, f.maxFiles, f.buffer
 	return nil
 }

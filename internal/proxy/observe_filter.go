@@ -121,8 +121,17 @@ func (p *Proxy) stopObserving() {
 		}
 	}
 	if p.alog != nil {
-		if err := p.alog.Close(); err != nil {
-			p.log.Warn("access log", "err", err)
+		// A sink stuck in a write (a pipe nobody reads) must not hold the
+		// shutdown: give up on the lines still queued after the timeout.
+		done := make(chan error, 1)
+		go func() { done <- p.alog.Close() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				p.log.Warn("access log", "err", err)
+			}
+		case <-ctx.Done():
+			p.log.Warn("access log: sink still blocked at shutdown; queued lines lost")
 		}
 	}
 }

@@ -68,6 +68,7 @@ type Options struct {
 	AccessLog         string
 	AccessLogMaxBytes int64
 	AccessLogMaxFiles int
+	AccessLogBuffer   int // lines waiting for the sink; default accesslog.DefaultQueue
 
 	Heartbeat    time.Duration // default 5s
 	DrainTimeout time.Duration // default 10s
@@ -337,14 +338,15 @@ func (s *sidecar) startProxy() error {
 			c, _ := clientConfigs.LoadOrStore(peer, identity.ClientTLS(s.src, authorize))
 			return c.(*tls.Config)
 		},
-		Balancer:      s.o.Balancer,
-		Subscribe:     s.subscribe,
-		DrainTimeout:  s.o.DrainTimeout,
-		Tracing:       s.o.Tracing,
-		SamplingFixed: s.o.SamplingFixed,
-		AccessLog:     alog,
-		AccessLogs:    alogMode,
-		Logger:        s.o.Logger, // the proxy scopes its own component
+		Balancer:       s.o.Balancer,
+		Subscribe:      s.subscribe,
+		DrainTimeout:   s.o.DrainTimeout,
+		Tracing:        s.o.Tracing,
+		SamplingFixed:  s.o.SamplingFixed,
+		AccessLog:      alog,
+		AccessLogs:     alogMode,
+		AccessLogQueue: s.o.AccessLogBuffer,
+		Logger:         s.o.Logger, // the proxy scopes its own component
 	})
 	if err != nil {
 		if alog != nil {
