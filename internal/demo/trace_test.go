@@ -27,7 +27,7 @@ func TestAppsForwardTraceHeaders(t *testing.T) {
 	in := http.Header{"Traceparent": {tp}, "Tracestate": {"v=1"}, "X-B3-Sampled": {"1"}, "X-Secret": {"no"}}
 	for _, tc := range []struct {
 		app, method, path, body string
-		upstreams                map[string]http.Handler
+		upstreams               map[string]http.Handler
 	}{
 		{"frontend", "GET", "/", "", map[string]http.Handler{"orders": record("orders", `{"id":"o-1"}`)}},
 		{"orders", "POST", "/orders", `{"sku":"sku-1","quantity":1}`, map[string]http.Handler{

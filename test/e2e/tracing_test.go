@@ -85,7 +85,9 @@ func TestTracingThroughShop(t *testing.T) {
 	// shopper→frontend, frontend→orders, orders→payments, orders→inventory:
 	// a client and a server span each.
 	spans := rcv.WaitFor(8, 20*time.Second)
-	in := func(svc string) otlptest.Span { return spanOf(t, spans, svc, tracepb.Span_SPAN_KIND_SERVER, svc+".default") }
+	in := func(svc string) otlptest.Span {
+		return spanOf(t, spans, svc, tracepb.Span_SPAN_KIND_SERVER, svc+".default")
+	}
 	out := func(from, to string) otlptest.Span {
 		return spanOf(t, spans, from, tracepb.Span_SPAN_KIND_CLIENT, to+".default")
 	}
