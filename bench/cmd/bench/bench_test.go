@@ -264,9 +264,9 @@ func TestSelectPaths(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"", []string{"direct", "trellis", "haproxy", "nginx"}, ""},
+		{"", []string{"direct", "trellis", "trellis-tracing", "trellis-accesslog", "haproxy", "nginx"}, ""},
 		{"nginx, direct,nginx", []string{"nginx", "direct"}, ""},
-		{"envoy", nil, `unknown path "envoy" (valid: direct,trellis,haproxy,nginx)`},
+		{"envoy", nil, `unknown path "envoy" (valid: direct,trellis,trellis-tracing,trellis-accesslog,haproxy,nginx)`},
 	}
 	for _, tt := range tests {
 		got, err := selectPaths(tt.in)

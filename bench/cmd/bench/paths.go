@@ -24,6 +24,8 @@ type path struct {
 var allPaths = []path{
 	{"direct", startDirect},
 	{"trellis", startTrellis},
+	{"trellis-tracing", startTrellisTracing},
+	{"trellis-accesslog", startTrellisAccessLog},
 	{"haproxy", startHAProxy},
 	{"nginx", startNginx},
 }
@@ -38,6 +40,9 @@ type harness struct {
 	gomaxprocs int
 	certs      certFiles
 	server     string // fortio server host:port
+	// otlp is the OTLP/gRPC sink the tracing path exports to (observe.go);
+	// nil unless that path runs.
+	otlp *otlpSink
 }
 
 // freePorts reserves n distinct loopback ports; they are released just before
@@ -119,6 +124,11 @@ func startDirect(_ context.Context, h *harness, _ *supervisor) (string, []int, e
 // startTrellis runs a control plane and two proxies with the real CLI:
 // client → outbound (per-upstream port) → mTLS → inbound → server.
 func startTrellis(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
+	return startTrellisWith(ctx, h, sup, nil)
+}
+
+// startTrellisWith is startTrellis with extra flags for both proxies.
+func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, extra func(half string) []string) (string, []int, error) {
 	if _, err := os.Stat(h.trellis); err != nil {
 		return "", nil, fmt.Errorf("trellis binary %s: %w (build it with `make build` or pass -trellis)", h.trellis, err)
 	}
@@ -127,7 +137,12 @@ func startTrellis(ctx context.Context, h *harness, sup *supervisor) (string, []i
 		return "", nil, err
 	}
 	grpc, admin, srvIn, srvOut, srvAdmin, cliIn, cliOut, cliAdmin, upstream := p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
-	data := filepath.Join(h.dir, "trellis-control")
+	// A fresh data dir per path: a stored endpoint of an earlier path's
+	// proxies would outlive them by its lease (leases survive a restart).
+	data, err := os.MkdirTemp(h.dir, "trellis-control-")
+	if err != nil {
+		return "", nil, err
+	}
 	var env []string
 	if h.gomaxprocs > 0 {
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(h.gomaxprocs))
@@ -153,8 +168,8 @@ func startTrellis(ctx context.Context, h *harness, sup *supervisor) (string, []i
 
 	common := []string{"proxy", "--control", addr(grpc), "--ca-file", caFile, "--token-file", tokenFile}
 	srv, err := sup.start("trellis-proxy-server", h.trellis, append(common[:len(common):len(common)],
-		"--service", "bench-server", "--app", h.server,
-		"--inbound", addr(srvIn), "--outbound", addr(srvOut), "--admin", addr(srvAdmin)), env)
+		append([]string{"--service", "bench-server", "--app", h.server,
+			"--inbound", addr(srvIn), "--outbound", addr(srvOut), "--admin", addr(srvAdmin)}, extraFor(extra, "server")...)...), env)
 	if err != nil {
 		return "", nil, err
 	}
@@ -162,9 +177,9 @@ func startTrellis(ctx context.Context, h *harness, sup *supervisor) (string, []i
 		return "", nil, err
 	}
 	cli, err := sup.start("trellis-proxy-client", h.trellis, append(common[:len(common):len(common)],
-		"--service", "bench-client", "--app", "127.0.0.1:1",
-		"--inbound", addr(cliIn), "--outbound", addr(cliOut), "--admin", addr(cliAdmin),
-		"--upstream", "bench-server="+addr(upstream)), env)
+		append([]string{"--service", "bench-client", "--app", "127.0.0.1:1",
+			"--inbound", addr(cliIn), "--outbound", addr(cliOut), "--admin", addr(cliAdmin),
+			"--upstream", "bench-server=" + addr(upstream)}, extraFor(extra, "client")...)...), env)
 	if err != nil {
 		return "", nil, err
 	}
