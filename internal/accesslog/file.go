@@ -84,7 +84,7 @@ func (r *RotatingFile) rotate() error {
 	if err := r.f.Close(); err != nil {
 		return fmt.Errorf("accesslog: close %s: %w", r.path, err)
 	}
-	_ = os.Remove(r.backup(r.maxFiles)) // may not exist
+	// Renaming onto PATH.N replaces it: the oldest file goes first.
 	for i := r.maxFiles - 1; i >= 1; i-- {
 		if err := os.Rename(r.backup(i), r.backup(i+1)); err != nil && !os.IsNotExist(err) {
 			return fmt.Errorf("accesslog: rotate: %w", err)
