@@ -1,6 +1,8 @@
 package config
 
 import (
+	"bytes"
+	"os"
 	"testing"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
@@ -75,4 +77,42 @@ func TestTelemetryScopes(t *testing.T) {
 	if snap.Telemetry.GetTracingSamplingPercent() != 50 || snap.Telemetry.AccessLog == nil || *snap.Telemetry.AccessLog {
 		t.Errorf("merged telemetry %v, want sampling 50, access log off", snap.Telemetry)
 	}
+}
+
+// FuzzDecodeTelemetry: FuzzDecode's invariants, seeded with Telemetry
+// documents; an accepted Telemetry's proxy hooks never panic and set a
+// valid sampling rate.
+func FuzzDecodeTelemetry(f *testing.F) {
+	if data, err := os.ReadFile("../../examples/observability/telemetry.yaml"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte(telemetry("t", "default", "{targetRefs: [{kind: Service, name: a}], tracing: {randomSamplingPercentage: 0.5}, accessLogging: {disabled: true}}")))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		objs, err := Decode("fuzz.yaml", data)
+		if err != nil {
+			return
+		}
+		for _, o := range objs {
+			b, err := Encode(o)
+			if err != nil {
+				t.Fatalf("Encode: %v", err)
+			}
+			back, err := DecodeStored(o.Ref().Kind, b)
+			if err != nil {
+				t.Fatalf("DecodeStored(%s): %v", b, err)
+			}
+			if b2, err := Encode(back); err != nil || !bytes.Equal(b, b2) {
+				t.Fatalf("not a fixed point:\n%s\n%s", b, b2)
+			}
+			if ps, ok := back.(ProxyScoped); ok {
+				snap := &meshv1.Snapshot{}
+				_, _ = ps.AppliesTo(ServiceKey{Namespace: "default", Name: "a"})
+				ps.ContributeProxy(snap)
+				if p := snap.GetTelemetry().TracingSamplingPercent; p != nil && (*p < 0 || *p > 100) {
+					t.Fatalf("sampling %v from %s", *p, b)
+				}
+			}
+		}
+		_ = CheckSet(objs)
+	})
 }
