@@ -36,7 +36,10 @@ const (
 // checkLine is one line of trellis check: ✓ or ✗, what was checked and,
 // for a ✗, what to do next.
 type checkLine struct {
-	ok         bool
+	ok bool
+	// warn: passes, but printed with "!" and its next step (a choice the
+	// operator made, such as dev mode, that they must not forget).
+	warn       bool
 	what, next string
 }
 
@@ -133,6 +136,13 @@ func printChecks(w io.Writer, sections []checkSection) int {
 		fmt.Fprintln(w, s.title)
 		fmt.Fprintln(w, strings.Repeat("-", len([]rune(s.title))))
 		for _, l := range s.lines {
+			if l.ok && l.warn {
+				fmt.Fprintf(w, "! %s\n", l.what)
+				for _, n := range strings.Split(l.next, "\n") {
+					fmt.Fprintf(w, "    → %s\n", n)
+				}
+				continue
+			}
 			if l.ok {
 				fmt.Fprintf(w, "✓ %s\n", l.what)
 				continue
@@ -245,9 +255,21 @@ func health(ctx context.Context, env checkEnv) []checkSection {
 		return []checkSection{cp}
 	}
 	cp.lines = append(cp.lines, pass("control plane answers at %s", c.base))
-	cp.lines = append(cp.lines, checkMetrics(ctx, env.dataDir), checkClock(env), checkSkew(env.now(), hdr))
+	cp.lines = append(cp.lines, checkMetrics(ctx, env.dataDir), checkBootstrap(env.dataDir), checkClock(env), checkSkew(env.now(), hdr))
 	cp.lines = append(cp.lines, checkCA(env)...)
 	return []checkSection{cp, {title: "proxies", lines: checkProxies(list, env.now())}}
+}
+
+// checkBootstrap flags dev mode, in which the shared bootstrap-token
+// obtains any identity.
+func checkBootstrap(dataDir string) checkLine {
+	addrs, err := control.ReadAddrs(dataDir)
+	if err == nil && addrs.InsecureBootstrapToken {
+		return checkLine{ok: true, warn: true,
+			what: "INSECURE DEV MODE: the control plane runs with --insecure-bootstrap-token; anyone who reads " + filepath.Join(dataDir, control.BootstrapTokenFile) + " can obtain ANY identity",
+			next: "for anything but a demo, restart without --insecure-bootstrap-token and join proxies with 'trellis token create --service-account SA'"}
+	}
+	return pass("proxies join with identity-bound tokens (no shared bootstrap token)")
 }
 
 func checkMetrics(ctx context.Context, dataDir string) checkLine {

@@ -18,6 +18,10 @@ import (
 	"trellis.dev/trellis/internal/control"
 )
 
+// AdminTokenFileEnv names a file holding the token the CLI presents to the
+// admin API instead of <data-dir>/admin-token.
+const AdminTokenFileEnv = "TRELLIS_ADMIN_TOKEN_FILE"
+
 // adminClient talks to the control plane's admin API. It finds the address,
 // the CA and the token in the control plane's data directory, so on the same
 // machine the CLI needs no flags.
@@ -46,7 +50,13 @@ func newAdminClient(dataDir string) (*adminClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find control plane: %w; %s", err, hint)
 	}
-	token, err := os.ReadFile(filepath.Join(dataDir, control.AdminTokenFile))
+	tokenFile := filepath.Join(dataDir, control.AdminTokenFile)
+	// Another admin or read-only token ('trellis token create --role ...'),
+	// from a file so it stays out of the environment and shell history.
+	if f := os.Getenv(AdminTokenFileEnv); f != "" {
+		tokenFile = f
+	}
+	token, err := os.ReadFile(tokenFile)
 	if err != nil {
 		return nil, fmt.Errorf("read admin token: %w; %s", err, hint)
 	}

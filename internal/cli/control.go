@@ -19,11 +19,17 @@ func newControlCmd(g *globals) *cobra.Command {
 		Long: `Run the Trellis control plane: the registry, the resource store, the CA
 and the gRPC push server the proxies connect to, plus the admin API the CLI uses.
 
-On first start it creates, in --data-dir, the store, a CA root, ca.crt (the
-trust bundle proxies need), bootstrap-token (what a proxy presents to get its
-first certificate) and admin-token (what the CLI presents). Prometheus metrics
-are served at http://<metrics-addr>/metrics. All listeners bind to loopback
-unless --allow-remote is given.`,
+On first start it creates, in --data-dir (mode 0700), the store, a CA root,
+ca.crt (the trust bundle proxies need) and admin-token (what the CLI
+presents; mode 0600). Proxies join with tokens bound to one identity:
+'trellis token create --service-account SA'. Prometheus metrics are served at
+http://<metrics-addr>/metrics. All listeners bind to loopback unless
+--allow-remote is given.
+
+--insecure-bootstrap-token is DEV MODE (what 'trellis demo' uses): it also
+writes bootstrap-token, one shared token with which anyone who can read it
+obtains a certificate for ANY identity, the control plane's own included.
+The control plane logs a warning at start and 'trellis check' flags it.`,
 		Example: `  trellis control
   trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010
   trellis control --store etcd --etcd-endpoints http://127.0.0.1:2379
@@ -56,9 +62,11 @@ unless --allow-remote is given.`,
 	f.StringVar(&o.CARootFile, "ca-root", "", "PEM root of --ca-cert when it is an intermediate")
 	f.DurationVar(&o.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates; proxies renew at 2/3 of it")
 	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow listening on non-loopback addresses")
+	f.BoolVar(&o.InsecureBootstrapToken, "insecure-bootstrap-token", false, "DEV MODE: accept <data-dir>/bootstrap-token for ANY identity (for demos; never in production)")
 	f.StringVar(&o.DNSAddr, "dns-addr", "", `DNS server address, UDP and TCP (default 127.0.0.1:8600, skipped with a warning if busy); "off" disables`)
 	f.DurationVar(&o.DNSTTL, "dns-ttl", 5*time.Second, "TTL of DNS answers, negative ones included (whole seconds)")
 	f.StringVar(&o.DNSForward, "dns-forward", "", "upstream resolver (host[:port]) for names outside the mesh; empty answers them REFUSED")
+	f.StringVar(&o.DefaultAuthorization, "default-authorization", control.DefaultAuthorizationAllow, "decision for requests to a workload no ALLOW AuthorizationPolicy applies to: allow or deny")
 	sf.register(f)
 	return cmd
 }

@@ -22,6 +22,7 @@ type kindName struct {
 // step with config.Kinds().
 func kindNames() []kindName {
 	return []kindName{
+		{Kind: "AuthorizationPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "authorizationpolicies", Short: []string{"ap"}},
 		{Kind: "BackendPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "backendpolicies", Short: []string{"bp"}},
 		{Kind: "FaultInjection", APIVersion: "trellis.dev/v1alpha1", Plural: "faultinjections", Short: []string{"fi"}},
 		{Kind: "GRPCRoute", APIVersion: "gateway.networking.k8s.io/v1", Plural: "grpcroutes", Short: []string{"gr"}},

@@ -35,8 +35,12 @@ control plane, registers the service's endpoint, and serves:
 With '-- CMD ARGS', the proxy starts CMD once it is ready, forwards signals to
 it and exits with its exit code.
 
-Without --control, --ca-file and --token-file, the proxy finds them in the
-control plane's data directory (--data-dir) on the same machine.
+The proxy joins with a token bound to its identity (--token-file, from
+'trellis token create --service-account SA'); later certificates renew with
+the current one. Without --control and --ca-file, the proxy finds them in the
+control plane's data directory (--data-dir) on the same machine; without
+--token-file it reads the dev-mode bootstrap-token there (accepted only by a
+control plane run with --insecure-bootstrap-token).
 
 Each proxy on a machine needs its own --admin, --outbound and --inbound
 ports (and --upstream ports); 127.0.0.1:0 picks a free one, printed in the
@@ -92,7 +96,7 @@ proxy asks for a certificate, naming the flag to change.`,
 	f := cmd.Flags()
 	f.StringVar(&o.ControlAddr, "control", "", "control plane gRPC address (default: from <data-dir>/control.json, else 127.0.0.1:15010)")
 	f.StringVar(&o.CAFile, "ca-file", "", "PEM roots that sign the control plane's certificate (default <data-dir>/ca.crt)")
-	f.StringVar(&o.TokenFile, "token-file", "", "bootstrap token file (default <data-dir>/bootstrap-token)")
+	f.StringVar(&o.TokenFile, "token-file", "", "join token file, from 'trellis token create' (default <data-dir>/bootstrap-token, dev mode only)")
 	f.StringVar(&o.TrustDomain, "trust-domain", "trellis.local", "SPIFFE trust domain")
 	f.StringVar(&o.Service, "service", "", "name of the service this proxy fronts (required)")
 	f.StringVar(&o.Namespace, "namespace", "default", "namespace of the service")

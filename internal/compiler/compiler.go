@@ -40,6 +40,9 @@ type Options struct {
 	// Default 10ms; kept small because a change must reach proxies fast.
 	Debounce time.Duration
 	Logger   *slog.Logger
+	// DefaultAuthorization decides requests to a workload no ALLOW
+	// AuthorizationPolicy applies to; the zero value allows.
+	DefaultAuthorization meshv1.AuthzAction
 }
 
 // Node is the proxy a snapshot is compiled for.
@@ -197,7 +200,7 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 	// services) and only moves the revision snapshots carry.
 	if st := c.v.State(); c.idxState == nil || st.Revision() > c.idxState.Revision() {
 		if c.idxState == nil || st.Generation() != c.idxState.Generation() {
-			c.idx = buildIndex(st, c.log)
+			c.idx = buildIndex(st, c.log, c.opts.DefaultAuthorization)
 		}
 		c.idxState = st
 	}
@@ -246,7 +249,9 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 		Domain:      c.opts.Domain,
 		TrustBundle: bundle,
 		Inbound:     inbound.svc,
-		Services:    make([]*meshv1.Service, 0, len(services)),
+		// Policies sort by namespace/name as the Refs they came from.
+		InboundPolicy: inbound.policy,
+		Services:      make([]*meshv1.Service, 0, len(services)),
 		// Not hashed into Version: a change elsewhere in the mesh moves
 		// the revision but must not resend an unchanged snapshot.
 		Revision: st.Revision(),

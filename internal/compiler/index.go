@@ -2,8 +2,11 @@ package compiler
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -32,6 +35,9 @@ type compiled struct {
 	svc  *meshv1.Service
 	hash [sha256.Size]byte
 	deps []svcKey // services its routes send to, excluding itself
+	// policy is the inbound policy of a proxy of this service (inbound
+	// only), covered by hash.
+	policy *meshv1.InboundPolicy
 }
 
 // attached is an object attached to a service through one Attachment.
@@ -51,25 +57,33 @@ type index struct {
 	endpoints map[string][]*meshv1.Endpoint // by namespace, sorted by id
 	cache     map[svcKey]*compiled
 	inbounds  map[svcKey]*compiled
+	// inboundObjs contribute to proxies' own inbound policy, in Ref order.
+	inboundObjs []config.InboundContributor
+	// defaultAuthz is the mesh-wide default decision.
+	defaultAuthz meshv1.AuthzAction
 	// scoped configure proxies by their own service (Telemetry).
 	scoped []config.ProxyScoped
 }
 
 // buildIndex sorts the state's resources by the hooks their kinds implement.
-func buildIndex(st *view.State, log *slog.Logger) *index {
+func buildIndex(st *view.State, log *slog.Logger, defaultAuthz meshv1.AuthzAction) *index {
 	idx := &index{
-		log:       log,
-		declared:  map[svcKey]config.Declarer{},
-		attached:  map[svcKey][]attached{},
-		objects:   map[config.Ref]config.Object{},
-		endpoints: map[string][]*meshv1.Endpoint{},
-		cache:     map[svcKey]*compiled{},
-		inbounds:  map[svcKey]*compiled{},
+		log:          log,
+		defaultAuthz: defaultAuthz,
+		declared:     map[svcKey]config.Declarer{},
+		attached:     map[svcKey][]attached{},
+		objects:      map[config.Ref]config.Object{},
+		endpoints:    map[string][]*meshv1.Endpoint{},
+		cache:        map[svcKey]*compiled{},
+		inbounds:     map[svcKey]*compiled{},
 	}
 	for _, r := range st.Resources() {
 		idx.objects[r.Object.Ref()] = r.Object
 		if d, ok := r.Object.(config.Declarer); ok {
 			idx.declared[keyOf(d.Declares())] = d
+		}
+		if ic, ok := r.Object.(config.InboundContributor); ok {
+			idx.inboundObjs = append(idx.inboundObjs, ic)
 		}
 		if ps, ok := r.Object.(config.ProxyScoped); ok {
 			idx.scoped = append(idx.scoped, ps)
@@ -81,6 +95,7 @@ func buildIndex(st *view.State, log *slog.Logger) *index {
 			}
 		}
 	}
+	sort.Slice(idx.inboundObjs, func(i, j int) bool { return refLess(idx.inboundObjs[i].Ref(), idx.inboundObjs[j].Ref()) })
 	for _, ep := range st.Endpoints() {
 		idx.endpoints[ep.Namespace] = append(idx.endpoints[ep.Namespace], ep)
 	}
@@ -124,9 +139,48 @@ func (idx *index) inbound(k svcKey) *compiled {
 		return c
 	}
 	svc := idx.base(k)
-	c := &compiled{key: k, svc: svc, hash: hashService(svc)}
+	pol := idx.inboundPolicy(k)
+	h := sha256.New()
+	sh := hashService(svc)
+	h.Write(sh[:])
+	h.Write(marshal(pol))
+	c := &compiled{key: k, svc: svc, policy: pol}
+	h.Sum(c.hash[:0])
 	idx.inbounds[k] = c
 	return c
+}
+
+// inboundPolicy is what a proxy of service k enforces on traffic it
+// receives: the mesh-wide default authorization and every object that
+// applies to k (authorization policies), in Ref order.
+func (idx *index) inboundPolicy(k svcKey) *meshv1.InboundPolicy {
+	p := &meshv1.InboundPolicy{Authorization: &meshv1.Authorization{DefaultAction: idx.defaultAuthz}}
+	key := config.ServiceKey{Namespace: k.ns, Name: k.name}
+	for _, o := range idx.inboundObjs {
+		if o.AppliesTo(key) {
+			o.ContributeInbound(p)
+		}
+	}
+	return p
+}
+
+func refLess(a, b config.Ref) bool {
+	if a.Kind != b.Kind {
+		return a.Kind < b.Kind
+	}
+	if a.Namespace != b.Namespace {
+		return a.Namespace < b.Namespace
+	}
+	return a.Name < b.Name
+}
+
+func marshal(m proto.Message) []byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		// As hashService: never pretend the content is unchanged.
+		b = []byte(fmt.Sprint(m))
+	}
+	return b
 }
 
 func (idx *index) service(k svcKey) *compiled {
@@ -135,8 +189,9 @@ func (idx *index) service(k svcKey) *compiled {
 	}
 	svc := idx.base(k)
 	sel := idx.selector(k)
+	accounts, nsPath := idx.accounts(k), "ns/"+k.ns+"/sa/"
 	for _, ep := range idx.endpoints[k.ns] {
-		if ep.Healthy && matches(sel, ep.Labels) {
+		if ep.Healthy && matches(sel, ep.Labels) && runsAs(ep.Identity, nsPath, accounts) {
 			svc.Endpoints = append(svc.Endpoints, ep)
 		}
 	}
@@ -169,6 +224,34 @@ func (idx *index) service(k svcKey) *compiled {
 	sort.Slice(c.deps, func(i, j int) bool { return c.deps[i].less(c.deps[j]) })
 	idx.cache[k] = c
 	return c
+}
+
+// accounts are the service accounts k's endpoints may run as (a Service's
+// spec.serviceAccounts and their default; an undeclared service: its name).
+func (idx *index) accounts(k svcKey) []string {
+	if a, ok := idx.declared[k].(interface{ Accounts() []string }); ok {
+		return a.Accounts()
+	}
+	return []string{k.name}
+}
+
+// runsAs reports whether an endpoint whose certificate is identity may serve
+// a service running as accounts in the namespace whose SPIFFE path prefix is
+// nsPath ("ns/<ns>/sa/"). Register already refuses others; this keeps out
+// one registered before the Service's accounts changed (or through a
+// replica that did not check), as soon as the change is compiled. An
+// endpoint without an identity (tests' hand-made ones; Register always sets
+// it) is not judged here.
+func runsAs(identity, nsPath string, accounts []string) bool {
+	if identity == "" {
+		return true
+	}
+	_, path, ok := strings.Cut(strings.TrimPrefix(identity, "spiffe://"), "/")
+	if !ok {
+		return false
+	}
+	sa, ok := strings.CutPrefix(path, nsPath)
+	return ok && slices.Contains(accounts, sa)
 }
 
 func matches(selector, labels map[string]string) bool {

@@ -40,6 +40,7 @@ type kindInfo struct {
 //     internal/compiler that shows the compiled effect.
 func kindTable() []kindInfo {
 	return []kindInfo{
+		authorizationPolicyKindInfo(),
 		backendPolicyKind(),
 		faultInjectionKindInfo(),
 		grpcRouteKind(),

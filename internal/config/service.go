@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"trellis.dev/trellis/internal/meshname"
 )
 
 // ServiceAPIVersion is the apiVersion of Trellis' own kinds.
@@ -41,6 +43,27 @@ type ServiceSpec struct {
 	// registers with label app=<its service name>).
 	Selector map[string]string `json:"selector,omitempty"`
 	Ports    []ServicePort     `json:"ports"`
+	// ServiceAccounts are the service accounts the service's endpoints run
+	// as: the control plane refuses to register an endpoint (for this
+	// service, or one its selector picks) whose certificate names another
+	// account of the namespace. Default: the selector's app label, which
+	// is the name of the service whose proxies it picks (itself, unless
+	// it is a subset such as web-v1 picking app: web), else its own name.
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
+}
+
+// Accounts returns the service accounts the service's endpoints may run as:
+// spec.serviceAccounts, else the selector's app label (every proxy
+// registers with app=<its service>, and runs by default as the account of
+// that name), else the service's name.
+func (s *Service) Accounts() []string {
+	if len(s.Spec.ServiceAccounts) > 0 {
+		return s.Spec.ServiceAccounts
+	}
+	if app := s.Spec.Selector["app"]; app != "" {
+		return []string{app}
+	}
+	return []string{s.Name}
 }
 
 // ServicePort is one port of a Service.
@@ -96,6 +119,7 @@ func (s *Service) Validate() error {
 	}
 	validateLabels(fe, "spec.selector", s.Spec.Selector)
 
+	validateAccounts(fe, s.Spec.ServiceAccounts)
 	ports := s.Spec.Ports
 	if len(ports) == 0 {
 		fe.add("spec.ports", "at least one port is required")
@@ -131,6 +155,24 @@ func (s *Service) Validate() error {
 		}
 	}
 	return fe.err()
+}
+
+// validateAccounts checks spec.serviceAccounts: each a service account name
+// (an RFC 1123 subdomain), none twice.
+func validateAccounts(fe *fieldErrors, accounts []string) {
+	seen := map[string]int{}
+	for i, a := range accounts {
+		path := fmt.Sprintf("spec.serviceAccounts[%d]", i)
+		if err := meshname.CheckSubdomain(a); err != nil {
+			fe.add(path, err.Error())
+			continue
+		}
+		if j, dup := seen[a]; dup {
+			fe.addf(path, "%q is already listed at spec.serviceAccounts[%d]", a, j)
+			continue
+		}
+		seen[a] = i
+	}
 }
 
 // PortByNumber returns the service's port numbered n.

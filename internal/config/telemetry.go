@@ -48,9 +48,6 @@ type TelemetryAccessLogging struct {
 	Disabled bool `json:"disabled"`
 }
 
-// MeshNamespace is the namespace whose untargeted Telemetry is mesh-wide.
-const MeshNamespace = "trellis-system"
-
 const telemetryKind = "Telemetry"
 
 func telemetryKindInfo() kindInfo {

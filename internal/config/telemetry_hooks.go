@@ -42,7 +42,7 @@ type ProxyScoped interface {
 func (t *Telemetry) AppliesTo(k ServiceKey) (Scope, bool) {
 	ns := namespaceOr(t.Namespace)
 	switch {
-	case len(t.Spec.TargetRefs) == 0 && ns == MeshNamespace:
+	case len(t.Spec.TargetRefs) == 0 && ns == RootNamespace:
 		return ScopeMesh, true
 	case ns != k.Namespace:
 		return 0, false
@@ -105,7 +105,7 @@ func (t *Telemetry) checkSet(set *Set) []error {
 }
 
 func scopeName(ns string) string {
-	if ns == MeshNamespace {
+	if ns == RootNamespace {
 		return "mesh"
 	}
 	return "namespace " + ns

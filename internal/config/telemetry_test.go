@@ -33,7 +33,7 @@ func TestTelemetryConflicts(t *testing.T) {
 	ns2 := telemetry("b", "default", "{tracing: {randomSamplingPercentage: 5}}")
 	svc1 := telemetry("c", "default", "{targetRefs: [{kind: Service, name: orders}], accessLogging: {}}")
 	svc2 := telemetry("d", "default", "{targetRefs: [{kind: Service, name: orders}], accessLogging: {disabled: true}}")
-	mesh := telemetry("mesh", MeshNamespace, "{accessLogging: {}}")
+	mesh := telemetry("mesh", RootNamespace, "{accessLogging: {}}")
 	wantErrs(t, CheckSet(mustDecode(t, "set.yaml", []byte(ns1+"---\n"+ns2))),
 		"Telemetry default/a: spec.targetRefs: Telemetry default/b also applies to the whole namespace default")
 	wantErrs(t, CheckSet(mustDecode(t, "set.yaml", []byte(svc1+"---\n"+svc2))),
@@ -47,7 +47,7 @@ func TestTelemetryConflicts(t *testing.T) {
 // narrower winning field by field.
 func TestTelemetryScopes(t *testing.T) {
 	objs := mustDecode(t, "s.yaml", []byte(
-		telemetry("mesh", MeshNamespace, "{tracing: {randomSamplingPercentage: 10}, accessLogging: {}}")+"---\n"+
+		telemetry("mesh", RootNamespace, "{tracing: {randomSamplingPercentage: 10}, accessLogging: {}}")+"---\n"+
 			telemetry("nsw", "shop", "{tracing: {randomSamplingPercentage: 50}}")+"---\n"+
 			telemetry("svc", "shop", "{targetRefs: [{kind: Service, name: orders}], accessLogging: {disabled: true}}")))
 	m, n, s := objs[0].(*Telemetry), objs[1].(*Telemetry), objs[2].(*Telemetry)

@@ -41,14 +41,18 @@ type applier interface {
 }
 
 type adminDeps struct {
-	store    adminStore
-	applier  applier
-	token    string
+	store   adminStore
+	applier applier
+	// token is the data dir's admin-token: the first admin token.
+	token string
+	// tokens are the stored API and join tokens, and the audit log.
+	tokens   *tokenStore
 	statuses func() []push.ProxyStatus
 	// awaitRevision blocks until every proxy runs rev or one refused it
 	// (push.Server.AwaitRevision), or ctx ends.
 	awaitRevision func(ctx context.Context, rev int64) []push.ProxyStatus
 	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
+	snapshots     snapshotSource // authz check (authcheck.go)
 	logger        *slog.Logger
 }
 
@@ -63,8 +67,8 @@ type admin struct {
 	handler http.Handler
 }
 
-// newAdmin returns the admin API handler: every route requires the admin
-// token.
+// newAdmin returns the admin API handler: every route requires an admin
+// API token, whose role decides what it may do (admin_auth.go).
 func newAdmin(d adminDeps) *admin {
 	if d.logger == nil {
 		d.logger = slog.New(slog.DiscardHandler)
@@ -81,29 +85,16 @@ func newAdmin(d adminDeps) *admin {
 	mux.HandleFunc("DELETE /v1/resources/{kind}/{namespace}/{name}", a.delete)
 	mux.HandleFunc("GET /v1/proxies", a.proxies)
 	mux.HandleFunc("GET /v1/endpoints", a.listEndpoints)
+	a.tokenRoutes(mux)
+	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints)", r.Method, r.URL.Path))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit)", r.Method, truncate(r.URL.Path, 256)))
 	})
 	a.handler = a.authenticate(mux)
 	return a
 }
 
 func (a *admin) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.handler.ServeHTTP(w, r) }
-
-func (a *admin) authenticate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The auth scheme is case-insensitive (RFC 9110); the token is not.
-		h := r.Header.Get("Authorization")
-		ok := len(h) > 7 && strings.EqualFold(h[:7], "Bearer ")
-		if !ok || !tokenEqual(strings.TrimSpace(h[7:]), a.token) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
-			writeError(w, http.StatusUnauthorized, "missing or wrong admin token: send 'Authorization: Bearer <token>' with the token in <data-dir>/admin-token")
-			return
-		}
-		r.Body = http.MaxBytesReader(w, r.Body, a.maxBody.Load())
-		next.ServeHTTP(w, r)
-	})
-}
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
@@ -219,7 +210,7 @@ func (a *admin) apply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	out, err := a.applier.Apply(r.Context(), objs, req.DryRun)
+	out, err := a.applier.Apply(a.audited(r, "apply"), objs, req.DryRun)
 	if a.changeFailed(w, err, "apply: resources kept changing under concurrent writes; try again") {
 		return
 	}
@@ -337,7 +328,7 @@ func (a *admin) delete(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	out, err := a.applier.Delete(r.Context(), ref)
+	out, err := a.applier.Delete(a.audited(r, "delete"), ref)
 	if errors.Is(err, apply.ErrNotFound) {
 		writeError(w, http.StatusNotFound, ref.String()+" not found")
 		return

@@ -86,6 +86,11 @@ type Options struct {
 	CASealKeyFile string
 	// AllowRemote permits listening on non-loopback addresses.
 	AllowRemote bool
+	// InsecureBootstrapToken is dev mode (make demo): the data dir's
+	// bootstrap-token obtains a certificate for ANY identity, as before
+	// join tokens. Off by default; the control plane warns loudly when on
+	// and `trellis check` shows it.
+	InsecureBootstrapToken bool
 	// WorkloadTTL of issued certificates (default: the CA's, 24h).
 	WorkloadTTL time.Duration
 	// DNS (internal/dns), UDP and TCP. DNSAddr "" serves the default
@@ -105,6 +110,10 @@ type Options struct {
 	// replicas can share one store (Logger defaults to Options.Logger).
 	Etcd   store.EtcdOptions
 	Logger *slog.Logger
+	// DefaultAuthorization decides requests to a workload no ALLOW
+	// AuthorizationPolicy applies to: "allow" (default, as Istio and
+	// Linkerd) or "deny".
+	DefaultAuthorization string
 }
 
 func (o *Options) setDefaults() {
@@ -126,12 +135,18 @@ func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.DefaultAuthorization == "" {
+		o.DefaultAuthorization = DefaultAuthorizationAllow
+	}
 }
 
 // Validate checks the options after defaults.
 func (o *Options) Validate() error {
 	if o.DataDir == "" {
 		return errors.New("dataDir: required")
+	}
+	if err := checkDefaultAuthz(o.DefaultAuthorization); err != nil {
+		return err
 	}
 	for _, a := range []struct{ field, addr string }{{"grpcAddr", o.GRPCAddr}, {"adminAddr", o.AdminAddr}, {"metricsAddr", o.MetricsAddr}} {
 		host, _, err := net.SplitHostPort(a.addr)
@@ -170,6 +185,7 @@ type Control struct {
 	grpc     *grpc.Server
 	http     *http.Server
 	admin    *admin
+	tokens   *tokenStore
 	grpcLn   net.Listener
 	adminLn  net.Listener
 	// metricsSrv serves /metrics on metricsLn, plain HTTP.
@@ -213,7 +229,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: trust domain: %w", err)
 	}
-	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+	if err := makePrivateDir(o.DataDir, log); err != nil {
 		return nil, fmt.Errorf("control: data dir: %w", err)
 	}
 	c := &Control{o: o, log: log, errc: make(chan error, 2)}
@@ -245,9 +261,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
-	bootstrapToken, err := loadOrCreateToken(filepath.Join(o.DataDir, BootstrapTokenFile))
+	devToken, err := c.devBootstrapToken()
 	if err != nil {
-		return nil, fmt.Errorf("control: %w", err)
+		return nil, err
 	}
 
 	id, err := identity.WorkloadID(o.TrustDomain, ControlNamespace, ControlServiceAccount)
@@ -267,10 +283,22 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		Domain:      o.Domain,
 		Bundle:      c.ca.Bundle,
 		Logger:      o.Logger,
+		// Validate has checked it is allow or deny.
+		DefaultAuthorization: defaultAuthz(o.DefaultAuthorization),
 	})
+	tokens := &tokenStore{st: c.st, now: time.Now}
+	c.tokens = tokens
+	refusals, err := telemetry.NewControlSecurity(c.promReg, push.RefusalReasons())
+	if err != nil {
+		return nil, fmt.Errorf("control: metrics: %w", err)
+	}
 	c.push = push.NewServer(push.ServerOptions{
 		TrustDomain: td,
-		ValidToken:  push.TokenValidator(bootstrapToken),
+		ValidToken:  push.TokenValidator(devToken),
+		Tokens:      tokens,
+		Auditor:     tokens,
+		Accounts:    serviceAccounts{st: c.st},
+		Refusals:    refusals,
 		Signer:      c.ca,
 		Registry:    registryAdapter{c.reg},
 		Snapshots:   snapshotsAdapter{c.comp},
@@ -312,11 +340,13 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	adminTLS.NextProtos = []string{"h2", "http/1.1"}
 	c.admin = newAdmin(adminDeps{
 		store:         c.st,
-		applier:       apply.New(c.st, apply.Options{Logger: o.Logger}),
+		applier:       apply.New(auditingStore{c.st}, apply.Options{Logger: o.Logger}),
 		token:         adminToken,
+		tokens:        tokens,
 		statuses:      c.push.Statuses,
 		awaitRevision: c.push.AwaitRevision,
 		endpoints:     c.reg.Endpoints,
+		snapshots:     c.comp,
 		logger:        o.Logger,
 	})
 	c.http = &http.Server{
@@ -423,7 +453,7 @@ func countResources(st *view.State) map[string]int {
 
 func (c *Control) addrs() Addrs {
 	return Addrs{GRPC: c.grpcLn.Addr().String(), Admin: c.adminLn.Addr().String(), Metrics: c.metricsLn.Addr().String(),
-		DNS: c.DNSAddr()}
+		DNS: c.DNSAddr(), InsecureBootstrapToken: c.o.InsecureBootstrapToken}
 }
 
 // Addrs returns the addresses actually listened on (useful with port 0).
@@ -555,6 +585,9 @@ type Addrs struct {
 	Metrics string `json:"metrics_addr,omitempty"`
 	// DNS is where DNS is served (UDP and TCP); absent when it is off.
 	DNS string `json:"dns_addr,omitempty"`
+	// InsecureBootstrapToken: dev mode is on (any holder of
+	// bootstrap-token may obtain any identity); `trellis check` warns.
+	InsecureBootstrapToken bool `json:"insecure_bootstrap_token,omitempty"`
 }
 
 // ReadAddrs reads the addresses a control plane wrote to dataDir.
@@ -693,4 +726,41 @@ func (c *Control) stopDNS() {
 	if err := c.dns.Stop(); err != nil {
 		c.log.Warn("stopping DNS", "err", err)
 	}
+}
+
+// devBootstrapToken is the shared bootstrap token in dev mode, "" (none
+// valid) otherwise. Outside dev mode a bootstrap-token file left by an
+// earlier dev run is ignored, and the log says so.
+func (c *Control) devBootstrapToken() (string, error) {
+	path := filepath.Join(c.o.DataDir, BootstrapTokenFile)
+	if !c.o.InsecureBootstrapToken {
+		if _, err := os.Stat(path); err == nil {
+			c.log.Warn("ignoring the bootstrap-token file: it is accepted only with --insecure-bootstrap-token (dev mode); proxies join with 'trellis token create' tokens", "file", path)
+		}
+		return "", nil
+	}
+	tok, err := loadOrCreateToken(path)
+	if err != nil {
+		return "", fmt.Errorf("control: %w", err)
+	}
+	c.log.Warn("INSECURE DEV MODE (--insecure-bootstrap-token): anyone who can read the bootstrap-token file can obtain a certificate for ANY identity, the control plane's included; never use this outside a demo", "file", path)
+	return tok, nil
+}
+
+// makePrivateDir creates dir 0700, or narrows an existing one to 0700: it
+// holds the store (the CA's key unless sealed, token hashes) and the admin
+// token, which no other user of the machine may read.
+func makePrivateDir(dir string, log *slog.Logger) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("data dir was readable by other users; narrowed to 0700", "dir", dir, "was", fi.Mode().Perm().String())
+		return os.Chmod(dir, 0o700)
+	}
+	return nil
 }

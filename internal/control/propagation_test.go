@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,7 +40,10 @@ func startProxySessionWith(t *testing.T, c *Control, service string, refuse func
 	dir := c.o.DataDir
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(readFile(t, dir, CAFile)))
-	token := strings.TrimSpace(readFile(t, dir, BootstrapTokenFile))
+	_, token, err := c.tokens.Create(context.Background(), TokenSpec{ServiceAccount: service, TTL: time.Hour}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
 	grpcAddr, _ := c.Addrs()
 
 	key, err := identity.NewKey()

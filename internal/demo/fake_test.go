@@ -86,8 +86,13 @@ func fakeControl(ctx context.Context, args []string) error {
 	dir, grpcAddr := fs.String("data-dir", "", ""), fs.String("grpc-addr", "", "")
 	fs.String("admin-addr", "", "")
 	fs.String("metrics-addr", "", "")
+	dev := fs.Bool("insecure-bootstrap-token", false, "")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	// The demo's proxies share the bootstrap token: only dev mode takes it.
+	if !*dev {
+		return errors.New("control: the demo must run the control plane with --insecure-bootstrap-token")
 	}
 	ln, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {

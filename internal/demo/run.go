@@ -193,8 +193,11 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		log.Info("stopped")
 	}()
 
+	// The demo is dev mode: one shared bootstrap token for every member,
+	// labelled as insecure in the control plane's log and 'trellis check'.
 	control, err = startProc("control", filepath.Join(logDir, "control.log"), o.Binary, "control",
-		"--data-dir", o.DataDir, "--grpc-addr", grpcAddr, "--admin-addr", adminAddr, "--metrics-addr", metricsAddr)
+		"--data-dir", o.DataDir, "--grpc-addr", grpcAddr, "--admin-addr", adminAddr, "--metrics-addr", metricsAddr,
+		"--insecure-bootstrap-token")
 	if err != nil {
 		return res, err
 	}

@@ -85,21 +85,22 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 
 // inboundChain serves peers' requests on the mTLS listener:
 //
-//	telemetry ▸ observe ▸ authenticate peer ▸ local port ▸ [authorization]
+//	telemetry ▸ observe ▸ authenticate peer ▸ local port ▸ authorization
 //	▸ [rate limit] ▸ [concurrency limit] ▸ app
 //
 // observe starts the hop's server span, a child of the calling proxy's
 // client span, and passes it to the app as its parent; like outbound it
 // sees refusals too (a denied request is logged and traced).
-// The local port comes before the slots so authorization and limits can
-// depend on the port.
+// The local port comes before authorization and the slots so they can
+// depend on the port. Opaque TCP tunnels are authorized where they are
+// accepted (serveTCPTunnel → authorizeTunnel), before the app is dialled.
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
 		telemetryFilter,
 		p.observeFilter(true),
 		authnFilter,
 		localPortFilter,
-		// [authorization] security: the snapshot's inbound_policy against ex.PeerID.
+		p.authzFilter,
 		// [rate limit] traffic control II: token / leaky bucket, local or global.
 		// [concurrency limit] traffic control II: adaptive concurrency.
 	)

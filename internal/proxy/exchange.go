@@ -210,6 +210,9 @@ type Response struct {
 //	     (its status; a gRPC abort is 200 with grpc-status)
 //	DI   delay injected: the route's FaultInjection delayed the request
 //	     (with the status the request then got)
+//	AZ   authorization denied: an AuthorizationPolicy (or the mesh
+//	     default) refused the request                          403
+//	     (gRPC: 200 with grpc-status 7, PERMISSION_DENIED)
 type Flags uint16
 
 // The response flags; see Flags.
@@ -228,10 +231,11 @@ const (
 	FlagUO
 	FlagFI
 	FlagDI
+	FlagAZ
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "AZ"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

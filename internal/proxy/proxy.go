@@ -119,6 +119,9 @@ type Proxy struct {
 	resil     resilienceState
 	timers    sync.Pool // *exTimer, the route timeouts'
 
+	// authzLog rate-limits the log lines of authorization denials.
+	authzLog logLimiter
+
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
 	ready      atomic.Bool
 	draining   atomic.Bool

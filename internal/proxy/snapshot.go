@@ -34,6 +34,7 @@ type compiled struct {
 	byHost  map[string]*service // every host alias
 	byKey   map[string]*service // "name.namespace"
 	inbound inboundConfig
+	authz   *authzConfig // the inbound authorization (authz_filter.go)
 	// The listener chains (chain.go), compiled with the snapshot.
 	outbound, inboundH, tunnel Handler
 	// unknown counts outbound requests refused before a service is known.
@@ -303,6 +304,9 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		c.domain = defaultDomain
 	}
 	if err := c.compileInbound(s.GetInbound(), env); err != nil {
+		return nil, err
+	}
+	if err := c.compileAuthz(s.GetInboundPolicy().GetAuthorization(), env); err != nil {
 		return nil, err
 	}
 	// Pass 1: services, ports and endpoints, so routes can refer to any.

@@ -157,6 +157,10 @@ func (p *Proxy) serveTCPTunnel(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 		refuse("port " + strconv.FormatUint(uint64(port), 10) + " is not declared by " + cfg.inbound.key)
 		return
 	}
+	if reason, ok := p.authorizeTunnel(cfg, conn, port); !ok {
+		refuse(reason)
+		return
+	}
 	d := net.Dialer{Timeout: handshakeTimeout}
 	app, err := d.Dial("tcp", ps.appAddr)
 	if err != nil {

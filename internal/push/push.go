@@ -81,12 +81,24 @@ type Signer interface {
 // ServerOptions configure NewServer.
 type ServerOptions struct {
 	TrustDomain spiffeid.TrustDomain
-	// ValidToken reports whether token is a valid bootstrap token. Use
-	// TokenValidator for a constant-time comparison against known tokens.
+	// ValidToken reports whether token is the shared dev-mode bootstrap
+	// token, which may obtain a certificate for ANY identity (trellis
+	// control --insecure-bootstrap-token). Use TokenValidator for a
+	// constant-time comparison. Default: none is.
 	ValidToken func(token string) bool
-	Signer     Signer
-	Registry   Registry
-	Snapshots  Snapshots
+	// Tokens are the identity-bound join tokens (nil: none).
+	Tokens Tokens
+	// Auditor records renewals and dev-mode issuances (join tokens record
+	// through Tokens.Redeem). Default: none.
+	Auditor Auditor
+	// Accounts checks an endpoint's service account against its service's
+	// declared accounts on Register (nil: no check).
+	Accounts Accounts
+	// Refusals counts refused Certify/Register calls (default: none).
+	Refusals  Refusals
+	Signer    Signer
+	Registry  Registry
+	Snapshots Snapshots
 	// MaxTTL clamps the lease TTL a proxy may request (default 30s).
 	MaxTTL time.Duration
 	// SendTimeout bounds one snapshot send; a stream whose send blocks longer

@@ -81,6 +81,12 @@ func NewServer(o ServerOptions) *Server {
 	if o.Metrics == nil {
 		o.Metrics = nopMetrics{}
 	}
+	if o.Refusals == nil {
+		o.Refusals = nopRefusals{}
+	}
+	if o.Auditor == nil {
+		o.Auditor = nopAuditor{}
+	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return &Server{
@@ -222,6 +228,8 @@ type peerIdentity struct {
 	id       spiffeid.ID
 	ns, sa   string
 	notAfter time.Time
+	// serial of the leaf, hex: who renewed, in the audit log.
+	serial string
 }
 
 // peerOf returns the verified workload identity of the caller. The TLS
@@ -255,7 +263,7 @@ func (s *Server) identityOf(leaf *x509.Certificate) (peerIdentity, error) {
 	if len(segs) != 4 || segs[0] != "ns" || segs[2] != "sa" {
 		return peerIdentity{}, fmt.Errorf("client certificate identity %s is not spiffe://<td>/ns/<namespace>/sa/<service-account>", id)
 	}
-	return peerIdentity{id: id, ns: segs[1], sa: segs[3], notAfter: leaf.NotAfter}, nil
+	return peerIdentity{id: id, ns: segs[1], sa: segs[3], notAfter: leaf.NotAfter, serial: leaf.SerialNumber.Text(16)}, nil
 }
 
 func unauthenticated(err error) error {
@@ -263,8 +271,9 @@ func unauthenticated(err error) error {
 }
 
 // Certify signs a workload certificate for spiffe://td/ns/<ns>/sa/<sa>.
-// The caller proves itself with a bootstrap token, or renews with a current
-// certificate for the same identity.
+// The caller proves itself with a join token naming that identity (one use
+// spent), or renews with a current certificate for the same identity. Every
+// issuance is recorded before the certificate is returned.
 func (m *meshService) Certify(ctx context.Context, req *meshv1.CertifyRequest) (*meshv1.CertifyResponse, error) {
 	s := m.s
 	if err := checkLabel("namespace", req.GetNamespace()); err != nil {
@@ -291,19 +300,13 @@ func (m *meshService) Certify(ctx context.Context, req *meshv1.CertifyRequest) (
 		return nil, status.Errorf(codes.InvalidArgument, "csr: signature: %v", err)
 	}
 
-	p, perr := s.peerOf(ctx)
-	renewal := perr == nil && p.id == id
-	switch {
-	case renewal:
-	case req.GetToken() != "":
-		if !s.o.ValidToken(req.GetToken()) {
-			s.log.Warn("certify: bootstrap token rejected", "identity", id.String())
-			return nil, status.Error(codes.Unauthenticated, "bootstrap token rejected: pass --token-file with the control plane's <data-dir>/bootstrap-token")
-		}
-	case perr == nil:
-		return nil, status.Errorf(codes.PermissionDenied, "certificate for %s may not renew %s: request your own identity or use a bootstrap token", p.id, id)
-	default:
-		return nil, status.Errorf(codes.Unauthenticated, "no bootstrap token and no valid client certificate (%v): pass --token-file with the control plane's <data-dir>/bootstrap-token", perr)
+	if err := checkCSRNames(csr, id); err != nil {
+		s.o.Refusals.Refused("certify", ReasonCSRIdentity)
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
+	g, err := s.authorize(ctx, req, id)
+	if err != nil {
+		return nil, err
 	}
 
 	chain, notAfter, err := s.o.Signer.Sign(req.GetCsr(), id)
@@ -311,8 +314,13 @@ func (m *meshService) Certify(ctx context.Context, req *meshv1.CertifyRequest) (
 		s.log.Error("certify: sign failed", "identity", id.String(), "err", err)
 		return nil, status.Errorf(codes.Internal, "push: certify: %v", err)
 	}
-	s.o.Metrics.CertificateIssued(renewal)
-	s.log.Info("certified", "identity", id.String(), "renewal", renewal, "not_after", notAfter)
+	iss := Issuance{By: g.by, Identity: id.String(), Serial: leafSerial(chain), NotAfter: notAfter}
+	if err := s.record(ctx, g, iss); err != nil {
+		s.log.Warn("certify: issuance not recorded; certificate withheld", "identity", id.String(), "by", g.by, "err", err)
+		return nil, err
+	}
+	s.o.Metrics.CertificateIssued(g.renewal)
+	s.log.Info("certified", "identity", id.String(), "renewal", g.renewal, "by", g.by, "serial", iss.Serial, "not_after", notAfter)
 	return &meshv1.CertifyResponse{
 		CertChain:   chain,
 		TrustBundle: s.o.Signer.Bundle(),
@@ -333,10 +341,15 @@ func (m *meshService) Register(ctx context.Context, req *meshv1.RegisterRequest)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if ep.GetNamespace() != p.ns {
+		s.o.Refusals.Refused("register", ReasonNamespace)
 		return nil, status.Errorf(codes.PermissionDenied, "endpoint.namespace: %q does not match the certificate's namespace %q (%s)", ep.GetNamespace(), p.ns, p.id)
 	}
 	if ep.GetIdentity() != "" && ep.GetIdentity() != p.id.String() {
-		return nil, status.Errorf(codes.PermissionDenied, "endpoint.identity: %q does not match the certificate's identity %s", ep.GetIdentity(), p.id)
+		s.o.Refusals.Refused("register", ReasonIdentity)
+		return nil, status.Errorf(codes.PermissionDenied, "endpoint.identity: %q does not match the certificate's identity %s", truncate(ep.GetIdentity(), 256), p.id)
+	}
+	if err := s.allowAccount(ctx, ep, p); err != nil {
+		return nil, err
 	}
 	ttl := s.o.MaxTTL
 	if t := req.GetTtlSeconds(); t > 0 && t < int64(math.MaxInt64/time.Second) && time.Duration(t)*time.Second < ttl {

@@ -32,7 +32,7 @@ func TestCertify(t *testing.T) {
 		wantMsg  string
 	}{
 		{name: "token ok", token: "s3cret", ns: "default", sa: "orders"},
-		{name: "bad token", token: "guess", ns: "default", sa: "orders", wantCode: codes.Unauthenticated, wantMsg: "bootstrap token rejected: pass --token-file"},
+		{name: "bad token", token: "guess", ns: "default", sa: "orders", wantCode: codes.Unauthenticated, wantMsg: "join token rejected: pass --token-file"},
 		{name: "no token no cert", ns: "default", sa: "orders", wantCode: codes.Unauthenticated, wantMsg: "--token-file"},
 		{name: "renewal same id", cert: orders, ns: "default", sa: "orders"},
 		{name: "renewal other id", cert: orders, ns: "default", sa: "payments", wantCode: codes.PermissionDenied, wantMsg: "may not renew"},

@@ -21,6 +21,12 @@ const (
 	serverMinPing     = 10 * time.Second
 )
 
+// HandshakeTimeout bounds a new connection's TLS and HTTP/2 handshakes on
+// the control plane's gRPC port: a client that connects and stalls is
+// closed after it instead of holding a socket and a goroutine (grpc-go's
+// default is 120s).
+const HandshakeTimeout = 5 * time.Second
+
 // ServerTLSConfig is the control plane's TLS config for the Mesh service:
 // client certificates are optional at the handshake (bootstrap Certify has
 // none) but, when given, must chain to roots(), which is read per handshake
@@ -46,6 +52,7 @@ func ServerTLSConfig(getCertificate func(*tls.ClientHelloInfo) (*tls.Certificate
 func GRPCServerOptions(tlsConfig *tls.Config) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		grpc.ConnectionTimeout(HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             serverMinPing,
 			PermitWithoutStream: true,

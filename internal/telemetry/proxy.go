@@ -46,6 +46,7 @@ type ProxyMetrics struct {
 	tcp      *prometheus.CounterVec
 	mirrors  *prometheus.CounterVec
 	res      resilienceVecs
+	authz    *prometheus.CounterVec
 	// AccessLog counts access log lines written and dropped (accesslog.go).
 	AccessLog *AccessLogMetrics
 
@@ -81,7 +82,8 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 		m.mirrors.WithLabelValues(r) // shown at 0 from the start
 	}
 	m.res = newResilienceVecs()
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections} {
+	m.authz = newAuthzVec()
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.authz} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

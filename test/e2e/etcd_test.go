@@ -66,7 +66,7 @@ func TestEtcdTwoReplicas(t *testing.T) {
 	flags := []string{"--store", "etcd", "--etcd-endpoints", srv.Endpoint, "--etcd-prefix", "/replicas", "--ca-seal-key", seal}
 	a := startControl(t, "", flags...)
 	dirB := t.TempDir()
-	for _, f := range []string{"bootstrap-token", "admin-token"} {
+	for _, f := range []string{"admin-token"} {
 		b, err := os.ReadFile(filepath.Join(a.dir, f))
 		if err != nil {
 			t.Fatal(err)

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -281,6 +282,9 @@ func (cp *controlPlane) proxy(t *testing.T, pc proxyConfig) *sidecar {
 		s.upstreams[u] = freeAddr(t)
 		args = append(args, "--upstream", u+"="+s.upstreams[u])
 	}
+	if flagValue(pc.extra, "--token-file") == "" {
+		args = append(args, "--token-file", cp.joinToken(t, pc))
+	}
 	args = append(args, pc.extra...)
 	if len(pc.command) > 0 {
 		args = append(append(args, "--"), pc.command...)
@@ -290,6 +294,34 @@ func (cp *controlPlane) proxy(t *testing.T, pc proxyConfig) *sidecar {
 		s.waitReady(t)
 	}
 	return s
+}
+
+// joinToken creates, with the CLI, a join token for the identity the proxy
+// pc will ask for (its --service-account and --namespace, else the service
+// name and default), and returns the file holding it. Unbounded uses, so a
+// proxy that falls back to its token on renewal still works.
+func (cp *controlPlane) joinToken(t *testing.T, pc proxyConfig) string {
+	t.Helper()
+	sa := cmp.Or(flagValue(pc.extra, "--service-account"), pc.service)
+	ns := cmp.Or(flagValue(pc.extra, "--namespace"), "default")
+	f := filepath.Join(t.TempDir(), "join.token")
+	if out, err := cp.cli(t, "token", "create", "--service-account", sa, "--namespace", ns, "--ttl", "1h", "--uses", "0", "--file", f); err != nil {
+		t.Fatalf("token create for %s/%s: %v\n%s", ns, sa, err, out)
+	}
+	return f
+}
+
+// flagValue is the value of flag in args ("--flag v" or "--flag=v"), or "".
+func flagValue(args []string, flag string) string {
+	for i, a := range args {
+		if a == flag && i+1 < len(args) {
+			return args[i+1]
+		}
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 func (s *sidecar) waitReady(t *testing.T) {

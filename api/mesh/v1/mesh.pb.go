@@ -151,6 +151,52 @@ func (LoadBalancer) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{1}
 }
 
+type AuthzAction int32
+
+const (
+	AuthzAction_AUTHZ_ALLOW AuthzAction = 0
+	AuthzAction_AUTHZ_DENY  AuthzAction = 1
+)
+
+// Enum value maps for AuthzAction.
+var (
+	AuthzAction_name = map[int32]string{
+		0: "AUTHZ_ALLOW",
+		1: "AUTHZ_DENY",
+	}
+	AuthzAction_value = map[string]int32{
+		"AUTHZ_ALLOW": 0,
+		"AUTHZ_DENY":  1,
+	}
+)
+
+func (x AuthzAction) Enum() *AuthzAction {
+	p := new(AuthzAction)
+	*p = x
+	return p
+}
+
+func (x AuthzAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuthzAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[2].Descriptor()
+}
+
+func (AuthzAction) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[2]
+}
+
+func (x AuthzAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuthzAction.Descriptor instead.
+func (AuthzAction) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{2}
+}
+
 type PathMatch_Type int32
 
 const (
@@ -184,11 +230,11 @@ func (x PathMatch_Type) String() string {
 }
 
 func (PathMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[2].Descriptor()
+	return file_mesh_proto_enumTypes[3].Descriptor()
 }
 
 func (PathMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[2]
+	return &file_mesh_proto_enumTypes[3]
 }
 
 func (x PathMatch_Type) Number() protoreflect.EnumNumber {
@@ -230,11 +276,11 @@ func (x HeaderMatch_Type) String() string {
 }
 
 func (HeaderMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[3].Descriptor()
+	return file_mesh_proto_enumTypes[4].Descriptor()
 }
 
 func (HeaderMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[3]
+	return &file_mesh_proto_enumTypes[4]
 }
 
 func (x HeaderMatch_Type) Number() protoreflect.EnumNumber {
@@ -276,11 +322,11 @@ func (x QueryParamMatch_Type) String() string {
 }
 
 func (QueryParamMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[4].Descriptor()
+	return file_mesh_proto_enumTypes[5].Descriptor()
 }
 
 func (QueryParamMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[4]
+	return &file_mesh_proto_enumTypes[5]
 }
 
 func (x QueryParamMatch_Type) Number() protoreflect.EnumNumber {
@@ -323,11 +369,11 @@ func (x PathModifier_Type) String() string {
 }
 
 func (PathModifier_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[5].Descriptor()
+	return file_mesh_proto_enumTypes[6].Descriptor()
 }
 
 func (PathModifier_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[5]
+	return &file_mesh_proto_enumTypes[6]
 }
 
 func (x PathModifier_Type) Number() protoreflect.EnumNumber {
@@ -2599,7 +2645,10 @@ func (x *BackendPolicy) GetSlowStart() *durationpb.Duration {
 // the mTLS mode attach here (the security and traffic-control II issues);
 // it carries no rules yet.
 type InboundPolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unset: allow every authenticated peer (a control plane older than
+	// authorization).
+	Authorization *Authorization `protobuf:"bytes,2,opt,name=authorization,proto3" json:"authorization,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2632,6 +2681,13 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *InboundPolicy) GetAuthorization() *Authorization {
+	if x != nil {
+		return x.Authorization
+	}
+	return nil
 }
 
 type Service struct {
@@ -2908,6 +2964,560 @@ func (x *Telemetry) GetAccessLog() bool {
 	return false
 }
 
+// Authorization is every AuthorizationPolicy that applies to the proxy's own
+// service (mesh-wide, its namespace's, and those targeting it), compiled once
+// per snapshot into an internal/authz engine. DENY policies are evaluated
+// first; if any ALLOW policy applies, a request must match one of them;
+// otherwise default_action decides.
+type Authorization struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The mesh-wide default when no ALLOW policy applies (the control plane's
+	// --default-authorization).
+	DefaultAction AuthzAction `protobuf:"varint,1,opt,name=default_action,json=defaultAction,proto3,enum=trellis.mesh.v1.AuthzAction" json:"default_action,omitempty"`
+	// Sorted by namespace/name.
+	Policies      []*AuthzPolicy `protobuf:"bytes,2,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Authorization) Reset() {
+	*x = Authorization{}
+	mi := &file_mesh_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Authorization) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Authorization) ProtoMessage() {}
+
+func (x *Authorization) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
+func (*Authorization) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *Authorization) GetDefaultAction() AuthzAction {
+	if x != nil {
+		return x.DefaultAction
+	}
+	return AuthzAction_AUTHZ_ALLOW
+}
+
+func (x *Authorization) GetPolicies() []*AuthzPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+type AuthzPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "namespace/name" of the AuthorizationPolicy: what 403 bodies, metrics
+	// and `trellis auth check` name.
+	Name   string      `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Action AuthzAction `protobuf:"varint,2,opt,name=action,proto3,enum=trellis.mesh.v1.AuthzAction" json:"action,omitempty"`
+	// A request matches the policy when it matches any rule.
+	Rules         []*AuthzRule `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthzPolicy) Reset() {
+	*x = AuthzPolicy{}
+	mi := &file_mesh_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthzPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthzPolicy) ProtoMessage() {}
+
+func (x *AuthzPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthzPolicy.ProtoReflect.Descriptor instead.
+func (*AuthzPolicy) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *AuthzPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthzPolicy) GetAction() AuthzAction {
+	if x != nil {
+		return x.Action
+	}
+	return AuthzAction_AUTHZ_ALLOW
+}
+
+func (x *AuthzPolicy) GetRules() []*AuthzRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+// A rule matches when every condition set matches; each list matches when
+// any of its entries does; an empty list matches everything.
+type AuthzRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	From  []*AuthzSource         `protobuf:"bytes,1,rep,name=from,proto3" json:"from,omitempty"`
+	Ports []uint32               `protobuf:"varint,2,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	// Upper case HTTP methods.
+	Methods []string     `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
+	Paths   []*AuthzPath `protobuf:"bytes,4,rep,name=paths,proto3" json:"paths,omitempty"`
+	// All of them must match.
+	Headers       []*AuthzHeader `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty"`
+	Grpc          []*AuthzGRPC   `protobuf:"bytes,6,rep,name=grpc,proto3" json:"grpc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthzRule) Reset() {
+	*x = AuthzRule{}
+	mi := &file_mesh_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthzRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthzRule) ProtoMessage() {}
+
+func (x *AuthzRule) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthzRule.ProtoReflect.Descriptor instead.
+func (*AuthzRule) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *AuthzRule) GetFrom() []*AuthzSource {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *AuthzRule) GetPorts() []uint32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *AuthzRule) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *AuthzRule) GetPaths() []*AuthzPath {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *AuthzRule) GetHeaders() []*AuthzHeader {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *AuthzRule) GetGrpc() []*AuthzGRPC {
+	if x != nil {
+		return x.Grpc
+	}
+	return nil
+}
+
+// One caller. Every kind needs a verified identity: a request without one
+// (plaintext) never matches a source.
+type AuthzSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Match:
+	//
+	//	*AuthzSource_Identity
+	//	*AuthzSource_IdentityPrefix
+	//	*AuthzSource_Namespace
+	//	*AuthzSource_Authenticated
+	Match         isAuthzSource_Match `protobuf_oneof:"match"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthzSource) Reset() {
+	*x = AuthzSource{}
+	mi := &file_mesh_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthzSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthzSource) ProtoMessage() {}
+
+func (x *AuthzSource) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthzSource.ProtoReflect.Descriptor instead.
+func (*AuthzSource) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *AuthzSource) GetMatch() isAuthzSource_Match {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *AuthzSource) GetIdentity() string {
+	if x != nil {
+		if x, ok := x.Match.(*AuthzSource_Identity); ok {
+			return x.Identity
+		}
+	}
+	return ""
+}
+
+func (x *AuthzSource) GetIdentityPrefix() string {
+	if x != nil {
+		if x, ok := x.Match.(*AuthzSource_IdentityPrefix); ok {
+			return x.IdentityPrefix
+		}
+	}
+	return ""
+}
+
+func (x *AuthzSource) GetNamespace() string {
+	if x != nil {
+		if x, ok := x.Match.(*AuthzSource_Namespace); ok {
+			return x.Namespace
+		}
+	}
+	return ""
+}
+
+func (x *AuthzSource) GetAuthenticated() bool {
+	if x != nil {
+		if x, ok := x.Match.(*AuthzSource_Authenticated); ok {
+			return x.Authenticated
+		}
+	}
+	return false
+}
+
+type isAuthzSource_Match interface {
+	isAuthzSource_Match()
+}
+
+type AuthzSource_Identity struct {
+	Identity string `protobuf:"bytes,1,opt,name=identity,proto3,oneof"` // exact SPIFFE ID
+}
+
+type AuthzSource_IdentityPrefix struct {
+	IdentityPrefix string `protobuf:"bytes,2,opt,name=identity_prefix,json=identityPrefix,proto3,oneof"` // SPIFFE ID prefix
+}
+
+type AuthzSource_Namespace struct {
+	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3,oneof"` // any service account of the namespace
+}
+
+type AuthzSource_Authenticated struct {
+	Authenticated bool `protobuf:"varint,4,opt,name=authenticated,proto3,oneof"` // any verified identity
+}
+
+func (*AuthzSource_Identity) isAuthzSource_Match() {}
+
+func (*AuthzSource_IdentityPrefix) isAuthzSource_Match() {}
+
+func (*AuthzSource_Namespace) isAuthzSource_Match() {}
+
+func (*AuthzSource_Authenticated) isAuthzSource_Match() {}
+
+type AuthzPath struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Match:
+	//
+	//	*AuthzPath_Exact
+	//	*AuthzPath_Prefix
+	Match         isAuthzPath_Match `protobuf_oneof:"match"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthzPath) Reset() {
+	*x = AuthzPath{}
+	mi := &file_mesh_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthzPath) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthzPath) ProtoMessage() {}
+
+func (x *AuthzPath) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthzPath.ProtoReflect.Descriptor instead.
+func (*AuthzPath) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *AuthzPath) GetMatch() isAuthzPath_Match {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *AuthzPath) GetExact() string {
+	if x != nil {
+		if x, ok := x.Match.(*AuthzPath_Exact); ok {
+			return x.Exact
+		}
+	}
+	return ""
+}
+
+func (x *AuthzPath) GetPrefix() string {
+	if x != nil {
+		if x, ok := x.Match.(*AuthzPath_Prefix); ok {
+			return x.Prefix
+		}
+	}
+	return ""
+}
+
+type isAuthzPath_Match interface {
+	isAuthzPath_Match()
+}
+
+type AuthzPath_Exact struct {
+	Exact string `protobuf:"bytes,1,opt,name=exact,proto3,oneof"`
+}
+
+type AuthzPath_Prefix struct {
+	Prefix string `protobuf:"bytes,2,opt,name=prefix,proto3,oneof"`
+}
+
+func (*AuthzPath_Exact) isAuthzPath_Match() {}
+
+func (*AuthzPath_Prefix) isAuthzPath_Match() {}
+
+type AuthzHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Canonical MIME header name (Content-Type).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Types that are valid to be assigned to Match:
+	//
+	//	*AuthzHeader_Exact
+	//	*AuthzHeader_Present
+	Match         isAuthzHeader_Match `protobuf_oneof:"match"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthzHeader) Reset() {
+	*x = AuthzHeader{}
+	mi := &file_mesh_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthzHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthzHeader) ProtoMessage() {}
+
+func (x *AuthzHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthzHeader.ProtoReflect.Descriptor instead.
+func (*AuthzHeader) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *AuthzHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthzHeader) GetMatch() isAuthzHeader_Match {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *AuthzHeader) GetExact() string {
+	if x != nil {
+		if x, ok := x.Match.(*AuthzHeader_Exact); ok {
+			return x.Exact
+		}
+	}
+	return ""
+}
+
+func (x *AuthzHeader) GetPresent() bool {
+	if x != nil {
+		if x, ok := x.Match.(*AuthzHeader_Present); ok {
+			return x.Present
+		}
+	}
+	return false
+}
+
+type isAuthzHeader_Match interface {
+	isAuthzHeader_Match()
+}
+
+type AuthzHeader_Exact struct {
+	Exact string `protobuf:"bytes,2,opt,name=exact,proto3,oneof"`
+}
+
+type AuthzHeader_Present struct {
+	Present bool `protobuf:"varint,3,opt,name=present,proto3,oneof"`
+}
+
+func (*AuthzHeader_Exact) isAuthzHeader_Match() {}
+
+func (*AuthzHeader_Present) isAuthzHeader_Match() {}
+
+// A gRPC call: /<service>/<method>; an empty method is any method of the
+// service. Matches only requests on a port declared grpc.
+type AuthzGRPC struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Method        string                 `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthzGRPC) Reset() {
+	*x = AuthzGRPC{}
+	mi := &file_mesh_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthzGRPC) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthzGRPC) ProtoMessage() {}
+
+func (x *AuthzGRPC) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthzGRPC.ProtoReflect.Descriptor instead.
+func (*AuthzGRPC) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *AuthzGRPC) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *AuthzGRPC) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -3098,8 +3708,9 @@ const file_mesh_proto_rawDesc = "" +
 	"\x11outlier_detection\x18\x04 \x01(\v2!.trellis.mesh.v1.OutlierDetectionR\x10outlierDetection\x12/\n" +
 	"\x04hash\x18\x05 \x01(\v2\x1b.trellis.mesh.v1.HashPolicyR\x04hash\x128\n" +
 	"\n" +
-	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"\x0f\n" +
-	"\rInboundPolicy\"\x98\x02\n" +
+	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"U\n" +
+	"\rInboundPolicy\x12D\n" +
+	"\rauthorization\x18\x02 \x01(\v2\x1e.trellis.mesh.v1.AuthorizationR\rauthorization\"\x98\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12+\n" +
@@ -3124,7 +3735,39 @@ const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"access_log\x18\x02 \x01(\bH\x01R\taccessLog\x88\x01\x01B\x1b\n" +
 	"\x19_tracing_sampling_percentB\r\n" +
-	"\v_access_log*L\n" +
+	"\v_access_log\"\x8e\x01\n" +
+	"\rAuthorization\x12C\n" +
+	"\x0edefault_action\x18\x01 \x01(\x0e2\x1c.trellis.mesh.v1.AuthzActionR\rdefaultAction\x128\n" +
+	"\bpolicies\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.AuthzPolicyR\bpolicies\"\x89\x01\n" +
+	"\vAuthzPolicy\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x1c.trellis.mesh.v1.AuthzActionR\x06action\x120\n" +
+	"\x05rules\x18\x03 \x03(\v2\x1a.trellis.mesh.v1.AuthzRuleR\x05rules\"\x87\x02\n" +
+	"\tAuthzRule\x120\n" +
+	"\x04from\x18\x01 \x03(\v2\x1c.trellis.mesh.v1.AuthzSourceR\x04from\x12\x14\n" +
+	"\x05ports\x18\x02 \x03(\rR\x05ports\x12\x18\n" +
+	"\amethods\x18\x03 \x03(\tR\amethods\x120\n" +
+	"\x05paths\x18\x04 \x03(\v2\x1a.trellis.mesh.v1.AuthzPathR\x05paths\x126\n" +
+	"\aheaders\x18\x05 \x03(\v2\x1c.trellis.mesh.v1.AuthzHeaderR\aheaders\x12.\n" +
+	"\x04grpc\x18\x06 \x03(\v2\x1a.trellis.mesh.v1.AuthzGRPCR\x04grpc\"\xa7\x01\n" +
+	"\vAuthzSource\x12\x1c\n" +
+	"\bidentity\x18\x01 \x01(\tH\x00R\bidentity\x12)\n" +
+	"\x0fidentity_prefix\x18\x02 \x01(\tH\x00R\x0eidentityPrefix\x12\x1e\n" +
+	"\tnamespace\x18\x03 \x01(\tH\x00R\tnamespace\x12&\n" +
+	"\rauthenticated\x18\x04 \x01(\bH\x00R\rauthenticatedB\a\n" +
+	"\x05match\"F\n" +
+	"\tAuthzPath\x12\x16\n" +
+	"\x05exact\x18\x01 \x01(\tH\x00R\x05exact\x12\x18\n" +
+	"\x06prefix\x18\x02 \x01(\tH\x00R\x06prefixB\a\n" +
+	"\x05match\"^\n" +
+	"\vAuthzHeader\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x05exact\x18\x02 \x01(\tH\x00R\x05exact\x12\x1a\n" +
+	"\apresent\x18\x03 \x01(\bH\x00R\apresentB\a\n" +
+	"\x05match\"=\n" +
+	"\tAuthzGRPC\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -3140,7 +3783,11 @@ const file_mesh_proto_rawDesc = "" +
 	"\rLEAST_REQUEST\x10\x04\x12\r\n" +
 	"\tRING_HASH\x10\x05\x12\n" +
 	"\n" +
-	"\x06MAGLEV\x10\x062\xc0\x02\n" +
+	"\x06MAGLEV\x10\x06*.\n" +
+	"\vAuthzAction\x12\x0f\n" +
+	"\vAUTHZ_ALLOW\x10\x00\x12\x0e\n" +
+	"\n" +
+	"AUTHZ_DENY\x10\x012\xc0\x02\n" +
 	"\x04Mesh\x12L\n" +
 	"\aCertify\x12\x1f.trellis.mesh.v1.CertifyRequest\x1a .trellis.mesh.v1.CertifyResponse\x12O\n" +
 	"\bRegister\x12 .trellis.mesh.v1.RegisterRequest\x1a!.trellis.mesh.v1.RegisterResponse\x12R\n" +
@@ -3159,119 +3806,136 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
-	(PathMatch_Type)(0),         // 2: trellis.mesh.v1.PathMatch.Type
-	(HeaderMatch_Type)(0),       // 3: trellis.mesh.v1.HeaderMatch.Type
-	(QueryParamMatch_Type)(0),   // 4: trellis.mesh.v1.QueryParamMatch.Type
-	(PathModifier_Type)(0),      // 5: trellis.mesh.v1.PathModifier.Type
-	(*CertifyRequest)(nil),      // 6: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),     // 7: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),            // 8: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),     // 9: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),    // 10: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),    // 11: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 12: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),        // 13: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),                // 14: trellis.mesh.v1.Port
-	(*PathMatch)(nil),           // 15: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),         // 16: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),               // 17: trellis.mesh.v1.Match
-	(*QueryParamMatch)(nil),     // 18: trellis.mesh.v1.QueryParamMatch
-	(*Backend)(nil),             // 19: trellis.mesh.v1.Backend
-	(*Route)(nil),               // 20: trellis.mesh.v1.Route
-	(*HeaderValue)(nil),         // 21: trellis.mesh.v1.HeaderValue
-	(*HeaderModifier)(nil),      // 22: trellis.mesh.v1.HeaderModifier
-	(*RouteFilter)(nil),         // 23: trellis.mesh.v1.RouteFilter
-	(*PathModifier)(nil),        // 24: trellis.mesh.v1.PathModifier
-	(*URLRewrite)(nil),          // 25: trellis.mesh.v1.URLRewrite
-	(*RequestRedirect)(nil),     // 26: trellis.mesh.v1.RequestRedirect
-	(*RequestMirror)(nil),       // 27: trellis.mesh.v1.RequestMirror
-	(*Fault)(nil),               // 28: trellis.mesh.v1.Fault
-	(*FaultDelay)(nil),          // 29: trellis.mesh.v1.FaultDelay
-	(*FaultAbort)(nil),          // 30: trellis.mesh.v1.FaultAbort
-	(*RouteTimeouts)(nil),       // 31: trellis.mesh.v1.RouteTimeouts
-	(*HashPolicy)(nil),          // 32: trellis.mesh.v1.HashPolicy
-	(*RetryPolicy)(nil),         // 33: trellis.mesh.v1.RetryPolicy
-	(*RetryBudget)(nil),         // 34: trellis.mesh.v1.RetryBudget
-	(*CircuitBreaker)(nil),      // 35: trellis.mesh.v1.CircuitBreaker
-	(*OutlierDetection)(nil),    // 36: trellis.mesh.v1.OutlierDetection
-	(*BackendPolicy)(nil),       // 37: trellis.mesh.v1.BackendPolicy
-	(*InboundPolicy)(nil),       // 38: trellis.mesh.v1.InboundPolicy
-	(*Service)(nil),             // 39: trellis.mesh.v1.Service
-	(*Snapshot)(nil),            // 40: trellis.mesh.v1.Snapshot
-	(*Telemetry)(nil),           // 41: trellis.mesh.v1.Telemetry
-	nil,                         // 42: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 43: google.protobuf.Duration
+	(AuthzAction)(0),            // 2: trellis.mesh.v1.AuthzAction
+	(PathMatch_Type)(0),         // 3: trellis.mesh.v1.PathMatch.Type
+	(HeaderMatch_Type)(0),       // 4: trellis.mesh.v1.HeaderMatch.Type
+	(QueryParamMatch_Type)(0),   // 5: trellis.mesh.v1.QueryParamMatch.Type
+	(PathModifier_Type)(0),      // 6: trellis.mesh.v1.PathModifier.Type
+	(*CertifyRequest)(nil),      // 7: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),     // 8: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),            // 9: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),     // 10: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),    // 11: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),    // 12: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 13: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),        // 14: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                // 15: trellis.mesh.v1.Port
+	(*PathMatch)(nil),           // 16: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),         // 17: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),               // 18: trellis.mesh.v1.Match
+	(*QueryParamMatch)(nil),     // 19: trellis.mesh.v1.QueryParamMatch
+	(*Backend)(nil),             // 20: trellis.mesh.v1.Backend
+	(*Route)(nil),               // 21: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),         // 22: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),      // 23: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),         // 24: trellis.mesh.v1.RouteFilter
+	(*PathModifier)(nil),        // 25: trellis.mesh.v1.PathModifier
+	(*URLRewrite)(nil),          // 26: trellis.mesh.v1.URLRewrite
+	(*RequestRedirect)(nil),     // 27: trellis.mesh.v1.RequestRedirect
+	(*RequestMirror)(nil),       // 28: trellis.mesh.v1.RequestMirror
+	(*Fault)(nil),               // 29: trellis.mesh.v1.Fault
+	(*FaultDelay)(nil),          // 30: trellis.mesh.v1.FaultDelay
+	(*FaultAbort)(nil),          // 31: trellis.mesh.v1.FaultAbort
+	(*RouteTimeouts)(nil),       // 32: trellis.mesh.v1.RouteTimeouts
+	(*HashPolicy)(nil),          // 33: trellis.mesh.v1.HashPolicy
+	(*RetryPolicy)(nil),         // 34: trellis.mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),         // 35: trellis.mesh.v1.RetryBudget
+	(*CircuitBreaker)(nil),      // 36: trellis.mesh.v1.CircuitBreaker
+	(*OutlierDetection)(nil),    // 37: trellis.mesh.v1.OutlierDetection
+	(*BackendPolicy)(nil),       // 38: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),       // 39: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),             // 40: trellis.mesh.v1.Service
+	(*Snapshot)(nil),            // 41: trellis.mesh.v1.Snapshot
+	(*Telemetry)(nil),           // 42: trellis.mesh.v1.Telemetry
+	(*Authorization)(nil),       // 43: trellis.mesh.v1.Authorization
+	(*AuthzPolicy)(nil),         // 44: trellis.mesh.v1.AuthzPolicy
+	(*AuthzRule)(nil),           // 45: trellis.mesh.v1.AuthzRule
+	(*AuthzSource)(nil),         // 46: trellis.mesh.v1.AuthzSource
+	(*AuthzPath)(nil),           // 47: trellis.mesh.v1.AuthzPath
+	(*AuthzHeader)(nil),         // 48: trellis.mesh.v1.AuthzHeader
+	(*AuthzGRPC)(nil),           // 49: trellis.mesh.v1.AuthzGRPC
+	nil,                         // 50: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 51: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	42, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	8,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	50, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	9,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
-	2,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
-	3,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	15, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	16, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	18, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
-	4,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
-	17, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	19, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	23, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
-	31, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	21, // 13: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
-	21, // 14: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
-	22, // 15: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	22, // 16: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	25, // 17: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
-	26, // 18: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
-	27, // 19: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
-	28, // 20: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
-	5,  // 21: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
-	24, // 22: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
-	24, // 23: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
-	19, // 24: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
-	29, // 25: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
-	30, // 26: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	43, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	43, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	43, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	43, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	43, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	43, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	34, // 33: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	43, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	43, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	43, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	3,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
+	4,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
+	16, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	17, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	19, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
+	5,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
+	18, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	20, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	24, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	32, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	22, // 13: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	22, // 14: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	23, // 15: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	23, // 16: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	26, // 17: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
+	27, // 18: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
+	28, // 19: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
+	29, // 20: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
+	6,  // 21: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
+	25, // 22: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
+	25, // 23: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
+	20, // 24: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
+	30, // 25: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
+	31, // 26: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
+	51, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	51, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	51, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	51, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	51, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	51, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	35, // 33: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
+	51, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	51, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	51, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 37: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
-	33, // 38: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
-	35, // 39: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
-	36, // 40: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
-	32, // 41: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	43, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	14, // 43: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	20, // 44: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	8,  // 45: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	37, // 46: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	39, // 47: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	39, // 48: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	38, // 49: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	41, // 50: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
-	6,  // 51: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	9,  // 52: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	11, // 53: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	13, // 54: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	7,  // 55: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	10, // 56: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	12, // 57: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	40, // 58: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	55, // [55:59] is the sub-list for method output_type
-	51, // [51:55] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	34, // 38: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
+	36, // 39: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
+	37, // 40: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
+	33, // 41: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
+	51, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	43, // 43: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
+	15, // 44: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	21, // 45: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	9,  // 46: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	38, // 47: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	40, // 48: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	40, // 49: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	39, // 50: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	42, // 51: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	2,  // 52: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
+	44, // 53: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
+	2,  // 54: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
+	45, // 55: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
+	46, // 56: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
+	47, // 57: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
+	48, // 58: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
+	49, // 59: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
+	7,  // 60: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	10, // 61: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	12, // 62: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	14, // 63: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	8,  // 64: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	11, // 65: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	13, // 66: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	41, // 67: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	64, // [64:68] is the sub-list for method output_type
+	60, // [60:64] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -3295,13 +3959,27 @@ func file_mesh_proto_init() {
 		(*HashPolicy_SourceIdentity)(nil),
 	}
 	file_mesh_proto_msgTypes[35].OneofWrappers = []any{}
+	file_mesh_proto_msgTypes[39].OneofWrappers = []any{
+		(*AuthzSource_Identity)(nil),
+		(*AuthzSource_IdentityPrefix)(nil),
+		(*AuthzSource_Namespace)(nil),
+		(*AuthzSource_Authenticated)(nil),
+	}
+	file_mesh_proto_msgTypes[40].OneofWrappers = []any{
+		(*AuthzPath_Exact)(nil),
+		(*AuthzPath_Prefix)(nil),
+	}
+	file_mesh_proto_msgTypes[41].OneofWrappers = []any{
+		(*AuthzHeader_Exact)(nil),
+		(*AuthzHeader_Present)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   37,
+			NumEnums:      7,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"trellis.dev/trellis/internal/config"
 )
 
 func TestParseFortioRealOutput(t *testing.T) {
@@ -264,9 +266,9 @@ func TestSelectPaths(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"", []string{"direct", "trellis", "trellis-tracing", "trellis-accesslog", "haproxy", "nginx"}, ""},
+		{"", []string{"direct", "trellis", "trellis-authz", "trellis-tracing", "trellis-accesslog", "haproxy", "nginx"}, ""},
 		{"nginx, direct,nginx", []string{"nginx", "direct"}, ""},
-		{"envoy", nil, `unknown path "envoy" (valid: direct,trellis,trellis-tracing,trellis-accesslog,haproxy,nginx)`},
+		{"envoy", nil, `unknown path "envoy" (valid: direct,trellis,trellis-authz,trellis-tracing,trellis-accesslog,haproxy,nginx)`},
 	}
 	for _, tt := range tests {
 		got, err := selectPaths(tt.in)
@@ -344,5 +346,19 @@ func TestCertsMutualTLS(t *testing.T) {
 	// The back cert is not a client cert: usage is enforced.
 	if err := dial([]tls.Certificate{backCert}); err == nil {
 		t.Fatal("back accepted the server cert as a client cert")
+	}
+}
+
+// TestAuthzPolicyApplies: the trellis-authz path's policy is a valid
+// AuthorizationPolicy of the size asked for, the client on its last rule.
+func TestAuthzPolicyApplies(t *testing.T) {
+	y := authzPolicy(10)
+	objs, err := config.Decode("bench.yaml", []byte(y))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, y)
+	}
+	p := objs[0].(*config.AuthorizationPolicy)
+	if n := len(p.Spec.Rules); n != 10 || p.Spec.Rules[9].From[0].Identity != "spiffe://trellis.local/ns/default/sa/bench-client" {
+		t.Fatalf("%d rules, last %+v", n, p.Spec.Rules[len(p.Spec.Rules)-1])
 	}
 }

@@ -31,13 +31,13 @@ func startTrellisTracing(ctx context.Context, h *harness, sup *supervisor) (stri
 		}
 		h.otlp = s
 	}
-	return startTrellisWith(ctx, h, sup, func(string) []string {
+	return startTrellisWith(ctx, h, sup, "", func(string) []string {
 		return []string{"--trace-endpoint", "http://" + h.otlp.addr, "--trace-sampling", "100"}
 	})
 }
 
 func startTrellisAccessLog(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
-	return startTrellisWith(ctx, h, sup, func(half string) []string {
+	return startTrellisWith(ctx, h, sup, "", func(half string) []string {
 		return []string{"--access-log", filepath.Join(h.dir, "access-"+half+".log")}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -24,6 +25,7 @@ type path struct {
 var allPaths = []path{
 	{"direct", startDirect},
 	{"trellis", startTrellis},
+	{"trellis-authz", startTrellisAuthz},
 	{"trellis-tracing", startTrellisTracing},
 	{"trellis-accesslog", startTrellisAccessLog},
 	{"haproxy", startHAProxy},
@@ -124,19 +126,44 @@ func startDirect(_ context.Context, h *harness, _ *supervisor) (string, []int, e
 // startTrellis runs a control plane and two proxies with the real CLI:
 // client → outbound (per-upstream port) → mTLS → inbound → server.
 func startTrellis(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
-	return startTrellisWith(ctx, h, sup, nil)
+	return startTrellisWith(ctx, h, sup, "", nil)
 }
 
-// startTrellisWith is startTrellis with extra flags for both proxies.
-func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, extra func(half string) []string) (string, []int, error) {
+// startTrellisAuthz is the trellis path with authorization on: an ALLOW
+// AuthorizationPolicy of 10 rules on the server, the client's identity
+// matching only the last, so every request walks them all.
+func startTrellisAuthz(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
+	return startTrellisWith(ctx, h, sup, authzPolicy(10), nil)
+}
+
+// authzPolicy is an ALLOW policy on bench-server of n rules, each a caller
+// identity, methods and a path prefix; only the last names bench-client.
+func authzPolicy(n int) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: bench}\n" +
+		"spec:\n  targetRefs: [{name: bench-server}]\n  action: ALLOW\n  rules:\n")
+	for i := range n {
+		who, path := fmt.Sprintf("caller-%d", i), fmt.Sprintf("/api/v%d", i)
+		if i == n-1 {
+			who, path = "bench-client", "/"
+		}
+		fmt.Fprintf(&b, "  - from: [{identity: \"spiffe://trellis.local/ns/default/sa/%s\"}]\n    methods: [GET, POST]\n    paths: [{prefix: %s}]\n", who, path)
+	}
+	return b.String()
+}
+
+// startTrellisWith starts the trellis path; a non-empty policy is applied
+// (with the trellis CLI) before the proxies start; extra, when set, gives
+// each half's proxy more flags.
+func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy string, extra func(half string) []string) (string, []int, error) {
 	if _, err := os.Stat(h.trellis); err != nil {
 		return "", nil, fmt.Errorf("trellis binary %s: %w (build it with `make build` or pass -trellis)", h.trellis, err)
 	}
-	p, err := freePorts(9)
+	p, err := freePorts(10)
 	if err != nil {
 		return "", nil, err
 	}
-	grpc, admin, srvIn, srvOut, srvAdmin, cliIn, cliOut, cliAdmin, upstream := p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
+	grpc, admin, srvIn, srvOut, srvAdmin, cliIn, cliOut, cliAdmin, upstream, metrics := p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
 	// A fresh data dir per path: a stored endpoint of an earlier path's
 	// proxies would outlive them by its lease (leases survive a restart).
 	data, err := os.MkdirTemp(h.dir, "trellis-control-")
@@ -149,7 +176,10 @@ func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, extra fu
 	}
 
 	ctl, err := sup.start("trellis-control", h.trellis, []string{"control",
-		"--data-dir", data, "--grpc-addr", addr(grpc), "--admin-addr", addr(admin)}, env)
+		"--data-dir", data, "--grpc-addr", addr(grpc), "--admin-addr", addr(admin),
+		"--metrics-addr", addr(metrics),
+		// A throwaway benchmark mesh: dev mode's shared bootstrap token.
+		"--insecure-bootstrap-token"}, env)
 	if err != nil {
 		return "", nil, err
 	}
@@ -164,6 +194,11 @@ func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, extra fu
 	})
 	if err != nil {
 		return "", nil, err
+	}
+	if policy != "" {
+		if err := applyPolicy(ctx, h, data, policy); err != nil {
+			return "", nil, err
+		}
 	}
 
 	common := []string{"proxy", "--control", addr(grpc), "--ca-file", caFile, "--token-file", tokenFile}
@@ -356,4 +391,23 @@ func pathNames() string {
 		n = append(n, p.name)
 	}
 	return strings.Join(n, ",")
+}
+
+// applyPolicy applies yaml to the control plane in data with the CLI.
+func applyPolicy(ctx context.Context, h *harness, data, yaml string) error {
+	f := filepath.Join(h.dir, "authz-policy.yaml")
+	if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
+		return err
+	}
+	var err error
+	for range 50 { // the admin API comes up just after the gRPC port
+		var out []byte
+		out, err = exec.CommandContext(ctx, h.trellis, "--data-dir", data, "apply", "-f", f).CombinedOutput()
+		if err == nil {
+			return nil
+		}
+		err = fmt.Errorf("trellis apply: %w: %s", err, out)
+		time.Sleep(200 * time.Millisecond)
+	}
+	return err
 }
