@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
@@ -89,14 +90,22 @@ type policy struct {
 	name  string
 	deny  bool
 	rules []rule
-	// byID and byNS index the rules whose every source is an exact
-	// identity or a namespace, by those; open are the other rules. All hold
-	// rule indexes in ascending order, so the first matching rule is the one
-	// a scan of every rule finds, and a policy of many per-caller rules
-	// costs two map lookups and the few rules of that caller.
-	byID, byNS map[string][]int
+	// byID, byNS and byPrefix index the rules whose every source is an
+	// exact identity, a namespace or an identity prefix, by those; open are
+	// the other rules. All hold rule indexes in ascending order, so the
+	// first matching rule is the one a scan of every rule finds, and a
+	// policy of many per-caller rules costs a few map lookups and the few
+	// rules of that caller.
+	byID, byNS, byPrefix map[string][]int
+	// prefixLens are the distinct lengths of byPrefix's keys: a caller's
+	// candidate prefixes are its ID cut at each.
+	prefixLens []int
 	open       []int
 }
+
+// maxPrefixLens bounds the prefix lookups of one decision; a policy whose
+// identity prefixes come in more lengths leaves its prefix rules open.
+const maxPrefixLens = 8
 
 type rule struct {
 	from    []source
@@ -198,30 +207,48 @@ func compilePolicy(p *meshv1.AuthzPolicy) (policy, error) {
 }
 
 func (p *policy) index() {
-	p.byID, p.byNS = map[string][]int{}, map[string][]int{}
+	p.byID, p.byNS, p.byPrefix = map[string][]int{}, map[string][]int{}, map[string][]int{}
+	for i := range p.rules {
+		for _, src := range p.rules[i].from {
+			if src.kind == srcPrefix && !slices.Contains(p.prefixLens, len(src.value)) {
+				p.prefixLens = append(p.prefixLens, len(src.value))
+			}
+		}
+	}
+	prefixes := len(p.prefixLens) <= maxPrefixLens
+	if !prefixes {
+		p.prefixLens = nil
+	}
 	for i := range p.rules {
 		r := &p.rules[i]
-		if !r.keyed() {
+		if !r.keyed(prefixes) {
 			p.open = append(p.open, i)
 			continue
 		}
-		for _, s := range r.from {
+		for _, src := range r.from {
 			m := p.byID
-			if s.kind == srcNamespace {
+			switch src.kind {
+			case srcNamespace:
 				m = p.byNS
+			case srcPrefix:
+				m = p.byPrefix
 			}
-			if l := m[s.value]; len(l) == 0 || l[len(l)-1] != i {
-				m[s.value] = append(l, i)
+			if l := m[src.value]; len(l) == 0 || l[len(l)-1] != i {
+				m[src.value] = append(l, i)
 			}
 		}
 	}
 }
 
-// keyed reports whether every source of r is an exact identity or a
-// namespace, so r can match only callers its index keys name.
-func (r *rule) keyed() bool {
+// keyed reports whether every source of r is an exact identity, a
+// namespace or (when prefixes are indexed) an identity prefix, so r can
+// match only callers its index keys name.
+func (r *rule) keyed(prefixes bool) bool {
 	for _, s := range r.from {
-		if s.kind != srcExact && s.kind != srcNamespace {
+		switch {
+		case s.kind == srcExact, s.kind == srcNamespace:
+		case s.kind == srcPrefix && prefixes:
+		default:
 			return false
 		}
 	}
@@ -355,30 +382,36 @@ type query struct {
 }
 
 // match returns the index of the first rule of p that matches q, or -1:
-// the rules keyed by q's identity and namespace and the open ones, merged
-// in rule order (a rule keyed by both is tried once).
+// the rules keyed by q's identity, namespace and identity prefixes and the
+// open ones, merged in rule order (a rule keyed several ways is tried once).
 func (p *policy) match(q *query) int {
-	var byID, byNS []int
-	if q.PeerID != "" {
-		byID = p.byID[q.PeerID]
+	var lists [3 + maxPrefixLens][]int
+	n := 0
+	if id := q.PeerID; id != "" {
+		lists[n], n = p.byID[id], n+1
+		for _, l := range p.prefixLens {
+			if l <= len(id) {
+				lists[n], n = p.byPrefix[id[:l]], n+1
+			}
+		}
 	}
 	if q.ns != "" {
-		byNS = p.byNS[q.ns]
+		lists[n], n = p.byNS[q.ns], n+1
 	}
-	open, last := p.open, -1
-	for {
+	lists[n], n = p.open, n+1
+	for last := -1; ; {
 		i := -1
-		for _, l := range [...]*[]int{&byID, &byNS, &open} {
-			if len(*l) > 0 && (i < 0 || (*l)[0] < i) {
-				i = (*l)[0]
+		for j := range n {
+			if l := lists[j]; len(l) > 0 && (i < 0 || l[0] < i) {
+				i = l[0]
 			}
 		}
 		if i < 0 {
 			return -1
 		}
-		for _, l := range [...]*[]int{&byID, &byNS, &open} {
-			if len(*l) > 0 && (*l)[0] == i {
-				*l = (*l)[1:]
+		for j := range n {
+			if l := lists[j]; len(l) > 0 && l[0] == i {
+				lists[j] = l[1:]
 			}
 		}
 		if i != last && p.rules[i].mismatch(q, p.deny) == condNone {

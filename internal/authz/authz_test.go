@@ -273,12 +273,12 @@ func BenchmarkAuthz100OpenRules(b *testing.B) {
 // first rule as trying every rule in order, for rules mixing every source
 // kind and callers of every shape.
 func TestIndexAgreesWithScan(t *testing.T) {
-	srcs := []*meshv1.AuthzSource{id(web), id(batch), ns("shop"), ns("ops"), idPrefix("spiffe://trellis.local/ns/shop/"), anyAuth()}
+	srcs := []*meshv1.AuthzSource{id(web), id(batch), ns("shop"), ns("ops"), idPrefix("spiffe://trellis.local/ns/shop/"), idPrefix(web)}
 	var rules []*meshv1.AuthzRule
-	for i := range 64 {
+	for i := range 128 {
 		r := &meshv1.AuthzRule{}
 		for j, s := range srcs {
-			if i&(1<<j) != 0 && j < 5 {
+			if i&(1<<j) != 0 {
 				r.From = append(r.From, s)
 			}
 		}
@@ -290,21 +290,61 @@ func TestIndexAgreesWithScan(t *testing.T) {
 		}
 		rules = append(rules, r)
 	}
-	e := mustCompile(t, false, pol("a/p", false, rules...))
-	p := &e.policies[0]
-	for _, peer := range []string{web, batch, other, "", "spiffe://x/ns/shop/sa/z", "spiffe://x/other"} {
-		for _, m := range []string{"GET", "POST"} {
-			q := query{Facts: &Facts{PeerID: peer, Method: m, Path: "/"}, ns: namespaceOf(peer)}
-			want := -1
-			for i := range p.rules {
-				if p.rules[i].mismatch(&q, false) == condNone {
-					want = i
-					break
+	// Prefixes in more lengths than are indexed: their rules stay open.
+	var many []*meshv1.AuthzRule
+	for i := range maxPrefixLens + 3 {
+		many = append(many, &meshv1.AuthzRule{From: []*meshv1.AuthzSource{idPrefix("spiffe://trellis.local/ns/shop/sa/" + strings.Repeat("b", i))}})
+	}
+	many = append(many, rules...)
+	e := mustCompile(t, false, pol("a/p", false, rules...), pol("a/many", false, many...))
+	if len(e.policies[0].prefixLens) != 2 || len(e.policies[1].prefixLens) != 0 {
+		t.Fatalf("prefix lengths indexed: %v, %v", e.policies[0].prefixLens, e.policies[1].prefixLens)
+	}
+	// Every suffix of the rule list too, so each rule is the first match
+	// of some policy.
+	var ps []*meshv1.AuthzPolicy
+	for k := range rules {
+		ps = append(ps, pol(fmt.Sprint("a/from-", k), false, rules[k:]...))
+	}
+	e.policies = append(e.policies, mustCompile(t, false, ps...).policies...)
+	for pi := range e.policies {
+		p := &e.policies[pi]
+		for _, peer := range []string{web, web + "x", batch, other, "", "spiffe://x/ns/shop/sa/z", "spiffe://x/other", "spiffe://trellis.local/ns/shop/sa/bbbb"} {
+			for _, m := range []string{"GET", "POST"} {
+				q := query{Facts: &Facts{PeerID: peer, Method: m, Path: "/"}, ns: namespaceOf(peer)}
+				want := -1
+				for i := range p.rules {
+					if p.rules[i].mismatch(&q, false) == condNone {
+						want = i
+						break
+					}
+				}
+				if got := p.match(&q); got != want {
+					t.Errorf("%s: peer %q %s: match = %d, scan = %d", p.name, peer, m, got, want)
 				}
 			}
-			if got := p.match(&q); got != want {
-				t.Errorf("peer %q %s: match = %d, scan = %d", peer, m, got, want)
-			}
+		}
+	}
+}
+
+// BenchmarkAuthz100PrefixRules: the worst case, 100 rules by identity
+// prefix that no index narrows, the request matching the last one.
+func BenchmarkAuthz100PrefixRules(b *testing.B) {
+	var rules []*meshv1.AuthzRule
+	for i := range 100 {
+		rules = append(rules, &meshv1.AuthzRule{
+			From:    []*meshv1.AuthzSource{idPrefix(fmt.Sprintf("spiffe://trellis.local/ns/shop/sa/team-%d-", i))},
+			Methods: []string{"GET", "POST"},
+			Paths:   []*meshv1.AuthzPath{prefix(fmt.Sprintf("/api/v%d", i))},
+		})
+	}
+	e := mustCompile(b, false, pol("shop/allow-teams", false, rules...))
+	f := &Facts{PeerID: "spiffe://trellis.local/ns/shop/sa/team-99-web", Port: 80, Method: "POST",
+		Path: "/api/v99/orders", Header: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := e.Decide(f); !d.Allow || d.Rule != 99 {
+			b.Fatalf("decision %+v", d)
 		}
 	}
 }

@@ -150,7 +150,7 @@ func TestKubectlHabits(t *testing.T) {
 
 	// delete -f deletes routes before the services they attach to.
 	out := lc.must("", "delete", "-f", repoFile("examples", "demo", "shop.yaml"))
-	if !strings.HasPrefix(out, "HTTPRoute default/") || strings.Count(out, "deleted") != 9 || strings.Index(out, "HTTPRoute default/inventory-split deleted") > strings.Index(out, "Service ") {
+	if !strings.HasPrefix(out, "RateLimitPolicy default/") || strings.Count(out, "deleted") != 10 || strings.Index(out, "HTTPRoute default/inventory-split deleted") > strings.Index(out, "Service ") {
 		t.Errorf("delete -f shop.yaml:\n%s", out)
 	}
 	code, out, errOut = lc.run(other, "delete", "-f", "-", "-f", repoFile("examples", "demo", "inventory-90-10.yaml"))

@@ -61,6 +61,9 @@ type index struct {
 	inboundObjs []config.InboundContributor
 	// defaultAuthz is the mesh-wide default decision.
 	defaultAuthz meshv1.AuthzAction
+	// routeAttached: policies on routes (RateLimitPolicy on an HTTPRoute),
+	// by route, in resource order (kind, namespace, name).
+	routeAttached map[config.Ref][]config.RouteAttacher
 	// scoped configure proxies by their own service (Telemetry).
 	scoped []config.ProxyScoped
 }
@@ -76,6 +79,8 @@ func buildIndex(st *view.State, log *slog.Logger, defaultAuthz meshv1.AuthzActio
 		endpoints:    map[string][]*meshv1.Endpoint{},
 		cache:        map[svcKey]*compiled{},
 		inbounds:     map[svcKey]*compiled{},
+
+		routeAttached: map[config.Ref][]config.RouteAttacher{},
 	}
 	for _, r := range st.Resources() {
 		idx.objects[r.Object.Ref()] = r.Object
@@ -94,6 +99,11 @@ func buildIndex(st *view.State, log *slog.Logger, defaultAuthz meshv1.AuthzActio
 				idx.attached[k] = append(idx.attached[k], attached{obj: a, at: at, createRev: r.CreateRevision})
 			}
 		}
+		if a, ok := r.Object.(config.RouteAttacher); ok {
+			for _, ref := range a.RouteTargets() {
+				idx.routeAttached[ref] = append(idx.routeAttached[ref], a)
+			}
+		}
 	}
 	sort.Slice(idx.inboundObjs, func(i, j int) bool { return refLess(idx.inboundObjs[i].Ref(), idx.inboundObjs[j].Ref()) })
 	for _, ep := range st.Endpoints() {
@@ -105,15 +115,7 @@ func buildIndex(st *view.State, log *slog.Logger, defaultAuthz meshv1.AuthzActio
 	return idx
 }
 
-func hashService(s *meshv1.Service) [sha256.Size]byte {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s)
-	if err != nil {
-		// Marshal of a well-formed message does not fail; hash the text
-		// form rather than pretend the content is unchanged.
-		b = []byte(s.String())
-	}
-	return sha256.Sum256(b)
-}
+func hashService(s *meshv1.Service) [sha256.Size]byte { return sha256.Sum256(marshal(s)) }
 
 // base is a service with its ports: declared, or one http port 80 whose
 // target (0) the proxy maps to its app's port.
@@ -134,6 +136,8 @@ func (idx *index) selector(k svcKey) map[string]string {
 	return map[string]string{"app": k.name}
 }
 
+// inbound is the proxy's own service (ports) and its inbound policy; the
+// hash covers both.
 func (idx *index) inbound(k svcKey) *compiled {
 	if c, ok := idx.inbounds[k]; ok {
 		return c
@@ -174,10 +178,12 @@ func refLess(a, b config.Ref) bool {
 	return a.Name < b.Name
 }
 
+// marshal is m's deterministic encoding, what content hashes are taken of.
 func marshal(m proto.Message) []byte {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
-		// As hashService: never pretend the content is unchanged.
+		// Marshal of a well-formed message does not fail; hash the text
+		// form rather than pretend the content is unchanged.
 		b = []byte(fmt.Sprint(m))
 	}
 	return b
@@ -197,6 +203,7 @@ func (idx *index) service(k svcKey) *compiled {
 	}
 	b := config.NewServiceBuild(svc)
 	b.Lookup = func(ref config.Ref) config.Object { return idx.objects[ref] }
+	b.RoutePolicies = func(ref config.Ref) []config.RouteAttacher { return idx.routeAttached[ref] }
 	for _, a := range idx.attached[k] {
 		a.obj.Contribute(b, a.at, a.createRev)
 	}

@@ -12,18 +12,6 @@ import (
 // snapshots' inbound_policy.authorization; its rule ports must be declared
 // by the Services it targets (checkSet).
 
-// InboundContributor is a kind that contributes to the inbound policy of
-// the services it applies to: what their own proxies enforce on traffic
-// they receive (AuthorizationPolicy). The compiler asks every such object,
-// in Ref order, for the service of every proxy it compiles a snapshot for.
-type InboundContributor interface {
-	Object
-	// AppliesTo reports whether the object covers svc's inbound traffic.
-	AppliesTo(svc ServiceKey) bool
-	// ContributeInbound adds the object to p.
-	ContributeInbound(p *meshv1.InboundPolicy)
-}
-
 var _ InboundContributor = (*AuthorizationPolicy)(nil)
 
 // AppliesTo: targeted Services; without targetRefs every Service of the

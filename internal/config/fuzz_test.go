@@ -20,12 +20,14 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add([]byte(route(rules("  - matches: [{path: {type: RegularExpression, value: '/a.*'}, headers: [{name: x, value: v}], method: GET}]\n    backendRefs: [{name: a, weight: 0}]\n"))))
 	f.Add([]byte(service(", namespace: shop", "{selector: {app: x}, ports: [{name: a, port: 1, protocol: tcp}]}")))
-	for _, name := range []string{"retries", "circuit-breaker", "outlier-detection", "load-balancing"} {
+	for _, name := range []string{"retries", "circuit-breaker", "outlier-detection", "load-balancing",
+		"ratelimit-service", "ratelimit-route", "ratelimit-identity", "ratelimit-header", "ratelimit-global"} {
 		if data, err := os.ReadFile("../../examples/traffic/" + name + ".yaml"); err == nil {
 			f.Add(data)
 		}
 	}
 	f.Add([]byte(policy("p", "{targetRefs: [{name: a}], retry: {}, circuitBreaker: {}, outlierDetection: {}, loadBalancer: {type: ring-hash, hash: {sourceIdentity: true}}}")))
+	f.Add([]byte(rlPolicy("p", "{targetRefs: [{name: a}, {kind: GRPCRoute, name: g}], algorithm: LeakyBucket, queue: 0, rate: {requests: 3, per: 1m}, scope: Header, header: X-A, maxKeys: 2, mode: Global, overrides: [{identities: ['spiffe://td/ns/a/sa/b'], rate: {requests: 1}}]}")))
 	f.Add([]byte("---\n---\n"))
 	f.Add([]byte(`[{"kind":"Service"}]`))
 	f.Fuzz(func(t *testing.T, data []byte) {

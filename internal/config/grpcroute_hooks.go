@@ -49,13 +49,13 @@ func (g *GRPCRoute) Contribute(b *ServiceBuild, at Attachment, createRev int64) 
 		filters := compileFilters(httpFilters(rule.Filters), g.Namespace, b.Lookup)
 		for mi, m := range rule.Matches {
 			match, pathRank, nameLen := grpcMatch(m)
-			b.AddRoute(&meshv1.Route{
+			b.AddRoute(b.withRoutePolicies(g.Ref(), &meshv1.Route{
 				Name:     name,
 				Port:     at.Port,
 				Matches:  []*meshv1.Match{match},
 				Backends: backends,
 				Filters:  filters,
-			}, RouteRank{
+			}), RouteRank{
 				PathRank:  pathRank,
 				PathLen:   nameLen,
 				Headers:   len(match.Headers),

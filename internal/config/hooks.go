@@ -59,6 +59,31 @@ type Attacher interface {
 	Contribute(b *ServiceBuild, at Attachment, createRev int64)
 }
 
+// InboundContributor is a kind that contributes to the inbound policy of
+// the services it applies to: what their own (receiving) proxies enforce on
+// traffic they receive (AuthorizationPolicy, RateLimitPolicy), compiled into
+// the snapshot's inbound_policy rather than into the Service other proxies
+// see. The compiler asks every such object, in Ref order, for the service
+// of every proxy it compiles a snapshot for.
+type InboundContributor interface {
+	Object
+	// AppliesTo reports whether the object covers svc's inbound traffic.
+	AppliesTo(svc ServiceKey) bool
+	// ContributeInbound adds the object to p.
+	ContributeInbound(p *meshv1.InboundPolicy)
+}
+
+// RouteAttacher is a kind that attaches to routes (an HTTPRoute or
+// GRPCRoute, by Ref) and adds to each route compiled from them.
+type RouteAttacher interface {
+	Object
+	// RouteTargets lists the routes.
+	RouteTargets() []Ref
+	// ContributeRoute adds what the object brings to r, one compiled route
+	// of target.
+	ContributeRoute(r *meshv1.Route, target Ref)
+}
+
 // Set is a set of objects indexed by Ref: what a set check reads.
 type Set struct {
 	byRef map[Ref]Object
@@ -82,7 +107,22 @@ type ServiceBuild struct {
 	// Lookup finds another resource of the mesh by Ref (a route's
 	// FaultInjection); nil or a miss returns nil.
 	Lookup func(Ref) Object
-	routes []rankedRoute
+	// RoutePolicies lists the RouteAttachers of a route, in order; nil:
+	// none.
+	RoutePolicies func(route Ref) []RouteAttacher
+	routes        []rankedRoute
+}
+
+// withRoutePolicies lets the route's attached policies contribute to r, a
+// route compiled from owner, and returns r.
+func (b *ServiceBuild) withRoutePolicies(owner Ref, r *meshv1.Route) *meshv1.Route {
+	if b.RoutePolicies == nil {
+		return r
+	}
+	for _, a := range b.RoutePolicies(owner) {
+		a.ContributeRoute(r, owner)
+	}
+	return r
 }
 
 // NewServiceBuild starts building svc.

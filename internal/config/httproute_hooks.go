@@ -128,14 +128,14 @@ func (r *HTTPRoute) Contribute(b *ServiceBuild, at Attachment, createRev int64) 
 		timeouts := compileTimeouts(rule.Timeouts)
 		for mi, m := range rule.Matches {
 			match, pathRank := httpMatch(m)
-			b.AddRoute(&meshv1.Route{
+			b.AddRoute(b.withRoutePolicies(r.Ref(), &meshv1.Route{
 				Name:     name,
 				Port:     at.Port,
 				Matches:  []*meshv1.Match{match},
 				Backends: backends,
 				Filters:  filters,
 				Timeouts: timeouts,
-			}, RouteRank{
+			}), RouteRank{
 				PathRank:    pathRank,
 				PathLen:     len(match.Path.Value),
 				HasMethod:   match.Method != "",

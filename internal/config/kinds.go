@@ -45,6 +45,7 @@ func kindTable() []kindInfo {
 		faultInjectionKindInfo(),
 		grpcRouteKind(),
 		httpRouteKind(),
+		rateLimitPolicyKind(),
 		serviceKind(),
 		telemetryKindInfo(),
 	}

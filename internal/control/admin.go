@@ -53,6 +53,9 @@ type adminDeps struct {
 	awaitRevision func(ctx context.Context, rev int64) []push.ProxyStatus
 	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
 	snapshots     snapshotSource // authz check (authcheck.go)
+	// caughtUp blocks until the mesh view has every write committed
+	// before the call, so a check right after an apply sees it.
+	caughtUp func(ctx context.Context) error
 	logger        *slog.Logger
 }
 
@@ -266,12 +269,13 @@ func errorLines(err error, file string) []string {
 	return out
 }
 
-// resolveKind maps "httproutes", "HTTPRoute", "service" to a known kind.
+// resolveKind maps "httproutes", "HTTPRoute", "service", "ratelimitpolicies"
+// to a known kind.
 func resolveKind(s string) (string, bool) {
 	l := strings.ToLower(s)
 	for _, k := range config.Kinds() {
 		lk := strings.ToLower(k)
-		if l == lk || l == lk+"s" || l == lk+"es" {
+		if l == lk || l == lk+"s" || l == lk+"es" || (strings.HasSuffix(lk, "y") && l == lk[:len(lk)-1]+"ies") {
 			return k, true
 		}
 	}

@@ -81,6 +81,10 @@ func TestAdminRoles(t *testing.T) {
 			t.Errorf("read-only GET %s: %d %s", path, st, b)
 		}
 	}
+	// The authorization check is a POST that only asks.
+	if st, b := cl.doToken("POST", "/v1/authz/check", []byte(`{"from":"spiffe://trellis.local/ns/default/sa/web","to":"inventory.default"}`), ro.Secret); st != http.StatusOK {
+		t.Errorf("read-only POST /v1/authz/check: %d %s", st, b)
+	}
 	rev := revision(t, c)
 	for _, w := range []struct{ method, path, body string }{
 		{"POST", "/v1/apply", string(applyBody(false, file{"r.yaml", routeYAML("r", 50)}))},
@@ -135,7 +139,9 @@ func TestAdminDeleteNeedsToken(t *testing.T) {
 		t.Fatalf("apply: %d %+v", st, a)
 	}
 	_, tok := cl.createToken(`{"role":"admin"}`)
-	for _, bad := range []string{"", strings.Repeat("0", 64), cl.token[:10], tok.Secret[:len(tok.Secret)-1] + "0"} {
+	// The stored token with its last hex digit changed (to one it is not).
+	flipped := tok.Secret[:len(tok.Secret)-1] + map[bool]string{true: "1", false: "0"}[strings.HasSuffix(tok.Secret, "0")]
+	for _, bad := range []string{"", strings.Repeat("0", 64), cl.token[:10], flipped} {
 		if st, b := cl.doToken("DELETE", "/v1/resources/service/default/inventory", nil, bad); st != http.StatusUnauthorized {
 			t.Errorf("DELETE resource with token %q: %d %s, want 401", bad, st, b)
 		}

@@ -80,6 +80,10 @@ func (a *admin) authzCheck(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "authz check: decode request: "+err.Error())
 		return
 	}
+	if err := a.caughtUp(r.Context()); err != nil {
+		a.internalError(w, "authz check", err)
+		return
+	}
 	resp, err := explainAuthz(r.Context(), a.snapshots, &req)
 	if errors.Is(err, errCheck) {
 		writeError(w, http.StatusBadRequest, err.Error())

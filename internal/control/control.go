@@ -35,6 +35,7 @@ import (
 	meshdns "trellis.dev/trellis/internal/dns"
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/push"
+	"trellis.dev/trellis/internal/quota"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
 	"trellis.dev/trellis/internal/telemetry"
@@ -304,6 +305,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		Snapshots:   snapshotsAdapter{c.comp},
 		MaxTTL:      registry.MaxTTL,
 		Metrics:     c.meter,
+		Quota:       quota.NewAllocator(quota.AllocatorOptions{}),
 		Logger:      o.Logger,
 	})
 
@@ -347,7 +349,14 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		awaitRevision: c.push.AwaitRevision,
 		endpoints:     c.reg.Endpoints,
 		snapshots:     c.comp,
-		logger:        o.Logger,
+		caughtUp: func(ctx context.Context) error {
+			rev, err := c.st.Revision(ctx)
+			if err == nil {
+				_, err = c.view.WaitFor(ctx, rev)
+			}
+			return err
+		},
+		logger: o.Logger,
 	})
 	c.http = &http.Server{
 		Handler:           c.admin,

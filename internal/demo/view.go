@@ -77,6 +77,7 @@ type view struct {
 func (v *view) header(w io.Writer) {
 	fmt.Fprintf(w, "Trellis demo: frontend → orders → payments, inventory (v1/v2 split by HTTPRoute inventory-split), %d rps\n", v.o.RPS)
 	fmt.Fprintf(w, "fault:     25%% of calls to payments held 150ms by the mesh (FaultInjection payments-delay): orders' p99 climbs, payments' does not\n")
+	fmt.Fprintf(w, "limit:     frontend admits 40 rps (RateLimitPolicy frontend): the rest get 429, counted in LIMITED\n")
 	fmt.Fprintf(w, "data dir:  %s (logs in %s/logs)\n", v.o.DataDir, v.o.DataDir)
 	if v.cmd != "" {
 		fmt.Fprintf(w, "move the inventory split (or use inventory-v2-only.yaml):\n  %s\n", v.cmd)

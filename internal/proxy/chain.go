@@ -55,13 +55,18 @@ func (p *Proxy) outboundChain() Handler {
 // routeChain is the part of the outbound chain one route owns, built into
 // the compiled route:
 //
-//	header filters ▸ redirect ▸ URL rewrite ▸ mirror ▸ fault ▸ timeout
-//	▸ retry ▸ attempt timeout ▸ pick backend by weight ▸ circuit breaker
-//	▸ pick endpoint ▸ outlier detection ▸ upstream
+//	header filters ▸ redirect ▸ URL rewrite ▸ rate limit ▸ mirror ▸ fault
+//	▸ timeout ▸ retry ▸ attempt timeout ▸ pick backend by weight
+//	▸ circuit breaker ▸ pick endpoint ▸ outlier detection ▸ upstream
 //
 // A redirect answers without going further; the rewrite comes before the
 // mirror, so the mirror sees the request as the backend will; a fault
 // comes before the timeouts, so an injected delay is not a timeout.
+// The rate limit comes after the header filters and the redirect (a
+// per-header limit sees the headers the backend will see; a redirect the
+// proxy answers itself costs no quota) and before the mirror, the fault,
+// the timeouts and the retry: a refused request is neither mirrored nor
+// retried, and a leaky bucket's wait for its slot is not a timeout.
 // The circuit breaker comes after the split, not before it: its limits are
 // the backend's (BackendPolicy on the backend Service), known only once the
 // split chose one. Outlier detection wraps each attempt on an endpoint.
@@ -71,6 +76,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 		responseHeaderFilter(rt.responseHeaders),
 		redirectFilter(rt.redirect),
 		rewriteFilter(rt.rewrite),
+		p.routeRateLimitFilter(rt.rateLimits),
 		p.mirrorFilter(rt.mirrors, env.randN),
 		faultFilter(rt.fault, env.randN),
 		timeoutFilter(rt.timeout, p.timerPool()),
@@ -86,14 +92,18 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 // inboundChain serves peers' requests on the mTLS listener:
 //
 //	telemetry ▸ observe ▸ authenticate peer ▸ local port ▸ authorization
-//	▸ [rate limit] ▸ [concurrency limit] ▸ app
+//	▸ rate limit ▸ [concurrency limit] ▸ app
 //
 // observe starts the hop's server span, a child of the calling proxy's
 // client span, and passes it to the app as its parent; like outbound it
-// sees refusals too (a denied request is logged and traced).
-// The local port comes before authorization and the slots so they can
+// sees refusals too (a denied or rate-limited request is logged and traced).
+// The local port comes before authorization and the limits so they can
 // depend on the port. Opaque TCP tunnels are authorized where they are
 // accepted (serveTCPTunnel → authorizeTunnel), before the app is dialled.
+// The rate limit comes after authentication and authorization, so a
+// caller's SPIFFE ID is known (per-identity limits, overrides) and a
+// refused caller spends no quota; and before the concurrency limit, so
+// requests over the rate are refused before they take a concurrency slot.
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
 		telemetryFilter,
@@ -101,7 +111,7 @@ func (p *Proxy) inboundChain() Handler {
 		authnFilter,
 		localPortFilter,
 		p.authzFilter,
-		// [rate limit] traffic control II: token / leaky bucket, local or global.
+		p.inboundRateLimitFilter,
 		// [concurrency limit] traffic control II: adaptive concurrency.
 	)
 }

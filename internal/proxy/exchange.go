@@ -213,6 +213,8 @@ type Response struct {
 //	AZ   authorization denied: an AuthorizationPolicy (or the mesh
 //	     default) refused the request                          403
 //	     (gRPC: 200 with grpc-status 7, PERMISSION_DENIED)
+//	RL   rate limited: a RateLimitPolicy refused the request      429
+//	     (gRPC: 200 with grpc-status 8, RESOURCE_EXHAUSTED)
 type Flags uint16
 
 // The response flags; see Flags.
@@ -232,10 +234,11 @@ const (
 	FlagFI
 	FlagDI
 	FlagAZ
+	FlagRL
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "AZ"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "AZ", "RL"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

@@ -40,7 +40,26 @@ func fuzzSeedSnapshots() []*meshv1.Snapshot {
 				}}},
 			&meshv1.Service{Name: "v1", Namespace: "default", Endpoints: []*meshv1.Endpoint{ep("127.0.0.1:3")}},
 			&meshv1.Service{Name: "v2", Namespace: "default"}),
+		rateLimitedSeed(),
 	}
+}
+
+// rateLimitedSeed has inbound and route rate limits of every kind.
+func rateLimitedSeed() *meshv1.Snapshot {
+	rl := func(name string, algo meshv1.RateLimit_Algorithm, scope meshv1.RateLimit_Scope) *meshv1.RateLimit {
+		return &meshv1.RateLimit{Name: name, Algorithm: algo, Scope: scope, Header: "x-tenant", MaxKeys: 10, Global: scope == meshv1.RateLimit_WHOLE,
+			Limit:     &meshv1.RateLimitValue{Requests: 5, Period: durationpb.New(time.Second), Burst: 2},
+			Overrides: []*meshv1.RateLimitOverride{{Identities: []string{spiffeFor("batch")}, Limit: &meshv1.RateLimitValue{Requests: 9, Period: durationpb.New(time.Minute)}}}}
+	}
+	s := snapshot("3", &meshv1.Service{Name: "orders", Namespace: "default", Routes: []*meshv1.Route{{
+		Name: "default/r/rules[0]", Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}},
+		RateLimits: []*meshv1.RateLimit{rl("default/a", meshv1.RateLimit_LEAKY_BUCKET, meshv1.RateLimit_HEADER)},
+	}}})
+	s.InboundPolicy = &meshv1.InboundPolicy{RateLimits: []*meshv1.RateLimit{
+		rl("default/b", meshv1.RateLimit_TOKEN_BUCKET, meshv1.RateLimit_WHOLE),
+		rl("default/c", meshv1.RateLimit_TOKEN_BUCKET, meshv1.RateLimit_SOURCE_IDENTITY),
+	}}
+	return s
 }
 
 // FuzzCompileSnapshot: any bytes that decode as a Snapshot compile or are

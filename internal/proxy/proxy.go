@@ -32,6 +32,7 @@ import (
 	"trellis.dev/trellis/internal/accesslog"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
+	"trellis.dev/trellis/internal/ratelimit"
 	"trellis.dev/trellis/internal/telemetry"
 	"trellis.dev/trellis/internal/tracing"
 )
@@ -118,6 +119,12 @@ type Proxy struct {
 	peers     map[string]*peer
 	resil     resilienceState
 	timers    sync.Pool // *exTimer, the route timeouts'
+	// limits holds the running rate limits across snapshots; epoch is the
+	// zero of their clock (nanotime); slotTimers are the leaky buckets'
+	// waits' (*time.Timer).
+	limits     *ratelimit.Registry
+	epoch      time.Time
+	slotTimers sync.Pool
 
 	// authzLog rate-limits the log lines of authorization denials.
 	authzLog logLimiter
@@ -204,6 +211,7 @@ func New(o Options) (*Proxy, error) {
 		endpoints:     make(map[endpointKey]*lb.Endpoint),
 		peers:         make(map[string]*peer),
 		resil:         newResilienceState(),
+		epoch:         time.Now(),
 		done:          make(chan struct{}),
 		hopH2:         hopH2Default,
 		subscribeWait: SubscribeWait,
@@ -228,6 +236,7 @@ func New(o Options) (*Proxy, error) {
 		}
 		p.upstreams = append(p.upstreams, &upstream{key: key, host: host, port: port})
 	}
+	p.limits = ratelimit.NewRegistry(p.nanotime)
 	m, err := telemetry.NewProxyMetrics(o.Registry)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
@@ -334,6 +343,7 @@ func (p *Proxy) Update(s *meshv1.Snapshot) error {
 	if err == nil {
 		old := p.cfg.Swap(c)
 		close(old.changed)
+		p.limits.SetReplicas(c.replicas)
 		p.applySampling(s)
 	}
 	p.forget(p.cfg.Load())
@@ -375,6 +385,7 @@ func (p *Proxy) forget(c *compiled) {
 		}
 	}
 	p.resil.forget(c)
+	p.limits.Keep(c.rateLimits)
 }
 
 // timerPool is the pool of the route chains' timeout timers (nil for a

@@ -16,6 +16,7 @@ import (
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
+	"trellis.dev/trellis/internal/ratelimit"
 	"trellis.dev/trellis/internal/resilience"
 	"trellis.dev/trellis/internal/telemetry"
 )
@@ -42,6 +43,11 @@ type compiled struct {
 	// changed is closed when this snapshot is superseded, waking requests
 	// that wait for a service they asked the control plane for.
 	changed chan struct{}
+	// rateLimits are the running rate limits the snapshot uses, by
+	// registry key; replicas is how many endpoints its own service has
+	// (the divisor of a global limit's safe local share).
+	rateLimits map[string]*ratelimit.Entry
+	replicas   int
 	// accessLog: this snapshot's requests are access-logged (the proxy's
 	// AccessLogs mode, else the snapshot's telemetry).
 	accessLog bool
@@ -52,6 +58,8 @@ type inboundConfig struct {
 	ports   []portSpec
 	def     portSpec // used when a request names no port
 	metrics *telemetry.DestMetrics
+	// rateLimits are the service's RateLimitPolicies (inbound_policy).
+	rateLimits []*rateLimiter
 }
 
 func (ic *inboundConfig) port(p uint32) (portSpec, bool) {
@@ -130,6 +138,9 @@ type route struct {
 	rewrite  *urlRewrite
 	mirrors  []mirrorSpec
 	fault    *faultSpec
+	// The route's RateLimitPolicies: checked, then bound.
+	rateLimitSpecs []*rateLimitSpec
+	rateLimits     []*rateLimiter
 	// handler is the route's compiled chain (chain.go: routeChain).
 	handler Handler
 }
@@ -309,6 +320,10 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	if err := c.compileAuthz(s.GetInboundPolicy().GetAuthorization(), env); err != nil {
 		return nil, err
 	}
+	inboundLimits, err := compileRateLimits("inbound_policy.rate_limits", s.GetInboundPolicy().GetRateLimits())
+	if err != nil {
+		return nil, err
+	}
 	// Pass 1: services, ports and endpoints, so routes can refer to any.
 	byName := map[string]int{}
 	policies := make([]lb.Config, len(s.GetServices()))
@@ -345,6 +360,8 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	// Everything is valid: attach long-lived state, build the chains and
 	// index host aliases. Resilience state first: a route's chain looks at
 	// its backends' breakers and detectors.
+	c.rateLimits = map[string]*ratelimit.Entry{}
+	c.inbound.rateLimits = env.proxy.bindRateLimits(telemetry.Inbound, "service", inboundLimits, c.rateLimits)
 	for i, ps := range s.GetServices() {
 		svc := c.byKey[ps.GetName()+"."+ps.GetNamespace()]
 		if env.resilience != nil {
@@ -380,6 +397,7 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 			if rt.retry.perTry > 0 {
 				rt.attemptTimeout = rt.retry.perTry
 			}
+			rt.rateLimits = env.proxy.bindRateLimits(telemetry.Outbound, routeObject(rt.name), rt.rateLimitSpecs, c.rateLimits)
 			rt.handler = env.proxy.routeChain(rt, env)
 		}
 		c.byHost[svc.key] = svc
@@ -392,7 +410,11 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 			c.byHost[name] = svc
 		}
 	}
-	var err error
+	// A global limit's safe share divides by the replicas of this proxy's
+	// own service, as the snapshot has them (endpoints are set above).
+	if own := c.byKey[c.inbound.key]; own != nil {
+		c.replicas = len(own.eps)
+	}
 	if c.accessLog, err = env.proxy.accessLogOn(s); err != nil {
 		return nil, err
 	}
@@ -650,6 +672,10 @@ func (c *compiled) compileRoute(f string, r *meshv1.Route, ns string) (route, er
 		rt.matches = append(rt.matches, cm)
 	}
 	if err := c.compileFilters(f, &rt, r.GetFilters(), ns); err != nil {
+		return rt, err
+	}
+	var err error
+	if rt.rateLimitSpecs, err = compileRateLimits(f+".rate_limits", r.GetRateLimits()); err != nil {
 		return rt, err
 	}
 	if len(r.GetBackends()) == 0 && rt.redirect != nil {

@@ -106,7 +106,10 @@ type ServerOptions struct {
 	SendTimeout time.Duration
 	// Metrics records pushes, answers and issued certificates (default: none).
 	Metrics Metrics
-	Logger  *slog.Logger
+	// Quota allocates global rate limits over the Quota stream; nil: the
+	// stream is refused (UNIMPLEMENTED) and proxies keep local shares.
+	Quota  QuotaAllocator
+	Logger *slog.Logger
 }
 
 // Metrics is what the server records; internal/telemetry implements it on a

@@ -59,6 +59,10 @@ func (f *fakeMesh) Heartbeat(_ context.Context, in *meshv1.HeartbeatRequest, _ .
 }
 
 // Watch hangs until the session ends: these tests are about the lease.
+func (f *fakeMesh) Quota(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[meshv1.QuotaReport, meshv1.QuotaGrant], error) {
+	return nil, status.Error(codes.Unimplemented, "fake")
+}
+
 func (f *fakeMesh) Watch(ctx context.Context, _ ...grpc.CallOption) (grpc.BidiStreamingClient[meshv1.WatchRequest, meshv1.Snapshot], error) {
 	<-ctx.Done()
 	return nil, ctx.Err()

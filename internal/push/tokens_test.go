@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -133,4 +134,43 @@ func (c *countingRefusals) count(rpc, reason string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n[[2]string{rpc, reason}]
+}
+
+type denyAccounts struct{}
+
+func (denyAccounts) AllowEndpoint(_ context.Context, ep *meshv1.Endpoint, sa string) error {
+	if ep.GetService() == sa {
+		return nil
+	}
+	return ErrAccountNotAllowed
+}
+
+// TestRegisterRefusalsCounted: each refused Register is PERMISSION_DENIED
+// and counted by reason.
+func TestRegisterRefusalsCounted(t *testing.T) {
+	ca := newTestCA(t)
+	ref := &countingRefusals{}
+	e := startEnv(t, ca, "127.0.0.1:0", func(o *ServerOptions) { o.Refusals, o.Accounts = ref, denyAccounts{} })
+	mesh, _ := e.dial(t, ca.workloadCert(t, spiffe("default", "orders"), time.Time{})).current()
+	for _, tt := range []struct {
+		name, reason string
+		ep           *meshv1.Endpoint
+	}{
+		{"other namespace", ReasonNamespace, &meshv1.Endpoint{Id: "a", Service: "orders", Namespace: "prod", Address: "127.0.0.1:1"}},
+		{"other identity", ReasonIdentity, &meshv1.Endpoint{Id: "b", Service: "orders", Namespace: "default", Address: "127.0.0.1:1", Identity: spiffe("default", "payments")}},
+		{"other service", ReasonServiceAccount, &meshv1.Endpoint{Id: "c", Service: "payments", Namespace: "default", Address: "127.0.0.1:1"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := mesh.Register(context.Background(), &meshv1.RegisterRequest{Endpoint: tt.ep})
+			if status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("err = %v, want PermissionDenied", err)
+			}
+			if got := ref.count("register", tt.reason); got != 1 {
+				t.Fatalf("counted %d refusals for %s, want 1", got, tt.reason)
+			}
+		})
+	}
+	if _, err := mesh.Register(context.Background(), &meshv1.RegisterRequest{Endpoint: &meshv1.Endpoint{Id: "d", Service: "orders", Namespace: "default", Address: "127.0.0.1:1"}}); err != nil {
+		t.Fatalf("own endpoint: %v", err)
+	}
 }

@@ -139,7 +139,7 @@ func (s *sidecar) renewLoop(ctx context.Context) {
 		}
 		err = s.certify(ctx, "")
 		if err != nil {
-			s.log.Warn("certificate renewal with current certificate failed; trying bootstrap token", "err", err)
+			s.log.Warn("certificate renewal with current certificate failed; trying the join token", "err", err)
 			err = s.certify(ctx, s.token)
 		}
 		if err != nil {

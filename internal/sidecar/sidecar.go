@@ -35,6 +35,7 @@ import (
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/proxy"
 	"trellis.dev/trellis/internal/push"
+	"trellis.dev/trellis/internal/quota"
 	"trellis.dev/trellis/internal/tracing"
 )
 
@@ -137,8 +138,10 @@ func (s *sidecar) run(ctx context.Context) (int, error) {
 		return 1, err
 	}
 	sessionDone := make(chan error, 1)
-	go func() { sessionDone <- s.client.RunSession(runCtx, s.sessionOptions()) }()
+	so := s.sessionOptions()
+	go func() { sessionDone <- s.client.RunSession(runCtx, so) }()
 	go s.renewLoop(runCtx)
+	go s.quotaLoop(runCtx, so.Endpoint.GetId())
 
 	select {
 	case <-s.readyCh:
@@ -218,7 +221,7 @@ func newSidecar(o Options) (*sidecar, error) {
 	}
 	token, err := os.ReadFile(o.TokenFile)
 	if err != nil {
-		return nil, fmt.Errorf("sidecar: read bootstrap token (pass --token-file, the control plane's <data-dir>/bootstrap-token): %w", err)
+		return nil, fmt.Errorf("sidecar: read join token (pass --token-file with a token from 'trellis token create --service-account SA'; <data-dir>/bootstrap-token exists only when the control plane runs in dev mode): %w", err)
 	}
 	s := &sidecar{
 		o:       o,
@@ -359,6 +362,19 @@ func (s *sidecar) startProxy() error {
 	}
 	s.proxy = p
 	return nil
+}
+
+// quotaLoop shares the proxy's global rate limits with its service's other
+// replicas through the control plane (internal/quota).
+func (s *sidecar) quotaLoop(ctx context.Context, nodeID string) {
+	_ = quota.Run(ctx, quota.ClientOptions{
+		NodeID: nodeID,
+		Open: func(ctx context.Context) (quota.Stream, error) {
+			return s.client.OpenQuota(ctx)
+		},
+		Limits: s.proxy.RateLimits(),
+		Logger: s.o.Logger,
+	})
 }
 
 // accessLog opens the access log sink --access-log names and says when

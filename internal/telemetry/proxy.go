@@ -47,6 +47,8 @@ type ProxyMetrics struct {
 	mirrors  *prometheus.CounterVec
 	res      resilienceVecs
 	authz    *prometheus.CounterVec
+	// RateLimits counts rate-limit decisions (ratelimit.go).
+	RateLimits *RateLimitMetrics
 	// AccessLog counts access log lines written and dropped (accesslog.go).
 	AccessLog *AccessLogMetrics
 
@@ -83,12 +85,15 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 	}
 	m.res = newResilienceVecs()
 	m.authz = newAuthzVec()
+	var err error
+	if m.RateLimits, err = newRateLimitMetrics(reg); err != nil {
+		return nil, err
+	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.authz} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	var err error
 	if m.AccessLog, err = newAccessLogMetrics(reg); err != nil {
 		return nil, err
 	}

@@ -53,6 +53,9 @@ type Row struct {
 	P50      time.Duration
 	P99      time.Duration
 	Requests int64
+	// Limited counts the responses that were 429 (a RateLimitPolicy's, or
+	// the app's own Too Many Requests).
+	Limited int64
 }
 
 // ParseMetrics reads the Prometheus text exposition format and keeps the
@@ -228,9 +231,9 @@ func subHistograms(cur, prev Histogram) Histogram {
 // quantiles. Rows are sorted by service.
 func Rows(prev, cur Sample, window time.Duration) []Row {
 	type acc struct {
-		total, failed float64
-		hist          Histogram
-		hasHist       bool
+		total, failed, limited float64
+		hist                   Histogram
+		hasHist                bool
 	}
 	by := map[string]*acc{}
 	get := func(svc string) *acc {
@@ -254,6 +257,9 @@ func Rows(prev, cur Sample, window time.Duration) []Row {
 		if strings.HasPrefix(k.Code, "5") {
 			a.failed += d
 		}
+		if k.Code == "429" {
+			a.limited += d
+		}
 	}
 	for k, h := range cur.Durations {
 		if k.Direction != "inbound" {
@@ -271,7 +277,7 @@ func Rows(prev, cur Sample, window time.Duration) []Row {
 	}
 	rows := make([]Row, 0, len(by))
 	for svc, a := range by {
-		r := Row{Service: svc, Requests: int64(math.Round(a.total))}
+		r := Row{Service: svc, Requests: int64(math.Round(a.total)), Limited: int64(math.Round(a.limited))}
 		if window > 0 {
 			r.RPS = a.total / window.Seconds()
 		}

@@ -9,13 +9,14 @@ import (
 
 // FormatTable writes rows as a fixed-width table, one service per line. A
 // service that served no requests in the window shows "-" for its rates.
+// LIMITED is the count of 429s (rate-limited requests) in the window.
 func FormatTable(w io.Writer, rows []Row) error {
 	width := len("SERVICE")
 	for _, r := range rows {
 		width = max(width, len(r.Service))
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-*s  %9s  %8s  %8s  %9s  %9s\n", width, "SERVICE", "REQUESTS", "RPS", "SUCCESS", "P50", "P99")
+	fmt.Fprintf(&b, "%-*s  %9s  %8s  %8s  %9s  %9s  %7s\n", width, "SERVICE", "REQUESTS", "RPS", "SUCCESS", "P50", "P99", "LIMITED")
 	for _, r := range rows {
 		success, rps, p50, p99 := "-", "-", "-", "-"
 		if r.Requests > 0 {
@@ -23,7 +24,7 @@ func FormatTable(w io.Writer, rows []Row) error {
 			rps = fmt.Sprintf("%.1f", r.RPS)
 			p50, p99 = formatLatency(r.P50), formatLatency(r.P99)
 		}
-		fmt.Fprintf(&b, "%-*s  %9d  %8s  %8s  %9s  %9s\n", width, r.Service, r.Requests, rps, success, p50, p99)
+		fmt.Fprintf(&b, "%-*s  %9d  %8s  %8s  %9s  %9s  %7d\n", width, r.Service, r.Requests, rps, success, p50, p99, r.Limited)
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("telemetry: write table: %w", err)

@@ -90,6 +90,10 @@ func TestRows(t *testing.T) {
 	cur.Durations[in200] = hist(30, 90, 150, 150) // +20 +50 +100 +100
 	cur.Durations[in503] = hist(0, 0, 0, 4)       // 4 slow failures
 	cur.Durations[ord] = hist(0, 20, 20, 20)
+	// Rate-limited answers: counted apart, and not as failures.
+	in429 := SeriesKey{"inbound", "frontend.default", "429"}
+	prev.Requests[in429] = 10
+	cur.Requests[in429] = 17
 
 	rows := Rows(prev, cur, 2*time.Second)
 	if len(rows) != 2 {
@@ -99,10 +103,10 @@ func TestRows(t *testing.T) {
 	if fe.Service != "frontend.default" || o.Service != "orders.default" {
 		t.Fatalf("rows not sorted by service: %+v", rows)
 	}
-	if fe.Requests != 104 || fe.RPS != 52 {
-		t.Errorf("frontend requests=%d rps=%v, want 104, 52", fe.Requests, fe.RPS)
+	if fe.Requests != 111 || fe.RPS != 55.5 || fe.Limited != 7 {
+		t.Errorf("frontend requests=%d rps=%v limited=%d, want 111, 55.5, 7", fe.Requests, fe.RPS, fe.Limited)
 	}
-	if want := 100.0 / 104; math.Abs(fe.Success-want) > 1e-12 {
+	if want := 107.0 / 111; math.Abs(fe.Success-want) > 1e-12 {
 		t.Errorf("frontend success=%v, want %v", fe.Success, want)
 	}
 	// Deltas merged: cumulative 20, 50, 100, 104. p50 rank 52 in (0.005, 0.01]
@@ -308,7 +312,7 @@ func FuzzParseMetrics(f *testing.F) {
 func TestFormatTableGolden(t *testing.T) {
 	rows := []Row{
 		{Service: "frontend", RPS: 49.96, Success: 0.9975, P50: 4213 * time.Microsecond, P99: 23500 * time.Microsecond, Requests: 2998},
-		{Service: "inventory-v1", RPS: 45.04, Success: 1, P50: 2 * time.Millisecond, P99: 250 * time.Millisecond, Requests: 2702},
+		{Service: "inventory-v1", RPS: 45.04, Success: 1, P50: 2 * time.Millisecond, P99: 250 * time.Millisecond, Requests: 2702, Limited: 340},
 		{Service: "inventory-v2", RPS: 0, Success: 0, Requests: 0},
 		{Service: "payments", RPS: 0.5, Success: 0, P50: 12 * time.Second, P99: 12 * time.Second, Requests: 30},
 	}

@@ -185,6 +185,10 @@ type controlPlane struct {
 	dir, grpc, admin, metrics string
 	extra                     []string
 	proc                      *process
+	// tokens: join token files (in tokenDir) by "ns/sa", see joinToken.
+	mu       sync.Mutex
+	tokenDir string
+	tokens   map[string]string
 }
 
 func startControl(t *testing.T, dir string, extra ...string) *controlPlane {
@@ -192,7 +196,7 @@ func startControl(t *testing.T, dir string, extra ...string) *controlPlane {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	cp := &controlPlane{dir: dir, grpc: freeAddr(t), admin: freeAddr(t), metrics: freeAddr(t), extra: extra}
+	cp := &controlPlane{dir: dir, grpc: freeAddr(t), admin: freeAddr(t), metrics: freeAddr(t), extra: extra, tokenDir: t.TempDir()}
 	cp.start(t)
 	return cp
 }
@@ -296,18 +300,29 @@ func (cp *controlPlane) proxy(t *testing.T, pc proxyConfig) *sidecar {
 	return s
 }
 
-// joinToken creates, with the CLI, a join token for the identity the proxy
+// joinToken returns a file holding a join token for the identity the proxy
 // pc will ask for (its --service-account and --namespace, else the service
-// name and default), and returns the file holding it. Unbounded uses, so a
-// proxy that falls back to its token on renewal still works.
+// name and default), created with the CLI the first time that identity
+// joins this control plane and reused after, so a proxy started while the
+// control plane is down (the token lives in its store) still finds one.
+// Unbounded uses, so restarts and renewal fallbacks work too.
 func (cp *controlPlane) joinToken(t *testing.T, pc proxyConfig) string {
 	t.Helper()
 	sa := cmp.Or(flagValue(pc.extra, "--service-account"), pc.service)
 	ns := cmp.Or(flagValue(pc.extra, "--namespace"), "default")
-	f := filepath.Join(t.TempDir(), "join.token")
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if f, ok := cp.tokens[ns+"/"+sa]; ok {
+		return f
+	}
+	f := filepath.Join(cp.tokenDir, ns+"-"+sa+".token")
 	if out, err := cp.cli(t, "token", "create", "--service-account", sa, "--namespace", ns, "--ttl", "1h", "--uses", "0", "--file", f); err != nil {
 		t.Fatalf("token create for %s/%s: %v\n%s", ns, sa, err, out)
 	}
+	if cp.tokens == nil {
+		cp.tokens = map[string]string{}
+	}
+	cp.tokens[ns+"/"+sa] = f
 	return f
 }
 

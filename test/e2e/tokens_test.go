@@ -223,6 +223,9 @@ func TestSecretsStayOut(t *testing.T) {
 	refusedOut := cp.refused(t, proxyConfig{service: "web", extra: []string{"--token-file", join}})
 	wrong := filepath.Join(t.TempDir(), "wrong.token")
 	wrongSecret := joinSecret[:len(joinSecret)-8] + "00000000"
+	if wrongSecret == joinSecret {
+		wrongSecret = joinSecret[:len(joinSecret)-8] + "11111111"
+	}
 	os.WriteFile(wrong, []byte(wrongSecret+"\n"), 0o600)
 	refusedOut += cp.refused(t, proxyConfig{service: "web", extra: []string{"--token-file", wrong}})
 

@@ -385,6 +385,104 @@ func (PathModifier_Type) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{18, 0}
 }
 
+type RateLimit_Algorithm int32
+
+const (
+	RateLimit_TOKEN_BUCKET RateLimit_Algorithm = 0
+	RateLimit_LEAKY_BUCKET RateLimit_Algorithm = 1
+)
+
+// Enum value maps for RateLimit_Algorithm.
+var (
+	RateLimit_Algorithm_name = map[int32]string{
+		0: "TOKEN_BUCKET",
+		1: "LEAKY_BUCKET",
+	}
+	RateLimit_Algorithm_value = map[string]int32{
+		"TOKEN_BUCKET": 0,
+		"LEAKY_BUCKET": 1,
+	}
+)
+
+func (x RateLimit_Algorithm) Enum() *RateLimit_Algorithm {
+	p := new(RateLimit_Algorithm)
+	*p = x
+	return p
+}
+
+func (x RateLimit_Algorithm) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RateLimit_Algorithm) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[7].Descriptor()
+}
+
+func (RateLimit_Algorithm) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[7]
+}
+
+func (x RateLimit_Algorithm) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RateLimit_Algorithm.Descriptor instead.
+func (RateLimit_Algorithm) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{43, 0}
+}
+
+type RateLimit_Scope int32
+
+const (
+	// One bucket for all of the target's traffic.
+	RateLimit_WHOLE RateLimit_Scope = 0
+	// One bucket per caller SPIFFE ID.
+	RateLimit_SOURCE_IDENTITY RateLimit_Scope = 1
+	// One bucket per value of the header named below.
+	RateLimit_HEADER RateLimit_Scope = 2
+)
+
+// Enum value maps for RateLimit_Scope.
+var (
+	RateLimit_Scope_name = map[int32]string{
+		0: "WHOLE",
+		1: "SOURCE_IDENTITY",
+		2: "HEADER",
+	}
+	RateLimit_Scope_value = map[string]int32{
+		"WHOLE":           0,
+		"SOURCE_IDENTITY": 1,
+		"HEADER":          2,
+	}
+)
+
+func (x RateLimit_Scope) Enum() *RateLimit_Scope {
+	p := new(RateLimit_Scope)
+	*p = x
+	return p
+}
+
+func (x RateLimit_Scope) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RateLimit_Scope) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[8].Descriptor()
+}
+
+func (RateLimit_Scope) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[8]
+}
+
+func (x RateLimit_Scope) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RateLimit_Scope.Descriptor instead.
+func (RateLimit_Scope) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{43, 1}
+}
+
 type CertifyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Bootstrap token; empty when renewing with a client certificate.
@@ -1301,8 +1399,10 @@ type Route struct {
 	Backends []*Backend `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
 	// Applied in order to every request the route matches. A filter whose
 	// kind the proxy does not know (an empty oneof) is refused with a NACK.
-	Filters       []*RouteFilter `protobuf:"bytes,5,rep,name=filters,proto3" json:"filters,omitempty"`
-	Timeouts      *RouteTimeouts `protobuf:"bytes,6,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
+	Filters  []*RouteFilter `protobuf:"bytes,5,rep,name=filters,proto3" json:"filters,omitempty"`
+	Timeouts *RouteTimeouts `protobuf:"bytes,6,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
+	// Rate limits the outbound proxy enforces on the route, each in turn.
+	RateLimits    []*RateLimit `protobuf:"bytes,7,rep,name=rate_limits,json=rateLimits,proto3" json:"rate_limits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1375,6 +1475,13 @@ func (x *Route) GetFilters() []*RouteFilter {
 func (x *Route) GetTimeouts() *RouteTimeouts {
 	if x != nil {
 		return x.Timeouts
+	}
+	return nil
+}
+
+func (x *Route) GetRateLimits() []*RateLimit {
+	if x != nil {
+		return x.RateLimits
 	}
 	return nil
 }
@@ -2646,6 +2753,8 @@ func (x *BackendPolicy) GetSlowStart() *durationpb.Duration {
 // it carries no rules yet.
 type InboundPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rate limits on the service's inbound traffic, each enforced in turn.
+	RateLimits []*RateLimit `protobuf:"bytes,1,rep,name=rate_limits,json=rateLimits,proto3" json:"rate_limits,omitempty"`
 	// Unset: allow every authenticated peer (a control plane older than
 	// authorization).
 	Authorization *Authorization `protobuf:"bytes,2,opt,name=authorization,proto3" json:"authorization,omitempty"`
@@ -2681,6 +2790,13 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *InboundPolicy) GetRateLimits() []*RateLimit {
+	if x != nil {
+		return x.RateLimits
+	}
+	return nil
 }
 
 func (x *InboundPolicy) GetAuthorization() *Authorization {
@@ -3518,6 +3634,459 @@ func (x *AuthzGRPC) GetMethod() string {
 	return ""
 }
 
+// RateLimit is one compiled RateLimitPolicy, every default filled in.
+type RateLimit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy, "namespace/name": the key of its quota, its metrics and the
+	// RateLimit-Policy header.
+	Name      string              `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Algorithm RateLimit_Algorithm `protobuf:"varint,2,opt,name=algorithm,proto3,enum=trellis.mesh.v1.RateLimit_Algorithm" json:"algorithm,omitempty"`
+	// Requests per period; burst is the token bucket's capacity or the leaky
+	// bucket's queue bound.
+	Limit *RateLimitValue `protobuf:"bytes,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	Scope RateLimit_Scope `protobuf:"varint,4,opt,name=scope,proto3,enum=trellis.mesh.v1.RateLimit_Scope" json:"scope,omitempty"`
+	// Lower-case header name, for scope HEADER.
+	Header string `protobuf:"bytes,5,opt,name=header,proto3" json:"header,omitempty"`
+	// Bound on the keys of a keyed scope.
+	MaxKeys   uint32               `protobuf:"varint,6,opt,name=max_keys,json=maxKeys,proto3" json:"max_keys,omitempty"`
+	Overrides []*RateLimitOverride `protobuf:"bytes,7,rep,name=overrides,proto3" json:"overrides,omitempty"`
+	// Global: one limit across every proxy enforcing the policy, shared out
+	// over the Quota stream. Otherwise each proxy enforces the whole limit.
+	Global        bool `protobuf:"varint,8,opt,name=global,proto3" json:"global,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimit) Reset() {
+	*x = RateLimit{}
+	mi := &file_mesh_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimit) ProtoMessage() {}
+
+func (x *RateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
+func (*RateLimit) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *RateLimit) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RateLimit) GetAlgorithm() RateLimit_Algorithm {
+	if x != nil {
+		return x.Algorithm
+	}
+	return RateLimit_TOKEN_BUCKET
+}
+
+func (x *RateLimit) GetLimit() *RateLimitValue {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+func (x *RateLimit) GetScope() RateLimit_Scope {
+	if x != nil {
+		return x.Scope
+	}
+	return RateLimit_WHOLE
+}
+
+func (x *RateLimit) GetHeader() string {
+	if x != nil {
+		return x.Header
+	}
+	return ""
+}
+
+func (x *RateLimit) GetMaxKeys() uint32 {
+	if x != nil {
+		return x.MaxKeys
+	}
+	return 0
+}
+
+func (x *RateLimit) GetOverrides() []*RateLimitOverride {
+	if x != nil {
+		return x.Overrides
+	}
+	return nil
+}
+
+func (x *RateLimit) GetGlobal() bool {
+	if x != nil {
+		return x.Global
+	}
+	return false
+}
+
+type RateLimitValue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      uint64                 `protobuf:"varint,1,opt,name=requests,proto3" json:"requests,omitempty"`
+	Period        *durationpb.Duration   `protobuf:"bytes,2,opt,name=period,proto3" json:"period,omitempty"`
+	Burst         uint64                 `protobuf:"varint,3,opt,name=burst,proto3" json:"burst,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimitValue) Reset() {
+	*x = RateLimitValue{}
+	mi := &file_mesh_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimitValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimitValue) ProtoMessage() {}
+
+func (x *RateLimitValue) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimitValue.ProtoReflect.Descriptor instead.
+func (*RateLimitValue) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *RateLimitValue) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *RateLimitValue) GetPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.Period
+	}
+	return nil
+}
+
+func (x *RateLimitValue) GetBurst() uint64 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+// Named callers with their own limit (each identity its own bucket).
+type RateLimitOverride struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SPIFFE IDs.
+	Identities    []string        `protobuf:"bytes,1,rep,name=identities,proto3" json:"identities,omitempty"`
+	Limit         *RateLimitValue `protobuf:"bytes,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimitOverride) Reset() {
+	*x = RateLimitOverride{}
+	mi := &file_mesh_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimitOverride) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimitOverride) ProtoMessage() {}
+
+func (x *RateLimitOverride) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimitOverride.ProtoReflect.Descriptor instead.
+func (*RateLimitOverride) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RateLimitOverride) GetIdentities() []string {
+	if x != nil {
+		return x.Identities
+	}
+	return nil
+}
+
+func (x *RateLimitOverride) GetLimit() *RateLimitValue {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+// QuotaReport is a proxy's demand on its global policies. The first message
+// of a stream carries node_id (as registered); every message carries the
+// demand of every global policy the proxy enforces.
+type QuotaReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Demands       []*QuotaDemand         `protobuf:"bytes,2,rep,name=demands,proto3" json:"demands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaReport) Reset() {
+	*x = QuotaReport{}
+	mi := &file_mesh_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaReport) ProtoMessage() {}
+
+func (x *QuotaReport) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaReport.ProtoReflect.Descriptor instead.
+func (*QuotaReport) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *QuotaReport) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *QuotaReport) GetDemands() []*QuotaDemand {
+	if x != nil {
+		return x.Demands
+	}
+	return nil
+}
+
+type QuotaDemand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy as the proxy runs it: "<direction> <place> <RateLimit.name>"
+	// ("inbound service default/inventory", "outbound default/search
+	// default/search-limit"); replicas enforcing one limit report one key.
+	Policy string `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Requests per second offered to the policy (allowed and limited) since
+	// the previous report.
+	OfferedRate float64 `protobuf:"fixed64,2,opt,name=offered_rate,json=offeredRate,proto3" json:"offered_rate,omitempty"`
+	// The policy's whole limit as this proxy has it: replicas share a limit
+	// only with replicas that have the same one.
+	Limit         *RateLimitValue `protobuf:"bytes,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaDemand) Reset() {
+	*x = QuotaDemand{}
+	mi := &file_mesh_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaDemand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaDemand) ProtoMessage() {}
+
+func (x *QuotaDemand) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaDemand.ProtoReflect.Descriptor instead.
+func (*QuotaDemand) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *QuotaDemand) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *QuotaDemand) GetOfferedRate() float64 {
+	if x != nil {
+		return x.OfferedRate
+	}
+	return 0
+}
+
+func (x *QuotaDemand) GetLimit() *RateLimitValue {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+// QuotaGrant answers a report: this replica's share of each policy's limit.
+type QuotaGrant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shares        []*QuotaShare          `protobuf:"bytes,1,rep,name=shares,proto3" json:"shares,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaGrant) Reset() {
+	*x = QuotaGrant{}
+	mi := &file_mesh_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaGrant) ProtoMessage() {}
+
+func (x *QuotaGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaGrant.ProtoReflect.Descriptor instead.
+func (*QuotaGrant) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *QuotaGrant) GetShares() []*QuotaShare {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+type QuotaShare struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in the QuotaDemand.
+	Policy string `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// The fraction of the limit this replica enforces, in (0, 1].
+	Share float64 `protobuf:"fixed64,2,opt,name=share,proto3" json:"share,omitempty"`
+	// How many replicas share the limit now.
+	Replicas      uint32 `protobuf:"varint,3,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaShare) Reset() {
+	*x = QuotaShare{}
+	mi := &file_mesh_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaShare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaShare) ProtoMessage() {}
+
+func (x *QuotaShare) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaShare.ProtoReflect.Descriptor instead.
+func (*QuotaShare) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *QuotaShare) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *QuotaShare) GetShare() float64 {
+	if x != nil {
+		return x.Share
+	}
+	return 0
+}
+
+func (x *QuotaShare) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -3603,14 +4172,16 @@ const file_mesh_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12\x16\n" +
-	"\x06weight\x18\x04 \x01(\rR\x06weight\"\x8b\x02\n" +
+	"\x06weight\x18\x04 \x01(\rR\x06weight\"\xc8\x02\n" +
 	"\x05Route\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x120\n" +
 	"\amatches\x18\x03 \x03(\v2\x16.trellis.mesh.v1.MatchR\amatches\x124\n" +
 	"\bbackends\x18\x04 \x03(\v2\x18.trellis.mesh.v1.BackendR\bbackends\x126\n" +
 	"\afilters\x18\x05 \x03(\v2\x1c.trellis.mesh.v1.RouteFilterR\afilters\x12:\n" +
-	"\btimeouts\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.RouteTimeoutsR\btimeouts\"7\n" +
+	"\btimeouts\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.RouteTimeoutsR\btimeouts\x12;\n" +
+	"\vrate_limits\x18\a \x03(\v2\x1a.trellis.mesh.v1.RateLimitR\n" +
+	"rateLimits\"7\n" +
 	"\vHeaderValue\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\x88\x01\n" +
@@ -3708,8 +4279,10 @@ const file_mesh_proto_rawDesc = "" +
 	"\x11outlier_detection\x18\x04 \x01(\v2!.trellis.mesh.v1.OutlierDetectionR\x10outlierDetection\x12/\n" +
 	"\x04hash\x18\x05 \x01(\v2\x1b.trellis.mesh.v1.HashPolicyR\x04hash\x128\n" +
 	"\n" +
-	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"U\n" +
-	"\rInboundPolicy\x12D\n" +
+	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"\x92\x01\n" +
+	"\rInboundPolicy\x12;\n" +
+	"\vrate_limits\x18\x01 \x03(\v2\x1a.trellis.mesh.v1.RateLimitR\n" +
+	"rateLimits\x12D\n" +
 	"\rauthorization\x18\x02 \x01(\v2\x1e.trellis.mesh.v1.AuthorizationR\rauthorization\"\x98\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
@@ -3767,7 +4340,48 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05match\"=\n" +
 	"\tAuthzGRPC\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
-	"\x06method\x18\x02 \x01(\tR\x06method*L\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\"\xc5\x03\n" +
+	"\tRateLimit\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12B\n" +
+	"\talgorithm\x18\x02 \x01(\x0e2$.trellis.mesh.v1.RateLimit.AlgorithmR\talgorithm\x125\n" +
+	"\x05limit\x18\x03 \x01(\v2\x1f.trellis.mesh.v1.RateLimitValueR\x05limit\x126\n" +
+	"\x05scope\x18\x04 \x01(\x0e2 .trellis.mesh.v1.RateLimit.ScopeR\x05scope\x12\x16\n" +
+	"\x06header\x18\x05 \x01(\tR\x06header\x12\x19\n" +
+	"\bmax_keys\x18\x06 \x01(\rR\amaxKeys\x12@\n" +
+	"\toverrides\x18\a \x03(\v2\".trellis.mesh.v1.RateLimitOverrideR\toverrides\x12\x16\n" +
+	"\x06global\x18\b \x01(\bR\x06global\"/\n" +
+	"\tAlgorithm\x12\x10\n" +
+	"\fTOKEN_BUCKET\x10\x00\x12\x10\n" +
+	"\fLEAKY_BUCKET\x10\x01\"3\n" +
+	"\x05Scope\x12\t\n" +
+	"\x05WHOLE\x10\x00\x12\x13\n" +
+	"\x0fSOURCE_IDENTITY\x10\x01\x12\n" +
+	"\n" +
+	"\x06HEADER\x10\x02\"u\n" +
+	"\x0eRateLimitValue\x12\x1a\n" +
+	"\brequests\x18\x01 \x01(\x04R\brequests\x121\n" +
+	"\x06period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06period\x12\x14\n" +
+	"\x05burst\x18\x03 \x01(\x04R\x05burst\"j\n" +
+	"\x11RateLimitOverride\x12\x1e\n" +
+	"\n" +
+	"identities\x18\x01 \x03(\tR\n" +
+	"identities\x125\n" +
+	"\x05limit\x18\x02 \x01(\v2\x1f.trellis.mesh.v1.RateLimitValueR\x05limit\"^\n" +
+	"\vQuotaReport\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x126\n" +
+	"\ademands\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.QuotaDemandR\ademands\"\x7f\n" +
+	"\vQuotaDemand\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12!\n" +
+	"\foffered_rate\x18\x02 \x01(\x01R\vofferedRate\x125\n" +
+	"\x05limit\x18\x03 \x01(\v2\x1f.trellis.mesh.v1.RateLimitValueR\x05limit\"A\n" +
+	"\n" +
+	"QuotaGrant\x123\n" +
+	"\x06shares\x18\x01 \x03(\v2\x1b.trellis.mesh.v1.QuotaShareR\x06shares\"V\n" +
+	"\n" +
+	"QuotaShare\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x14\n" +
+	"\x05share\x18\x02 \x01(\x01R\x05share\x12\x1a\n" +
+	"\breplicas\x18\x03 \x01(\rR\breplicas*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -3787,12 +4401,13 @@ const file_mesh_proto_rawDesc = "" +
 	"\vAuthzAction\x12\x0f\n" +
 	"\vAUTHZ_ALLOW\x10\x00\x12\x0e\n" +
 	"\n" +
-	"AUTHZ_DENY\x10\x012\xc0\x02\n" +
+	"AUTHZ_DENY\x10\x012\x88\x03\n" +
 	"\x04Mesh\x12L\n" +
 	"\aCertify\x12\x1f.trellis.mesh.v1.CertifyRequest\x1a .trellis.mesh.v1.CertifyResponse\x12O\n" +
 	"\bRegister\x12 .trellis.mesh.v1.RegisterRequest\x1a!.trellis.mesh.v1.RegisterResponse\x12R\n" +
 	"\tHeartbeat\x12!.trellis.mesh.v1.HeartbeatRequest\x1a\".trellis.mesh.v1.HeartbeatResponse\x12E\n" +
-	"\x05Watch\x12\x1d.trellis.mesh.v1.WatchRequest\x1a\x19.trellis.mesh.v1.Snapshot(\x010\x01B(Z&trellis.dev/trellis/api/mesh/v1;meshv1b\x06proto3"
+	"\x05Watch\x12\x1d.trellis.mesh.v1.WatchRequest\x1a\x19.trellis.mesh.v1.Snapshot(\x010\x01\x12F\n" +
+	"\x05Quota\x12\x1c.trellis.mesh.v1.QuotaReport\x1a\x1b.trellis.mesh.v1.QuotaGrant(\x010\x01B(Z&trellis.dev/trellis/api/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_proto_rawDescOnce sync.Once
@@ -3806,8 +4421,8 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
@@ -3816,126 +4431,148 @@ var file_mesh_proto_goTypes = []any{
 	(HeaderMatch_Type)(0),       // 4: trellis.mesh.v1.HeaderMatch.Type
 	(QueryParamMatch_Type)(0),   // 5: trellis.mesh.v1.QueryParamMatch.Type
 	(PathModifier_Type)(0),      // 6: trellis.mesh.v1.PathModifier.Type
-	(*CertifyRequest)(nil),      // 7: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),     // 8: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),            // 9: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),     // 10: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),    // 11: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),    // 12: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 13: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),        // 14: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),                // 15: trellis.mesh.v1.Port
-	(*PathMatch)(nil),           // 16: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),         // 17: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),               // 18: trellis.mesh.v1.Match
-	(*QueryParamMatch)(nil),     // 19: trellis.mesh.v1.QueryParamMatch
-	(*Backend)(nil),             // 20: trellis.mesh.v1.Backend
-	(*Route)(nil),               // 21: trellis.mesh.v1.Route
-	(*HeaderValue)(nil),         // 22: trellis.mesh.v1.HeaderValue
-	(*HeaderModifier)(nil),      // 23: trellis.mesh.v1.HeaderModifier
-	(*RouteFilter)(nil),         // 24: trellis.mesh.v1.RouteFilter
-	(*PathModifier)(nil),        // 25: trellis.mesh.v1.PathModifier
-	(*URLRewrite)(nil),          // 26: trellis.mesh.v1.URLRewrite
-	(*RequestRedirect)(nil),     // 27: trellis.mesh.v1.RequestRedirect
-	(*RequestMirror)(nil),       // 28: trellis.mesh.v1.RequestMirror
-	(*Fault)(nil),               // 29: trellis.mesh.v1.Fault
-	(*FaultDelay)(nil),          // 30: trellis.mesh.v1.FaultDelay
-	(*FaultAbort)(nil),          // 31: trellis.mesh.v1.FaultAbort
-	(*RouteTimeouts)(nil),       // 32: trellis.mesh.v1.RouteTimeouts
-	(*HashPolicy)(nil),          // 33: trellis.mesh.v1.HashPolicy
-	(*RetryPolicy)(nil),         // 34: trellis.mesh.v1.RetryPolicy
-	(*RetryBudget)(nil),         // 35: trellis.mesh.v1.RetryBudget
-	(*CircuitBreaker)(nil),      // 36: trellis.mesh.v1.CircuitBreaker
-	(*OutlierDetection)(nil),    // 37: trellis.mesh.v1.OutlierDetection
-	(*BackendPolicy)(nil),       // 38: trellis.mesh.v1.BackendPolicy
-	(*InboundPolicy)(nil),       // 39: trellis.mesh.v1.InboundPolicy
-	(*Service)(nil),             // 40: trellis.mesh.v1.Service
-	(*Snapshot)(nil),            // 41: trellis.mesh.v1.Snapshot
-	(*Telemetry)(nil),           // 42: trellis.mesh.v1.Telemetry
-	(*Authorization)(nil),       // 43: trellis.mesh.v1.Authorization
-	(*AuthzPolicy)(nil),         // 44: trellis.mesh.v1.AuthzPolicy
-	(*AuthzRule)(nil),           // 45: trellis.mesh.v1.AuthzRule
-	(*AuthzSource)(nil),         // 46: trellis.mesh.v1.AuthzSource
-	(*AuthzPath)(nil),           // 47: trellis.mesh.v1.AuthzPath
-	(*AuthzHeader)(nil),         // 48: trellis.mesh.v1.AuthzHeader
-	(*AuthzGRPC)(nil),           // 49: trellis.mesh.v1.AuthzGRPC
-	nil,                         // 50: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 51: google.protobuf.Duration
+	(RateLimit_Algorithm)(0),    // 7: trellis.mesh.v1.RateLimit.Algorithm
+	(RateLimit_Scope)(0),        // 8: trellis.mesh.v1.RateLimit.Scope
+	(*CertifyRequest)(nil),      // 9: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),     // 10: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),            // 11: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),     // 12: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),    // 13: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),    // 14: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 15: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),        // 16: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                // 17: trellis.mesh.v1.Port
+	(*PathMatch)(nil),           // 18: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),         // 19: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),               // 20: trellis.mesh.v1.Match
+	(*QueryParamMatch)(nil),     // 21: trellis.mesh.v1.QueryParamMatch
+	(*Backend)(nil),             // 22: trellis.mesh.v1.Backend
+	(*Route)(nil),               // 23: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),         // 24: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),      // 25: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),         // 26: trellis.mesh.v1.RouteFilter
+	(*PathModifier)(nil),        // 27: trellis.mesh.v1.PathModifier
+	(*URLRewrite)(nil),          // 28: trellis.mesh.v1.URLRewrite
+	(*RequestRedirect)(nil),     // 29: trellis.mesh.v1.RequestRedirect
+	(*RequestMirror)(nil),       // 30: trellis.mesh.v1.RequestMirror
+	(*Fault)(nil),               // 31: trellis.mesh.v1.Fault
+	(*FaultDelay)(nil),          // 32: trellis.mesh.v1.FaultDelay
+	(*FaultAbort)(nil),          // 33: trellis.mesh.v1.FaultAbort
+	(*RouteTimeouts)(nil),       // 34: trellis.mesh.v1.RouteTimeouts
+	(*HashPolicy)(nil),          // 35: trellis.mesh.v1.HashPolicy
+	(*RetryPolicy)(nil),         // 36: trellis.mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),         // 37: trellis.mesh.v1.RetryBudget
+	(*CircuitBreaker)(nil),      // 38: trellis.mesh.v1.CircuitBreaker
+	(*OutlierDetection)(nil),    // 39: trellis.mesh.v1.OutlierDetection
+	(*BackendPolicy)(nil),       // 40: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),       // 41: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),             // 42: trellis.mesh.v1.Service
+	(*Snapshot)(nil),            // 43: trellis.mesh.v1.Snapshot
+	(*Telemetry)(nil),           // 44: trellis.mesh.v1.Telemetry
+	(*Authorization)(nil),       // 45: trellis.mesh.v1.Authorization
+	(*AuthzPolicy)(nil),         // 46: trellis.mesh.v1.AuthzPolicy
+	(*AuthzRule)(nil),           // 47: trellis.mesh.v1.AuthzRule
+	(*AuthzSource)(nil),         // 48: trellis.mesh.v1.AuthzSource
+	(*AuthzPath)(nil),           // 49: trellis.mesh.v1.AuthzPath
+	(*AuthzHeader)(nil),         // 50: trellis.mesh.v1.AuthzHeader
+	(*AuthzGRPC)(nil),           // 51: trellis.mesh.v1.AuthzGRPC
+	(*RateLimit)(nil),           // 52: trellis.mesh.v1.RateLimit
+	(*RateLimitValue)(nil),      // 53: trellis.mesh.v1.RateLimitValue
+	(*RateLimitOverride)(nil),   // 54: trellis.mesh.v1.RateLimitOverride
+	(*QuotaReport)(nil),         // 55: trellis.mesh.v1.QuotaReport
+	(*QuotaDemand)(nil),         // 56: trellis.mesh.v1.QuotaDemand
+	(*QuotaGrant)(nil),          // 57: trellis.mesh.v1.QuotaGrant
+	(*QuotaShare)(nil),          // 58: trellis.mesh.v1.QuotaShare
+	nil,                         // 59: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 60: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	50, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	9,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	59, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	11, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
 	3,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
 	4,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	16, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	17, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	19, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
+	18, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	19, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	21, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
 	5,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
-	18, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	20, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	24, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
-	32, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	22, // 13: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
-	22, // 14: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
-	23, // 15: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	23, // 16: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	26, // 17: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
-	27, // 18: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
-	28, // 19: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
-	29, // 20: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
-	6,  // 21: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
-	25, // 22: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
-	25, // 23: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
-	20, // 24: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
-	30, // 25: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
-	31, // 26: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	51, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	51, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	51, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	51, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	51, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	51, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	35, // 33: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	51, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	51, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	51, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
-	1,  // 37: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
-	34, // 38: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
-	36, // 39: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
-	37, // 40: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
-	33, // 41: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	51, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	43, // 43: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
-	15, // 44: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	21, // 45: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	9,  // 46: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	38, // 47: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	40, // 48: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	40, // 49: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	39, // 50: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	42, // 51: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
-	2,  // 52: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
-	44, // 53: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
-	2,  // 54: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
-	45, // 55: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
-	46, // 56: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
-	47, // 57: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
-	48, // 58: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
-	49, // 59: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
-	7,  // 60: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	10, // 61: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	12, // 62: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	14, // 63: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	8,  // 64: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	11, // 65: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	13, // 66: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	41, // 67: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	64, // [64:68] is the sub-list for method output_type
-	60, // [60:64] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	20, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	22, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	26, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	34, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	52, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	24, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	24, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	25, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	25, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	28, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
+	29, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
+	30, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
+	31, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
+	6,  // 22: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
+	27, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
+	27, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
+	22, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
+	32, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
+	33, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
+	60, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	60, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	60, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	60, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	60, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	60, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	37, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
+	60, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	60, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	60, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	1,  // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
+	36, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
+	38, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
+	39, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
+	35, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
+	60, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	52, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	45, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
+	17, // 46: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	23, // 47: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	11, // 48: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	40, // 49: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	42, // 50: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	42, // 51: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	41, // 52: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	44, // 53: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	2,  // 54: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
+	46, // 55: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
+	2,  // 56: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
+	47, // 57: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
+	48, // 58: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
+	49, // 59: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
+	50, // 60: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
+	51, // 61: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
+	7,  // 62: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
+	53, // 63: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	8,  // 64: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
+	54, // 65: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
+	60, // 66: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
+	53, // 67: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	56, // 68: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
+	53, // 69: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	58, // 70: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
+	9,  // 71: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	12, // 72: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	14, // 73: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	16, // 74: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	55, // 75: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
+	10, // 76: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	13, // 77: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	15, // 78: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	43, // 79: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	57, // 80: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
+	76, // [76:81] is the sub-list for method output_type
+	71, // [71:76] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -3978,8 +4615,8 @@ func file_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      7,
-			NumMessages:   44,
+			NumEnums:      9,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	Mesh_Register_FullMethodName  = "/trellis.mesh.v1.Mesh/Register"
 	Mesh_Heartbeat_FullMethodName = "/trellis.mesh.v1.Mesh/Heartbeat"
 	Mesh_Watch_FullMethodName     = "/trellis.mesh.v1.Mesh/Watch"
+	Mesh_Quota_FullMethodName     = "/trellis.mesh.v1.Mesh/Quota"
 )
 
 // MeshClient is the client API for Mesh service.
@@ -48,6 +49,11 @@ type MeshClient interface {
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	// Watch streams config snapshots scoped to the caller's subscriptions.
 	Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRequest, Snapshot], error)
+	// Quota shares global rate limits between the replicas enforcing them:
+	// the proxy reports the rate offered to each global policy about every
+	// 0.5 s, the control plane answers each report with this replica's share
+	// of each limit (see QuotaReport, QuotaGrant).
+	Quota(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[QuotaReport, QuotaGrant], error)
 }
 
 type meshClient struct {
@@ -101,6 +107,19 @@ func (c *meshClient) Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.B
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Mesh_WatchClient = grpc.BidiStreamingClient[WatchRequest, Snapshot]
 
+func (c *meshClient) Quota(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[QuotaReport, QuotaGrant], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Mesh_ServiceDesc.Streams[1], Mesh_Quota_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[QuotaReport, QuotaGrant]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Mesh_QuotaClient = grpc.BidiStreamingClient[QuotaReport, QuotaGrant]
+
 // MeshServer is the server API for Mesh service.
 // All implementations must embed UnimplementedMeshServer
 // for forward compatibility.
@@ -115,6 +134,11 @@ type MeshServer interface {
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	// Watch streams config snapshots scoped to the caller's subscriptions.
 	Watch(grpc.BidiStreamingServer[WatchRequest, Snapshot]) error
+	// Quota shares global rate limits between the replicas enforcing them:
+	// the proxy reports the rate offered to each global policy about every
+	// 0.5 s, the control plane answers each report with this replica's share
+	// of each limit (see QuotaReport, QuotaGrant).
+	Quota(grpc.BidiStreamingServer[QuotaReport, QuotaGrant]) error
 	mustEmbedUnimplementedMeshServer()
 }
 
@@ -136,6 +160,9 @@ func (UnimplementedMeshServer) Heartbeat(context.Context, *HeartbeatRequest) (*H
 }
 func (UnimplementedMeshServer) Watch(grpc.BidiStreamingServer[WatchRequest, Snapshot]) error {
 	return status.Errorf(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedMeshServer) Quota(grpc.BidiStreamingServer[QuotaReport, QuotaGrant]) error {
+	return status.Errorf(codes.Unimplemented, "method Quota not implemented")
 }
 func (UnimplementedMeshServer) mustEmbedUnimplementedMeshServer() {}
 func (UnimplementedMeshServer) testEmbeddedByValue()              {}
@@ -219,6 +246,13 @@ func _Mesh_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Mesh_WatchServer = grpc.BidiStreamingServer[WatchRequest, Snapshot]
 
+func _Mesh_Quota_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(MeshServer).Quota(&grpc.GenericServerStream[QuotaReport, QuotaGrant]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Mesh_QuotaServer = grpc.BidiStreamingServer[QuotaReport, QuotaGrant]
+
 // Mesh_ServiceDesc is the grpc.ServiceDesc for Mesh service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -243,6 +277,12 @@ var Mesh_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Watch",
 			Handler:       _Mesh_Watch_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Quota",
+			Handler:       _Mesh_Quota_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

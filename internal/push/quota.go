@@ -1,0 +1,113 @@
+package push
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+)
+
+// QuotaAllocator is what the Quota stream needs of the global rate-limit
+// allocator (internal/quota): a replica's demands in, its shares out; id is
+// one stream, so a proxy that reconnects is a new replica and its old
+// stream's demand is forgotten when that stream ends.
+type QuotaAllocator interface {
+	Report(id string, demands []*meshv1.QuotaDemand) *meshv1.QuotaGrant
+	Forget(id string)
+}
+
+// Quota answers each report of a registered proxy with its shares. The
+// caller must be the node it names (as Watch checks).
+func (m *meshService) Quota(stream grpc.BidiStreamingServer[meshv1.QuotaReport, meshv1.QuotaGrant]) error {
+	s := m.s
+	if s.o.Quota == nil {
+		return status.Error(codes.Unimplemented, "this control plane does not allocate global rate limits")
+	}
+	select {
+	case <-s.done:
+		return status.Error(codes.Unavailable, "control plane shutting down: reconnect")
+	default:
+	}
+	p, err := s.peerOf(stream.Context())
+	if err != nil {
+		return unauthenticated(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+	s.mu.Lock()
+	n := s.nodes[first.GetNodeId()]
+	s.mu.Unlock()
+	switch {
+	case first.GetNodeId() == "":
+		return status.Error(codes.InvalidArgument, "node_id: required on the first message")
+	case n == nil:
+		return status.Errorf(codes.FailedPrecondition, "node %q is not registered with this control plane: register first", first.GetNodeId())
+	case n.identity != p.id:
+		return status.Errorf(codes.PermissionDenied, "node %q is registered as %s, not %s", n.id, n.identity, p.id)
+	}
+	id := fmt.Sprintf("%s#%s", n.id, s.nextNonce())
+	defer s.o.Quota.Forget(id)
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for req := first; ; {
+		if err := stream.Send(s.o.Quota.Report(id, req.GetDemands())); err != nil {
+			return err
+		}
+		if req, err = recvCtx(ctx, stream); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// recvCtx is stream.Recv, or UNAVAILABLE once ctx ends (shutdown).
+func recvCtx(ctx context.Context, stream grpc.BidiStreamingServer[meshv1.QuotaReport, meshv1.QuotaGrant]) (*meshv1.QuotaReport, error) {
+	type result struct {
+		r   *meshv1.QuotaReport
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		r, err := stream.Recv()
+		ch <- result{r, err}
+	}()
+	select {
+	case res := <-ch:
+		return res.r, res.err
+	case <-ctx.Done():
+		return nil, status.Error(codes.Unavailable, "control plane shutting down: reconnect")
+	}
+}
+
+// OpenQuota opens a Quota stream on the current connection, ended with ctx.
+func (c *Client) OpenQuota(ctx context.Context) (meshv1.Mesh_QuotaClient, error) {
+	mesh, _ := c.current()
+	if mesh == nil {
+		return nil, errors.New("push: quota: client closed")
+	}
+	st, err := mesh.Quota(ctx)
+	if err != nil {
+		return nil, rpcError("quota", c.o.Addr, err)
+	}
+	return st, nil
+}
