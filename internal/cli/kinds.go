@@ -29,6 +29,7 @@ func kindNames() []kindName {
 		{Kind: "HTTPRoute", APIVersion: "gateway.networking.k8s.io/v1", Plural: "httproutes", Short: []string{"hr"}},
 		{Kind: "RateLimitPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "ratelimitpolicies", Short: []string{"rlp"}},
 		{Kind: "Service", APIVersion: "trellis.dev/v1alpha1", Plural: "services", Short: []string{"svc"}},
+		{Kind: "Telemetry", APIVersion: "trellis.dev/v1alpha1", Plural: "telemetries", Short: []string{"tel"}},
 	}
 }
 

@@ -19,6 +19,7 @@ func newProxyCmd(g *globals) *cobra.Command {
 		labels    []string
 		upstreams []string
 		balancer  string
+		obs       observeFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy --service NAME --app ADDR [flags] [-- CMD ARGS...]",
@@ -74,6 +75,9 @@ proxy asks for a certificate, naming the flag to change.`,
 			if _, err := lb.New(o.Balancer); err != nil {
 				return fmt.Errorf("proxy: --balancer: %w", err)
 			}
+			if err := obs.apply(cmd, &o); err != nil {
+				return err
+			}
 			discoverControl(g.dataDir, &o)
 			if o.Logger, err = g.logger(""); err != nil {
 				return err
@@ -106,6 +110,7 @@ proxy asks for a certificate, naming the flag to change.`,
 	f.StringVar(&balancer, "balancer", string(lb.PeakEWMA), "load balancer of services whose BackendPolicy names none: "+policyNames())
 	f.DurationVar(&o.Heartbeat, "heartbeat", 0, "registration heartbeat interval (default 5s)")
 	f.DurationVar(&o.DrainTimeout, "drain-timeout", 0, "longest wait for in-flight requests on shutdown (default 10s)")
+	obs.register(f)
 	return cmd
 }
 

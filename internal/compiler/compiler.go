@@ -260,6 +260,7 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 		h.Write(cs.hash[:])
 		snap.Services = append(snap.Services, cs.svc)
 	}
+	idx.contributeProxy(snap, own, h)
 	snap.Version = hex.EncodeToString(h.Sum(nil)[:12])
 	return snap, nil
 }

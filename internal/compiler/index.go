@@ -64,6 +64,8 @@ type index struct {
 	// routeAttached: policies on routes (RateLimitPolicy on an HTTPRoute),
 	// by route, in resource order (kind, namespace, name).
 	routeAttached map[config.Ref][]config.RouteAttacher
+	// scoped configure proxies by their own service (Telemetry).
+	scoped []config.ProxyScoped
 }
 
 // buildIndex sorts the state's resources by the hooks their kinds implement.
@@ -87,6 +89,9 @@ func buildIndex(st *view.State, log *slog.Logger, defaultAuthz meshv1.AuthzActio
 		}
 		if ic, ok := r.Object.(config.InboundContributor); ok {
 			idx.inboundObjs = append(idx.inboundObjs, ic)
+		}
+		if ps, ok := r.Object.(config.ProxyScoped); ok {
+			idx.scoped = append(idx.scoped, ps)
 		}
 		if a, ok := r.Object.(config.Attacher); ok {
 			for _, at := range a.Attachments() {

@@ -440,7 +440,7 @@ func TestStoreKey(t *testing.T) {
 }
 
 func TestKinds(t *testing.T) {
-	if got := Kinds(); !reflect.DeepEqual(got, []string{"AuthorizationPolicy", "BackendPolicy", "FaultInjection", "GRPCRoute", "HTTPRoute", "RateLimitPolicy", "Service"}) {
+	if got := Kinds(); !reflect.DeepEqual(got, []string{"AuthorizationPolicy", "BackendPolicy", "FaultInjection", "GRPCRoute", "HTTPRoute", "RateLimitPolicy", "Service", "Telemetry"}) {
 		t.Fatalf("Kinds() = %v", got)
 	}
 	for _, k := range kindTable() {

@@ -47,6 +47,7 @@ func kindTable() []kindInfo {
 		httpRouteKind(),
 		rateLimitPolicyKind(),
 		serviceKind(),
+		telemetryKindInfo(),
 	}
 }
 

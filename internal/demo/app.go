@@ -174,7 +174,7 @@ type orderRequest struct {
 func (a *app) frontend(w http.ResponseWriter, r *http.Request) {
 	a.work(r.Context())
 	req := orderRequest{SKU: fmt.Sprintf("sku-%d", rand.N(100)), Quantity: 1 + rand.N(3)}
-	order, err := a.call(r.Context(), http.MethodPost, "http://orders/orders", req)
+	order, err := a.call(withTrace(r), http.MethodPost, "http://orders/orders", req)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -189,15 +189,16 @@ func (a *app) orders(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.work(r.Context())
+	ctx := withTrace(r)
 	var payment, stock json.RawMessage
 	var payErr, stockErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		payment, payErr = a.call(r.Context(), http.MethodPost, "http://payments/charge",
+		payment, payErr = a.call(ctx, http.MethodPost, "http://payments/charge",
 			map[string]any{"sku": req.SKU, "amount_cents": 499 * req.Quantity})
 	})
 	wg.Go(func() {
-		stock, stockErr = a.call(r.Context(), http.MethodGet, "http://inventory/stock/"+url.PathEscape(req.SKU), nil)
+		stock, stockErr = a.call(ctx, http.MethodGet, "http://inventory/stock/"+url.PathEscape(req.SKU), nil)
 	})
 	wg.Wait()
 	if err := errors.Join(payErr, stockErr); err != nil {
@@ -264,6 +265,11 @@ func (a *app) call(ctx context.Context, method, u string, body any) (json.RawMes
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if h, ok := ctx.Value(traceKey{}).(http.Header); ok {
+		for k, v := range h {
+			req.Header[k] = v
+		}
+	}
 	resp, err := a.client.Do(req)
 	if err != nil {
 		return nil, &upstreamError{url: u, err: err}
@@ -280,6 +286,26 @@ func (a *app) call(ctx context.Context, method, u string, body any) (json.RawMes
 		return nil, &upstreamError{url: u, err: errors.New("response is not JSON")}
 	}
 	return b, nil
+}
+
+// traceHeaders are the trace context headers an app passes from the
+// request it serves to the calls it makes, as an app instrumented with
+// OpenTelemetry (or one that forwards them by hand, as Istio asks) does:
+// the mesh's proxies make the spans, but only the app knows which of its
+// outgoing calls belong to which incoming request.
+var traceHeaders = []string{"Traceparent", "Tracestate", "B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Flags", "X-Request-Id"}
+
+type traceKey struct{}
+
+// withTrace is r's context carrying r's trace headers for call.
+func withTrace(r *http.Request) context.Context {
+	h := http.Header{}
+	for _, k := range traceHeaders {
+		if v := r.Header[k]; len(v) > 0 {
+			h[k] = v
+		}
+	}
+	return context.WithValue(r.Context(), traceKey{}, h)
 }
 
 // writeError answers a failed upstream call with 502 so the failure shows in

@@ -37,10 +37,17 @@ func chain(end Handler, filters ...Filter) Handler {
 // outboundChain serves the app's HTTP requests, on the outbound proxy port
 // and the per-upstream ports:
 //
-//	telemetry ▸ resolve service ▸ match route ▸ (the route's chain)
+//	telemetry ▸ observe ▸ resolve service ▸ match route ▸ (the route's chain)
+//
+// observe (observe_filter.go) starts the hop's client span and writes the
+// access log line; it comes right after telemetry so it, too, sees every
+// request, refused ones included, and before routing so the span covers
+// retries, timeouts and the wait for an unknown service. Without a tracer
+// and an access log it is not in the chain.
 func (p *Proxy) outboundChain() Handler {
 	return chain(routeDispatch{},
 		telemetryFilter,
+		p.observeFilter(false),
 		p.resolveFilter,
 	)
 }
@@ -84,9 +91,12 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 
 // inboundChain serves peers' requests on the mTLS listener:
 //
-//	telemetry ▸ authenticate peer ▸ local port ▸ authorization
+//	telemetry ▸ observe ▸ authenticate peer ▸ local port ▸ authorization
 //	▸ rate limit ▸ [concurrency limit] ▸ app
 //
+// observe starts the hop's server span, a child of the calling proxy's
+// client span, and passes it to the app as its parent; like outbound it
+// sees refusals too (a denied or rate-limited request is logged and traced).
 // The local port comes before authorization and the limits so they can
 // depend on the port. Opaque TCP tunnels are authorized where they are
 // accepted (serveTCPTunnel → authorizeTunnel), before the app is dialled.
@@ -97,6 +107,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
 		telemetryFilter,
+		p.observeFilter(true),
 		authnFilter,
 		localPortFilter,
 		p.authzFilter,

@@ -93,6 +93,8 @@ type Exchange struct {
 	// pooled uses so a request allocates neither; see lendOut.
 	out     *outgoing
 	outLent bool
+	// obs is the span and access log state (observe_filter.go).
+	obs observation
 }
 
 // outgoing is the reusable part of one attempt's *http.Request.

@@ -16,6 +16,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -28,10 +29,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/accesslog"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/ratelimit"
 	"trellis.dev/trellis/internal/telemetry"
+	"trellis.dev/trellis/internal/tracing"
 )
 
 // Options configure a Proxy. Empty listener addresses leave that listener off.
@@ -64,6 +67,24 @@ type Options struct {
 	DrainTimeout time.Duration        // default 10s
 	Registry     *prometheus.Registry // nil: a new one
 	Logger       *slog.Logger
+	// Tracing, when set, traces every HTTP request: a client span
+	// outbound, a server span inbound, W3C and B3 context propagated,
+	// spans exported over OTLP. nil: no tracing, and no tracing work per
+	// request. Its SamplingPercent is used until a snapshot's telemetry
+	// sets one, unless SamplingFixed.
+	Tracing *tracing.Config
+	// SamplingFixed keeps Tracing.SamplingPercent whatever the snapshot
+	// says (the proxy's flag wins over the Telemetry resource).
+	SamplingFixed bool
+	// AccessLog is where access log lines go (stdout, a rotating file);
+	// the proxy closes it on Shutdown. nil: never logged.
+	AccessLog io.WriteCloser
+	// AccessLogs says when lines are written (default: as the snapshot's
+	// telemetry says); AccessLogQueue bounds the lines waiting for the
+	// sink (default accesslog.DefaultQueue), beyond which they are
+	// dropped and counted.
+	AccessLogs     AccessLogMode
+	AccessLogQueue int
 	// MaxMirrors bounds the RequestMirror copies in flight; beyond it
 	// copies are dropped (and counted). Default DefaultMaxMirrors.
 	MaxMirrors int
@@ -85,6 +106,11 @@ type Proxy struct {
 	metrics *telemetry.ProxyMetrics
 	appHost string
 	appPort uint32
+	// ownServiceKey is this proxy's service, name.namespace.
+	ownServiceKey string
+	// tracer and alog are Options.Tracing's and Options.AccessLog's; nil: off.
+	tracer *tracing.Tracer
+	alog   *accesslog.Logger
 
 	cfg       atomic.Pointer[compiled]
 	updateMu  sync.Mutex // serializes Update; guards pickers, endpoints, peers
@@ -190,6 +216,7 @@ func New(o Options) (*Proxy, error) {
 		hopH2:         hopH2Default,
 		subscribeWait: SubscribeWait,
 		listeners:     make(map[string]net.Listener),
+		ownServiceKey: o.Service + "." + o.Namespace,
 	}
 	if o.AppAddr != "" {
 		h, ps, err := net.SplitHostPort(o.AppAddr)
@@ -215,6 +242,9 @@ func New(o Options) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
 	p.metrics = m
+	if err := p.startObserving(); err != nil {
+		return nil, err
+	}
 	if o.MaxMirrors <= 0 {
 		o.MaxMirrors = DefaultMaxMirrors
 		p.opts.MaxMirrors = o.MaxMirrors
@@ -314,6 +344,7 @@ func (p *Proxy) Update(s *meshv1.Snapshot) error {
 		old := p.cfg.Swap(c)
 		close(old.changed)
 		p.limits.SetReplicas(c.replicas)
+		p.applySampling(s)
 	}
 	p.forget(p.cfg.Load())
 	if err != nil {
@@ -573,6 +604,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.updateMu.Unlock()
 	p.appH1.CloseIdleConnections()
 	p.appH2C.CloseIdleConnections()
+	p.stopObserving()
 	if err != nil {
 		return fmt.Errorf("proxy: drain cut short: %w", err)
 	}

@@ -48,6 +48,9 @@ type compiled struct {
 	// (the divisor of a global limit's safe local share).
 	rateLimits map[string]*ratelimit.Entry
 	replicas   int
+	// accessLog: this snapshot's requests are access-logged (the proxy's
+	// AccessLogs mode, else the snapshot's telemetry).
+	accessLog bool
 }
 
 type inboundConfig struct {
@@ -411,6 +414,9 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	// own service, as the snapshot has them (endpoints are set above).
 	if own := c.byKey[c.inbound.key]; own != nil {
 		c.replicas = len(own.eps)
+	}
+	if c.accessLog, err = env.proxy.accessLogOn(s); err != nil {
+		return nil, err
 	}
 	c.outbound = env.proxy.outboundChain()
 	c.inboundH = env.proxy.inboundChain()

@@ -14,6 +14,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
@@ -28,12 +29,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/accesslog"
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/proxy"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/quota"
+	"trellis.dev/trellis/internal/tracing"
 )
 
 // Options configure a proxy that runs beside one app.
@@ -54,6 +57,19 @@ type Options struct {
 	AdminAddr    string
 	Upstreams    map[string]string
 	Balancer     lb.Policy
+
+	// Tracing exports spans to an OTLP collector; nil: no tracing.
+	// SamplingFixed: its SamplingPercent was given on the command line and
+	// wins over the mesh's Telemetry.
+	Tracing       *tracing.Config
+	SamplingFixed bool
+	// AccessLog is "" (as the mesh's Telemetry says, to stdout), "off",
+	// "stdout" or a file path (rotated at AccessLogMaxBytes, keeping
+	// AccessLogMaxFiles old files).
+	AccessLog         string
+	AccessLogMaxBytes int64
+	AccessLogMaxFiles int
+	AccessLogBuffer   int // lines waiting for the sink; default accesslog.DefaultQueue
 
 	Heartbeat    time.Duration // default 5s
 	DrainTimeout time.Duration // default 10s
@@ -295,6 +311,10 @@ func checkPortsFree(o Options) error {
 func (s *sidecar) startProxy() error {
 	authorizeMesh := tlsconfig.AuthorizeMemberOf(s.td)
 	var clientConfigs sync.Map // peer identity → *tls.Config
+	alog, alogMode, err := s.accessLog()
+	if err != nil {
+		return err
+	}
 	p, err := proxy.New(proxy.Options{
 		Service:      s.o.Service,
 		Namespace:    s.o.Namespace,
@@ -321,12 +341,20 @@ func (s *sidecar) startProxy() error {
 			c, _ := clientConfigs.LoadOrStore(peer, identity.ClientTLS(s.src, authorize))
 			return c.(*tls.Config)
 		},
-		Balancer:     s.o.Balancer,
-		Subscribe:    s.subscribe,
-		DrainTimeout: s.o.DrainTimeout,
-		Logger:       s.o.Logger, // the proxy scopes its own component
+		Balancer:       s.o.Balancer,
+		Subscribe:      s.subscribe,
+		DrainTimeout:   s.o.DrainTimeout,
+		Tracing:        s.o.Tracing,
+		SamplingFixed:  s.o.SamplingFixed,
+		AccessLog:      alog,
+		AccessLogs:     alogMode,
+		AccessLogQueue: s.o.AccessLogBuffer,
+		Logger:         s.o.Logger, // the proxy scopes its own component
 	})
 	if err != nil {
+		if alog != nil {
+			alog.Close()
+		}
 		return err
 	}
 	if err := p.Start(); err != nil {
@@ -347,6 +375,24 @@ func (s *sidecar) quotaLoop(ctx context.Context, nodeID string) {
 		Limits: s.proxy.RateLimits(),
 		Logger: s.o.Logger,
 	})
+}
+
+// accessLog opens the access log sink --access-log names and says when
+// the proxy writes to it.
+func (s *sidecar) accessLog() (io.WriteCloser, proxy.AccessLogMode, error) {
+	switch s.o.AccessLog {
+	case "off":
+		return nil, proxy.AccessLogNever, nil
+	case "":
+		return accesslog.Stdout{}, proxy.AccessLogFromMesh, nil
+	case "stdout":
+		return accesslog.Stdout{}, proxy.AccessLogAlways, nil
+	}
+	f, err := accesslog.OpenFile(s.o.AccessLog, s.o.AccessLogMaxBytes, s.o.AccessLogMaxFiles)
+	if err != nil {
+		return nil, 0, fmt.Errorf("sidecar: --access-log: %w", err)
+	}
+	return f, proxy.AccessLogAlways, nil
 }
 
 // subscribe adds a service the app asked for to the watch.

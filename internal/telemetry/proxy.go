@@ -49,6 +49,8 @@ type ProxyMetrics struct {
 	authz    *prometheus.CounterVec
 	// RateLimits counts rate-limit decisions (ratelimit.go).
 	RateLimits *RateLimitMetrics
+	// AccessLog counts access log lines written and dropped (accesslog.go).
+	AccessLog *AccessLogMetrics
 
 	mu    sync.RWMutex
 	dests map[destKey]*DestMetrics
@@ -91,6 +93,9 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	if m.AccessLog, err = newAccessLogMetrics(reg); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

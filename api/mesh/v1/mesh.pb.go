@@ -428,7 +428,7 @@ func (x RateLimit_Algorithm) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RateLimit_Algorithm.Descriptor instead.
 func (RateLimit_Algorithm) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{42, 0}
+	return file_mesh_proto_rawDescGZIP(), []int{43, 0}
 }
 
 type RateLimit_Scope int32
@@ -480,7 +480,7 @@ func (x RateLimit_Scope) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RateLimit_Scope.Descriptor instead.
 func (RateLimit_Scope) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{42, 1}
+	return file_mesh_proto_rawDescGZIP(), []int{43, 1}
 }
 
 type CertifyRequest struct {
@@ -2914,6 +2914,8 @@ type Snapshot struct {
 	Revision int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Policy for the proxy's own inbound traffic.
 	InboundPolicy *InboundPolicy `protobuf:"bytes,9,opt,name=inbound_policy,json=inboundPolicy,proto3" json:"inbound_policy,omitempty"`
+	// Tracing and access logs for the proxy, from Telemetry resources.
+	Telemetry     *Telemetry `protobuf:"bytes,10,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3011,6 +3013,73 @@ func (x *Snapshot) GetInboundPolicy() *InboundPolicy {
 	return nil
 }
 
+func (x *Snapshot) GetTelemetry() *Telemetry {
+	if x != nil {
+		return x.Telemetry
+	}
+	return nil
+}
+
+// Telemetry is what the Telemetry resources that apply to a proxy's own
+// service say: mesh-wide (trellis-system, no targetRefs), then its
+// namespace's, then one targeting the service, the narrower winning field
+// by field. An unset field leaves the proxy's default; a proxy flag given
+// on its command line wins over both.
+type Telemetry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Percent of new traces sampled, 0-100 (parent-based: a request whose
+	// caller sampled it is always traced).
+	TracingSamplingPercent *float64 `protobuf:"fixed64,1,opt,name=tracing_sampling_percent,json=tracingSamplingPercent,proto3,oneof" json:"tracing_sampling_percent,omitempty"`
+	// Access logs on (true) or off (false).
+	AccessLog     *bool `protobuf:"varint,2,opt,name=access_log,json=accessLog,proto3,oneof" json:"access_log,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Telemetry) Reset() {
+	*x = Telemetry{}
+	mi := &file_mesh_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Telemetry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Telemetry) ProtoMessage() {}
+
+func (x *Telemetry) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Telemetry.ProtoReflect.Descriptor instead.
+func (*Telemetry) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *Telemetry) GetTracingSamplingPercent() float64 {
+	if x != nil && x.TracingSamplingPercent != nil {
+		return *x.TracingSamplingPercent
+	}
+	return 0
+}
+
+func (x *Telemetry) GetAccessLog() bool {
+	if x != nil && x.AccessLog != nil {
+		return *x.AccessLog
+	}
+	return false
+}
+
 // Authorization is every AuthorizationPolicy that applies to the proxy's own
 // service (mesh-wide, its namespace's, and those targeting it), compiled once
 // per snapshot into an internal/authz engine. DENY policies are evaluated
@@ -3029,7 +3098,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_mesh_proto_msgTypes[35]
+	mi := &file_mesh_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3041,7 +3110,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[35]
+	mi := &file_mesh_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3054,7 +3123,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{35}
+	return file_mesh_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Authorization) GetDefaultAction() AuthzAction {
@@ -3085,7 +3154,7 @@ type AuthzPolicy struct {
 
 func (x *AuthzPolicy) Reset() {
 	*x = AuthzPolicy{}
-	mi := &file_mesh_proto_msgTypes[36]
+	mi := &file_mesh_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3097,7 +3166,7 @@ func (x *AuthzPolicy) String() string {
 func (*AuthzPolicy) ProtoMessage() {}
 
 func (x *AuthzPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[36]
+	mi := &file_mesh_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3110,7 +3179,7 @@ func (x *AuthzPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthzPolicy.ProtoReflect.Descriptor instead.
 func (*AuthzPolicy) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{36}
+	return file_mesh_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AuthzPolicy) GetName() string {
@@ -3152,7 +3221,7 @@ type AuthzRule struct {
 
 func (x *AuthzRule) Reset() {
 	*x = AuthzRule{}
-	mi := &file_mesh_proto_msgTypes[37]
+	mi := &file_mesh_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3164,7 +3233,7 @@ func (x *AuthzRule) String() string {
 func (*AuthzRule) ProtoMessage() {}
 
 func (x *AuthzRule) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[37]
+	mi := &file_mesh_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3177,7 +3246,7 @@ func (x *AuthzRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthzRule.ProtoReflect.Descriptor instead.
 func (*AuthzRule) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{37}
+	return file_mesh_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AuthzRule) GetFrom() []*AuthzSource {
@@ -3239,7 +3308,7 @@ type AuthzSource struct {
 
 func (x *AuthzSource) Reset() {
 	*x = AuthzSource{}
-	mi := &file_mesh_proto_msgTypes[38]
+	mi := &file_mesh_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3251,7 +3320,7 @@ func (x *AuthzSource) String() string {
 func (*AuthzSource) ProtoMessage() {}
 
 func (x *AuthzSource) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[38]
+	mi := &file_mesh_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3264,7 +3333,7 @@ func (x *AuthzSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthzSource.ProtoReflect.Descriptor instead.
 func (*AuthzSource) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{38}
+	return file_mesh_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AuthzSource) GetMatch() isAuthzSource_Match {
@@ -3351,7 +3420,7 @@ type AuthzPath struct {
 
 func (x *AuthzPath) Reset() {
 	*x = AuthzPath{}
-	mi := &file_mesh_proto_msgTypes[39]
+	mi := &file_mesh_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3363,7 +3432,7 @@ func (x *AuthzPath) String() string {
 func (*AuthzPath) ProtoMessage() {}
 
 func (x *AuthzPath) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[39]
+	mi := &file_mesh_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3376,7 +3445,7 @@ func (x *AuthzPath) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthzPath.ProtoReflect.Descriptor instead.
 func (*AuthzPath) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{39}
+	return file_mesh_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AuthzPath) GetMatch() isAuthzPath_Match {
@@ -3435,7 +3504,7 @@ type AuthzHeader struct {
 
 func (x *AuthzHeader) Reset() {
 	*x = AuthzHeader{}
-	mi := &file_mesh_proto_msgTypes[40]
+	mi := &file_mesh_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3447,7 +3516,7 @@ func (x *AuthzHeader) String() string {
 func (*AuthzHeader) ProtoMessage() {}
 
 func (x *AuthzHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[40]
+	mi := &file_mesh_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3460,7 +3529,7 @@ func (x *AuthzHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthzHeader.ProtoReflect.Descriptor instead.
 func (*AuthzHeader) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{40}
+	return file_mesh_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AuthzHeader) GetName() string {
@@ -3523,7 +3592,7 @@ type AuthzGRPC struct {
 
 func (x *AuthzGRPC) Reset() {
 	*x = AuthzGRPC{}
-	mi := &file_mesh_proto_msgTypes[41]
+	mi := &file_mesh_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3535,7 +3604,7 @@ func (x *AuthzGRPC) String() string {
 func (*AuthzGRPC) ProtoMessage() {}
 
 func (x *AuthzGRPC) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[41]
+	mi := &file_mesh_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3548,7 +3617,7 @@ func (x *AuthzGRPC) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthzGRPC.ProtoReflect.Descriptor instead.
 func (*AuthzGRPC) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{41}
+	return file_mesh_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *AuthzGRPC) GetService() string {
@@ -3590,7 +3659,7 @@ type RateLimit struct {
 
 func (x *RateLimit) Reset() {
 	*x = RateLimit{}
-	mi := &file_mesh_proto_msgTypes[42]
+	mi := &file_mesh_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3602,7 +3671,7 @@ func (x *RateLimit) String() string {
 func (*RateLimit) ProtoMessage() {}
 
 func (x *RateLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[42]
+	mi := &file_mesh_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3615,7 +3684,7 @@ func (x *RateLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
 func (*RateLimit) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{42}
+	return file_mesh_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RateLimit) GetName() string {
@@ -3685,7 +3754,7 @@ type RateLimitValue struct {
 
 func (x *RateLimitValue) Reset() {
 	*x = RateLimitValue{}
-	mi := &file_mesh_proto_msgTypes[43]
+	mi := &file_mesh_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3697,7 +3766,7 @@ func (x *RateLimitValue) String() string {
 func (*RateLimitValue) ProtoMessage() {}
 
 func (x *RateLimitValue) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[43]
+	mi := &file_mesh_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3710,7 +3779,7 @@ func (x *RateLimitValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateLimitValue.ProtoReflect.Descriptor instead.
 func (*RateLimitValue) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{43}
+	return file_mesh_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RateLimitValue) GetRequests() uint64 {
@@ -3746,7 +3815,7 @@ type RateLimitOverride struct {
 
 func (x *RateLimitOverride) Reset() {
 	*x = RateLimitOverride{}
-	mi := &file_mesh_proto_msgTypes[44]
+	mi := &file_mesh_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3758,7 +3827,7 @@ func (x *RateLimitOverride) String() string {
 func (*RateLimitOverride) ProtoMessage() {}
 
 func (x *RateLimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[44]
+	mi := &file_mesh_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3771,7 +3840,7 @@ func (x *RateLimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateLimitOverride.ProtoReflect.Descriptor instead.
 func (*RateLimitOverride) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{44}
+	return file_mesh_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RateLimitOverride) GetIdentities() []string {
@@ -3801,7 +3870,7 @@ type QuotaReport struct {
 
 func (x *QuotaReport) Reset() {
 	*x = QuotaReport{}
-	mi := &file_mesh_proto_msgTypes[45]
+	mi := &file_mesh_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3813,7 +3882,7 @@ func (x *QuotaReport) String() string {
 func (*QuotaReport) ProtoMessage() {}
 
 func (x *QuotaReport) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[45]
+	mi := &file_mesh_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3826,7 +3895,7 @@ func (x *QuotaReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaReport.ProtoReflect.Descriptor instead.
 func (*QuotaReport) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{45}
+	return file_mesh_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *QuotaReport) GetNodeId() string {
@@ -3861,7 +3930,7 @@ type QuotaDemand struct {
 
 func (x *QuotaDemand) Reset() {
 	*x = QuotaDemand{}
-	mi := &file_mesh_proto_msgTypes[46]
+	mi := &file_mesh_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3873,7 +3942,7 @@ func (x *QuotaDemand) String() string {
 func (*QuotaDemand) ProtoMessage() {}
 
 func (x *QuotaDemand) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[46]
+	mi := &file_mesh_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3886,7 +3955,7 @@ func (x *QuotaDemand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaDemand.ProtoReflect.Descriptor instead.
 func (*QuotaDemand) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{46}
+	return file_mesh_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *QuotaDemand) GetPolicy() string {
@@ -3920,7 +3989,7 @@ type QuotaGrant struct {
 
 func (x *QuotaGrant) Reset() {
 	*x = QuotaGrant{}
-	mi := &file_mesh_proto_msgTypes[47]
+	mi := &file_mesh_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3932,7 +4001,7 @@ func (x *QuotaGrant) String() string {
 func (*QuotaGrant) ProtoMessage() {}
 
 func (x *QuotaGrant) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[47]
+	mi := &file_mesh_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3945,7 +4014,7 @@ func (x *QuotaGrant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaGrant.ProtoReflect.Descriptor instead.
 func (*QuotaGrant) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{47}
+	return file_mesh_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *QuotaGrant) GetShares() []*QuotaShare {
@@ -3969,7 +4038,7 @@ type QuotaShare struct {
 
 func (x *QuotaShare) Reset() {
 	*x = QuotaShare{}
-	mi := &file_mesh_proto_msgTypes[48]
+	mi := &file_mesh_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3981,7 +4050,7 @@ func (x *QuotaShare) String() string {
 func (*QuotaShare) ProtoMessage() {}
 
 func (x *QuotaShare) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[48]
+	mi := &file_mesh_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3994,7 +4063,7 @@ func (x *QuotaShare) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaShare.ProtoReflect.Descriptor instead.
 func (*QuotaShare) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{48}
+	return file_mesh_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *QuotaShare) GetPolicy() string {
@@ -4221,7 +4290,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05ports\x18\x03 \x03(\v2\x15.trellis.mesh.v1.PortR\x05ports\x12.\n" +
 	"\x06routes\x18\x04 \x03(\v2\x16.trellis.mesh.v1.RouteR\x06routes\x127\n" +
 	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\x12E\n" +
-	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\xe5\x02\n" +
+	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\x9f\x03\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12!\n" +
@@ -4231,7 +4300,15 @@ const file_mesh_proto_rawDesc = "" +
 	"\ainbound\x18\x06 \x01(\v2\x18.trellis.mesh.v1.ServiceR\ainbound\x124\n" +
 	"\bservices\x18\a \x03(\v2\x18.trellis.mesh.v1.ServiceR\bservices\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12E\n" +
-	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy\"\x8e\x01\n" +
+	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy\x128\n" +
+	"\ttelemetry\x18\n" +
+	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\"\x9a\x01\n" +
+	"\tTelemetry\x12=\n" +
+	"\x18tracing_sampling_percent\x18\x01 \x01(\x01H\x00R\x16tracingSamplingPercent\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"access_log\x18\x02 \x01(\bH\x01R\taccessLog\x88\x01\x01B\x1b\n" +
+	"\x19_tracing_sampling_percentB\r\n" +
+	"\v_access_log\"\x8e\x01\n" +
 	"\rAuthorization\x12C\n" +
 	"\x0edefault_action\x18\x01 \x01(\x0e2\x1c.trellis.mesh.v1.AuthzActionR\rdefaultAction\x128\n" +
 	"\bpolicies\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.AuthzPolicyR\bpolicies\"\x89\x01\n" +
@@ -4345,7 +4422,7 @@ func file_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
@@ -4391,25 +4468,26 @@ var file_mesh_proto_goTypes = []any{
 	(*InboundPolicy)(nil),       // 41: trellis.mesh.v1.InboundPolicy
 	(*Service)(nil),             // 42: trellis.mesh.v1.Service
 	(*Snapshot)(nil),            // 43: trellis.mesh.v1.Snapshot
-	(*Authorization)(nil),       // 44: trellis.mesh.v1.Authorization
-	(*AuthzPolicy)(nil),         // 45: trellis.mesh.v1.AuthzPolicy
-	(*AuthzRule)(nil),           // 46: trellis.mesh.v1.AuthzRule
-	(*AuthzSource)(nil),         // 47: trellis.mesh.v1.AuthzSource
-	(*AuthzPath)(nil),           // 48: trellis.mesh.v1.AuthzPath
-	(*AuthzHeader)(nil),         // 49: trellis.mesh.v1.AuthzHeader
-	(*AuthzGRPC)(nil),           // 50: trellis.mesh.v1.AuthzGRPC
-	(*RateLimit)(nil),           // 51: trellis.mesh.v1.RateLimit
-	(*RateLimitValue)(nil),      // 52: trellis.mesh.v1.RateLimitValue
-	(*RateLimitOverride)(nil),   // 53: trellis.mesh.v1.RateLimitOverride
-	(*QuotaReport)(nil),         // 54: trellis.mesh.v1.QuotaReport
-	(*QuotaDemand)(nil),         // 55: trellis.mesh.v1.QuotaDemand
-	(*QuotaGrant)(nil),          // 56: trellis.mesh.v1.QuotaGrant
-	(*QuotaShare)(nil),          // 57: trellis.mesh.v1.QuotaShare
-	nil,                         // 58: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 59: google.protobuf.Duration
+	(*Telemetry)(nil),           // 44: trellis.mesh.v1.Telemetry
+	(*Authorization)(nil),       // 45: trellis.mesh.v1.Authorization
+	(*AuthzPolicy)(nil),         // 46: trellis.mesh.v1.AuthzPolicy
+	(*AuthzRule)(nil),           // 47: trellis.mesh.v1.AuthzRule
+	(*AuthzSource)(nil),         // 48: trellis.mesh.v1.AuthzSource
+	(*AuthzPath)(nil),           // 49: trellis.mesh.v1.AuthzPath
+	(*AuthzHeader)(nil),         // 50: trellis.mesh.v1.AuthzHeader
+	(*AuthzGRPC)(nil),           // 51: trellis.mesh.v1.AuthzGRPC
+	(*RateLimit)(nil),           // 52: trellis.mesh.v1.RateLimit
+	(*RateLimitValue)(nil),      // 53: trellis.mesh.v1.RateLimitValue
+	(*RateLimitOverride)(nil),   // 54: trellis.mesh.v1.RateLimitOverride
+	(*QuotaReport)(nil),         // 55: trellis.mesh.v1.QuotaReport
+	(*QuotaDemand)(nil),         // 56: trellis.mesh.v1.QuotaDemand
+	(*QuotaGrant)(nil),          // 57: trellis.mesh.v1.QuotaGrant
+	(*QuotaShare)(nil),          // 58: trellis.mesh.v1.QuotaShare
+	nil,                         // 59: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 60: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	58, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	59, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
 	11, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
 	3,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
@@ -4422,7 +4500,7 @@ var file_mesh_proto_depIdxs = []int32{
 	22, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
 	26, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
 	34, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	51, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	52, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
 	24, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
 	24, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
 	25, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
@@ -4437,24 +4515,24 @@ var file_mesh_proto_depIdxs = []int32{
 	22, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
 	32, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
 	33, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	59, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	59, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	59, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	59, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	59, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	59, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	60, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	60, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	60, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	60, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	60, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	60, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
 	37, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	59, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	59, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	59, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	60, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	60, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	60, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
 	36, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
 	38, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
 	39, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
 	35, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	59, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	51, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	44, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
+	60, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	52, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	45, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
 	17, // 46: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
 	23, // 47: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
 	11, // 48: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
@@ -4462,38 +4540,39 @@ var file_mesh_proto_depIdxs = []int32{
 	42, // 50: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
 	42, // 51: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
 	41, // 52: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	2,  // 53: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
-	45, // 54: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
-	2,  // 55: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
-	46, // 56: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
-	47, // 57: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
-	48, // 58: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
-	49, // 59: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
-	50, // 60: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
-	7,  // 61: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
-	52, // 62: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	8,  // 63: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
-	53, // 64: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
-	59, // 65: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
-	52, // 66: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	55, // 67: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
-	52, // 68: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	57, // 69: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
-	9,  // 70: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	12, // 71: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	14, // 72: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	16, // 73: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	54, // 74: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
-	10, // 75: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	13, // 76: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	15, // 77: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	43, // 78: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	56, // 79: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
-	75, // [75:80] is the sub-list for method output_type
-	70, // [70:75] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	44, // 53: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	2,  // 54: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
+	46, // 55: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
+	2,  // 56: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
+	47, // 57: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
+	48, // 58: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
+	49, // 59: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
+	50, // 60: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
+	51, // 61: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
+	7,  // 62: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
+	53, // 63: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	8,  // 64: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
+	54, // 65: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
+	60, // 66: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
+	53, // 67: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	56, // 68: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
+	53, // 69: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	58, // 70: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
+	9,  // 71: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	12, // 72: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	14, // 73: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	16, // 74: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	55, // 75: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
+	10, // 76: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	13, // 77: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	15, // 78: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	43, // 79: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	57, // 80: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
+	76, // [76:81] is the sub-list for method output_type
+	71, // [71:76] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -4516,17 +4595,18 @@ func file_mesh_proto_init() {
 		(*HashPolicy_QueryParam)(nil),
 		(*HashPolicy_SourceIdentity)(nil),
 	}
-	file_mesh_proto_msgTypes[38].OneofWrappers = []any{
+	file_mesh_proto_msgTypes[35].OneofWrappers = []any{}
+	file_mesh_proto_msgTypes[39].OneofWrappers = []any{
 		(*AuthzSource_Identity)(nil),
 		(*AuthzSource_IdentityPrefix)(nil),
 		(*AuthzSource_Namespace)(nil),
 		(*AuthzSource_Authenticated)(nil),
 	}
-	file_mesh_proto_msgTypes[39].OneofWrappers = []any{
+	file_mesh_proto_msgTypes[40].OneofWrappers = []any{
 		(*AuthzPath_Exact)(nil),
 		(*AuthzPath_Prefix)(nil),
 	}
-	file_mesh_proto_msgTypes[40].OneofWrappers = []any{
+	file_mesh_proto_msgTypes[41].OneofWrappers = []any{
 		(*AuthzHeader_Exact)(nil),
 		(*AuthzHeader_Present)(nil),
 	}
@@ -4536,7 +4616,7 @@ func file_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   50,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

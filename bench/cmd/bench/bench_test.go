@@ -266,9 +266,9 @@ func TestSelectPaths(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"", []string{"direct", "trellis", "trellis-authz", "haproxy", "nginx"}, ""},
+		{"", []string{"direct", "trellis", "trellis-authz", "trellis-tracing", "trellis-accesslog", "haproxy", "nginx"}, ""},
 		{"nginx, direct,nginx", []string{"nginx", "direct"}, ""},
-		{"envoy", nil, `unknown path "envoy" (valid: direct,trellis,trellis-authz,haproxy,nginx)`},
+		{"envoy", nil, `unknown path "envoy" (valid: direct,trellis,trellis-authz,trellis-tracing,trellis-accesslog,haproxy,nginx)`},
 	}
 	for _, tt := range tests {
 		got, err := selectPaths(tt.in)

@@ -133,7 +133,7 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 	if h.fortio, err = findFortio(); err != nil {
 		return nil, err
 	}
-	if slices.Contains(s.only, "trellis") || slices.Contains(s.only, "trellis-authz") {
+	if slices.ContainsFunc(s.only, func(p string) bool { return strings.HasPrefix(p, "trellis") }) {
 		if h.trellis, err = filepath.Abs(s.trellis); err != nil {
 			return nil, err
 		}
@@ -175,6 +175,12 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 
 	sup := &supervisor{dir: h.dir}
 	defer sup.stopAll()
+	defer func() {
+		if h.otlp != nil {
+			fmt.Fprintf(log, "bench: trellis-tracing: the OTLP sink received %d spans\n", h.otlp.spans.Load())
+			h.otlp.stop()
+		}
+	}()
 	if h.server, err = startServer(ctx, h, sup); err != nil {
 		failed = true
 		return nil, err

@@ -26,6 +26,8 @@ var allPaths = []path{
 	{"direct", startDirect},
 	{"trellis", startTrellis},
 	{"trellis-authz", startTrellisAuthz},
+	{"trellis-tracing", startTrellisTracing},
+	{"trellis-accesslog", startTrellisAccessLog},
 	{"haproxy", startHAProxy},
 	{"nginx", startNginx},
 }
@@ -40,6 +42,9 @@ type harness struct {
 	gomaxprocs int
 	certs      certFiles
 	server     string // fortio server host:port
+	// otlp is the OTLP/gRPC sink the tracing path exports to (observe.go);
+	// nil unless that path runs.
+	otlp *otlpSink
 }
 
 // freePorts reserves n distinct loopback ports; they are released just before
@@ -121,14 +126,14 @@ func startDirect(_ context.Context, h *harness, _ *supervisor) (string, []int, e
 // startTrellis runs a control plane and two proxies with the real CLI:
 // client → outbound (per-upstream port) → mTLS → inbound → server.
 func startTrellis(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
-	return startTrellisWith(ctx, h, sup, "")
+	return startTrellisWith(ctx, h, sup, "", nil)
 }
 
 // startTrellisAuthz is the trellis path with authorization on: an ALLOW
 // AuthorizationPolicy of 10 rules on the server, the client's identity
 // matching only the last, so every request walks them all.
 func startTrellisAuthz(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
-	return startTrellisWith(ctx, h, sup, authzPolicy(10))
+	return startTrellisWith(ctx, h, sup, authzPolicy(10), nil)
 }
 
 // authzPolicy is an ALLOW policy on bench-server of n rules, each a caller
@@ -148,8 +153,9 @@ func authzPolicy(n int) string {
 }
 
 // startTrellisWith starts the trellis path; a non-empty policy is applied
-// (with the trellis CLI) before the proxies start.
-func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy string) (string, []int, error) {
+// (with the trellis CLI) before the proxies start; extra, when set, gives
+// each half's proxy more flags.
+func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy string, extra func(half string) []string) (string, []int, error) {
 	if _, err := os.Stat(h.trellis); err != nil {
 		return "", nil, fmt.Errorf("trellis binary %s: %w (build it with `make build` or pass -trellis)", h.trellis, err)
 	}
@@ -158,7 +164,12 @@ func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy s
 		return "", nil, err
 	}
 	grpc, admin, srvIn, srvOut, srvAdmin, cliIn, cliOut, cliAdmin, upstream, metrics := p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
-	data := filepath.Join(h.dir, "trellis-control")
+	// A fresh data dir per path: a stored endpoint of an earlier path's
+	// proxies would outlive them by its lease (leases survive a restart).
+	data, err := os.MkdirTemp(h.dir, "trellis-control-")
+	if err != nil {
+		return "", nil, err
+	}
 	var env []string
 	if h.gomaxprocs > 0 {
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(h.gomaxprocs))
@@ -192,8 +203,8 @@ func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy s
 
 	common := []string{"proxy", "--control", addr(grpc), "--ca-file", caFile, "--token-file", tokenFile}
 	srv, err := sup.start("trellis-proxy-server", h.trellis, append(common[:len(common):len(common)],
-		"--service", "bench-server", "--app", h.server,
-		"--inbound", addr(srvIn), "--outbound", addr(srvOut), "--admin", addr(srvAdmin)), env)
+		append([]string{"--service", "bench-server", "--app", h.server,
+			"--inbound", addr(srvIn), "--outbound", addr(srvOut), "--admin", addr(srvAdmin)}, extraFor(extra, "server")...)...), env)
 	if err != nil {
 		return "", nil, err
 	}
@@ -201,9 +212,9 @@ func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy s
 		return "", nil, err
 	}
 	cli, err := sup.start("trellis-proxy-client", h.trellis, append(common[:len(common):len(common)],
-		"--service", "bench-client", "--app", "127.0.0.1:1",
-		"--inbound", addr(cliIn), "--outbound", addr(cliOut), "--admin", addr(cliAdmin),
-		"--upstream", "bench-server="+addr(upstream)), env)
+		append([]string{"--service", "bench-client", "--app", "127.0.0.1:1",
+			"--inbound", addr(cliIn), "--outbound", addr(cliOut), "--admin", addr(cliAdmin),
+			"--upstream", "bench-server=" + addr(upstream)}, extraFor(extra, "client")...)...), env)
 	if err != nil {
 		return "", nil, err
 	}
