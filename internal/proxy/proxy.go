@@ -82,8 +82,10 @@ type Proxy struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *telemetry.ProxyMetrics
-	appHost string
-	appPort uint32
+	// refusals counts what the proxy refused or cleaned (hardening).
+	refusals *telemetry.Refusals
+	appHost  string
+	appPort  uint32
 
 	cfg       atomic.Pointer[compiled]
 	updateMu  sync.Mutex // serializes Update; guards pickers, endpoints, peers
@@ -203,6 +205,7 @@ func New(o Options) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
 	p.metrics = m
+	p.refusals = m.Refusals()
 	if o.MaxMirrors <= 0 {
 		o.MaxMirrors = DefaultMaxMirrors
 		p.opts.MaxMirrors = o.MaxMirrors
@@ -489,18 +492,7 @@ func (p *Proxy) inboundTLS() *tls.Config {
 	adjust := func(c *tls.Config) *tls.Config {
 		c = c.Clone()
 		c.NextProtos = []string{"h2", "http/1.1", ALPNTCP}
-		next := c.VerifyConnection
-		c.VerifyConnection = func(cs tls.ConnectionState) error {
-			if next != nil {
-				if err := next(cs); err != nil {
-					return err
-				}
-			}
-			if peerID(cs.PeerCertificates) == "" {
-				return errors.New("proxy: inbound: client certificate has no SPIFFE ID")
-			}
-			return nil
-		}
+		c.VerifyConnection = p.verifyInboundPeer(c.VerifyConnection)
 		return c
 	}
 	c := adjust(p.opts.ServerTLS)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"trellis.dev/trellis/internal/telemetry"
 )
 
 // The listener edge: an http.Handler per listener that turns the request
@@ -42,12 +44,14 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h = c.inboundH
 	case outboundListener:
 		ex.metrics = c.unknown
+		e.p.stripApp(r)
 		h = c.outbound
 		if r.Method == http.MethodConnect {
 			h = c.tunnel
 		}
 	case upstreamListener:
 		ex.metrics = c.unknown
+		e.p.stripApp(r)
 		ex.host, ex.hostPort = e.up.host, e.up.port
 		h = c.outbound
 		if r.Method == http.MethodConnect {
@@ -55,6 +59,19 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	e.p.write(w, r, ex, h.Serve(ex))
+}
+
+// stripApp removes the mesh's own headers and declared trailers from a
+// request the local app sent: only proxies speak for the mesh, so an app
+// cannot claim an identity or a port. Counted once per request.
+func (p *Proxy) stripApp(r *http.Request) {
+	n := stripMeshHeaders(r.Header, "")
+	if r.Trailer != nil {
+		n += stripMeshHeaders(r.Trailer, "")
+	}
+	if n > 0 {
+		p.refusals.Refused(telemetry.RefusedMeshHeader)
+	}
 }
 
 var refuseConnect = HandlerFunc(func(ex *Exchange) *Response {
@@ -132,6 +149,10 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ex *Exchange, resp
 		ex.Flags |= FlagDC
 	}
 	if rerr == nil && werr == nil && resp.Trailer != nil {
+		// The mesh sends nothing in trailers: a mesh-owned one is forged.
+		if stripMeshHeaders(*resp.Trailer, "") > 0 {
+			p.refusals.Refused(telemetry.RefusedMeshHeader)
+		}
 		for k, vv := range *resp.Trailer {
 			dst[http.TrailerPrefix+k] = vv
 		}
