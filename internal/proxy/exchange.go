@@ -38,6 +38,9 @@ type Exchange struct {
 	RemoteAddr    string
 	// PeerID is the caller's verified SPIFFE ID (inbound only).
 	PeerID string
+	// Plaintext marks an inbound request that arrived without mTLS (its
+	// service is PERMISSIVE); PeerID is then empty.
+	Plaintext bool
 
 	// What the pipeline chose.
 	Service *service // outbound: the service the host names
@@ -84,6 +87,7 @@ type Exchange struct {
 	peerIDHdr []string
 	// resp holds the upstream's response, so answering allocates none.
 	resp    Response
+	reqBody *clientBody // Body's wrapper when the request has one
 	peer    *peer
 	lbReq   lb.Request
 	body    countedBody
@@ -149,6 +153,9 @@ func (ex *Exchange) release() {
 		c()
 	}
 	clear(ex.cancels) // a pooled exchange keeps no context alive
+	if ex.reqBody != nil {
+		ex.reqBody.done.Store(true)
+	}
 	cancels, out := ex.cancels[:0], ex.out
 	*ex = Exchange{cancels: cancels, out: out}
 	exchangePool.Put(ex)

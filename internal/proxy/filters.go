@@ -333,7 +333,7 @@ func (p *Proxy) pickFilter(next Handler) Handler {
 // went away is nobody's fault.
 func outcome(ex *Exchange, resp *Response) lb.Outcome {
 	switch {
-	case ex.clientCtx.Err() != nil:
+	case ex.clientCtx.Err() != nil, ex.reqBody.failed() != bodyOK:
 		return lb.Abandoned
 	case ex.err != nil || resp.Status >= 500:
 		return lb.Failure

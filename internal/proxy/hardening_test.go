@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -350,4 +351,148 @@ func refusedCount(t *testing.T, p *Proxy, reason string) int {
 	}
 	t.Fatalf("no %s in /metrics", prefix)
 	return 0
+}
+
+// rawExchange writes raw to addr and reads one response; it reports
+// whether the proxy closed the connection after it.
+func rawExchange(t *testing.T, addr, raw string) (*http.Response, string, bool) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("%q: %v", raw, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	_, err = br.ReadByte()
+	return resp, string(body), err == io.EOF
+}
+
+// TestSmugglingShapesRefusedAtTheEdge: ambiguous HTTP/1.1 framing gets 400
+// from the proxy the app called, which closes the connection; the request
+// never reaches an endpoint. Pipelining a clean request first changes
+// nothing.
+func TestSmugglingShapesRefusedAtTheEdge(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	var reached atomic.Int64
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	orders := startServer(t, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
+	client := startClient(t, ca, Options{Upstreams: map[string]string{"orders": "127.0.0.1:0"}})
+	if err := client.Update(snapshot("1", orders.svc)); err != nil {
+		t.Fatal(err)
+	}
+	shapes := map[string]string{
+		"CL+TE":          "POST / HTTP/1.1\r\nHost: orders\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"TE+CL":          "POST / HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+		"double CL":      "POST / HTTP/1.1\r\nHost: orders\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+		"obs-fold":       "GET / HTTP/1.1\r\nHost: orders\r\nX-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n",
+		"bad chunk size": "POST / HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+		"TE on HTTP/1.0": "POST / HTTP/1.0\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+	}
+	for name, raw := range shapes {
+		for _, addr := range []string{client.OutboundAddr(), client.UpstreamAddr("orders")} {
+			resp, body, closed := rawExchange(t, addr, raw)
+			if resp.StatusCode != http.StatusBadRequest || !closed {
+				t.Errorf("%s to %s: %d %q closed=%v, want 400 and close", name, addr, resp.StatusCode, body, closed)
+			}
+		}
+	}
+	// A clean request pipelined before a smuggling one: the connection is
+	// refused as a whole, the second never runs.
+	resp, _, closed := rawExchange(t, client.OutboundAddr(), "GET / HTTP/1.1\r\nHost: orders\r\n\r\n"+shapes["CL+TE"])
+	if !closed {
+		t.Errorf("pipelined: %d, connection left open", resp.StatusCode)
+	}
+	if n := reached.Load(); n > 1 {
+		t.Errorf("the app saw %d requests, want at most the clean pipelined one", n)
+	}
+	if n := refusedCount(t, client, "framing"); n != 2*len(shapes)+1 {
+		t.Errorf("framing refusals = %d, want %d", n, 2*len(shapes)+1)
+	}
+	assertMetric(t, orders.proxy, refusedLine("framing", 0))
+}
+
+// TestOversizeHeader431: a request header over the limit gets 431 from the
+// proxy that received it (counted there), not a 502 charged to an endpoint,
+// whether the edge or net/http itself sees it first.
+func TestOversizeHeader431(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	var reached atomic.Int64
+	app := startApp(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) { reached.Add(1) }))
+	orders := startServer(t, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
+	client := startClient(t, ca, Options{Limits: Limits{MaxHeaderBytes: 8 << 10}})
+	if err := client.Update(snapshot("1", orders.svc)); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{12 << 10, 1 << 20} {
+		raw := "GET / HTTP/1.1\r\nHost: orders\r\nX-Big: " + strings.Repeat("a", size) + "\r\n\r\n"
+		resp, _, _ := rawExchange(t, client.OutboundAddr(), raw)
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Errorf("%d-byte header: %d, want 431", size, resp.StatusCode)
+		}
+	}
+	if resp, _, _ := rawExchange(t, client.OutboundAddr(), "GET / HTTP/1.1\r\nHost: orders\r\nX-Ok: "+strings.Repeat("a", 6<<10)+"\r\n\r\n"); resp.StatusCode != 200 {
+		t.Errorf("header under the limit: %d", resp.StatusCode)
+	}
+	if n := reached.Load(); n != 1 {
+		t.Errorf("app saw %d requests, want 1", n)
+	}
+	assertMetric(t, client, refusedLine("header_too_large", 2))
+	assertMetric(t, orders.proxy, refusedLine("header_too_large", 0))
+}
+
+// TestStalledBodyTimesOut: a client that sends its header and then stalls
+// its body gets 408 after the body read timeout; the endpoint is not
+// charged (no failure on its balancer state, no retry).
+func TestStalledBodyTimesOut(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			return
+		}
+		_, _ = io.WriteString(w, "done")
+	}))
+	orders := startServer(t, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
+	client := startClient(t, ca, Options{Limits: Limits{BodyReadTimeout: 300 * time.Millisecond}})
+	if err := client.Update(snapshot("1", orders.svc)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp, body, _ := rawExchange(t, client.OutboundAddr(), "POST / HTTP/1.1\r\nHost: orders\r\nContent-Length: 10\r\n\r\nabc")
+	if resp.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("stalled body: %d %q, want 408", resp.StatusCode, body)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("408 after %v", d)
+	}
+	// A body that keeps coming is fine, however long it takes in total.
+	conn, err := net.Dial("tcp", client.OutboundAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprint(conn, "POST / HTTP/1.1\r\nHost: orders\r\nContent-Length: 5\r\n\r\n")
+	for _, c := range "hello" {
+		time.Sleep(100 * time.Millisecond)
+		fmt.Fprint(conn, string(c))
+	}
+	resp, err = http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("slow but steady body: %v %v", resp, err)
+	}
+	assertMetric(t, client, refusedLine("body_timeout", 1))
+	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="408",response_flags="DPE"} 1`)
 }

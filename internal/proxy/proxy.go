@@ -66,6 +66,12 @@ type Options struct {
 	// MaxMirrors bounds the RequestMirror copies in flight; beyond it
 	// copies are dropped (and counted). Default DefaultMaxMirrors.
 	MaxMirrors int
+	// Limits bound what clients may hold of every listener (timeouts,
+	// header size); zero fields take their defaults.
+	Limits Limits
+	// EnablePprof serves /debug/pprof/ on the admin port. Off by default:
+	// profiles and the command line are not for any local user.
+	EnablePprof bool
 }
 
 // DefaultMaxMirrors is Options.MaxMirrors' default: enough for a mirror
@@ -84,6 +90,7 @@ type Proxy struct {
 	metrics *telemetry.ProxyMetrics
 	// refusals counts what the proxy refused or cleaned (hardening).
 	refusals *telemetry.Refusals
+	limits   Limits // Options.Limits with defaults
 	appHost  string
 	appPort  uint32
 
@@ -206,6 +213,7 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.metrics = m
 	p.refusals = m.Refusals()
+	p.limits = o.Limits.withDefaults()
 	if o.MaxMirrors <= 0 {
 		o.MaxMirrors = DefaultMaxMirrors
 		p.opts.MaxMirrors = o.MaxMirrors
@@ -417,7 +425,8 @@ func (p *Proxy) Start() error {
 		if err != nil {
 			return err
 		}
-		toServe = append(toServe, serve{p.appServer(&edge{p: p, kind: outboundListener}, errLog), ln})
+		srv := p.appServer(&edge{p: p, kind: outboundListener}, errLog)
+		toServe = append(toServe, serve{srv, framedListener{Listener: ln, ref: p.refusals, maxHead: srv.MaxHeaderBytes}})
 	}
 	for _, u := range p.upstreams {
 		ln, err := listen("upstream:"+u.key, p.opts.Upstreams[u.key])
@@ -440,8 +449,9 @@ func (p *Proxy) Start() error {
 			Handler:           &edge{p: p, kind: inboundListener},
 			ConnContext:       withConnInfo,
 			Protocols:         &protos,
-			ReadHeaderTimeout: 30 * time.Second,
-			IdleTimeout:       5 * time.Minute,
+			ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
+			IdleTimeout:       p.limits.IdleTimeout,
+			MaxHeaderBytes:    2 * inboundHeaderFactor * p.limits.MaxHeaderBytes,
 			ErrorLog:          errLog,
 			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){ALPNTCP: p.serveTCPTunnel},
 			HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
@@ -453,7 +463,8 @@ func (p *Proxy) Start() error {
 		if err != nil {
 			return err
 		}
-		p.admin = &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+		p.admin = &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
+			ReadTimeout: time.Minute, IdleTimeout: p.limits.IdleTimeout, ErrorLog: errLog}
 		p.wg.Add(1)
 		go func() { defer p.wg.Done(); _ = p.admin.Serve(ln) }()
 	}
@@ -470,7 +481,10 @@ func (p *Proxy) Start() error {
 	return nil
 }
 
-// appServer serves plaintext HTTP/1.1 and h2c from the local app.
+// appServer serves plaintext HTTP/1.1 and h2c from the local app, on
+// framed connections (framing.go). Its header limit is twice Limits': the
+// edge answers 431 (counted) above Limits, net/http (counted by the
+// framing scanner, for HTTP/1.1) above twice that.
 func (p *Proxy) appServer(h http.Handler, errLog *log.Logger) *http.Server {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -478,8 +492,10 @@ func (p *Proxy) appServer(h http.Handler, errLog *log.Logger) *http.Server {
 	srv := &http.Server{
 		Handler:           h,
 		Protocols:         &protos,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		ConnContext:       withFraming,
+		ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
+		IdleTimeout:       p.limits.IdleTimeout,
+		MaxHeaderBytes:    2 * p.limits.MaxHeaderBytes,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		ErrorLog:          errLog,
 	}
@@ -585,7 +601,7 @@ func (p *Proxy) acceptUpstream(u *upstream) {
 					return
 				}
 			}
-			if !u.http.deliver(conn) {
+			if !u.http.deliver(framed(conn, p.refusals, 2*p.limits.MaxHeaderBytes)) {
 				conn.Close()
 			}
 		}()

@@ -36,6 +36,14 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fromRequest(ex, r)
 	c := e.p.cfg.Load()
 	ex.cfg = c
+	if resp := e.p.refuseAtEdge(ex, r, w, e.kind); resp != nil {
+		ex.metrics = c.unknown
+		if e.kind == inboundListener {
+			ex.metrics = c.inbound.metrics
+		}
+		e.p.write(w, r, ex, telemetryFilter(HandlerFunc(func(*Exchange) *Response { return resp })).Serve(ex))
+		return
+	}
 	var h Handler
 	switch e.kind {
 	case inboundListener:
@@ -60,6 +68,39 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	e.p.write(w, r, ex, h.Serve(ex))
 }
+
+// refuseAtEdge answers, before any chain, a request whose connection was
+// framed ambiguously (400) or whose header is over the limit (431), and
+// closes the connection after; else it arms the body read timeout.
+func (p *Proxy) refuseAtEdge(ex *Exchange, r *http.Request, w http.ResponseWriter, kind listenerKind) *Response {
+	limit := p.limits.MaxHeaderBytes
+	if kind == inboundListener {
+		limit *= inboundHeaderFactor
+	}
+	var resp *Response
+	switch {
+	case badFraming(r):
+		// Counted when the framing was seen (framedConn).
+		resp = ex.fail(http.StatusBadRequest, FlagDPE, "ambiguous request framing (RFC 9112 §6.1): Content-Length with Transfer-Encoding, two Content-Lengths, obs-fold or a malformed chunk")
+	case headerSize(r) > limit:
+		p.refusals.Refused(telemetry.RefusedHeaderTooLarge)
+		resp = ex.fail(http.StatusRequestHeaderFieldsTooLarge, FlagDPE, "request header over "+strconv.Itoa(limit)+" bytes")
+	default:
+		if ex.Body != nil && ex.Body != http.NoBody {
+			ex.reqBody = &clientBody{rc: ex.Body, w: w, d: p.limits.BodyReadTimeout, ref: p.refusals}
+			ex.Body = ex.reqBody
+		}
+		return nil
+	}
+	resp.Header["Connection"] = connClose
+	return resp
+}
+
+var connClose = []string{"close"}
+
+// inboundHeaderFactor is how much more header the inbound port accepts
+// than the ports apps call: what one proxy let through, the next takes.
+const inboundHeaderFactor = 16
 
 // stripApp removes the mesh's own headers and declared trailers from a
 // request the local app sent: only proxies speak for the mesh, so an app

@@ -150,6 +150,8 @@ func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, o *outgo
 func attemptFailed(ex *Exchange, addr string, err error) *Response {
 	ex.err = err
 	switch {
+	case ex.reqBody.failed() != bodyOK:
+		return clientBodyFailed(ex)
 	case ex.clientCtx.Err() != nil:
 		// Nobody is listening; the status is only recorded.
 		return ex.fail(statusClientClosed, FlagDC, "client went away")
