@@ -19,6 +19,7 @@ import (
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/config"
+	"trellis.dev/trellis/internal/echo"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/store"
@@ -118,8 +119,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
+	// msg may quote the request (names, fields): bounded, marked if cut.
+	writeJSON(w, status, map[string]string{"error": echo.Clip(msg, maxErrorBody)})
 }
+
+// maxErrorBody bounds an error body: enough for many field errors, each
+// already bounded by internal/config.
+const maxErrorBody = 64 << 10
 
 // internalError logs the detail and tells the client what to try.
 func (a *admin) internalError(w http.ResponseWriter, op string, err error) {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"trellis.dev/trellis/internal/echo"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/telemetry"
 )
@@ -261,7 +262,8 @@ func (f Flags) String() string {
 // the peer proxy's error is told apart from the app's.
 func (ex *Exchange) fail(code int, f Flags, msg string) *Response {
 	ex.Flags |= f
-	body := "trellis proxy: " + msg + "\n"
+	// msg may quote what the client sent (host, path): bounded.
+	body := "trellis proxy: " + echo.Clip(msg, maxErrorMessage) + "\n"
 	return &Response{
 		Status: code,
 		Header: http.Header{
@@ -274,6 +276,9 @@ func (ex *Exchange) fail(code int, f Flags, msg string) *Response {
 		ContentLength: int64(len(body)),
 	}
 }
+
+// maxErrorMessage bounds the message of a proxy-generated error body.
+const maxErrorMessage = 4 * echo.Max
 
 var (
 	textPlain = []string{"text/plain; charset=utf-8"}

@@ -373,6 +373,8 @@ func rawExchange(t *testing.T, addr, raw string) (*http.Response, string, bool) 
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	// A refused connection is closed at once; an open one stays so.
+	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
 	_, err = br.ReadByte()
 	return resp, string(body), err == io.EOF
 }
@@ -495,4 +497,23 @@ func TestStalledBodyTimesOut(t *testing.T) {
 	}
 	assertMetric(t, client, refusedLine("body_timeout", 1))
 	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="408",response_flags="DPE"} 1`)
+}
+
+// TestErrorBodiesClipEchoedInput: a proxy error quoting a huge host or path
+// is bounded, and says it was cut.
+func TestErrorBodiesClipEchoedInput(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	client := startClient(t, ca, Options{})
+	if err := client.Update(snapshot("1")); err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range []string{
+		"GET / HTTP/1.1\r\nHost: " + strings.Repeat("h", 40<<10) + "\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: [" + strings.Repeat("h", 40<<10) + "\r\n\r\n",
+	} {
+		resp, body, _ := rawExchange(t, client.OutboundAddr(), raw)
+		if resp.StatusCode < 400 || len(body) > 2<<10 || !strings.Contains(body, "more bytes]") {
+			t.Errorf("%d, %d-byte body %.80q…, want a clipped error", resp.StatusCode, len(body), body)
+		}
+	}
 }

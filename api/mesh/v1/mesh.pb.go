@@ -151,6 +151,58 @@ func (LoadBalancer) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{1}
 }
 
+// What the inbound port accepts: mTLS only (STRICT, the default), or
+// plaintext too (PERMISSIVE, for moving a service into the mesh), told
+// apart per connection by its first byte.
+type MtlsMode int32
+
+const (
+	MtlsMode_MTLS_MODE_UNSPECIFIED MtlsMode = 0
+	MtlsMode_STRICT                MtlsMode = 1
+	MtlsMode_PERMISSIVE            MtlsMode = 2
+)
+
+// Enum value maps for MtlsMode.
+var (
+	MtlsMode_name = map[int32]string{
+		0: "MTLS_MODE_UNSPECIFIED",
+		1: "STRICT",
+		2: "PERMISSIVE",
+	}
+	MtlsMode_value = map[string]int32{
+		"MTLS_MODE_UNSPECIFIED": 0,
+		"STRICT":                1,
+		"PERMISSIVE":            2,
+	}
+)
+
+func (x MtlsMode) Enum() *MtlsMode {
+	p := new(MtlsMode)
+	*p = x
+	return p
+}
+
+func (x MtlsMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MtlsMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[2].Descriptor()
+}
+
+func (MtlsMode) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[2]
+}
+
+func (x MtlsMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MtlsMode.Descriptor instead.
+func (MtlsMode) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{2}
+}
+
 type PathMatch_Type int32
 
 const (
@@ -184,11 +236,11 @@ func (x PathMatch_Type) String() string {
 }
 
 func (PathMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[2].Descriptor()
+	return file_mesh_proto_enumTypes[3].Descriptor()
 }
 
 func (PathMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[2]
+	return &file_mesh_proto_enumTypes[3]
 }
 
 func (x PathMatch_Type) Number() protoreflect.EnumNumber {
@@ -230,11 +282,11 @@ func (x HeaderMatch_Type) String() string {
 }
 
 func (HeaderMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[3].Descriptor()
+	return file_mesh_proto_enumTypes[4].Descriptor()
 }
 
 func (HeaderMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[3]
+	return &file_mesh_proto_enumTypes[4]
 }
 
 func (x HeaderMatch_Type) Number() protoreflect.EnumNumber {
@@ -276,11 +328,11 @@ func (x QueryParamMatch_Type) String() string {
 }
 
 func (QueryParamMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[4].Descriptor()
+	return file_mesh_proto_enumTypes[5].Descriptor()
 }
 
 func (QueryParamMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[4]
+	return &file_mesh_proto_enumTypes[5]
 }
 
 func (x QueryParamMatch_Type) Number() protoreflect.EnumNumber {
@@ -323,11 +375,11 @@ func (x PathModifier_Type) String() string {
 }
 
 func (PathModifier_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[5].Descriptor()
+	return file_mesh_proto_enumTypes[6].Descriptor()
 }
 
 func (PathModifier_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[5]
+	return &file_mesh_proto_enumTypes[6]
 }
 
 func (x PathModifier_Type) Number() protoreflect.EnumNumber {
@@ -2599,7 +2651,9 @@ func (x *BackendPolicy) GetSlowStart() *durationpb.Duration {
 // the mTLS mode attach here (the security and traffic-control II issues);
 // it carries no rules yet.
 type InboundPolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unset (MTLS_MODE_UNSPECIFIED) is STRICT.
+	MtlsMode      MtlsMode `protobuf:"varint,3,opt,name=mtls_mode,json=mtlsMode,proto3,enum=trellis.mesh.v1.MtlsMode" json:"mtls_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2632,6 +2686,13 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *InboundPolicy) GetMtlsMode() MtlsMode {
+	if x != nil {
+		return x.MtlsMode
+	}
+	return MtlsMode_MTLS_MODE_UNSPECIFIED
 }
 
 type Service struct {
@@ -3029,8 +3090,9 @@ const file_mesh_proto_rawDesc = "" +
 	"\x11outlier_detection\x18\x04 \x01(\v2!.trellis.mesh.v1.OutlierDetectionR\x10outlierDetection\x12/\n" +
 	"\x04hash\x18\x05 \x01(\v2\x1b.trellis.mesh.v1.HashPolicyR\x04hash\x128\n" +
 	"\n" +
-	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"\x0f\n" +
-	"\rInboundPolicy\"\x98\x02\n" +
+	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"G\n" +
+	"\rInboundPolicy\x126\n" +
+	"\tmtls_mode\x18\x03 \x01(\x0e2\x19.trellis.mesh.v1.MtlsModeR\bmtlsMode\"\x98\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12+\n" +
@@ -3063,7 +3125,13 @@ const file_mesh_proto_rawDesc = "" +
 	"\rLEAST_REQUEST\x10\x04\x12\r\n" +
 	"\tRING_HASH\x10\x05\x12\n" +
 	"\n" +
-	"\x06MAGLEV\x10\x062\xc0\x02\n" +
+	"\x06MAGLEV\x10\x06*A\n" +
+	"\bMtlsMode\x12\x19\n" +
+	"\x15MTLS_MODE_UNSPECIFIED\x10\x00\x12\n" +
+	"\n" +
+	"\x06STRICT\x10\x01\x12\x0e\n" +
+	"\n" +
+	"PERMISSIVE\x10\x022\xc0\x02\n" +
 	"\x04Mesh\x12L\n" +
 	"\aCertify\x12\x1f.trellis.mesh.v1.CertifyRequest\x1a .trellis.mesh.v1.CertifyResponse\x12O\n" +
 	"\bRegister\x12 .trellis.mesh.v1.RegisterRequest\x1a!.trellis.mesh.v1.RegisterResponse\x12R\n" +
@@ -3082,117 +3150,119 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
 var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
-	(PathMatch_Type)(0),         // 2: trellis.mesh.v1.PathMatch.Type
-	(HeaderMatch_Type)(0),       // 3: trellis.mesh.v1.HeaderMatch.Type
-	(QueryParamMatch_Type)(0),   // 4: trellis.mesh.v1.QueryParamMatch.Type
-	(PathModifier_Type)(0),      // 5: trellis.mesh.v1.PathModifier.Type
-	(*CertifyRequest)(nil),      // 6: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),     // 7: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),            // 8: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),     // 9: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),    // 10: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),    // 11: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 12: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),        // 13: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),                // 14: trellis.mesh.v1.Port
-	(*PathMatch)(nil),           // 15: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),         // 16: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),               // 17: trellis.mesh.v1.Match
-	(*QueryParamMatch)(nil),     // 18: trellis.mesh.v1.QueryParamMatch
-	(*Backend)(nil),             // 19: trellis.mesh.v1.Backend
-	(*Route)(nil),               // 20: trellis.mesh.v1.Route
-	(*HeaderValue)(nil),         // 21: trellis.mesh.v1.HeaderValue
-	(*HeaderModifier)(nil),      // 22: trellis.mesh.v1.HeaderModifier
-	(*RouteFilter)(nil),         // 23: trellis.mesh.v1.RouteFilter
-	(*PathModifier)(nil),        // 24: trellis.mesh.v1.PathModifier
-	(*URLRewrite)(nil),          // 25: trellis.mesh.v1.URLRewrite
-	(*RequestRedirect)(nil),     // 26: trellis.mesh.v1.RequestRedirect
-	(*RequestMirror)(nil),       // 27: trellis.mesh.v1.RequestMirror
-	(*Fault)(nil),               // 28: trellis.mesh.v1.Fault
-	(*FaultDelay)(nil),          // 29: trellis.mesh.v1.FaultDelay
-	(*FaultAbort)(nil),          // 30: trellis.mesh.v1.FaultAbort
-	(*RouteTimeouts)(nil),       // 31: trellis.mesh.v1.RouteTimeouts
-	(*HashPolicy)(nil),          // 32: trellis.mesh.v1.HashPolicy
-	(*RetryPolicy)(nil),         // 33: trellis.mesh.v1.RetryPolicy
-	(*RetryBudget)(nil),         // 34: trellis.mesh.v1.RetryBudget
-	(*CircuitBreaker)(nil),      // 35: trellis.mesh.v1.CircuitBreaker
-	(*OutlierDetection)(nil),    // 36: trellis.mesh.v1.OutlierDetection
-	(*BackendPolicy)(nil),       // 37: trellis.mesh.v1.BackendPolicy
-	(*InboundPolicy)(nil),       // 38: trellis.mesh.v1.InboundPolicy
-	(*Service)(nil),             // 39: trellis.mesh.v1.Service
-	(*Snapshot)(nil),            // 40: trellis.mesh.v1.Snapshot
-	nil,                         // 41: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 42: google.protobuf.Duration
+	(MtlsMode)(0),               // 2: trellis.mesh.v1.MtlsMode
+	(PathMatch_Type)(0),         // 3: trellis.mesh.v1.PathMatch.Type
+	(HeaderMatch_Type)(0),       // 4: trellis.mesh.v1.HeaderMatch.Type
+	(QueryParamMatch_Type)(0),   // 5: trellis.mesh.v1.QueryParamMatch.Type
+	(PathModifier_Type)(0),      // 6: trellis.mesh.v1.PathModifier.Type
+	(*CertifyRequest)(nil),      // 7: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),     // 8: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),            // 9: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),     // 10: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),    // 11: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),    // 12: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 13: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),        // 14: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                // 15: trellis.mesh.v1.Port
+	(*PathMatch)(nil),           // 16: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),         // 17: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),               // 18: trellis.mesh.v1.Match
+	(*QueryParamMatch)(nil),     // 19: trellis.mesh.v1.QueryParamMatch
+	(*Backend)(nil),             // 20: trellis.mesh.v1.Backend
+	(*Route)(nil),               // 21: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),         // 22: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),      // 23: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),         // 24: trellis.mesh.v1.RouteFilter
+	(*PathModifier)(nil),        // 25: trellis.mesh.v1.PathModifier
+	(*URLRewrite)(nil),          // 26: trellis.mesh.v1.URLRewrite
+	(*RequestRedirect)(nil),     // 27: trellis.mesh.v1.RequestRedirect
+	(*RequestMirror)(nil),       // 28: trellis.mesh.v1.RequestMirror
+	(*Fault)(nil),               // 29: trellis.mesh.v1.Fault
+	(*FaultDelay)(nil),          // 30: trellis.mesh.v1.FaultDelay
+	(*FaultAbort)(nil),          // 31: trellis.mesh.v1.FaultAbort
+	(*RouteTimeouts)(nil),       // 32: trellis.mesh.v1.RouteTimeouts
+	(*HashPolicy)(nil),          // 33: trellis.mesh.v1.HashPolicy
+	(*RetryPolicy)(nil),         // 34: trellis.mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),         // 35: trellis.mesh.v1.RetryBudget
+	(*CircuitBreaker)(nil),      // 36: trellis.mesh.v1.CircuitBreaker
+	(*OutlierDetection)(nil),    // 37: trellis.mesh.v1.OutlierDetection
+	(*BackendPolicy)(nil),       // 38: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),       // 39: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),             // 40: trellis.mesh.v1.Service
+	(*Snapshot)(nil),            // 41: trellis.mesh.v1.Snapshot
+	nil,                         // 42: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 43: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	41, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	8,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	42, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	9,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
-	2,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
-	3,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	15, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	16, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	18, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
-	4,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
-	17, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	19, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	23, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
-	31, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	21, // 13: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
-	21, // 14: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
-	22, // 15: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	22, // 16: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	25, // 17: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
-	26, // 18: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
-	27, // 19: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
-	28, // 20: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
-	5,  // 21: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
-	24, // 22: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
-	24, // 23: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
-	19, // 24: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
-	29, // 25: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
-	30, // 26: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	42, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	42, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	42, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	42, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	42, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	42, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	34, // 33: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	42, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	42, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	42, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	3,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
+	4,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
+	16, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	17, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	19, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
+	5,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
+	18, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	20, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	24, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	32, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	22, // 13: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	22, // 14: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	23, // 15: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	23, // 16: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	26, // 17: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
+	27, // 18: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
+	28, // 19: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
+	29, // 20: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
+	6,  // 21: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
+	25, // 22: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
+	25, // 23: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
+	20, // 24: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
+	30, // 25: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
+	31, // 26: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
+	43, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	43, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	43, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	43, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	43, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	43, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	35, // 33: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
+	43, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	43, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	43, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 37: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
-	33, // 38: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
-	35, // 39: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
-	36, // 40: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
-	32, // 41: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	42, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	14, // 43: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	20, // 44: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	8,  // 45: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	37, // 46: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	39, // 47: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	39, // 48: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	38, // 49: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	6,  // 50: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	9,  // 51: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	11, // 52: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	13, // 53: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	7,  // 54: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	10, // 55: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	12, // 56: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	40, // 57: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	54, // [54:58] is the sub-list for method output_type
-	50, // [50:54] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	34, // 38: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
+	36, // 39: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
+	37, // 40: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
+	33, // 41: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
+	43, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	2,  // 43: trellis.mesh.v1.InboundPolicy.mtls_mode:type_name -> trellis.mesh.v1.MtlsMode
+	15, // 44: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	21, // 45: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	9,  // 46: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	38, // 47: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	40, // 48: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	40, // 49: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	39, // 50: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	7,  // 51: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	10, // 52: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	12, // 53: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	14, // 54: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	8,  // 55: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	11, // 56: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	13, // 57: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	41, // 58: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	55, // [55:59] is the sub-list for method output_type
+	51, // [51:55] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -3220,7 +3290,7 @@ func file_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      6,
+			NumEnums:      7,
 			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
