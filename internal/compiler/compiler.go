@@ -241,12 +241,15 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 		writeField(h, string(b))
 	}
 	h.Write(inbound.hash[:])
+	policy := idx.inboundPolicy(own)
+	writeField(h, policy.GetMtlsMode().String())
 	snap := &meshv1.Snapshot{
-		TrustDomain: c.opts.TrustDomain,
-		Domain:      c.opts.Domain,
-		TrustBundle: bundle,
-		Inbound:     inbound.svc,
-		Services:    make([]*meshv1.Service, 0, len(services)),
+		TrustDomain:   c.opts.TrustDomain,
+		Domain:        c.opts.Domain,
+		TrustBundle:   bundle,
+		Inbound:       inbound.svc,
+		InboundPolicy: policy,
+		Services:      make([]*meshv1.Service, 0, len(services)),
 		// Not hashed into Version: a change elsewhere in the mesh moves
 		// the revision but must not resend an unchanged snapshot.
 		Revision: st.Revision(),

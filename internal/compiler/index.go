@@ -124,6 +124,19 @@ func (idx *index) inbound(k svcKey) *compiled {
 	return c
 }
 
+// mtlsModer is a declaring kind with an mTLS mode (a Service).
+type mtlsModer interface{ MTLSMode() meshv1.MtlsMode }
+
+// inboundPolicy is the policy of k's own proxies' inbound port: its mTLS
+// mode (STRICT unless the Service says otherwise).
+func (idx *index) inboundPolicy(k svcKey) *meshv1.InboundPolicy {
+	mode := meshv1.MtlsMode_STRICT
+	if m, ok := idx.declared[k].(mtlsModer); ok {
+		mode = m.MTLSMode()
+	}
+	return &meshv1.InboundPolicy{MtlsMode: mode}
+}
+
 func (idx *index) service(k svcKey) *compiled {
 	if c, ok := idx.cache[k]; ok {
 		return c

@@ -41,6 +41,8 @@ type ServiceSpec struct {
 	// registers with label app=<its service name>).
 	Selector map[string]string `json:"selector,omitempty"`
 	Ports    []ServicePort     `json:"ports"`
+	// MTLS is the inbound port's mTLS mode; unset is STRICT.
+	MTLS *ServiceMTLS `json:"mtls,omitempty"`
 }
 
 // ServicePort is one port of a Service.
@@ -76,6 +78,7 @@ func (s *Service) setDefaults() {
 		// natural meaning is "this service's own proxies".
 		s.Spec.Selector = map[string]string{"app": s.Name}
 	}
+	s.Spec.MTLS.setDefaults()
 	for i := range s.Spec.Ports {
 		p := &s.Spec.Ports[i]
 		if p.TargetPort == 0 {
@@ -95,6 +98,7 @@ func (s *Service) Validate() error {
 		fe.add("spec.selector", "must select at least one label (the default is app: <name>)")
 	}
 	validateLabels(fe, "spec.selector", s.Spec.Selector)
+	s.Spec.MTLS.validate(fe)
 
 	ports := s.Spec.Ports
 	if len(ports) == 0 {
