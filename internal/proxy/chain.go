@@ -86,7 +86,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
 		telemetryFilter,
-		authnFilter,
+		p.authnFilter,
 		localPortFilter,
 		// [authorization] security: the snapshot's inbound_policy against ex.PeerID.
 		// [rate limit] traffic control II: token / leaky bucket, local or global.

@@ -341,17 +341,6 @@ func outcome(ex *Exchange, resp *Response) lb.Outcome {
 	return lb.Success
 }
 
-// authnFilter admits only peers with a verified SPIFFE ID. TLS already
-// refuses others; this is the filter authorization builds on.
-func authnFilter(next Handler) Handler {
-	return HandlerFunc(func(ex *Exchange) *Response {
-		if ex.PeerID == "" {
-			return ex.fail(http.StatusForbidden, FlagNI, "no verified client identity")
-		}
-		return next.Serve(ex)
-	})
-}
-
 // localPortFilter maps the service port the peer asked for (X-Trellis-Port)
 // to the local app's address.
 func localPortFilter(next Handler) Handler {

@@ -142,25 +142,6 @@ func peerID(chain []*x509.Certificate) string {
 
 var errNoSPIFFEID = errors.New("proxy: inbound: client certificate must carry exactly one SPIFFE ID URI SAN")
 
-// verifyInboundPeer wraps the inbound config's own check (next: chain and
-// trust domain) with the proxy's: the leaf names exactly one well-formed
-// SPIFFE ID, whatever next checks. Each refusal is counted by its reason.
-func (p *Proxy) verifyInboundPeer(next func(tls.ConnectionState) error) func(tls.ConnectionState) error {
-	return func(cs tls.ConnectionState) error {
-		if !oneSPIFFEID(cs.PeerCertificates) {
-			p.refusals.Refused(telemetry.RefusedBadIdentity)
-			return errNoSPIFFEID
-		}
-		if next != nil {
-			if err := next(cs); err != nil {
-				p.refusals.Refused(telemetry.RefusedUntrustedCert)
-				return err
-			}
-		}
-		return nil
-	}
-}
-
 // oneSPIFFEID reports whether the chain's leaf has exactly one URI SAN and
 // it is a valid SPIFFE ID (spiffe://<trust domain>/<path>).
 func oneSPIFFEID(chain []*x509.Certificate) bool {

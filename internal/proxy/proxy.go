@@ -445,9 +445,10 @@ func (p *Proxy) Start() error {
 		var protos http.Protocols
 		protos.SetHTTP1(true)
 		protos.SetHTTP2(true)
+		protos.SetUnencryptedHTTP2(true) // PERMISSIVE plaintext callers may speak h2c
 		srv := &http.Server{
 			Handler:           &edge{p: p, kind: inboundListener},
-			ConnContext:       withConnInfo,
+			ConnContext:       inboundConnContext,
 			Protocols:         &protos,
 			ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
 			IdleTimeout:       p.limits.IdleTimeout,
@@ -456,7 +457,11 @@ func (p *Proxy) Start() error {
 			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){ALPNTCP: p.serveTCPTunnel},
 			HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		}
-		toServe = append(toServe, serve{srv, tls.NewListener(ln, p.inboundTLS())})
+		in := inboundLn{chanListener: newChanListener(ln.Addr()), raw: ln}
+		toServe = append(toServe, serve{srv, in})
+		inTLS := p.inboundTLS()
+		p.wg.Add(1)
+		go func() { defer p.wg.Done(); p.acceptInbound(in, inTLS) }()
 	}
 	if a := p.opts.AdminAddr; a != "" {
 		ln, err := listen("admin", a)
@@ -509,11 +514,15 @@ func (p *Proxy) inboundTLS() *tls.Config {
 		c = c.Clone()
 		c.NextProtos = []string{"h2", "http/1.1", ALPNTCP}
 		c.VerifyConnection = p.verifyInboundPeer(c.VerifyConnection)
+		if v := c.VerifyPeerCertificate; v != nil {
+			c.VerifyPeerCertificate = p.countPeerCertificate(v)
+		}
 		return c
 	}
 	c := adjust(p.opts.ServerTLS)
+	var next func(*tls.ClientHelloInfo) (*tls.Config, error)
 	if get := p.opts.ServerTLS.GetConfigForClient; get != nil {
-		c.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		next = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 			cc, err := get(hi)
 			if err != nil || cc == nil {
 				return cc, err
@@ -521,6 +530,7 @@ func (p *Proxy) inboundTLS() *tls.Config {
 			return adjust(cc), nil
 		}
 	}
+	c.GetConfigForClient = p.refuseOldTLS(c.MinVersion, next)
 	return c
 }
 

@@ -49,6 +49,7 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case inboundListener:
 		ex.metrics = c.inbound.metrics
 		ex.PeerID, ex.peerIDHdr = connPeer(r)
+		ex.Plaintext = r.TLS == nil
 		h = c.inboundH
 	case outboundListener:
 		ex.metrics = c.unknown
