@@ -294,7 +294,7 @@ func resolveKind(s string) (string, bool) {
 }
 
 func unknownKind(w http.ResponseWriter, kind string) {
-	writeError(w, http.StatusNotFound, fmt.Sprintf("unknown kind %q: known kinds are %s", kind, strings.Join(config.Kinds(), ", ")))
+	writeError(w, http.StatusNotFound, fmt.Sprintf("unknown kind %s: known kinds are %s", echo.Quote(kind), strings.Join(config.Kinds(), ", ")))
 }
 
 func (a *admin) list(w http.ResponseWriter, r *http.Request) {
@@ -406,7 +406,7 @@ func proxiesWait(r *http.Request) (rev int64, wait time.Duration, err error) {
 	q := r.URL.Query()
 	if s := q.Get("minRevision"); s != "" {
 		if rev, err = strconv.ParseInt(s, 10, 64); err != nil || rev < 0 {
-			return 0, 0, fmt.Errorf("minRevision: %q is not a revision (a whole number >= 0)", s)
+			return 0, 0, fmt.Errorf("minRevision: %s is not a revision (a whole number >= 0)", echo.Quote(s))
 		}
 	}
 	s := q.Get("wait")
@@ -417,7 +417,7 @@ func proxiesWait(r *http.Request) (rev int64, wait time.Duration, err error) {
 		return 0, 0, errors.New("wait: needs minRevision, the revision to wait for")
 	}
 	if wait, err = time.ParseDuration(s); err != nil || wait <= 0 || wait > MaxProxiesWait {
-		return 0, 0, fmt.Errorf("wait: %q: want a duration such as 30s, above 0 and at most %s", s, MaxProxiesWait)
+		return 0, 0, fmt.Errorf("wait: %s: want a duration such as 30s, above 0 and at most %s", echo.Quote(s), MaxProxiesWait)
 	}
 	return rev, wait, nil
 }
