@@ -448,10 +448,26 @@ func TestOversizeHeader431(t *testing.T) {
 	if resp, _, _ := rawExchange(t, client.OutboundAddr(), "GET / HTTP/1.1\r\nHost: orders\r\nX-Ok: "+strings.Repeat("a", 6<<10)+"\r\n\r\n"); resp.StatusCode != 200 {
 		t.Errorf("header under the limit: %d", resp.StatusCode)
 	}
+	// h2c: the same limit, the same 431, counted.
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &h2}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", "http://"+client.OutboundAddr()+"/", nil)
+	req.Host = "orders"
+	req.Header.Set("X-Big", strings.Repeat("a", 12<<10))
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("h2c 12 KiB header: %s %d, want HTTP/2 431", resp.Proto, resp.StatusCode)
+	}
 	if n := reached.Load(); n != 1 {
 		t.Errorf("app saw %d requests, want 1", n)
 	}
-	assertMetric(t, client, refusedLine("header_too_large", 2))
+	assertMetric(t, client, refusedLine("header_too_large", 3))
 	assertMetric(t, orders.proxy, refusedLine("header_too_large", 0))
 }
 
