@@ -10,6 +10,7 @@ import (
 	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/control"
 	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/proxy"
 	"trellis.dev/trellis/internal/sidecar"
 )
 
@@ -30,7 +31,7 @@ control plane, registers the service's endpoint, and serves:
   inbound   mTLS from other proxies, forwarded to the app (--app)
   outbound  an HTTP proxy the app calls services through (http://orders)
   upstream  one local port per upstream, for clients that can't use a proxy
-  admin     /ready /live /metrics /config /debug/pprof on loopback
+  admin     /ready /live /metrics /config on loopback (/debug/pprof with --enable-pprof)
 
 With '-- CMD ARGS', the proxy starts CMD once it is ready, forwards signals to
 it and exits with its exit code.
@@ -105,12 +106,17 @@ proxy asks for a certificate, naming the flag to change.`,
 	f.StringVar(&o.AppAddr, "app", "", "address of the local app that inbound traffic goes to; empty for a client-only proxy")
 	f.StringVar(&o.InboundAddr, "inbound", "127.0.0.1:15006", "inbound mTLS listener")
 	f.StringVar(&o.OutboundAddr, "outbound", "127.0.0.1:15001", "outbound HTTP proxy listener")
-	f.StringVar(&o.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (/ready, /metrics, /config, /debug/pprof)")
+	f.StringVar(&o.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (/ready, /live, /metrics, /config; /debug/pprof with --enable-pprof)")
 	f.StringArrayVar(&upstreams, "upstream", nil, "per-upstream local port, SERVICE=ADDR (repeatable)")
 	f.StringVar(&balancer, "balancer", string(lb.PeakEWMA), "load balancer of services whose BackendPolicy names none: "+policyNames())
 	f.DurationVar(&o.Heartbeat, "heartbeat", 0, "registration heartbeat interval (default 5s)")
 	f.DurationVar(&o.DrainTimeout, "drain-timeout", 0, "longest wait for in-flight requests on shutdown (default 10s)")
 	obs.register(f)
+	f.DurationVar(&o.Limits.ReadHeaderTimeout, "read-header-timeout", proxy.DefaultReadHeaderTimeout, "longest a client may take to send a request header (and the inbound TLS handshake) on every listener")
+	f.DurationVar(&o.Limits.BodyReadTimeout, "body-read-timeout", proxy.DefaultBodyReadTimeout, "longest a request body may go without sending a byte: 408, never charged to an endpoint")
+	f.DurationVar(&o.Limits.IdleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close keep-alive connections idle this long, on every listener")
+	f.IntVar(&o.Limits.MaxHeaderBytes, "max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request header the app-facing listeners accept (431 above); the inbound port takes 16 times as much")
+	f.BoolVar(&o.EnablePprof, "enable-pprof", false, "serve /debug/pprof/ on the admin port (any local user can then read profiles and the command line)")
 	return cmd
 }
 

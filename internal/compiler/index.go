@@ -154,11 +154,19 @@ func (idx *index) inbound(k svcKey) *compiled {
 	return c
 }
 
+// mtlsModer is a declaring kind with an mTLS mode (a Service).
+type mtlsModer interface{ MTLSMode() meshv1.MtlsMode }
+
 // inboundPolicy is what a proxy of service k enforces on traffic it
-// receives: the mesh-wide default authorization and every object that
-// applies to k (authorization policies), in Ref order.
+// receives: its mTLS mode (STRICT unless the Service says otherwise), the
+// mesh-wide default authorization and every object that applies to k
+// (authorization policies, rate limits), in Ref order.
 func (idx *index) inboundPolicy(k svcKey) *meshv1.InboundPolicy {
-	p := &meshv1.InboundPolicy{Authorization: &meshv1.Authorization{DefaultAction: idx.defaultAuthz}}
+	mode := meshv1.MtlsMode_STRICT
+	if m, ok := idx.declared[k].(mtlsModer); ok {
+		mode = m.MTLSMode()
+	}
+	p := &meshv1.InboundPolicy{MtlsMode: mode, Authorization: &meshv1.Authorization{DefaultAction: idx.defaultAuthz}}
 	key := config.ServiceKey{Namespace: k.ns, Name: k.name}
 	for _, o := range idx.inboundObjs {
 		if o.AppliesTo(key) {

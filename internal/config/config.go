@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"trellis.dev/trellis/internal/echo"
 )
 
 // DefaultNamespace is the namespace of a resource whose metadata names none.
@@ -84,17 +86,20 @@ type Error struct {
 
 // Error renders as
 // "route.yaml: document 2 (HTTPRoute default/x): spec.rules[0].backendRefs[1].weight: must be between 0 and 1000000".
+//
+// Every part may quote input (a file name, a resource name, a value), so
+// each is clipped (echo.Clip): a huge name never makes a huge error.
 func (e *Error) Error() string {
 	parts := make([]string, 0, 4)
 	if e.File != "" {
-		parts = append(parts, e.File)
+		parts = append(parts, echo.Clip(e.File, echo.Max))
 	}
 	ref := ""
 	switch {
 	case e.Ref.Name != "":
-		ref = e.Ref.String()
+		ref = echo.Clip(e.Ref.String(), echo.Max)
 	case e.Ref.Kind != "":
-		ref = e.Ref.Kind
+		ref = echo.Clip(e.Ref.Kind, echo.Max)
 	}
 	switch {
 	case e.Doc > 0 && ref != "":
@@ -105,9 +110,9 @@ func (e *Error) Error() string {
 		parts = append(parts, ref)
 	}
 	if e.Field != "" {
-		parts = append(parts, e.Field)
+		parts = append(parts, echo.Clip(e.Field, echo.Max))
 	}
-	parts = append(parts, e.Reason)
+	parts = append(parts, echo.Clip(e.Reason, maxReason))
 	return strings.Join(parts, ": ")
 }
 
@@ -138,6 +143,10 @@ func Errors(err error) []*Error {
 	walk(err)
 	return out
 }
+
+// maxReason bounds a reason as rendered: room for the rule and a quoted
+// value.
+const maxReason = 4 * echo.Max
 
 // fieldErrors collects the problems of one resource.
 type fieldErrors struct {

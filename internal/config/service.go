@@ -50,6 +50,8 @@ type ServiceSpec struct {
 	// is the name of the service whose proxies it picks (itself, unless
 	// it is a subset such as web-v1 picking app: web), else its own name.
 	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
+	// MTLS is the inbound port's mTLS mode; unset is STRICT.
+	MTLS *ServiceMTLS `json:"mtls,omitempty"`
 }
 
 // Accounts returns the service accounts the service's endpoints may run as:
@@ -99,6 +101,7 @@ func (s *Service) setDefaults() {
 		// natural meaning is "this service's own proxies".
 		s.Spec.Selector = map[string]string{"app": s.Name}
 	}
+	s.Spec.MTLS.setDefaults()
 	for i := range s.Spec.Ports {
 		p := &s.Spec.Ports[i]
 		if p.TargetPort == 0 {
@@ -118,6 +121,7 @@ func (s *Service) Validate() error {
 		fe.add("spec.selector", "must select at least one label (the default is app: <name>)")
 	}
 	validateLabels(fe, "spec.selector", s.Spec.Selector)
+	s.Spec.MTLS.validate(fe)
 
 	validateAccounts(fe, s.Spec.ServiceAccounts)
 	ports := s.Spec.Ports

@@ -211,3 +211,43 @@ func repeatJoin(n int, f func(int) string) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// TestErrorsBoundEchoedInput: a 1 MiB name or value comes back clipped and
+// marked, not as a multi-megabyte error.
+func TestErrorsBoundEchoedInput(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	for name, doc := range map[string]string{
+		"name":  "apiVersion: trellis.dev/v1alpha1\nkind: Service\nmetadata:\n  name: " + big + "\nspec:\n  ports: [{port: 80}]\n",
+		"value": "apiVersion: trellis.dev/v1alpha1\nkind: Service\nmetadata:\n  name: a\nspec:\n  ports: [{port: 80, protocol: " + big + "}]\n",
+		"kind":  "apiVersion: trellis.dev/v1alpha1\nkind: " + big + "\nmetadata:\n  name: a\nspec: {}\n",
+		"file":  "",
+	} {
+		file := "f.yaml"
+		if name == "file" {
+			file, doc = big+".yaml", "apiVersion: trellis.dev/v1alpha1\nkind: Service\nmetadata:\n  name: a\nspec: {}\n"
+		}
+		objs, err := Decode(file, []byte(doc))
+		if err == nil {
+			for _, o := range objs {
+				if err = o.Validate(); err != nil {
+					break
+				}
+			}
+		}
+		if err == nil {
+			t.Fatalf("%s: no error", name)
+		}
+		var total int
+		for _, e := range Errors(err) {
+			e.File = file
+			msg := e.Error()
+			total += len(msg)
+			if strings.Contains(msg, big[:2*1024]) {
+				t.Errorf("%s: error echoes the value unclipped (%d bytes)", name, len(msg))
+			}
+		}
+		if total == 0 || total > 16<<10 {
+			t.Errorf("%s: errors total %d bytes", name, total)
+		}
+	}
+}

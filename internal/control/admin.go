@@ -19,6 +19,7 @@ import (
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/apply"
 	"trellis.dev/trellis/internal/config"
+	"trellis.dev/trellis/internal/echo"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/store"
@@ -56,7 +57,7 @@ type adminDeps struct {
 	// caughtUp blocks until the mesh view has every write committed
 	// before the call, so a check right after an apply sees it.
 	caughtUp func(ctx context.Context) error
-	logger        *slog.Logger
+	logger   *slog.Logger
 }
 
 // MaxProxiesWait bounds a /v1/proxies long-poll; clients wanting longer ask again.
@@ -112,8 +113,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
+	// msg may quote the request (names, fields): bounded, marked if cut.
+	writeJSON(w, status, map[string]string{"error": echo.Clip(msg, maxErrorBody)})
 }
+
+// maxErrorBody bounds an error body: enough for many field errors, each
+// already bounded by internal/config.
+const maxErrorBody = 64 << 10
 
 // internalError logs the detail and tells the client what to try.
 func (a *admin) internalError(w http.ResponseWriter, op string, err error) {
@@ -283,7 +289,7 @@ func resolveKind(s string) (string, bool) {
 }
 
 func unknownKind(w http.ResponseWriter, kind string) {
-	writeError(w, http.StatusNotFound, fmt.Sprintf("unknown kind %q: known kinds are %s", kind, strings.Join(config.Kinds(), ", ")))
+	writeError(w, http.StatusNotFound, fmt.Sprintf("unknown kind %s: known kinds are %s", echo.Quote(kind), strings.Join(config.Kinds(), ", ")))
 }
 
 func (a *admin) list(w http.ResponseWriter, r *http.Request) {
@@ -395,7 +401,7 @@ func proxiesWait(r *http.Request) (rev int64, wait time.Duration, err error) {
 	q := r.URL.Query()
 	if s := q.Get("minRevision"); s != "" {
 		if rev, err = strconv.ParseInt(s, 10, 64); err != nil || rev < 0 {
-			return 0, 0, fmt.Errorf("minRevision: %q is not a revision (a whole number >= 0)", s)
+			return 0, 0, fmt.Errorf("minRevision: %s is not a revision (a whole number >= 0)", echo.Quote(s))
 		}
 	}
 	s := q.Get("wait")
@@ -406,7 +412,7 @@ func proxiesWait(r *http.Request) (rev int64, wait time.Duration, err error) {
 		return 0, 0, errors.New("wait: needs minRevision, the revision to wait for")
 	}
 	if wait, err = time.ParseDuration(s); err != nil || wait <= 0 || wait > MaxProxiesWait {
-		return 0, 0, fmt.Errorf("wait: %q: want a duration such as 30s, above 0 and at most %s", s, MaxProxiesWait)
+		return 0, 0, fmt.Errorf("wait: %s: want a duration such as 30s, above 0 and at most %s", echo.Quote(s), MaxProxiesWait)
 	}
 	return rev, wait, nil
 }

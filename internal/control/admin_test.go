@@ -209,6 +209,7 @@ func TestAdminMalformedRequests(t *testing.T) {
 		{"unknown kind", "GET", "/v1/resources/pods", "", 404, `unknown kind \"pods\"`},
 		{"unknown kind one", "GET", "/v1/resources/pods/default/x", "", 404, "known kinds are"},
 		{"unknown path", "GET", "/v2/everything", "", 404, "no such API"},
+		{"huge kind clipped", "GET", "/v1/resources/" + strings.Repeat("k", 200<<10), "", 404, "more bytes]"},
 		{"bad namespace", "GET", "/v1/resources/services/Shop/orders", "", 400, `namespace: \"Shop\" is not a valid name`},
 		{"bad name", "DELETE", "/v1/resources/services/default/orders_v2", "", 400, `name: \"orders_v2\" is not a valid name`},
 	}
@@ -220,7 +221,7 @@ func TestAdminMalformedRequests(t *testing.T) {
 				body = []byte(tt.body)
 			}
 			status, got := cl.do(tt.method, tt.path, body)
-			if status != tt.status || !strings.Contains(string(got), tt.want) {
+			if status != tt.status || !strings.Contains(string(got), tt.want) || len(got) > 8<<10 {
 				t.Fatalf("%d %.200s, want %d containing %q", status, got, tt.status, tt.want)
 			}
 			if revision(t, c) != before {

@@ -11,7 +11,8 @@ import (
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
 
-// adminHandler serves /ready, /live, /metrics, /config and /debug/pprof/.
+// adminHandler serves /ready, /live, /metrics, /config and, with
+// Options.EnablePprof, /debug/pprof/.
 func (p *Proxy) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
@@ -46,6 +47,9 @@ func (p *Proxy) adminHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(b)
 	})
+	if !p.opts.EnablePprof {
+		return mux
+	}
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

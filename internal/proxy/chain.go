@@ -108,7 +108,7 @@ func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
 		telemetryFilter,
 		p.observeFilter(true),
-		authnFilter,
+		p.authnFilter,
 		localPortFilter,
 		p.authzFilter,
 		p.inboundRateLimitFilter,
@@ -119,11 +119,12 @@ func (p *Proxy) inboundChain() Handler {
 // tunnelChain serves CONNECT on the outbound port and opaque TCP on the
 // per-upstream ports:
 //
-//	telemetry ▸ resolve service ▸ [authorization] ▸ tunnel
+//	telemetry ▸ resolve service ▸ tcp port only ▸ [authorization] ▸ tunnel
 func (p *Proxy) tunnelChain() Handler {
 	return chain(p.tunnelUpstream(),
 		telemetryFilter,
 		p.resolveFilter,
+		p.tunnelPortFilter,
 		// [authorization] security: egress policy for the destination.
 	)
 }

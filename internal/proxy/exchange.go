@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"trellis.dev/trellis/internal/echo"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/telemetry"
 )
@@ -38,6 +39,9 @@ type Exchange struct {
 	RemoteAddr    string
 	// PeerID is the caller's verified SPIFFE ID (inbound only).
 	PeerID string
+	// Plaintext marks an inbound request that arrived without mTLS (its
+	// service is PERMISSIVE); PeerID is then empty.
+	Plaintext bool
 
 	// What the pipeline chose.
 	Service *service // outbound: the service the host names
@@ -84,6 +88,7 @@ type Exchange struct {
 	peerIDHdr []string
 	// resp holds the upstream's response, so answering allocates none.
 	resp    Response
+	reqBody *clientBody // Body's wrapper when the request has one
 	peer    *peer
 	lbReq   lb.Request
 	body    countedBody
@@ -151,6 +156,9 @@ func (ex *Exchange) release() {
 		c()
 	}
 	clear(ex.cancels) // a pooled exchange keeps no context alive
+	if ex.reqBody != nil {
+		ex.reqBody.done.Store(true)
+	}
 	cancels, out := ex.cancels[:0], ex.out
 	*ex = Exchange{cancels: cancels, out: out}
 	exchangePool.Put(ex)
@@ -263,7 +271,8 @@ func (f Flags) String() string {
 // the peer proxy's error is told apart from the app's.
 func (ex *Exchange) fail(code int, f Flags, msg string) *Response {
 	ex.Flags |= f
-	body := "trellis proxy: " + msg + "\n"
+	// msg may quote what the client sent (host, path): bounded.
+	body := "trellis proxy: " + echo.Clip(msg, maxErrorMessage) + "\n"
 	return &Response{
 		Status: code,
 		Header: http.Header{
@@ -276,6 +285,9 @@ func (ex *Exchange) fail(code int, f Flags, msg string) *Response {
 		ContentLength: int64(len(body)),
 	}
 }
+
+// maxErrorMessage bounds the message of a proxy-generated error body.
+const maxErrorMessage = 4 * echo.Max
 
 var (
 	textPlain = []string{"text/plain; charset=utf-8"}

@@ -333,23 +333,12 @@ func (p *Proxy) pickFilter(next Handler) Handler {
 // went away is nobody's fault.
 func outcome(ex *Exchange, resp *Response) lb.Outcome {
 	switch {
-	case ex.clientCtx.Err() != nil:
+	case ex.clientCtx.Err() != nil, ex.reqBody.failed() != bodyOK:
 		return lb.Abandoned
 	case ex.err != nil || resp.Status >= 500:
 		return lb.Failure
 	}
 	return lb.Success
-}
-
-// authnFilter admits only peers with a verified SPIFFE ID. TLS already
-// refuses others; this is the filter authorization builds on.
-func authnFilter(next Handler) Handler {
-	return HandlerFunc(func(ex *Exchange) *Response {
-		if ex.PeerID == "" {
-			return ex.fail(http.StatusForbidden, FlagNI, "no verified client identity")
-		}
-		return next.Serve(ex)
-	})
 }
 
 // localPortFilter maps the service port the peer asked for (X-Trellis-Port)

@@ -18,6 +18,47 @@ const (
 	headerError = "X-Trellis-Error"
 )
 
+// meshPrefix is the prefix of every header the mesh owns. A header whose
+// name normalises to it (any case, "_" for "-") is the mesh's, whoever
+// added it: the proxies strip such headers and trailers from what an app
+// sends and from what reaches an app, and set their own afterwards. Apps
+// behind CGI/WSGI read X_Trellis_Client_Id as X-Trellis-Client-Id, so the
+// underscore twin is the same header to them.
+const meshPrefix = "x-trellis-"
+
+// meshHeader reports whether name normalises to the mesh's prefix.
+func meshHeader(name string) bool {
+	if len(name) < len(meshPrefix) {
+		return false
+	}
+	for i := 0; i < len(meshPrefix); i++ {
+		c := name[i]
+		switch {
+		case c == '_':
+			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != meshPrefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// stripMeshHeaders deletes every mesh-owned header of h except keep (a
+// canonical name, or "") and returns how many it deleted.
+func stripMeshHeaders(h http.Header, keep string) int {
+	n := 0
+	for k := range h {
+		if meshHeader(k) && k != keep {
+			delete(h, k)
+			n++
+		}
+	}
+	return n
+}
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }

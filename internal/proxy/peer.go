@@ -9,6 +9,10 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"trellis.dev/trellis/internal/telemetry"
 )
 
 // peer holds the pooled mTLS transports to one endpoint (a peer proxy's
@@ -28,7 +32,7 @@ func (p *Proxy) newPeer(addr, identity string) *peer {
 	mk := func(protos ...string) *tls.Config {
 		c := base.Clone()
 		c.NextProtos = protos
-		c.VerifyConnection = verifyPeerID(identity, base.VerifyConnection)
+		c.VerifyConnection = verifyPeerID(identity, base.VerifyConnection, p.refusals)
 		if v := base.VerifyPeerCertificate; v != nil {
 			c.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
 				if err := v(raw, chains); err != nil {
@@ -106,14 +110,17 @@ var errPeerRefused = errors.New("proxy: peer certificate refused")
 
 // verifyPeerID enforces secure naming: the peer's leaf must carry want as a
 // URI SAN, whatever else the caller's tls.Config checks.
-func verifyPeerID(want string, next func(tls.ConnectionState) error) func(tls.ConnectionState) error {
+// Refusals are counted (peer_identity).
+func verifyPeerID(want string, next func(tls.ConnectionState) error, ref *telemetry.Refusals) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		if next != nil {
 			if err := next(cs); err != nil {
+				ref.Refused(telemetry.RefusedPeerIdentity)
 				return err
 			}
 		}
 		if got := peerID(cs.PeerCertificates); got != want {
+			ref.Refused(telemetry.RefusedPeerIdentity)
 			return fmt.Errorf("%w: want %s, got %q", errPeerIdentity, want, got)
 		}
 		return nil
@@ -131,4 +138,16 @@ func peerID(chain []*x509.Certificate) string {
 		}
 	}
 	return ""
+}
+
+var errNoSPIFFEID = errors.New("proxy: inbound: client certificate must carry exactly one SPIFFE ID URI SAN")
+
+// oneSPIFFEID reports whether the chain's leaf has exactly one URI SAN and
+// it is a valid SPIFFE ID (spiffe://<trust domain>/<path>).
+func oneSPIFFEID(chain []*x509.Certificate) bool {
+	if len(chain) == 0 || len(chain[0].URIs) != 1 {
+		return false
+	}
+	_, err := spiffeid.FromURI(chain[0].URIs[0])
+	return err == nil
 }

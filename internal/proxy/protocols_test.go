@@ -195,8 +195,17 @@ func TestAdminEndpoints(t *testing.T) {
 	if cfg["version"] != "v7" || cfg["revision"] != "42" || cfg["trustBundle"] != nil || !strings.Contains(body, srv.proxy.InboundAddr()) {
 		t.Fatalf("/config content: %s", body)
 	}
-	if code, body := get("/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
-		t.Fatalf("pprof = %d", code)
+	if code, _ := get("/debug/pprof/"); code != 404 {
+		t.Fatalf("pprof without EnablePprof = %d, want 404", code)
+	}
+	if code, _ := get("/debug/pprof/cmdline"); code != 404 {
+		t.Fatalf("pprof cmdline without EnablePprof = %d, want 404", code)
+	}
+	withPprof := startClient(t, ca, Options{EnablePprof: true})
+	if resp, err := http.Get("http://" + withPprof.AdminAddr() + "/debug/pprof/"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("pprof with EnablePprof: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	resp, _ := get0(t, proxyClient(client), "http://orders/m")
 	if resp != 200 {

@@ -88,6 +88,12 @@ type Options struct {
 	// MaxMirrors bounds the RequestMirror copies in flight; beyond it
 	// copies are dropped (and counted). Default DefaultMaxMirrors.
 	MaxMirrors int
+	// Limits bound what clients may hold of every listener (timeouts,
+	// header size); zero fields take their defaults.
+	Limits Limits
+	// EnablePprof serves /debug/pprof/ on the admin port. Off by default:
+	// profiles and the command line are not for any local user.
+	EnablePprof bool
 }
 
 // DefaultMaxMirrors is Options.MaxMirrors' default: enough for a mirror
@@ -111,6 +117,9 @@ type Proxy struct {
 	// tracer and alog are Options.Tracing's and Options.AccessLog's; nil: off.
 	tracer *tracing.Tracer
 	alog   *accesslog.Logger
+	// refusals counts what the proxy refused or cleaned (hardening).
+	refusals *telemetry.Refusals
+	limits   Limits // Options.Limits with defaults
 
 	cfg       atomic.Pointer[compiled]
 	updateMu  sync.Mutex // serializes Update; guards pickers, endpoints, peers
@@ -119,10 +128,10 @@ type Proxy struct {
 	peers     map[string]*peer
 	resil     resilienceState
 	timers    sync.Pool // *exTimer, the route timeouts'
-	// limits holds the running rate limits across snapshots; epoch is the
+	// rateLimits holds the running rate limits across snapshots; epoch is the
 	// zero of their clock (nanotime); slotTimers are the leaky buckets'
 	// waits' (*time.Timer).
-	limits     *ratelimit.Registry
+	rateLimits *ratelimit.Registry
 	epoch      time.Time
 	slotTimers sync.Pool
 
@@ -236,7 +245,7 @@ func New(o Options) (*Proxy, error) {
 		}
 		p.upstreams = append(p.upstreams, &upstream{key: key, host: host, port: port})
 	}
-	p.limits = ratelimit.NewRegistry(p.nanotime)
+	p.rateLimits = ratelimit.NewRegistry(p.nanotime)
 	m, err := telemetry.NewProxyMetrics(o.Registry)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
@@ -245,6 +254,8 @@ func New(o Options) (*Proxy, error) {
 	if err := p.startObserving(); err != nil {
 		return nil, err
 	}
+	p.refusals = m.Refusals()
+	p.limits = o.Limits.withDefaults()
 	if o.MaxMirrors <= 0 {
 		o.MaxMirrors = DefaultMaxMirrors
 		p.opts.MaxMirrors = o.MaxMirrors
@@ -343,7 +354,7 @@ func (p *Proxy) Update(s *meshv1.Snapshot) error {
 	if err == nil {
 		old := p.cfg.Swap(c)
 		close(old.changed)
-		p.limits.SetReplicas(c.replicas)
+		p.rateLimits.SetReplicas(c.replicas)
 		p.applySampling(s)
 	}
 	p.forget(p.cfg.Load())
@@ -385,7 +396,7 @@ func (p *Proxy) forget(c *compiled) {
 		}
 	}
 	p.resil.forget(c)
-	p.limits.Keep(c.rateLimits)
+	p.rateLimits.Keep(c.rateLimits)
 }
 
 // timerPool is the pool of the route chains' timeout timers (nil for a
@@ -459,7 +470,8 @@ func (p *Proxy) Start() error {
 		if err != nil {
 			return err
 		}
-		toServe = append(toServe, serve{p.appServer(&edge{p: p, kind: outboundListener}, errLog), ln})
+		srv := p.appServer(&edge{p: p, kind: outboundListener}, errLog)
+		toServe = append(toServe, serve{srv, framedListener{Listener: ln, ref: p.refusals, maxHead: srv.MaxHeaderBytes}})
 	}
 	for _, u := range p.upstreams {
 		ln, err := listen("upstream:"+u.key, p.opts.Upstreams[u.key])
@@ -478,24 +490,31 @@ func (p *Proxy) Start() error {
 		var protos http.Protocols
 		protos.SetHTTP1(true)
 		protos.SetHTTP2(true)
+		protos.SetUnencryptedHTTP2(true) // PERMISSIVE plaintext callers may speak h2c
 		srv := &http.Server{
 			Handler:           &edge{p: p, kind: inboundListener},
-			ConnContext:       withConnInfo,
+			ConnContext:       inboundConnContext,
 			Protocols:         &protos,
-			ReadHeaderTimeout: 30 * time.Second,
-			IdleTimeout:       5 * time.Minute,
+			ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
+			IdleTimeout:       p.limits.IdleTimeout,
+			MaxHeaderBytes:    2 * inboundHeaderFactor * p.limits.MaxHeaderBytes,
 			ErrorLog:          errLog,
 			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){ALPNTCP: p.serveTCPTunnel},
 			HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		}
-		toServe = append(toServe, serve{srv, tls.NewListener(ln, p.inboundTLS())})
+		in := inboundLn{chanListener: newChanListener(ln.Addr()), raw: ln}
+		toServe = append(toServe, serve{srv, in})
+		inTLS := p.inboundTLS()
+		p.wg.Add(1)
+		go func() { defer p.wg.Done(); p.acceptInbound(in, inTLS) }()
 	}
 	if a := p.opts.AdminAddr; a != "" {
 		ln, err := listen("admin", a)
 		if err != nil {
 			return err
 		}
-		p.admin = &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+		p.admin = &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
+			ReadTimeout: time.Minute, IdleTimeout: p.limits.IdleTimeout, ErrorLog: errLog}
 		p.wg.Add(1)
 		go func() { defer p.wg.Done(); _ = p.admin.Serve(ln) }()
 	}
@@ -512,7 +531,10 @@ func (p *Proxy) Start() error {
 	return nil
 }
 
-// appServer serves plaintext HTTP/1.1 and h2c from the local app.
+// appServer serves plaintext HTTP/1.1 and h2c from the local app, on
+// framed connections (framing.go). Its header limit is twice Limits': the
+// edge answers 431 (counted) above Limits, net/http (counted by the
+// framing scanner, for HTTP/1.1) above twice that.
 func (p *Proxy) appServer(h http.Handler, errLog *log.Logger) *http.Server {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -520,8 +542,10 @@ func (p *Proxy) appServer(h http.Handler, errLog *log.Logger) *http.Server {
 	srv := &http.Server{
 		Handler:           h,
 		Protocols:         &protos,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		ConnContext:       withFraming,
+		ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
+		IdleTimeout:       p.limits.IdleTimeout,
+		MaxHeaderBytes:    2 * p.limits.MaxHeaderBytes,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		ErrorLog:          errLog,
 	}
@@ -534,23 +558,16 @@ func (p *Proxy) inboundTLS() *tls.Config {
 	adjust := func(c *tls.Config) *tls.Config {
 		c = c.Clone()
 		c.NextProtos = []string{"h2", "http/1.1", ALPNTCP}
-		next := c.VerifyConnection
-		c.VerifyConnection = func(cs tls.ConnectionState) error {
-			if next != nil {
-				if err := next(cs); err != nil {
-					return err
-				}
-			}
-			if peerID(cs.PeerCertificates) == "" {
-				return errors.New("proxy: inbound: client certificate has no SPIFFE ID")
-			}
-			return nil
+		c.VerifyConnection = p.verifyInboundPeer(c.VerifyConnection)
+		if v := c.VerifyPeerCertificate; v != nil {
+			c.VerifyPeerCertificate = p.countPeerCertificate(v)
 		}
 		return c
 	}
 	c := adjust(p.opts.ServerTLS)
+	var next func(*tls.ClientHelloInfo) (*tls.Config, error)
 	if get := p.opts.ServerTLS.GetConfigForClient; get != nil {
-		c.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		next = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 			cc, err := get(hi)
 			if err != nil || cc == nil {
 				return cc, err
@@ -558,6 +575,7 @@ func (p *Proxy) inboundTLS() *tls.Config {
 			return adjust(cc), nil
 		}
 	}
+	c.GetConfigForClient = p.refuseOldTLS(c.MinVersion, next)
 	return c
 }
 
@@ -639,7 +657,7 @@ func (p *Proxy) acceptUpstream(u *upstream) {
 					return
 				}
 			}
-			if !u.http.deliver(conn) {
+			if !u.http.deliver(framed(conn, p.refusals, 2*p.limits.MaxHeaderBytes)) {
 				conn.Close()
 			}
 		}()

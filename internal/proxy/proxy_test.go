@@ -205,10 +205,11 @@ func TestConnectTunnel(t *testing.T) {
 	if string(rest) != "last\n" {
 		t.Fatalf("after half-close got %q", rest)
 	}
-	// The inbound side refuses ports its service does not declare.
+	// The client side refuses ports not declared tcp (undeclared ones
+	// included); hardening_test.go has the inbound side's refusals.
 	_, _, resp = dial("orders:9999")
-	if resp.StatusCode != http.StatusBadGateway {
-		t.Fatalf("undeclared port: status %d, want 502", resp.StatusCode)
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("undeclared port: status %d, want 403", resp.StatusCode)
 	}
 	_, _, resp = dial("orders")
 	if resp.StatusCode != http.StatusBadRequest {

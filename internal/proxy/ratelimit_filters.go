@@ -143,7 +143,7 @@ func (p *Proxy) bindRateLimits(direction, place string, specs []*rateLimitSpec, 
 		key := direction + " " + place + " " + rs.name
 		l := &rateLimiter{rateLimitSpec: rs}
 		if p != nil {
-			l.entry = p.limits.Bind(key, rs.spec, rs.global)
+			l.entry = p.rateLimits.Bind(key, rs.spec, rs.global)
 			l.counters = p.metrics.RateLimits.Policy(direction, rs.name)
 		} else {
 			l.entry = ratelimit.NewRegistry(func() int64 { return 0 }).Bind(key, rs.spec, rs.global)
@@ -167,7 +167,7 @@ func routeObject(name string) string {
 
 // RateLimits is the proxy's running rate limits: what a global limit's
 // quota client reports and grants shares to.
-func (p *Proxy) RateLimits() *ratelimit.Registry { return p.limits }
+func (p *Proxy) RateLimits() *ratelimit.Registry { return p.rateLimits }
 
 // nanotime is the proxy's monotonic clock for rate decisions, read once
 // per request.

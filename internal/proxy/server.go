@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"trellis.dev/trellis/internal/telemetry"
 )
 
 // The listener edge: an http.Handler per listener that turns the request
@@ -34,20 +36,31 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fromRequest(ex, r)
 	c := e.p.cfg.Load()
 	ex.cfg = c
+	if resp := e.p.refuseAtEdge(ex, r, w, e.kind); resp != nil {
+		ex.metrics = c.unknown
+		if e.kind == inboundListener {
+			ex.metrics = c.inbound.metrics
+		}
+		e.p.write(w, r, ex, telemetryFilter(HandlerFunc(func(*Exchange) *Response { return resp })).Serve(ex))
+		return
+	}
 	var h Handler
 	switch e.kind {
 	case inboundListener:
 		ex.metrics = c.inbound.metrics
 		ex.PeerID, ex.peerIDHdr = connPeer(r)
+		ex.Plaintext = r.TLS == nil
 		h = c.inboundH
 	case outboundListener:
 		ex.metrics = c.unknown
+		e.p.stripApp(r)
 		h = c.outbound
 		if r.Method == http.MethodConnect {
 			h = c.tunnel
 		}
 	case upstreamListener:
 		ex.metrics = c.unknown
+		e.p.stripApp(r)
 		ex.host, ex.hostPort = e.up.host, e.up.port
 		h = c.outbound
 		if r.Method == http.MethodConnect {
@@ -55,6 +68,52 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	e.p.write(w, r, ex, h.Serve(ex))
+}
+
+// refuseAtEdge answers, before any chain, a request whose connection was
+// framed ambiguously (400) or whose header is over the limit (431), and
+// closes the connection after; else it arms the body read timeout.
+func (p *Proxy) refuseAtEdge(ex *Exchange, r *http.Request, w http.ResponseWriter, kind listenerKind) *Response {
+	limit := p.limits.MaxHeaderBytes
+	if kind == inboundListener {
+		limit *= inboundHeaderFactor
+	}
+	var resp *Response
+	switch {
+	case badFraming(r):
+		// Counted when the framing was seen (framedConn).
+		resp = ex.fail(http.StatusBadRequest, FlagDPE, "ambiguous request framing (RFC 9112 §6.1): Content-Length with Transfer-Encoding, two Content-Lengths, obs-fold or a malformed chunk")
+	case headerSize(r) > limit:
+		p.refusals.Refused(telemetry.RefusedHeaderTooLarge)
+		resp = ex.fail(http.StatusRequestHeaderFieldsTooLarge, FlagDPE, "request header over "+strconv.Itoa(limit)+" bytes")
+	default:
+		if ex.Body != nil && ex.Body != http.NoBody {
+			ex.reqBody = &clientBody{rc: ex.Body, w: w, d: p.limits.BodyReadTimeout, ref: p.refusals}
+			ex.Body = ex.reqBody
+		}
+		return nil
+	}
+	resp.Header["Connection"] = connClose
+	return resp
+}
+
+var connClose = []string{"close"}
+
+// inboundHeaderFactor is how much more header the inbound port accepts
+// than the ports apps call: what one proxy let through, the next takes.
+const inboundHeaderFactor = 16
+
+// stripApp removes the mesh's own headers and declared trailers from a
+// request the local app sent: only proxies speak for the mesh, so an app
+// cannot claim an identity or a port. Counted once per request.
+func (p *Proxy) stripApp(r *http.Request) {
+	n := stripMeshHeaders(r.Header, "")
+	if r.Trailer != nil {
+		n += stripMeshHeaders(r.Trailer, "")
+	}
+	if n > 0 {
+		p.refusals.Refused(telemetry.RefusedMeshHeader)
+	}
 }
 
 var refuseConnect = HandlerFunc(func(ex *Exchange) *Response {
@@ -132,6 +191,10 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ex *Exchange, resp
 		ex.Flags |= FlagDC
 	}
 	if rerr == nil && werr == nil && resp.Trailer != nil {
+		// The mesh sends nothing in trailers: a mesh-owned one is forged.
+		if stripMeshHeaders(*resp.Trailer, "") > 0 {
+			p.refusals.Refused(telemetry.RefusedMeshHeader)
+		}
 		for k, vv := range *resp.Trailer {
 			dst[http.TrailerPrefix+k] = vv
 		}

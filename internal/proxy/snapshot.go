@@ -60,6 +60,9 @@ type inboundConfig struct {
 	metrics *telemetry.DestMetrics
 	// rateLimits are the service's RateLimitPolicies (inbound_policy).
 	rateLimits []*rateLimiter
+	// permissive: the service's mTLS mode is PERMISSIVE, plaintext
+	// connections and requests are accepted on the inbound port.
+	permissive bool
 }
 
 func (ic *inboundConfig) port(p uint32) (portSpec, bool) {
@@ -314,6 +317,8 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	if c.domain == "" {
 		c.domain = defaultDomain
 	}
+	// Unset or unknown modes are STRICT: only PERMISSIVE opens plaintext.
+	c.inbound.permissive = s.GetInboundPolicy().GetMtlsMode() == meshv1.MtlsMode_PERMISSIVE
 	if err := c.compileInbound(s.GetInbound(), env); err != nil {
 		return nil, err
 	}
@@ -551,7 +556,7 @@ func (c *compiled) compileInbound(in *meshv1.Service, env compileEnv) error {
 	if err != nil {
 		return err
 	}
-	c.inbound = inboundConfig{key: key, ports: ports, metrics: env.metrics(telemetry.Inbound, key)}
+	c.inbound = inboundConfig{key: key, ports: ports, metrics: env.metrics(telemetry.Inbound, key), permissive: c.inbound.permissive}
 	c.inbound.def = portSpec{proto: meshv1.Protocol_HTTP}
 	if env.appHost == "" {
 		return nil

@@ -13,7 +13,9 @@ import (
 	"sync"
 	"time"
 
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/lb"
+	"trellis.dev/trellis/internal/telemetry"
 )
 
 // ALPNTCP is the ALPN protocol of an opaque TCP tunnel between proxies. The
@@ -135,6 +137,20 @@ func (p *Proxy) tunnelUpstream() Handler {
 	})
 }
 
+// tunnelPortFilter lets a CONNECT through only to a port the service
+// declares tcp: a tunnel to an HTTP port would carry requests past the
+// route chain and the receiving proxy's HTTP hygiene.
+func (p *Proxy) tunnelPortFilter(next Handler) Handler {
+	return HandlerFunc(func(ex *Exchange) *Response {
+		if ex.Service.port(ex.Port).proto != meshv1.Protocol_TCP {
+			p.refusals.Refused(telemetry.RefusedTunnelPort)
+			return ex.fail(http.StatusForbidden, FlagNR, "CONNECT tunnels only to ports declared tcp; port "+
+				strconv.FormatUint(uint64(ex.Port), 10)+" of "+ex.Service.key+" is not")
+		}
+		return next.Serve(ex)
+	})
+}
+
 // serveTCPTunnel is the inbound side of a tunnel (http.Server.TLSNextProto):
 // it forwards only to ports the proxy's own service declares.
 func (p *Proxy) serveTCPTunnel(_ *http.Server, conn *tls.Conn, _ http.Handler) {
@@ -155,6 +171,13 @@ func (p *Proxy) serveTCPTunnel(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 	ps, ok := cfg.inbound.port(port)
 	if !ok || ps.appAddr == "" {
 		refuse("port " + strconv.FormatUint(uint64(port), 10) + " is not declared by " + cfg.inbound.key)
+		return
+	}
+	if ps.proto != meshv1.Protocol_TCP {
+		// Raw bytes to an HTTP port would skip the inbound chain: the
+		// identity header, authorization, limits, the app's routes.
+		p.refusals.Refused(telemetry.RefusedTunnelPort)
+		refuse("port " + ps.portStr + " of " + cfg.inbound.key + " is not a tcp port")
 		return
 	}
 	if reason, ok := p.authorizeTunnel(cfg, conn, port); !ok {

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"trellis.dev/trellis/internal/telemetry"
 )
 
 // The transport edge: the stages at the end of each chain that build an
@@ -27,10 +29,10 @@ func (p *Proxy) peerUpstream() Handler {
 		if p.peerH2(ex) {
 			tr = ex.peer.h2
 		}
-		o := outHeader(ex, 2)
+		// The listener edge stripped the app's mesh headers (stripApp):
+		// only the receiving proxy says who the caller is.
+		o := outHeader(ex, 1)
 		o.header[headerPort] = ps.portHdr
-		// Only the receiving proxy says who the caller is.
-		delete(o.header, HeaderClientID)
 		return roundTrip(ex, tr, "https", ex.peer.addr, o)
 	})
 }
@@ -55,12 +57,27 @@ func (p *Proxy) appUpstream() Handler {
 		}
 		o := outHeader(ex, 1)
 		delete(o.header, headerPort)
-		o.header[HeaderClientID] = ex.peerIDHdr
+		// Whatever the caller sent under the mesh's names (a plaintext
+		// caller, a peer passing on a route's header) is not the mesh's
+		// word: the app sees this proxy's headers only, and the identity
+		// is set, never appended to.
+		// (The identity header itself is replaced below, not stripped, so
+		// the replacement is what keeps a forged one from the app.)
+		if stripMeshHeaders(o.header, HeaderClientID) > 0 || len(o.header[HeaderClientID]) > 0 {
+			p.refusals.Refused(telemetry.RefusedMeshHeader)
+		}
+		if ex.peerIDHdr != nil {
+			o.header[HeaderClientID] = ex.peerIDHdr
+		} else {
+			delete(o.header, HeaderClientID) // plaintext: no identity
+		}
 		resp := roundTrip(ex, tr, "http", ex.target.appAddr, o)
 		if ex.err == nil && resp.Header != nil {
 			// Only proxies speak for the mesh: an app's X-Trellis-Error
 			// must not pass for this proxy's (the caller retries on UF).
-			delete(resp.Header, headerError)
+			if stripMeshHeaders(resp.Header, "") > 0 {
+				p.refusals.Refused(telemetry.RefusedMeshHeader)
+			}
 		}
 		return resp
 	})
@@ -133,6 +150,8 @@ func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, o *outgo
 func attemptFailed(ex *Exchange, addr string, err error) *Response {
 	ex.err = err
 	switch {
+	case ex.reqBody.failed() != bodyOK:
+		return clientBodyFailed(ex)
 	case ex.clientCtx.Err() != nil:
 		// Nobody is listening; the status is only recorded.
 		return ex.fail(statusClientClosed, FlagDC, "client went away")

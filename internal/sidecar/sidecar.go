@@ -73,6 +73,9 @@ type Options struct {
 
 	Heartbeat    time.Duration // default 5s
 	DrainTimeout time.Duration // default 10s
+	// Limits and EnablePprof go to the proxy (proxy.Options).
+	Limits      proxy.Limits
+	EnablePprof bool
 	// Command, when set, is started once the proxy is ready; the sidecar
 	// forwards signals to it and returns its exit code.
 	Command []string
@@ -349,6 +352,8 @@ func (s *sidecar) startProxy() error {
 		AccessLog:      alog,
 		AccessLogs:     alogMode,
 		AccessLogQueue: s.o.AccessLogBuffer,
+		Limits:         s.o.Limits,
+		EnablePprof:    s.o.EnablePprof,
 		Logger:         s.o.Logger, // the proxy scopes its own component
 	})
 	if err != nil {

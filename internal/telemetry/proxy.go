@@ -51,6 +51,7 @@ type ProxyMetrics struct {
 	RateLimits *RateLimitMetrics
 	// AccessLog counts access log lines written and dropped (accesslog.go).
 	AccessLog *AccessLogMetrics
+	ref       refusalVecs
 
 	mu    sync.RWMutex
 	dests map[destKey]*DestMetrics
@@ -89,7 +90,8 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 	if m.RateLimits, err = newRateLimitMetrics(reg); err != nil {
 		return nil, err
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.authz} {
+	m.ref = newRefusalVecs()
+	for _, c := range append([]prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.authz}, m.ref.collectors()...) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -313,31 +313,9 @@ func TestAccessLogDropsUnderFullBuffer(t *testing.T) {
 	if d := time.Since(start); d > 30*time.Second {
 		t.Errorf("%d requests took %s with a stuck log", n, d)
 	}
-	dropped := metricValue(t, shopper.admin, "trellis_proxy_access_log_dropped_total")
-	written := metricValue(t, shopper.admin, "trellis_proxy_access_log_lines_total")
+	dropped := metricValue(t, shopper, "trellis_proxy_access_log_dropped_total")
+	written := metricValue(t, shopper, "trellis_proxy_access_log_lines_total")
 	if dropped < n/2 || dropped+written > n {
 		t.Errorf("dropped %v, written %v of %d lines; want most dropped", dropped, written, n)
 	}
-}
-
-// metricValue reads an unlabelled sample from a proxy's /metrics.
-func metricValue(t *testing.T, admin, name string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			var f float64
-			if err := json.Unmarshal([]byte(v), &f); err != nil {
-				t.Fatalf("%s: %q", name, v)
-			}
-			return f
-		}
-	}
-	t.Fatalf("%s not on /metrics", name)
-	return 0
 }

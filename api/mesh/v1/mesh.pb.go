@@ -197,6 +197,58 @@ func (AuthzAction) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{2}
 }
 
+// What the inbound port accepts: mTLS only (STRICT, the default), or
+// plaintext too (PERMISSIVE, for moving a service into the mesh), told
+// apart per connection by its first byte.
+type MtlsMode int32
+
+const (
+	MtlsMode_MTLS_MODE_UNSPECIFIED MtlsMode = 0
+	MtlsMode_STRICT                MtlsMode = 1
+	MtlsMode_PERMISSIVE            MtlsMode = 2
+)
+
+// Enum value maps for MtlsMode.
+var (
+	MtlsMode_name = map[int32]string{
+		0: "MTLS_MODE_UNSPECIFIED",
+		1: "STRICT",
+		2: "PERMISSIVE",
+	}
+	MtlsMode_value = map[string]int32{
+		"MTLS_MODE_UNSPECIFIED": 0,
+		"STRICT":                1,
+		"PERMISSIVE":            2,
+	}
+)
+
+func (x MtlsMode) Enum() *MtlsMode {
+	p := new(MtlsMode)
+	*p = x
+	return p
+}
+
+func (x MtlsMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MtlsMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[3].Descriptor()
+}
+
+func (MtlsMode) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[3]
+}
+
+func (x MtlsMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MtlsMode.Descriptor instead.
+func (MtlsMode) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{3}
+}
+
 type PathMatch_Type int32
 
 const (
@@ -230,11 +282,11 @@ func (x PathMatch_Type) String() string {
 }
 
 func (PathMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[3].Descriptor()
+	return file_mesh_proto_enumTypes[4].Descriptor()
 }
 
 func (PathMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[3]
+	return &file_mesh_proto_enumTypes[4]
 }
 
 func (x PathMatch_Type) Number() protoreflect.EnumNumber {
@@ -276,11 +328,11 @@ func (x HeaderMatch_Type) String() string {
 }
 
 func (HeaderMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[4].Descriptor()
+	return file_mesh_proto_enumTypes[5].Descriptor()
 }
 
 func (HeaderMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[4]
+	return &file_mesh_proto_enumTypes[5]
 }
 
 func (x HeaderMatch_Type) Number() protoreflect.EnumNumber {
@@ -322,11 +374,11 @@ func (x QueryParamMatch_Type) String() string {
 }
 
 func (QueryParamMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[5].Descriptor()
+	return file_mesh_proto_enumTypes[6].Descriptor()
 }
 
 func (QueryParamMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[5]
+	return &file_mesh_proto_enumTypes[6]
 }
 
 func (x QueryParamMatch_Type) Number() protoreflect.EnumNumber {
@@ -369,11 +421,11 @@ func (x PathModifier_Type) String() string {
 }
 
 func (PathModifier_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[6].Descriptor()
+	return file_mesh_proto_enumTypes[7].Descriptor()
 }
 
 func (PathModifier_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[6]
+	return &file_mesh_proto_enumTypes[7]
 }
 
 func (x PathModifier_Type) Number() protoreflect.EnumNumber {
@@ -415,11 +467,11 @@ func (x RateLimit_Algorithm) String() string {
 }
 
 func (RateLimit_Algorithm) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[7].Descriptor()
+	return file_mesh_proto_enumTypes[8].Descriptor()
 }
 
 func (RateLimit_Algorithm) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[7]
+	return &file_mesh_proto_enumTypes[8]
 }
 
 func (x RateLimit_Algorithm) Number() protoreflect.EnumNumber {
@@ -467,11 +519,11 @@ func (x RateLimit_Scope) String() string {
 }
 
 func (RateLimit_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[8].Descriptor()
+	return file_mesh_proto_enumTypes[9].Descriptor()
 }
 
 func (RateLimit_Scope) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[8]
+	return &file_mesh_proto_enumTypes[9]
 }
 
 func (x RateLimit_Scope) Number() protoreflect.EnumNumber {
@@ -2758,6 +2810,8 @@ type InboundPolicy struct {
 	// Unset: allow every authenticated peer (a control plane older than
 	// authorization).
 	Authorization *Authorization `protobuf:"bytes,2,opt,name=authorization,proto3" json:"authorization,omitempty"`
+	// Unset (MTLS_MODE_UNSPECIFIED) is STRICT.
+	MtlsMode      MtlsMode `protobuf:"varint,3,opt,name=mtls_mode,json=mtlsMode,proto3,enum=trellis.mesh.v1.MtlsMode" json:"mtls_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2804,6 +2858,13 @@ func (x *InboundPolicy) GetAuthorization() *Authorization {
 		return x.Authorization
 	}
 	return nil
+}
+
+func (x *InboundPolicy) GetMtlsMode() MtlsMode {
+	if x != nil {
+		return x.MtlsMode
+	}
+	return MtlsMode_MTLS_MODE_UNSPECIFIED
 }
 
 type Service struct {
@@ -4279,11 +4340,12 @@ const file_mesh_proto_rawDesc = "" +
 	"\x11outlier_detection\x18\x04 \x01(\v2!.trellis.mesh.v1.OutlierDetectionR\x10outlierDetection\x12/\n" +
 	"\x04hash\x18\x05 \x01(\v2\x1b.trellis.mesh.v1.HashPolicyR\x04hash\x128\n" +
 	"\n" +
-	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"\x92\x01\n" +
+	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"\xca\x01\n" +
 	"\rInboundPolicy\x12;\n" +
 	"\vrate_limits\x18\x01 \x03(\v2\x1a.trellis.mesh.v1.RateLimitR\n" +
 	"rateLimits\x12D\n" +
-	"\rauthorization\x18\x02 \x01(\v2\x1e.trellis.mesh.v1.AuthorizationR\rauthorization\"\x98\x02\n" +
+	"\rauthorization\x18\x02 \x01(\v2\x1e.trellis.mesh.v1.AuthorizationR\rauthorization\x126\n" +
+	"\tmtls_mode\x18\x03 \x01(\x0e2\x19.trellis.mesh.v1.MtlsModeR\bmtlsMode\"\x98\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12+\n" +
@@ -4401,7 +4463,13 @@ const file_mesh_proto_rawDesc = "" +
 	"\vAuthzAction\x12\x0f\n" +
 	"\vAUTHZ_ALLOW\x10\x00\x12\x0e\n" +
 	"\n" +
-	"AUTHZ_DENY\x10\x012\x88\x03\n" +
+	"AUTHZ_DENY\x10\x01*A\n" +
+	"\bMtlsMode\x12\x19\n" +
+	"\x15MTLS_MODE_UNSPECIFIED\x10\x00\x12\n" +
+	"\n" +
+	"\x06STRICT\x10\x01\x12\x0e\n" +
+	"\n" +
+	"PERMISSIVE\x10\x022\x88\x03\n" +
 	"\x04Mesh\x12L\n" +
 	"\aCertify\x12\x1f.trellis.mesh.v1.CertifyRequest\x1a .trellis.mesh.v1.CertifyResponse\x12O\n" +
 	"\bRegister\x12 .trellis.mesh.v1.RegisterRequest\x1a!.trellis.mesh.v1.RegisterResponse\x12R\n" +
@@ -4421,158 +4489,160 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
 var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
 	(AuthzAction)(0),            // 2: trellis.mesh.v1.AuthzAction
-	(PathMatch_Type)(0),         // 3: trellis.mesh.v1.PathMatch.Type
-	(HeaderMatch_Type)(0),       // 4: trellis.mesh.v1.HeaderMatch.Type
-	(QueryParamMatch_Type)(0),   // 5: trellis.mesh.v1.QueryParamMatch.Type
-	(PathModifier_Type)(0),      // 6: trellis.mesh.v1.PathModifier.Type
-	(RateLimit_Algorithm)(0),    // 7: trellis.mesh.v1.RateLimit.Algorithm
-	(RateLimit_Scope)(0),        // 8: trellis.mesh.v1.RateLimit.Scope
-	(*CertifyRequest)(nil),      // 9: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),     // 10: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),            // 11: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),     // 12: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),    // 13: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),    // 14: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 15: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),        // 16: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),                // 17: trellis.mesh.v1.Port
-	(*PathMatch)(nil),           // 18: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),         // 19: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),               // 20: trellis.mesh.v1.Match
-	(*QueryParamMatch)(nil),     // 21: trellis.mesh.v1.QueryParamMatch
-	(*Backend)(nil),             // 22: trellis.mesh.v1.Backend
-	(*Route)(nil),               // 23: trellis.mesh.v1.Route
-	(*HeaderValue)(nil),         // 24: trellis.mesh.v1.HeaderValue
-	(*HeaderModifier)(nil),      // 25: trellis.mesh.v1.HeaderModifier
-	(*RouteFilter)(nil),         // 26: trellis.mesh.v1.RouteFilter
-	(*PathModifier)(nil),        // 27: trellis.mesh.v1.PathModifier
-	(*URLRewrite)(nil),          // 28: trellis.mesh.v1.URLRewrite
-	(*RequestRedirect)(nil),     // 29: trellis.mesh.v1.RequestRedirect
-	(*RequestMirror)(nil),       // 30: trellis.mesh.v1.RequestMirror
-	(*Fault)(nil),               // 31: trellis.mesh.v1.Fault
-	(*FaultDelay)(nil),          // 32: trellis.mesh.v1.FaultDelay
-	(*FaultAbort)(nil),          // 33: trellis.mesh.v1.FaultAbort
-	(*RouteTimeouts)(nil),       // 34: trellis.mesh.v1.RouteTimeouts
-	(*HashPolicy)(nil),          // 35: trellis.mesh.v1.HashPolicy
-	(*RetryPolicy)(nil),         // 36: trellis.mesh.v1.RetryPolicy
-	(*RetryBudget)(nil),         // 37: trellis.mesh.v1.RetryBudget
-	(*CircuitBreaker)(nil),      // 38: trellis.mesh.v1.CircuitBreaker
-	(*OutlierDetection)(nil),    // 39: trellis.mesh.v1.OutlierDetection
-	(*BackendPolicy)(nil),       // 40: trellis.mesh.v1.BackendPolicy
-	(*InboundPolicy)(nil),       // 41: trellis.mesh.v1.InboundPolicy
-	(*Service)(nil),             // 42: trellis.mesh.v1.Service
-	(*Snapshot)(nil),            // 43: trellis.mesh.v1.Snapshot
-	(*Telemetry)(nil),           // 44: trellis.mesh.v1.Telemetry
-	(*Authorization)(nil),       // 45: trellis.mesh.v1.Authorization
-	(*AuthzPolicy)(nil),         // 46: trellis.mesh.v1.AuthzPolicy
-	(*AuthzRule)(nil),           // 47: trellis.mesh.v1.AuthzRule
-	(*AuthzSource)(nil),         // 48: trellis.mesh.v1.AuthzSource
-	(*AuthzPath)(nil),           // 49: trellis.mesh.v1.AuthzPath
-	(*AuthzHeader)(nil),         // 50: trellis.mesh.v1.AuthzHeader
-	(*AuthzGRPC)(nil),           // 51: trellis.mesh.v1.AuthzGRPC
-	(*RateLimit)(nil),           // 52: trellis.mesh.v1.RateLimit
-	(*RateLimitValue)(nil),      // 53: trellis.mesh.v1.RateLimitValue
-	(*RateLimitOverride)(nil),   // 54: trellis.mesh.v1.RateLimitOverride
-	(*QuotaReport)(nil),         // 55: trellis.mesh.v1.QuotaReport
-	(*QuotaDemand)(nil),         // 56: trellis.mesh.v1.QuotaDemand
-	(*QuotaGrant)(nil),          // 57: trellis.mesh.v1.QuotaGrant
-	(*QuotaShare)(nil),          // 58: trellis.mesh.v1.QuotaShare
-	nil,                         // 59: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 60: google.protobuf.Duration
+	(MtlsMode)(0),               // 3: trellis.mesh.v1.MtlsMode
+	(PathMatch_Type)(0),         // 4: trellis.mesh.v1.PathMatch.Type
+	(HeaderMatch_Type)(0),       // 5: trellis.mesh.v1.HeaderMatch.Type
+	(QueryParamMatch_Type)(0),   // 6: trellis.mesh.v1.QueryParamMatch.Type
+	(PathModifier_Type)(0),      // 7: trellis.mesh.v1.PathModifier.Type
+	(RateLimit_Algorithm)(0),    // 8: trellis.mesh.v1.RateLimit.Algorithm
+	(RateLimit_Scope)(0),        // 9: trellis.mesh.v1.RateLimit.Scope
+	(*CertifyRequest)(nil),      // 10: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),     // 11: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),            // 12: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),     // 13: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),    // 14: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),    // 15: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 16: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),        // 17: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                // 18: trellis.mesh.v1.Port
+	(*PathMatch)(nil),           // 19: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),         // 20: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),               // 21: trellis.mesh.v1.Match
+	(*QueryParamMatch)(nil),     // 22: trellis.mesh.v1.QueryParamMatch
+	(*Backend)(nil),             // 23: trellis.mesh.v1.Backend
+	(*Route)(nil),               // 24: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),         // 25: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),      // 26: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),         // 27: trellis.mesh.v1.RouteFilter
+	(*PathModifier)(nil),        // 28: trellis.mesh.v1.PathModifier
+	(*URLRewrite)(nil),          // 29: trellis.mesh.v1.URLRewrite
+	(*RequestRedirect)(nil),     // 30: trellis.mesh.v1.RequestRedirect
+	(*RequestMirror)(nil),       // 31: trellis.mesh.v1.RequestMirror
+	(*Fault)(nil),               // 32: trellis.mesh.v1.Fault
+	(*FaultDelay)(nil),          // 33: trellis.mesh.v1.FaultDelay
+	(*FaultAbort)(nil),          // 34: trellis.mesh.v1.FaultAbort
+	(*RouteTimeouts)(nil),       // 35: trellis.mesh.v1.RouteTimeouts
+	(*HashPolicy)(nil),          // 36: trellis.mesh.v1.HashPolicy
+	(*RetryPolicy)(nil),         // 37: trellis.mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),         // 38: trellis.mesh.v1.RetryBudget
+	(*CircuitBreaker)(nil),      // 39: trellis.mesh.v1.CircuitBreaker
+	(*OutlierDetection)(nil),    // 40: trellis.mesh.v1.OutlierDetection
+	(*BackendPolicy)(nil),       // 41: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),       // 42: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),             // 43: trellis.mesh.v1.Service
+	(*Snapshot)(nil),            // 44: trellis.mesh.v1.Snapshot
+	(*Telemetry)(nil),           // 45: trellis.mesh.v1.Telemetry
+	(*Authorization)(nil),       // 46: trellis.mesh.v1.Authorization
+	(*AuthzPolicy)(nil),         // 47: trellis.mesh.v1.AuthzPolicy
+	(*AuthzRule)(nil),           // 48: trellis.mesh.v1.AuthzRule
+	(*AuthzSource)(nil),         // 49: trellis.mesh.v1.AuthzSource
+	(*AuthzPath)(nil),           // 50: trellis.mesh.v1.AuthzPath
+	(*AuthzHeader)(nil),         // 51: trellis.mesh.v1.AuthzHeader
+	(*AuthzGRPC)(nil),           // 52: trellis.mesh.v1.AuthzGRPC
+	(*RateLimit)(nil),           // 53: trellis.mesh.v1.RateLimit
+	(*RateLimitValue)(nil),      // 54: trellis.mesh.v1.RateLimitValue
+	(*RateLimitOverride)(nil),   // 55: trellis.mesh.v1.RateLimitOverride
+	(*QuotaReport)(nil),         // 56: trellis.mesh.v1.QuotaReport
+	(*QuotaDemand)(nil),         // 57: trellis.mesh.v1.QuotaDemand
+	(*QuotaGrant)(nil),          // 58: trellis.mesh.v1.QuotaGrant
+	(*QuotaShare)(nil),          // 59: trellis.mesh.v1.QuotaShare
+	nil,                         // 60: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 61: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	59, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	11, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	60, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	12, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
-	3,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
-	4,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	18, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	19, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	21, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
-	5,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
-	20, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	22, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	26, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
-	34, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	52, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	24, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
-	24, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
-	25, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	25, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	28, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
-	29, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
-	30, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
-	31, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
-	6,  // 22: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
-	27, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
-	27, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
-	22, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
-	32, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
-	33, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	60, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	60, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	60, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	60, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	60, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	60, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	37, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	60, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	60, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	60, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	4,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
+	5,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
+	19, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	20, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	22, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
+	6,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
+	21, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	23, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	27, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	35, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	53, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	25, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	25, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	26, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	26, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	29, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
+	30, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
+	31, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
+	32, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
+	7,  // 22: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
+	28, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
+	28, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
+	23, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
+	33, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
+	34, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
+	61, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	61, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	61, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	61, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	61, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	61, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	38, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
+	61, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	61, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	61, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
-	36, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
-	38, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
-	39, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
-	35, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	60, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	52, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	45, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
-	17, // 46: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	23, // 47: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	11, // 48: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	40, // 49: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	42, // 50: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	42, // 51: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	41, // 52: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	44, // 53: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
-	2,  // 54: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
-	46, // 55: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
-	2,  // 56: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
-	47, // 57: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
-	48, // 58: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
-	49, // 59: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
-	50, // 60: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
-	51, // 61: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
-	7,  // 62: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
-	53, // 63: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	8,  // 64: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
-	54, // 65: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
-	60, // 66: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
-	53, // 67: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	56, // 68: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
-	53, // 69: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	58, // 70: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
-	9,  // 71: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	12, // 72: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	14, // 73: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	16, // 74: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	55, // 75: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
-	10, // 76: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	13, // 77: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	15, // 78: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	43, // 79: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	57, // 80: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
-	76, // [76:81] is the sub-list for method output_type
-	71, // [71:76] is the sub-list for method input_type
-	71, // [71:71] is the sub-list for extension type_name
-	71, // [71:71] is the sub-list for extension extendee
-	0,  // [0:71] is the sub-list for field type_name
+	37, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
+	39, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
+	40, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
+	36, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
+	61, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	53, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	46, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
+	3,  // 46: trellis.mesh.v1.InboundPolicy.mtls_mode:type_name -> trellis.mesh.v1.MtlsMode
+	18, // 47: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	24, // 48: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	12, // 49: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	41, // 50: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	43, // 51: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	43, // 52: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	42, // 53: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	45, // 54: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	2,  // 55: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
+	47, // 56: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
+	2,  // 57: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
+	48, // 58: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
+	49, // 59: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
+	50, // 60: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
+	51, // 61: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
+	52, // 62: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
+	8,  // 63: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
+	54, // 64: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	9,  // 65: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
+	55, // 66: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
+	61, // 67: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
+	54, // 68: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	57, // 69: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
+	54, // 70: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	59, // 71: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
+	10, // 72: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	13, // 73: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	15, // 74: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	17, // 75: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	56, // 76: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
+	11, // 77: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	14, // 78: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	16, // 79: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	44, // 80: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	58, // 81: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
+	77, // [77:82] is the sub-list for method output_type
+	72, // [72:77] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -4615,7 +4685,7 @@ func file_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      9,
+			NumEnums:      10,
 			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,

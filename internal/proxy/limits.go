@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"trellis.dev/trellis/internal/telemetry"
+)
+
+// Limits bound what a client can hold of a proxy's listeners: how long it
+// may take to send a request header, how long a request body may stall,
+// how long an idle keep-alive connection stays, how large request headers
+// may be. Zero fields take the defaults below.
+type Limits struct {
+	// ReadHeaderTimeout bounds reading a request header (HTTP/1.1) and the
+	// TLS handshake on the inbound port.
+	ReadHeaderTimeout time.Duration
+	// BodyReadTimeout is the longest a request body may go without
+	// sending a byte (nginx's client_body_timeout): past it the request
+	// is answered 408, or aborted if its response has begun.
+	BodyReadTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header on the listeners apps call
+	// (431 above it). The inbound port accepts 16 times as much, so a
+	// request one proxy accepted is never refused by the next.
+	MaxHeaderBytes int
+}
+
+// The Limits defaults.
+const (
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultBodyReadTimeout   = 30 * time.Second
+	DefaultIdleTimeout       = 5 * time.Minute
+	DefaultMaxHeaderBytes    = 64 << 10
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.ReadHeaderTimeout <= 0 {
+		l.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if l.BodyReadTimeout <= 0 {
+		l.BodyReadTimeout = DefaultBodyReadTimeout
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = DefaultIdleTimeout
+	}
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	return l
+}
+
+// headerSize is the size of r's request line and header as HTTP/1.1 would
+// send them (HTTP/2 counts alike, near enough for a limit).
+func headerSize(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Host) + 16
+	for k, vv := range r.Header {
+		for _, v := range vv {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// clientBody is a request body read under the body read timeout: each
+// Read that may block gets a fresh deadline. A failed read is the client's
+// doing (a stall, a malformed chunk), remembered so the upstream stage
+// answers 4xx and charges no endpoint. It is allocated per request with a
+// body, not pooled with the exchange: a transport may close (or read) the
+// body from its own goroutine after the exchange is released; done stops
+// it from touching the connection's deadline then.
+type clientBody struct {
+	rc   io.ReadCloser
+	w    http.ResponseWriter
+	d    time.Duration
+	ref  *telemetry.Refusals
+	eof  bool
+	fail atomic.Uint32 // bodyOK, bodyStalled or bodyMalformed
+	done atomic.Bool   // the exchange has ended
+}
+
+const (
+	bodyOK uint32 = iota
+	bodyStalled
+	bodyMalformed
+)
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	if b.eof {
+		return 0, io.EOF
+	}
+	if b.d > 0 && !b.done.Load() {
+		_ = http.NewResponseController(b.w).SetReadDeadline(time.Now().Add(b.d))
+	}
+	n, err := b.rc.Read(p)
+	switch {
+	case err == io.EOF:
+		b.eof = true
+	case err != nil && b.fail.Load() == bodyOK && !b.done.Load():
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			b.fail.Store(bodyStalled)
+			b.ref.Refused(telemetry.RefusedBodyTimeout)
+		} else {
+			b.fail.Store(bodyMalformed)
+		}
+	}
+	return n, err
+}
+
+func (b *clientBody) Close() error { return b.rc.Close() }
+
+// failed reports how the client's body failed, bodyOK if it did not.
+func (b *clientBody) failed() uint32 {
+	if b == nil {
+		return bodyOK
+	}
+	return b.fail.Load()
+}
+
+// clientBodyFailed answers an attempt that failed because the client's
+// body did: 408 for a stall, 400 for a malformed body. The attempt is not
+// the endpoint's failure and is not retried (ex.err stays nil).
+func clientBodyFailed(ex *Exchange) *Response {
+	ex.err = nil
+	if ex.reqBody.failed() == bodyStalled {
+		return ex.fail(http.StatusRequestTimeout, FlagDPE, "request body stalled longer than the body read timeout")
+	}
+	return ex.fail(http.StatusBadRequest, FlagDPE, "malformed request body")
+}
