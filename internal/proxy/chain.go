@@ -34,13 +34,23 @@ func chain(end Handler, filters ...Filter) Handler {
 // request: the listener chains here once per snapshot, the route chain once
 // per route of it.
 
+// telemetrySlot is the first filter of every listener chain: the
+// telemetry filter, or noTelemetry with DisableMetrics. (A nil p is a
+// compile-only test's.)
+func (p *Proxy) telemetrySlot() Filter {
+	if p == nil || p.telemetry == nil {
+		return telemetryFilter
+	}
+	return p.telemetry
+}
+
 // outboundChain serves the app's HTTP requests, on the outbound proxy port
 // and the per-upstream ports:
 //
 //	telemetry ▸ resolve service ▸ match route ▸ (the route's chain)
 func (p *Proxy) outboundChain() Handler {
 	return chain(routeDispatch{},
-		telemetryFilter,
+		p.telemetrySlot(),
 		p.resolveFilter,
 	)
 }
@@ -85,7 +95,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 // depend on the port.
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
-		telemetryFilter,
+		p.telemetrySlot(),
 		authnFilter,
 		localPortFilter,
 		// [authorization] security: the snapshot's inbound_policy against ex.PeerID.
@@ -100,7 +110,7 @@ func (p *Proxy) inboundChain() Handler {
 //	telemetry ▸ resolve service ▸ [authorization] ▸ tunnel
 func (p *Proxy) tunnelChain() Handler {
 	return chain(p.tunnelUpstream(),
-		telemetryFilter,
+		p.telemetrySlot(),
 		p.resolveFilter,
 		// [authorization] security: egress policy for the destination.
 	)

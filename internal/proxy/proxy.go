@@ -66,6 +66,13 @@ type Options struct {
 	// MaxMirrors bounds the RequestMirror copies in flight; beyond it
 	// copies are dropped (and counted). Default DefaultMaxMirrors.
 	MaxMirrors int
+	// DisableMetrics leaves the per-request metrics out (the telemetry
+	// filter and its families; --disable-metrics), so their cost can be
+	// measured. Event counters (retries, breakers, tunnels) stay.
+	DisableMetrics bool
+	// CertNotAfter, when set, is read at scrape time for the certificate
+	// expiry gauge.
+	CertNotAfter func() time.Time
 }
 
 // DefaultMaxMirrors is Options.MaxMirrors' default: enough for a mirror
@@ -82,8 +89,14 @@ type Proxy struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *telemetry.ProxyMetrics
-	appHost string
-	appPort uint32
+	// telemetry is the telemetry slot of every chain; activeIn/activeOut
+	// the in-flight gauges (nil with DisableMetrics); sourceHdr is
+	// {Service}, the X-Trellis-Source-Service value every request carries.
+	telemetry           Filter
+	activeIn, activeOut prometheus.Gauge
+	sourceHdr           []string
+	appHost             string
+	appPort             uint32
 
 	cfg       atomic.Pointer[compiled]
 	updateMu  sync.Mutex // serializes Update; guards pickers, endpoints, peers
@@ -198,11 +211,21 @@ func New(o Options) (*Proxy, error) {
 		}
 		p.upstreams = append(p.upstreams, &upstream{key: key, host: host, port: port})
 	}
-	m, err := telemetry.NewProxyMetrics(o.Registry)
+	m, err := telemetry.NewProxyMetrics(o.Registry, telemetry.ProxyMetricsOptions{DisableRequests: o.DisableMetrics})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
+	if o.CertNotAfter != nil {
+		if err := telemetry.RegisterCertExpiry(o.Registry, o.CertNotAfter); err != nil {
+			return nil, fmt.Errorf("proxy: metrics: %w", err)
+		}
+	}
 	p.metrics = m
+	p.telemetry, p.sourceHdr = telemetryFilter, []string{o.Service}
+	if o.DisableMetrics {
+		p.telemetry = noTelemetry
+	}
+	p.activeIn, p.activeOut = m.Active(telemetry.ReporterDestination), m.Active(telemetry.ReporterSource)
 	if o.MaxMirrors <= 0 {
 		o.MaxMirrors = DefaultMaxMirrors
 		p.opts.MaxMirrors = o.MaxMirrors
@@ -269,6 +292,8 @@ func (p *Proxy) env() compileEnv {
 			return pr
 		},
 		metrics:    p.metrics.Dest,
+		pm:         p.metrics,
+		source:     telemetry.Peer{Service: p.opts.Service, Namespace: p.opts.Namespace, Identity: p.opts.Identity},
 		resilience: p.resil.service,
 		host:       p.resil.host,
 		proxy:      p,

@@ -37,21 +37,21 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var h Handler
 	switch e.kind {
 	case inboundListener:
-		ex.metrics = c.inbound.metrics
+		ex.sources, ex.active = c.inbound.sources, e.p.activeIn
 		ex.PeerID, ex.peerIDHdr = connPeer(r)
 		h = c.inboundH
 	case outboundListener:
-		ex.metrics = c.unknown
+		ex.series, ex.active = c.unknown, e.p.activeOut
 		h = c.outbound
 		if r.Method == http.MethodConnect {
 			h = c.tunnel
 		}
 	case upstreamListener:
-		ex.metrics = c.unknown
+		ex.series, ex.active = c.unknown, e.p.activeOut
 		ex.host, ex.hostPort = e.up.host, e.up.port
 		h = c.outbound
 		if r.Method == http.MethodConnect {
-			h = telemetryFilter(refuseConnect)
+			h = e.p.telemetrySlot()(refuseConnect)
 		}
 	}
 	e.p.write(w, r, ex, h.Serve(ex))
@@ -186,7 +186,7 @@ func (p *Proxy) writeUpgraded(w http.ResponseWriter, r *http.Request, ex *Exchan
 			ex.Flags |= FlagDC
 			return
 		}
-		splice(r.Body, streamWriter{w, rc}, back, back)
+		spliceCounted(ex.tcpSeries(), r.Body, streamWriter{w, rc}, back, back)
 		return
 	}
 	client, cbuf, err := http.NewResponseController(w).Hijack()
@@ -210,6 +210,10 @@ func (p *Proxy) writeUpgraded(w http.ResponseWriter, r *http.Request, ex *Exchan
 		return
 	}
 	defer p.track(client, false)
+	if connect {
+		spliceCounted(ex.tcpSeries(), cbuf.Reader, client, back, back)
+		return
+	}
 	splice(cbuf.Reader, client, back, back)
 }
 
@@ -225,7 +229,7 @@ func (p *Proxy) serveRaw(ctx context.Context, conn net.Conn, c *compiled, svc *s
 	resp := c.tunnel.Serve(ex)
 	if back := resp.Upgraded; back != nil {
 		if p.track(conn, true) {
-			splice(conn, conn, back, back)
+			spliceCounted(svc.tcp, conn, conn, back, back)
 			p.track(conn, false)
 		}
 		_ = back.Close()

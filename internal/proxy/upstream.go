@@ -27,8 +27,11 @@ func (p *Proxy) peerUpstream() Handler {
 		if p.peerH2(ex) {
 			tr = ex.peer.h2
 		}
-		o := outHeader(ex, 2)
+		o := outHeader(ex, 3)
 		o.header[headerPort] = ps.portHdr
+		// Set, never passed on: the app behind this proxy cannot name
+		// another caller.
+		o.header[headerSource] = p.sourceHdr
 		// Only the receiving proxy says who the caller is.
 		delete(o.header, HeaderClientID)
 		return roundTrip(ex, tr, "https", ex.peer.addr, o)
@@ -55,6 +58,7 @@ func (p *Proxy) appUpstream() Handler {
 		}
 		o := outHeader(ex, 1)
 		delete(o.header, headerPort)
+		delete(o.header, headerSource)
 		o.header[HeaderClientID] = ex.peerIDHdr
 		resp := roundTrip(ex, tr, "http", ex.target.appAddr, o)
 		if ex.err == nil && resp.Header != nil {

@@ -53,6 +53,8 @@ type Options struct {
 	AdminAddr    string
 	Upstreams    map[string]string
 	Balancer     lb.Policy
+	// DisableMetrics turns the per-request metrics off (--disable-metrics).
+	DisableMetrics bool
 
 	Heartbeat    time.Duration // default 5s
 	DrainTimeout time.Duration // default 10s
@@ -293,15 +295,17 @@ func (s *sidecar) startProxy() error {
 	authorizeMesh := tlsconfig.AuthorizeMemberOf(s.td)
 	var clientConfigs sync.Map // peer identity → *tls.Config
 	p, err := proxy.New(proxy.Options{
-		Service:      s.o.Service,
-		Namespace:    s.o.Namespace,
-		AppAddr:      s.o.AppAddr,
-		InboundAddr:  s.o.InboundAddr,
-		OutboundAddr: s.o.OutboundAddr,
-		AdminAddr:    s.o.AdminAddr,
-		Upstreams:    s.o.Upstreams,
-		Identity:     s.id.String(),
-		ServerTLS:    identity.ServerTLS(s.src, authorizeMesh),
+		Service:        s.o.Service,
+		Namespace:      s.o.Namespace,
+		AppAddr:        s.o.AppAddr,
+		InboundAddr:    s.o.InboundAddr,
+		OutboundAddr:   s.o.OutboundAddr,
+		AdminAddr:      s.o.AdminAddr,
+		Upstreams:      s.o.Upstreams,
+		Identity:       s.id.String(),
+		DisableMetrics: s.o.DisableMetrics,
+		CertNotAfter:   s.src.NotAfter,
+		ServerTLS:      identity.ServerTLS(s.src, authorizeMesh),
 		ClientTLS: func(peer string) *tls.Config {
 			if c, ok := clientConfigs.Load(peer); ok {
 				return c.(*tls.Config)
