@@ -109,6 +109,12 @@ func TestGRPCUnaryStreamingTrailers(t *testing.T) {
 		}
 	}
 	assertMetric(t, client, `trellis_requests_total{reporter="source",destination_service="greeter",destination_namespace="default",response_code="200",response_flags="-"} 3`)
+	// grpc_status from the trailers, or the header of a trailers-only
+	// answer (NotFound), on both sides of the hop.
+	for _, p := range []*Proxy{client, srv.proxy} {
+		assertMetric(t, p, `trellis_requests_total{destination_service="greeter",grpc_status="0"} 2`)
+		assertMetric(t, p, `trellis_requests_total{destination_service="greeter",grpc_status="5"} 1`)
+	}
 }
 
 func TestWebSocketEcho(t *testing.T) {

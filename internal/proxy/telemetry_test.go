@@ -1,0 +1,165 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/telemetry"
+)
+
+// metricsApp reads the request body and answers 1000 bytes, telling which
+// X-Trellis-Source-Service header it saw.
+func metricsApp() http.Handler {
+	body := bytes.Repeat([]byte("x"), 1000)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("X-Seen-Source", r.Header.Get(headerSource))
+		_, _ = w.Write(body)
+	})
+}
+
+// TestRequestMetricLabels: one request through a proxy pair is counted
+// once on each side, with both sides' service, namespace and identity, the
+// route, the code, no gRPC status, no flags, mTLS, and the bytes each way;
+// the source service is the calling proxy's, whatever its app sent.
+func TestRequestMetricLabels(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	app := startApp(t, metricsApp())
+	srv := startServer(t, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
+	client := startClient(t, ca, Options{Identity: spiffeFor("frontend")})
+	svc := srv.svc
+	svc.Routes = []*meshv1.Route{{Name: "default/orders/rules[0]", Backends: []*meshv1.Backend{{Service: "orders", Weight: 1}}}}
+	if err := client.Update(snapshot("1", svc)); err != nil {
+		t.Fatal(err)
+	}
+	c := proxyClient(client)
+	req, _ := http.NewRequest("POST", "http://orders/buy", strings.NewReader("hello"))
+	req.Header.Set(headerSource, "evil")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Seen-Source"); got != "" {
+		t.Errorf("the app saw %s %q; the inbound proxy must strip it", headerSource, got)
+	}
+	// A streamed body (no Content-Length) is counted as it is read.
+	req, _ = http.NewRequest("POST", "http://orders/buy", io.NopCloser(strings.NewReader("0123456789")))
+	req.ContentLength = -1
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	const both = `source_service="frontend",source_namespace="default",source_identity="spiffe://trellis.local/ns/default/sa/frontend",destination_service="orders",destination_namespace="default",destination_identity="spiffe://trellis.local/ns/default/sa/orders",response_code="200",grpc_status="-",response_flags="-",mtls="true"`
+	assertMetric(t, client, `trellis_requests_total{reporter="source",`+both+`,route="default/orders/rules[0]"} 2`)
+	assertMetric(t, srv.proxy, `trellis_requests_total{reporter="destination",`+both+`,route="-"} 2`)
+	for _, p := range []*Proxy{client, srv.proxy} {
+		assertMetric(t, p, `trellis_request_bytes_sum{`+both+`} 15`)
+		assertMetric(t, p, `trellis_response_bytes_sum{`+both+`} 2000`)
+		assertMetric(t, p, `trellis_request_duration_seconds_count{`+both+`} 2`)
+		assertMetric(t, p, `trellis_active_requests{reporter="source"} 0`)
+		assertMetric(t, p, `trellis_active_requests{reporter="destination"} 0`)
+	}
+}
+
+// TestRefusedRequestLabels: a request the source side refuses before it
+// knows a service, route or endpoint reads unknown / "-" there.
+func TestRefusedRequestLabels(t *testing.T) {
+	m := newMesh(t, Options{Identity: spiffeFor("frontend")})
+	c := proxyClient(m.client)
+	resp, _ := get(t, c, "http://nosuch.default/", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("status %d, want 503", resp.StatusCode)
+	}
+	assertMetric(t, m.client, `trellis_requests_total{reporter="source",source_service="frontend",destination_service="unknown",destination_namespace="unknown",destination_identity="unknown",route="-",response_code="503",response_flags="NC"} 1`)
+}
+
+// TestDisableMetrics: with DisableMetrics the proxy serves as before and
+// exports no per-request family.
+func TestDisableMetrics(t *testing.T) {
+	m := newMesh(t, Options{DisableMetrics: true})
+	c := proxyClient(m.client)
+	if resp, body := get(t, c, "http://orders/a", nil); resp.StatusCode != 200 || !strings.HasPrefix(body, "orders") {
+		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	}
+	resp, err := http.Get("http://" + m.client.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, fam := range []string{telemetry.RequestsTotalName, telemetry.RequestDurationName, telemetry.RequestBytesName, telemetry.ActiveRequestsName} {
+		if strings.Contains(string(b), fam) {
+			t.Errorf("metrics disabled, yet /metrics has %s", fam)
+		}
+	}
+	if !strings.Contains(string(b), telemetry.MirrorRequestsName) {
+		t.Errorf("event counters must stay with metrics disabled:\n%s", b)
+	}
+}
+
+// TestCountAllocs: counting a finished exchange on a warm series allocates
+// nothing, on the source and on the destination side.
+func TestCountAllocs(t *testing.T) {
+	pm, err := telemetry.NewProxyMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := pm.Series(telemetry.SeriesLabels{Reporter: telemetry.ReporterSource, Route: "r"})
+	sources := pm.Sources(telemetry.Peer{Service: "orders", Namespace: "default"})
+	hdr := http.Header{headerSource: {"frontend"}}
+	trailer := http.Header{"Grpc-Status": {"0"}}
+	resp := &Response{Status: 200, Header: http.Header{}, Trailer: &trailer}
+	out := &Exchange{series: src, Header: hdr, Start: time.Now(), ContentLength: 5}
+	in := &Exchange{sources: sources, Header: hdr, PeerID: spiffeFor("frontend"), Start: time.Now()}
+	run := func() {
+		for _, ex := range []*Exchange{out, in} {
+			ex.body = countedBody{ex: ex, resp: resp, status: 200}
+			_ = ex.body.Close()
+		}
+	}
+	run()
+	if n := testing.AllocsPerRun(200, run); n != 0 {
+		t.Fatalf("allocs per counted exchange = %v, want 0", n)
+	}
+}
+
+// BenchmarkCountExchange is what the telemetry filter adds to one request
+// on one side of a hop: counting the exchange into its warm series (the
+// source side's precomputed one, the destination side's by caller).
+func BenchmarkCountExchange(b *testing.B) {
+	pm, err := telemetry.NewProxyMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	hdr := http.Header{headerSource: {"frontend"}}
+	resp := &Response{Status: 200, Header: http.Header{}}
+	for _, tc := range []struct {
+		name string
+		ex   *Exchange
+	}{
+		{"source", &Exchange{series: pm.Series(telemetry.SeriesLabels{Reporter: telemetry.ReporterSource, Route: "r"}), Header: hdr}},
+		{"destination", &Exchange{sources: pm.Sources(telemetry.Peer{Service: "orders", Namespace: "default"}), Header: hdr, PeerID: spiffeFor("frontend")}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			ex := tc.ex
+			ex.Start = time.Now()
+			b.ReportAllocs()
+			for b.Loop() {
+				ex.body = countedBody{ex: ex, resp: resp, status: 200}
+				_ = ex.body.Close()
+			}
+		})
+	}
+}
