@@ -395,8 +395,9 @@ func (c *Control) serveMetrics() {
 		ErrorLog:      slog.NewLogLogger(c.log.Handler(), slog.LevelWarn),
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
+	mux.HandleFunc("GET "+PrometheusSDPath, c.serveSD)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "not found: the control plane serves GET /metrics here; the API is on the admin address", http.StatusNotFound)
+		http.Error(w, "not found: the control plane serves GET /metrics and GET "+PrometheusSDPath+" here; the API is on the admin address", http.StatusNotFound)
 	})
 	c.metricsSrv = &http.Server{
 		Handler:           mux,

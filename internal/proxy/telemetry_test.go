@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -161,5 +165,46 @@ func BenchmarkCountExchange(b *testing.B) {
 				_ = ex.body.Close()
 			}
 		})
+	}
+}
+
+// TestMetricsPromtool runs promtool's linter on real /metrics scrapes of
+// both proxies of a hop after HTTP, refused, gRPC-less and TCP traffic.
+func TestMetricsPromtool(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skip("promtool not installed (apt-get install prometheus)")
+	}
+	m := newMesh(t, Options{Identity: spiffeFor("frontend")})
+	c := proxyClient(m.client)
+	get(t, c, "http://orders/a", nil)
+	get(t, c, "http://nosuch.default/", nil)
+	conn, err := net.Dial("tcp", m.client.OutboundAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "CONNECT orders:82 HTTP/1.1\r\nHost: orders:82\r\n\r\n")
+	br := bufio.NewReader(conn)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	echoRoundTrip(t, conn, br)
+	conn.Close()
+	assertMetric(t, m.orders.proxy, `trellis_tcp_connections_closed_total{reporter="destination"} 1`)
+	for _, p := range []*Proxy{m.client, m.orders.proxy} {
+		resp, err := http.Get("http://" + p.AdminAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), telemetry.RequestsTotalName) {
+			t.Fatalf("no %s in the scrape:\n%s", telemetry.RequestsTotalName, body)
+		}
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = bytes.NewReader(body)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("promtool check metrics: %v\n%s", err, out)
+		}
 	}
 }
