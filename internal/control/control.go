@@ -355,6 +355,8 @@ func (c *Control) openStore() error {
 	meter, err := telemetry.NewControlMetrics(c.promReg, telemetry.ControlState{
 		ConnectedProxies:  func() int { return c.push.Counters().Streams },
 		SoonestCertExpiry: func() (time.Time, bool) { return c.push.SoonestCertExpiry() },
+		ProxyStates:       c.proxyStates,
+		States:            []string{push.StateSynced, push.StateStale, push.StateNacked, push.StatePending},
 		Resources:         func(context.Context) (map[string]int, error) { return countResources(c.view.State()), nil },
 		Kinds:             config.Kinds(),
 		StoreOps:          store.OpNames(),

@@ -82,3 +82,12 @@ func (c *Control) serveSD(w http.ResponseWriter, _ *http.Request) {
 		c.log.Debug("prometheus sd: write", "err", err)
 	}
 }
+
+// proxyStates counts the connected proxies by push state, at scrape time.
+func (c *Control) proxyStates() map[string]int {
+	counts := map[string]int{}
+	for _, st := range c.push.Statuses() {
+		counts[st.State]++
+	}
+	return counts
+}

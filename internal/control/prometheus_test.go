@@ -8,6 +8,7 @@ import (
 	"time"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/telemetry"
 )
 
 func getSD(t *testing.T, c *Control) []sdGroup {
@@ -49,6 +50,20 @@ func TestPrometheusSD(t *testing.T) {
 	if !reflect.DeepEqual(p.Targets, []string{"127.0.0.1:15000"}) || p.Labels["trellis_role"] != "proxy" ||
 		p.Labels["service"] != "frontend" || p.Labels["namespace"] != "default" || p.Labels["__meta_trellis_endpoint_id"] != "frontend-1" {
 		t.Fatalf("proxy group %+v", p)
+	}
+	// The same proxy, in sync, in the push state gauge the out-of-sync
+	// alert reads; every state is shown, 0 included.
+	for time.Now().Before(deadline) {
+		if v, _ := parseMetrics(t, scrape(t, c)).value(telemetry.ControlProxiesByStateName, "state", "SYNCED"); v == 1 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	m := parseMetrics(t, scrape(t, c))
+	for st, want := range map[string]float64{"SYNCED": 1, "STALE": 0, "NACKED": 0, "PENDING": 0} {
+		if v, ok := m.value(telemetry.ControlProxiesByStateName, "state", st); !ok || v != want {
+			t.Errorf("%s{state=%s} = %v (%v), want %v", telemetry.ControlProxiesByStateName, st, v, ok, want)
+		}
 	}
 }
 
