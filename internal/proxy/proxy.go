@@ -433,13 +433,19 @@ func (p *Proxy) Start() error {
 		srv *http.Server
 		ln  net.Listener
 	}
+	// Each listener's connections are counted in the open-connections
+	// gauge by the server's ConnState hook.
+	counted := func(srv *http.Server, listener string) *http.Server {
+		srv.ConnState = p.metrics.ConnState(listener)
+		return srv
+	}
 	var toServe []serve
 	if a := p.opts.OutboundAddr; a != "" {
 		ln, err := listen("outbound", a)
 		if err != nil {
 			return err
 		}
-		toServe = append(toServe, serve{p.appServer(&edge{p: p, kind: outboundListener}, errLog), ln})
+		toServe = append(toServe, serve{counted(p.appServer(&edge{p: p, kind: outboundListener}, errLog), "outbound"), ln})
 	}
 	for _, u := range p.upstreams {
 		ln, err := listen("upstream:"+u.key, p.opts.Upstreams[u.key])
@@ -448,7 +454,7 @@ func (p *Proxy) Start() error {
 		}
 		u.ln = ln
 		u.http = newChanListener(ln.Addr())
-		toServe = append(toServe, serve{p.appServer(&edge{p: p, kind: upstreamListener, up: u}, errLog), u.http})
+		toServe = append(toServe, serve{counted(p.appServer(&edge{p: p, kind: upstreamListener, up: u}, errLog), "upstream"), u.http})
 	}
 	if a := p.opts.InboundAddr; a != "" {
 		ln, err := listen("inbound", a)
@@ -468,7 +474,7 @@ func (p *Proxy) Start() error {
 			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){ALPNTCP: p.serveTCPTunnel},
 			HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		}
-		toServe = append(toServe, serve{srv, tls.NewListener(ln, p.inboundTLS())})
+		toServe = append(toServe, serve{counted(srv, "inbound"), tls.NewListener(ln, p.inboundTLS())})
 	}
 	if a := p.opts.AdminAddr; a != "" {
 		ln, err := listen("admin", a)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os/exec"
 	"strings"
 	"testing"
@@ -207,4 +208,30 @@ func TestMetricsPromtool(t *testing.T) {
 			t.Fatalf("promtool check metrics: %v\n%s", err, out)
 		}
 	}
+}
+
+// TestOpenConnections: the gauge follows connections to the outbound and
+// inbound listeners, up while a keep-alive connection is open, down when
+// it closes.
+func TestOpenConnections(t *testing.T) {
+	m := newMesh(t, Options{})
+	tr := &http.Transport{Proxy: http.ProxyURL(must(url.Parse("http://" + m.client.OutboundAddr())))}
+	c := &http.Client{Transport: tr}
+	resp, err := c.Get("http://orders/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	assertMetric(t, m.client, `trellis_proxy_open_connections{listener="outbound"} 1`)
+	assertMetric(t, m.orders.proxy, `trellis_proxy_open_connections{listener="inbound"} 1`)
+	tr.CloseIdleConnections()
+	assertMetric(t, m.client, `trellis_proxy_open_connections{listener="outbound"} 0`)
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

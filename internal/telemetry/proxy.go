@@ -99,6 +99,7 @@ type ProxyMetrics struct {
 	req      requestVecs
 	active   [2]prometheus.Gauge // by reporter: source, destination
 	tcp      tcpVecs
+	conns    *prometheus.GaugeVec
 	mirrors  *prometheus.CounterVec
 	res      resilienceVecs
 
@@ -147,7 +148,11 @@ func NewProxyMetrics(reg prometheus.Registerer, opts ...ProxyMetricsOptions) (*P
 	}
 	m.res = newResilienceVecs()
 	m.tcp = newTCPVecs()
-	cs := []prometheus.Collector{m.mirrors, m.res.retries, m.res.overflows, m.res.ejections}
+	m.conns = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: OpenConnectionsName,
+		Help: "Connections open on the proxy's listeners (outbound, upstream, inbound), tunnels that left HTTP excluded.",
+	}, []string{"listener"})
+	cs := []prometheus.Collector{m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.conns}
 	cs = append(cs, m.tcp.collectors()...)
 	if !m.disabled {
 		m.req = newRequestVecs()

@@ -1,6 +1,8 @@
 package telemetry
 
 import (
+	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -193,6 +195,25 @@ func (t *TCPSeries) Closed(sent, received int64) {
 	t.open.Dec()
 	t.sent.Add(float64(sent))
 	t.received.Add(float64(received))
+}
+
+// OpenConnectionsName is the gauge of connections open on the proxy's
+// listeners, by listener (outbound, upstream, inbound).
+const OpenConnectionsName = "trellis_proxy_open_connections"
+
+// ConnState returns an http.Server ConnState hook that keeps listener's
+// open connections in the gauge: up when accepted, down when closed or
+// hijacked (a hijacked tunnel is counted by the TCP families instead).
+func (m *ProxyMetrics) ConnState(listener string) func(net.Conn, http.ConnState) {
+	g := m.conns.WithLabelValues(listener)
+	return func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			g.Inc()
+		case http.StateClosed, http.StateHijacked:
+			g.Dec()
+		}
+	}
 }
 
 // CertExpiryName is the proxy's workload certificate expiry gauge.
