@@ -60,7 +60,7 @@ func BenchmarkHop(b *testing.B) {
 		name      string
 		hopH2     bool
 		noMetrics bool
-	}{{"hop=http1", false, false}, {"hop=h2", true, false}, {"hop=h2/metrics=off", true, true}} {
+	}{{"hop=http1", false, false}, {"hop=h2", true, false}, {"hop=h2,metrics=off", true, true}} {
 		b.Run(tc.name, func(b *testing.B) {
 			client := startClient(b, ca, Options{DisableMetrics: tc.noMetrics, Identity: spiffeFor("frontend")})
 			client.hopH2 = tc.hopH2
