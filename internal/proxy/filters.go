@@ -130,7 +130,7 @@ func (routeDispatch) Serve(ex *Exchange) *Response {
 	if rt == nil {
 		return ex.fail(http.StatusNotFound, FlagNR, "no route of "+ex.Service.key+" matches "+ex.Method+" "+ex.Path)
 	}
-	ex.Route = rt
+	ex.Route, ex.series = rt, rt.series
 	return rt.handler.Serve(ex)
 }
 

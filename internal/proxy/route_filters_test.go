@@ -287,7 +287,7 @@ func TestFaultAbortThroughProxies(t *testing.T) {
 	if aborted < 60 || aborted > 140 {
 		t.Errorf("50%% abort aborted %d of %d", aborted, n)
 	}
-	assertMetric(t, client, `trellis_requests_total{reporter="source",destination_service="shop",destination_namespace="default",response_code="418",response_flags="FI"} 1`)
+	assertMetric(t, client, `trellis_requests_total{reporter="source",destination_service="shop",destination_namespace="default",response_code="418",response_flags="FI",route="always"} 1`)
 }
 
 func TestFaultDelayThroughProxies(t *testing.T) {

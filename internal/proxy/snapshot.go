@@ -47,8 +47,9 @@ type inboundConfig struct {
 	key   string // "name.namespace" of this proxy's service
 	ports []portSpec
 	def   portSpec // used when a request names no port
-	// sources are the destination-side series, by caller; tcp counts the
-	// tunnels peers open to this service.
+	// sources are the destination-side series, by caller; dst is this
+	// proxy's own side (service, namespace, identity) for them and for
+	// the tunnels peers open to it.
 	sources *telemetry.Sources
 	dst     telemetry.Peer
 }
@@ -136,6 +137,9 @@ type route struct {
 	fault    *faultSpec
 	// handler is the route's compiled chain (chain.go: routeChain).
 	handler Handler
+	// series counts what the route answers before a backend is chosen (a
+	// redirect, an injected fault): destination the service it serves.
+	series *telemetry.Series
 }
 
 type backend struct {
@@ -438,6 +442,7 @@ func (s *service) compileSeries(env compileEnv) {
 	}
 	for i := range s.routes {
 		rt := &s.routes[i]
+		rt.series = env.series(telemetry.SeriesLabels{Destination: dst, Route: rt.name})
 		for j := range rt.backends {
 			rt.backends[j].compileSeries(env, rt.name)
 		}
