@@ -315,3 +315,23 @@ func TestStatSumsOverFlags(t *testing.T) {
 		t.Fatalf("duration histogram %v, want 3 observations", h)
 	}
 }
+
+// TestSourcePeer: the caller's namespace and identity only from a verified
+// SPIFFE ID, its asserted service only as a DNS label beside one.
+func TestSourcePeer(t *testing.T) {
+	id := frontend.Identity
+	for _, tt := range []struct {
+		service, identity string
+		want              Peer
+	}{
+		{"frontend", id, Peer{"frontend", "shop", id}},
+		{"Not_A_Label", id, Peer{"", "shop", id}},
+		{"", id, Peer{"", "shop", id}},
+		{"frontend", "", Peer{}},
+		{"frontend", "spiffe://td/no-namespace", Peer{}},
+	} {
+		if got := SourcePeer(tt.service, tt.identity); got != tt.want {
+			t.Errorf("SourcePeer(%q, %q) = %+v, want %+v", tt.service, tt.identity, got, tt.want)
+		}
+	}
+}
