@@ -235,3 +235,53 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// TestSpliceCountedDirections: a tunnel's bytes are counted by direction,
+// received from the source and sent back to it (Istio's reading), and the
+// tunnel is no longer open once both directions end.
+func TestSpliceCountedDirections(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	pm, err := telemetry.NewProxyMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := pm.TCP(telemetry.SeriesLabels{Reporter: telemetry.ReporterSource, Destination: telemetry.Peer{Service: "db", Namespace: "default"}})
+	srcApp, srcProxy := net.Pipe()
+	dstProxy, dstApp := net.Pipe()
+	done := make(chan struct{})
+	go func() { spliceCounted(ts, srcProxy, srcProxy, dstProxy, dstProxy); close(done) }()
+	go func() {
+		_, _ = dstApp.Write([]byte("1234567")) // the destination answers 7 bytes
+		_, _ = io.Copy(io.Discard, dstApp)
+		dstApp.Close()
+	}()
+	got := make([]byte, 7)
+	if _, err := io.ReadFull(srcApp, got); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srcApp.Write([]byte("abc")); err != nil { // the source sends 3
+		t.Fatal(err)
+	}
+	srcApp.Close()
+	<-done
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{telemetry.TCPSentName: 7, telemetry.TCPReceivedName: 3, telemetry.TCPOpenedName: 1, telemetry.TCPClosedName: 1, telemetry.TCPOpenName: 0}
+	for _, mf := range mfs {
+		w, ok := want[mf.GetName()]
+		if !ok {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		if v != w {
+			t.Errorf("%s = %v, want %v", mf.GetName(), v, w)
+		}
+		delete(want, mf.GetName())
+	}
+	if len(want) > 0 {
+		t.Errorf("families missing: %v", want)
+	}
+}
