@@ -110,6 +110,7 @@ proxy asks for a certificate, naming the flag to change.`,
 	f.StringArrayVar(&upstreams, "upstream", nil, "per-upstream local port, SERVICE=ADDR (repeatable)")
 	f.StringVar(&balancer, "balancer", string(lb.PeakEWMA), "load balancer of services whose BackendPolicy names none: "+policyNames())
 	f.DurationVar(&o.Heartbeat, "heartbeat", 0, "registration heartbeat interval (default 5s)")
+	f.BoolVar(&o.DisableMetrics, "disable-metrics", false, "turn off the per-request metrics (trellis_requests_total and friends) to measure their cost; event counters stay")
 	f.DurationVar(&o.DrainTimeout, "drain-timeout", 0, "longest wait for in-flight requests on shutdown (default 10s)")
 	obs.register(f)
 	f.DurationVar(&o.Limits.ReadHeaderTimeout, "read-header-timeout", proxy.DefaultReadHeaderTimeout, "longest a client may take to send a request header (and the inbound TLS handshake) on every listener")

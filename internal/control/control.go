@@ -394,6 +394,8 @@ func (c *Control) openStore() error {
 	meter, err := telemetry.NewControlMetrics(c.promReg, telemetry.ControlState{
 		ConnectedProxies:  func() int { return c.push.Counters().Streams },
 		SoonestCertExpiry: func() (time.Time, bool) { return c.push.SoonestCertExpiry() },
+		ProxyStates:       c.proxyStates,
+		States:            []string{push.StateSynced, push.StateStale, push.StateNacked, push.StatePending},
 		Resources:         func(context.Context) (map[string]int, error) { return countResources(c.view.State()), nil },
 		Kinds:             config.Kinds(),
 		StoreOps:          store.OpNames(),
@@ -434,8 +436,9 @@ func (c *Control) serveMetrics() {
 		ErrorLog:      slog.NewLogLogger(c.log.Handler(), slog.LevelWarn),
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
+	mux.HandleFunc("GET "+PrometheusSDPath, c.serveSD)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "not found: the control plane serves GET /metrics here; the API is on the admin address", http.StatusNotFound)
+		http.Error(w, "not found: the control plane serves GET /metrics and GET "+PrometheusSDPath+" here; the API is on the admin address", http.StatusNotFound)
 	})
 	c.metricsSrv = &http.Server{
 		Handler:           mux,

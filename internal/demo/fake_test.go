@@ -164,7 +164,9 @@ func fakeProxy(ctx context.Context, args []string) error {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: 200}
 		in.ServeHTTP(rec, r)
-		pm.Request("inbound", *service+".default", rec.code, time.Since(start))
+		pm.Sources(telemetry.Peer{Service: *service, Namespace: "default"}).Series("", "").Request(telemetry.Result{
+			Code: rec.code, GRPCStatus: telemetry.None, Flags: telemetry.NoFlags, MTLS: true, Duration: time.Since(start),
+		})
 	})); err != nil {
 		return err
 	}

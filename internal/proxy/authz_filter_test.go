@@ -70,7 +70,7 @@ func TestAuthzHTTP(t *testing.T) {
 	assertMetric(t, m.orders.proxy, `trellis_proxy_authz_decisions_total{decision="allow",policy="default/frontend"} 1`)
 	assertMetric(t, m.orders.proxy, `trellis_proxy_authz_decisions_total{decision="deny",policy="default/no-admin"} 1`)
 	assertMetric(t, m.orders.proxy, `trellis_proxy_authz_decisions_total{decision="deny",policy="no-allow-match"} 2`)
-	assertMetric(t, m.orders.proxy, `trellis_proxy_requests_total{destination_service="orders.default",direction="inbound",response_code="403",response_flags="AZ"} 3`)
+	assertMetric(t, m.orders.proxy, `trellis_requests_total{reporter="destination",destination_service="orders",destination_namespace="default",response_code="403",response_flags="AZ"} 3`)
 }
 
 // TestAuthzDefaultDeny: with the mesh default deny and no policy, nothing

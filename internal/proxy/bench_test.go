@@ -3,15 +3,19 @@ package proxy
 import (
 	"io"
 	"net/http"
+	"syscall"
 	"testing"
+	"time"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
 
 // BenchmarkHop measures one request through an outbound+inbound proxy pair
 // over loopback mTLS to a tiny HTTP/1.1 app, with parallel keep-alive
-// clients, for each proxy-to-proxy transport of HTTP/1.1 traffic. "direct"
-// is the app without the mesh. Allocations count the whole process: the
+// clients, for each proxy-to-proxy transport of HTTP/1.1 traffic, and over
+// HTTP/2 with both proxies' per-request metrics off (--disable-metrics), so
+// metrics' cost is the difference with hop=h2. "direct" is the app without
+// the mesh. Allocations count the whole process: the
 // client, both proxies and the app.
 func BenchmarkHop(b *testing.B) {
 	ca := newTestCA(b, "trellis.local")
@@ -21,11 +25,13 @@ func BenchmarkHop(b *testing.B) {
 		_, _ = w.Write(body)
 	}))
 	srv := startServer(b, ca, "orders", app, port(80, app, meshv1.Protocol_HTTP))
+	srvOff := startServerOpts(b, ca, "orders", app, Options{DisableMetrics: true}, port(80, app, meshv1.Protocol_HTTP))
 	run := func(b *testing.B, addr, host string) {
 		tr := &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}
 		defer tr.CloseIdleConnections()
 		b.ReportAllocs()
 		b.SetParallelism(8)
+		cpu0 := processCPU(b)
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			req, _ := http.NewRequest("GET", "http://"+addr+"/bench", nil)
@@ -44,19 +50,37 @@ func BenchmarkHop(b *testing.B) {
 				}
 			}
 		})
+		b.StopTimer()
+		// CPU time of the whole process (client, proxies, app) per
+		// request: steadier than ns/op on a shared machine.
+		b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N)/1e3, "cpu-µs/op")
 	}
 	b.Run("direct", func(b *testing.B) { run(b, app, "orders") })
 	for _, tc := range []struct {
-		name  string
-		hopH2 bool
-	}{{"hop=http1", false}, {"hop=h2", true}} {
+		name      string
+		hopH2     bool
+		noMetrics bool
+	}{{"hop=http1", false, false}, {"hop=h2", true, false}, {"hop=h2,metrics=off", true, true}} {
 		b.Run(tc.name, func(b *testing.B) {
-			client := startClient(b, ca, Options{})
+			client := startClient(b, ca, Options{DisableMetrics: tc.noMetrics, Identity: spiffeFor("frontend")})
 			client.hopH2 = tc.hopH2
-			if err := client.Update(snapshot("1", srv.svc)); err != nil {
+			s := srv
+			if tc.noMetrics {
+				s = srvOff // both proxies of the hop without metrics
+			}
+			if err := client.Update(snapshot("1", s.svc)); err != nil {
 				b.Fatal(err)
 			}
 			run(b, client.OutboundAddr(), "orders")
 		})
 	}
+}
+
+// processCPU is the process's user+system CPU time so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -34,6 +34,16 @@ func chain(end Handler, filters ...Filter) Handler {
 // request: the listener chains here once per snapshot, the route chain once
 // per route of it.
 
+// telemetrySlot is the first filter of every listener chain: the
+// telemetry filter, or noTelemetry with DisableMetrics. (A nil p is a
+// compile-only test's.)
+func (p *Proxy) telemetrySlot() Filter {
+	if p == nil || p.telemetry == nil {
+		return telemetryFilter
+	}
+	return p.telemetry
+}
+
 // outboundChain serves the app's HTTP requests, on the outbound proxy port
 // and the per-upstream ports:
 //
@@ -46,7 +56,7 @@ func chain(end Handler, filters ...Filter) Handler {
 // and an access log it is not in the chain.
 func (p *Proxy) outboundChain() Handler {
 	return chain(routeDispatch{},
-		telemetryFilter,
+		p.telemetrySlot(),
 		p.observeFilter(false),
 		p.resolveFilter,
 	)
@@ -106,7 +116,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 // requests over the rate are refused before they take a concurrency slot.
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
-		telemetryFilter,
+		p.telemetrySlot(),
 		p.observeFilter(true),
 		p.authnFilter,
 		localPortFilter,
@@ -122,7 +132,7 @@ func (p *Proxy) inboundChain() Handler {
 //	telemetry ▸ resolve service ▸ tcp port only ▸ [authorization] ▸ tunnel
 func (p *Proxy) tunnelChain() Handler {
 	return chain(p.tunnelUpstream(),
-		telemetryFilter,
+		p.telemetrySlot(),
 		p.resolveFilter,
 		p.tunnelPortFilter,
 		// [authorization] security: egress policy for the destination.

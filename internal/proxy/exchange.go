@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"trellis.dev/trellis/internal/echo"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/telemetry"
@@ -40,7 +41,8 @@ type Exchange struct {
 	// PeerID is the caller's verified SPIFFE ID (inbound only).
 	PeerID string
 	// Plaintext marks an inbound request that arrived without mTLS (its
-	// service is PERMISSIVE); PeerID is then empty.
+	// service is PERMISSIVE); PeerID is then empty, and metrics label it
+	// mtls="false".
 	Plaintext bool
 
 	// What the pipeline chose.
@@ -71,9 +73,15 @@ type Exchange struct {
 	ctx, clientCtx context.Context
 	// cancels are called when the exchange ends (timeouts' contexts).
 	cancels []context.CancelFunc
-	// metrics is where the exchange is counted: set as soon as the
-	// destination is known; the listener's "unknown" before that.
+	// metrics are the destination service's resilience counters.
 	metrics *telemetry.DestMetrics
+	// series is where the exchange is counted, moved along as the
+	// pipeline learns the destination: the listener's "unknown", the
+	// service, the route's backend, the endpoint's identity. Inbound,
+	// sources picks it by caller when the exchange is counted.
+	series  *telemetry.Series
+	sources *telemetry.Sources
+	active  prometheus.Gauge
 	// raw marks an opaque TCP connection (no HTTP request to count).
 	raw bool
 	// host and hostPort, when set by an upstream listener's edge, name the
@@ -295,11 +303,14 @@ var (
 )
 
 // countedBody wraps a response body so the exchange is counted exactly once,
-// when the body is done (closed), with the time the whole response took.
+// when the body is done (closed), with the time the whole response took,
+// the bytes sent and the gRPC status.
 type countedBody struct {
 	ex     *Exchange
 	rc     io.ReadCloser // nil: no body
+	resp   *Response
 	status int
+	n      int64
 	done   bool
 }
 
@@ -308,6 +319,7 @@ func (b *countedBody) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	n, err := b.rc.Read(p)
+	b.n += int64(n)
 	if err != nil && err != io.EOF {
 		// Mid-body: the upstream broke off, or the client went away and
 		// took the upstream request's context with it.
@@ -327,15 +339,70 @@ func (b *countedBody) Close() error {
 	}
 	if !b.done {
 		b.done = true
-		b.ex.count(b.status)
+		b.ex.count(b)
 	}
 	return err
 }
 
+// requestBytes is the request body's size: its Content-Length, or what was
+// read of a streamed one.
+func (ex *Exchange) requestBytes() int64 {
+	if ex.ContentLength < 0 && ex.reqBody != nil {
+		return ex.reqBody.n.Load()
+	}
+	return max(ex.ContentLength, 0)
+}
+
 // count records the finished exchange.
-func (ex *Exchange) count(status int) {
+func (ex *Exchange) count(b *countedBody) {
+	if ex.active != nil {
+		ex.active.Dec()
+	}
 	if ex.raw {
 		return
 	}
-	ex.metrics.Request(status, ex.Flags.String(), time.Since(ex.Start))
+	s := ex.series
+	if ex.sources != nil {
+		s = ex.sources.Series(headerValue1(ex.Header, headerSource), ex.PeerID)
+	}
+	s.Request(telemetry.Result{
+		Code:          b.status,
+		GRPCStatus:    telemetry.GRPCStatus(grpcStatusOf(b.resp)),
+		Flags:         ex.Flags.String(),
+		MTLS:          !ex.Plaintext,
+		Duration:      time.Since(ex.Start),
+		RequestBytes:  ex.requestBytes(),
+		ResponseBytes: b.n,
+	})
+}
+
+// grpcStatusOf is the response's grpc-status: from the trailers, or the
+// header of a trailers-only response.
+func grpcStatusOf(r *Response) string {
+	if r == nil {
+		return ""
+	}
+	if r.Trailer != nil {
+		if v := headerValue1(*r.Trailer, "Grpc-Status"); v != "" {
+			return v
+		}
+	}
+	return headerValue1(r.Header, "Grpc-Status")
+}
+
+// headerValue1 is h's first value of the canonical name k, or "".
+func headerValue1(h http.Header, k string) string {
+	if vv := h[k]; len(vv) > 0 {
+		return vv[0]
+	}
+	return ""
+}
+
+// tcpSeries is the tunnel series of a CONNECT exchange's service (nil when
+// none was resolved).
+func (ex *Exchange) tcpSeries() *telemetry.TCPSeries {
+	if ex.Service == nil {
+		return nil
+	}
+	return ex.Service.tcp
 }

@@ -14,21 +14,26 @@ import (
 // The filters of chain.go, in chain order. Each does one thing.
 
 // telemetryFilter counts every exchange once, when its response body is
-// done, whatever the rest of the chain answered (refusals included).
+// done, whatever the rest of the chain answered (refusals included), with
+// the bytes read from and sent to the caller.
 func telemetryFilter(next Handler) Handler {
 	return HandlerFunc(func(ex *Exchange) *Response {
-		resp := next.Serve(ex)
-		ex.Responded = time.Now()
-		if ex.raw || ex.Method == http.MethodConnect {
-			if resp.Upgraded != nil && ex.Service != nil {
-				ex.Service.metrics.TCPConnection()
+		if !ex.raw {
+			if ex.active != nil {
+				ex.active.Inc()
 			}
 		}
-		ex.body = countedBody{ex: ex, rc: resp.Body, status: resp.Status}
+		resp := next.Serve(ex)
+		ex.Responded = time.Now()
+		ex.body = countedBody{ex: ex, rc: resp.Body, resp: resp, status: resp.Status}
 		resp.Body = &ex.body
 		return resp
 	})
 }
+
+// noTelemetry is the telemetry slot with --disable-metrics: nothing
+// counted, nothing wrapped.
+func noTelemetry(next Handler) Handler { return next }
 
 // resolveFilter finds the service the request names (Host, :authority, the
 // CONNECT target or the upstream listener's service), asking the control
@@ -57,7 +62,7 @@ func (p *Proxy) resolveFilter(next Handler) Handler {
 			}
 			return ex.fail(code, f, msg)
 		}
-		ex.Service, ex.metrics = svc, svc.metrics
+		ex.Service, ex.metrics, ex.series = svc, svc.metrics, svc.noRoute
 		if port == 0 {
 			port = svc.defPort
 		}
@@ -120,7 +125,7 @@ func (routeDispatch) Serve(ex *Exchange) *Response {
 	if rt == nil {
 		return ex.fail(http.StatusNotFound, FlagNR, "no route of "+ex.Service.key+" matches "+ex.Method+" "+ex.Path)
 	}
-	ex.Route = rt
+	ex.Route, ex.series = rt, rt.series
 	return rt.handler.Serve(ex)
 }
 
@@ -287,7 +292,7 @@ func splitFilter(rt *route, randN func(uint32) uint32) Filter {
 		return HandlerFunc(func(ex *Exchange) *Response {
 			b := rt.pick(randN)
 			ex.Backend = b
-			ex.metrics = b.svc.metrics
+			ex.metrics, ex.series = b.svc.metrics, b.noEndpoint
 			return next.Serve(ex)
 		})
 	}
@@ -319,6 +324,9 @@ func (p *Proxy) pickFilter(next Handler) Handler {
 		}
 		ep := call.Endpoint()
 		ex.Endpoint, ex.peer = ep, dst.peerOf(ep)
+		if ex.peer != nil {
+			ex.series = ex.Backend.seriesFor(ex.peer.identity)
+		}
 		ex.Tried = append(ex.Tried, ep)
 		ex.Attempts++
 		ex.err = nil

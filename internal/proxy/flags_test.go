@@ -19,14 +19,16 @@ import (
 
 // scrape reads p's /metrics through its admin handler (in process, so it
 // works after Shutdown too) and returns the requests_total series by their
-// label set, as `direction,destination_service,code,flags`.
+// label set, as `direction,destination,code,flags`: direction is the
+// reporter's side of the hop (source: outbound, destination: inbound),
+// destination "name.namespace" (or unknown), summed over the other labels.
 func scrape(t *testing.T, p *Proxy) map[string]float64 {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	p.adminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	out := map[string]float64{}
 	for l := range strings.SplitSeq(rec.Body.String(), "\n") {
-		rest, ok := strings.CutPrefix(l, "trellis_proxy_requests_total{")
+		rest, ok := strings.CutPrefix(l, "trellis_requests_total{")
 		if !ok {
 			continue
 		}
@@ -40,7 +42,12 @@ func scrape(t *testing.T, p *Proxy) map[string]float64 {
 		if err != nil {
 			t.Fatalf("metric line %q: %v", l, err)
 		}
-		out[lv["direction"]+","+lv["destination_service"]+","+lv["response_code"]+","+lv["response_flags"]] += f
+		dir := map[string]string{"source": "outbound", "destination": "inbound"}[lv["reporter"]]
+		dst := lv["destination_service"]
+		if dst != "unknown" {
+			dst += "." + lv["destination_namespace"]
+		}
+		out[dir+","+dst+","+lv["response_code"]+","+lv["response_flags"]] += f
 	}
 	return out
 }

@@ -512,7 +512,7 @@ func TestStalledBodyTimesOut(t *testing.T) {
 		t.Fatalf("slow but steady body: %v %v", resp, err)
 	}
 	assertMetric(t, client, refusedLine("body_timeout", 1))
-	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="orders.default",direction="outbound",response_code="408",response_flags="DPE"} 1`)
+	assertMetric(t, client, `trellis_requests_total{reporter="source",destination_service="orders",destination_namespace="default",response_code="408",response_flags="DPE"} 1`)
 }
 
 // TestErrorBodiesClipEchoedInput: a proxy error quoting a huge host or path

@@ -13,6 +13,10 @@ const (
 	HeaderClientID = "X-Trellis-Client-Id"
 	// headerPort names the destination service port between proxies.
 	headerPort = "X-Trellis-Port"
+	// headerSource names the calling proxy's service (its name; the
+	// namespace is the verified identity's) for the destination side's
+	// source_service label. Asserted, not verified: see docs/metrics.md.
+	headerSource = "X-Trellis-Source-Service"
 	// headerError marks a response the proxy generated itself; its value
 	// is the response flag (exchange.go).
 	headerError = "X-Trellis-Error"

@@ -88,15 +88,18 @@ func port(n uint32, target string, proto meshv1.Protocol) *meshv1.Port {
 // startServer runs a proxy fronting appAddr for service name with ports.
 func startServer(t testing.TB, ca *testCA, name, appAddr string, ports ...*meshv1.Port) *server {
 	t.Helper()
+	return startServerOpts(t, ca, name, appAddr, Options{}, ports...)
+}
+
+// startServerOpts is startServer with more options (o's listeners and
+// identity are set here).
+func startServerOpts(t testing.TB, ca *testCA, name, appAddr string, o Options, ports ...*meshv1.Port) *server {
+	t.Helper()
 	s := ca.svid(t, spiffeFor(name))
-	p := startProxy(t, Options{
-		Service:     name,
-		AppAddr:     appAddr,
-		InboundAddr: "127.0.0.1:0",
-		AdminAddr:   "127.0.0.1:0",
-		ServerTLS:   ca.serverTLS(s),
-		ClientTLS:   ca.clientTLS(s),
-	})
+	o.Service, o.Identity, o.AppAddr = name, spiffeFor(name), appAddr
+	o.InboundAddr, o.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	o.ServerTLS, o.ClientTLS = ca.serverTLS(s), ca.clientTLS(s)
+	p := startProxy(t, o)
 	svc := &meshv1.Service{Name: name, Namespace: "default", Ports: ports}
 	if err := p.Update(&meshv1.Snapshot{Version: "1", Inbound: svc}); err != nil {
 		t.Fatal(err)

@@ -82,6 +82,10 @@ type clientBody struct {
 	eof  bool
 	fail atomic.Uint32 // bodyOK, bodyStalled or bodyMalformed
 	done atomic.Bool   // the exchange has ended
+	// n is the bytes read so far: the size of a streamed body (gRPC,
+	// chunked) for metrics and access logs. Atomic: a transport may still
+	// read the body after the exchange is done with it.
+	n atomic.Int64
 }
 
 const (
@@ -98,6 +102,7 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		_ = http.NewResponseController(b.w).SetReadDeadline(time.Now().Add(b.d))
 	}
 	n, err := b.rc.Read(p)
+	b.n.Add(int64(n))
 	switch {
 	case err == io.EOF:
 		b.eof = true

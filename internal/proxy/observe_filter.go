@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -48,7 +47,6 @@ type observation struct {
 	log     bool
 	resp    *Response
 	rc      io.ReadCloser // the response body it wraps; nil: none
-	in      countingReader
 	out     int64
 	done    bool
 }
@@ -73,10 +71,6 @@ func (p *Proxy) observeFilter(inbound bool) Filter {
 			o.p, o.ex, o.inbound, o.log = p, ex, inbound, logOn
 			if t != nil {
 				o.span = startSpan(t, ex, inbound)
-			}
-			if logOn && ex.Body != nil && ex.Body != http.NoBody {
-				o.in.rc = ex.Body
-				ex.Body = &o.in
 			}
 			resp := next.Serve(ex)
 			o.resp, o.rc = resp, resp.Body
@@ -227,7 +221,7 @@ func (o *observation) end() {
 			Status:             status,
 			GRPCStatus:         grpc,
 			Flags:              ex.Flags.String(),
-			BytesIn:            o.in.n,
+			BytesIn:            o.ex.requestBytes(),
 			BytesOut:           o.out,
 			Duration:           time.Since(ex.Start),
 			Upstream:           o.upstream(),
@@ -264,7 +258,7 @@ func (o *observation) endSpan(status int, grpc string) {
 		attribute.String("url.path", ex.Path),
 		attribute.String("server.address", ex.Authority),
 		attribute.Int("http.response.status_code", status),
-		attribute.Int64("http.request.body.size", o.in.n),
+		attribute.Int64("http.request.body.size", o.ex.requestBytes()),
 		attribute.Int64("http.response.body.size", o.out),
 	}
 	if grpc != "" {
@@ -354,17 +348,3 @@ func grpcStatus(r *Response) string {
 	}
 	return ""
 }
-
-// countingReader counts a request body's bytes for the access log.
-type countingReader struct {
-	rc io.ReadCloser
-	n  int64
-}
-
-func (c *countingReader) Read(b []byte) (int, error) {
-	n, err := c.rc.Read(b)
-	c.n += int64(n)
-	return n, err
-}
-
-func (c *countingReader) Close() error { return c.rc.Close() }

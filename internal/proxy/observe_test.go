@@ -414,7 +414,7 @@ func BenchmarkObserve(b *testing.B) {
 				ex.ctx, ex.clientCtx = context.Background(), context.Background()
 				ex.Start = time.Now()
 				ex.Method, ex.Authority, ex.Path, ex.Header, ex.ProtoMajor = "GET", "api", "/b", hdr.Clone(), 1
-				ex.cfg, ex.metrics = cfg, cfg.unknown
+				ex.cfg, ex.series = cfg, cfg.unknown
 				resp := cfg.outbound.Serve(ex)
 				if resp.Status != 200 {
 					b.Fatalf("status %d", resp.Status)

@@ -94,6 +94,13 @@ type Options struct {
 	// EnablePprof serves /debug/pprof/ on the admin port. Off by default:
 	// profiles and the command line are not for any local user.
 	EnablePprof bool
+	// DisableMetrics leaves the per-request metrics out (the telemetry
+	// filter and its families; --disable-metrics), so their cost can be
+	// measured. Event counters (retries, breakers, tunnels) stay.
+	DisableMetrics bool
+	// CertNotAfter, when set, is read at scrape time for the certificate
+	// expiry gauge.
+	CertNotAfter func() time.Time
 }
 
 // DefaultMaxMirrors is Options.MaxMirrors' default: enough for a mirror
@@ -120,6 +127,12 @@ type Proxy struct {
 	// refusals counts what the proxy refused or cleaned (hardening).
 	refusals *telemetry.Refusals
 	limits   Limits // Options.Limits with defaults
+	// telemetry is the telemetry slot of every chain; activeIn/activeOut
+	// the in-flight gauges (nil with DisableMetrics); sourceHdr is
+	// {Service}, the X-Trellis-Source-Service value every request carries.
+	telemetry           Filter
+	activeIn, activeOut prometheus.Gauge
+	sourceHdr           []string
 
 	cfg       atomic.Pointer[compiled]
 	updateMu  sync.Mutex // serializes Update; guards pickers, endpoints, peers
@@ -246,9 +259,14 @@ func New(o Options) (*Proxy, error) {
 		p.upstreams = append(p.upstreams, &upstream{key: key, host: host, port: port})
 	}
 	p.rateLimits = ratelimit.NewRegistry(p.nanotime)
-	m, err := telemetry.NewProxyMetrics(o.Registry)
+	m, err := telemetry.NewProxyMetrics(o.Registry, telemetry.ProxyMetricsOptions{DisableRequests: o.DisableMetrics})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
+	}
+	if o.CertNotAfter != nil {
+		if err := telemetry.RegisterCertExpiry(o.Registry, o.CertNotAfter); err != nil {
+			return nil, fmt.Errorf("proxy: metrics: %w", err)
+		}
 	}
 	p.metrics = m
 	if err := p.startObserving(); err != nil {
@@ -256,6 +274,11 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.refusals = m.Refusals()
 	p.limits = o.Limits.withDefaults()
+	p.telemetry, p.sourceHdr = telemetryFilter, []string{o.Service}
+	if o.DisableMetrics {
+		p.telemetry = noTelemetry
+	}
+	p.activeIn, p.activeOut = m.Active(telemetry.ReporterDestination), m.Active(telemetry.ReporterSource)
 	if o.MaxMirrors <= 0 {
 		o.MaxMirrors = DefaultMaxMirrors
 		p.opts.MaxMirrors = o.MaxMirrors
@@ -322,6 +345,8 @@ func (p *Proxy) env() compileEnv {
 			return pr
 		},
 		metrics:    p.metrics.Dest,
+		pm:         p.metrics,
+		source:     telemetry.Peer{Service: p.opts.Service, Namespace: p.opts.Namespace, Identity: p.opts.Identity},
 		resilience: p.resil.service,
 		host:       p.resil.host,
 		proxy:      p,
@@ -464,13 +489,19 @@ func (p *Proxy) Start() error {
 		srv *http.Server
 		ln  net.Listener
 	}
+	// Each listener's connections are counted in the open-connections
+	// gauge by the server's ConnState hook.
+	counted := func(srv *http.Server, listener string) *http.Server {
+		srv.ConnState = p.metrics.ConnState(listener)
+		return srv
+	}
 	var toServe []serve
 	if a := p.opts.OutboundAddr; a != "" {
 		ln, err := listen("outbound", a)
 		if err != nil {
 			return err
 		}
-		srv := p.appServer(&edge{p: p, kind: outboundListener}, errLog)
+		srv := counted(p.appServer(&edge{p: p, kind: outboundListener}, errLog), "outbound")
 		toServe = append(toServe, serve{srv, framedListener{Listener: ln, ref: p.refusals, maxHead: srv.MaxHeaderBytes}})
 	}
 	for _, u := range p.upstreams {
@@ -480,7 +511,7 @@ func (p *Proxy) Start() error {
 		}
 		u.ln = ln
 		u.http = newChanListener(ln.Addr())
-		toServe = append(toServe, serve{p.appServer(&edge{p: p, kind: upstreamListener, up: u}, errLog), u.http})
+		toServe = append(toServe, serve{counted(p.appServer(&edge{p: p, kind: upstreamListener, up: u}, errLog), "upstream"), u.http})
 	}
 	if a := p.opts.InboundAddr; a != "" {
 		ln, err := listen("inbound", a)
@@ -503,7 +534,7 @@ func (p *Proxy) Start() error {
 			HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		}
 		in := inboundLn{chanListener: newChanListener(ln.Addr()), raw: ln}
-		toServe = append(toServe, serve{srv, in})
+		toServe = append(toServe, serve{counted(srv, "inbound"), in})
 		inTLS := p.inboundTLS()
 		p.wg.Add(1)
 		go func() { defer p.wg.Done(); p.acceptInbound(in, inTLS) }()

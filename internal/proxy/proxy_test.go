@@ -215,8 +215,16 @@ func TestConnectTunnel(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("CONNECT without port: status %d, want 400", resp.StatusCode)
 	}
-	assertMetric(t, m.client, `trellis_proxy_tcp_connections_total{destination_service="orders.default",direction="outbound"} 1`)
-	assertMetric(t, m.orders.proxy, `trellis_proxy_tcp_connections_total{destination_service="orders.default",direction="inbound"} 1`)
+	assertMetric(t, m.client, `trellis_tcp_connections_opened_total{reporter="source",destination_service="orders",destination_namespace="default"} 1`)
+	assertMetric(t, m.orders.proxy, `trellis_tcp_connections_opened_total{reporter="destination",destination_service="orders",destination_namespace="default"} 1`)
+	// Both sides count the closed tunnel and its bytes: 30 each way
+	// (the echo and "last\n"), and none open any more.
+	for _, p := range []*Proxy{m.client, m.orders.proxy} {
+		assertMetric(t, p, `trellis_tcp_connections_closed_total{destination_service="orders"} 1`)
+		assertMetric(t, p, `trellis_tcp_received_bytes_total{destination_service="orders"} 30`)
+		assertMetric(t, p, `trellis_tcp_sent_bytes_total{destination_service="orders"} 30`)
+		assertMetric(t, p, `trellis_tcp_connections_open{destination_service="orders"} 0`)
+	}
 }
 
 func TestH2CFromApp(t *testing.T) {

@@ -68,7 +68,7 @@ func TestInboundRateLimitThroughProxies(t *testing.T) {
 	}
 	assertMetric(t, srv.proxy, `trellis_proxy_ratelimit_decisions_total{decision="allowed",direction="inbound",policy="default/orders"} 3`)
 	assertMetric(t, srv.proxy, `trellis_proxy_ratelimit_decisions_total{decision="limited",direction="inbound",policy="default/orders"} 1`)
-	assertMetric(t, srv.proxy, `trellis_proxy_requests_total{destination_service="orders.default",direction="inbound",response_code="429",response_flags="RL"} 1`)
+	assertMetric(t, srv.proxy, `trellis_requests_total{reporter="destination",destination_service="orders",destination_namespace="default",response_code="429",response_flags="RL"} 1`)
 
 	// Same policy, new snapshot: still empty.
 	limitInbound(t, srv, "3", rateLimit("default/orders", 3, time.Minute, 3))

@@ -310,7 +310,7 @@ func TestCircuitBreakerOverflow(t *testing.T) {
 	if got := metricValue(t, client, "trellis_proxy_circuit_breaker_overflows_total", `destination_service="orders.default"`, `limit="max_requests"`); got != 1 {
 		t.Errorf("overflows_total = %v, want 1", got)
 	}
-	if got := metricValue(t, client, "trellis_proxy_requests_total", `response_flags="UO"`); got != 1 {
+	if got := metricValue(t, client, "trellis_requests_total", `response_flags="UO"`); got != 1 {
 		t.Errorf("requests_total{UO} = %v, want 1", got)
 	}
 }

@@ -287,7 +287,7 @@ func TestFaultAbortThroughProxies(t *testing.T) {
 	if aborted < 60 || aborted > 140 {
 		t.Errorf("50%% abort aborted %d of %d", aborted, n)
 	}
-	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="shop.default",direction="outbound",response_code="418",response_flags="FI"} 1`)
+	assertMetric(t, client, `trellis_requests_total{reporter="source",destination_service="shop",destination_namespace="default",response_code="418",response_flags="FI",route="always"} 1`)
 }
 
 func TestFaultDelayThroughProxies(t *testing.T) {
@@ -302,7 +302,7 @@ func TestFaultDelayThroughProxies(t *testing.T) {
 	if d := time.Since(start); resp.StatusCode != 200 || d < 300*time.Millisecond || !strings.HasPrefix(body, "api ") {
 		t.Fatalf("delay: %d %q after %v", resp.StatusCode, body, d)
 	}
-	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="api.default",direction="outbound",response_code="200",response_flags="DI"} 1`)
+	assertMetric(t, client, `trellis_requests_total{reporter="source",destination_service="api",destination_namespace="default",response_code="200",response_flags="DI"} 1`)
 }
 
 // TestFaultDelaySynctest: the delay holds the request exactly its
@@ -400,7 +400,7 @@ func TestGRPCFaultAbort(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "fault injected") {
 		t.Fatalf("Watch: %v, want ResourceExhausted from the injected fault", err)
 	}
-	assertMetric(t, client, `trellis_proxy_requests_total{destination_service="greeter.default",direction="outbound",response_code="200",response_flags="FI"} 1`)
+	assertMetric(t, client, `trellis_requests_total{reporter="source",destination_service="greeter",destination_namespace="default",response_code="200",response_flags="FI"} 1`)
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -37,34 +37,35 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := e.p.cfg.Load()
 	ex.cfg = c
 	if resp := e.p.refuseAtEdge(ex, r, w, e.kind); resp != nil {
-		ex.metrics = c.unknown
 		if e.kind == inboundListener {
-			ex.metrics = c.inbound.metrics
+			ex.sources, ex.active = c.inbound.sources, e.p.activeIn
+		} else {
+			ex.series, ex.active = c.unknown, e.p.activeOut
 		}
-		e.p.write(w, r, ex, telemetryFilter(HandlerFunc(func(*Exchange) *Response { return resp })).Serve(ex))
+		e.p.write(w, r, ex, e.p.telemetrySlot()(HandlerFunc(func(*Exchange) *Response { return resp })).Serve(ex))
 		return
 	}
 	var h Handler
 	switch e.kind {
 	case inboundListener:
-		ex.metrics = c.inbound.metrics
+		ex.sources, ex.active = c.inbound.sources, e.p.activeIn
 		ex.PeerID, ex.peerIDHdr = connPeer(r)
 		ex.Plaintext = r.TLS == nil
 		h = c.inboundH
 	case outboundListener:
-		ex.metrics = c.unknown
+		ex.series, ex.active = c.unknown, e.p.activeOut
 		e.p.stripApp(r)
 		h = c.outbound
 		if r.Method == http.MethodConnect {
 			h = c.tunnel
 		}
 	case upstreamListener:
-		ex.metrics = c.unknown
+		ex.series, ex.active = c.unknown, e.p.activeOut
 		e.p.stripApp(r)
 		ex.host, ex.hostPort = e.up.host, e.up.port
 		h = c.outbound
 		if r.Method == http.MethodConnect {
-			h = telemetryFilter(refuseConnect)
+			h = e.p.telemetrySlot()(refuseConnect)
 		}
 	}
 	e.p.write(w, r, ex, h.Serve(ex))
@@ -249,7 +250,7 @@ func (p *Proxy) writeUpgraded(w http.ResponseWriter, r *http.Request, ex *Exchan
 			ex.Flags |= FlagDC
 			return
 		}
-		splice(r.Body, streamWriter{w, rc}, back, back)
+		spliceCounted(ex.tcpSeries(), r.Body, streamWriter{w, rc}, back, back)
 		return
 	}
 	client, cbuf, err := http.NewResponseController(w).Hijack()
@@ -273,6 +274,10 @@ func (p *Proxy) writeUpgraded(w http.ResponseWriter, r *http.Request, ex *Exchan
 		return
 	}
 	defer p.track(client, false)
+	if connect {
+		spliceCounted(ex.tcpSeries(), cbuf.Reader, client, back, back)
+		return
+	}
 	splice(cbuf.Reader, client, back, back)
 }
 
@@ -288,7 +293,7 @@ func (p *Proxy) serveRaw(ctx context.Context, conn net.Conn, c *compiled, svc *s
 	resp := c.tunnel.Serve(ex)
 	if back := resp.Upgraded; back != nil {
 		if p.track(conn, true) {
-			splice(conn, conn, back, back)
+			spliceCounted(svc.tcp, conn, conn, back, back)
 			p.track(conn, false)
 		}
 		_ = back.Close()

@@ -39,7 +39,7 @@ type compiled struct {
 	// The listener chains (chain.go), compiled with the snapshot.
 	outbound, inboundH, tunnel Handler
 	// unknown counts outbound requests refused before a service is known.
-	unknown *telemetry.DestMetrics
+	unknown *telemetry.Series
 	// changed is closed when this snapshot is superseded, waking requests
 	// that wait for a service they asked the control plane for.
 	changed chan struct{}
@@ -54,10 +54,14 @@ type compiled struct {
 }
 
 type inboundConfig struct {
-	key     string // "name.namespace" of this proxy's service
-	ports   []portSpec
-	def     portSpec // used when a request names no port
-	metrics *telemetry.DestMetrics
+	key   string // "name.namespace" of this proxy's service
+	ports []portSpec
+	def   portSpec // used when a request names no port
+	// sources are the destination-side series, by caller; dst is this
+	// proxy's own side (service, namespace, identity) for them and for
+	// the tunnels peers open to it.
+	sources *telemetry.Sources
+	dst     telemetry.Peer
 	// rateLimits are the service's RateLimitPolicies (inbound_policy).
 	rateLimits []*rateLimiter
 	// permissive: the service's mTLS mode is PERMISSIVE, plaintext
@@ -87,16 +91,21 @@ func (ps portSpec) h2() bool {
 }
 
 type service struct {
-	key     string
-	ports   []portSpec
-	defPort uint32
-	routes  []route
+	key      string
+	name, ns string
+	ports    []portSpec
+	defPort  uint32
+	routes   []route
 	// eps are the healthy endpoints; the same *lb.Endpoint in every
 	// snapshot while its address stays, so balancing state survives swaps.
 	eps     []*lb.Endpoint
 	peers   []*peer // peers[i] is the connection pool of eps[i]
 	picker  lb.Picker
-	metrics *telemetry.DestMetrics // outbound
+	metrics *telemetry.DestMetrics // outbound resilience counters
+	// noRoute counts requests for the service that no route took; tcp its
+	// tunnels (source side).
+	noRoute *telemetry.Series
+	tcp     *telemetry.TCPSeries
 	// res is the service's retry, breaker and outlier state (its
 	// BackendPolicy); hosts[i] is the outlier state of eps[i] (nil without
 	// outlier detection).
@@ -146,11 +155,27 @@ type route struct {
 	rateLimits     []*rateLimiter
 	// handler is the route's compiled chain (chain.go: routeChain).
 	handler Handler
+	// series counts what the route answers before a backend is chosen (a
+	// redirect, an injected fault): destination the service it serves.
+	series *telemetry.Series
 }
 
 type backend struct {
 	svc  *service
 	port uint32 // 0: the request's port
+	// series are the source-side series of this route and backend, by the
+	// endpoint identity the attempt went to; noEndpoint before one is
+	// picked (or when none is). Built at compile, read-only after.
+	series     map[string]*telemetry.Series
+	noEndpoint *telemetry.Series
+}
+
+// seriesFor returns the series of an attempt to an endpoint of identity id.
+func (b *backend) seriesFor(id string) *telemetry.Series {
+	if s := b.series[id]; s != nil {
+		return s
+	}
+	return b.noEndpoint
 }
 
 type match struct {
@@ -284,6 +309,10 @@ type compileEnv struct {
 	endpoint func(key, addr string) *lb.Endpoint
 	peer     func(addr, identity string) *peer
 	metrics  func(direction, key string) *telemetry.DestMetrics
+	// pm and source give the per-request series (nil pm: none, as with
+	// --disable-metrics); source is this proxy's own side.
+	pm     *telemetry.ProxyMetrics
+	source telemetry.Peer
 	// resilience binds a service's checked policy to its long-lived state,
 	// host an endpoint's outlier state; nil: fresh state (tests).
 	resilience func(key string, rs *resilienceSpec) *serviceResilience
@@ -312,7 +341,7 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		byHost:  make(map[string]*service),
 		byKey:   make(map[string]*service),
 		changed: make(chan struct{}),
-		unknown: env.metrics(telemetry.Outbound, "unknown"),
+		unknown: env.series(telemetry.SeriesLabels{}),
 	}
 	if c.domain == "" {
 		c.domain = defaultDomain
@@ -423,10 +452,57 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	if c.accessLog, err = env.proxy.accessLogOn(s); err != nil {
 		return nil, err
 	}
+	for _, svc := range c.byKey {
+		svc.compileSeries(env)
+	}
 	c.outbound = env.proxy.outboundChain()
 	c.inboundH = env.proxy.inboundChain()
 	c.tunnel = env.proxy.tunnelChain()
 	return c, nil
+}
+
+// series returns the source-side series of l, nil without metrics.
+func (env compileEnv) series(l telemetry.SeriesLabels) *telemetry.Series {
+	if env.pm == nil {
+		return nil
+	}
+	l.Reporter, l.Source = telemetry.ReporterSource, env.source
+	return env.pm.Series(l)
+}
+
+// compileSeries precomputes the service's source-side series: one per
+// route, backend and endpoint identity, so a request only picks one.
+func (s *service) compileSeries(env compileEnv) {
+	dst := telemetry.Peer{Service: s.name, Namespace: s.ns}
+	s.noRoute = env.series(telemetry.SeriesLabels{Destination: dst})
+	if env.pm != nil {
+		s.tcp = env.pm.TCP(telemetry.SeriesLabels{Reporter: telemetry.ReporterSource, Source: env.source, Destination: dst})
+	}
+	for i := range s.routes {
+		rt := &s.routes[i]
+		rt.series = env.series(telemetry.SeriesLabels{Destination: dst, Route: rt.name})
+		for j := range rt.backends {
+			rt.backends[j].compileSeries(env, rt.name)
+		}
+		for j := range rt.mirrors {
+			rt.mirrors[j].backend.compileSeries(env, rt.name)
+		}
+	}
+}
+
+func (b *backend) compileSeries(env compileEnv, route string) {
+	dst := telemetry.Peer{Service: b.svc.name, Namespace: b.svc.ns}
+	b.noEndpoint = env.series(telemetry.SeriesLabels{Destination: dst, Route: route})
+	if env.pm == nil {
+		return
+	}
+	b.series = make(map[string]*telemetry.Series)
+	for _, pr := range b.svc.peers {
+		if b.series[pr.identity] == nil {
+			dst.Identity = pr.identity
+			b.series[pr.identity] = env.series(telemetry.SeriesLabels{Destination: dst, Route: route})
+		}
+	}
 }
 
 func hostFor(env compileEnv, key string, ep *lb.Endpoint) *resilience.Host {
@@ -446,7 +522,7 @@ func compileService(f string, ps *meshv1.Service, env compileEnv) (*service, lb.
 	if !meshname.IsLabel(ps.GetNamespace()) {
 		return nil, none, invalid("%s.namespace: %q is not a DNS label", f, ps.GetNamespace())
 	}
-	svc := &service{key: ps.GetName() + "." + ps.GetNamespace()}
+	svc := &service{key: ps.GetName() + "." + ps.GetNamespace(), name: ps.GetName(), ns: ps.GetNamespace()}
 	ports, err := compilePorts(f, ps.GetPorts(), "")
 	if err != nil {
 		return nil, none, err
@@ -556,7 +632,14 @@ func (c *compiled) compileInbound(in *meshv1.Service, env compileEnv) error {
 	if err != nil {
 		return err
 	}
-	c.inbound = inboundConfig{key: key, ports: ports, metrics: env.metrics(telemetry.Inbound, key), permissive: c.inbound.permissive}
+	dst := env.source
+	if in.GetName() != "" {
+		dst.Service, dst.Namespace = in.GetName(), in.GetNamespace()
+	}
+	c.inbound = inboundConfig{key: key, ports: ports, dst: dst, permissive: c.inbound.permissive}
+	if env.pm != nil {
+		c.inbound.sources = env.pm.Sources(dst)
+	}
 	c.inbound.def = portSpec{proto: meshv1.Protocol_HTTP}
 	if env.appHost == "" {
 		return nil

@@ -195,12 +195,25 @@ func (p *Proxy) serveTCPTunnel(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	cfg.inbound.metrics.TCPConnection()
 	if !p.track(conn, true) {
 		return
 	}
 	defer p.track(conn, false)
-	splice(br, conn, app, app)
+	src := telemetry.SourcePeer("", peerID(conn.ConnectionState().PeerCertificates))
+	tcp := p.metrics.TCP(telemetry.SeriesLabels{Reporter: telemetry.ReporterDestination, Source: src, Destination: cfg.inbound.dst})
+	spliceCounted(tcp, br, conn, app, app)
+}
+
+// spliceCounted is splice counted as one tunnel of t: a is the source's
+// side, b the destination's.
+func spliceCounted(t *telemetry.TCPSeries, aR io.Reader, aW io.Writer, bR io.Reader, bW io.Writer) {
+	if t == nil {
+		splice(aR, aW, bR, bW)
+		return
+	}
+	t.Opened()
+	received, sent := splice(aR, aW, bR, bW)
+	t.Closed(sent, received)
 }
 
 type streamWriter struct {
@@ -218,15 +231,17 @@ func (s streamWriter) Write(b []byte) (int, error) {
 
 type closeWriter interface{ CloseWrite() error }
 
-// splice copies a→b and b→a until both directions end. EOF on one side
-// half-closes the other where the connection allows, so request/response
-// protocols that shut down their write side still get their answer.
-func splice(aR io.Reader, aW io.Writer, bR io.Reader, bW io.Writer) {
+// splice copies a→b and b→a until both directions end, and returns the
+// bytes each way. EOF on one side half-closes the other where the
+// connection allows, so request/response protocols that shut down their
+// write side still get their answer.
+func splice(aR io.Reader, aW io.Writer, bR io.Reader, bW io.Writer) (aToB, bToA int64) {
 	var wg sync.WaitGroup
-	one := func(dst io.Writer, src io.Reader, other io.Writer) {
+	one := func(dst io.Writer, src io.Reader, other io.Writer, n *int64) {
 		defer wg.Done()
 		buf := getBuf()
-		_, err := io.CopyBuffer(dst, src, *buf)
+		var err error
+		*n, err = io.CopyBuffer(dst, src, *buf)
 		putBuf(buf)
 		if cw, ok := dst.(closeWriter); ok && err == nil {
 			_ = cw.CloseWrite()
@@ -237,11 +252,12 @@ func splice(aR io.Reader, aW io.Writer, bR io.Reader, bW io.Writer) {
 		closeIt(other)
 	}
 	wg.Add(2)
-	go one(bW, aR, aW)
-	go one(aW, bR, bW)
+	go one(bW, aR, aW, &aToB)
+	go one(aW, bR, bW, &bToA)
 	wg.Wait()
 	closeIt(aW)
 	closeIt(bW)
+	return aToB, bToA
 }
 
 func closeIt(w io.Writer) {

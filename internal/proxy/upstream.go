@@ -31,8 +31,11 @@ func (p *Proxy) peerUpstream() Handler {
 		}
 		// The listener edge stripped the app's mesh headers (stripApp):
 		// only the receiving proxy says who the caller is.
-		o := outHeader(ex, 1)
+		o := outHeader(ex, 2)
 		o.header[headerPort] = ps.portHdr
+		// Set, never passed on: the app behind this proxy cannot name
+		// another caller.
+		o.header[headerSource] = p.sourceHdr
 		return roundTrip(ex, tr, "https", ex.peer.addr, o)
 	})
 }
@@ -57,6 +60,7 @@ func (p *Proxy) appUpstream() Handler {
 		}
 		o := outHeader(ex, 1)
 		delete(o.header, headerPort)
+		delete(o.header, headerSource) // read by metrics from ex.Header
 		// Whatever the caller sent under the mesh's names (a plaintext
 		// caller, a peer passing on a route's header) is not the mesh's
 		// word: the app sees this proxy's headers only, and the identity

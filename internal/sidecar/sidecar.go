@@ -57,6 +57,8 @@ type Options struct {
 	AdminAddr    string
 	Upstreams    map[string]string
 	Balancer     lb.Policy
+	// DisableMetrics turns the per-request metrics off (--disable-metrics).
+	DisableMetrics bool
 
 	// Tracing exports spans to an OTLP collector; nil: no tracing.
 	// SamplingFixed: its SamplingPercent was given on the command line and
@@ -319,15 +321,17 @@ func (s *sidecar) startProxy() error {
 		return err
 	}
 	p, err := proxy.New(proxy.Options{
-		Service:      s.o.Service,
-		Namespace:    s.o.Namespace,
-		AppAddr:      s.o.AppAddr,
-		InboundAddr:  s.o.InboundAddr,
-		OutboundAddr: s.o.OutboundAddr,
-		AdminAddr:    s.o.AdminAddr,
-		Upstreams:    s.o.Upstreams,
-		Identity:     s.id.String(),
-		ServerTLS:    identity.ServerTLS(s.src, authorizeMesh),
+		Service:        s.o.Service,
+		Namespace:      s.o.Namespace,
+		AppAddr:        s.o.AppAddr,
+		InboundAddr:    s.o.InboundAddr,
+		OutboundAddr:   s.o.OutboundAddr,
+		AdminAddr:      s.o.AdminAddr,
+		Upstreams:      s.o.Upstreams,
+		Identity:       s.id.String(),
+		DisableMetrics: s.o.DisableMetrics,
+		CertNotAfter:   s.src.NotAfter,
+		ServerTLS:      identity.ServerTLS(s.src, authorizeMesh),
 		ClientTLS: func(peer string) *tls.Config {
 			if c, ok := clientConfigs.Load(peer); ok {
 				return c.(*tls.Config)

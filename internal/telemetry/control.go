@@ -23,6 +23,7 @@ const (
 	ControlStoreOpDurationName   = "trellis_control_store_operation_duration_seconds"
 	ControlCertsIssuedName       = "trellis_control_ca_certificates_issued_total"
 	ControlCertSoonestExpiryName = "trellis_control_ca_cert_soonest_expiry_timestamp_seconds"
+	ControlProxiesByStateName    = "trellis_control_push_proxies"
 )
 
 // resourcesTimeout bounds the scrape-time count of resources.
@@ -37,6 +38,11 @@ type ControlState struct {
 	// connected proxies use; false when there is none (the gauge is then
 	// absent rather than 0, which an expiry alert would read as expired).
 	SoonestCertExpiry func() (time.Time, bool)
+	// ProxyStates counts the connected proxies by push state (SYNCED,
+	// STALE, NACKED, PENDING), for the out-of-sync alert.
+	ProxyStates func() map[string]int
+	// States are reported even when no proxy is in them (0).
+	States []string
 	// Resources counts stored resources by kind.
 	Resources func(ctx context.Context) (map[string]int, error)
 	// Kinds are reported even when none is stored (0), so a series does
@@ -142,8 +148,8 @@ func (m *ControlMetrics) ObserveStoreOp(op string, d time.Duration) {
 
 // stateCollector reads ControlState at each scrape.
 type stateCollector struct {
-	st                          ControlState
-	connected, expiry, resource *prometheus.Desc
+	st                                  ControlState
+	connected, expiry, resource, states *prometheus.Desc
 }
 
 func newStateCollector(st ControlState) *stateCollector {
@@ -155,6 +161,8 @@ func newStateCollector(st ControlState) *stateCollector {
 			"Soonest expiry (Unix seconds) of the workload certificates connected proxies use; absent with no proxy connected.", nil, nil),
 		resource: prometheus.NewDesc(ControlResourcesName,
 			"Resources in the store, by kind.", []string{"kind"}, nil),
+		states: prometheus.NewDesc(ControlProxiesByStateName,
+			"Connected proxies by push state: SYNCED (runs the last snapshot sent), STALE (a snapshot unanswered), NACKED (refused it, runs its last good one), PENDING (nothing sent yet).", []string{"state"}, nil),
 	}
 }
 
@@ -162,6 +170,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.connected
 	ch <- c.expiry
 	ch <- c.resource
+	ch <- c.states
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -171,6 +180,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.st.SoonestCertExpiry != nil {
 		if t, ok := c.st.SoonestCertExpiry(); ok {
 			ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, float64(t.Unix()))
+		}
+	}
+	if c.st.ProxyStates != nil {
+		counts := c.st.ProxyStates()
+		for _, st := range c.st.States {
+			ch <- prometheus.MustNewConstMetric(c.states, prometheus.GaugeValue, float64(counts[st]), st)
 		}
 	}
 	if c.st.Resources == nil {

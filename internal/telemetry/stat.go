@@ -14,17 +14,13 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-// Metric names the proxy exports; the stat table is computed from them.
-const (
-	RequestsTotalName   = "trellis_proxy_requests_total"
-	RequestDurationName = "trellis_proxy_request_duration_seconds"
-)
-
-// SeriesKey identifies one labelled series of the proxy's request metrics.
+// SeriesKey identifies one row-relevant series of the proxy's request
+// metrics (RequestsTotalName, RequestDurationName); the stat table is
+// computed from them, summed over the other labels.
 type SeriesKey struct {
-	Direction string // "inbound" or "outbound"
-	Service   string // destination_service, e.g. "orders.default"
-	Code      string // response_code, e.g. "200"
+	Reporter string // ReporterSource or ReporterDestination
+	Service  string // destination service and namespace, e.g. "orders.default"
+	Code     string // response_code, e.g. "200"
 }
 
 // Histogram is a cumulative Prometheus histogram: Counts[i] observations were
@@ -102,15 +98,22 @@ func ParseMetrics(r io.Reader) (Sample, error) {
 
 func keyOf(m *dto.Metric) SeriesKey {
 	var k SeriesKey
+	var name, ns string
 	for _, l := range m.GetLabel() {
 		switch l.GetName() {
-		case "direction":
-			k.Direction = l.GetValue()
+		case "reporter":
+			k.Reporter = l.GetValue()
 		case "destination_service":
-			k.Service = l.GetValue()
+			name = l.GetValue()
+		case "destination_namespace":
+			ns = l.GetValue()
 		case "response_code":
 			k.Code = l.GetValue()
 		}
+	}
+	k.Service = name
+	if ns != "" {
+		k.Service = name + "." + ns
 	}
 	return k
 }
@@ -225,7 +228,7 @@ func subHistograms(cur, prev Histogram) Histogram {
 	return out
 }
 
-// Rows computes one row per service from the inbound series of two samples
+// Rows computes one row per service from the destination-side series of two samples
 // taken window apart: the increase of the request counter gives RPS and
 // success rate, the increase of the duration histogram gives the latency
 // quantiles. Rows are sorted by service.
@@ -245,7 +248,7 @@ func Rows(prev, cur Sample, window time.Duration) []Row {
 		return a
 	}
 	for k, v := range cur.Requests {
-		if k.Direction != "inbound" {
+		if k.Reporter != ReporterDestination {
 			continue
 		}
 		d := v - prev.Requests[k]
@@ -262,7 +265,7 @@ func Rows(prev, cur Sample, window time.Duration) []Row {
 		}
 	}
 	for k, h := range cur.Durations {
-		if k.Direction != "inbound" {
+		if k.Reporter != ReporterDestination {
 			continue
 		}
 		if p, ok := prev.Durations[k]; ok {

@@ -70,10 +70,10 @@ func hist(counts ...float64) Histogram {
 }
 
 func TestRows(t *testing.T) {
-	in200 := SeriesKey{"inbound", "frontend.default", "200"}
-	in503 := SeriesKey{"inbound", "frontend.default", "503"}
-	out200 := SeriesKey{"outbound", "orders.default", "200"}
-	ord := SeriesKey{"inbound", "orders.default", "200"}
+	in200 := SeriesKey{ReporterDestination, "frontend.default", "200"}
+	in503 := SeriesKey{ReporterDestination, "frontend.default", "503"}
+	out200 := SeriesKey{ReporterSource, "orders.default", "200"}
+	ord := SeriesKey{ReporterDestination, "orders.default", "200"}
 
 	prev := NewSample()
 	prev.Requests[in200] = 50
@@ -91,7 +91,7 @@ func TestRows(t *testing.T) {
 	cur.Durations[in503] = hist(0, 0, 0, 4)       // 4 slow failures
 	cur.Durations[ord] = hist(0, 20, 20, 20)
 	// Rate-limited answers: counted apart, and not as failures.
-	in429 := SeriesKey{"inbound", "frontend.default", "429"}
+	in429 := SeriesKey{ReporterDestination, "frontend.default", "429"}
 	prev.Requests[in429] = 10
 	cur.Requests[in429] = 17
 
@@ -137,7 +137,7 @@ func TestRows(t *testing.T) {
 func TestRelabelAdd(t *testing.T) {
 	// Two inventory versions report the same destination_service; the caller
 	// names each proxy's rows.
-	k := SeriesKey{"inbound", "inventory.default", "200"}
+	k := SeriesKey{ReporterDestination, "inventory.default", "200"}
 	v1, v2 := NewSample(), NewSample()
 	v1.Requests[k], v2.Requests[k] = 90, 10
 	v1.Durations[k], v2.Durations[k] = hist(90, 90, 90, 90), hist(0, 10, 10, 10)
@@ -184,14 +184,14 @@ func promText(t testing.TB, observe func(c *prometheus.CounterVec, h *prometheus
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: RequestsTotalName, Help: "Requests."},
-		[]string{"direction", "destination_service", "response_code"})
+		[]string{"reporter", "destination_service", "response_code"})
 	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: RequestDurationName, Help: "Durations.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}},
-		[]string{"direction", "destination_service", "response_code"})
-	tcp := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_proxy_tcp_connections_total", Help: "Conns."},
-		[]string{"direction", "destination_service"})
+		[]string{"reporter", "destination_service", "response_code"})
+	tcp := prometheus.NewCounterVec(prometheus.CounterOpts{Name: TCPOpenedName, Help: "Conns."},
+		[]string{"reporter", "destination_service"})
 	reg.MustRegister(c, h, tcp, collectors.NewGoCollector())
-	tcp.WithLabelValues("inbound", "orders.default").Add(3)
+	tcp.WithLabelValues(ReporterDestination, "orders.default").Add(3)
 	observe(c, h)
 
 	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -215,23 +215,23 @@ func TestParseMetricsPromhttp(t *testing.T) {
 			if i%10 == 0 {
 				code = "502"
 			}
-			c.WithLabelValues("inbound", "orders.default", code).Inc()
+			c.WithLabelValues(ReporterDestination, "orders.default", code).Inc()
 			// 1ms..100ms in 1ms steps.
-			h.WithLabelValues("inbound", "orders.default", code).Observe(float64(i+1) / 1000)
+			h.WithLabelValues(ReporterDestination, "orders.default", code).Observe(float64(i+1) / 1000)
 		}
-		c.WithLabelValues("outbound", "payments.default", "200").Add(7)
+		c.WithLabelValues(ReporterSource, "payments.default", "200").Add(7)
 	})
 	s, err := ParseMetrics(strings.NewReader(text))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := s.Requests[SeriesKey{"inbound", "orders.default", "200"}]; got != 90 {
+	if got := s.Requests[SeriesKey{ReporterDestination, "orders.default", "200"}]; got != 90 {
 		t.Errorf("inbound 200 = %v, want 90", got)
 	}
-	if got := s.Requests[SeriesKey{"outbound", "payments.default", "200"}]; got != 7 {
+	if got := s.Requests[SeriesKey{ReporterSource, "payments.default", "200"}]; got != 7 {
 		t.Errorf("outbound 200 = %v, want 7", got)
 	}
-	hh := s.Durations[SeriesKey{"inbound", "orders.default", "502"}]
+	hh := s.Durations[SeriesKey{ReporterDestination, "orders.default", "502"}]
 	if len(hh.Bounds) != 15 || !math.IsInf(hh.Bounds[14], 1) || hh.Counts[14] != 10 {
 		t.Fatalf("502 histogram %+v, want 15 buckets ending +Inf with 10", hh)
 	}
@@ -253,10 +253,10 @@ func TestParseMetricsPromhttp(t *testing.T) {
 func TestParseMetricsErrors(t *testing.T) {
 	tests := []struct{ name, in, want string }{
 		{"garbage", "this is not { metrics", "parse metrics"},
-		{"requests as histogram", "# TYPE trellis_proxy_requests_total histogram\ntrellis_proxy_requests_total_count 1\n", "not a counter"},
-		{"duration as counter", "# TYPE trellis_proxy_request_duration_seconds counter\ntrellis_proxy_request_duration_seconds 1\n", "not a histogram"},
-		{"negative counter", "trellis_proxy_requests_total{direction=\"inbound\"} -3\n", "invalid value"},
-		{"NaN bucket", "# TYPE trellis_proxy_request_duration_seconds histogram\ntrellis_proxy_request_duration_seconds_bucket{le=\"0.1\"} NaN\n", "invalid bucket"},
+		{"requests as histogram", "# TYPE trellis_requests_total histogram\ntrellis_requests_total_count 1\n", "not a counter"},
+		{"duration as counter", "# TYPE trellis_request_duration_seconds counter\ntrellis_request_duration_seconds 1\n", "not a histogram"},
+		{"negative counter", "trellis_requests_total{reporter=\"destination\"} -3\n", "invalid value"},
+		{"NaN bucket", "# TYPE trellis_request_duration_seconds histogram\ntrellis_request_duration_seconds_bucket{le=\"0.1\"} NaN\n", "invalid bucket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -275,11 +275,11 @@ func TestParseMetricsErrors(t *testing.T) {
 
 func FuzzParseMetrics(f *testing.F) {
 	f.Add(promText(f, func(c *prometheus.CounterVec, h *prometheus.HistogramVec) {
-		c.WithLabelValues("inbound", "orders.default", "200").Add(5)
-		h.WithLabelValues("inbound", "orders.default", "200").Observe(0.003)
+		c.WithLabelValues(ReporterDestination, "orders.default", "200").Add(5)
+		h.WithLabelValues(ReporterDestination, "orders.default", "200").Observe(0.003)
 	}))
-	f.Add("trellis_proxy_requests_total{direction=\"inbound\",destination_service=\"a\",response_code=\"500\"} 3\n")
-	f.Add("# TYPE trellis_proxy_request_duration_seconds histogram\ntrellis_proxy_request_duration_seconds_bucket{direction=\"inbound\",le=\"0.1\"} 2\ntrellis_proxy_request_duration_seconds_bucket{direction=\"inbound\",le=\"0.05\"} 5\ntrellis_proxy_request_duration_seconds_count{direction=\"inbound\"} 4\n")
+	f.Add("trellis_requests_total{reporter=\"destination\",destination_service=\"a\",response_code=\"500\"} 3\n")
+	f.Add("# TYPE trellis_request_duration_seconds histogram\ntrellis_request_duration_seconds_bucket{reporter=\"destination\",le=\"0.1\"} 2\ntrellis_request_duration_seconds_bucket{reporter=\"destination\",le=\"0.05\"} 5\ntrellis_request_duration_seconds_count{reporter=\"destination\"} 4\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		s, err := ParseMetrics(strings.NewReader(in))
 		if err != nil {
