@@ -60,6 +60,11 @@ type Exchange struct {
 	// Start is when the request arrived, Responded when its response
 	// header was ready to send (set by the telemetry filter).
 	Start, Responded time.Time
+	// waited says a stage before the first pick waited (for a
+	// subscription, an injected delay): Start is then no longer "now" for
+	// the balancer, which otherwise takes it instead of reading the clock.
+	// A stage that may wait before the pick sets it.
+	waited bool
 	// err is the last attempt's error (nil when an upstream answered); the
 	// retry filter decides on it.
 	err error

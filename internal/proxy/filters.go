@@ -50,6 +50,9 @@ func (p *Proxy) resolveFilter(next Handler) Handler {
 			}
 		}
 		svc, f, msg := p.resolve(ex.ctx, host)
+		// resolve waits only for a new snapshot: with one since the
+		// request began, it may have waited.
+		ex.waited = ex.waited || ex.cfg != p.cfg.Load()
 		if svc == nil {
 			code := http.StatusServiceUnavailable
 			if f == FlagDC {
@@ -306,7 +309,7 @@ func (p *Proxy) pickFilter(next Handler) Handler {
 		}
 		ex.lbReq = lb.Request{
 			Method: ex.Method, Authority: ex.Authority, Path: ex.Path, RawQuery: ex.RawQuery,
-			Header: ex.Header, Source: p.opts.Identity,
+			Header: ex.Header, Source: p.opts.Identity, Now: ex.pickTime(),
 		}
 		call, ok := dst.picker.Pick(&ex.lbReq, dst.eps, ex.Tried)
 		if !ok && ex.anyEndpoint {
@@ -323,9 +326,20 @@ func (p *Proxy) pickFilter(next Handler) Handler {
 		ex.Attempts++
 		ex.err = nil
 		resp := next.Serve(ex)
-		call.Done(outcome(ex, resp))
+		call.DoneAt(outcome(ex, resp), time.Now())
 		return resp
 	})
+}
+
+// pickTime is the time of a pick, if known without reading the clock: the
+// request's start for its first attempt when nothing has waited since
+// (the microseconds of the filters before the pick are no endpoint's
+// latency). Zero otherwise: the balancer reads the clock.
+func (ex *Exchange) pickTime() time.Time {
+	if ex.Attempts > 0 || ex.waited {
+		return time.Time{}
+	}
+	return ex.Start
 }
 
 // outcome is how the balancer should see an attempt: a 5xx is a failure
