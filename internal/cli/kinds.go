@@ -23,6 +23,7 @@ type kindName struct {
 func kindNames() []kindName {
 	return []kindName{
 		{Kind: "BackendPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "backendpolicies", Short: []string{"bp"}},
+		{Kind: "ConcurrencyPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "concurrencypolicies", Short: []string{"cp"}},
 		{Kind: "FaultInjection", APIVersion: "trellis.dev/v1alpha1", Plural: "faultinjections", Short: []string{"fi"}},
 		{Kind: "GRPCRoute", APIVersion: "gateway.networking.k8s.io/v1", Plural: "grpcroutes", Short: []string{"gr"}},
 		{Kind: "HTTPRoute", APIVersion: "gateway.networking.k8s.io/v1", Plural: "httproutes", Short: []string{"hr"}},

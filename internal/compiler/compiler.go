@@ -254,6 +254,10 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 	for _, cs := range services {
 		h.Write(cs.hash[:])
 		snap.Services = append(snap.Services, cs.svc)
+		if cs.key == own {
+			// Its hash covers the inbound policy too.
+			snap.InboundPolicy = cs.inbound
+		}
 	}
 	snap.Version = hex.EncodeToString(h.Sum(nil)[:12])
 	return snap, nil

@@ -2,6 +2,7 @@ package compiler
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"log/slog"
 	"sort"
 
@@ -32,6 +33,9 @@ type compiled struct {
 	svc  *meshv1.Service
 	hash [sha256.Size]byte
 	deps []svcKey // services its routes send to, excluding itself
+	// inbound is what the service's own proxies enforce (policies attached
+	// to it); nil: nothing. Hashed into hash.
+	inbound *meshv1.InboundPolicy
 }
 
 // attached is an object attached to a service through one Attachment.
@@ -86,13 +90,22 @@ func buildIndex(st *view.State, log *slog.Logger) *index {
 }
 
 func hashService(s *meshv1.Service) [sha256.Size]byte {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s)
+	return sha256.Sum256(marshalDet(s))
+}
+
+// hashWith is h extended by m: a service's hash and its inbound policy's.
+func hashWith(h [sha256.Size]byte, m proto.Message) [sha256.Size]byte {
+	return sha256.Sum256(append(h[:], marshalDet(m)...))
+}
+
+func marshalDet(m proto.Message) []byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		// Marshal of a well-formed message does not fail; hash the text
 		// form rather than pretend the content is unchanged.
-		b = []byte(s.String())
+		b = []byte(fmt.Sprint(m))
 	}
-	return sha256.Sum256(b)
+	return b
 }
 
 // base is a service with its ports: declared, or one http port 80 whose
@@ -157,7 +170,10 @@ func (idx *index) service(k svcKey) *compiled {
 			}
 		}
 	}
-	c := &compiled{key: k, svc: svc, hash: hashService(svc)}
+	c := &compiled{key: k, svc: svc, hash: hashService(svc), inbound: b.Inbound()}
+	if c.inbound != nil {
+		c.hash = hashWith(c.hash, c.inbound)
+	}
 	for d := range deps {
 		c.deps = append(c.deps, d)
 	}

@@ -83,7 +83,22 @@ type ServiceBuild struct {
 	// FaultInjection); nil or a miss returns nil.
 	Lookup func(Ref) Object
 	routes []rankedRoute
+	// inbound is what the service's own proxies enforce on their inbound
+	// traffic; nil until a policy contributes to it.
+	inbound *meshv1.InboundPolicy
 }
+
+// InboundPolicy is the service's inbound policy, created on first use:
+// policies attached to the service add their part to it.
+func (b *ServiceBuild) InboundPolicy() *meshv1.InboundPolicy {
+	if b.inbound == nil {
+		b.inbound = &meshv1.InboundPolicy{}
+	}
+	return b.inbound
+}
+
+// Inbound is the inbound policy the attached objects built, or nil.
+func (b *ServiceBuild) Inbound() *meshv1.InboundPolicy { return b.inbound }
 
 // NewServiceBuild starts building svc.
 func NewServiceBuild(svc *meshv1.Service) *ServiceBuild { return &ServiceBuild{Service: svc} }

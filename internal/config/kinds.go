@@ -41,6 +41,7 @@ type kindInfo struct {
 func kindTable() []kindInfo {
 	return []kindInfo{
 		backendPolicyKind(),
+		concurrencyPolicyKindInfo(),
 		faultInjectionKindInfo(),
 		grpcRouteKind(),
 		httpRouteKind(),

@@ -784,9 +784,15 @@ type WatchRequest struct {
 	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	// Expiry (Unix seconds) of the proxy's current certificate. The stream
 	// outlives renewals, so the proxy reports it for proxy-status.
-	CertNotAfter  int64 `protobuf:"varint,6,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CertNotAfter int64 `protobuf:"varint,6,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
+	// The proxy's adaptive concurrency limit now and the requests it shed
+	// since the proxy started (0, 0 without a ConcurrencyPolicy). Sent with
+	// every message and re-sent every few seconds in a status-only message
+	// (no version, nonce or error), which is no ACK or NACK.
+	ConcurrencyLimit uint32 `protobuf:"varint,7,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
+	ConcurrencyShed  uint64 `protobuf:"varint,8,opt,name=concurrency_shed,json=concurrencyShed,proto3" json:"concurrency_shed,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
@@ -857,6 +863,20 @@ func (x *WatchRequest) GetError() string {
 func (x *WatchRequest) GetCertNotAfter() int64 {
 	if x != nil {
 		return x.CertNotAfter
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetConcurrencyLimit() uint32 {
+	if x != nil {
+		return x.ConcurrencyLimit
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetConcurrencyShed() uint64 {
+	if x != nil {
+		return x.ConcurrencyShed
 	}
 	return 0
 }
@@ -2599,7 +2619,9 @@ func (x *BackendPolicy) GetSlowStart() *durationpb.Duration {
 // the mTLS mode attach here (the security and traffic-control II issues);
 // it carries no rules yet.
 type InboundPolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unset: no concurrency limit.
+	Concurrency   *ConcurrencyPolicy `protobuf:"bytes,4,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2632,6 +2654,13 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *InboundPolicy) GetConcurrency() *ConcurrencyPolicy {
+	if x != nil {
+		return x.Concurrency
+	}
+	return nil
 }
 
 type Service struct {
@@ -2839,6 +2868,122 @@ func (x *Snapshot) GetInboundPolicy() *InboundPolicy {
 	return nil
 }
 
+// ConcurrencyPolicy is the adaptive concurrency limit of a proxy's inbound
+// traffic (a gradient controller, as Envoy's adaptive concurrency filter).
+// Every field is set by the control plane (defaults spelled out).
+type ConcurrencyPolicy struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	MinLimit     uint32                 `protobuf:"varint,1,opt,name=min_limit,json=minLimit,proto3" json:"min_limit,omitempty"`
+	MaxLimit     uint32                 `protobuf:"varint,2,opt,name=max_limit,json=maxLimit,proto3" json:"max_limit,omitempty"`
+	InitialLimit uint32                 `protobuf:"varint,3,opt,name=initial_limit,json=initialLimit,proto3" json:"initial_limit,omitempty"`
+	// How often the limit is recomputed.
+	Interval *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
+	// Percentile of the latencies compared with minRTT, a fraction in (0, 1].
+	Percentile float64 `protobuf:"fixed64,5,opt,name=percentile,proto3" json:"percentile,omitempty"`
+	// Latency above minRTT taken as no queueing, a fraction of minRTT.
+	Buffer float64 `protobuf:"fixed64,6,opt,name=buffer,proto3" json:"buffer,omitempty"`
+	// How often minRTT is measured, and by how many requests.
+	MinRttInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=min_rtt_interval,json=minRttInterval,proto3" json:"min_rtt_interval,omitempty"`
+	MinRttRequests uint32               `protobuf:"varint,8,opt,name=min_rtt_requests,json=minRttRequests,proto3" json:"min_rtt_requests,omitempty"`
+	// Up to this fraction added at random to each min_rtt_interval.
+	Jitter        float64 `protobuf:"fixed64,9,opt,name=jitter,proto3" json:"jitter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConcurrencyPolicy) Reset() {
+	*x = ConcurrencyPolicy{}
+	mi := &file_mesh_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConcurrencyPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConcurrencyPolicy) ProtoMessage() {}
+
+func (x *ConcurrencyPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConcurrencyPolicy.ProtoReflect.Descriptor instead.
+func (*ConcurrencyPolicy) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ConcurrencyPolicy) GetMinLimit() uint32 {
+	if x != nil {
+		return x.MinLimit
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetMaxLimit() uint32 {
+	if x != nil {
+		return x.MaxLimit
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetInitialLimit() uint32 {
+	if x != nil {
+		return x.InitialLimit
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *ConcurrencyPolicy) GetPercentile() float64 {
+	if x != nil {
+		return x.Percentile
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetBuffer() float64 {
+	if x != nil {
+		return x.Buffer
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetMinRttInterval() *durationpb.Duration {
+	if x != nil {
+		return x.MinRttInterval
+	}
+	return nil
+}
+
+func (x *ConcurrencyPolicy) GetMinRttRequests() uint32 {
+	if x != nil {
+		return x.MinRttRequests
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetJitter() float64 {
+	if x != nil {
+		return x.Jitter
+	}
+	return 0
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -2879,14 +3024,16 @@ const file_mesh_proto_rawDesc = "" +
 	"\blease_id\x18\x01 \x01(\x03R\aleaseId\"4\n" +
 	"\x11HeartbeatResponse\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
-	"ttlSeconds\"\xb9\x01\n" +
+	"ttlSeconds\"\x91\x02\n" +
 	"\fWatchRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12$\n" +
 	"\rsubscriptions\x18\x02 \x03(\tR\rsubscriptions\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x04 \x01(\tR\x05nonce\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12$\n" +
-	"\x0ecert_not_after\x18\x06 \x01(\x03R\fcertNotAfter\"\x86\x01\n" +
+	"\x0ecert_not_after\x18\x06 \x01(\x03R\fcertNotAfter\x12+\n" +
+	"\x11concurrency_limit\x18\a \x01(\rR\x10concurrencyLimit\x12)\n" +
+	"\x10concurrency_shed\x18\b \x01(\x04R\x0fconcurrencyShed\"\x86\x01\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
@@ -3029,8 +3176,9 @@ const file_mesh_proto_rawDesc = "" +
 	"\x11outlier_detection\x18\x04 \x01(\v2!.trellis.mesh.v1.OutlierDetectionR\x10outlierDetection\x12/\n" +
 	"\x04hash\x18\x05 \x01(\v2\x1b.trellis.mesh.v1.HashPolicyR\x04hash\x128\n" +
 	"\n" +
-	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"\x0f\n" +
-	"\rInboundPolicy\"\x98\x02\n" +
+	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"U\n" +
+	"\rInboundPolicy\x12D\n" +
+	"\vconcurrency\x18\x04 \x01(\v2\".trellis.mesh.v1.ConcurrencyPolicyR\vconcurrency\"\x98\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12+\n" +
@@ -3047,7 +3195,19 @@ const file_mesh_proto_rawDesc = "" +
 	"\ainbound\x18\x06 \x01(\v2\x18.trellis.mesh.v1.ServiceR\ainbound\x124\n" +
 	"\bservices\x18\a \x03(\v2\x18.trellis.mesh.v1.ServiceR\bservices\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12E\n" +
-	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy*L\n" +
+	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy\"\xe8\x02\n" +
+	"\x11ConcurrencyPolicy\x12\x1b\n" +
+	"\tmin_limit\x18\x01 \x01(\rR\bminLimit\x12\x1b\n" +
+	"\tmax_limit\x18\x02 \x01(\rR\bmaxLimit\x12#\n" +
+	"\rinitial_limit\x18\x03 \x01(\rR\finitialLimit\x125\n" +
+	"\binterval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12\x1e\n" +
+	"\n" +
+	"percentile\x18\x05 \x01(\x01R\n" +
+	"percentile\x12\x16\n" +
+	"\x06buffer\x18\x06 \x01(\x01R\x06buffer\x12C\n" +
+	"\x10min_rtt_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0eminRttInterval\x12(\n" +
+	"\x10min_rtt_requests\x18\b \x01(\rR\x0eminRttRequests\x12\x16\n" +
+	"\x06jitter\x18\t \x01(\x01R\x06jitter*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -3083,7 +3243,7 @@ func file_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
@@ -3126,11 +3286,12 @@ var file_mesh_proto_goTypes = []any{
 	(*InboundPolicy)(nil),       // 38: trellis.mesh.v1.InboundPolicy
 	(*Service)(nil),             // 39: trellis.mesh.v1.Service
 	(*Snapshot)(nil),            // 40: trellis.mesh.v1.Snapshot
-	nil,                         // 41: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 42: google.protobuf.Duration
+	(*ConcurrencyPolicy)(nil),   // 41: trellis.mesh.v1.ConcurrencyPolicy
+	nil,                         // 42: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 43: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	41, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	42, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
 	8,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
 	2,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
@@ -3157,42 +3318,45 @@ var file_mesh_proto_depIdxs = []int32{
 	19, // 24: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
 	29, // 25: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
 	30, // 26: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	42, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	42, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	42, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	42, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	42, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	42, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	43, // 27: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	43, // 28: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	43, // 29: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	43, // 30: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	43, // 31: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	43, // 32: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
 	34, // 33: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	42, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	42, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	42, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	43, // 34: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	43, // 35: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	43, // 36: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 37: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
 	33, // 38: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
 	35, // 39: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
 	36, // 40: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
 	32, // 41: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	42, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	14, // 43: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	20, // 44: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	8,  // 45: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	37, // 46: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	39, // 47: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	39, // 48: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	38, // 49: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	6,  // 50: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	9,  // 51: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	11, // 52: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	13, // 53: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	7,  // 54: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	10, // 55: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	12, // 56: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	40, // 57: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	54, // [54:58] is the sub-list for method output_type
-	50, // [50:54] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	43, // 42: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	41, // 43: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
+	14, // 44: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	20, // 45: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	8,  // 46: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	37, // 47: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	39, // 48: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	39, // 49: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	38, // 50: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	43, // 51: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
+	43, // 52: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
+	6,  // 53: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	9,  // 54: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	11, // 55: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	13, // 56: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	7,  // 57: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	10, // 58: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	12, // 59: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	40, // 60: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	57, // [57:61] is the sub-list for method output_type
+	53, // [53:57] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -3221,7 +3385,7 @@ func file_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
