@@ -221,17 +221,21 @@ func (l *Limiter) MinRTT() time.Duration {
 	return l.minRTT
 }
 
-// Run drives Update every Interval until ctx ends.
-func (l *Limiter) Run(ctx context.Context) {
+// Run drives Update every Interval until ctx ends, calling updated (if
+// not nil) with the limit after each (to export it as a metric).
+func (l *Limiter) Run(ctx context.Context, updated func(limit uint32)) {
 	t := time.NewTicker(l.cfg.Interval)
 	defer t.Stop()
-	l.Update(time.Now())
+	now := time.Now()
 	for {
+		l.Update(now)
+		if updated != nil {
+			updated(l.Limit())
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			l.Update(now)
+		case now = <-t.C:
 		}
 	}
 }

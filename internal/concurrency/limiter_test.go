@@ -268,7 +268,7 @@ func TestShapeUnderOverload(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		go l.Run(ctx)
+		go l.Run(ctx, nil)
 		a := &app{workers: make(chan struct{}, 8), service: 10 * time.Millisecond}
 
 		const capacity = 800

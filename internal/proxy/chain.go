@@ -79,10 +79,12 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 // inboundChain serves peers' requests on the mTLS listener:
 //
 //	telemetry ▸ authenticate peer ▸ local port ▸ [authorization]
-//	▸ [rate limit] ▸ [concurrency limit] ▸ app
+//	▸ [rate limit] ▸ concurrency limit ▸ app
 //
 // The local port comes before the slots so authorization and limits can
-// depend on the port.
+// depend on the port. The concurrency limit comes last: it sheds only
+// what the app would otherwise have to serve, and what it measures is the
+// app's latency.
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
 		telemetryFilter,
@@ -90,7 +92,7 @@ func (p *Proxy) inboundChain() Handler {
 		localPortFilter,
 		// [authorization] security: the snapshot's inbound_policy against ex.PeerID.
 		// [rate limit] traffic control II: token / leaky bucket, local or global.
-		// [concurrency limit] traffic control II: adaptive concurrency.
+		concurrencyFilter,
 	)
 }
 

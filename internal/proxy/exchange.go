@@ -213,6 +213,9 @@ type Response struct {
 //	     (its status; a gRPC abort is 200 with grpc-status)
 //	DI   delay injected: the route's FaultInjection delayed the request
 //	     (with the status the request then got)
+//	CL   concurrency limited: the inbound proxy's adaptive concurrency
+//	     limit (ConcurrencyPolicy) shed the request          503
+//	     (gRPC: 200 with grpc-status 14 UNAVAILABLE)
 type Flags uint16
 
 // The response flags; see Flags.
@@ -231,10 +234,11 @@ const (
 	FlagUO
 	FlagFI
 	FlagDI
+	FlagCL
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "CL"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

@@ -91,6 +91,7 @@ type Proxy struct {
 	endpoints map[endpointKey]*lb.Endpoint
 	peers     map[string]*peer
 	resil     resilienceState
+	conc      concurrencyState
 	timers    sync.Pool // *exTimer, the route timeouts'
 
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
@@ -268,10 +269,12 @@ func (p *Proxy) env() compileEnv {
 			p.peers[addr] = pr
 			return pr
 		},
-		metrics:    p.metrics.Dest,
-		resilience: p.resil.service,
-		host:       p.resil.host,
-		proxy:      p,
+		metrics:     p.metrics.Dest,
+		resilience:  p.resil.service,
+		limiter:     p.conc.limiter,
+		concMetrics: p.metrics.Concurrency,
+		host:        p.resil.host,
+		proxy:       p,
 	}
 }
 
@@ -301,6 +304,7 @@ func (p *Proxy) Update(s *meshv1.Snapshot) error {
 	if err == nil {
 		old := p.cfg.Swap(c)
 		close(old.changed)
+		p.conc.commit(c.inbound.limiter, c.inbound.concMetrics, p.done)
 	}
 	p.forget(p.cfg.Load())
 	if err != nil {

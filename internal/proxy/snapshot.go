@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/types/known/durationpb"
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/concurrency"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/resilience"
@@ -48,6 +49,10 @@ type inboundConfig struct {
 	ports   []portSpec
 	def     portSpec // used when a request names no port
 	metrics *telemetry.DestMetrics
+	// limiter is the adaptive concurrency limit (nil: none), concMetrics
+	// its instruments.
+	limiter     *concurrency.Limiter
+	concMetrics *telemetry.ConcurrencyMetrics
 }
 
 func (ic *inboundConfig) port(p uint32) (portSpec, bool) {
@@ -269,9 +274,13 @@ type compileEnv struct {
 	// resilience binds a service's checked policy to its long-lived state,
 	// host an endpoint's outlier state; nil: fresh state (tests).
 	resilience func(key string, rs *resilienceSpec) *serviceResilience
-	host       func(key string, e *lb.Endpoint) *resilience.Host
-	randN      func(uint32) uint32 // weighted pick's draw; rand.Uint32N
-	proxy      *Proxy              // the chains' stages; nil in compile-only tests
+	// limiter returns the inbound concurrency limiter for cfg, the live
+	// one while cfg is unchanged; nil: a fresh one (tests).
+	limiter     func(cfg concurrency.Config) (*concurrency.Limiter, error)
+	concMetrics func(key string) *telemetry.ConcurrencyMetrics
+	host        func(key string, e *lb.Endpoint) *resilience.Host
+	randN       func(uint32) uint32 // weighted pick's draw; rand.Uint32N
+	proxy       *Proxy              // the chains' stages; nil in compile-only tests
 }
 
 func invalid(format string, a ...any) error {
@@ -300,6 +309,9 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		c.domain = defaultDomain
 	}
 	if err := c.compileInbound(s.GetInbound(), env); err != nil {
+		return nil, err
+	}
+	if err := c.compileInboundPolicy(s.GetInboundPolicy(), env); err != nil {
 		return nil, err
 	}
 	// Pass 1: services, ports and endpoints, so routes can refer to any.
@@ -769,6 +781,26 @@ func (rt *route) compileTimeouts(f string, t *meshv1.RouteTimeouts) error {
 	}
 	if rt.timeout > 0 && rt.attemptTimeout > rt.timeout {
 		return invalid("%s.backend_request: %v is longer than request %v", f, rt.attemptTimeout, rt.timeout)
+	}
+	return nil
+}
+
+// compileInboundPolicy binds what the proxy enforces on its inbound
+// traffic: the concurrency limit.
+func (c *compiled) compileInboundPolicy(ip *meshv1.InboundPolicy, env compileEnv) error {
+	cfg, err := compileConcurrency(ip.GetConcurrency())
+	if err != nil || cfg == nil {
+		return err
+	}
+	newLimiter := concurrency.New
+	if env.limiter != nil {
+		newLimiter = env.limiter
+	}
+	if c.inbound.limiter, err = newLimiter(*cfg); err != nil {
+		return invalid("inbound_policy.concurrency: %v", err)
+	}
+	if env.concMetrics != nil {
+		c.inbound.concMetrics = env.concMetrics(c.inbound.key)
 	}
 	return nil
 }

@@ -46,6 +46,7 @@ type ProxyMetrics struct {
 	tcp      *prometheus.CounterVec
 	mirrors  *prometheus.CounterVec
 	res      resilienceVecs
+	conc     concurrencyVecs
 
 	mu    sync.RWMutex
 	dests map[destKey]*DestMetrics
@@ -79,7 +80,8 @@ func NewProxyMetrics(reg prometheus.Registerer) (*ProxyMetrics, error) {
 		m.mirrors.WithLabelValues(r) // shown at 0 from the start
 	}
 	m.res = newResilienceVecs()
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections} {
+	m.conc = newConcurrencyVecs()
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tcp, m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.conc.limit, m.conc.shed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
