@@ -274,13 +274,14 @@ type compileEnv struct {
 	// resilience binds a service's checked policy to its long-lived state,
 	// host an endpoint's outlier state; nil: fresh state (tests).
 	resilience func(key string, rs *resilienceSpec) *serviceResilience
+	host       func(key string, e *lb.Endpoint) *resilience.Host
+	randN      func(uint32) uint32 // weighted pick's draw; rand.Uint32N
+	proxy      *Proxy              // the chains' stages; nil in compile-only tests
+
 	// limiter returns the inbound concurrency limiter for cfg, the live
 	// one while cfg is unchanged; nil: a fresh one (tests).
 	limiter     func(cfg concurrency.Config) (*concurrency.Limiter, error)
 	concMetrics func(key string) *telemetry.ConcurrencyMetrics
-	host        func(key string, e *lb.Endpoint) *resilience.Host
-	randN       func(uint32) uint32 // weighted pick's draw; rand.Uint32N
-	proxy       *Proxy              // the chains' stages; nil in compile-only tests
 }
 
 func invalid(format string, a ...any) error {
