@@ -275,12 +275,13 @@ func errorLines(err error, file string) []string {
 	return out
 }
 
-// resolveKind maps "httproutes", "HTTPRoute", "service" to a known kind.
+// resolveKind maps "httproutes", "HTTPRoute", "service", "backendpolicies"
+// to a known kind.
 func resolveKind(s string) (string, bool) {
 	l := strings.ToLower(s)
 	for _, k := range config.Kinds() {
 		lk := strings.ToLower(k)
-		if l == lk || l == lk+"s" || l == lk+"es" {
+		if l == lk || l == lk+"s" || l == lk+"es" || (strings.HasSuffix(lk, "y") && l == lk[:len(lk)-1]+"ies") {
 			return k, true
 		}
 	}
