@@ -70,8 +70,14 @@ type Exchange struct {
 	err error
 
 	ctx, clientCtx context.Context
-	// cancels are called when the exchange ends (timeouts' contexts).
+	// cancels are called when the exchange ends.
 	cancels []context.CancelFunc
+	// timeouts are the route timeouts' contexts (timeout_ctx.go), by
+	// nesting depth (request, attempt), kept across pooled uses; armed
+	// says which this exchange used, depth how many are running.
+	timeouts [2]*timeoutCtx
+	armed    [2]bool
+	depth    int
 	// metrics is where the exchange is counted: set as soon as the
 	// destination is known; the listener's "unknown" before that.
 	metrics *telemetry.DestMetrics
@@ -134,12 +140,6 @@ func (ex *Exchange) forgetOut() { ex.out = nil }
 // the proxy gives up on it, or a timeout expires.
 func (ex *Exchange) Context() context.Context { return ex.ctx }
 
-// withContext replaces the exchange's context; cancel runs when it ends.
-func (ex *Exchange) withContext(ctx context.Context, cancel context.CancelFunc) {
-	ex.ctx = ctx
-	ex.cancels = append(ex.cancels, cancel)
-}
-
 var exchangePool = sync.Pool{New: func() any { return new(Exchange) }}
 
 func getExchange() *Exchange {
@@ -154,8 +154,9 @@ func (ex *Exchange) release() {
 		c()
 	}
 	clear(ex.cancels) // a pooled exchange keeps no context alive
-	cancels, out := ex.cancels[:0], ex.out
-	*ex = Exchange{cancels: cancels, out: out}
+	ex.finishTimeouts()
+	cancels, out, timeouts := ex.cancels[:0], ex.out, ex.timeouts
+	*ex = Exchange{cancels: cancels, out: out, timeouts: timeouts}
 	exchangePool.Put(ex)
 }
 

@@ -219,24 +219,24 @@ func timeoutFilter(d time.Duration, timers *sync.Pool) Filter {
 // until the exchange ends.
 func withTimeout(ex *Exchange, d time.Duration, next Handler, timers *sync.Pool) *Response {
 	parent := ex.ctx
-	ctx, cancel := context.WithCancel(parent)
-	ex.withContext(ctx, cancel)
+	tc := ex.startTimeout(parent, d)
+	ex.ctx = tc
+	ex.depth++
+	defer func() { ex.depth--; ex.ctx = parent }()
 	if timers == nil {
-		t := time.AfterFunc(d, cancel)
+		t := time.AfterFunc(d, tc.onTimer)
 		resp := next.Serve(ex)
 		t.Stop()
-		ex.ctx = parent
 		return resp
 	}
 	et, _ := timers.Get().(*exTimer)
 	if et == nil {
 		et = new(exTimer)
 	}
-	et.arm(d, cancel)
+	et.arm(d, tc.onTimer)
 	resp := next.Serve(ex)
 	et.disarm()
 	timers.Put(et)
-	ex.ctx = parent
 	return resp
 }
 
@@ -247,11 +247,11 @@ type exTimer struct {
 	t *time.Timer
 
 	mu       sync.Mutex
-	cancel   context.CancelFunc // nil: disarmed
+	cancel   func() // nil: disarmed
 	deadline time.Time
 }
 
-func (et *exTimer) arm(d time.Duration, cancel context.CancelFunc) {
+func (et *exTimer) arm(d time.Duration, cancel func()) {
 	et.mu.Lock()
 	et.cancel, et.deadline = cancel, time.Now().Add(d)
 	et.mu.Unlock()
@@ -390,4 +390,53 @@ func localPortFilter(next Handler) Handler {
 		ex.target, ex.Port = ps, ps.port
 		return next.Serve(ex)
 	})
+}
+
+// startTimeout returns the exchange's timeout context at this nesting
+// depth, started under parent with deadline now+d: the pooled one when it
+// is free (see timeout_ctx.go), else a new one. A second attempt's timeout
+// reuses its first attempt's when nothing holds that any more.
+func (ex *Exchange) startTimeout(parent context.Context, d time.Duration) *timeoutCtx {
+	if ex.depth >= len(ex.timeouts) {
+		// Deeper than the exchange keeps (no route nests so deep): a
+		// fresh one, ended with the exchange.
+		tc := newTimeoutCtx()
+		ex.cancels = append(ex.cancels, func() { tc.cancel(context.Canceled) })
+		tc.start(parent, time.Now().Add(d))
+		return tc
+	}
+	i := ex.depth
+	tc := ex.timeouts[i]
+	if tc != nil && ex.armed[i] && !tc.finish() {
+		tc = nil
+	}
+	if tc == nil {
+		tc = newTimeoutCtx()
+		ex.timeouts[i] = tc
+	}
+	ex.armed[i] = true
+	tc.start(parent, time.Now().Add(d))
+	return tc
+}
+
+// finishTimeouts detaches the exchange's timeout contexts, innermost first,
+// keeping for the next use those nothing can still hold.
+func (ex *Exchange) finishTimeouts() {
+	for i := len(ex.timeouts) - 1; i >= 0; i-- {
+		if ex.armed[i] && !ex.timeouts[i].finish() {
+			ex.timeouts[i] = nil
+		}
+		ex.armed[i] = false
+	}
+}
+
+// taintTimeouts marks the running timeout contexts as held by a transport
+// whose attempt failed without a response: not to be reused.
+func (ex *Exchange) taintTimeouts() {
+	for i := range min(ex.depth, len(ex.timeouts)) {
+		tc := ex.timeouts[i]
+		tc.mu.Lock()
+		tc.tainted = true
+		tc.mu.Unlock()
+	}
 }
