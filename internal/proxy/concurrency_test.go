@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/concurrency"
 )
 
 // fixedLimit is a policy whose limit stays n: min = max = initial.
@@ -133,5 +134,27 @@ func TestConcurrencyLimiterKeptAcrossSnapshots(t *testing.T) {
 	}
 	if limit, shed := srv.proxy.ConcurrencyStatus(); limit != 0 || shed != 1 {
 		t.Fatalf("status without a policy: limit %d shed %d, want 0 and 1 (shed totals never go back)", limit, shed)
+	}
+}
+
+// TestConcurrencyFilterAllocs: an admitted request costs the limit no
+// allocation (atomics, a histogram bucket, two clock readings).
+func TestConcurrencyFilterAllocs(t *testing.T) {
+	c := &compiled{}
+	cfg, err := compileConcurrency(fixedLimit(4).GetConcurrency())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.inbound.limiter, err = concurrency.New(*cfg); err != nil {
+		t.Fatal(err)
+	}
+	ok := &Response{Status: 200}
+	h := concurrencyFilter(HandlerFunc(func(*Exchange) *Response { return ok }))
+	ex := &Exchange{cfg: c, ctx: t.Context(), clientCtx: t.Context()}
+	if n := testing.AllocsPerRun(1000, func() { h.Serve(ex) }); n != 0 {
+		t.Fatalf("%v allocations per admitted request, want 0", n)
+	}
+	if c.inbound.limiter.InFlight() != 0 {
+		t.Fatal("a slot leaked")
 	}
 }
