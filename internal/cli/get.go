@@ -24,7 +24,10 @@ all namespaces (-A), or one resource by name. Without a kind, list the kinds
 and their short names.
 
 -o yaml and -o json print what the control plane stores, in a form that
-'trellis apply -f' takes back unchanged.`,
+'trellis apply -f' takes back unchanged.
+
+'get concurrencypolicy NAME' also lists the proxies of the Services it
+targets with the limit and shed count each last reported.`,
 		Example: `  trellis get
   trellis get httproutes -A
   trellis get svc orders -o yaml
@@ -74,7 +77,17 @@ and their short names.
 				fmt.Fprintf(g.stdout, "No resources found in namespace %s.\n", namespace)
 				return nil
 			}
-			return printResources(g.stdout, output, items, len(args) == 2)
+			if err := printResources(g.stdout, output, items, len(args) == 2); err != nil {
+				return err
+			}
+			if kind.Kind == "ConcurrencyPolicy" && len(args) == 2 && len(items) == 1 && (output == "table" || output == "wide") {
+				list, err := proxyList(cmd.Context(), c)
+				if err != nil {
+					return fmt.Errorf("get: proxies: %w", err)
+				}
+				return printConcurrencyStatus(g.stdout, items[0], list)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace")
@@ -259,6 +272,8 @@ func summarize(obj map[string]any) string {
 		return fmt.Sprintf("parents %s → %s", strings.Join(parents, ","), strings.Join(backends, ","))
 	case "BackendPolicy":
 		return summarizeBackendPolicy(spec)
+	case "ConcurrencyPolicy":
+		return summarizeConcurrencyPolicy(spec)
 	}
 	return ""
 }

@@ -24,6 +24,7 @@ func kindNames() []kindName {
 	return []kindName{
 		{Kind: "AuthorizationPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "authorizationpolicies", Short: []string{"ap"}},
 		{Kind: "BackendPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "backendpolicies", Short: []string{"bp"}},
+		{Kind: "ConcurrencyPolicy", APIVersion: "trellis.dev/v1alpha1", Plural: "concurrencypolicies", Short: []string{"cp"}},
 		{Kind: "FaultInjection", APIVersion: "trellis.dev/v1alpha1", Plural: "faultinjections", Short: []string{"fi"}},
 		{Kind: "GRPCRoute", APIVersion: "gateway.networking.k8s.io/v1", Plural: "grpcroutes", Short: []string{"gr"}},
 		{Kind: "HTTPRoute", APIVersion: "gateway.networking.k8s.io/v1", Plural: "httproutes", Short: []string{"hr"}},

@@ -42,6 +42,7 @@ func kindTable() []kindInfo {
 	return []kindInfo{
 		authorizationPolicyKindInfo(),
 		backendPolicyKind(),
+		concurrencyPolicyKindInfo(),
 		faultInjectionKindInfo(),
 		grpcRouteKind(),
 		httpRouteKind(),

@@ -275,7 +275,7 @@ func errorLines(err error, file string) []string {
 	return out
 }
 
-// resolveKind maps "httproutes", "HTTPRoute", "service", "ratelimitpolicies"
+// resolveKind maps "httproutes", "HTTPRoute", "service", "ratelimitpolicies", "backendpolicies"
 // to a known kind.
 func resolveKind(s string) (string, bool) {
 	l := strings.ToLower(s)

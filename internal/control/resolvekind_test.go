@@ -6,11 +6,13 @@ import "testing"
 // (BackendPolicy, RateLimitPolicy) is -ies.
 func TestResolveKindPlurals(t *testing.T) {
 	for in, want := range map[string]string{
-		"ratelimitpolicies": "RateLimitPolicy",
-		"backendpolicies":   "BackendPolicy",
-		"RateLimitPolicy":   "RateLimitPolicy",
-		"httproutes":        "HTTPRoute",
-		"services":          "Service",
+		"ratelimitpolicies":   "RateLimitPolicy",
+		"backendpolicies":     "BackendPolicy",
+		"RateLimitPolicy":     "RateLimitPolicy",
+		"httproutes":          "HTTPRoute",
+		"services":            "Service",
+		"concurrencypolicies": "ConcurrencyPolicy",
+		"ConcurrencyPolicy":   "ConcurrencyPolicy",
 	} {
 		if got, ok := resolveKind(in); !ok || got != want {
 			t.Errorf("resolveKind(%q) = %q, %v; want %q", in, got, ok, want)

@@ -197,7 +197,16 @@ func (c Call) Endpoint() *Endpoint { return c.ep }
 // picker uses no feedback), charges the latency and the outcome to the
 // endpoint. Done on the zero Call (from a Pick that returned ok=false) does
 // nothing.
-func (c Call) Done(o Outcome) {
+func (c Call) Done(o Outcome) { c.done(o, time.Time{}) }
+
+// DoneAt is Done for an attempt that ended at now, a clock reading the
+// caller made anyway (the proxy's at the response header): the endpoint's
+// latency sample is now − the pick's time, and no clock is read.
+func (c Call) DoneAt(o Outcome, now time.Time) { c.done(o, now) }
+
+// done is Done and DoneAt; a zero now means the clock, read only when the
+// outcome is charged.
+func (c Call) done(o Outcome, now time.Time) {
 	e := c.ep
 	if e == nil {
 		return
@@ -206,6 +215,8 @@ func (c Call) Done(o Outcome) {
 	if c.learn == nil || (o != Success && o != Failure) {
 		return
 	}
-	now := time.Now()
+	if now.IsZero() {
+		now = time.Now()
+	}
 	e.observe(e.since(now), float64(now.Sub(c.start)), o == Failure, c.learn)
 }

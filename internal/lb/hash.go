@@ -223,7 +223,7 @@ type order interface {
 
 // pick is Pick for a hashing picker over o.
 func (p *hashed) pick(o order, r *Request, eps, tried []*Endpoint) (Call, bool) {
-	g := gate{eps: eps, tried: tried}
+	g := newGate(r, eps, tried)
 	var e *Endpoint
 	if h, ok := p.key.hash(r); ok && len(eps) == p.n {
 		e = p.choose(o, eps, &g, h)

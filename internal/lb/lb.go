@@ -35,6 +35,28 @@ type Request struct {
 	Header   http.Header // read-only
 	// Source is the caller's SPIFFE ID; outbound, the proxy's own.
 	Source string
+	// Now, when not zero, is the time of the pick: a caller that has read
+	// the clock anyway (the proxy, at a request's start) passes it, and the
+	// picker reads no clock of its own (~66 ns a read on a VM).
+	Now time.Time
+}
+
+// now is the pick's time: r.Now, or the clock.
+func (r *Request) now() time.Time {
+	if r != nil && !r.Now.IsZero() {
+		return r.Now
+	}
+	return time.Now()
+}
+
+// newGate is the gate of one pick; it takes the request's clock reading,
+// if any, so that an ejection check reads none.
+func newGate(r *Request, eps, tried []*Endpoint) gate {
+	g := gate{eps: eps, tried: tried}
+	if r != nil && !r.Now.IsZero() {
+		g.setNow(r.Now)
+	}
+	return g
 }
 
 // Outcome is how an attempt on an endpoint ended, as the balancer learns it.

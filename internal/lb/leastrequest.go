@@ -9,8 +9,8 @@ type LeastRequestPicker struct {
 }
 
 // Pick implements Picker.
-func (p *LeastRequestPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
-	g := gate{eps: eps, tried: tried}
+func (p *LeastRequestPicker) Pick(r *Request, eps, tried []*Endpoint) (Call, bool) {
+	g := newGate(r, eps, tried)
 	a, b := p.s.pair(eps, &g)
 	if a == nil {
 		return Call{}, false

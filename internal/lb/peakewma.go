@@ -85,8 +85,8 @@ func NewPeakEWMA(opts ...PeakEWMAOption) *PeakEWMAPicker {
 }
 
 // Pick implements Picker.
-func (p *PeakEWMAPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
-	t := time.Now()
+func (p *PeakEWMAPicker) Pick(r *Request, eps, tried []*Endpoint) (Call, bool) {
+	t := r.now()
 	g := gate{eps: eps, tried: tried}
 	g.setNow(t)
 	a, b := p.candidates(eps, &g)

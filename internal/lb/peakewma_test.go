@@ -396,3 +396,55 @@ func TestPeakEWMAFailureWeightOff(t *testing.T) {
 		}
 	})
 }
+
+// TestPeakEWMAPassedClock: a pick at Request.Now and a DoneAt charge the
+// latency between the two readings given, not the clock's: the proxy
+// passes readings it made anyway.
+func TestPeakEWMAPassedClock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := NewEndpoint("a:1")
+		p := NewPeakEWMA()
+		start := time.Now().Add(time.Second) // not the clock's time
+		c, ok := p.Pick(&Request{Now: start}, []*Endpoint{e}, nil)
+		if !ok {
+			t.Fatal("no pick")
+		}
+		c.DoneAt(Success, start.Add(40*time.Millisecond))
+		got, ok := e.latency(e.since(start.Add(40*time.Millisecond)), p.learn.tau)
+		if !ok || got < float64(39*time.Millisecond) || got > float64(41*time.Millisecond) {
+			t.Fatalf("estimate %v after a 40ms call between passed readings, want 40ms", time.Duration(got))
+		}
+	})
+}
+
+// TestGatePassedClock: an ejection is judged at Request.Now, for every
+// picker: before its end the endpoint is passed over, after it it is not.
+func TestGatePassedClock(t *testing.T) {
+	for _, pol := range Policies() {
+		t.Run(string(pol), func(t *testing.T) {
+			eps := numbered("ep", 2)
+			p, err := NewPicker(Config{Policy: pol}, eps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			until := time.Now().Add(time.Hour)
+			eps[0].Eject(until)
+			for range 50 {
+				c, _ := p.Pick(&Request{Now: until.Add(-time.Second)}, eps, nil)
+				c.Done(Abandoned)
+				if c.Endpoint() == eps[0] {
+					t.Fatalf("picked ejected ep0 at a Now before its ejection ends")
+				}
+			}
+			seen := false
+			for range 200 {
+				c, _ := p.Pick(&Request{Now: until.Add(time.Second)}, eps, nil)
+				c.Done(Abandoned)
+				seen = seen || c.Endpoint() == eps[0]
+			}
+			if !seen {
+				t.Fatalf("ep0 never picked at a Now after its ejection ended")
+			}
+		})
+	}
+}

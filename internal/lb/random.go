@@ -8,8 +8,8 @@ type RandomPicker struct {
 }
 
 // Pick implements Picker.
-func (p *RandomPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
-	g := gate{eps: eps, tried: tried}
+func (p *RandomPicker) Pick(r *Request, eps, tried []*Endpoint) (Call, bool) {
+	g := newGate(r, eps, tried)
 	e := p.s.first(eps, &g)
 	if e == nil {
 		return Call{}, false

@@ -18,12 +18,12 @@ func NewRoundRobin() *RoundRobinPicker { return &RoundRobinPicker{} }
 
 // Pick returns the next endpoint in turn, skipping those in tried and
 // those ejected.
-func (r *RoundRobinPicker) Pick(_ *Request, eps, tried []*Endpoint) (Call, bool) {
+func (r *RoundRobinPicker) Pick(req *Request, eps, tried []*Endpoint) (Call, bool) {
 	n := len(eps)
 	if n == 0 {
 		return Call{}, false
 	}
-	g := gate{eps: eps, tried: tried}
+	g := newGate(req, eps, tried)
 	e, i := g.from(eps, int((r.next.Add(1)-1)%uint64(n)))
 	// A young endpoint passes its turn on; after a full round of passes
 	// (every one young) the last one takes it.

@@ -102,7 +102,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 // inboundChain serves peers' requests on the mTLS listener:
 //
 //	telemetry ▸ observe ▸ authenticate peer ▸ local port ▸ authorization
-//	▸ rate limit ▸ [concurrency limit] ▸ app
+//	▸ rate limit ▸ concurrency limit ▸ app
 //
 // observe starts the hop's server span, a child of the calling proxy's
 // client span, and passes it to the app as its parent; like outbound it
@@ -114,6 +114,8 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 // caller's SPIFFE ID is known (per-identity limits, overrides) and a
 // refused caller spends no quota; and before the concurrency limit, so
 // requests over the rate are refused before they take a concurrency slot.
+// The concurrency limit comes last: it sheds only what the app would
+// otherwise have to serve, and what it measures is the app's latency.
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
 		p.telemetrySlot(),
@@ -122,7 +124,7 @@ func (p *Proxy) inboundChain() Handler {
 		localPortFilter,
 		p.authzFilter,
 		p.inboundRateLimitFilter,
-		// [concurrency limit] traffic control II: adaptive concurrency.
+		concurrencyFilter,
 	)
 }
 

@@ -66,13 +66,24 @@ type Exchange struct {
 	// Start is when the request arrived, Responded when its response
 	// header was ready to send (set by the telemetry filter).
 	Start, Responded time.Time
+	// waited says a stage before the first pick waited (for a
+	// subscription, an injected delay): Start is then no longer "now" for
+	// the balancer, which otherwise takes it instead of reading the clock.
+	// A stage that may wait before the pick sets it.
+	waited bool
 	// err is the last attempt's error (nil when an upstream answered); the
 	// retry filter decides on it.
 	err error
 
 	ctx, clientCtx context.Context
-	// cancels are called when the exchange ends (timeouts' contexts).
+	// cancels are called when the exchange ends.
 	cancels []context.CancelFunc
+	// timeouts are the route timeouts' contexts (timeout_ctx.go), by
+	// nesting depth (request, attempt), kept across pooled uses; armed
+	// says which this exchange used, depth how many are running.
+	timeouts [2]*timeoutCtx
+	armed    [2]bool
+	depth    int
 	// metrics are the destination service's resilience counters.
 	metrics *telemetry.DestMetrics
 	// series is where the exchange is counted, moved along as the
@@ -144,12 +155,6 @@ func (ex *Exchange) forgetOut() { ex.out = nil }
 // the proxy gives up on it, or a timeout expires.
 func (ex *Exchange) Context() context.Context { return ex.ctx }
 
-// withContext replaces the exchange's context; cancel runs when it ends.
-func (ex *Exchange) withContext(ctx context.Context, cancel context.CancelFunc) {
-	ex.ctx = ctx
-	ex.cancels = append(ex.cancels, cancel)
-}
-
 var exchangePool = sync.Pool{New: func() any { return new(Exchange) }}
 
 func getExchange() *Exchange {
@@ -167,8 +172,9 @@ func (ex *Exchange) release() {
 	if ex.reqBody != nil {
 		ex.reqBody.done.Store(true)
 	}
-	cancels, out := ex.cancels[:0], ex.out
-	*ex = Exchange{cancels: cancels, out: out}
+	ex.finishTimeouts()
+	cancels, out, timeouts := ex.cancels[:0], ex.out, ex.timeouts
+	*ex = Exchange{cancels: cancels, out: out, timeouts: timeouts}
 	exchangePool.Put(ex)
 }
 
@@ -231,7 +237,10 @@ type Response struct {
 //	     (gRPC: 200 with grpc-status 7, PERMISSION_DENIED)
 //	RL   rate limited: a RateLimitPolicy refused the request      429
 //	     (gRPC: 200 with grpc-status 8, RESOURCE_EXHAUSTED)
-type Flags uint16
+//	CL   concurrency limited: the inbound proxy's adaptive concurrency
+//	     limit (ConcurrencyPolicy) shed the request          503
+//	     (gRPC: 200 with grpc-status 14 UNAVAILABLE)
+type Flags uint32
 
 // The response flags; see Flags.
 const (
@@ -251,10 +260,11 @@ const (
 	FlagDI
 	FlagAZ
 	FlagRL
+	FlagCL
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "AZ", "RL"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "AZ", "RL", "CL"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

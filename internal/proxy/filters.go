@@ -55,6 +55,9 @@ func (p *Proxy) resolveFilter(next Handler) Handler {
 			}
 		}
 		svc, f, msg := p.resolve(ex.ctx, host)
+		// resolve waits only for a new snapshot: with one since the
+		// request began, it may have waited.
+		ex.waited = ex.waited || ex.cfg != p.cfg.Load()
 		if svc == nil {
 			code := http.StatusServiceUnavailable
 			if f == FlagDC {
@@ -221,24 +224,24 @@ func timeoutFilter(d time.Duration, timers *sync.Pool) Filter {
 // until the exchange ends.
 func withTimeout(ex *Exchange, d time.Duration, next Handler, timers *sync.Pool) *Response {
 	parent := ex.ctx
-	ctx, cancel := context.WithCancel(parent)
-	ex.withContext(ctx, cancel)
+	tc := ex.startTimeout(parent, d)
+	ex.ctx = tc
+	ex.depth++
+	defer func() { ex.depth--; ex.ctx = parent }()
 	if timers == nil {
-		t := time.AfterFunc(d, cancel)
+		t := time.AfterFunc(d, tc.onTimer)
 		resp := next.Serve(ex)
 		t.Stop()
-		ex.ctx = parent
 		return resp
 	}
 	et, _ := timers.Get().(*exTimer)
 	if et == nil {
 		et = new(exTimer)
 	}
-	et.arm(d, cancel)
+	et.arm(d, tc.onTimer)
 	resp := next.Serve(ex)
 	et.disarm()
 	timers.Put(et)
-	ex.ctx = parent
 	return resp
 }
 
@@ -249,11 +252,11 @@ type exTimer struct {
 	t *time.Timer
 
 	mu       sync.Mutex
-	cancel   context.CancelFunc // nil: disarmed
+	cancel   func() // nil: disarmed
 	deadline time.Time
 }
 
-func (et *exTimer) arm(d time.Duration, cancel context.CancelFunc) {
+func (et *exTimer) arm(d time.Duration, cancel func()) {
 	et.mu.Lock()
 	et.cancel, et.deadline = cancel, time.Now().Add(d)
 	et.mu.Unlock()
@@ -311,7 +314,7 @@ func (p *Proxy) pickFilter(next Handler) Handler {
 		}
 		ex.lbReq = lb.Request{
 			Method: ex.Method, Authority: ex.Authority, Path: ex.Path, RawQuery: ex.RawQuery,
-			Header: ex.Header, Source: p.opts.Identity,
+			Header: ex.Header, Source: p.opts.Identity, Now: ex.pickTime(),
 		}
 		call, ok := dst.picker.Pick(&ex.lbReq, dst.eps, ex.Tried)
 		if !ok && ex.anyEndpoint {
@@ -331,9 +334,20 @@ func (p *Proxy) pickFilter(next Handler) Handler {
 		ex.Attempts++
 		ex.err = nil
 		resp := next.Serve(ex)
-		call.Done(outcome(ex, resp))
+		call.DoneAt(outcome(ex, resp), time.Now())
 		return resp
 	})
+}
+
+// pickTime is the time of a pick, if known without reading the clock: the
+// request's start for its first attempt when nothing has waited since
+// (the microseconds of the filters before the pick are no endpoint's
+// latency). Zero otherwise: the balancer reads the clock.
+func (ex *Exchange) pickTime() time.Time {
+	if ex.Attempts > 0 || ex.waited {
+		return time.Time{}
+	}
+	return ex.Start
 }
 
 // outcome is how the balancer should see an attempt: a 5xx is a failure
@@ -373,4 +387,53 @@ func localPortFilter(next Handler) Handler {
 		ex.target, ex.Port = ps, ps.port
 		return next.Serve(ex)
 	})
+}
+
+// startTimeout returns the exchange's timeout context at this nesting
+// depth, started under parent with deadline now+d: the pooled one when it
+// is free (see timeout_ctx.go), else a new one. A second attempt's timeout
+// reuses its first attempt's when nothing holds that any more.
+func (ex *Exchange) startTimeout(parent context.Context, d time.Duration) *timeoutCtx {
+	if ex.depth >= len(ex.timeouts) {
+		// Deeper than the exchange keeps (no route nests so deep): a
+		// fresh one, ended with the exchange.
+		tc := newTimeoutCtx()
+		ex.cancels = append(ex.cancels, func() { tc.cancel(context.Canceled) })
+		tc.start(parent, time.Now().Add(d))
+		return tc
+	}
+	i := ex.depth
+	tc := ex.timeouts[i]
+	if tc != nil && ex.armed[i] && !tc.finish() {
+		tc = nil
+	}
+	if tc == nil {
+		tc = newTimeoutCtx()
+		ex.timeouts[i] = tc
+	}
+	ex.armed[i] = true
+	tc.start(parent, time.Now().Add(d))
+	return tc
+}
+
+// finishTimeouts detaches the exchange's timeout contexts, innermost first,
+// keeping for the next use those nothing can still hold.
+func (ex *Exchange) finishTimeouts() {
+	for i := len(ex.timeouts) - 1; i >= 0; i-- {
+		if ex.armed[i] && !ex.timeouts[i].finish() {
+			ex.timeouts[i] = nil
+		}
+		ex.armed[i] = false
+	}
+}
+
+// taintTimeouts marks the running timeout contexts as held by a transport
+// whose attempt failed without a response: not to be reused.
+func (ex *Exchange) taintTimeouts() {
+	for i := range min(ex.depth, len(ex.timeouts)) {
+		tc := ex.timeouts[i]
+		tc.mu.Lock()
+		tc.tainted = true
+		tc.mu.Unlock()
+	}
 }

@@ -140,6 +140,7 @@ type Proxy struct {
 	endpoints map[endpointKey]*lb.Endpoint
 	peers     map[string]*peer
 	resil     resilienceState
+	conc      concurrencyState
 	timers    sync.Pool // *exTimer, the route timeouts'
 	// rateLimits holds the running rate limits across snapshots; epoch is the
 	// zero of their clock (nanotime); slotTimers are the leaky buckets'
@@ -344,12 +345,14 @@ func (p *Proxy) env() compileEnv {
 			p.peers[addr] = pr
 			return pr
 		},
-		metrics:    p.metrics.Dest,
-		pm:         p.metrics,
-		source:     telemetry.Peer{Service: p.opts.Service, Namespace: p.opts.Namespace, Identity: p.opts.Identity},
-		resilience: p.resil.service,
-		host:       p.resil.host,
-		proxy:      p,
+		metrics:     p.metrics.Dest,
+		pm:          p.metrics,
+		source:      telemetry.Peer{Service: p.opts.Service, Namespace: p.opts.Namespace, Identity: p.opts.Identity},
+		resilience:  p.resil.service,
+		limiter:     p.conc.limiter,
+		concMetrics: p.metrics.Concurrency,
+		host:        p.resil.host,
+		proxy:       p,
 	}
 }
 
@@ -381,6 +384,7 @@ func (p *Proxy) Update(s *meshv1.Snapshot) error {
 		close(old.changed)
 		p.rateLimits.SetReplicas(c.replicas)
 		p.applySampling(s)
+		p.conc.commit(c.inbound.limiter, c.inbound.concMetrics, p.done)
 	}
 	p.forget(p.cfg.Load())
 	if err != nil {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +20,25 @@ func (okTransport) RoundTrip(*http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: 200, Header: http.Header{}, Body: http.NoBody}, nil
 }
 
+// registeringTransport is okTransport that also does what net/http's
+// Transport.roundTrip does with the request's context before it sends
+// (the stub, registered as an alternate protocol, skips it): derive a
+// cancelable child, look at its Done, cancel it when done. Without it the
+// benchmark cannot see what a timeout's context costs once a transport
+// waits on it.
+type registeringTransport struct{}
+
+func (registeringTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	select {
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	default:
+	}
+	return okTransport{}.RoundTrip(r)
+}
+
 // BenchmarkRouteChainResilience measures one request through a route's
 // compiled chain (split, breaker and outlier slots, pick, the upstream
 // stage building the outgoing request) over a stub transport: "bare" is a
@@ -29,7 +49,10 @@ func (okTransport) RoundTrip(*http.Request) (*http.Response, error) {
 // context is context.Background ("parent=background") or, as net/http's
 // request context is, a fresh cancelable one ("parent=cancelable": 2
 // allocations more in every variant, and a timeout's context then
-// registers with it, which costs more).
+// registers with it, which costs more), and that with a stub transport
+// that, as net/http's does, derives a context from the request's and
+// waits on it ("transport=registers": the real cost of a timeout's
+// context, which only a waiter makes link to its parent).
 func BenchmarkRouteChainResilience(b *testing.B) {
 	ca := newTestCA(b, "trellis.local")
 	for _, tc := range []struct {
@@ -43,11 +66,9 @@ func BenchmarkRouteChainResilience(b *testing.B) {
 		{"retry+timeouts", &meshv1.RouteTimeouts{Request: durationpb.New(5 * time.Second), BackendRequest: durationpb.New(time.Second)},
 			&meshv1.BackendPolicy{Retry: testRetry(2)}},
 	} {
-		for _, cancelable := range []bool{false, true} {
-			name := tc.name + "/parent=background"
-			if cancelable {
-				name = tc.name + "/parent=cancelable"
-			}
+		for _, variant := range []string{"parent=background", "parent=cancelable", "parent=cancelable,transport=registers"} {
+			cancelable := variant != "parent=background"
+			name := tc.name + "/" + variant
 			b.Run(name, func(b *testing.B) {
 				p, err := New(Options{Service: "frontend", ClientTLS: ca.clientTLS(ca.svid(b, spiffeFor("frontend")))})
 				if err != nil {
@@ -68,7 +89,11 @@ func BenchmarkRouteChainResilience(b *testing.B) {
 				// HTTP/2 one makes net/http log at its first use.
 				p.hopH2 = false
 				for _, pr := range s.peers {
-					pr.h1.RegisterProtocol("https", okTransport{})
+					if strings.HasSuffix(variant, "registers") {
+						pr.h1.RegisterProtocol("https", registeringTransport{})
+					} else {
+						pr.h1.RegisterProtocol("https", okTransport{})
+					}
 				}
 				rt := &s.routes[0]
 				hdr := http.Header{"User-Agent": []string{"bench"}}

@@ -460,6 +460,7 @@ func faultFilter(f *faultSpec, randN func(uint32) uint32) Filter {
 		return HandlerFunc(func(ex *Exchange) *Response {
 			if f.delayPPM > 0 && f.delay > 0 && (f.delayPPM >= ppm || randN(ppm) < f.delayPPM) {
 				ex.Flags |= FlagDI
+				ex.waited = true
 				t := time.NewTimer(f.delay)
 				select {
 				case <-t.C:

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/types/known/durationpb"
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/concurrency"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/ratelimit"
@@ -67,6 +68,10 @@ type inboundConfig struct {
 	// permissive: the service's mTLS mode is PERMISSIVE, plaintext
 	// connections and requests are accepted on the inbound port.
 	permissive bool
+	// limiter is the adaptive concurrency limit (nil: none), concMetrics
+	// its instruments.
+	limiter     *concurrency.Limiter
+	concMetrics *telemetry.ConcurrencyMetrics
 }
 
 func (ic *inboundConfig) port(p uint32) (portSpec, bool) {
@@ -319,6 +324,11 @@ type compileEnv struct {
 	host       func(key string, e *lb.Endpoint) *resilience.Host
 	randN      func(uint32) uint32 // weighted pick's draw; rand.Uint32N
 	proxy      *Proxy              // the chains' stages; nil in compile-only tests
+
+	// limiter returns the inbound concurrency limiter for cfg, the live
+	// one while cfg is unchanged; nil: a fresh one (tests).
+	limiter     func(cfg concurrency.Config) (*concurrency.Limiter, error)
+	concMetrics func(key string) *telemetry.ConcurrencyMetrics
 }
 
 func invalid(format string, a ...any) error {
@@ -352,6 +362,9 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		return nil, err
 	}
 	if err := c.compileAuthz(s.GetInboundPolicy().GetAuthorization(), env); err != nil {
+		return nil, err
+	}
+	if err := c.compileConcurrencyLimit(s.GetInboundPolicy(), env); err != nil {
 		return nil, err
 	}
 	inboundLimits, err := compileRateLimits("inbound_policy.rate_limits", s.GetInboundPolicy().GetRateLimits())
@@ -894,6 +907,25 @@ func (rt *route) compileTimeouts(f string, t *meshv1.RouteTimeouts) error {
 	}
 	if rt.timeout > 0 && rt.attemptTimeout > rt.timeout {
 		return invalid("%s.backend_request: %v is longer than request %v", f, rt.attemptTimeout, rt.timeout)
+	}
+	return nil
+}
+
+// compileConcurrencyLimit binds the inbound adaptive concurrency limit.
+func (c *compiled) compileConcurrencyLimit(ip *meshv1.InboundPolicy, env compileEnv) error {
+	cfg, err := compileConcurrency(ip.GetConcurrency())
+	if err != nil || cfg == nil {
+		return err
+	}
+	newLimiter := concurrency.New
+	if env.limiter != nil {
+		newLimiter = env.limiter
+	}
+	if c.inbound.limiter, err = newLimiter(*cfg); err != nil {
+		return invalid("inbound_policy.concurrency: %v", err)
+	}
+	if env.concMetrics != nil {
+		c.inbound.concMetrics = env.concMetrics(c.inbound.key)
 	}
 	return nil
 }

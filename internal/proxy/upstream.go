@@ -134,6 +134,7 @@ func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, o *outgo
 		if o == ex.out {
 			ex.forgetOut()
 		}
+		ex.taintTimeouts()
 		return attemptFailed(ex, addr, err)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {

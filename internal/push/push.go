@@ -186,6 +186,12 @@ type ProxyStatus struct {
 	CertExpiry  time.Time `json:"certExpiry,omitzero"`
 	ConnectedAt time.Time `json:"connectedAt,omitzero"`
 	LastAck     time.Time `json:"lastAck,omitzero"`
+	// ConcurrencyLimit is the proxy's adaptive concurrency limit (0: no
+	// ConcurrencyPolicy) and ConcurrencyShed the requests it shed since it
+	// started, as it last reported them (every message, and a status-only
+	// one every few seconds while they change).
+	ConcurrencyLimit uint32 `json:"concurrencyLimit,omitempty"`
+	ConcurrencyShed  uint64 `json:"concurrencyShed,omitempty"`
 }
 
 // AtRevision reports whether p runs a snapshot current at rev or later.

@@ -62,7 +62,16 @@ type SessionOptions struct {
 	// CertNotAfter, if set, reports the proxy's current certificate expiry
 	// to proxy-status; call Resubscribe after a renewal to send it.
 	CertNotAfter func() time.Time
+	// Status, if set, fills the proxy's status fields (its concurrency
+	// limit and shed count) into every message it sends, and is polled
+	// every StatusInterval (default 5s): when it changed, a status-only
+	// message (no version, nonce or error: no ACK or NACK) carries it.
+	Status         func(*meshv1.WatchRequest)
+	StatusInterval time.Duration
 }
+
+// DefaultStatusInterval is SessionOptions.StatusInterval's default.
+const DefaultStatusInterval = 5 * time.Second
 
 type session struct {
 	c    *Client
@@ -92,6 +101,9 @@ func (c *Client) RunSession(ctx context.Context, o SessionOptions) error {
 	}
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = DefaultHeartbeat
+	}
+	if o.StatusInterval <= 0 {
+		o.StatusInterval = DefaultStatusInterval
 	}
 	s := &session{
 		c:    c,
@@ -259,6 +271,20 @@ func (s *session) certNotAfter() int64 {
 	return 0
 }
 
+// reportedStatus is what a message reported of the proxy's status.
+type reportedStatus struct {
+	limit uint32
+	shed  uint64
+}
+
+// status fills req's status fields and returns them.
+func (s *session) status(req *meshv1.WatchRequest) reportedStatus {
+	if s.o.Status != nil {
+		s.o.Status(req)
+	}
+	return reportedStatus{req.GetConcurrencyLimit(), req.GetConcurrencyShed()}
+}
+
 func (s *session) subscriptions() []string {
 	var want []string
 	if s.o.Subscriptions != nil {
@@ -295,23 +321,30 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 	var mu sync.Mutex
 	cur := s.subscriptions()
 	expiry := s.certNotAfter()
-	if err := stream.Send(&meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur, Version: s.lastAcked, CertNotAfter: expiry}); err != nil {
+	first := &meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur, Version: s.lastAcked, CertNotAfter: expiry}
+	sent := s.status(first)
+	if err := stream.Send(first); err != nil {
 		_, err = stream.Recv() // the stream's real error
 		return false, gen, err
 	}
 	wg.Go(func() {
+		tick := time.NewTicker(s.o.StatusInterval)
+		defer tick.Stop()
 		for {
 			select {
 			case <-sctx.Done():
 				return
 			case <-s.c.resub:
+			case <-tick.C:
 			}
 			next, nextExpiry := s.subscriptions(), s.certNotAfter()
+			req := &meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: next, CertNotAfter: nextExpiry}
+			st := s.status(req)
 			mu.Lock()
-			if !slices.Equal(next, cur) || nextExpiry != expiry {
-				cur, expiry = next, nextExpiry
+			if !slices.Equal(next, cur) || nextExpiry != expiry || st != sent {
+				cur, expiry, sent = next, nextExpiry, st
 				// A failed Send shows up as the stream's Recv error.
-				_ = stream.Send(&meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur, CertNotAfter: expiry})
+				_ = stream.Send(req)
 			}
 			mu.Unlock()
 		}
@@ -333,6 +366,7 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 		}
 		mu.Lock()
 		req.Subscriptions, req.CertNotAfter = cur, expiry
+		sent = s.status(req)
 		_ = stream.Send(req)
 		mu.Unlock()
 	}

@@ -112,6 +112,9 @@ func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest,
 			State:       StatePending,
 			CertExpiry:  p.notAfter,
 			ConnectedAt: now,
+
+			ConcurrencyLimit: first.GetConcurrencyLimit(),
+			ConcurrencyShed:  first.GetConcurrencyShed(),
 		},
 	}
 	// A reconnecting proxy says which version it runs; if that is still
@@ -202,6 +205,9 @@ func (w *watchStream) recvLoop() error {
 		if exp := req.GetCertNotAfter(); exp > 0 {
 			w.st.CertExpiry = time.Unix(exp, 0).UTC()
 		}
+		// Every message carries the proxy's status; one without a nonce
+		// (status-only, or a resubscription) answers no snapshot.
+		w.st.ConcurrencyLimit, w.st.ConcurrencyShed = req.GetConcurrencyLimit(), req.GetConcurrencyShed()
 		if nonce := req.GetNonce(); nonce != "" && nonce == w.sentNonce {
 			w.answerLocked(req)
 			answered = true

@@ -440,7 +440,14 @@ func (s *sidecar) sessionOptions() push.SessionOptions {
 		Subscriptions: s.subscriptions,
 		Apply:         s.apply,
 		CertNotAfter:  s.src.NotAfter,
+		Status:        s.status,
 	}
+}
+
+// status reports the proxy's adaptive concurrency limit and shed count to
+// the control plane, for trellis get and proxy-status.
+func (s *sidecar) status(r *meshv1.WatchRequest) {
+	r.ConcurrencyLimit, r.ConcurrencyShed = s.proxy.ConcurrencyStatus()
 }
 
 // apply installs a pushed snapshot; an error NACKs it and the proxy keeps its

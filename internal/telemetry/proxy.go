@@ -108,6 +108,7 @@ type ProxyMetrics struct {
 	// AccessLog counts access log lines written and dropped (accesslog.go).
 	AccessLog *AccessLogMetrics
 	ref       refusalVecs
+	conc      concurrencyVecs
 
 	mu      sync.Mutex
 	series  map[SeriesLabels]*Series
@@ -164,7 +165,8 @@ func NewProxyMetrics(reg prometheus.Registerer, opts ...ProxyMetricsOptions) (*P
 		return nil, err
 	}
 	m.ref = newRefusalVecs()
-	cs := []prometheus.Collector{m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.conns, m.authz}
+	m.conc = newConcurrencyVecs()
+	cs := []prometheus.Collector{m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.conns, m.authz, m.conc.limit, m.conc.shed}
 	cs = append(cs, m.ref.collectors()...)
 	cs = append(cs, m.tcp.collectors()...)
 	if !m.disabled {

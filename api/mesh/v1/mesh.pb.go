@@ -980,9 +980,15 @@ type WatchRequest struct {
 	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	// Expiry (Unix seconds) of the proxy's current certificate. The stream
 	// outlives renewals, so the proxy reports it for proxy-status.
-	CertNotAfter  int64 `protobuf:"varint,6,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CertNotAfter int64 `protobuf:"varint,6,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
+	// The proxy's adaptive concurrency limit now and the requests it shed
+	// since the proxy started (0, 0 without a ConcurrencyPolicy). Sent with
+	// every message and re-sent every few seconds in a status-only message
+	// (no version, nonce or error), which is no ACK or NACK.
+	ConcurrencyLimit uint32 `protobuf:"varint,7,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
+	ConcurrencyShed  uint64 `protobuf:"varint,8,opt,name=concurrency_shed,json=concurrencyShed,proto3" json:"concurrency_shed,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
@@ -1053,6 +1059,20 @@ func (x *WatchRequest) GetError() string {
 func (x *WatchRequest) GetCertNotAfter() int64 {
 	if x != nil {
 		return x.CertNotAfter
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetConcurrencyLimit() uint32 {
+	if x != nil {
+		return x.ConcurrencyLimit
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetConcurrencyShed() uint64 {
+	if x != nil {
+		return x.ConcurrencyShed
 	}
 	return 0
 }
@@ -2811,7 +2831,9 @@ type InboundPolicy struct {
 	// authorization).
 	Authorization *Authorization `protobuf:"bytes,2,opt,name=authorization,proto3" json:"authorization,omitempty"`
 	// Unset (MTLS_MODE_UNSPECIFIED) is STRICT.
-	MtlsMode      MtlsMode `protobuf:"varint,3,opt,name=mtls_mode,json=mtlsMode,proto3,enum=trellis.mesh.v1.MtlsMode" json:"mtls_mode,omitempty"`
+	MtlsMode MtlsMode `protobuf:"varint,3,opt,name=mtls_mode,json=mtlsMode,proto3,enum=trellis.mesh.v1.MtlsMode" json:"mtls_mode,omitempty"`
+	// Unset: no concurrency limit.
+	Concurrency   *ConcurrencyPolicy `protobuf:"bytes,4,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2865,6 +2887,13 @@ func (x *InboundPolicy) GetMtlsMode() MtlsMode {
 		return x.MtlsMode
 	}
 	return MtlsMode_MTLS_MODE_UNSPECIFIED
+}
+
+func (x *InboundPolicy) GetConcurrency() *ConcurrencyPolicy {
+	if x != nil {
+		return x.Concurrency
+	}
+	return nil
 }
 
 type Service struct {
@@ -4148,6 +4177,122 @@ func (x *QuotaShare) GetReplicas() uint32 {
 	return 0
 }
 
+// ConcurrencyPolicy is the adaptive concurrency limit of a proxy's inbound
+// traffic (a gradient controller, as Envoy's adaptive concurrency filter).
+// Every field is set by the control plane (defaults spelled out).
+type ConcurrencyPolicy struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	MinLimit     uint32                 `protobuf:"varint,1,opt,name=min_limit,json=minLimit,proto3" json:"min_limit,omitempty"`
+	MaxLimit     uint32                 `protobuf:"varint,2,opt,name=max_limit,json=maxLimit,proto3" json:"max_limit,omitempty"`
+	InitialLimit uint32                 `protobuf:"varint,3,opt,name=initial_limit,json=initialLimit,proto3" json:"initial_limit,omitempty"`
+	// How often the limit is recomputed.
+	Interval *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
+	// Percentile of the latencies compared with minRTT, a fraction in (0, 1].
+	Percentile float64 `protobuf:"fixed64,5,opt,name=percentile,proto3" json:"percentile,omitempty"`
+	// Latency above minRTT taken as no queueing, a fraction of minRTT.
+	Buffer float64 `protobuf:"fixed64,6,opt,name=buffer,proto3" json:"buffer,omitempty"`
+	// How often minRTT is measured, and by how many requests.
+	MinRttInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=min_rtt_interval,json=minRttInterval,proto3" json:"min_rtt_interval,omitempty"`
+	MinRttRequests uint32               `protobuf:"varint,8,opt,name=min_rtt_requests,json=minRttRequests,proto3" json:"min_rtt_requests,omitempty"`
+	// Up to this fraction added at random to each min_rtt_interval.
+	Jitter        float64 `protobuf:"fixed64,9,opt,name=jitter,proto3" json:"jitter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConcurrencyPolicy) Reset() {
+	*x = ConcurrencyPolicy{}
+	mi := &file_mesh_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConcurrencyPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConcurrencyPolicy) ProtoMessage() {}
+
+func (x *ConcurrencyPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConcurrencyPolicy.ProtoReflect.Descriptor instead.
+func (*ConcurrencyPolicy) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ConcurrencyPolicy) GetMinLimit() uint32 {
+	if x != nil {
+		return x.MinLimit
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetMaxLimit() uint32 {
+	if x != nil {
+		return x.MaxLimit
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetInitialLimit() uint32 {
+	if x != nil {
+		return x.InitialLimit
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *ConcurrencyPolicy) GetPercentile() float64 {
+	if x != nil {
+		return x.Percentile
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetBuffer() float64 {
+	if x != nil {
+		return x.Buffer
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetMinRttInterval() *durationpb.Duration {
+	if x != nil {
+		return x.MinRttInterval
+	}
+	return nil
+}
+
+func (x *ConcurrencyPolicy) GetMinRttRequests() uint32 {
+	if x != nil {
+		return x.MinRttRequests
+	}
+	return 0
+}
+
+func (x *ConcurrencyPolicy) GetJitter() float64 {
+	if x != nil {
+		return x.Jitter
+	}
+	return 0
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -4188,14 +4333,16 @@ const file_mesh_proto_rawDesc = "" +
 	"\blease_id\x18\x01 \x01(\x03R\aleaseId\"4\n" +
 	"\x11HeartbeatResponse\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
-	"ttlSeconds\"\xb9\x01\n" +
+	"ttlSeconds\"\x91\x02\n" +
 	"\fWatchRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12$\n" +
 	"\rsubscriptions\x18\x02 \x03(\tR\rsubscriptions\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x04 \x01(\tR\x05nonce\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12$\n" +
-	"\x0ecert_not_after\x18\x06 \x01(\x03R\fcertNotAfter\"\x86\x01\n" +
+	"\x0ecert_not_after\x18\x06 \x01(\x03R\fcertNotAfter\x12+\n" +
+	"\x11concurrency_limit\x18\a \x01(\rR\x10concurrencyLimit\x12)\n" +
+	"\x10concurrency_shed\x18\b \x01(\x04R\x0fconcurrencyShed\"\x86\x01\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
@@ -4340,12 +4487,13 @@ const file_mesh_proto_rawDesc = "" +
 	"\x11outlier_detection\x18\x04 \x01(\v2!.trellis.mesh.v1.OutlierDetectionR\x10outlierDetection\x12/\n" +
 	"\x04hash\x18\x05 \x01(\v2\x1b.trellis.mesh.v1.HashPolicyR\x04hash\x128\n" +
 	"\n" +
-	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"\xca\x01\n" +
+	"slow_start\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\"\x90\x02\n" +
 	"\rInboundPolicy\x12;\n" +
 	"\vrate_limits\x18\x01 \x03(\v2\x1a.trellis.mesh.v1.RateLimitR\n" +
 	"rateLimits\x12D\n" +
 	"\rauthorization\x18\x02 \x01(\v2\x1e.trellis.mesh.v1.AuthorizationR\rauthorization\x126\n" +
-	"\tmtls_mode\x18\x03 \x01(\x0e2\x19.trellis.mesh.v1.MtlsModeR\bmtlsMode\"\x98\x02\n" +
+	"\tmtls_mode\x18\x03 \x01(\x0e2\x19.trellis.mesh.v1.MtlsModeR\bmtlsMode\x12D\n" +
+	"\vconcurrency\x18\x04 \x01(\v2\".trellis.mesh.v1.ConcurrencyPolicyR\vconcurrency\"\x98\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12+\n" +
@@ -4443,7 +4591,19 @@ const file_mesh_proto_rawDesc = "" +
 	"QuotaShare\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x14\n" +
 	"\x05share\x18\x02 \x01(\x01R\x05share\x12\x1a\n" +
-	"\breplicas\x18\x03 \x01(\rR\breplicas*L\n" +
+	"\breplicas\x18\x03 \x01(\rR\breplicas\"\xe8\x02\n" +
+	"\x11ConcurrencyPolicy\x12\x1b\n" +
+	"\tmin_limit\x18\x01 \x01(\rR\bminLimit\x12\x1b\n" +
+	"\tmax_limit\x18\x02 \x01(\rR\bmaxLimit\x12#\n" +
+	"\rinitial_limit\x18\x03 \x01(\rR\finitialLimit\x125\n" +
+	"\binterval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12\x1e\n" +
+	"\n" +
+	"percentile\x18\x05 \x01(\x01R\n" +
+	"percentile\x12\x16\n" +
+	"\x06buffer\x18\x06 \x01(\x01R\x06buffer\x12C\n" +
+	"\x10min_rtt_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0eminRttInterval\x12(\n" +
+	"\x10min_rtt_requests\x18\b \x01(\rR\x0eminRttRequests\x12\x16\n" +
+	"\x06jitter\x18\t \x01(\x01R\x06jitter*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -4490,7 +4650,7 @@ func file_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
@@ -4552,11 +4712,12 @@ var file_mesh_proto_goTypes = []any{
 	(*QuotaDemand)(nil),         // 57: trellis.mesh.v1.QuotaDemand
 	(*QuotaGrant)(nil),          // 58: trellis.mesh.v1.QuotaGrant
 	(*QuotaShare)(nil),          // 59: trellis.mesh.v1.QuotaShare
-	nil,                         // 60: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 61: google.protobuf.Duration
+	(*ConcurrencyPolicy)(nil),   // 60: trellis.mesh.v1.ConcurrencyPolicy
+	nil,                         // 61: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 62: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	60, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	61, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
 	12, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
 	4,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
@@ -4584,65 +4745,68 @@ var file_mesh_proto_depIdxs = []int32{
 	23, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
 	33, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
 	34, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	61, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	61, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	61, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	61, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	61, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	61, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	62, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	62, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	62, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	62, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	62, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	62, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
 	38, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	61, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	61, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	61, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	62, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	62, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	62, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
 	37, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
 	39, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
 	40, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
 	36, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	61, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	62, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
 	53, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
 	46, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
 	3,  // 46: trellis.mesh.v1.InboundPolicy.mtls_mode:type_name -> trellis.mesh.v1.MtlsMode
-	18, // 47: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	24, // 48: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	12, // 49: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	41, // 50: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	43, // 51: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	43, // 52: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	42, // 53: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	45, // 54: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
-	2,  // 55: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
-	47, // 56: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
-	2,  // 57: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
-	48, // 58: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
-	49, // 59: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
-	50, // 60: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
-	51, // 61: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
-	52, // 62: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
-	8,  // 63: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
-	54, // 64: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	9,  // 65: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
-	55, // 66: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
-	61, // 67: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
-	54, // 68: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	57, // 69: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
-	54, // 70: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	59, // 71: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
-	10, // 72: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	13, // 73: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	15, // 74: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	17, // 75: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	56, // 76: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
-	11, // 77: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	14, // 78: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	16, // 79: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	44, // 80: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	58, // 81: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
-	77, // [77:82] is the sub-list for method output_type
-	72, // [72:77] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	60, // 47: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
+	18, // 48: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	24, // 49: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	12, // 50: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	41, // 51: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	43, // 52: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	43, // 53: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	42, // 54: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	45, // 55: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	2,  // 56: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
+	47, // 57: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
+	2,  // 58: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
+	48, // 59: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
+	49, // 60: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
+	50, // 61: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
+	51, // 62: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
+	52, // 63: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
+	8,  // 64: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
+	54, // 65: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	9,  // 66: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
+	55, // 67: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
+	62, // 68: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
+	54, // 69: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	57, // 70: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
+	54, // 71: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	59, // 72: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
+	62, // 73: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
+	62, // 74: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
+	10, // 75: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	13, // 76: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	15, // 77: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	17, // 78: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	56, // 79: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
+	11, // 80: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	14, // 81: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	16, // 82: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	44, // 83: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	58, // 84: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
+	80, // [80:85] is the sub-list for method output_type
+	75, // [75:80] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -4686,7 +4850,7 @@ func file_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   51,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

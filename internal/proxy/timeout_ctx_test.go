@@ -1,0 +1,151 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// TestTimeoutCtxParentCancel: the client going away ends a timeout's
+// context for a waiter (Done) and for a poller (Err), and ends the timeout
+// nested in it.
+func TestTimeoutCtxParentCancel(t *testing.T) {
+	for _, wait := range []bool{true, false} {
+		parent, cancel := context.WithCancel(context.Background())
+		outer, inner := newTimeoutCtx(), newTimeoutCtx()
+		outer.start(parent, time.Now().Add(time.Hour))
+		inner.start(outer, time.Now().Add(time.Hour))
+		var done <-chan struct{}
+		if wait {
+			done = inner.Done()
+		}
+		cancel()
+		if wait {
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("a waiter on the nested timeout did not hear the client go away")
+			}
+		}
+		if !errors.Is(outer.Err(), context.Canceled) || !errors.Is(inner.Err(), context.Canceled) {
+			t.Fatalf("wait=%v: errs %v, %v after the parent was canceled", wait, outer.Err(), inner.Err())
+		}
+	}
+}
+
+// TestTimeoutCtxTimer: the timer ends the context with DeadlineExceeded
+// and every registered child hears it; a stopped registration does not.
+func TestTimeoutCtxTimer(t *testing.T) {
+	tc := newTimeoutCtx()
+	tc.start(context.Background(), time.Now().Add(time.Second))
+	if d, ok := tc.Deadline(); !ok || time.Until(d) > time.Second {
+		t.Fatalf("deadline %v %v", d, ok)
+	}
+	var heard sync.WaitGroup
+	heard.Add(3)
+	for range 3 { // the third goes past the two fixed slots
+		context.AfterFunc(tc, heard.Done)
+	}
+	stop := tc.AfterFunc(func() { t.Error("a stopped registration ran") })
+	if !stop() {
+		t.Fatal("stop of a live registration returned false")
+	}
+	tc.onTimer()
+	heard.Wait()
+	if !errors.Is(tc.Err(), context.DeadlineExceeded) {
+		t.Fatalf("err %v, want DeadlineExceeded", tc.Err())
+	}
+	select {
+	case <-tc.Done():
+	default:
+		t.Fatal("Done open after the timer fired")
+	}
+}
+
+// TestTimeoutCtxReuse: a context nothing holds any more is kept for the
+// next exchange; one a failed attempt's transport may hold, or one that
+// ended, is not, and whoever holds it sees it canceled.
+func TestTimeoutCtxReuse(t *testing.T) {
+	tc := newTimeoutCtx()
+	tc.start(context.Background(), time.Now().Add(time.Hour))
+	ch := tc.Done()
+	if !tc.finish() {
+		t.Fatal("an untouched context is not reusable")
+	}
+	select {
+	case <-ch:
+	default:
+		t.Fatal("a waiter on a finished exchange's context was not released")
+	}
+	if tc.Err() == nil {
+		t.Fatal("a finished exchange's context is not canceled")
+	}
+	tc.start(context.Background(), time.Now().Add(time.Hour))
+	if tc.Err() != nil || tc.Done() == ch {
+		t.Fatalf("reused: err %v, same closed Done channel %v", tc.Err(), tc.Done() == ch)
+	}
+	tc.tainted = true
+	if tc.finish() {
+		t.Fatal("a tainted context was kept for reuse")
+	}
+	if tc.Err() == nil {
+		t.Fatal("a dropped context was not canceled for its holder")
+	}
+	held := newTimeoutCtx()
+	held.start(context.Background(), time.Now().Add(time.Hour))
+	child, cancel := context.WithCancel(held) // a transport's, not yet canceled
+	defer cancel()
+	if held.finish() {
+		t.Fatal("a context a transport still registers with was kept for reuse")
+	}
+	<-child.Done()
+}
+
+// TestTimeoutsPooledUnderRace: many exchanges, each with a request and an
+// attempt timeout and a transport that waits on the context from its own
+// goroutine until the response body is closed; some clients go away, some
+// attempts time out. Run with -race: a reused context must never be one a
+// transport still holds.
+func TestTimeoutsPooledUnderRace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var timers sync.Pool
+		upstream := HandlerFunc(func(ex *Exchange) *Response {
+			ctx := ex.ctx
+			got := make(chan struct{})
+			go func() { // the transport's goroutine
+				defer close(got)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Duration(ex.Attempts+1) * 3 * time.Millisecond):
+				}
+			}()
+			<-got
+			if ctx.Err() != nil {
+				ex.taintTimeouts()
+				return &Response{Status: http.StatusGatewayTimeout}
+			}
+			return &Response{Status: 200}
+		})
+		h := timeoutFilter(10*time.Millisecond, &timers)(timeoutFilter(5*time.Millisecond, &timers)(upstream))
+		var wg sync.WaitGroup
+		for i := range 200 {
+			wg.Go(func() {
+				parent, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				ex := getExchange()
+				ex.ctx, ex.clientCtx = parent, parent
+				ex.Attempts = i % 3
+				if i%5 == 0 {
+					time.AfterFunc(time.Millisecond, cancel)
+				}
+				h.Serve(ex)
+				ex.release()
+			})
+		}
+		wg.Wait()
+	})
+}
