@@ -55,6 +55,8 @@ type groupKey struct {
 type member struct {
 	rate float64
 	seen time.Time
+	// expects is how many replicas this one falls back on sharing with.
+	expects int
 }
 
 // NewAllocator returns an allocator with no replicas.
@@ -95,7 +97,7 @@ func (a *Allocator) Report(id string, demands []*meshv1.QuotaDemand) *meshv1.Quo
 		if rate < 0 || rate != rate {
 			rate = 0
 		}
-		g[id] = &member{rate: rate, seen: now}
+		g[id] = &member{rate: rate, seen: now, expects: int(d.GetReplicas())}
 		share := a.share(g, id)
 		out.Shares = append(out.Shares, &meshv1.QuotaShare{Policy: k.policy, Share: share, Replicas: uint32(len(g))})
 	}
@@ -109,19 +111,24 @@ func (a *Allocator) Report(id string, demands []*meshv1.QuotaDemand) *meshv1.Quo
 	return out
 }
 
-// share is id's part of its group: Floor/n, plus (1 − Floor) of the limit
-// in proportion to its rate among the group's; an even share when no one
-// offers anything.
+// share is id's part of its group. A replica the group's members expect
+// (they divide by it when ungranted) but that does not report is on its
+// safe share, 1/expected, so that much is kept free for each; the
+// reporters share the rest: Floor/n of it each, plus (1 − Floor) of it in
+// proportion to their rates (evenly when no one offers anything).
 func (a *Allocator) share(g map[string]*member, id string) float64 {
 	n := float64(len(g))
+	expected := n
 	var sum float64
 	for _, m := range g {
 		sum += m.rate
+		expected = max(expected, float64(m.expects))
 	}
+	part := n / expected
 	if sum == 0 {
-		return 1 / n
+		return part / n
 	}
-	return a.o.Floor/n + (1-a.o.Floor)*g[id].rate/sum
+	return part * (a.o.Floor/n + (1-a.o.Floor)*g[id].rate/sum)
 }
 
 // Forget drops a replica whose stream ended.

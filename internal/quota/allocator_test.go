@@ -105,3 +105,35 @@ func TestAllocatorExpiry(t *testing.T) {
 		}
 	})
 }
+
+// TestAllocatorKeepsShareOfSilentReplicas: while one of three replicas
+// (after a control-plane restart, say) has not reported yet, it enforces
+// its safe share, a third of the limit, so the two that report share only
+// the other two thirds; the three together never exceed the limit. Once
+// it reports, shares cover the whole limit again.
+func TestAllocatorKeepsShareOfSilentReplicas(t *testing.T) {
+	a := NewAllocator(AllocatorOptions{})
+	expect3 := func(rate float64) []*meshv1.QuotaDemand {
+		d := demand("p", rate)
+		d[0].Replicas = 3
+		return d
+	}
+	a.Report("b", expect3(400))
+	b := shareOf(t, a.Report("b", expect3(400)), "p")
+	c := shareOf(t, a.Report("c", expect3(200)), "p")
+	b = shareOf(t, a.Report("b", expect3(400)), "p")
+	if sum := b + c + 1.0/3; sum > 1+1e-9 {
+		t.Errorf("b %v + c %v + the silent replica's safe 1/3 = %v, over the limit", b, c, sum)
+	}
+	if math.Abs(b+c-2.0/3) > 1e-9 {
+		t.Errorf("b %v + c %v = %v, want the two thirds not held back", b, c, b+c)
+	}
+	a.Report("a", expect3(1400))
+	var sum float64
+	for id, r := range map[string]float64{"a": 1400, "b": 400, "c": 200} {
+		sum += shareOf(t, a.Report(id, expect3(r)), "p")
+	}
+	if math.Abs(sum-1) > 1e-9 {
+		t.Errorf("all three reporting: shares add up to %v, want 1", sum)
+	}
+}

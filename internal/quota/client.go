@@ -199,6 +199,7 @@ func (c *client) report(now time.Time) *meshv1.QuotaReport {
 			Policy:      d.Key,
 			OfferedRate: rate,
 			Limit:       &meshv1.RateLimitValue{Requests: uint64(d.Limit.Requests), Period: durationpb.New(d.Limit.Period), Burst: uint64(d.Limit.Burst)},
+			Replicas:    uint32(max(d.Replicas, 0)),
 		})
 	}
 	c.prev = next

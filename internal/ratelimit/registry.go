@@ -90,6 +90,8 @@ type Demand struct {
 	Key     string
 	Limit   Limit
 	Offered int64
+	// Replicas is what the safe local share divides the limit by.
+	Replicas int
 }
 
 // Demands lists the global entries, sorted by key.
@@ -99,7 +101,7 @@ func (r *Registry) Demands() []Demand {
 	var out []Demand
 	for _, e := range r.entries {
 		if e.global {
-			out = append(out, Demand{Key: e.key, Limit: e.spec.Limit, Offered: e.offered.Load()})
+			out = append(out, Demand{Key: e.key, Limit: e.spec.Limit, Offered: e.offered.Load(), Replicas: r.replicas})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })

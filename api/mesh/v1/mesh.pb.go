@@ -4013,7 +4013,12 @@ type QuotaDemand struct {
 	OfferedRate float64 `protobuf:"fixed64,2,opt,name=offered_rate,json=offeredRate,proto3" json:"offered_rate,omitempty"`
 	// The policy's whole limit as this proxy has it: replicas share a limit
 	// only with replicas that have the same one.
-	Limit         *RateLimitValue `protobuf:"bytes,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit *RateLimitValue `protobuf:"bytes,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Replicas the proxy divides the limit by when it has no grant (its own
+	// service's endpoints). The allocator keeps that share free for each
+	// replica it expects but does not hear from, so a replica reconnecting
+	// on its safe share and the granted ones together stay within the limit.
+	Replicas      uint32 `protobuf:"varint,4,opt,name=replicas,proto3" json:"replicas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4067,6 +4072,13 @@ func (x *QuotaDemand) GetLimit() *RateLimitValue {
 		return x.Limit
 	}
 	return nil
+}
+
+func (x *QuotaDemand) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
 }
 
 // QuotaGrant answers a report: this replica's share of each policy's limit.
@@ -4579,11 +4591,12 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05limit\x18\x02 \x01(\v2\x1f.trellis.mesh.v1.RateLimitValueR\x05limit\"^\n" +
 	"\vQuotaReport\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x126\n" +
-	"\ademands\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.QuotaDemandR\ademands\"\x7f\n" +
+	"\ademands\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.QuotaDemandR\ademands\"\x9b\x01\n" +
 	"\vQuotaDemand\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\tR\x06policy\x12!\n" +
 	"\foffered_rate\x18\x02 \x01(\x01R\vofferedRate\x125\n" +
-	"\x05limit\x18\x03 \x01(\v2\x1f.trellis.mesh.v1.RateLimitValueR\x05limit\"A\n" +
+	"\x05limit\x18\x03 \x01(\v2\x1f.trellis.mesh.v1.RateLimitValueR\x05limit\x12\x1a\n" +
+	"\breplicas\x18\x04 \x01(\rR\breplicas\"A\n" +
 	"\n" +
 	"QuotaGrant\x123\n" +
 	"\x06shares\x18\x01 \x03(\v2\x1b.trellis.mesh.v1.QuotaShareR\x06shares\"V\n" +
