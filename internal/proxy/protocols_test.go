@@ -63,15 +63,10 @@ func TestGRPCUnaryStreamingTrailers(t *testing.T) {
 	if err := client.Update(snapshot("1", srv.svc)); err != nil {
 		t.Fatal(err)
 	}
-	cc, err := grpc.NewClient("passthrough:///"+client.OutboundAddr(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("greeter:9090"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := greeterConn(t, client)
+	hc := healthpb.NewHealthClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	hc := healthpb.NewHealthClient(cc)
 
 	resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
@@ -396,4 +391,17 @@ func TestLargeBodies(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, body) {
 		t.Fatalf("status %d, %d of %d bytes back, equal %v, %v", resp.StatusCode, len(got), len(body), bytes.Equal(got, body), err)
 	}
+}
+
+// greeterConn is a gRPC connection to greeter:9090 through client's
+// outbound port (plaintext, as an app calls its proxy).
+func greeterConn(t *testing.T, client *Proxy) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+client.OutboundAddr(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("greeter:9090"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }

@@ -12,7 +12,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -181,15 +180,9 @@ func TestGRPCRateLimited(t *testing.T) {
 	if err := client.Update(snapshot("1", srv.svc)); err != nil {
 		t.Fatal(err)
 	}
-	cc, err := grpc.NewClient("passthrough:///"+client.OutboundAddr(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("greeter:9090"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	hc := healthpb.NewHealthClient(greeterConn(t, client))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	hc := healthpb.NewHealthClient(cc)
 	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("first Check: %v", err)
 	}

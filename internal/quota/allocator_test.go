@@ -119,9 +119,8 @@ func TestAllocatorKeepsShareOfSilentReplicas(t *testing.T) {
 		return d
 	}
 	a.Report("b", expect3(400))
-	b := shareOf(t, a.Report("b", expect3(400)), "p")
 	c := shareOf(t, a.Report("c", expect3(200)), "p")
-	b = shareOf(t, a.Report("b", expect3(400)), "p")
+	b := shareOf(t, a.Report("b", expect3(400)), "p")
 	if sum := b + c + 1.0/3; sum > 1+1e-9 {
 		t.Errorf("b %v + c %v + the silent replica's safe 1/3 = %v, over the limit", b, c, sum)
 	}
