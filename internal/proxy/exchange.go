@@ -170,7 +170,7 @@ func (ex *Exchange) release() {
 	}
 	clear(ex.cancels) // a pooled exchange keeps no context alive
 	if ex.reqBody != nil {
-		ex.reqBody.done.Store(true)
+		ex.reqBody.end()
 	}
 	ex.finishTimeouts()
 	cancels, out, timeouts := ex.cancels[:0], ex.out, ex.timeouts

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -79,9 +80,17 @@ type clientBody struct {
 	w    http.ResponseWriter
 	d    time.Duration
 	ref  *telemetry.Refusals
-	eof  bool
 	fail atomic.Uint32 // bodyOK, bodyStalled or bodyMalformed
-	done atomic.Bool   // the exchange has ended
+	// mu orders arming the read deadline against the exchange's end: the
+	// deadline is set on the handler's ResponseWriter, which must not be
+	// touched once the handler has returned (a transport may still be
+	// reading the body then).
+	mu   sync.Mutex
+	done bool // the exchange has ended
+	// eof: the body was read to its end; deadline: the one armed for the
+	// read in progress (zero: none).
+	eof      bool
+	deadline time.Time
 	// n is the bytes read so far: the size of a streamed body (gRPC,
 	// chunked) for metrics and access logs. Atomic: a transport may still
 	// read the body after the exchange is done with it.
@@ -95,26 +104,63 @@ const (
 )
 
 func (b *clientBody) Read(p []byte) (int, error) {
-	if b.eof {
+	ended, eof := b.arm()
+	if eof {
 		return 0, io.EOF
-	}
-	if b.d > 0 && !b.done.Load() {
-		_ = http.NewResponseController(b.w).SetReadDeadline(time.Now().Add(b.d))
 	}
 	n, err := b.rc.Read(p)
 	b.n.Add(int64(n))
 	switch {
 	case err == io.EOF:
+		b.mu.Lock()
 		b.eof = true
-	case err != nil && b.fail.Load() == bodyOK && !b.done.Load():
+		b.mu.Unlock()
+	case err != nil && b.fail.Load() == bodyOK && !ended:
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			b.fail.Store(bodyStalled)
-			b.ref.Refused(telemetry.RefusedBodyTimeout)
+			if b.fail.CompareAndSwap(bodyOK, bodyStalled) {
+				b.ref.Refused(telemetry.RefusedBodyTimeout)
+			}
 		} else {
-			b.fail.Store(bodyMalformed)
+			b.fail.CompareAndSwap(bodyOK, bodyMalformed)
 		}
 	}
 	return n, err
+}
+
+// arm sets the read deadline for the next read unless the exchange has
+// ended or the body is read; it reports which.
+func (b *clientBody) arm() (ended, eof bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.d > 0 && !b.done && !b.eof {
+		b.deadline = time.Now().Add(b.d)
+		_ = http.NewResponseController(b.w).SetReadDeadline(b.deadline)
+	}
+	return b.done, b.eof
+}
+
+// stalledBy reports whether the body is unfinished past its read deadline
+// at now, and if so records the stall. The server may cancel the request's
+// context for that same deadline before the read that hit it returns; the
+// attempt must still answer 408, not 499.
+func (b *clientBody) stalledBy(now time.Time) bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	stalled := !b.eof && !b.deadline.IsZero() && !now.Before(b.deadline)
+	b.mu.Unlock()
+	if stalled && b.fail.CompareAndSwap(bodyOK, bodyStalled) {
+		b.ref.Refused(telemetry.RefusedBodyTimeout)
+	}
+	return stalled
+}
+
+// end marks the exchange over; called by the handler before it returns.
+func (b *clientBody) end() {
+	b.mu.Lock()
+	b.done = true
+	b.mu.Unlock()
 }
 
 func (b *clientBody) Close() error { return b.rc.Close() }

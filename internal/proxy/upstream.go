@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"trellis.dev/trellis/internal/telemetry"
 )
@@ -156,6 +157,8 @@ func attemptFailed(ex *Exchange, addr string, err error) *Response {
 	ex.err = err
 	switch {
 	case ex.reqBody.failed() != bodyOK:
+		return clientBodyFailed(ex)
+	case ex.clientCtx.Err() != nil && ex.reqBody.stalledBy(time.Now()):
 		return clientBodyFailed(ex)
 	case ex.clientCtx.Err() != nil:
 		// Nobody is listening; the status is only recorded.
