@@ -150,6 +150,9 @@ func TestProcessesOfSeesLiveProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	// Start returns once the child is forked; its command line names the
+	// marker only after it has exec'd sh.
+	eventually(t, 5*time.Second, "the live sh listed by processesOf("+marker+")", func() bool { return len(processesOf(marker)) == 1 })
 	if got := processesOf(marker); len(got) != 1 {
 		t.Fatalf("processesOf(%q) = %v; want the one live sh", marker, got)
 	}
