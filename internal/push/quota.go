@@ -45,16 +45,9 @@ func (m *meshService) Quota(stream grpc.BidiStreamingServer[meshv1.QuotaReport, 
 		}
 		return err
 	}
-	s.mu.Lock()
-	n := s.nodes[first.GetNodeId()]
-	s.mu.Unlock()
-	switch {
-	case first.GetNodeId() == "":
-		return status.Error(codes.InvalidArgument, "node_id: required on the first message")
-	case n == nil:
-		return status.Errorf(codes.FailedPrecondition, "node %q is not registered with this control plane: register first", first.GetNodeId())
-	case n.identity != p.id:
-		return status.Errorf(codes.PermissionDenied, "node %q is registered as %s, not %s", n.id, n.identity, p.id)
+	n, err := s.streamNode(first.GetNodeId(), p)
+	if err != nil {
+		return err
 	}
 	id := fmt.Sprintf("%s#%s", n.id, s.nextNonce())
 	defer s.o.Quota.Forget(id)

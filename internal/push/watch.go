@@ -85,14 +85,9 @@ func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest,
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	s.mu.Lock()
-	n := s.nodes[first.GetNodeId()]
-	s.mu.Unlock()
-	if n == nil {
-		return status.Errorf(codes.FailedPrecondition, "node %q is not registered with this control plane: register first", first.GetNodeId())
-	}
-	if n.identity != p.id {
-		return status.Errorf(codes.PermissionDenied, "node %q is registered as %s, not %s", n.id, n.identity, p.id)
+	n, err := s.streamNode(first.GetNodeId(), p)
+	if err != nil {
+		return err
 	}
 
 	now := time.Now()
@@ -322,4 +317,22 @@ func withNonce(src *meshv1.Snapshot, nonce string) *meshv1.Snapshot {
 	})
 	dst.Nonce = nonce
 	return dst
+}
+
+// streamNode is the registered node a stream's first message names, which
+// must be the caller's own (Watch and Quota both check it).
+func (s *Server) streamNode(id string, p peerIdentity) (*nodeInfo, error) {
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "node_id: required on the first message")
+	}
+	s.mu.Lock()
+	n := s.nodes[id]
+	s.mu.Unlock()
+	switch {
+	case n == nil:
+		return nil, status.Errorf(codes.FailedPrecondition, "node %q is not registered with this control plane: register first", id)
+	case n.identity != p.id:
+		return nil, status.Errorf(codes.PermissionDenied, "node %q is registered as %s, not %s", n.id, n.identity, p.id)
+	}
+	return n, nil
 }
