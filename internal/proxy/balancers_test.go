@@ -286,7 +286,7 @@ func TestPickRequestAllocations(t *testing.T) {
 	}
 	p := &Proxy{opts: Options{Identity: spiffeFor("frontend")}}
 	svc := &service{key: "orders.default", eps: eps, peers: []*peer{{}, {}}, picker: pk}
-	ex := getExchange()
+	ex := p.exchanges.get()
 	defer ex.release()
 	ex.Method, ex.Path, ex.RawQuery = "GET", "/", "user=alice"
 	ex.Header = http.Header{"X-User": {"alice"}}

@@ -82,6 +82,7 @@ type Exchange struct {
 	// nesting depth (request, attempt), kept across pooled uses; armed
 	// says which this exchange used, depth how many are running.
 	timeouts [2]*timeoutCtx
+	home     *exchangePool // where release returns it
 	armed    [2]bool
 	depth    int
 	// metrics are the destination service's resilience counters.
@@ -155,10 +156,18 @@ func (ex *Exchange) forgetOut() { ex.out = nil }
 // the proxy gives up on it, or a timeout expires.
 func (ex *Exchange) Context() context.Context { return ex.ctx }
 
-var exchangePool = sync.Pool{New: func() any { return new(Exchange) }}
+// exchangePool pools exchanges, one per proxy (as for its timers): a
+// pooled exchange keeps what its timeouts made (their Done channels, see
+// timeout_ctx.go) for the next request, and a testing/synctest bubble
+// refuses a channel made in another.
+type exchangePool struct{ pool sync.Pool }
 
-func getExchange() *Exchange {
-	ex := exchangePool.Get().(*Exchange)
+func (xp *exchangePool) get() *Exchange {
+	ex, _ := xp.pool.Get().(*Exchange)
+	if ex == nil {
+		ex = new(Exchange)
+	}
+	ex.home = xp
 	ex.Tried = ex.triedBk[:0]
 	return ex
 }
@@ -173,9 +182,11 @@ func (ex *Exchange) release() {
 		ex.reqBody.end()
 	}
 	ex.finishTimeouts()
-	cancels, out, timeouts := ex.cancels[:0], ex.out, ex.timeouts
+	cancels, out, timeouts, home := ex.cancels[:0], ex.out, ex.timeouts, ex.home
 	*ex = Exchange{cancels: cancels, out: out, timeouts: timeouts}
-	exchangePool.Put(ex)
+	if home != nil {
+		home.pool.Put(ex)
+	}
 }
 
 // bodiless reports whether the request carries no body, so sending it again

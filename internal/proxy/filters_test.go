@@ -16,7 +16,7 @@ import (
 )
 
 func testExchange() *Exchange {
-	ex := getExchange()
+	ex := new(exchangePool).get()
 	ex.ctx, ex.clientCtx = context.Background(), context.Background()
 	ex.Header = http.Header{}
 	return ex
@@ -54,10 +54,9 @@ func TestTimeoutUntilResponseHeader(t *testing.T) {
 		if resp.Status != 200 || attemptCtx.Err() != nil {
 			t.Fatalf("answered in time: %d, context %v a second later; want 200 and a live context for the body", resp.Status, attemptCtx.Err())
 		}
+		// Released, it is kept for the exchange's next use (see
+		// timeout_ctx.go), not ended: TestTimeoutCtxReuse.
 		ex.release()
-		if attemptCtx.Err() == nil {
-			t.Fatal("the timeout's context outlived its exchange")
-		}
 	})
 }
 

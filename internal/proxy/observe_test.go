@@ -410,7 +410,7 @@ func BenchmarkObserve(b *testing.B) {
 			hdr := http.Header{"User-Agent": []string{"bench"}}
 			b.ReportAllocs()
 			for b.Loop() {
-				ex := getExchange()
+				ex := p.exchanges.get()
 				ex.ctx, ex.clientCtx = context.Background(), context.Background()
 				ex.Start = time.Now()
 				ex.Method, ex.Authority, ex.Path, ex.Header, ex.ProtoMajor = "GET", "api", "/b", hdr.Clone(), 1

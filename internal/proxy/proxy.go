@@ -142,6 +142,7 @@ type Proxy struct {
 	resil     resilienceState
 	conc      concurrencyState
 	timers    sync.Pool // *exTimer, the route timeouts'
+	exchanges exchangePool
 	// rateLimits holds the running rate limits across snapshots; epoch is the
 	// zero of their clock (nanotime); slotTimers are the leaky buckets'
 	// waits' (*time.Timer).

@@ -103,7 +103,7 @@ func BenchmarkRouteChainResilience(b *testing.B) {
 					if cancelable {
 						ctx, cancel = context.WithCancel(ctx)
 					}
-					ex := getExchange()
+					ex := p.exchanges.get()
 					ex.ctx, ex.clientCtx = ctx, ctx
 					ex.Method, ex.Authority, ex.Path, ex.Header = "GET", "orders", "/x", hdr
 					ex.Service, ex.Port, ex.cfg, ex.metrics, ex.Route = s, 80, cfg, s.metrics, rt

@@ -56,7 +56,7 @@ func BenchmarkRouteChain(b *testing.B) {
 			b.ReportAllocs()
 			hdr := http.Header{"User-Agent": []string{"bench"}, "X-Tags": []string{"client"}}
 			for b.Loop() {
-				ex := getExchange()
+				ex := p.exchanges.get()
 				ex.ctx, ex.clientCtx = context.Background(), context.Background()
 				ex.Method, ex.Authority, ex.Path, ex.Header = "GET", "api", tc.path, hdr.Clone()
 				ex.Service, ex.Port, ex.cfg, ex.metrics = svc, 80, cfg, svc.metrics

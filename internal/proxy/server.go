@@ -31,7 +31,7 @@ type edge struct {
 }
 
 func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ex := getExchange()
+	ex := e.p.exchanges.get()
 	ex.Start = time.Now()
 	fromRequest(ex, r)
 	c := e.p.cfg.Load()
@@ -284,7 +284,7 @@ func (p *Proxy) writeUpgraded(w http.ResponseWriter, r *http.Request, ex *Exchan
 // serveRaw is the edge of an upstream listener's opaque TCP connection:
 // the tunnel chain, then bytes both ways.
 func (p *Proxy) serveRaw(ctx context.Context, conn net.Conn, c *compiled, svc *service, port uint32) {
-	ex := getExchange()
+	ex := p.exchanges.get()
 	ex.Start = time.Now()
 	ex.raw, ex.Method = true, "TCP"
 	ex.ctx, ex.clientCtx = ctx, ctx

@@ -12,20 +12,27 @@ import (
 // background one). timeoutCtx is the pooled replacement: two live in each
 // pooled exchange (the request timeout, and an attempt timeout nested in
 // it), reused from one exchange to the next while nothing can still hold
-// them, carrying their deadline and keeping their Done channel until it is
-// closed.
+// them, carrying their deadline.
 //
-// A timeout's context ends with its exchange (release cancels it: a Done
-// channel handed out is closed, Err says Canceled) and is reused by a later
-// exchange of the same pooled Exchange. Reuse is safe because of net/http's
-// contract, as for the exchange's outgoing request (lendOut): a transport
-// may use a request (and so its context) until the response body is
-// closed, which the writer does before release — unless the attempt failed
-// without a response (taint), or the transport has not yet dropped a
-// cancellation it registered with the context (AfterFunc): then the
-// context is dropped, not reused. So an allocation remains only for a Done
-// channel that was handed out (a real transport asks for it) and for
-// linking to a cancelable parent that someone waits on.
+// Waiters and child contexts live on a cancelCtx of the context package
+// rooted at Background (inner), made at the first Done and kept across
+// reuses until the timeoutCtx is canceled. A child a transport derives
+// (net/http's does, per request) then finds a *cancelCtx parent, as it
+// would under context.WithTimeout, and joins its children map — no closure
+// per child, no Done channel per request: the map and the channel are made
+// once per inner and reused. What remains per request is the link to a
+// cancelable parent that someone waits on (context.AfterFunc: 2
+// allocations).
+//
+// Reuse is safe because of net/http's contract, as for the exchange's
+// outgoing request (lendOut): a transport may use a request (and so its
+// context) until the response body is closed, which the writer does before
+// release, and it cancels the child contexts it derived when it is done
+// with them — unless the attempt failed without a response (taint): then
+// the context is canceled and dropped, not reused. A child a transport has
+// not yet canceled when its exchange ends (net/http cancels from its read
+// loop, just after the body's close) stays in inner's map until the
+// transport cancels it or inner ends.
 
 // timeoutCtx is a context canceled when its deadline's timer fires, when
 // its parent is done, or when its timeout parent (a timeoutCtx) is.
@@ -40,35 +47,24 @@ type timeoutCtx struct {
 	// linked: the link to parent is made (lazily: see start).
 	linked bool
 
-	mu     sync.Mutex
-	done   chan struct{} // made on first Done; kept across uses while open
-	err    error
-	afters [2]func() // cancellations registered by transports (AfterFunc)
-	extra  []func()  // more than two, rarely
+	mu  sync.Mutex
+	err error
+	// inner carries Done and the children (see above); nil until the
+	// first Done, and again after a cancel.
+	inner       context.Context
+	cancelInner context.CancelCauseFunc
 	// tainted: an attempt failed without a response; the transport may
 	// still hold the context.
 	tainted bool
 
 	// Made once per object, so arming allocates nothing.
 	onParent, onTimer func()
-	stops             [2]func() bool
 }
 
 func newTimeoutCtx() *timeoutCtx {
 	tc := &timeoutCtx{}
 	tc.onParent = func() { tc.cancel(tc.parentCtx().Err()) }
 	tc.onTimer = func() { tc.cancel(context.DeadlineExceeded) }
-	for i := range tc.stops {
-		tc.stops[i] = func() bool {
-			tc.mu.Lock()
-			defer tc.mu.Unlock()
-			if tc.afters[i] == nil {
-				return false
-			}
-			tc.afters[i] = nil
-			return true
-		}
-	}
 	return tc
 }
 
@@ -81,11 +77,11 @@ func newTimeoutCtx() *timeoutCtx {
 // parent meanwhile.
 func (tc *timeoutCtx) start(parent context.Context, deadline time.Time) {
 	tc.mu.Lock()
-	tc.parent, tc.deadline, tc.linked, tc.down = parent, deadline, false, nil
+	tc.parent, tc.deadline, tc.linked, tc.down, tc.tainted = parent, deadline, false, nil, false
 	if tc.err != nil {
-		// Ended with its last exchange: a fresh start, and a fresh Done
-		// channel if the last one was handed out (and so closed).
-		tc.err, tc.done = nil, nil
+		// Ended with its last exchange: a fresh start, and a fresh inner
+		// when someone waits (the last one is canceled).
+		tc.err, tc.inner, tc.cancelInner = nil, nil, nil
 	}
 	tc.mu.Unlock()
 	if d, ok := parent.Deadline(); ok && d.Before(deadline) {
@@ -134,13 +130,13 @@ func (tc *timeoutCtx) Done() <-chan struct{} {
 	tc.ensureLinked()
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	if tc.done == nil {
-		tc.done = make(chan struct{})
+	if tc.inner == nil {
+		tc.inner, tc.cancelInner = context.WithCancelCause(context.Background())
 		if tc.err != nil {
-			close(tc.done)
+			tc.cancelInner(tc.err)
 		}
 	}
-	return tc.done
+	return tc.inner.Done()
 }
 
 func (tc *timeoutCtx) Err() error {
@@ -156,9 +152,20 @@ func (tc *timeoutCtx) Err() error {
 	return err
 }
 
+// Value answers the context package's own lookup of a parent cancelCtx
+// with inner (inner's parent is Background, which holds no values, so
+// inner answers nothing else), and every other key from the parent.
 func (tc *timeoutCtx) Value(key any) any {
-	if p := tc.parentCtx(); p != nil {
-		return p.Value(key)
+	tc.mu.Lock()
+	inner, parent := tc.inner, tc.parent
+	tc.mu.Unlock()
+	if inner != nil {
+		if v := inner.Value(key); v != nil {
+			return v
+		}
+	}
+	if parent != nil {
+		return parent.Value(key)
 	}
 	return nil
 }
@@ -169,37 +176,8 @@ func (tc *timeoutCtx) parentCtx() context.Context {
 	return tc.parent
 }
 
-// AfterFunc lets a child context (net/http's transport derives one per
-// request) register its cancellation without a goroutine; context's
-// propagateCancel uses it.
-func (tc *timeoutCtx) AfterFunc(f func()) func() bool {
-	tc.ensureLinked()
-	tc.mu.Lock()
-	defer tc.mu.Unlock()
-	if tc.err != nil {
-		go f()
-		return func() bool { return false }
-	}
-	for i := range tc.afters {
-		if tc.afters[i] == nil {
-			tc.afters[i] = f
-			return tc.stops[i]
-		}
-	}
-	i := len(tc.extra)
-	tc.extra = append(tc.extra, f)
-	return func() bool {
-		tc.mu.Lock()
-		defer tc.mu.Unlock()
-		if i >= len(tc.extra) || tc.extra[i] == nil {
-			return false
-		}
-		tc.extra[i] = nil
-		return true
-	}
-}
-
-// cancel ends tc (once) with err, and the timeout nested in it.
+// cancel ends tc (once) with err, its waiters and children, and the
+// timeout nested in it.
 func (tc *timeoutCtx) cancel(err error) {
 	tc.mu.Lock()
 	if tc.err != nil {
@@ -207,24 +185,11 @@ func (tc *timeoutCtx) cancel(err error) {
 		return
 	}
 	tc.err = err
-	if tc.done != nil {
-		close(tc.done)
-	}
-	fs := tc.afters
-	tc.afters = [2]func(){}
-	extra := tc.extra
-	tc.extra = nil
+	cancelInner := tc.cancelInner
 	down := tc.down
 	tc.mu.Unlock()
-	for _, f := range fs {
-		if f != nil {
-			f()
-		}
-	}
-	for _, f := range extra {
-		if f != nil {
-			go f()
-		}
+	if cancelInner != nil {
+		cancelInner(err)
 	}
 	if down != nil {
 		down.cancel(err)
@@ -232,7 +197,9 @@ func (tc *timeoutCtx) cancel(err error) {
 }
 
 // finish detaches tc at the end of its exchange and reports whether it
-// may be reused: not canceled, not tainted, no transport still registered.
+// may be reused: not canceled and not tainted. One that may not is
+// canceled, so whoever still holds it sees it end with its exchange; one
+// that may keeps inner, its Done channel open, for the next exchange.
 func (tc *timeoutCtx) finish() bool {
 	linked := true
 	tc.mu.Lock()
@@ -252,11 +219,10 @@ func (tc *timeoutCtx) finish() bool {
 		tc.up = nil
 	}
 	tc.mu.Lock()
-	reusable := linked && tc.err == nil && !tc.tainted && tc.afters[0] == nil && tc.afters[1] == nil && len(tc.extra) == 0
+	reusable := linked && tc.err == nil && !tc.tainted
 	tc.mu.Unlock()
-	// Whoever still holds it sees it end with its exchange, as a canceled
-	// context (a Done channel handed out is closed: the next use makes a
-	// new one).
-	tc.cancel(context.Canceled)
+	if !reusable {
+		tc.cancel(context.Canceled)
+	}
 	return reusable
 }

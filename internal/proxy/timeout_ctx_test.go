@@ -38,7 +38,8 @@ func TestTimeoutCtxParentCancel(t *testing.T) {
 }
 
 // TestTimeoutCtxTimer: the timer ends the context with DeadlineExceeded
-// and every registered child hears it; a stopped registration does not.
+// and every child and AfterFunc registered on it hears it; a stopped
+// registration does not.
 func TestTimeoutCtxTimer(t *testing.T) {
 	tc := newTimeoutCtx()
 	tc.start(context.Background(), time.Now().Add(time.Second))
@@ -47,10 +48,12 @@ func TestTimeoutCtxTimer(t *testing.T) {
 	}
 	var heard sync.WaitGroup
 	heard.Add(3)
-	for range 3 { // the third goes past the two fixed slots
+	for range 3 {
 		context.AfterFunc(tc, heard.Done)
 	}
-	stop := tc.AfterFunc(func() { t.Error("a stopped registration ran") })
+	child, cancelChild := context.WithCancel(tc) // as a transport derives one
+	defer cancelChild()
+	stop := context.AfterFunc(tc, func() { t.Error("a stopped registration ran") })
 	if !stop() {
 		t.Fatal("stop of a live registration returned false")
 	}
@@ -59,11 +62,54 @@ func TestTimeoutCtxTimer(t *testing.T) {
 	if !errors.Is(tc.Err(), context.DeadlineExceeded) {
 		t.Fatalf("err %v, want DeadlineExceeded", tc.Err())
 	}
+	if context.Cause(child) != context.DeadlineExceeded {
+		t.Fatalf("child's cause %v, want DeadlineExceeded", context.Cause(child))
+	}
 	select {
 	case <-tc.Done():
 	default:
 		t.Fatal("Done open after the timer fired")
 	}
+	select {
+	case <-child.Done():
+	default:
+		t.Fatal("a child context is open after the timer fired")
+	}
+}
+
+// TestTimeoutCtxChildJoinsInner: a child context (net/http's transport
+// derives one per request) registers as under context.WithTimeout, with
+// no goroutine and no AfterFunc, and a reused context keeps its Done
+// channel: what makes a timeout cost no allocation once pooled.
+func TestTimeoutCtxChildJoinsInner(t *testing.T) {
+	tc := newTimeoutCtx()
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tc.start(parent, time.Now().Add(time.Hour))
+	tc.Done()
+	// A child of a cancelCtx costs the child and its cancel closure (2),
+	// and its own Done channel when waited on (3); under the afterFuncer
+	// path (a parent that is no cancelCtx) it would cost 2 more.
+	allocs := testing.AllocsPerRun(100, func() {
+		child, cancelChild := context.WithCancel(tc)
+		select {
+		case <-child.Done():
+		default:
+		}
+		cancelChild()
+	})
+	if allocs > 3 {
+		t.Fatalf("a child context of a timeout costs %v allocations, want <= 3 (it did not join inner's children)", allocs)
+	}
+	ch := tc.Done()
+	if !tc.finish() {
+		t.Fatal("an untouched context is not reusable")
+	}
+	tc.start(parent, time.Now().Add(time.Hour))
+	if tc.Done() != ch {
+		t.Fatal("a reused context made a new Done channel")
+	}
+	tc.finish()
 }
 
 // TestTimeoutCtxReuse: a context nothing holds any more is kept for the
@@ -72,37 +118,39 @@ func TestTimeoutCtxTimer(t *testing.T) {
 func TestTimeoutCtxReuse(t *testing.T) {
 	tc := newTimeoutCtx()
 	tc.start(context.Background(), time.Now().Add(time.Hour))
-	ch := tc.Done()
 	if !tc.finish() {
 		t.Fatal("an untouched context is not reusable")
+	}
+	tc.start(context.Background(), time.Now().Add(time.Hour))
+	if tc.Err() != nil {
+		t.Fatalf("reused: err %v", tc.Err())
+	}
+	ch := tc.Done()
+	tc.mu.Lock()
+	tc.tainted = true
+	tc.mu.Unlock()
+	if tc.finish() {
+		t.Fatal("a tainted context was kept for reuse")
 	}
 	select {
 	case <-ch:
 	default:
-		t.Fatal("a waiter on a finished exchange's context was not released")
-	}
-	if tc.Err() == nil {
-		t.Fatal("a finished exchange's context is not canceled")
-	}
-	tc.start(context.Background(), time.Now().Add(time.Hour))
-	if tc.Err() != nil || tc.Done() == ch {
-		t.Fatalf("reused: err %v, same closed Done channel %v", tc.Err(), tc.Done() == ch)
-	}
-	tc.tainted = true
-	if tc.finish() {
-		t.Fatal("a tainted context was kept for reuse")
+		t.Fatal("a waiter on a dropped context was not released")
 	}
 	if tc.Err() == nil {
 		t.Fatal("a dropped context was not canceled for its holder")
 	}
-	held := newTimeoutCtx()
-	held.start(context.Background(), time.Now().Add(time.Hour))
-	child, cancel := context.WithCancel(held) // a transport's, not yet canceled
-	defer cancel()
-	if held.finish() {
-		t.Fatal("a context a transport still registers with was kept for reuse")
+	tc.start(context.Background(), time.Now().Add(time.Hour))
+	if tc.Err() != nil || tc.Done() == ch {
+		t.Fatalf("restarted after its end: err %v, same closed Done channel %v", tc.Err(), tc.Done() == ch)
 	}
-	<-child.Done()
+	if tc.tainted {
+		t.Fatal("a restarted context is still tainted")
+	}
+	tc.onTimer()
+	if tc.finish() {
+		t.Fatal("a context that timed out was kept for reuse")
+	}
 }
 
 // TestTimeoutsPooledUnderRace: many exchanges, each with a request and an
@@ -132,11 +180,12 @@ func TestTimeoutsPooledUnderRace(t *testing.T) {
 		})
 		h := timeoutFilter(10*time.Millisecond, &timers)(timeoutFilter(5*time.Millisecond, &timers)(upstream))
 		var wg sync.WaitGroup
+		var xs exchangePool
 		for i := range 200 {
 			wg.Go(func() {
 				parent, cancel := context.WithCancel(context.Background())
 				defer cancel()
-				ex := getExchange()
+				ex := xs.get()
 				ex.ctx, ex.clientCtx = parent, parent
 				ex.Attempts = i % 3
 				if i%5 == 0 {
