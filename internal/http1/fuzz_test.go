@@ -1,0 +1,135 @@
+package http1
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"net/textproto"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// FuzzDifferential: whatever ParseRequest (and ChunkedReader, for a
+// chunked body) accepts, net/http's parser accepts too, with the same
+// method, target, version, header fields, Host and body framing, and for a
+// chunked body the same bytes and trailers. The reverse is not asked:
+// ParseRequest refuses shapes net/http repairs.
+func FuzzDifferential(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /a/b?c=d HTTP/1.1\r\nHost: orders.default\r\nUser-Agent: x\r\nAccept: */*\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+		"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: h\r\nTrailer: X-T\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+		"GET http://h:1/x?y HTTP/1.1\r\nHost: h:1\r\n\r\n",
+		"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+		"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nPragma: no-cache\r\nX_A: b\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var h RequestHead
+		n, err := ParseRequest(data, Limits{}, &h)
+		if err != nil {
+			return
+		}
+		var body string
+		var trailer []Field
+		if h.Chunked {
+			c := NewChunkedReader(bufio.NewReader(bytes.NewReader(data[n:])), 0)
+			b, err := io.ReadAll(c)
+			if err != nil {
+				return
+			}
+			body, trailer = string(b), c.Trailer
+		}
+		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(data)))
+		if err != nil {
+			t.Fatalf("accepted here, net/http refuses (%v):\n%q", err, data[:n])
+		}
+		compareHead(t, &h, req, data[:n])
+		if h.Chunked {
+			got, err := io.ReadAll(req.Body)
+			if err != nil {
+				t.Fatalf("chunked body accepted here, net/http refuses (%v):\n%q", err, data)
+			}
+			if string(got) != body {
+				t.Fatalf("chunked body: %q here, %q by net/http:\n%q", body, got, data)
+			}
+			compareFields(t, "trailer", trailer, req.Trailer, data)
+		}
+	})
+}
+
+func compareHead(t *testing.T, h *RequestHead, req *http.Request, head []byte) {
+	t.Helper()
+	if string(h.Method) != req.Method || string(h.Target) != req.RequestURI || req.ProtoMajor != 1 || h.Minor != req.ProtoMinor {
+		t.Fatalf("request line: %q %q 1.%d here, %q %q %d.%d by net/http:\n%q",
+			h.Method, h.Target, h.Minor, req.Method, req.RequestURI, req.ProtoMajor, req.ProtoMinor, head)
+	}
+	if h.Host != nil && string(h.Host) != req.Host {
+		t.Fatalf("Host %q here, %q by net/http:\n%q", h.Host, req.Host, head)
+	}
+	wantCL := h.ContentLength
+	if wantCL < 0 && !h.Chunked {
+		wantCL = 0 // net/http: a request with no framing has no body
+	}
+	if wantCL != req.ContentLength || h.Chunked != slices.Equal(req.TransferEncoding, []string{"chunked"}) {
+		t.Fatalf("framing: length %d chunked %v here, %d %q by net/http:\n%q",
+			h.ContentLength, h.Chunked, req.ContentLength, req.TransferEncoding, head)
+	}
+	if h.Close != req.Close {
+		t.Fatalf("close %v here, %v by net/http:\n%q", h.Close, req.Close, head)
+	}
+	// net/http moves Host, Transfer-Encoding and (chunked) Trailer out of
+	// the header map, and
+	// adds Cache-Control: no-cache for a lone Pragma: no-cache.
+	hdr := req.Header.Clone()
+	if _, ok := hdr["Pragma"]; ok && !hasField(h.Fields, "cache-control") {
+		delete(hdr, "Cache-Control")
+	}
+	var fields []Field
+	for _, f := range h.Fields {
+		if !equalFold(f.Name, "host") && !equalFold(f.Name, "transfer-encoding") && !(h.Chunked && equalFold(f.Name, "trailer")) {
+			fields = append(fields, f)
+		}
+	}
+	compareFields(t, "header", fields, hdr, head)
+}
+
+func hasField(fs []Field, lower string) bool {
+	for _, f := range fs {
+		if equalFold(f.Name, lower) {
+			return true
+		}
+	}
+	return false
+}
+
+func compareFields(t *testing.T, what string, fs []Field, hdr http.Header, input []byte) {
+	t.Helper()
+	want := http.Header{}
+	for _, f := range fs {
+		k := textproto.CanonicalMIMEHeaderKey(string(f.Name))
+		want[k] = append(want[k], string(f.Value))
+	}
+	if len(want) == 0 && len(hdr) == 0 {
+		return
+	}
+	for k, v := range want {
+		if !slices.Equal(v, hdr[k]) {
+			t.Fatalf("%s %s: %q here, %q by net/http:\n%q", what, k, v, hdr[k], input)
+		}
+	}
+	for k, v := range hdr {
+		if _, ok := want[k]; !ok && v != nil { // nil: a declared trailer that did not come
+			t.Fatalf("%s %s: absent here, %q by net/http:\n%q", what, k, hdr[k], strings.TrimSpace(string(input)))
+		}
+	}
+}
