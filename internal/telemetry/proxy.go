@@ -107,10 +107,10 @@ type ProxyMetrics struct {
 	RateLimits *RateLimitMetrics
 	// AccessLog counts access log lines written and dropped (accesslog.go).
 	AccessLog *AccessLogMetrics
+	ref       refusalVecs
+	conc      concurrencyVecs
 	// Health records the local app's health checks (health.go).
 	Health *HealthMetrics
-	ref    refusalVecs
-	conc   concurrencyVecs
 
 	mu      sync.Mutex
 	series  map[SeriesLabels]*Series
