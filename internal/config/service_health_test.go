@@ -9,7 +9,9 @@ import (
 
 func TestServiceHealthCheckValidation(t *testing.T) {
 	const at = "v.yaml: document 1 (Service default/web): spec.healthCheck."
-	hc := func(h string) string { return service("", "{ports: [{name: http, port: 80}, {name: admin, port: 81}], healthCheck: "+h+"}") }
+	hc := func(h string) string {
+		return service("", "{ports: [{name: http, port: 80}, {name: admin, port: 81}], healthCheck: "+h+"}")
+	}
 	runValidation(t, []validationCase{
 		{"tcp default", hc("{}"), nil},
 		{"http path", hc("{type: http, path: /healthz, port: admin, interval: 2s, timeout: 500ms, healthyThreshold: 1, unhealthyThreshold: 5}"), nil},
