@@ -9,6 +9,7 @@ import (
 
 	"trellis.dev/trellis/internal/config"
 	"trellis.dev/trellis/internal/control"
+	apphealth "trellis.dev/trellis/internal/health"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/proxy"
 	"trellis.dev/trellis/internal/sidecar"
@@ -16,11 +17,12 @@ import (
 
 func newProxyCmd(g *globals) *cobra.Command {
 	var (
-		o         sidecar.Options
-		labels    []string
-		upstreams []string
-		balancer  string
-		obs       observeFlags
+		o           sidecar.Options
+		labels      []string
+		upstreams   []string
+		balancer    string
+		healthCheck string
+		obs         observeFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy --service NAME --app ADDR [flags] [-- CMD ARGS...]",
@@ -36,6 +38,11 @@ control plane, registers the service's endpoint, and serves:
 With '-- CMD ARGS', the proxy starts CMD once it is ready, forwards signals to
 it and exits with its exit code.
 
+The proxy checks its app (the Service's healthCheck, --health-check over it;
+default a TCP connect to --app). The endpoint registers unhealthy and takes
+traffic only once a check passes, leaves discovery when the app fails its
+unhealthy threshold, and /ready answers 503 with the reason meanwhile.
+
 The proxy joins with a token bound to its identity (--token-file, from
 'trellis token create --service-account SA'); later certificates renew with
 the current one. Without --control and --ca-file, the proxy finds them in the
@@ -50,7 +57,8 @@ proxy asks for a certificate, naming the flag to change.`,
 		Example: `  trellis proxy --service orders --app 127.0.0.1:8080 --upstream payments=127.0.0.1:9001
   trellis proxy --service inventory --labels version=v2 --app 127.0.0.1:8082 -- ./inventory
   trellis proxy --service payments --app 127.0.0.1:9090 \
-    --admin 127.0.0.1:0 --outbound 127.0.0.1:0 --inbound 127.0.0.1:0 -- ./payments   # a second proxy on this host`,
+    --admin 127.0.0.1:0 --outbound 127.0.0.1:0 --inbound 127.0.0.1:0 -- ./payments   # a second proxy on this host
+  trellis proxy --service orders --app 127.0.0.1:8080 --health-check 'http:/healthz?interval=2s'`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
@@ -71,6 +79,12 @@ proxy asks for a certificate, naming the flag to change.`,
 			}
 			if o.Upstreams, err = parsePairs("--upstream", upstreams); err != nil {
 				return err
+			}
+			if healthCheck != "" {
+				if o.HealthCheck, err = apphealth.ParseFlag(healthCheck); err != nil {
+					return fmt.Errorf("proxy: %w", err)
+				}
+				o.HealthCheckSet = true
 			}
 			o.Balancer = lb.Policy(balancer)
 			if _, err := lb.New(o.Balancer); err != nil {
@@ -109,6 +123,7 @@ proxy asks for a certificate, naming the flag to change.`,
 	f.StringVar(&o.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (/ready, /live, /metrics, /config; /debug/pprof with --enable-pprof)")
 	f.StringArrayVar(&upstreams, "upstream", nil, "per-upstream local port, SERVICE=ADDR (repeatable)")
 	f.StringVar(&balancer, "balancer", string(lb.PeakEWMA), "load balancer of services whose BackendPolicy names none: "+policyNames())
+	f.StringVar(&healthCheck, "health-check", "", "check of the local app, over the Service's healthCheck: off, or TYPE[:PORT][PATH][?interval=D&timeout=D&healthy=N&unhealthy=N] with TYPE tcp, http or grpc (e.g. http:/healthz); default: the Service's, else a TCP connect to --app")
 	f.DurationVar(&o.Heartbeat, "heartbeat", 0, "registration heartbeat interval (default 5s)")
 	f.BoolVar(&o.DisableMetrics, "disable-metrics", false, "turn off the per-request metrics (trellis_requests_total and friends) to measure their cost; event counters stay")
 	f.DurationVar(&o.DrainTimeout, "drain-timeout", 0, "longest wait for in-flight requests on shutdown (default 10s)")

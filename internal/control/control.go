@@ -665,6 +665,14 @@ func (a registryAdapter) Heartbeat(ctx context.Context, lease int64) error {
 	return err
 }
 
+func (a registryAdapter) SetHealth(ctx context.Context, lease int64, healthy bool, reason string) error {
+	err := a.r.SetHealth(ctx, lease, healthy, reason)
+	if errors.Is(err, registry.ErrLeaseExpired) {
+		return fmt.Errorf("%w: %w", push.ErrLeaseNotFound, err)
+	}
+	return err
+}
+
 // snapshotsAdapter feeds push nodes to the compiler.
 type snapshotsAdapter struct{ c *compiler.Compiler }
 

@@ -16,6 +16,7 @@ import (
 func (p *Proxy) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		unhealthy := p.appUnhealthy()
 		switch {
 		case p.draining.Load():
 			http.Error(w, "draining", http.StatusServiceUnavailable)
@@ -23,6 +24,8 @@ func (p *Proxy) adminHandler() http.Handler {
 			http.Error(w, "no config from the control plane yet", http.StatusServiceUnavailable)
 		case !p.ready.Load():
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		case unhealthy != "":
+			http.Error(w, unhealthy, http.StatusServiceUnavailable)
 		default:
 			_, _ = w.Write([]byte("ready\n"))
 		}

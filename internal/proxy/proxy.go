@@ -155,6 +155,7 @@ type Proxy struct {
 
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
 	ready      atomic.Bool
+	appHealth  atomic.Pointer[appHealth] // nil: healthy (health.go)
 	draining   atomic.Bool
 	done       chan struct{}
 
@@ -443,7 +444,7 @@ func (p *Proxy) SetReady(ok bool) { p.ready.Store(ok) }
 
 // Ready reports what /ready answers.
 func (p *Proxy) Ready() bool {
-	return p.ready.Load() && !p.draining.Load() && p.cfg.Load().snap != nil
+	return p.ready.Load() && !p.draining.Load() && p.cfg.Load().snap != nil && p.appHealth.Load() == nil
 }
 
 // InboundAddr returns the bound inbound address ("" before Start or if off).

@@ -88,6 +88,8 @@ type fakeRegistry struct {
 	leases    map[int64]*meshv1.Endpoint
 	ttls      map[int64]time.Duration
 	registers int
+	// healthWrites counts SetHealth calls.
+	healthWrites int
 }
 
 func newFakeRegistry() *fakeRegistry {
@@ -110,6 +112,20 @@ func (r *fakeRegistry) Heartbeat(_ context.Context, lease int64) error {
 	if _, ok := r.leases[lease]; !ok {
 		return fmt.Errorf("registry: lease %d: %w", lease, ErrLeaseNotFound)
 	}
+	return nil
+}
+
+func (r *fakeRegistry) SetHealth(_ context.Context, lease int64, healthy bool, reason string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ep, ok := r.leases[lease]
+	if !ok {
+		return fmt.Errorf("registry: lease %d: %w", lease, ErrLeaseNotFound)
+	}
+	ep = proto.Clone(ep).(*meshv1.Endpoint)
+	ep.Healthy, ep.HealthReason = healthy, reason
+	r.leases[lease] = ep
+	r.healthWrites++
 	return nil
 }
 

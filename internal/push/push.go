@@ -68,6 +68,9 @@ type Registry interface {
 	Register(ctx context.Context, ep *meshv1.Endpoint, ttl time.Duration) (lease int64, granted time.Duration, err error)
 	// Heartbeat returns an error wrapping ErrLeaseNotFound when the lease expired.
 	Heartbeat(ctx context.Context, lease int64) error
+	// SetHealth records the proxy's verdict on its app on the lease's
+	// endpoint (wrapping ErrLeaseNotFound when the lease expired).
+	SetHealth(ctx context.Context, lease int64, healthy bool, reason string) error
 }
 
 // Signer is what the server needs of the CA.

@@ -61,6 +61,14 @@ type nodeInfo struct {
 	lease     int64
 	ttl       time.Duration
 	lastSeen  time.Time
+	// health is the verdict last recorded in the registry.
+	health endpointHealth
+}
+
+// endpointHealth is a proxy's verdict on its app.
+type endpointHealth struct {
+	healthy bool
+	reason  string
 }
 
 // NewServer builds the Mesh service. Signer, Registry, Snapshots and
@@ -357,6 +365,7 @@ func (m *meshService) Register(ctx context.Context, req *meshv1.RegisterRequest)
 	}
 	ep = cloneEndpoint(ep)
 	ep.Identity = p.id.String()
+	ep.HealthReason = healthReason(ep.GetHealthReason())
 	lease, granted, err := s.o.Registry.Register(ctx, ep, ttl)
 	if err != nil {
 		s.log.Error("register failed", "node", ep.GetId(), "err", err)
@@ -364,7 +373,8 @@ func (m *meshService) Register(ctx context.Context, req *meshv1.RegisterRequest)
 	}
 
 	now := time.Now()
-	n := &nodeInfo{id: ep.GetId(), service: ep.GetService(), namespace: ep.GetNamespace(), identity: p.id, lease: lease, ttl: granted, lastSeen: now}
+	n := &nodeInfo{id: ep.GetId(), service: ep.GetService(), namespace: ep.GetNamespace(), identity: p.id, lease: lease, ttl: granted, lastSeen: now,
+		health: endpointHealth{ep.GetHealthy(), ep.GetHealthReason()}}
 	s.mu.Lock()
 	if old := s.nodes[n.id]; old != nil && old.lease != lease {
 		delete(s.leases, old.lease)
@@ -426,7 +436,47 @@ func (m *meshService) Heartbeat(ctx context.Context, req *meshv1.HeartbeatReques
 		ttl = n.ttl
 		s.mu.Unlock()
 	}
+	if err := s.recordHealth(ctx, n, req); err != nil {
+		return nil, err
+	}
 	return &meshv1.HeartbeatResponse{TtlSeconds: int64(math.Ceil(ttl.Seconds()))}, nil
+}
+
+// recordHealth writes the heartbeat's verdict on the proxy's app to the
+// registry when it differs from the one last recorded (n nil: a lease this
+// replica did not grant; the registry skips an unchanged verdict itself).
+func (s *Server) recordHealth(ctx context.Context, n *nodeInfo, req *meshv1.HeartbeatRequest) error {
+	h := endpointHealth{req.GetHealthy(), req.GetHealthReason()}
+	if h.healthy {
+		h.reason = ""
+	}
+	h.reason = healthReason(h.reason)
+	if n != nil {
+		s.mu.Lock()
+		same := n.health == h
+		s.mu.Unlock()
+		if same {
+			return nil
+		}
+	}
+	if err := s.o.Registry.SetHealth(ctx, req.GetLeaseId(), h.healthy, h.reason); err != nil {
+		if errors.Is(err, ErrLeaseNotFound) {
+			return status.Errorf(codes.NotFound, "lease %d expired: register again", req.GetLeaseId())
+		}
+		return status.Errorf(codes.Unavailable, "push: heartbeat: record health: %v", err)
+	}
+	if n != nil {
+		s.mu.Lock()
+		n.health = h
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// healthReason bounds the reason a proxy reports (it is shown by trellis
+// get endpoints and stored with the endpoint), cut on a rune boundary.
+func healthReason(r string) string {
+	return strings.ToValidUTF8(truncate(r, 256), "")
 }
 
 func cloneEndpoint(ep *meshv1.Endpoint) *meshv1.Endpoint {

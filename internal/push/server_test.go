@@ -272,3 +272,47 @@ func TestWithNonceCopiesEveryField(t *testing.T) {
 		t.Fatalf("copy %v differs from %v", got, src)
 	}
 }
+
+// TestHeartbeatRecordsHealth: the verdict a heartbeat carries reaches the
+// registry once per change, not once per heartbeat.
+func TestHeartbeatRecordsHealth(t *testing.T) {
+	ca := newTestCA(t)
+	e := startEnv(t, ca, "127.0.0.1:0", nil)
+	om, _ := e.dial(t, ca.workloadCert(t, spiffe("default", "orders"), time.Time{})).current()
+	ctx := context.Background()
+	ep := endpoint("orders-1", "orders")
+	ep.Healthy, ep.HealthReason = false, "no check passed yet"
+	resp, err := om.Register(ctx, &meshv1.RegisterRequest{Endpoint: ep, TtlSeconds: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := resp.GetLeaseId()
+	state := func() (bool, string, int) {
+		e.reg.mu.Lock()
+		defer e.reg.mu.Unlock()
+		ep := e.reg.leases[lease]
+		return ep.GetHealthy(), ep.GetHealthReason(), e.reg.healthWrites
+	}
+	if h, r, _ := state(); h || r != "no check passed yet" {
+		t.Fatalf("registered healthy=%v reason %q", h, r)
+	}
+	beat := func(healthy bool, reason string) {
+		t.Helper()
+		if _, err := om.Heartbeat(ctx, &meshv1.HeartbeatRequest{LeaseId: lease, Healthy: healthy, HealthReason: reason}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat(false, "no check passed yet")
+	if _, _, n := state(); n != 0 {
+		t.Fatalf("unchanged verdict: %d registry writes, want 0", n)
+	}
+	beat(true, "")
+	beat(true, "")
+	if h, r, n := state(); !h || r != "" || n != 1 {
+		t.Fatalf("after healthy heartbeats: healthy=%v reason %q writes %d, want healthy, 1 write", h, r, n)
+	}
+	beat(false, "HTTP 503")
+	if h, r, n := state(); h || r != "HTTP 503" || n != 2 {
+		t.Fatalf("after failing heartbeat: healthy=%v reason %q writes %d", h, r, n)
+	}
+}

@@ -68,6 +68,12 @@ type SessionOptions struct {
 	// message (no version, nonce or error: no ACK or NACK) carries it.
 	Status         func(*meshv1.WatchRequest)
 	StatusInterval time.Duration
+	// Health, if set, is the proxy's verdict on its app: sent with every
+	// Register and Heartbeat, and at once (without waiting for the lease
+	// tick) whenever HealthChanged receives. Nil: the Endpoint's Healthy
+	// as given.
+	Health        func() (healthy bool, reason string)
+	HealthChanged <-chan struct{}
 }
 
 // DefaultStatusInterval is SessionOptions.StatusInterval's default.
@@ -143,7 +149,7 @@ func (s *session) register(ctx context.Context) (int64, error) {
 	for attempt := 0; ; attempt++ {
 		mesh, gen := s.c.current()
 		rctx, cancel := context.WithTimeout(ctx, s.rpcTimeout())
-		resp, err := mesh.Register(rctx, &meshv1.RegisterRequest{Endpoint: s.ep, TtlSeconds: s.ttl})
+		resp, err := mesh.Register(rctx, &meshv1.RegisterRequest{Endpoint: s.endpoint(), TtlSeconds: s.ttl})
 		cancel()
 		if err == nil {
 			// A pending re-register request is satisfied by this one.
@@ -178,6 +184,25 @@ func (s *session) register(ctx context.Context) (int64, error) {
 	}
 }
 
+// endpoint is the endpoint to register, with the app's health now.
+func (s *session) endpoint() *meshv1.Endpoint {
+	if s.o.Health == nil {
+		return s.ep
+	}
+	ep := proto.Clone(s.ep).(*meshv1.Endpoint)
+	ep.Healthy, ep.HealthReason = s.o.Health()
+	return ep
+}
+
+// heartbeatRequest is a heartbeat of lease with the app's health now.
+func (s *session) heartbeatRequest(lease int64) *meshv1.HeartbeatRequest {
+	req := &meshv1.HeartbeatRequest{LeaseId: lease, Healthy: s.ep.GetHealthy()}
+	if s.o.Health != nil {
+		req.Healthy, req.HealthReason = s.o.Health()
+	}
+	return req
+}
+
 func (s *session) leaseLoop(ctx context.Context, lease int64) error {
 	t := time.NewTicker(s.o.Heartbeat)
 	defer t.Stop()
@@ -189,32 +214,11 @@ func (s *session) leaseLoop(ctx context.Context, lease int64) error {
 			return nil
 		case <-s.reregister:
 			reg = true
+		case <-s.o.HealthChanged: // a nil channel never receives
+			t.Reset(s.o.Heartbeat)
+			reg = s.heartbeat(ctx, lease, &failing)
 		case <-t.C:
-			mesh, gen := s.c.current()
-			hctx, cancel := context.WithTimeout(ctx, s.rpcTimeout())
-			_, err := mesh.Heartbeat(hctx, &meshv1.HeartbeatRequest{LeaseId: lease})
-			cancel()
-			switch status.Code(err) {
-			case codes.OK:
-				if failing {
-					s.log.Info("heartbeat ok again", "lease", lease)
-				}
-				failing = false
-			case codes.NotFound:
-				s.log.Info("lease expired; registering again", "lease", lease)
-				reg = true
-			case codes.Unauthenticated:
-				s.c.redial(gen)
-				fallthrough
-			default:
-				if ctx.Err() != nil {
-					return nil
-				}
-				if !failing {
-					s.log.Warn("heartbeat failed; retrying", "err", status.Convert(err).Message())
-				}
-				failing = true
-			}
+			reg = s.heartbeat(ctx, lease, &failing)
 		}
 		if reg {
 			l, err := s.register(ctx)
@@ -227,6 +231,37 @@ func (s *session) leaseLoop(ctx context.Context, lease int64) error {
 			lease, failing = l, false
 		}
 	}
+}
+
+// heartbeat sends one heartbeat; true means the lease expired and the
+// proxy must register again.
+func (s *session) heartbeat(ctx context.Context, lease int64, failing *bool) bool {
+	mesh, gen := s.c.current()
+	hctx, cancel := context.WithTimeout(ctx, s.rpcTimeout())
+	_, err := mesh.Heartbeat(hctx, s.heartbeatRequest(lease))
+	cancel()
+	switch status.Code(err) {
+	case codes.OK:
+		if *failing {
+			s.log.Info("heartbeat ok again", "lease", lease)
+		}
+		*failing = false
+	case codes.NotFound:
+		s.log.Info("lease expired; registering again", "lease", lease)
+		return true
+	case codes.Unauthenticated:
+		s.c.redial(gen)
+		fallthrough
+	default:
+		if ctx.Err() != nil {
+			return false
+		}
+		if !*failing {
+			s.log.Warn("heartbeat failed; retrying", "err", status.Convert(err).Message())
+		}
+		*failing = true
+	}
+	return false
 }
 
 func (s *session) watchLoop(ctx context.Context) error {

@@ -3,6 +3,7 @@ package push
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
@@ -26,6 +27,8 @@ type fakeMesh struct {
 	ttls         []int64
 	heartbeats   []time.Time
 	hbLeases     []int64
+	// regHealth and hbHealth are the verdicts sent, "healthy:reason".
+	regHealth, hbHealth []string
 }
 
 func (f *fakeMesh) Certify(context.Context, *meshv1.CertifyRequest, ...grpc.CallOption) (*meshv1.CertifyResponse, error) {
@@ -37,6 +40,7 @@ func (f *fakeMesh) Register(_ context.Context, in *meshv1.RegisterRequest, _ ...
 	defer f.mu.Unlock()
 	f.registers = append(f.registers, time.Now())
 	f.ttls = append(f.ttls, in.GetTtlSeconds())
+	f.regHealth = append(f.regHealth, fmt.Sprintf("%v:%s", in.GetEndpoint().GetHealthy(), in.GetEndpoint().GetHealthReason()))
 	if len(f.registerErrs) > 0 {
 		err := f.registerErrs[0]
 		f.registerErrs = f.registerErrs[1:]
@@ -50,6 +54,7 @@ func (f *fakeMesh) Heartbeat(_ context.Context, in *meshv1.HeartbeatRequest, _ .
 	defer f.mu.Unlock()
 	f.heartbeats = append(f.heartbeats, time.Now())
 	f.hbLeases = append(f.hbLeases, in.GetLeaseId())
+	f.hbHealth = append(f.hbHealth, fmt.Sprintf("%v:%s", in.GetHealthy(), in.GetHealthReason()))
 	if f.hbErr != nil {
 		if err := f.hbErr(len(f.heartbeats)); err != nil {
 			return nil, err
@@ -204,4 +209,57 @@ func TestBackoffBounds(t *testing.T) {
 	if d := b.next(); d > minBackoff {
 		t.Fatalf("after reset: %s", d)
 	}
+}
+
+// TestSessionHealthChange: the session registers with the app's verdict
+// and sends a heartbeat carrying a new verdict at once, not at the next
+// lease tick.
+func TestSessionHealthChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeMesh{}
+		var mu sync.Mutex
+		healthy, reason := false, "no check passed yet"
+		changed := make(chan struct{}, 1)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() {
+			done <- fakeClient(m).RunSession(ctx, SessionOptions{
+				Endpoint: endpoint("orders-1", "orders"), Apply: noApply,
+				Health: func() (bool, string) {
+					mu.Lock()
+					defer mu.Unlock()
+					return healthy, reason
+				},
+				HealthChanged: changed,
+			})
+		}()
+		time.Sleep(1500 * time.Millisecond)
+		mu.Lock()
+		healthy, reason = true, ""
+		mu.Unlock()
+		changed <- struct{}{}
+		synctest.Wait()
+		start := time.Now()
+		m.mu.Lock()
+		if len(m.regHealth) != 1 || m.regHealth[0] != "false:no check passed yet" {
+			t.Errorf("registered with %v, want unhealthy, no check passed yet", m.regHealth)
+		}
+		if len(m.hbHealth) != 1 || m.hbHealth[0] != "true:" {
+			t.Errorf("heartbeats right after the change: %v, want one, healthy", m.hbHealth)
+		}
+		m.mu.Unlock()
+		time.Sleep(DefaultHeartbeat - time.Since(start) + time.Millisecond)
+		synctest.Wait()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		// The tick was reset by the change: the next heartbeat is a full
+		// interval after it.
+		if len(m.hbHealth) != 2 || m.heartbeats[1].Sub(m.heartbeats[0]) != DefaultHeartbeat {
+			t.Errorf("heartbeats at %v, want the next one %s after the change", m.heartbeats, DefaultHeartbeat)
+		}
+	})
 }

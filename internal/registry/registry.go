@@ -157,6 +157,9 @@ func (r *Registry) Register(ctx context.Context, ep *meshv1.Endpoint, ttl time.D
 		ep.Labels = map[string]string{}
 	}
 	ep.Labels["app"] = ep.Service
+	if ep.Healthy {
+		ep.HealthReason = "" // a reason says why an endpoint is out
+	}
 	value, err := proto.MarshalOptions{Deterministic: true}.Marshal(ep)
 	if err != nil {
 		return 0, 0, fmt.Errorf("registry: register %s: %w", ep.Id, err)

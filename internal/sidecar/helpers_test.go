@@ -129,9 +129,11 @@ type mesh struct {
 	version map[string]string                // service → endpoint version label to route to
 	poison  map[string]*meshv1.Service       // node's service → extra service in its snapshot
 	policy  map[string]*meshv1.BackendPolicy // service → its backend policy
+	checks  map[string]*meshv1.HealthCheck   // service → its healthCheck
 	subs    map[int]chan struct{}
 	nextSub int
 	lease   int64
+	leases  map[int64]string // lease → endpoint id
 }
 
 func (m *mesh) Register(_ context.Context, ep *meshv1.Endpoint, ttl time.Duration) (int64, time.Duration, error) {
@@ -140,12 +142,46 @@ func (m *mesh) Register(_ context.Context, ep *meshv1.Endpoint, ttl time.Duratio
 	m.gen++ // the endpoint set changed: a new version for subscribers
 	m.lease++
 	lease := m.lease
+	if m.leases == nil {
+		m.leases = map[int64]string{}
+	}
+	m.leases[lease] = ep.GetId()
 	m.mu.Unlock()
 	m.changed()
 	return lease, ttl, nil
 }
 
 func (m *mesh) Heartbeat(context.Context, int64) error { return nil }
+
+// SetHealth records a verdict; an unhealthy endpoint leaves snapshots, as
+// the real compiler's.
+func (m *mesh) SetHealth(_ context.Context, lease int64, healthy bool, reason string) error {
+	m.mu.Lock()
+	ep := m.reg[m.leases[lease]]
+	if ep == nil {
+		m.mu.Unlock()
+		return fmt.Errorf("lease %d: %w", lease, push.ErrLeaseNotFound)
+	}
+	ep = proto.Clone(ep).(*meshv1.Endpoint)
+	ep.Healthy, ep.HealthReason = healthy, reason
+	m.reg[ep.GetId()] = ep
+	m.gen++
+	m.mu.Unlock()
+	m.changed()
+	return nil
+}
+
+// endpoint is the registered endpoint of service (nil: none).
+func (m *mesh) endpoint(service string) *meshv1.Endpoint {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, ep := range m.reg {
+		if ep.GetService() == service {
+			return ep
+		}
+	}
+	return nil
+}
 
 func httpService(name string) *meshv1.Service {
 	return &meshv1.Service{Name: name, Namespace: "default", Ports: []*meshv1.Port{{Name: "http", Port: 80, Protocol: meshv1.Protocol_HTTP}}}
@@ -161,6 +197,7 @@ func (m *mesh) Snapshot(_ context.Context, n push.Node) (*meshv1.Snapshot, error
 		TrustBundle: m.bundle,
 		Inbound:     httpService(n.Service),
 	}
+	snap.Inbound.HealthCheck = m.checks[n.Service]
 	for _, sub := range n.Subscriptions {
 		name, _, _ := strings.Cut(sub, ".")
 		if name == n.Service {
@@ -169,7 +206,7 @@ func (m *mesh) Snapshot(_ context.Context, n push.Node) (*meshv1.Snapshot, error
 		svc := httpService(name)
 		svc.BackendPolicy = m.policy[name]
 		for _, ep := range m.reg {
-			if ep.GetService() == name && (m.version[name] == "" || ep.GetLabels()["version"] == m.version[name]) {
+			if ep.GetService() == name && ep.GetHealthy() && (m.version[name] == "" || ep.GetLabels()["version"] == m.version[name]) {
 				svc.Endpoints = append(svc.Endpoints, ep)
 			}
 		}

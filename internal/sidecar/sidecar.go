@@ -30,6 +30,7 @@ import (
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/accesslog"
+	"trellis.dev/trellis/internal/health"
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
@@ -78,6 +79,11 @@ type Options struct {
 	// Limits and EnablePprof go to the proxy (proxy.Options).
 	Limits      proxy.Limits
 	EnablePprof bool
+	// HealthCheck is --health-check (HealthCheckSet: given), laid over
+	// the Service's healthCheck; without an app (AppAddr "") or with Off
+	// the endpoint is always healthy.
+	HealthCheck    health.Override
+	HealthCheckSet bool
 	// Command, when set, is started once the proxy is ready; the sidecar
 	// forwards signals to it and returns its exit code.
 	Command []string
@@ -104,6 +110,7 @@ type sidecar struct {
 
 	readyOnce sync.Once
 	readyCh   chan struct{}
+	health    *appHealth
 }
 
 // Run runs the proxy until ctx ends (then drains), or, with a Command,
@@ -142,6 +149,10 @@ func (s *sidecar) run(ctx context.Context) (int, error) {
 	if err := s.startProxy(); err != nil {
 		return 1, err
 	}
+	s.health = newAppHealth(runCtx, s)
+	ok, reason := s.health.status()
+	s.proxy.SetAppHealth(ok, reason)
+	s.proxy.HealthMetrics().State(ok)
 	sessionDone := make(chan error, 1)
 	so := s.sessionOptions()
 	go func() { sessionDone <- s.client.RunSession(runCtx, so) }()
@@ -434,13 +445,14 @@ func (s *sidecar) sessionOptions() push.SessionOptions {
 			Labels:       labels,
 			Identity:     s.id.String(),
 			AdminAddress: s.proxy.AdminAddr(),
-			Healthy:      true,
 		},
 		Heartbeat:     s.o.Heartbeat,
 		Subscriptions: s.subscriptions,
 		Apply:         s.apply,
 		CertNotAfter:  s.src.NotAfter,
 		Status:        s.status,
+		Health:        s.health.status,
+		HealthChanged: s.health.changed,
 	}
 }
 
@@ -453,9 +465,18 @@ func (s *sidecar) status(r *meshv1.WatchRequest) {
 // apply installs a pushed snapshot; an error NACKs it and the proxy keeps its
 // last good config.
 func (s *sidecar) apply(snap *meshv1.Snapshot) error {
+	check, err := s.health.check(snap)
+	if err != nil {
+		err = fmt.Errorf("sidecar: %w", err)
+		s.log.Warn("config refused (NACK); keeping last good config", "version", snap.GetVersion(), "err", err)
+		return err
+	}
 	if err := s.proxy.Update(snap); err != nil {
 		s.log.Warn("config refused (NACK); keeping last good config", "version", snap.GetVersion(), "err", err)
 		return err
+	}
+	if err := s.health.apply(check); err != nil {
+		s.log.Warn("health check not changed", "err", err)
 	}
 	if err := s.updateBundle(snap.GetTrustBundle()); err != nil {
 		s.log.Warn("trust bundle refused", "err", err)

@@ -109,6 +109,8 @@ type ProxyMetrics struct {
 	AccessLog *AccessLogMetrics
 	ref       refusalVecs
 	conc      concurrencyVecs
+	// Health records the local app's health checks (health.go).
+	Health *HealthMetrics
 
 	mu      sync.Mutex
 	series  map[SeriesLabels]*Series
@@ -185,6 +187,9 @@ func NewProxyMetrics(reg prometheus.Registerer, opts ...ProxyMetricsOptions) (*P
 		}
 	}
 	if m.AccessLog, err = newAccessLogMetrics(reg); err != nil {
+		return nil, err
+	}
+	if m.Health, err = newHealthMetrics(reg); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -535,6 +535,58 @@ func (RateLimit_Scope) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{43, 1}
 }
 
+type HealthCheck_Type int32
+
+const (
+	HealthCheck_TYPE_UNSPECIFIED HealthCheck_Type = 0 // TCP
+	HealthCheck_TCP              HealthCheck_Type = 1
+	HealthCheck_HTTP             HealthCheck_Type = 2
+	HealthCheck_GRPC             HealthCheck_Type = 3
+)
+
+// Enum value maps for HealthCheck_Type.
+var (
+	HealthCheck_Type_name = map[int32]string{
+		0: "TYPE_UNSPECIFIED",
+		1: "TCP",
+		2: "HTTP",
+		3: "GRPC",
+	}
+	HealthCheck_Type_value = map[string]int32{
+		"TYPE_UNSPECIFIED": 0,
+		"TCP":              1,
+		"HTTP":             2,
+		"GRPC":             3,
+	}
+)
+
+func (x HealthCheck_Type) Enum() *HealthCheck_Type {
+	p := new(HealthCheck_Type)
+	*p = x
+	return p
+}
+
+func (x HealthCheck_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HealthCheck_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[10].Descriptor()
+}
+
+func (HealthCheck_Type) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[10]
+}
+
+func (x HealthCheck_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HealthCheck_Type.Descriptor instead.
+func (HealthCheck_Type) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{51, 0}
+}
+
 type CertifyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Bootstrap token; empty when renewing with a client certificate.
@@ -681,8 +733,11 @@ type Endpoint struct {
 	// SPIFFE ID the proxy's certificate carries; peers verify it.
 	Identity string `protobuf:"bytes,6,opt,name=identity,proto3" json:"identity,omitempty"`
 	// host:port of the proxy's admin listener (metrics, readiness).
-	AdminAddress  string `protobuf:"bytes,7,opt,name=admin_address,json=adminAddress,proto3" json:"admin_address,omitempty"`
-	Healthy       bool   `protobuf:"varint,8,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	AdminAddress string `protobuf:"bytes,7,opt,name=admin_address,json=adminAddress,proto3" json:"admin_address,omitempty"`
+	Healthy      bool   `protobuf:"varint,8,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// Why the endpoint is unhealthy ("connect refused", "HTTP 503", "no
+	// check passed yet"); empty while healthy.
+	HealthReason  string `protobuf:"bytes,9,opt,name=health_reason,json=healthReason,proto3" json:"health_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -771,6 +826,13 @@ func (x *Endpoint) GetHealthy() bool {
 		return x.Healthy
 	}
 	return false
+}
+
+func (x *Endpoint) GetHealthReason() string {
+	if x != nil {
+		return x.HealthReason
+	}
+	return ""
 }
 
 type RegisterRequest struct {
@@ -879,8 +941,13 @@ func (x *RegisterResponse) GetTtlSeconds() int64 {
 }
 
 type HeartbeatRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LeaseId       int64                  `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	LeaseId int64                  `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	// The proxy's verdict on its local app (its health check), sent with
+	// every heartbeat and at once when it changes; the registry records it
+	// on the lease's endpoint.
+	Healthy       bool   `protobuf:"varint,2,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	HealthReason  string `protobuf:"bytes,3,opt,name=health_reason,json=healthReason,proto3" json:"health_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -920,6 +987,20 @@ func (x *HeartbeatRequest) GetLeaseId() int64 {
 		return x.LeaseId
 	}
 	return 0
+}
+
+func (x *HeartbeatRequest) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *HeartbeatRequest) GetHealthReason() string {
+	if x != nil {
+		return x.HealthReason
+	}
+	return ""
 }
 
 type HeartbeatResponse struct {
@@ -2908,6 +2989,9 @@ type Service struct {
 	Endpoints []*Endpoint `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	// Unset: the proxy's defaults.
 	BackendPolicy *BackendPolicy `protobuf:"bytes,6,opt,name=backend_policy,json=backendPolicy,proto3" json:"backend_policy,omitempty"`
+	// How the service's proxies check their local app. Unset: a TCP connect
+	// to the app's port with the default timings (a proxy flag wins).
+	HealthCheck   *HealthCheck `protobuf:"bytes,7,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2980,6 +3064,13 @@ func (x *Service) GetEndpoints() []*Endpoint {
 func (x *Service) GetBackendPolicy() *BackendPolicy {
 	if x != nil {
 		return x.BackendPolicy
+	}
+	return nil
+}
+
+func (x *Service) GetHealthCheck() *HealthCheck {
+	if x != nil {
+		return x.HealthCheck
 	}
 	return nil
 }
@@ -4305,6 +4396,104 @@ func (x *ConcurrencyPolicy) GetJitter() float64 {
 	return 0
 }
 
+// HealthCheck is how a proxy checks its local app (a Service's healthCheck).
+// Unset durations and thresholds take the proxy's defaults (interval 5s,
+// timeout 1s, healthy 2, unhealthy 3).
+type HealthCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  HealthCheck_Type       `protobuf:"varint,1,opt,name=type,proto3,enum=trellis.mesh.v1.HealthCheck_Type" json:"type,omitempty"`
+	// HTTP: the path GETed (2xx and 3xx pass). gRPC: the service name asked
+	// of grpc.health.v1.Health ("" is the server as a whole).
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// The Service port whose app is checked; "" is the first port.
+	Port               string               `protobuf:"bytes,3,opt,name=port,proto3" json:"port,omitempty"`
+	Interval           *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
+	Timeout            *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	HealthyThreshold   uint32               `protobuf:"varint,6,opt,name=healthy_threshold,json=healthyThreshold,proto3" json:"healthy_threshold,omitempty"`
+	UnhealthyThreshold uint32               `protobuf:"varint,7,opt,name=unhealthy_threshold,json=unhealthyThreshold,proto3" json:"unhealthy_threshold,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *HealthCheck) Reset() {
+	*x = HealthCheck{}
+	mi := &file_mesh_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCheck) ProtoMessage() {}
+
+func (x *HealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
+func (*HealthCheck) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *HealthCheck) GetType() HealthCheck_Type {
+	if x != nil {
+		return x.Type
+	}
+	return HealthCheck_TYPE_UNSPECIFIED
+}
+
+func (x *HealthCheck) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HealthCheck) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *HealthCheck) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetHealthyThreshold() uint32 {
+	if x != nil {
+		return x.HealthyThreshold
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetUnhealthyThreshold() uint32 {
+	if x != nil {
+		return x.UnhealthyThreshold
+	}
+	return 0
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -4320,7 +4509,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12!\n" +
 	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\x12\x1b\n" +
-	"\tnot_after\x18\x03 \x01(\x03R\bnotAfter\"\xc1\x02\n" +
+	"\tnot_after\x18\x03 \x01(\x03R\bnotAfter\"\xe6\x02\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1c\n" +
@@ -4329,7 +4518,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\x06labels\x18\x05 \x03(\v2%.trellis.mesh.v1.Endpoint.LabelsEntryR\x06labels\x12\x1a\n" +
 	"\bidentity\x18\x06 \x01(\tR\bidentity\x12#\n" +
 	"\radmin_address\x18\a \x01(\tR\fadminAddress\x12\x18\n" +
-	"\ahealthy\x18\b \x01(\bR\ahealthy\x1a9\n" +
+	"\ahealthy\x18\b \x01(\bR\ahealthy\x12#\n" +
+	"\rhealth_reason\x18\t \x01(\tR\fhealthReason\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
@@ -4340,9 +4530,11 @@ const file_mesh_proto_rawDesc = "" +
 	"\x10RegisterResponse\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\x03R\aleaseId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
-	"ttlSeconds\"-\n" +
+	"ttlSeconds\"l\n" +
 	"\x10HeartbeatRequest\x12\x19\n" +
-	"\blease_id\x18\x01 \x01(\x03R\aleaseId\"4\n" +
+	"\blease_id\x18\x01 \x01(\x03R\aleaseId\x12\x18\n" +
+	"\ahealthy\x18\x02 \x01(\bR\ahealthy\x12#\n" +
+	"\rhealth_reason\x18\x03 \x01(\tR\fhealthReason\"4\n" +
 	"\x11HeartbeatResponse\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
 	"ttlSeconds\"\x91\x02\n" +
@@ -4505,14 +4697,15 @@ const file_mesh_proto_rawDesc = "" +
 	"rateLimits\x12D\n" +
 	"\rauthorization\x18\x02 \x01(\v2\x1e.trellis.mesh.v1.AuthorizationR\rauthorization\x126\n" +
 	"\tmtls_mode\x18\x03 \x01(\x0e2\x19.trellis.mesh.v1.MtlsModeR\bmtlsMode\x12D\n" +
-	"\vconcurrency\x18\x04 \x01(\v2\".trellis.mesh.v1.ConcurrencyPolicyR\vconcurrency\"\x98\x02\n" +
+	"\vconcurrency\x18\x04 \x01(\v2\".trellis.mesh.v1.ConcurrencyPolicyR\vconcurrency\"\xd9\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12+\n" +
 	"\x05ports\x18\x03 \x03(\v2\x15.trellis.mesh.v1.PortR\x05ports\x12.\n" +
 	"\x06routes\x18\x04 \x03(\v2\x16.trellis.mesh.v1.RouteR\x06routes\x127\n" +
 	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\x12E\n" +
-	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\x9f\x03\n" +
+	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\x12?\n" +
+	"\fhealth_check\x18\a \x01(\v2\x1c.trellis.mesh.v1.HealthCheckR\vhealthCheck\"\x9f\x03\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12!\n" +
@@ -4616,7 +4809,20 @@ const file_mesh_proto_rawDesc = "" +
 	"\x06buffer\x18\x06 \x01(\x01R\x06buffer\x12C\n" +
 	"\x10min_rtt_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0eminRttInterval\x12(\n" +
 	"\x10min_rtt_requests\x18\b \x01(\rR\x0eminRttRequests\x12\x16\n" +
-	"\x06jitter\x18\t \x01(\x01R\x06jitter*L\n" +
+	"\x06jitter\x18\t \x01(\x01R\x06jitter\"\xf1\x02\n" +
+	"\vHealthCheck\x125\n" +
+	"\x04type\x18\x01 \x01(\x0e2!.trellis.mesh.v1.HealthCheck.TypeR\x04type\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\tR\x04port\x125\n" +
+	"\binterval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\binterval\x123\n" +
+	"\atimeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12+\n" +
+	"\x11healthy_threshold\x18\x06 \x01(\rR\x10healthyThreshold\x12/\n" +
+	"\x13unhealthy_threshold\x18\a \x01(\rR\x12unhealthyThreshold\"9\n" +
+	"\x04Type\x12\x14\n" +
+	"\x10TYPE_UNSPECIFIED\x10\x00\x12\a\n" +
+	"\x03TCP\x10\x01\x12\b\n" +
+	"\x04HTTP\x10\x02\x12\b\n" +
+	"\x04GRPC\x10\x03*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -4662,8 +4868,8 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
@@ -4675,151 +4881,157 @@ var file_mesh_proto_goTypes = []any{
 	(PathModifier_Type)(0),      // 7: trellis.mesh.v1.PathModifier.Type
 	(RateLimit_Algorithm)(0),    // 8: trellis.mesh.v1.RateLimit.Algorithm
 	(RateLimit_Scope)(0),        // 9: trellis.mesh.v1.RateLimit.Scope
-	(*CertifyRequest)(nil),      // 10: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),     // 11: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),            // 12: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),     // 13: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),    // 14: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),    // 15: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 16: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),        // 17: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),                // 18: trellis.mesh.v1.Port
-	(*PathMatch)(nil),           // 19: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),         // 20: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),               // 21: trellis.mesh.v1.Match
-	(*QueryParamMatch)(nil),     // 22: trellis.mesh.v1.QueryParamMatch
-	(*Backend)(nil),             // 23: trellis.mesh.v1.Backend
-	(*Route)(nil),               // 24: trellis.mesh.v1.Route
-	(*HeaderValue)(nil),         // 25: trellis.mesh.v1.HeaderValue
-	(*HeaderModifier)(nil),      // 26: trellis.mesh.v1.HeaderModifier
-	(*RouteFilter)(nil),         // 27: trellis.mesh.v1.RouteFilter
-	(*PathModifier)(nil),        // 28: trellis.mesh.v1.PathModifier
-	(*URLRewrite)(nil),          // 29: trellis.mesh.v1.URLRewrite
-	(*RequestRedirect)(nil),     // 30: trellis.mesh.v1.RequestRedirect
-	(*RequestMirror)(nil),       // 31: trellis.mesh.v1.RequestMirror
-	(*Fault)(nil),               // 32: trellis.mesh.v1.Fault
-	(*FaultDelay)(nil),          // 33: trellis.mesh.v1.FaultDelay
-	(*FaultAbort)(nil),          // 34: trellis.mesh.v1.FaultAbort
-	(*RouteTimeouts)(nil),       // 35: trellis.mesh.v1.RouteTimeouts
-	(*HashPolicy)(nil),          // 36: trellis.mesh.v1.HashPolicy
-	(*RetryPolicy)(nil),         // 37: trellis.mesh.v1.RetryPolicy
-	(*RetryBudget)(nil),         // 38: trellis.mesh.v1.RetryBudget
-	(*CircuitBreaker)(nil),      // 39: trellis.mesh.v1.CircuitBreaker
-	(*OutlierDetection)(nil),    // 40: trellis.mesh.v1.OutlierDetection
-	(*BackendPolicy)(nil),       // 41: trellis.mesh.v1.BackendPolicy
-	(*InboundPolicy)(nil),       // 42: trellis.mesh.v1.InboundPolicy
-	(*Service)(nil),             // 43: trellis.mesh.v1.Service
-	(*Snapshot)(nil),            // 44: trellis.mesh.v1.Snapshot
-	(*Telemetry)(nil),           // 45: trellis.mesh.v1.Telemetry
-	(*Authorization)(nil),       // 46: trellis.mesh.v1.Authorization
-	(*AuthzPolicy)(nil),         // 47: trellis.mesh.v1.AuthzPolicy
-	(*AuthzRule)(nil),           // 48: trellis.mesh.v1.AuthzRule
-	(*AuthzSource)(nil),         // 49: trellis.mesh.v1.AuthzSource
-	(*AuthzPath)(nil),           // 50: trellis.mesh.v1.AuthzPath
-	(*AuthzHeader)(nil),         // 51: trellis.mesh.v1.AuthzHeader
-	(*AuthzGRPC)(nil),           // 52: trellis.mesh.v1.AuthzGRPC
-	(*RateLimit)(nil),           // 53: trellis.mesh.v1.RateLimit
-	(*RateLimitValue)(nil),      // 54: trellis.mesh.v1.RateLimitValue
-	(*RateLimitOverride)(nil),   // 55: trellis.mesh.v1.RateLimitOverride
-	(*QuotaReport)(nil),         // 56: trellis.mesh.v1.QuotaReport
-	(*QuotaDemand)(nil),         // 57: trellis.mesh.v1.QuotaDemand
-	(*QuotaGrant)(nil),          // 58: trellis.mesh.v1.QuotaGrant
-	(*QuotaShare)(nil),          // 59: trellis.mesh.v1.QuotaShare
-	(*ConcurrencyPolicy)(nil),   // 60: trellis.mesh.v1.ConcurrencyPolicy
-	nil,                         // 61: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 62: google.protobuf.Duration
+	(HealthCheck_Type)(0),       // 10: trellis.mesh.v1.HealthCheck.Type
+	(*CertifyRequest)(nil),      // 11: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),     // 12: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),            // 13: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),     // 14: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),    // 15: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),    // 16: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 17: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),        // 18: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                // 19: trellis.mesh.v1.Port
+	(*PathMatch)(nil),           // 20: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),         // 21: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),               // 22: trellis.mesh.v1.Match
+	(*QueryParamMatch)(nil),     // 23: trellis.mesh.v1.QueryParamMatch
+	(*Backend)(nil),             // 24: trellis.mesh.v1.Backend
+	(*Route)(nil),               // 25: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),         // 26: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),      // 27: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),         // 28: trellis.mesh.v1.RouteFilter
+	(*PathModifier)(nil),        // 29: trellis.mesh.v1.PathModifier
+	(*URLRewrite)(nil),          // 30: trellis.mesh.v1.URLRewrite
+	(*RequestRedirect)(nil),     // 31: trellis.mesh.v1.RequestRedirect
+	(*RequestMirror)(nil),       // 32: trellis.mesh.v1.RequestMirror
+	(*Fault)(nil),               // 33: trellis.mesh.v1.Fault
+	(*FaultDelay)(nil),          // 34: trellis.mesh.v1.FaultDelay
+	(*FaultAbort)(nil),          // 35: trellis.mesh.v1.FaultAbort
+	(*RouteTimeouts)(nil),       // 36: trellis.mesh.v1.RouteTimeouts
+	(*HashPolicy)(nil),          // 37: trellis.mesh.v1.HashPolicy
+	(*RetryPolicy)(nil),         // 38: trellis.mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),         // 39: trellis.mesh.v1.RetryBudget
+	(*CircuitBreaker)(nil),      // 40: trellis.mesh.v1.CircuitBreaker
+	(*OutlierDetection)(nil),    // 41: trellis.mesh.v1.OutlierDetection
+	(*BackendPolicy)(nil),       // 42: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),       // 43: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),             // 44: trellis.mesh.v1.Service
+	(*Snapshot)(nil),            // 45: trellis.mesh.v1.Snapshot
+	(*Telemetry)(nil),           // 46: trellis.mesh.v1.Telemetry
+	(*Authorization)(nil),       // 47: trellis.mesh.v1.Authorization
+	(*AuthzPolicy)(nil),         // 48: trellis.mesh.v1.AuthzPolicy
+	(*AuthzRule)(nil),           // 49: trellis.mesh.v1.AuthzRule
+	(*AuthzSource)(nil),         // 50: trellis.mesh.v1.AuthzSource
+	(*AuthzPath)(nil),           // 51: trellis.mesh.v1.AuthzPath
+	(*AuthzHeader)(nil),         // 52: trellis.mesh.v1.AuthzHeader
+	(*AuthzGRPC)(nil),           // 53: trellis.mesh.v1.AuthzGRPC
+	(*RateLimit)(nil),           // 54: trellis.mesh.v1.RateLimit
+	(*RateLimitValue)(nil),      // 55: trellis.mesh.v1.RateLimitValue
+	(*RateLimitOverride)(nil),   // 56: trellis.mesh.v1.RateLimitOverride
+	(*QuotaReport)(nil),         // 57: trellis.mesh.v1.QuotaReport
+	(*QuotaDemand)(nil),         // 58: trellis.mesh.v1.QuotaDemand
+	(*QuotaGrant)(nil),          // 59: trellis.mesh.v1.QuotaGrant
+	(*QuotaShare)(nil),          // 60: trellis.mesh.v1.QuotaShare
+	(*ConcurrencyPolicy)(nil),   // 61: trellis.mesh.v1.ConcurrencyPolicy
+	(*HealthCheck)(nil),         // 62: trellis.mesh.v1.HealthCheck
+	nil,                         // 63: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 64: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	61, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	12, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	63, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	13, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
 	4,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
 	5,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	19, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	20, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	22, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
+	20, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	21, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	23, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
 	6,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
-	21, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	23, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	27, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
-	35, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	53, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	25, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
-	25, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
-	26, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	26, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	29, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
-	30, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
-	31, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
-	32, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
+	22, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	24, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	28, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	36, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	54, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	26, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	26, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	27, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	27, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	30, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
+	31, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
+	32, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
+	33, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
 	7,  // 22: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
-	28, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
-	28, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
-	23, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
-	33, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
-	34, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	62, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	62, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	62, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	62, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	62, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	62, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	38, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	62, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	62, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	62, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	29, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
+	29, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
+	24, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
+	34, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
+	35, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
+	64, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	64, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	64, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	64, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	64, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	64, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	39, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
+	64, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	64, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	64, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
-	37, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
-	39, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
-	40, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
-	36, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	62, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	53, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	46, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
+	38, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
+	40, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
+	41, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
+	37, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
+	64, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	54, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	47, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
 	3,  // 46: trellis.mesh.v1.InboundPolicy.mtls_mode:type_name -> trellis.mesh.v1.MtlsMode
-	60, // 47: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
-	18, // 48: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	24, // 49: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	12, // 50: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	41, // 51: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	43, // 52: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	43, // 53: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	42, // 54: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	45, // 55: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
-	2,  // 56: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
-	47, // 57: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
-	2,  // 58: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
-	48, // 59: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
-	49, // 60: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
-	50, // 61: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
-	51, // 62: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
-	52, // 63: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
-	8,  // 64: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
-	54, // 65: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	9,  // 66: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
-	55, // 67: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
-	62, // 68: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
-	54, // 69: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	57, // 70: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
-	54, // 71: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	59, // 72: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
-	62, // 73: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
-	62, // 74: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
-	10, // 75: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	13, // 76: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	15, // 77: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	17, // 78: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	56, // 79: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
-	11, // 80: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	14, // 81: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	16, // 82: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	44, // 83: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	58, // 84: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
-	80, // [80:85] is the sub-list for method output_type
-	75, // [75:80] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	61, // 47: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
+	19, // 48: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	25, // 49: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	13, // 50: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	42, // 51: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	62, // 52: trellis.mesh.v1.Service.health_check:type_name -> trellis.mesh.v1.HealthCheck
+	44, // 53: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	44, // 54: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	43, // 55: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	46, // 56: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	2,  // 57: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
+	48, // 58: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
+	2,  // 59: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
+	49, // 60: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
+	50, // 61: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
+	51, // 62: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
+	52, // 63: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
+	53, // 64: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
+	8,  // 65: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
+	55, // 66: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	9,  // 67: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
+	56, // 68: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
+	64, // 69: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
+	55, // 70: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	58, // 71: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
+	55, // 72: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	60, // 73: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
+	64, // 74: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
+	64, // 75: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
+	10, // 76: trellis.mesh.v1.HealthCheck.type:type_name -> trellis.mesh.v1.HealthCheck.Type
+	64, // 77: trellis.mesh.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	64, // 78: trellis.mesh.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	11, // 79: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	14, // 80: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	16, // 81: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	18, // 82: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	57, // 83: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
+	12, // 84: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	15, // 85: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	17, // 86: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	45, // 87: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	59, // 88: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
+	84, // [84:89] is the sub-list for method output_type
+	79, // [79:84] is the sub-list for method input_type
+	79, // [79:79] is the sub-list for extension type_name
+	79, // [79:79] is the sub-list for extension extendee
+	0,  // [0:79] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -4862,8 +5074,8 @@ func file_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      10,
-			NumMessages:   52,
+			NumEnums:      11,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
