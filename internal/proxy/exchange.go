@@ -240,6 +240,9 @@ type Response struct {
 //	CL   concurrency limited: the inbound proxy's adaptive concurrency
 //	     limit (ConcurrencyPolicy) shed the request          503
 //	     (gRPC: 200 with grpc-status 14 UNAVAILABLE)
+//	EG   egress refused: the host is neither a mesh service nor an
+//	     ExternalService and the mesh's outbound traffic policy is
+//	     REGISTRY_ONLY                        502 (CONNECT: 403)
 type Flags uint32
 
 // The response flags; see Flags.
@@ -261,10 +264,11 @@ const (
 	FlagAZ
 	FlagRL
 	FlagCL
+	FlagEG
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "AZ", "RL", "CL"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "AZ", "RL", "CL", "EG"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.
