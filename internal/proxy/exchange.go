@@ -209,8 +209,9 @@ type Response struct {
 //
 //	DPE  downstream protocol error: malformed Host/:authority, CONNECT
 //	     without a port, malformed X-Trellis-Port           400
-//	NC   no cluster: the host is not a mesh service name, or no snapshot
-//	     names the service (also after waiting for a subscription) 503
+//	NC   no cluster: no snapshot names the service the host names (also
+//	     after waiting for a subscription); a host outside the registry is
+//	     the egress policy's (EG, or passed through)              503
 //	NR   no route: an HTTPRoute is attached and no rule matches (outbound),
 //	     or the port is not declared by this proxy's service (inbound) 404
 //	UH   no healthy upstream: the backend has no endpoint      503
