@@ -326,3 +326,122 @@ func writePEM(t *testing.T, dir, name, typ string, der []byte) string {
 	}
 	return path
 }
+
+// TestExternalServiceDNSAndTunnel: under REGISTRY_ONLY, an ExternalService
+// resolved by DNS whose host is the outside server's IP is reached both by
+// CONNECT to its tcp port (tunnelled straight to the host the request
+// named, counted as a tunnel to the service) and by HTTP on its http port;
+// a CONNECT to its http port is refused as for a mesh service.
+func TestExternalServiceDNSAndTunnel(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	echo := startEchoOutside(t)
+	ip, echoPort, _ := net.SplitHostPort(echo)
+	web := startInternet(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "web %s", r.Host) }))
+	_, webPort, _ := net.SplitHostPort(web)
+	tcpPort, httpPort := mustPort(t, echoPort), mustPort(t, webPort)
+	svc := &meshv1.Service{
+		Name: "outside", Namespace: "default",
+		Ports:    []*meshv1.Port{{Name: "tcp", Port: tcpPort, Protocol: meshv1.Protocol_TCP}, {Name: "http", Port: httpPort, Protocol: meshv1.Protocol_HTTP}},
+		External: &meshv1.External{Resolution: meshv1.External_DNS, Hosts: []string{ip}},
+	}
+	hosts := []*meshv1.ExternalHost{{Host: ip, Service: "outside", Namespace: "default"}}
+	c := startClient(t, ca, Options{})
+	update(t, c, egressSnapshot(meshv1.OutboundTrafficPolicy_REGISTRY_ONLY, hosts, svc))
+
+	conn, br, resp := connect(t, c, echo)
+	if resp.StatusCode != 200 {
+		t.Fatalf("CONNECT to the external tcp port: %d", resp.StatusCode)
+	}
+	echoRoundTrip(t, conn, br)
+	conn.Close()
+	assertMetric(t, c, `trellis_tcp_connections_opened_total{reporter="source",destination_service="outside",destination_namespace="default"} 1`)
+
+	resp, body := get(t, proxyClient(c), "http://"+web+"/", nil)
+	if resp.StatusCode != 200 || body != "web "+web {
+		t.Fatalf("HTTP to the external http port: %d %q", resp.StatusCode, body)
+	}
+	if _, _, resp = connect(t, c, web); resp.StatusCode != http.StatusForbidden || resp.Header.Get("X-Trellis-Error") != "NR" {
+		t.Fatalf("CONNECT to the external http port: %d %s, want 403 NR", resp.StatusCode, resp.Header.Get("X-Trellis-Error"))
+	}
+	assertMetric(t, c, `trellis_proxy_egress_requests_total{decision="refused",policy="registry_only",protocol="tcp"} 0`)
+}
+
+func mustPort(t *testing.T, s string) uint32 {
+	t.Helper()
+	p, ok := parsePort(s)
+	if !ok {
+		t.Fatalf("port %q", s)
+	}
+	return p
+}
+
+// TestEgressSnapshotRefused: a malformed outbound traffic policy or
+// external part is refused (NACK) naming the field, the last good config
+// kept.
+func TestEgressSnapshotRefused(t *testing.T) {
+	ca := newTestCA(t, "trellis.local")
+	c := startClient(t, ca, Options{})
+	update(t, c, egressSnapshot(meshv1.OutboundTrafficPolicy_REGISTRY_ONLY, nil))
+	good := c.cfg.Load()
+	ext := func(mod func(*meshv1.Service)) *meshv1.Service {
+		s := externalSvc("203.0.113.1")
+		mod(s)
+		return s
+	}
+	for _, tc := range []struct {
+		name string
+		snap *meshv1.Snapshot
+		want string
+	}{
+		{"mode", egressSnapshot(7, nil), "outbound_traffic_policy.mode: unknown mode 7"},
+		{"namespace", &meshv1.Snapshot{OutboundTrafficPolicy: &meshv1.OutboundTrafficPolicy{Namespaces: []string{"Shop"}}}, `outbound_traffic_policy.namespaces[0]: "Shop" is not a DNS label`},
+		{"host", egressSnapshot(0, []*meshv1.ExternalHost{{Host: "a b", Service: "x", Namespace: "default"}}), `outbound_traffic_policy.external_hosts[0].host: "a b"`},
+		{"host twice", egressSnapshot(0, append(paymentsHost, paymentsHost...)), `external_hosts[1].host: "api.payments.test" is listed twice`},
+		{"no hosts", egressSnapshot(0, nil, ext(func(s *meshv1.Service) { s.External.Hosts = nil })), "services[0].external.hosts: an external service needs at least one host"},
+		{"identity", egressSnapshot(0, nil, ext(func(s *meshv1.Service) { s.Endpoints[0].Identity = spiffeFor("x") })), "services[0].endpoints[0].identity: an external endpoint has no mesh identity"},
+		{"address", egressSnapshot(0, nil, ext(func(s *meshv1.Service) { s.Endpoints[0].Address = "a:b:c]" })), `services[0].endpoints[0].address: "a:b:c]"`},
+		{"dns with endpoints", egressSnapshot(0, nil, ext(func(s *meshv1.Service) { s.External.Resolution = meshv1.External_DNS })), "services[0].endpoints: a DNS-resolved external service lists no endpoints"},
+		{"tls mode", egressSnapshot(0, nil, ext(func(s *meshv1.Service) { s.External.Tls = &meshv1.TLSOrigination{Mode: 9} })), "services[0].external.tls.mode: unknown mode 9"},
+		{"client key", egressSnapshot(0, nil, ext(func(s *meshv1.Service) {
+			s.External.Tls = &meshv1.TLSOrigination{Mode: meshv1.TLSOrigination_MUTUAL, ClientCertificate: "/nonexistent/c.pem", PrivateKey: "/nonexistent/k.pem"}
+		})), "services[0].external.tls.client_certificate: open /nonexistent/c.pem"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := c.Update(tc.snap)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Update: %v, want %q", err, tc.want)
+			}
+			if c.cfg.Load() != good {
+				t.Fatal("a refused snapshot replaced the last good one")
+			}
+		})
+	}
+}
+
+// FuzzEgressAddress: the proxy's endpoint address and host checks never
+// panic; an endpoint split succeeds on what it joins; dialAddr keeps a
+// fixed address's own port and otherwise takes the authority's.
+func FuzzEgressAddress(f *testing.F) {
+	for _, s := range []string{"10.0.0.1", "10.0.0.1:80", "[::1]", "[::1]:443", "::1", "a.example", "a.example:8443", "a:b", "[", "]:1", ""} {
+		f.Add(s, "api.example:443")
+	}
+	f.Fuzz(func(t *testing.T, fixed, authority string) {
+		_ = validExternalHost(fixed)
+		h, p, ok := splitEndpoint(fixed)
+		if !ok {
+			return
+		}
+		if h == "" {
+			t.Fatalf("splitEndpoint(%q) accepted an empty host", fixed)
+		}
+		got := dialAddr(fixed, authority)
+		if p != "" && got != fixed {
+			t.Fatalf("dialAddr(%q, %q) = %q: a fixed port must win", fixed, authority, got)
+		}
+		if _, ap, err := net.SplitHostPort(authority); err == nil && p == "" {
+			if _, gp, err := net.SplitHostPort(got); err != nil || gp != ap {
+				t.Fatalf("dialAddr(%q, %q) = %q: want the authority's port %q", fixed, authority, got, ap)
+			}
+		}
+	})
+}
