@@ -261,6 +261,7 @@ func (c *Compiler) Snapshot(ctx context.Context, n Node) (*meshv1.Snapshot, erro
 		snap.Services = append(snap.Services, cs.svc)
 	}
 	idx.contributeProxy(snap, own, h)
+	idx.contributeEgress(snap, h)
 	snap.Version = hex.EncodeToString(h.Sum(nil)[:12])
 	return snap, nil
 }

@@ -66,6 +66,8 @@ type index struct {
 	routeAttached map[config.Ref][]config.RouteAttacher
 	// scoped configure proxies by their own service (Telemetry).
 	scoped []config.ProxyScoped
+	// egress: the namespaces and external hosts every snapshot carries.
+	egress egressIndex
 }
 
 // buildIndex sorts the state's resources by the hooks their kinds implement.
@@ -112,6 +114,7 @@ func buildIndex(st *view.State, log *slog.Logger, defaultAuthz meshv1.AuthzActio
 	for _, eps := range idx.endpoints {
 		sort.Slice(eps, func(i, j int) bool { return eps[i].Id < eps[j].Id })
 	}
+	idx.egress = buildEgress(st, idx.declared)
 	return idx
 }
 
@@ -210,9 +213,13 @@ func (idx *index) service(k svcKey) *compiled {
 	svc := idx.base(k)
 	sel := idx.selector(k)
 	accounts, nsPath := idx.accounts(k), "ns/"+k.ns+"/sa/"
-	for _, ep := range idx.endpoints[k.ns] {
-		if ep.Healthy && matches(sel, ep.Labels) && runsAs(ep.Identity, nsPath, accounts) {
-			svc.Endpoints = append(svc.Endpoints, ep)
+	if eps, ok := idx.externalEndpoints(k); ok {
+		svc.Endpoints = eps
+	} else {
+		for _, ep := range idx.endpoints[k.ns] {
+			if ep.Healthy && matches(sel, ep.Labels) && runsAs(ep.Identity, nsPath, accounts) {
+				svc.Endpoints = append(svc.Endpoints, ep)
+			}
 		}
 	}
 	b := config.NewServiceBuild(svc)

@@ -285,8 +285,8 @@ func (p *BackendPolicy) validateTargets(fe *fieldErrors) {
 		if t.Group != "" && t.Group != trellisGroup {
 			fe.addf(path+".group", "must be \"\" (core) or %s, got %q", trellisGroup, t.Group)
 		}
-		if t.Kind != "Service" {
-			fe.addf(path+".kind", "must be Service, got %q: a BackendPolicy applies to Services", t.Kind)
+		if !serviceLikeKind(t.Kind) {
+			fe.addf(path+".kind", "must be Service or ExternalService, got %q: a BackendPolicy applies to Services", t.Kind)
 		}
 		if prob := dnsLabelProblem(t.Name); prob != "" {
 			fe.add(path+".name", prob)

@@ -28,7 +28,7 @@ func TestBackendPolicyValidation(t *testing.T) {
   circuitBreaker: {maxConnections: 10, maxPendingRequests: 5, maxRequests: 100},
   outlierDetection: {consecutive5xx: 3, consecutiveGatewayErrors: 2, baseEjectionTime: 10s, maxEjectionTime: 1m, maxEjectionPercent: 50}`), nil},
 		{"no targets", policy("p", "{}"), []string{at + "spec.targetRefs: at least one targetRef is required"}},
-		{"target kind", policy("p", "{targetRefs: [{kind: Gateway, name: x}]}"), []string{at + `spec.targetRefs[0].kind: must be Service, got "Gateway"`}},
+		{"target kind", policy("p", "{targetRefs: [{kind: Gateway, name: x}]}"), []string{at + `spec.targetRefs[0].kind: must be Service or ExternalService, got "Gateway"`}},
 		{"target group", policy("p", "{targetRefs: [{group: apps, kind: Service, name: x}]}"), []string{at + `spec.targetRefs[0].group: must be "" (core) or trellis.dev, got "apps"`}},
 		{"target twice", policy("p", "{targetRefs: [{name: x}, {name: x}]}"), []string{at + "spec.targetRefs[1].name: Service x is already targeted by spec.targetRefs[0]"}},
 		{"unknown field", p("retry: {attempt: 3}"), []string{"spec.retry.attempt: unknown field"}},

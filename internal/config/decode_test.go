@@ -178,9 +178,9 @@ func TestDecodeStrict(t *testing.T) {
 		{"port entry not an object", svcHead + "spec: {ports: [80]}\n",
 			[]string{"spec.ports: must be an object, got number"}},
 		{"missing kind", "apiVersion: trellis.dev/v1alpha1\nmetadata: {name: a}\n",
-			[]string{"document 1", "kind: required: one of AuthorizationPolicy (trellis.dev/v1alpha1), BackendPolicy (trellis.dev/v1alpha1), ConcurrencyPolicy (trellis.dev/v1alpha1), FaultInjection (trellis.dev/v1alpha1), GRPCRoute (gateway.networking.k8s.io/v1), HTTPRoute (gateway.networking.k8s.io/v1), RateLimitPolicy (trellis.dev/v1alpha1), Service (trellis.dev/v1alpha1)"}},
+			[]string{"document 1", "kind: required: one of AuthorizationPolicy (trellis.dev/v1alpha1), BackendPolicy (trellis.dev/v1alpha1), ConcurrencyPolicy (trellis.dev/v1alpha1), ExternalService (trellis.dev/v1alpha1), FaultInjection (trellis.dev/v1alpha1), GRPCRoute (gateway.networking.k8s.io/v1), HTTPRoute (gateway.networking.k8s.io/v1), MeshConfig (trellis.dev/v1alpha1), RateLimitPolicy (trellis.dev/v1alpha1), Service (trellis.dev/v1alpha1)"}},
 		{"unknown kind lists known kinds", "apiVersion: v1\nkind: Deployment\nmetadata: {name: a}\n",
-			[]string{`(Deployment default/a): kind: unknown kind "Deployment": known kinds are AuthorizationPolicy (trellis.dev/v1alpha1), BackendPolicy (trellis.dev/v1alpha1), ConcurrencyPolicy (trellis.dev/v1alpha1), FaultInjection (trellis.dev/v1alpha1), GRPCRoute (gateway.networking.k8s.io/v1), HTTPRoute (gateway.networking.k8s.io/v1), RateLimitPolicy (trellis.dev/v1alpha1), Service (trellis.dev/v1alpha1)`}},
+			[]string{`(Deployment default/a): kind: unknown kind "Deployment": known kinds are AuthorizationPolicy (trellis.dev/v1alpha1), BackendPolicy (trellis.dev/v1alpha1), ConcurrencyPolicy (trellis.dev/v1alpha1), ExternalService (trellis.dev/v1alpha1), FaultInjection (trellis.dev/v1alpha1), GRPCRoute (gateway.networking.k8s.io/v1), HTTPRoute (gateway.networking.k8s.io/v1), MeshConfig (trellis.dev/v1alpha1), RateLimitPolicy (trellis.dev/v1alpha1), Service (trellis.dev/v1alpha1)`}},
 		{"wrong apiVersion", "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: HTTPRoute\nmetadata: {name: a}\n",
 			[]string{`apiVersion: HTTPRoute is served as apiVersion gateway.networking.k8s.io/v1, not "gateway.networking.k8s.io/v1beta1"`}},
 		{"missing apiVersion", "kind: Service\nmetadata: {name: a}\n",
@@ -332,7 +332,7 @@ func TestDecodeStoredErrors(t *testing.T) {
 		data       []byte
 		want       string
 	}{
-		{"unknown kind", "Gateway", b, `unknown kind "Gateway": known kinds are AuthorizationPolicy (trellis.dev/v1alpha1), BackendPolicy (trellis.dev/v1alpha1), ConcurrencyPolicy (trellis.dev/v1alpha1), FaultInjection`},
+		{"unknown kind", "Gateway", b, `unknown kind "Gateway": known kinds are AuthorizationPolicy (trellis.dev/v1alpha1), BackendPolicy (trellis.dev/v1alpha1), ConcurrencyPolicy (trellis.dev/v1alpha1), ExternalService (trellis.dev/v1alpha1), FaultInjection`},
 		{"kind mismatch", "HTTPRoute", b, "stored object is a Service, expected HTTPRoute"},
 		{"garbage", "Service", []byte("not json"), "must be an object"},
 		{"unknown field", "Service", bytes.Replace(b, []byte(`"spec":{`), []byte(`"spec":{"x":1,`), 1), "spec.x: unknown field"},
@@ -440,7 +440,7 @@ func TestStoreKey(t *testing.T) {
 }
 
 func TestKinds(t *testing.T) {
-	if got := Kinds(); !reflect.DeepEqual(got, []string{"AuthorizationPolicy", "BackendPolicy", "ConcurrencyPolicy", "FaultInjection", "GRPCRoute", "HTTPRoute", "RateLimitPolicy", "Service", "Telemetry"}) {
+	if got := Kinds(); !reflect.DeepEqual(got, []string{"AuthorizationPolicy", "BackendPolicy", "ConcurrencyPolicy", "ExternalService", "FaultInjection", "GRPCRoute", "HTTPRoute", "MeshConfig", "RateLimitPolicy", "Service", "Telemetry"}) {
 		t.Fatalf("Kinds() = %v", got)
 	}
 	for _, k := range kindTable() {

@@ -115,7 +115,7 @@ func defaultParentRefs(refs []gwapiv1.ParentReference, ns gwapiv1.Namespace) {
 		p := &refs[i]
 		// Upstream, an omitted kind means Gateway, which Validate refuses;
 		// only a Service parent gets its group and namespace filled in.
-		if p.Kind == nil || *p.Kind != "Service" {
+		if p.Kind == nil || !serviceLikeKind(string(*p.Kind)) {
 			continue
 		}
 		if p.Group == nil {
@@ -216,15 +216,15 @@ func validateParentRefs(fe *fieldErrors, refs []gwapiv1.ParentReference, routeNS
 			fe.add(path+".kind", "required: when omitted it means Gateway, and Gateway parents are not supported: Trellis routes are mesh (GAMMA) routes; use kind: Service")
 		case kind == "Gateway" || kind == "ListenerSet":
 			fe.add(path+".kind", "Gateway parents are not supported: Trellis routes are mesh (GAMMA) routes; use kind: Service")
-		case kind != "Service":
-			fe.addf(path+".kind", "kind %q is not supported: parentRefs must name a Service (kind: Service)", kind)
+		case !serviceLikeKind(kind):
+			fe.addf(path+".kind", "kind %q is not supported: parentRefs must name a Service (kind: Service) or an ExternalService", kind)
 		}
 		group := ""
 		if p.Group != nil {
 			group = string(*p.Group)
 		}
-		if kind == "Service" && group != "" && group != trellisGroup {
-			fe.addf(path+".group", "group %q is not supported for kind Service: use \"\" (or %q)", group, trellisGroup)
+		if serviceLikeKind(kind) && group != "" && group != trellisGroup {
+			fe.addf(path+".group", "group %q is not supported for kind %s: use \"\" (or %q)", group, kind, trellisGroup)
 		}
 		if prob := dnsLabelProblem(string(p.Name)); prob != "" {
 			fe.add(path+".name", prob)
@@ -406,8 +406,8 @@ func validateBackendRef(fe *fieldErrors, path string, b *gwapiv1.HTTPBackendRef)
 	if b.Kind != nil {
 		kind = string(*b.Kind)
 	}
-	if kind != "Service" {
-		fe.addf(path+".kind", "kind %q is not supported: backendRefs must name a Service", kind)
+	if !serviceLikeKind(kind) {
+		fe.addf(path+".kind", "kind %q is not supported: backendRefs must name a Service or an ExternalService", kind)
 	}
 	if b.Group != nil && *b.Group != "" && *b.Group != trellisGroup {
 		fe.addf(path+".group", "group %q is not supported: use \"\" (or %q)", *b.Group, trellisGroup)
@@ -452,3 +452,8 @@ func httpMethods() []gwapiv1.HTTPMethod {
 		gwapiv1.HTTPMethodOptions, gwapiv1.HTTPMethodTrace, gwapiv1.HTTPMethodPatch,
 	}
 }
+
+// serviceLikeKind reports whether kind names something that compiles to a
+// mesh service a route can attach to or send to: a Service, or an
+// ExternalService (which shares the Services' name space).
+func serviceLikeKind(kind string) bool { return kind == "Service" || kind == externalServiceKind }

@@ -19,6 +19,8 @@ func TestPolicyFieldsDocumented(t *testing.T) {
 		"RateLimitPolicy":     reflect.TypeFor[RateLimitPolicySpec](),
 		"ConcurrencyPolicy":   reflect.TypeFor[ConcurrencyPolicySpec](),
 		"Telemetry":           reflect.TypeFor[TelemetrySpec](),
+		"ExternalService":     reflect.TypeFor[ExternalServiceSpec](),
+		"MeshConfig":          reflect.TypeFor[MeshConfigSpec](),
 	} {
 		t.Run(kind, func(t *testing.T) { assertFieldsDocumented(t, docSection(t, kind), kind, spec) })
 	}

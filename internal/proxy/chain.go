@@ -47,7 +47,13 @@ func (p *Proxy) telemetrySlot() Filter {
 // outboundChain serves the app's HTTP requests, on the outbound proxy port
 // and the per-upstream ports:
 //
-//	telemetry ▸ observe ▸ resolve service ▸ match route ▸ (the route's chain)
+//	telemetry ▸ observe ▸ resolve service ▸ egress policy ▸ match route
+//	▸ (the route's chain)
+//
+// The egress policy (egress.go) takes what resolve found outside the
+// registry — neither a mesh service nor an ExternalService — and passes it
+// through directly (ALLOW_ANY) or refuses it (REGISTRY_ONLY); an
+// ExternalService goes on through its routes like any service.
 //
 // observe (observe_filter.go) starts the hop's client span and writes the
 // access log line; it comes right after telemetry so it, too, sees every
@@ -59,6 +65,7 @@ func (p *Proxy) outboundChain() Handler {
 		p.telemetrySlot(),
 		p.observeFilter(false),
 		p.resolveFilter,
+		p.egressFilter,
 	)
 }
 
@@ -131,12 +138,17 @@ func (p *Proxy) inboundChain() Handler {
 // tunnelChain serves CONNECT on the outbound port and opaque TCP on the
 // per-upstream ports:
 //
-//	telemetry ▸ resolve service ▸ tcp port only ▸ [authorization] ▸ tunnel
+//	telemetry ▸ resolve service ▸ tcp port only ▸ egress policy ▸ tunnel
+//
+// The egress policy tunnels a host outside the registry directly
+// (ALLOW_ANY) or refuses it with 403 (REGISTRY_ONLY), and an
+// ExternalService's tcp/https port straight to its endpoint; a mesh
+// service's goes on to the mTLS tunnel to its peer.
 func (p *Proxy) tunnelChain() Handler {
 	return chain(p.tunnelUpstream(),
 		p.telemetrySlot(),
 		p.resolveFilter,
 		p.tunnelPortFilter,
-		// [authorization] security: egress policy for the destination.
+		p.egressFilter,
 	)
 }

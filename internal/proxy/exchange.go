@@ -220,8 +220,9 @@ type Response struct {
 //
 //	DPE  downstream protocol error: malformed Host/:authority, CONNECT
 //	     without a port, malformed X-Trellis-Port           400
-//	NC   no cluster: the host is not a mesh service name, or no snapshot
-//	     names the service (also after waiting for a subscription) 503
+//	NC   no cluster: no snapshot names the service the host names (also
+//	     after waiting for a subscription); a host outside the registry is
+//	     the egress policy's (EG, or passed through)              503
 //	NR   no route: an HTTPRoute is attached and no rule matches (outbound),
 //	     or the port is not declared by this proxy's service (inbound) 404
 //	UH   no healthy upstream: the backend has no endpoint      503
@@ -251,6 +252,9 @@ type Response struct {
 //	CL   concurrency limited: the inbound proxy's adaptive concurrency
 //	     limit (ConcurrencyPolicy) shed the request          503
 //	     (gRPC: 200 with grpc-status 14 UNAVAILABLE)
+//	EG   egress refused: the host is neither a mesh service nor an
+//	     ExternalService and the mesh's outbound traffic policy is
+//	     REGISTRY_ONLY                        502 (CONNECT: 403)
 type Flags uint32
 
 // The response flags; see Flags.
@@ -272,10 +276,11 @@ const (
 	FlagAZ
 	FlagRL
 	FlagCL
+	FlagEG
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "AZ", "RL", "CL"}
+var flagNames = [numFlags]string{"DPE", "NC", "NR", "UH", "UF", "UR", "UT", "DC", "NI", "LA", "SD", "UO", "FI", "DI", "AZ", "RL", "CL", "EG"}
 
 // String is the response_flags label value: "-", one flag, or several
 // joined by commas as Envoy does.

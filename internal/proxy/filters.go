@@ -58,6 +58,11 @@ func (p *Proxy) resolveFilter(next Handler) Handler {
 		// resolve waits only for a new snapshot: with one since the
 		// request began, it may have waited.
 		ex.waited = ex.waited || ex.cfg != p.cfg.Load()
+		if svc == nil && f == 0 {
+			// Outside the registry: the egress policy decides.
+			ex.host, ex.hostPort = host, port
+			return next.Serve(ex)
+		}
 		if svc == nil {
 			code := http.StatusServiceUnavailable
 			if f == FlagDC {
@@ -78,17 +83,22 @@ func (p *Proxy) resolveFilter(next Handler) Handler {
 // client that went away before its response, as nginx does.
 const statusClientClosed = 499
 
-// resolve returns the service host names, or nil with the flag and reason.
+// resolve returns the service host names, or nil with the flag and reason;
+// nil and no flag for a host outside the registry: neither of the mesh's
+// form (egressConfig.meshForm) nor an ExternalService's host.
 func (p *Proxy) resolve(ctx context.Context, host string) (*service, Flags, string) {
 	c := p.cfg.Load()
 	if svc := c.byHost[host]; svc != nil {
 		return svc, 0, ""
 	}
-	name, ns, ok := meshname.ParseHost(host, p.opts.Namespace, c.domain)
-	if !ok {
-		return nil, FlagNC, host + " is not a mesh service name (use name, name.namespace or name.namespace.svc." + c.domain + ")"
+	key, external := c.egress.external[host]
+	if !external {
+		name, ns, ok := meshname.ParseHost(host, p.opts.Namespace, c.domain)
+		if !ok || !c.egress.meshForm(host, ns, p.opts.Namespace) {
+			return nil, 0, ""
+		}
+		key = name + "." + ns
 	}
-	key := name + "." + ns
 	if svc := c.byKey[key]; svc != nil {
 		return svc, 0, ""
 	}

@@ -166,10 +166,15 @@ func TestEveryRequestCountedWithFlag(t *testing.T) {
 			c := e.client(Options{Upstreams: map[string]string{"orders": "127.0.0.1:0"}}, e.orders.svc)
 			return result{c, rawRequest(e.t, c.UpstreamAddr("orders"), "CONNECT orders:80 HTTP/1.1\r\nHost: orders:80\r\n\r\n").StatusCode}
 		}, "outbound,unknown,405,DPE", 405},
-		{"not a mesh name", func(e *flagEnv) result {
-			c := e.client(Options{}, e.orders.svc)
+		{"outside the registry, REGISTRY_ONLY", func(e *flagEnv) result {
+			c := startClient(e.t, e.ca, Options{})
+			s := snapshot("1", e.orders.svc)
+			s.OutboundTrafficPolicy = &meshv1.OutboundTrafficPolicy{Mode: meshv1.OutboundTrafficPolicy_REGISTRY_ONLY}
+			if err := c.Update(s); err != nil {
+				e.t.Fatal(err)
+			}
 			return result{c, statusOf(e.t, c, "http://www.example.com/")}
-		}, "outbound,unknown,503,NC", 503},
+		}, "outbound,unknown,502,EG", 502},
 		{"unknown service, subscribe wait timed out", func(e *flagEnv) result {
 			c := e.client(Options{Subscribe: func(string) {}}, e.orders.svc)
 			return result{c, statusOf(e.t, c, "http://nosuch/")}

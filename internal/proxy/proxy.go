@@ -140,6 +140,7 @@ type Proxy struct {
 	endpoints map[endpointKey]*lb.Endpoint
 	peers     map[string]*peer
 	resil     resilienceState
+	egress    *egressState // egress.go: pass-through and external pools
 	conc      concurrencyState
 	timers    sync.Pool // *exTimer, the route timeouts'
 	exchanges exchangePool
@@ -272,6 +273,7 @@ func New(o Options) (*Proxy, error) {
 		}
 	}
 	p.metrics = m
+	p.egress = newEgressState(m.Egress)
 	if err := p.startObserving(); err != nil {
 		return nil, err
 	}
@@ -427,6 +429,7 @@ func (p *Proxy) forget(c *compiled) {
 		}
 	}
 	p.resil.forget(c)
+	p.egress.forget(livePeers)
 	p.rateLimits.Keep(c.rateLimits)
 }
 

@@ -52,6 +52,8 @@ type compiled struct {
 	// accessLog: this snapshot's requests are access-logged (the proxy's
 	// AccessLogs mode, else the snapshot's telemetry).
 	accessLog bool
+	// egress is the outbound traffic policy (egress.go).
+	egress egressConfig
 }
 
 type inboundConfig struct {
@@ -116,6 +118,8 @@ type service struct {
 	// outlier detection).
 	res   *serviceResilience
 	hosts []*resilience.Host
+	// ext is set for an ExternalService (egress_upstream.go).
+	ext *externalService
 }
 
 // port returns the declared port p, or an HTTP port spec for undeclared ones.
@@ -371,6 +375,9 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.egress, err = compileEgress(s.GetOutboundTrafficPolicy()); err != nil {
+		return nil, err
+	}
 	// Pass 1: services, ports and endpoints, so routes can refer to any.
 	byName := map[string]int{}
 	policies := make([]lb.Config, len(s.GetServices()))
@@ -421,13 +428,13 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		name, ns := ps.GetName(), ps.GetNamespace()
 		svc := c.byKey[name+"."+ns]
 		svc.metrics = env.metrics(telemetry.Outbound, svc.key)
-		for _, e := range ps.GetEndpoints() {
+		for _, e := range svc.endpoints(ps) {
 			if !e.GetHealthy() {
 				continue
 			}
 			ep := env.endpoint(svc.key, e.GetAddress())
 			svc.eps = append(svc.eps, ep)
-			svc.peers = append(svc.peers, env.peer(e.GetAddress(), e.GetIdentity()))
+			svc.peers = append(svc.peers, env.peerFor(svc, e))
 			if svc.res.detector != nil {
 				svc.hosts = append(svc.hosts, hostFor(env, svc.key, ep))
 			}
@@ -456,6 +463,7 @@ func compile(s *meshv1.Snapshot, env compileEnv) (*compiled, error) {
 		if ns == env.ownNS || (byName[name] == 1 && c.byKey[name+"."+env.ownNS] == nil) {
 			c.byHost[name] = svc
 		}
+		svc.indexExternalHosts(c.byHost)
 	}
 	// A global limit's safe share divides by the replicas of this proxy's
 	// own service, as the snapshot has them (endpoints are set above).
@@ -550,7 +558,16 @@ func compileService(f string, ps *meshv1.Service, env compileEnv) (*service, lb.
 			}
 		}
 	}
+	if ps.GetExternal() != nil {
+		// An external service's endpoints are checked as such.
+		if svc.ext, err = compileExternal(f, ps); err != nil {
+			return nil, none, err
+		}
+	}
 	for j, e := range ps.GetEndpoints() {
+		if svc.ext != nil {
+			break
+		}
 		ef := fmt.Sprintf("%s.endpoints[%d]", f, j)
 		if _, _, err := net.SplitHostPort(e.GetAddress()); err != nil || e.GetAddress() == "" {
 			return nil, none, invalid("%s.address: %q is not host:port", ef, e.GetAddress())

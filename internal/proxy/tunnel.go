@@ -142,6 +142,9 @@ func (p *Proxy) tunnelUpstream() Handler {
 // route chain and the receiving proxy's HTTP hygiene.
 func (p *Proxy) tunnelPortFilter(next Handler) Handler {
 	return HandlerFunc(func(ex *Exchange) *Response {
+		if ex.Service == nil {
+			return next.Serve(ex) // outside the registry: the egress policy's
+		}
 		if ex.Service.port(ex.Port).proto != meshv1.Protocol_TCP {
 			p.refusals.Refused(telemetry.RefusedTunnelPort)
 			return ex.fail(http.StatusForbidden, FlagNR, "CONNECT tunnels only to ports declared tcp; port "+

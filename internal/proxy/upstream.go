@@ -21,6 +21,9 @@ import (
 // naming the service port in X-Trellis-Port.
 func (p *Proxy) peerUpstream() Handler {
 	return HandlerFunc(func(ex *Exchange) *Response {
+		if ex.Backend.svc.ext != nil {
+			return p.egressUpstream(ex) // not a peer proxy: the outside
+		}
 		port := ex.Backend.port
 		if port == 0 {
 			port = ex.Port

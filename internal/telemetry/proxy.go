@@ -111,6 +111,8 @@ type ProxyMetrics struct {
 	conc      concurrencyVecs
 	// Health records the local app's health checks (health.go).
 	Health *HealthMetrics
+	// Egress counts the outbound traffic policy's decisions (egress.go).
+	Egress *EgressMetrics
 
 	mu      sync.Mutex
 	series  map[SeriesLabels]*Series
@@ -168,7 +170,8 @@ func NewProxyMetrics(reg prometheus.Registerer, opts ...ProxyMetricsOptions) (*P
 	}
 	m.ref = newRefusalVecs()
 	m.conc = newConcurrencyVecs()
-	cs := []prometheus.Collector{m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.conns, m.authz, m.conc.limit, m.conc.shed}
+	m.Egress = newEgressMetrics()
+	cs := []prometheus.Collector{m.mirrors, m.res.retries, m.res.overflows, m.res.ejections, m.conns, m.authz, m.conc.limit, m.conc.shed, m.Egress.vec}
 	cs = append(cs, m.ref.collectors()...)
 	cs = append(cs, m.tcp.collectors()...)
 	if !m.disabled {

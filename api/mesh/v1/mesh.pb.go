@@ -587,6 +587,157 @@ func (HealthCheck_Type) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{51, 0}
 }
 
+type External_Resolution int32
+
+const (
+	// The endpoints listed are dialled as given.
+	External_STATIC External_Resolution = 0
+	// The proxy dials the host the request named (one of hosts; the first
+	// for a request routed here under another name), resolving it itself.
+	External_DNS External_Resolution = 1
+)
+
+// Enum value maps for External_Resolution.
+var (
+	External_Resolution_name = map[int32]string{
+		0: "STATIC",
+		1: "DNS",
+	}
+	External_Resolution_value = map[string]int32{
+		"STATIC": 0,
+		"DNS":    1,
+	}
+)
+
+func (x External_Resolution) Enum() *External_Resolution {
+	p := new(External_Resolution)
+	*p = x
+	return p
+}
+
+func (x External_Resolution) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (External_Resolution) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[11].Descriptor()
+}
+
+func (External_Resolution) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[11]
+}
+
+func (x External_Resolution) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use External_Resolution.Descriptor instead.
+func (External_Resolution) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{52, 0}
+}
+
+type TLSOrigination_Mode int32
+
+const (
+	TLSOrigination_DISABLE TLSOrigination_Mode = 0
+	// Server-authenticated TLS: the server's certificate is verified
+	// against ca_certificates (the system roots when empty) for sni.
+	TLSOrigination_SIMPLE TLSOrigination_Mode = 1
+	// SIMPLE plus a client certificate.
+	TLSOrigination_MUTUAL TLSOrigination_Mode = 2
+)
+
+// Enum value maps for TLSOrigination_Mode.
+var (
+	TLSOrigination_Mode_name = map[int32]string{
+		0: "DISABLE",
+		1: "SIMPLE",
+		2: "MUTUAL",
+	}
+	TLSOrigination_Mode_value = map[string]int32{
+		"DISABLE": 0,
+		"SIMPLE":  1,
+		"MUTUAL":  2,
+	}
+)
+
+func (x TLSOrigination_Mode) Enum() *TLSOrigination_Mode {
+	p := new(TLSOrigination_Mode)
+	*p = x
+	return p
+}
+
+func (x TLSOrigination_Mode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TLSOrigination_Mode) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[12].Descriptor()
+}
+
+func (TLSOrigination_Mode) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[12]
+}
+
+func (x TLSOrigination_Mode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TLSOrigination_Mode.Descriptor instead.
+func (TLSOrigination_Mode) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{53, 0}
+}
+
+type OutboundTrafficPolicy_Mode int32
+
+const (
+	// Hosts outside the registry are passed through directly (HTTP
+	// forwarded, CONNECT tunnelled), as Istio's ALLOW_ANY.
+	OutboundTrafficPolicy_ALLOW_ANY OutboundTrafficPolicy_Mode = 0
+	// Hosts outside the registry are refused: 502 with flag EG for HTTP,
+	// 403 for CONNECT.
+	OutboundTrafficPolicy_REGISTRY_ONLY OutboundTrafficPolicy_Mode = 1
+)
+
+// Enum value maps for OutboundTrafficPolicy_Mode.
+var (
+	OutboundTrafficPolicy_Mode_name = map[int32]string{
+		0: "ALLOW_ANY",
+		1: "REGISTRY_ONLY",
+	}
+	OutboundTrafficPolicy_Mode_value = map[string]int32{
+		"ALLOW_ANY":     0,
+		"REGISTRY_ONLY": 1,
+	}
+)
+
+func (x OutboundTrafficPolicy_Mode) Enum() *OutboundTrafficPolicy_Mode {
+	p := new(OutboundTrafficPolicy_Mode)
+	*p = x
+	return p
+}
+
+func (x OutboundTrafficPolicy_Mode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OutboundTrafficPolicy_Mode) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[13].Descriptor()
+}
+
+func (OutboundTrafficPolicy_Mode) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[13]
+}
+
+func (x OutboundTrafficPolicy_Mode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OutboundTrafficPolicy_Mode.Descriptor instead.
+func (OutboundTrafficPolicy_Mode) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{54, 0}
+}
+
 type CertifyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Bootstrap token; empty when renewing with a client certificate.
@@ -2991,7 +3142,11 @@ type Service struct {
 	BackendPolicy *BackendPolicy `protobuf:"bytes,6,opt,name=backend_policy,json=backendPolicy,proto3" json:"backend_policy,omitempty"`
 	// How the service's proxies check their local app. Unset: a TCP connect
 	// to the app's port with the default timings (a proxy flag wins).
-	HealthCheck   *HealthCheck `protobuf:"bytes,7,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	HealthCheck *HealthCheck `protobuf:"bytes,7,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	// Set: a service outside the mesh (an ExternalService). Its endpoints
+	// are the external addresses themselves, reached directly (or with TLS
+	// originated by the proxy), not peer proxies over mTLS.
+	External      *External `protobuf:"bytes,8,opt,name=external,proto3" json:"external,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3075,6 +3230,13 @@ func (x *Service) GetHealthCheck() *HealthCheck {
 	return nil
 }
 
+func (x *Service) GetExternal() *External {
+	if x != nil {
+		return x.External
+	}
+	return nil
+}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Changes whenever the snapshot's content changes.
@@ -3096,9 +3258,12 @@ type Snapshot struct {
 	// Policy for the proxy's own inbound traffic.
 	InboundPolicy *InboundPolicy `protobuf:"bytes,9,opt,name=inbound_policy,json=inboundPolicy,proto3" json:"inbound_policy,omitempty"`
 	// Tracing and access logs for the proxy, from Telemetry resources.
-	Telemetry     *Telemetry `protobuf:"bytes,10,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Telemetry *Telemetry `protobuf:"bytes,10,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
+	// What the proxy does with hosts that are neither mesh services nor
+	// external services, and what it needs to tell them apart.
+	OutboundTrafficPolicy *OutboundTrafficPolicy `protobuf:"bytes,11,opt,name=outbound_traffic_policy,json=outboundTrafficPolicy,proto3" json:"outbound_traffic_policy,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -3197,6 +3362,13 @@ func (x *Snapshot) GetInboundPolicy() *InboundPolicy {
 func (x *Snapshot) GetTelemetry() *Telemetry {
 	if x != nil {
 		return x.Telemetry
+	}
+	return nil
+}
+
+func (x *Snapshot) GetOutboundTrafficPolicy() *OutboundTrafficPolicy {
+	if x != nil {
+		return x.OutboundTrafficPolicy
 	}
 	return nil
 }
@@ -4494,6 +4666,280 @@ func (x *HealthCheck) GetUnhealthyThreshold() uint32 {
 	return 0
 }
 
+// External is what a Service compiled from an ExternalService adds: how its
+// endpoints are found, the host names apps call it by, and whether the
+// proxy originates TLS to it.
+type External struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Resolution External_Resolution    `protobuf:"varint,1,opt,name=resolution,proto3,enum=trellis.mesh.v1.External_Resolution" json:"resolution,omitempty"`
+	// DNS names (or IP literals) apps call the service by, lower case.
+	Hosts []string `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Unset or DISABLE: the proxy speaks to the endpoints as the app spoke to it.
+	Tls           *TLSOrigination `protobuf:"bytes,3,opt,name=tls,proto3" json:"tls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *External) Reset() {
+	*x = External{}
+	mi := &file_mesh_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *External) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*External) ProtoMessage() {}
+
+func (x *External) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use External.ProtoReflect.Descriptor instead.
+func (*External) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *External) GetResolution() External_Resolution {
+	if x != nil {
+		return x.Resolution
+	}
+	return External_STATIC
+}
+
+func (x *External) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *External) GetTls() *TLSOrigination {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
+// TLSOrigination: the app speaks plaintext HTTP to its proxy and the proxy
+// speaks TLS to the external endpoint. Files are paths on the proxy's
+// machine; a proxy that cannot load them refuses (NACKs) the snapshot.
+type TLSOrigination struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mode  TLSOrigination_Mode    `protobuf:"varint,1,opt,name=mode,proto3,enum=trellis.mesh.v1.TLSOrigination_Mode" json:"mode,omitempty"`
+	// Server name sent and verified; empty: the request's host.
+	Sni string `protobuf:"bytes,2,opt,name=sni,proto3" json:"sni,omitempty"`
+	// PEM bundle of roots; empty: the system's roots.
+	CaCertificates string `protobuf:"bytes,3,opt,name=ca_certificates,json=caCertificates,proto3" json:"ca_certificates,omitempty"`
+	// PEM client certificate chain and key (MUTUAL only).
+	ClientCertificate string `protobuf:"bytes,4,opt,name=client_certificate,json=clientCertificate,proto3" json:"client_certificate,omitempty"`
+	PrivateKey        string `protobuf:"bytes,5,opt,name=private_key,json=privateKey,proto3" json:"private_key,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *TLSOrigination) Reset() {
+	*x = TLSOrigination{}
+	mi := &file_mesh_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TLSOrigination) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TLSOrigination) ProtoMessage() {}
+
+func (x *TLSOrigination) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TLSOrigination.ProtoReflect.Descriptor instead.
+func (*TLSOrigination) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *TLSOrigination) GetMode() TLSOrigination_Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return TLSOrigination_DISABLE
+}
+
+func (x *TLSOrigination) GetSni() string {
+	if x != nil {
+		return x.Sni
+	}
+	return ""
+}
+
+func (x *TLSOrigination) GetCaCertificates() string {
+	if x != nil {
+		return x.CaCertificates
+	}
+	return ""
+}
+
+func (x *TLSOrigination) GetClientCertificate() string {
+	if x != nil {
+		return x.ClientCertificate
+	}
+	return ""
+}
+
+func (x *TLSOrigination) GetPrivateKey() string {
+	if x != nil {
+		return x.PrivateKey
+	}
+	return ""
+}
+
+// OutboundTrafficPolicy is the mesh's egress setting (MeshConfig) and what
+// a proxy needs to decide whether a host is in the registry at all.
+type OutboundTrafficPolicy struct {
+	state protoimpl.MessageState     `protogen:"open.v1"`
+	Mode  OutboundTrafficPolicy_Mode `protobuf:"varint,1,opt,name=mode,proto3,enum=trellis.mesh.v1.OutboundTrafficPolicy_Mode" json:"mode,omitempty"`
+	// Every namespace the mesh has (resources or endpoints in it), sorted: a
+	// two-label host "a.b" is a mesh name only when b is one of them (or the
+	// proxy's own), so example.com is not service example in namespace com.
+	Namespaces []string `protobuf:"bytes,2,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	// Every ExternalService host and the service it names, sorted by host.
+	ExternalHosts []*ExternalHost `protobuf:"bytes,3,rep,name=external_hosts,json=externalHosts,proto3" json:"external_hosts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutboundTrafficPolicy) Reset() {
+	*x = OutboundTrafficPolicy{}
+	mi := &file_mesh_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutboundTrafficPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutboundTrafficPolicy) ProtoMessage() {}
+
+func (x *OutboundTrafficPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutboundTrafficPolicy.ProtoReflect.Descriptor instead.
+func (*OutboundTrafficPolicy) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *OutboundTrafficPolicy) GetMode() OutboundTrafficPolicy_Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return OutboundTrafficPolicy_ALLOW_ANY
+}
+
+func (x *OutboundTrafficPolicy) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+func (x *OutboundTrafficPolicy) GetExternalHosts() []*ExternalHost {
+	if x != nil {
+		return x.ExternalHosts
+	}
+	return nil
+}
+
+// ExternalHost maps one external host name to its ExternalService.
+type ExternalHost struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Namespace     string                 `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExternalHost) Reset() {
+	*x = ExternalHost{}
+	mi := &file_mesh_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExternalHost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExternalHost) ProtoMessage() {}
+
+func (x *ExternalHost) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExternalHost.ProtoReflect.Descriptor instead.
+func (*ExternalHost) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ExternalHost) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ExternalHost) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ExternalHost) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -4697,7 +5143,7 @@ const file_mesh_proto_rawDesc = "" +
 	"rateLimits\x12D\n" +
 	"\rauthorization\x18\x02 \x01(\v2\x1e.trellis.mesh.v1.AuthorizationR\rauthorization\x126\n" +
 	"\tmtls_mode\x18\x03 \x01(\x0e2\x19.trellis.mesh.v1.MtlsModeR\bmtlsMode\x12D\n" +
-	"\vconcurrency\x18\x04 \x01(\v2\".trellis.mesh.v1.ConcurrencyPolicyR\vconcurrency\"\xd9\x02\n" +
+	"\vconcurrency\x18\x04 \x01(\v2\".trellis.mesh.v1.ConcurrencyPolicyR\vconcurrency\"\x90\x03\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12+\n" +
@@ -4705,7 +5151,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\x06routes\x18\x04 \x03(\v2\x16.trellis.mesh.v1.RouteR\x06routes\x127\n" +
 	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\x12E\n" +
 	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\x12?\n" +
-	"\fhealth_check\x18\a \x01(\v2\x1c.trellis.mesh.v1.HealthCheckR\vhealthCheck\"\x9f\x03\n" +
+	"\fhealth_check\x18\a \x01(\v2\x1c.trellis.mesh.v1.HealthCheckR\vhealthCheck\x125\n" +
+	"\bexternal\x18\b \x01(\v2\x19.trellis.mesh.v1.ExternalR\bexternal\"\xff\x03\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12!\n" +
@@ -4717,7 +5164,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12E\n" +
 	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy\x128\n" +
 	"\ttelemetry\x18\n" +
-	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\"\x9a\x01\n" +
+	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\x12^\n" +
+	"\x17outbound_traffic_policy\x18\v \x01(\v2&.trellis.mesh.v1.OutboundTrafficPolicyR\x15outboundTrafficPolicy\"\x9a\x01\n" +
 	"\tTelemetry\x12=\n" +
 	"\x18tracing_sampling_percent\x18\x01 \x01(\x01H\x00R\x16tracingSamplingPercent\x88\x01\x01\x12\"\n" +
 	"\n" +
@@ -4822,7 +5270,44 @@ const file_mesh_proto_rawDesc = "" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\a\n" +
 	"\x03TCP\x10\x01\x12\b\n" +
 	"\x04HTTP\x10\x02\x12\b\n" +
-	"\x04GRPC\x10\x03*L\n" +
+	"\x04GRPC\x10\x03\"\xbc\x01\n" +
+	"\bExternal\x12D\n" +
+	"\n" +
+	"resolution\x18\x01 \x01(\x0e2$.trellis.mesh.v1.External.ResolutionR\n" +
+	"resolution\x12\x14\n" +
+	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x121\n" +
+	"\x03tls\x18\x03 \x01(\v2\x1f.trellis.mesh.v1.TLSOriginationR\x03tls\"!\n" +
+	"\n" +
+	"Resolution\x12\n" +
+	"\n" +
+	"\x06STATIC\x10\x00\x12\a\n" +
+	"\x03DNS\x10\x01\"\x82\x02\n" +
+	"\x0eTLSOrigination\x128\n" +
+	"\x04mode\x18\x01 \x01(\x0e2$.trellis.mesh.v1.TLSOrigination.ModeR\x04mode\x12\x10\n" +
+	"\x03sni\x18\x02 \x01(\tR\x03sni\x12'\n" +
+	"\x0fca_certificates\x18\x03 \x01(\tR\x0ecaCertificates\x12-\n" +
+	"\x12client_certificate\x18\x04 \x01(\tR\x11clientCertificate\x12\x1f\n" +
+	"\vprivate_key\x18\x05 \x01(\tR\n" +
+	"privateKey\"+\n" +
+	"\x04Mode\x12\v\n" +
+	"\aDISABLE\x10\x00\x12\n" +
+	"\n" +
+	"\x06SIMPLE\x10\x01\x12\n" +
+	"\n" +
+	"\x06MUTUAL\x10\x02\"\xe8\x01\n" +
+	"\x15OutboundTrafficPolicy\x12?\n" +
+	"\x04mode\x18\x01 \x01(\x0e2+.trellis.mesh.v1.OutboundTrafficPolicy.ModeR\x04mode\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x02 \x03(\tR\n" +
+	"namespaces\x12D\n" +
+	"\x0eexternal_hosts\x18\x03 \x03(\v2\x1d.trellis.mesh.v1.ExternalHostR\rexternalHosts\"(\n" +
+	"\x04Mode\x12\r\n" +
+	"\tALLOW_ANY\x10\x00\x12\x11\n" +
+	"\rREGISTRY_ONLY\x10\x01\"Z\n" +
+	"\fExternalHost\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -4868,170 +5353,184 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_mesh_proto_goTypes = []any{
-	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
-	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
-	(AuthzAction)(0),            // 2: trellis.mesh.v1.AuthzAction
-	(MtlsMode)(0),               // 3: trellis.mesh.v1.MtlsMode
-	(PathMatch_Type)(0),         // 4: trellis.mesh.v1.PathMatch.Type
-	(HeaderMatch_Type)(0),       // 5: trellis.mesh.v1.HeaderMatch.Type
-	(QueryParamMatch_Type)(0),   // 6: trellis.mesh.v1.QueryParamMatch.Type
-	(PathModifier_Type)(0),      // 7: trellis.mesh.v1.PathModifier.Type
-	(RateLimit_Algorithm)(0),    // 8: trellis.mesh.v1.RateLimit.Algorithm
-	(RateLimit_Scope)(0),        // 9: trellis.mesh.v1.RateLimit.Scope
-	(HealthCheck_Type)(0),       // 10: trellis.mesh.v1.HealthCheck.Type
-	(*CertifyRequest)(nil),      // 11: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),     // 12: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),            // 13: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),     // 14: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),    // 15: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),    // 16: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 17: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),        // 18: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),                // 19: trellis.mesh.v1.Port
-	(*PathMatch)(nil),           // 20: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),         // 21: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),               // 22: trellis.mesh.v1.Match
-	(*QueryParamMatch)(nil),     // 23: trellis.mesh.v1.QueryParamMatch
-	(*Backend)(nil),             // 24: trellis.mesh.v1.Backend
-	(*Route)(nil),               // 25: trellis.mesh.v1.Route
-	(*HeaderValue)(nil),         // 26: trellis.mesh.v1.HeaderValue
-	(*HeaderModifier)(nil),      // 27: trellis.mesh.v1.HeaderModifier
-	(*RouteFilter)(nil),         // 28: trellis.mesh.v1.RouteFilter
-	(*PathModifier)(nil),        // 29: trellis.mesh.v1.PathModifier
-	(*URLRewrite)(nil),          // 30: trellis.mesh.v1.URLRewrite
-	(*RequestRedirect)(nil),     // 31: trellis.mesh.v1.RequestRedirect
-	(*RequestMirror)(nil),       // 32: trellis.mesh.v1.RequestMirror
-	(*Fault)(nil),               // 33: trellis.mesh.v1.Fault
-	(*FaultDelay)(nil),          // 34: trellis.mesh.v1.FaultDelay
-	(*FaultAbort)(nil),          // 35: trellis.mesh.v1.FaultAbort
-	(*RouteTimeouts)(nil),       // 36: trellis.mesh.v1.RouteTimeouts
-	(*HashPolicy)(nil),          // 37: trellis.mesh.v1.HashPolicy
-	(*RetryPolicy)(nil),         // 38: trellis.mesh.v1.RetryPolicy
-	(*RetryBudget)(nil),         // 39: trellis.mesh.v1.RetryBudget
-	(*CircuitBreaker)(nil),      // 40: trellis.mesh.v1.CircuitBreaker
-	(*OutlierDetection)(nil),    // 41: trellis.mesh.v1.OutlierDetection
-	(*BackendPolicy)(nil),       // 42: trellis.mesh.v1.BackendPolicy
-	(*InboundPolicy)(nil),       // 43: trellis.mesh.v1.InboundPolicy
-	(*Service)(nil),             // 44: trellis.mesh.v1.Service
-	(*Snapshot)(nil),            // 45: trellis.mesh.v1.Snapshot
-	(*Telemetry)(nil),           // 46: trellis.mesh.v1.Telemetry
-	(*Authorization)(nil),       // 47: trellis.mesh.v1.Authorization
-	(*AuthzPolicy)(nil),         // 48: trellis.mesh.v1.AuthzPolicy
-	(*AuthzRule)(nil),           // 49: trellis.mesh.v1.AuthzRule
-	(*AuthzSource)(nil),         // 50: trellis.mesh.v1.AuthzSource
-	(*AuthzPath)(nil),           // 51: trellis.mesh.v1.AuthzPath
-	(*AuthzHeader)(nil),         // 52: trellis.mesh.v1.AuthzHeader
-	(*AuthzGRPC)(nil),           // 53: trellis.mesh.v1.AuthzGRPC
-	(*RateLimit)(nil),           // 54: trellis.mesh.v1.RateLimit
-	(*RateLimitValue)(nil),      // 55: trellis.mesh.v1.RateLimitValue
-	(*RateLimitOverride)(nil),   // 56: trellis.mesh.v1.RateLimitOverride
-	(*QuotaReport)(nil),         // 57: trellis.mesh.v1.QuotaReport
-	(*QuotaDemand)(nil),         // 58: trellis.mesh.v1.QuotaDemand
-	(*QuotaGrant)(nil),          // 59: trellis.mesh.v1.QuotaGrant
-	(*QuotaShare)(nil),          // 60: trellis.mesh.v1.QuotaShare
-	(*ConcurrencyPolicy)(nil),   // 61: trellis.mesh.v1.ConcurrencyPolicy
-	(*HealthCheck)(nil),         // 62: trellis.mesh.v1.HealthCheck
-	nil,                         // 63: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 64: google.protobuf.Duration
+	(Protocol)(0),                   // 0: trellis.mesh.v1.Protocol
+	(LoadBalancer)(0),               // 1: trellis.mesh.v1.LoadBalancer
+	(AuthzAction)(0),                // 2: trellis.mesh.v1.AuthzAction
+	(MtlsMode)(0),                   // 3: trellis.mesh.v1.MtlsMode
+	(PathMatch_Type)(0),             // 4: trellis.mesh.v1.PathMatch.Type
+	(HeaderMatch_Type)(0),           // 5: trellis.mesh.v1.HeaderMatch.Type
+	(QueryParamMatch_Type)(0),       // 6: trellis.mesh.v1.QueryParamMatch.Type
+	(PathModifier_Type)(0),          // 7: trellis.mesh.v1.PathModifier.Type
+	(RateLimit_Algorithm)(0),        // 8: trellis.mesh.v1.RateLimit.Algorithm
+	(RateLimit_Scope)(0),            // 9: trellis.mesh.v1.RateLimit.Scope
+	(HealthCheck_Type)(0),           // 10: trellis.mesh.v1.HealthCheck.Type
+	(External_Resolution)(0),        // 11: trellis.mesh.v1.External.Resolution
+	(TLSOrigination_Mode)(0),        // 12: trellis.mesh.v1.TLSOrigination.Mode
+	(OutboundTrafficPolicy_Mode)(0), // 13: trellis.mesh.v1.OutboundTrafficPolicy.Mode
+	(*CertifyRequest)(nil),          // 14: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),         // 15: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),                // 16: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),         // 17: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),        // 18: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),        // 19: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 20: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),            // 21: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                    // 22: trellis.mesh.v1.Port
+	(*PathMatch)(nil),               // 23: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),             // 24: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),                   // 25: trellis.mesh.v1.Match
+	(*QueryParamMatch)(nil),         // 26: trellis.mesh.v1.QueryParamMatch
+	(*Backend)(nil),                 // 27: trellis.mesh.v1.Backend
+	(*Route)(nil),                   // 28: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),             // 29: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),          // 30: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),             // 31: trellis.mesh.v1.RouteFilter
+	(*PathModifier)(nil),            // 32: trellis.mesh.v1.PathModifier
+	(*URLRewrite)(nil),              // 33: trellis.mesh.v1.URLRewrite
+	(*RequestRedirect)(nil),         // 34: trellis.mesh.v1.RequestRedirect
+	(*RequestMirror)(nil),           // 35: trellis.mesh.v1.RequestMirror
+	(*Fault)(nil),                   // 36: trellis.mesh.v1.Fault
+	(*FaultDelay)(nil),              // 37: trellis.mesh.v1.FaultDelay
+	(*FaultAbort)(nil),              // 38: trellis.mesh.v1.FaultAbort
+	(*RouteTimeouts)(nil),           // 39: trellis.mesh.v1.RouteTimeouts
+	(*HashPolicy)(nil),              // 40: trellis.mesh.v1.HashPolicy
+	(*RetryPolicy)(nil),             // 41: trellis.mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),             // 42: trellis.mesh.v1.RetryBudget
+	(*CircuitBreaker)(nil),          // 43: trellis.mesh.v1.CircuitBreaker
+	(*OutlierDetection)(nil),        // 44: trellis.mesh.v1.OutlierDetection
+	(*BackendPolicy)(nil),           // 45: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),           // 46: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),                 // 47: trellis.mesh.v1.Service
+	(*Snapshot)(nil),                // 48: trellis.mesh.v1.Snapshot
+	(*Telemetry)(nil),               // 49: trellis.mesh.v1.Telemetry
+	(*Authorization)(nil),           // 50: trellis.mesh.v1.Authorization
+	(*AuthzPolicy)(nil),             // 51: trellis.mesh.v1.AuthzPolicy
+	(*AuthzRule)(nil),               // 52: trellis.mesh.v1.AuthzRule
+	(*AuthzSource)(nil),             // 53: trellis.mesh.v1.AuthzSource
+	(*AuthzPath)(nil),               // 54: trellis.mesh.v1.AuthzPath
+	(*AuthzHeader)(nil),             // 55: trellis.mesh.v1.AuthzHeader
+	(*AuthzGRPC)(nil),               // 56: trellis.mesh.v1.AuthzGRPC
+	(*RateLimit)(nil),               // 57: trellis.mesh.v1.RateLimit
+	(*RateLimitValue)(nil),          // 58: trellis.mesh.v1.RateLimitValue
+	(*RateLimitOverride)(nil),       // 59: trellis.mesh.v1.RateLimitOverride
+	(*QuotaReport)(nil),             // 60: trellis.mesh.v1.QuotaReport
+	(*QuotaDemand)(nil),             // 61: trellis.mesh.v1.QuotaDemand
+	(*QuotaGrant)(nil),              // 62: trellis.mesh.v1.QuotaGrant
+	(*QuotaShare)(nil),              // 63: trellis.mesh.v1.QuotaShare
+	(*ConcurrencyPolicy)(nil),       // 64: trellis.mesh.v1.ConcurrencyPolicy
+	(*HealthCheck)(nil),             // 65: trellis.mesh.v1.HealthCheck
+	(*External)(nil),                // 66: trellis.mesh.v1.External
+	(*TLSOrigination)(nil),          // 67: trellis.mesh.v1.TLSOrigination
+	(*OutboundTrafficPolicy)(nil),   // 68: trellis.mesh.v1.OutboundTrafficPolicy
+	(*ExternalHost)(nil),            // 69: trellis.mesh.v1.ExternalHost
+	nil,                             // 70: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil),     // 71: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	63, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	13, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	70, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	16, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
 	4,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
 	5,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	20, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	21, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	23, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
+	23, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	24, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	26, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
 	6,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
-	22, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	24, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	28, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
-	36, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	54, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	26, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
-	26, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
-	27, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	27, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	30, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
-	31, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
-	32, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
-	33, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
+	25, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	27, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	31, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	39, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	57, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	29, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	29, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	30, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	30, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	33, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
+	34, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
+	35, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
+	36, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
 	7,  // 22: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
-	29, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
-	29, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
-	24, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
-	34, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
-	35, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	64, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	64, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	64, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	64, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	64, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	64, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	39, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	64, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	64, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	64, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	32, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
+	32, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
+	27, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
+	37, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
+	38, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
+	71, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	71, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	71, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	71, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	71, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	71, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	42, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
+	71, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	71, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	71, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
-	38, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
-	40, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
-	41, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
-	37, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	64, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	54, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	47, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
+	41, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
+	43, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
+	44, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
+	40, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
+	71, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	57, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	50, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
 	3,  // 46: trellis.mesh.v1.InboundPolicy.mtls_mode:type_name -> trellis.mesh.v1.MtlsMode
-	61, // 47: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
-	19, // 48: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	25, // 49: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	13, // 50: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	42, // 51: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	62, // 52: trellis.mesh.v1.Service.health_check:type_name -> trellis.mesh.v1.HealthCheck
-	44, // 53: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	44, // 54: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	43, // 55: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	46, // 56: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
-	2,  // 57: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
-	48, // 58: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
-	2,  // 59: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
-	49, // 60: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
-	50, // 61: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
-	51, // 62: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
-	52, // 63: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
-	53, // 64: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
-	8,  // 65: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
-	55, // 66: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	9,  // 67: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
-	56, // 68: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
-	64, // 69: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
-	55, // 70: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	58, // 71: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
-	55, // 72: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	60, // 73: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
-	64, // 74: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
-	64, // 75: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
-	10, // 76: trellis.mesh.v1.HealthCheck.type:type_name -> trellis.mesh.v1.HealthCheck.Type
-	64, // 77: trellis.mesh.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	64, // 78: trellis.mesh.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	11, // 79: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	14, // 80: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	16, // 81: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	18, // 82: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	57, // 83: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
-	12, // 84: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	15, // 85: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	17, // 86: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	45, // 87: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	59, // 88: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
-	84, // [84:89] is the sub-list for method output_type
-	79, // [79:84] is the sub-list for method input_type
-	79, // [79:79] is the sub-list for extension type_name
-	79, // [79:79] is the sub-list for extension extendee
-	0,  // [0:79] is the sub-list for field type_name
+	64, // 47: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
+	22, // 48: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	28, // 49: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	16, // 50: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	45, // 51: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	65, // 52: trellis.mesh.v1.Service.health_check:type_name -> trellis.mesh.v1.HealthCheck
+	66, // 53: trellis.mesh.v1.Service.external:type_name -> trellis.mesh.v1.External
+	47, // 54: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	47, // 55: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	46, // 56: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	49, // 57: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	68, // 58: trellis.mesh.v1.Snapshot.outbound_traffic_policy:type_name -> trellis.mesh.v1.OutboundTrafficPolicy
+	2,  // 59: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
+	51, // 60: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
+	2,  // 61: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
+	52, // 62: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
+	53, // 63: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
+	54, // 64: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
+	55, // 65: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
+	56, // 66: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
+	8,  // 67: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
+	58, // 68: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	9,  // 69: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
+	59, // 70: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
+	71, // 71: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
+	58, // 72: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	61, // 73: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
+	58, // 74: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	63, // 75: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
+	71, // 76: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
+	71, // 77: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
+	10, // 78: trellis.mesh.v1.HealthCheck.type:type_name -> trellis.mesh.v1.HealthCheck.Type
+	71, // 79: trellis.mesh.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	71, // 80: trellis.mesh.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	11, // 81: trellis.mesh.v1.External.resolution:type_name -> trellis.mesh.v1.External.Resolution
+	67, // 82: trellis.mesh.v1.External.tls:type_name -> trellis.mesh.v1.TLSOrigination
+	12, // 83: trellis.mesh.v1.TLSOrigination.mode:type_name -> trellis.mesh.v1.TLSOrigination.Mode
+	13, // 84: trellis.mesh.v1.OutboundTrafficPolicy.mode:type_name -> trellis.mesh.v1.OutboundTrafficPolicy.Mode
+	69, // 85: trellis.mesh.v1.OutboundTrafficPolicy.external_hosts:type_name -> trellis.mesh.v1.ExternalHost
+	14, // 86: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	17, // 87: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	19, // 88: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	21, // 89: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	60, // 90: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
+	15, // 91: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	18, // 92: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	20, // 93: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	48, // 94: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	62, // 95: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
+	91, // [91:96] is the sub-list for method output_type
+	86, // [86:91] is the sub-list for method input_type
+	86, // [86:86] is the sub-list for extension type_name
+	86, // [86:86] is the sub-list for extension extendee
+	0,  // [0:86] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -5074,8 +5573,8 @@ func file_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      11,
-			NumMessages:   53,
+			NumEnums:      14,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
