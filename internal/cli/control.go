@@ -67,6 +67,7 @@ The control plane logs a warning at start and 'trellis check' flags it.`,
 	f.DurationVar(&o.DNSTTL, "dns-ttl", 5*time.Second, "TTL of DNS answers, negative ones included (whole seconds)")
 	f.StringVar(&o.DNSForward, "dns-forward", "", "upstream resolver (host[:port]) for names outside the mesh; empty answers them REFUSED")
 	f.StringVar(&o.DefaultAuthorization, "default-authorization", control.DefaultAuthorizationAllow, "decision for requests to a workload no ALLOW AuthorizationPolicy applies to: allow or deny")
+	f.BoolVar(&o.XDSOff, "no-xds", false, "serve no xDS (ADS for proxyless gRPC and Envoy) on the gRPC port")
 	sf.register(f)
 	return cmd
 }

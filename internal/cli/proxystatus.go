@@ -29,7 +29,14 @@ ERROR) or PENDING.
 replicas of one service can be told apart. -o json and -o yaml print the
 admin API's fields (nodeId, service, namespace, identity, sentVersion,
 ackedVersion, revision, sentRevision, state, error, certExpiry,
-connectedAt, lastAck).`,
+connectedAt, lastAck).
+
+xDS clients (proxyless gRPC, Envoy) connected to the control plane's ADS
+are listed after the proxies: node id, kind xds, the SPIFFE ID of their
+certificate, mode (sotw or delta), the version each resource type was
+last acknowledged at (LDS, RDS, CDS, EDS), and their last NACK. In -o json
+and -o yaml they follow the proxies in the same list, with kind "xds"
+(nodeId, kind, identity, mode, acked, sent, error, connectedAt).`,
 		Example: `  trellis proxy-status
   trellis proxy-status -o wide
   trellis proxy-status -o json`,
@@ -46,17 +53,23 @@ connectedAt, lastAck).`,
 			if err != nil {
 				return fmt.Errorf("proxy-status: %w", err)
 			}
+			clients, err := xdsClientList(cmd.Context(), c)
+			if err != nil {
+				return fmt.Errorf("proxy-status: xds clients: %w", err)
+			}
+			var eps []endpoint
 			switch output {
 			case "json", "yaml":
-				return printValue(g.stdout, output, list)
+				return printValue(g.stdout, output, proxyStatusValue(list, clients))
 			case "wide":
-				var eps []endpoint
 				if err := c.do(cmd.Context(), "GET", "/v1/endpoints", nil, &eps); err != nil {
 					return fmt.Errorf("proxy-status: endpoints: %w", err)
 				}
-				return printProxyStatus(g.stdout, list, eps, time.Now())
 			}
-			return printProxyStatus(g.stdout, list, nil, time.Now())
+			if err := printProxyStatus(g.stdout, list, eps, time.Now()); err != nil {
+				return err
+			}
+			return printXDSClients(g.stdout, clients, time.Now())
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, wide, yaml or json")

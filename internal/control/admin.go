@@ -23,6 +23,7 @@ import (
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/xds"
 )
 
 // MaxBodyBytes bounds an admin API request body.
@@ -53,6 +54,7 @@ type adminDeps struct {
 	// (push.Server.AwaitRevision), or ctx ends.
 	awaitRevision func(ctx context.Context, rev int64) []push.ProxyStatus
 	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
+	xdsClients    func() []xds.ClientStatus
 	snapshots     snapshotSource // authz check (authcheck.go)
 	// caughtUp blocks until the mesh view has every write committed
 	// before the call, so a check right after an apply sees it.
@@ -89,6 +91,7 @@ func newAdmin(d adminDeps) *admin {
 	mux.HandleFunc("DELETE /v1/resources/{kind}/{namespace}/{name}", a.delete)
 	mux.HandleFunc("GET /v1/proxies", a.proxies)
 	mux.HandleFunc("GET /v1/endpoints", a.listEndpoints)
+	mux.HandleFunc("GET /v1/xds-clients", a.listXDSClients)
 	a.tokenRoutes(mux)
 	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -40,6 +40,7 @@ import (
 	"trellis.dev/trellis/internal/store"
 	"trellis.dev/trellis/internal/telemetry"
 	"trellis.dev/trellis/internal/view"
+	"trellis.dev/trellis/internal/xds"
 )
 
 // Defaults.
@@ -115,6 +116,8 @@ type Options struct {
 	// AuthorizationPolicy applies to: "allow" (default, as Istio and
 	// Linkerd) or "deny".
 	DefaultAuthorization string
+	// XDSOff serves no xDS (ADS) on the gRPC port (see internal/xds).
+	XDSOff bool
 }
 
 func (o *Options) setDefaults() {
@@ -194,6 +197,7 @@ type Control struct {
 	metricsLn  net.Listener
 	promReg    *prometheus.Registry
 	dns        *meshdns.Server // nil when DNS is off
+	xds        *xds.Server     // nil when xDS is off
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -332,6 +336,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 
 	c.grpc = grpc.NewServer(push.GRPCServerOptions(tlsConfig)...)
 	c.push.Register(c.grpc)
+	if err := c.startXDS(runCtx); err != nil {
+		return nil, err
+	}
 	c.wg.Go(func() {
 		if err := c.grpc.Serve(c.grpcLn); err != nil {
 			c.errc <- fmt.Errorf("control: grpc server: %w", err)
@@ -348,6 +355,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		statuses:      c.push.Statuses,
 		awaitRevision: c.push.AwaitRevision,
 		endpoints:     c.reg.Endpoints,
+		xdsClients:    c.xdsClients,
 		snapshots:     c.comp,
 		caughtUp: func(ctx context.Context) error {
 			rev, err := c.st.Revision(ctx)
