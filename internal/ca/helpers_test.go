@@ -10,6 +10,8 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -50,6 +52,20 @@ func (m *memStorage) Get(_ context.Context, key string) (store.KV, error) {
 	}
 	kv.Value = append([]byte(nil), kv.Value...)
 	return kv, nil
+}
+
+func (m *memStorage) List(_ context.Context, prefix string) ([]store.KV, int64, error) {
+	m.d.mu.Lock()
+	defer m.d.mu.Unlock()
+	var out []store.KV
+	for k, kv := range m.d.kv {
+		if strings.HasPrefix(k, prefix) {
+			kv.Value = append([]byte(nil), kv.Value...)
+			out = append(out, kv)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.KV) int { return strings.Compare(a.Key, b.Key) })
+	return out, m.d.rev, nil
 }
 
 func (m *memStorage) Txn(_ context.Context, ops ...store.Op) (int64, error) {

@@ -179,6 +179,7 @@ type Control struct {
 	ownStore bool
 	meter    *telemetry.ControlMetrics
 	ca       *ca.CA
+	rotator  *ca.Rotator
 	reg      *registry.Registry
 	view     *view.View
 	comp     *compiler.Compiler
@@ -272,12 +273,17 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		return nil, fmt.Errorf("control: identity: %w", err)
 	}
 	dns, ips := serverNames(o.GRPCAddr, o.AdminAddr)
-	tlsConfig, err := c.ca.ServerTLSConfig(id, dns, ips)
+	tlsConfig, err := c.ca.ServerTLSConfig(id, dns, ips, "h2")
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	adminTLS, err := c.ca.ServerTLSConfig(id, dns, ips, "h2", "http/1.1")
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
 
 	c.reg = registry.New(c.st, o.Logger)
+	c.rotator = c.newRotator()
 	c.view = view.New(c.st, view.Options{Logger: o.Logger})
 	c.comp = compiler.New(c.view, compiler.Options{
 		TrustDomain: td.String(),
@@ -329,6 +335,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	c.cancel = cancel
 	c.wg.Go(func() { c.view.Run(runCtx) })
 	c.wg.Go(func() { c.comp.Run(runCtx) })
+	c.runRotation(runCtx)
 
 	c.grpc = grpc.NewServer(push.GRPCServerOptions(tlsConfig)...)
 	c.push.Register(c.grpc)
@@ -338,8 +345,6 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		}
 	})
 
-	adminTLS := tlsConfig.Clone()
-	adminTLS.NextProtos = []string{"h2", "http/1.1"}
 	c.admin = newAdmin(adminDeps{
 		store:         c.st,
 		applier:       apply.New(auditingStore{c.st}, apply.Options{Logger: o.Logger}),
@@ -349,6 +354,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		awaitRevision: c.push.AwaitRevision,
 		endpoints:     c.reg.Endpoints,
 		snapshots:     c.comp,
+		rotator:       c.rotator,
 		caughtUp: func(ctx context.Context) error {
 			rev, err := c.st.Revision(ctx)
 			if err == nil {
