@@ -198,7 +198,8 @@ type RotatorOptions struct {
 	Logger  *slog.Logger
 }
 
-// Rotator runs `trellis ca rotate`: Start, then Step until PhaseIdle. All
+// Rotator runs `trellis ca rotate`: Start, then Step until PhaseIdle. It
+// only writes the store; every replica's CA follows it with Reload. All
 // state is in the store and every step is one compare-and-set transaction,
 // so a step is idempotent, a rotation survives restarts, and replicas that
 // step concurrently cannot take one step twice. Step belongs in one place
@@ -272,9 +273,6 @@ func (r *Rotator) Start(ctx context.Context, who string) (RotationStatus, error)
 		return st, err
 	}
 	r.log.Info("CA rotation started: new root added to the trust bundle", "by", who)
-	if _, err := c.Reload(ctx); err != nil {
-		return RotationStatus{}, err
-	}
 	return r.Status(ctx)
 }
 
@@ -354,9 +352,6 @@ func (r *Rotator) Step(ctx context.Context) (RotationStatus, error) {
 		return st, fmt.Errorf("ca: rotate: step from %s: %w", rot.Phase, err)
 	}
 	r.log.Info("CA rotation advanced", "from", rot.Phase, "proxies", st.Proxies)
-	if _, err := r.ca.Reload(ctx); err != nil {
-		return st, err
-	}
 	return r.Status(ctx)
 }
 

@@ -89,6 +89,7 @@ func waitRotation(ctx context.Context, dataDir string, timeout time.Duration) (c
 	defer cancel()
 	var st ca.RotationStatus
 	for {
+		st = ca.RotationStatus{} // omitted fields must not survive a poll
 		c, err := newAdminClient(dataDir)
 		if err != nil {
 			return st, err
