@@ -36,6 +36,8 @@ type memStorage struct {
 	// afterGet, if set, runs after every Get has read, before it returns
 	// (to line up races).
 	afterGet func()
+	// afterList is afterGet for List.
+	afterList func()
 }
 
 func newMem() *memStorage { return &memStorage{d: &memData{kv: map[string]store.KV{}}} }
@@ -55,6 +57,9 @@ func (m *memStorage) Get(_ context.Context, key string) (store.KV, error) {
 }
 
 func (m *memStorage) List(_ context.Context, prefix string) ([]store.KV, int64, error) {
+	if m.afterList != nil {
+		defer m.afterList()
+	}
 	m.d.mu.Lock()
 	defer m.d.mu.Unlock()
 	var out []store.KV
