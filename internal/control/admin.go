@@ -22,6 +22,7 @@ import (
 	"trellis.dev/trellis/internal/echo"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/push"
+	"trellis.dev/trellis/internal/ratelog"
 	"trellis.dev/trellis/internal/store"
 )
 
@@ -70,6 +71,8 @@ type admin struct {
 	// maxBody is MaxBodyBytes; tests lower it to exercise the limit cheaply.
 	maxBody atomic.Int64
 	handler http.Handler
+	// refusalLog rate-limits the log lines of refused calls.
+	refusalLog *ratelog.Limiter
 }
 
 // newAdmin returns the admin API handler: every route requires an admin
@@ -82,6 +85,7 @@ func newAdmin(d adminDeps) *admin {
 		d.awaitRevision = func(context.Context, int64) []push.ProxyStatus { return d.statuses() }
 	}
 	a := &admin{adminDeps: d, log: d.logger.With("component", "admin")}
+	a.refusalLog = ratelog.New(a.log, ratelog.Options{})
 	a.maxBody.Store(MaxBodyBytes)
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/apply", a.apply)

@@ -370,7 +370,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ErrorLog:          serverErrorLog(log, c.admin.refusalLog),
 	}
 	c.wg.Go(func() {
 		if err := c.http.ServeTLS(c.adminLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
