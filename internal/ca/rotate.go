@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"trellis.dev/trellis/internal/identity"
@@ -26,6 +27,9 @@ const (
 	NextIntermediateKey = "/ca/next/intermediate"
 	caPrefix            = "/ca/"
 )
+
+// Phases lists the phases, for metrics.
+func Phases() []string { return []string{PhaseIdle, PhasePropagating, PhaseReissuing} }
 
 // Phases of a rotation.
 const (
@@ -210,6 +214,20 @@ type Rotator struct {
 	fleet Fleet
 	audit func(who, action, detail string) (store.Op, error)
 	log   *slog.Logger
+
+	mu      sync.Mutex
+	lagging int // at the last status read, for metrics
+}
+
+// Lagging is how many proxies the last status read found behind (0 when
+// idle), for a gauge read at scrape time without touching the store.
+func (r *Rotator) Lagging() int {
+	if r.ca.Phase() == PhaseIdle {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lagging
 }
 
 // NewRotator returns the rotator of c.
@@ -467,6 +485,9 @@ func (r *Rotator) status(ctx context.Context, k caKeys) (RotationStatus, error) 
 			st.Lagging = append(st.Lagging, LaggingProxy{Node: p.Node, Reason: reason})
 		}
 	}
+	r.mu.Lock()
+	r.lagging = len(st.Lagging)
+	r.mu.Unlock()
 	return st, nil
 }
 

@@ -299,6 +299,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: metrics: %w", err)
 	}
+	if err := telemetry.RegisterCARotation(c.promReg, ca.Phases(), func() (string, int) { return c.ca.Phase(), c.rotator.Lagging() }); err != nil {
+		return nil, fmt.Errorf("control: metrics: %w", err)
+	}
 	c.push = push.NewServer(push.ServerOptions{
 		TrustDomain: td,
 		ValidToken:  push.TokenValidator(devToken),
