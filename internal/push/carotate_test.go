@@ -1,15 +1,21 @@
 package push
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
@@ -107,4 +113,59 @@ func TestClientVerifiesAgainstCurrentRoots(t *testing.T) {
 	if err == nil || !errors.Is(err, ErrUnavailable) && !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("dialled as localhost, certificate for 127.0.0.1: %v; want a certificate error", err)
 	}
+}
+
+// countRefusals counts Refused calls by rpc/reason.
+type countRefusals struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *countRefusals) Refused(rpc, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[rpc+"/"+reason]++
+}
+
+// TestRefusalLogRateLimited: 100 Certify calls with no credentials are all
+// refused and counted, but logged only up to the limiter's burst.
+func TestRefusalLogRateLimited(t *testing.T) {
+	ca := newTestCA(t)
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	refusals := &countRefusals{n: map[string]int{}}
+	e := startEnv(t, ca, "127.0.0.1:0", func(o *ServerOptions) {
+		o.Refusals = refusals
+		o.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	})
+	mesh, _ := e.dial(t, &tls.Certificate{}).current()
+	for i := range 100 {
+		_, err := mesh.Certify(context.Background(), &meshv1.CertifyRequest{Csr: newCSR(t), Namespace: "default", ServiceAccount: "orders"})
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("call %d: %v, want UNAUTHENTICATED", i, err)
+		}
+	}
+	refusals.mu.Lock()
+	counted := refusals.n["certify/"+ReasonNoCredentials]
+	refusals.mu.Unlock()
+	mu.Lock()
+	lines := strings.Count(logs.String(), "certify refused: no join token")
+	mu.Unlock()
+	if counted != 100 {
+		t.Fatalf("counted %d refusals, want every one of 100", counted)
+	}
+	if lines < 1 || lines > 20 {
+		t.Fatalf("%d log lines for 100 refusals, want between 1 and the burst (10, plus a few a second)", lines)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }
