@@ -115,3 +115,14 @@ func TestAllowAllocatesNothing(t *testing.T) {
 	}
 	l.Stop()
 }
+
+// BenchmarkAllowSuppressed is the cost of a refusal whose line is left out
+// (the flood case).
+func BenchmarkAllowSuppressed(b *testing.B) {
+	l := New(nil, Options{PerSecond: 1, Burst: 1})
+	defer l.Stop()
+	b.ReportAllocs()
+	for b.Loop() {
+		l.Allow("denied")
+	}
+}
