@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -74,6 +76,10 @@ type Options struct {
 	WorkloadTTL time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// RenewJitter draws where in identity.RenewAt's window the control
+	// plane's own server certificate is re-issued; default math/rand/v2's
+	// Float64.
+	RenewJitter func() float64
 	// Logger; default discards.
 	Logger *slog.Logger
 }
@@ -87,6 +93,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.RenewJitter == nil {
+		o.RenewJitter = rand.Float64
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -118,19 +127,34 @@ func (o *Options) Validate() error {
 // Storage is what the CA needs of the control plane's store.
 type Storage interface {
 	Get(ctx context.Context, key string) (store.KV, error)
+	List(ctx context.Context, prefix string) ([]store.KV, int64, error)
 	Txn(ctx context.Context, ops ...store.Op) (int64, error)
 }
 
 // The control plane's store satisfies Storage.
 var _ Storage = store.Store(nil)
 
-// CA issues workload certificates. Safe for concurrent use; it holds no
-// mutable state after LoadOrCreate.
+// CA issues workload certificates. Safe for concurrent use. What it issues
+// under and the bundle it publishes are one immutable issuer behind an
+// atomic pointer, replaced by Reload when a rotation moves them in the
+// store.
 type CA struct {
 	td     spiffeid.TrustDomain
 	ttl    time.Duration
 	now    func() time.Time
+	jitter func() float64
 	log    *slog.Logger
+	// st and seal: the store the generated CA lives in, and its seal key;
+	// st is nil when the signing certificate comes from files.
+	st   Storage
+	seal *SealKey
+	cur  atomic.Pointer[issuer]
+	gen  atomic.Uint64 // numbers issuers, so server certificates follow
+}
+
+// issuer is a signing certificate with what goes with it; immutable.
+type issuer struct {
+	gen    uint64
 	signer crypto.Signer
 	cert   *x509.Certificate // the signing certificate
 	// chainTail is appended after each leaf: the signing certificate and any
@@ -139,15 +163,21 @@ type CA struct {
 	// maxNotAfter caps issued certificates: a leaf must not outlive any
 	// certificate above it.
 	maxNotAfter time.Time
-	roots       []*x509.Certificate
-	bundleDER   [][]byte
-	bundlePEM   []byte
+	// roots is the trust bundle, the root the signing certificate chains
+	// to first (proxies read the first root as the one issued under now).
+	roots     []*x509.Certificate
+	pool      *x509.CertPool
+	bundleDER [][]byte
+	bundlePEM []byte
+	// rotation is the rotation in progress (nil: none).
+	rotation *Rotation
 }
 
 // LoadOrCreate returns the CA. With CertFile/KeyFile it uses those (st may be
 // nil). Otherwise it loads the root from st under RootKey, creating it on the
 // first start; replicas racing to create it all end with the one that was
-// stored first.
+// stored first; and a rotation in progress (RotationKey) adds its root to
+// the bundle.
 func LoadOrCreate(ctx context.Context, st Storage, opts Options) (*CA, error) {
 	opts.setDefaults()
 	if err := opts.Validate(); err != nil {
@@ -155,37 +185,39 @@ func LoadOrCreate(ctx context.Context, st Storage, opts Options) (*CA, error) {
 	}
 	td, _ := identity.ParseTrustDomain(opts.TrustDomain)
 	log := opts.Logger.With("component", "ca")
+	c := &CA{td: td, ttl: opts.WorkloadTTL, now: opts.Now, jitter: opts.RenewJitter, log: log}
 
-	var (
-		m   *material
-		err error
-	)
 	if opts.CertFile != "" {
-		m, err = loadFiles(opts.CertFile, opts.KeyFile, opts.RootFile, opts.Now())
+		m, err := loadFiles(opts.CertFile, opts.KeyFile, opts.RootFile, opts.Now())
 		if err != nil {
 			return nil, err
 		}
 		log.Info("loaded signing certificate from files", "cert", opts.CertFile, "subject", m.cert.Subject.String(), "not_after", m.cert.NotAfter, "intermediate", len(m.tail) > 0)
-	} else {
-		if st == nil {
-			return nil, errors.New("ca: no store and no certFile/keyFile: nowhere to keep the root")
-		}
-		var seal *SealKey
-		if opts.SealKeyFile != "" {
-			if seal, err = LoadSealKey(opts.SealKeyFile); err != nil {
-				return nil, err
-			}
-		}
-		root, err := loadOrCreateRoot(ctx, st, td, opts.Now(), seal, log)
-		if err != nil {
+		is := c.newIssuer(m, nil, nil)
+		if err := c.selfCheck(is); err != nil {
 			return nil, err
 		}
-		if m, err = loadOrCreateIntermediate(ctx, st, root, td, opts.Now(), seal, log); err != nil {
+		c.cur.Store(is)
+		return c, nil
+	}
+	if st == nil {
+		return nil, errors.New("ca: no store and no certFile/keyFile: nowhere to keep the root")
+	}
+	c.st = st
+	if opts.SealKeyFile != "" {
+		var err error
+		if c.seal, err = LoadSealKey(opts.SealKeyFile); err != nil {
 			return nil, err
 		}
 	}
-	c := newCA(td, opts, log, m)
-	if err := c.selfCheck(); err != nil {
+	root, err := loadOrCreateRoot(ctx, st, td, opts.Now(), c.seal, log)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := loadOrCreateIntermediate(ctx, st, root, td, opts.Now(), c.seal, log); err != nil {
+		return nil, err
+	}
+	if _, err := c.Reload(ctx); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -202,39 +234,51 @@ type material struct {
 	chains [][]*x509.Certificate
 }
 
-func newCA(td spiffeid.TrustDomain, opts Options, log *slog.Logger, m *material) *CA {
-	c := &CA{
-		td:          td,
-		ttl:         opts.WorkloadTTL,
-		now:         opts.Now,
-		log:         log,
+// newIssuer makes the issuer for m; extra roots (a rotation's other root)
+// follow m's in the bundle.
+func (c *CA) newIssuer(m *material, extra []*x509.Certificate, rot *Rotation) *issuer {
+	is := &issuer{
+		gen:         c.gen.Add(1),
 		signer:      m.signer,
 		cert:        m.cert,
-		roots:       m.roots,
 		maxNotAfter: m.cert.NotAfter,
+		rotation:    rot,
+		pool:        x509.NewCertPool(),
 	}
 	for _, t := range m.tail {
-		c.chainTail = append(c.chainTail, t.Raw)
+		is.chainTail = append(is.chainTail, t.Raw)
 	}
 	for _, chain := range m.chains {
 		for _, x := range chain {
-			if x.NotAfter.Before(c.maxNotAfter) {
-				c.maxNotAfter = x.NotAfter
+			if x.NotAfter.Before(is.maxNotAfter) {
+				is.maxNotAfter = x.NotAfter
 			}
 		}
 	}
-	for _, r := range m.roots {
-		c.bundleDER = append(c.bundleDER, r.Raw)
-		c.bundlePEM = append(c.bundlePEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	// The root the signing certificate chains to goes first.
+	var first *x509.Certificate
+	if len(m.chains) > 0 && len(m.chains[0]) > 0 {
+		first = m.chains[0][len(m.chains[0])-1]
+		is.roots = append(is.roots, first)
 	}
-	return c
+	for _, r := range append(append([]*x509.Certificate(nil), m.roots...), extra...) {
+		if first == nil || !r.Equal(first) {
+			is.roots = append(is.roots, r)
+		}
+	}
+	for _, r := range is.roots {
+		is.pool.AddCert(r)
+		is.bundleDER = append(is.bundleDER, r.Raw)
+		is.bundlePEM = append(is.bundlePEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	return is
 }
 
 // selfCheck issues and verifies a throwaway certificate so that a CA that
 // cannot issue usable certificates (name constraints for another trust
 // domain, missing key usage, path length) fails at start, not at the first
 // proxy.
-func (c *CA) selfCheck() error {
+func (c *CA) selfCheck(is *issuer) error {
 	id, err := identity.WorkloadID(c.td.Name(), "trellis-system", "ca-self-check")
 	if err != nil {
 		return fmt.Errorf("ca: self-check: %w", err)
@@ -243,13 +287,13 @@ func (c *CA) selfCheck() error {
 	if err != nil {
 		return fmt.Errorf("ca: self-check: %w", err)
 	}
-	chain, _, err := c.issue(key.Public(), id, nil, nil)
+	chain, _, err := c.issueWith(is, key.Public(), id, nil, nil)
 	if err != nil {
 		return fmt.Errorf("ca: self-check: %w", err)
 	}
 	// At the CA's clock, not the wall clock, so a CA on a test or skewed
 	// clock checks what it will actually issue.
-	b := x509bundle.FromX509Authorities(c.td, c.roots)
+	b := x509bundle.FromX509Authorities(c.td, is.roots)
 	if _, _, err := x509svid.ParseAndVerify(chain, b, x509svid.WithTime(c.now())); err != nil {
 		return fmt.Errorf("ca: self-check: a certificate this CA issues does not verify against its own bundle "+
 			"(check name constraints, key usage and path length of the CA certificates): %w", err)
@@ -260,18 +304,26 @@ func (c *CA) selfCheck() error {
 // TrustDomain is the CA's trust domain.
 func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
 
-// Bundle returns the trust bundle: the DER roots. A slice, so that an old and
-// a new root can coexist during rotation.
+// Bundle returns the trust bundle: the DER roots, the one issued under
+// first. During a rotation it holds the old and the new root.
 func (c *CA) Bundle() [][]byte {
-	out := make([][]byte, len(c.bundleDER))
-	copy(out, c.bundleDER)
+	is := c.cur.Load()
+	out := make([][]byte, len(is.bundleDER))
+	copy(out, is.bundleDER)
 	return out
 }
 
 // BundlePEM returns the trust bundle as concatenated PEM certificates.
 func (c *CA) BundlePEM() []byte {
-	return append([]byte(nil), c.bundlePEM...)
+	return append([]byte(nil), c.cur.Load().bundlePEM...)
 }
 
 // NotAfter is when the signing certificate (or a certificate above it) expires.
-func (c *CA) NotAfter() time.Time { return c.maxNotAfter }
+func (c *CA) NotAfter() time.Time { return c.cur.Load().maxNotAfter }
+
+// IssuingRoot is the DER of the root issued under now (Bundle()[0]).
+func (c *CA) IssuingRoot() []byte { return c.cur.Load().bundleDER[0] }
+
+// FromFiles reports whether the signing certificate came from files (the
+// operator owns it; Rotate refuses).
+func (c *CA) FromFiles() bool { return c.st == nil }

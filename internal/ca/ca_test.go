@@ -144,6 +144,9 @@ type failStorage struct{ err error }
 
 func (f failStorage) Get(context.Context, string) (store.KV, error)   { return store.KV{}, f.err }
 func (f failStorage) Txn(context.Context, ...store.Op) (int64, error) { return 0, f.err }
+func (f failStorage) List(context.Context, string) ([]store.KV, int64, error) {
+	return nil, 0, f.err
+}
 
 func TestLoadOrCreateErrors(t *testing.T) {
 	ctx := context.Background()

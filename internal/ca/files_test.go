@@ -54,7 +54,7 @@ func TestLoadFromFiles(t *testing.T) {
 		{name: "root with itself as root file", cert: rootCert, key: rootKey, rootFile: rootCert, wantRoots: []*x509.Certificate{root.cert}},
 		{name: "intermediate", cert: interCert, key: interKey, rootFile: rootCert, wantChain: []*x509.Certificate{inter.cert}, wantRoots: []*x509.Certificate{root.cert}},
 		{name: "two intermediates", cert: inter2Chain, key: inter2Key, rootFile: rootCert, wantChain: []*x509.Certificate{inter2.cert, inter.cert}, wantRoots: []*x509.Certificate{root.cert}},
-		{name: "intermediate with two roots", cert: interCert, key: interKey, rootFile: bothRoots, wantChain: []*x509.Certificate{inter.cert}, wantRoots: []*x509.Certificate{otherRoot.cert, root.cert}},
+		{name: "intermediate with two roots", cert: interCert, key: interKey, rootFile: bothRoots, wantChain: []*x509.Certificate{inter.cert}, wantRoots: []*x509.Certificate{root.cert, otherRoot.cert}}, // the root issued under first, whatever the file order
 		{name: "mismatched key", cert: rootCert, key: interKey, err: []string{"key file " + interKey, "does not match", rootCert}},
 		{name: "not a CA", cert: leafPEM, key: leafKey, err: []string{leafPEM, "not a CA"}},
 		{name: "expired", cert: expiredCert, key: expiredKey, err: []string{expiredCert, "expired"}},

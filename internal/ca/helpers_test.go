@@ -10,6 +10,8 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,6 +36,8 @@ type memStorage struct {
 	// afterGet, if set, runs after every Get has read, before it returns
 	// (to line up races).
 	afterGet func()
+	// afterList is afterGet for List.
+	afterList func()
 }
 
 func newMem() *memStorage { return &memStorage{d: &memData{kv: map[string]store.KV{}}} }
@@ -50,6 +54,23 @@ func (m *memStorage) Get(_ context.Context, key string) (store.KV, error) {
 	}
 	kv.Value = append([]byte(nil), kv.Value...)
 	return kv, nil
+}
+
+func (m *memStorage) List(_ context.Context, prefix string) ([]store.KV, int64, error) {
+	if m.afterList != nil {
+		defer m.afterList()
+	}
+	m.d.mu.Lock()
+	defer m.d.mu.Unlock()
+	var out []store.KV
+	for k, kv := range m.d.kv {
+		if strings.HasPrefix(k, prefix) {
+			kv.Value = append([]byte(nil), kv.Value...)
+			out = append(out, kv)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.KV) int { return strings.Compare(a.Key, b.Key) })
+	return out, m.d.rev, nil
 }
 
 func (m *memStorage) Txn(_ context.Context, ops ...store.Op) (int64, error) {

@@ -48,7 +48,7 @@ func loadOrCreateIntermediate(ctx context.Context, st Storage, root *material, t
 		case !errors.Is(err, store.ErrNotFound):
 			return nil, fmt.Errorf("ca: read intermediate from store: %w", err)
 		}
-		m, value, err := createIntermediate(root, td, now, seal)
+		m, value, err := createIntermediate(IntermediateKey, root, td, now, seal)
 		if err != nil {
 			return nil, err
 		}
@@ -97,8 +97,8 @@ func loadStoredIntermediate(ctx context.Context, st Storage, kv store.KV, root *
 
 // createIntermediate makes an ECDSA P-256 intermediate signed by root, able
 // to sign leaves only (path length 0), for the root's trust domain only,
-// valid as long as the root; and its store value.
-func createIntermediate(root *material, td spiffeid.TrustDomain, now time.Time, seal *SealKey) (*material, []byte, error) {
+// valid as long as the root; and its store value under storeKey.
+func createIntermediate(storeKey string, root *material, td spiffeid.TrustDomain, now time.Time, seal *SealKey) (*material, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: create intermediate: %w", err)
@@ -135,7 +135,7 @@ func createIntermediate(root *material, td spiffeid.TrustDomain, now time.Time, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: create intermediate: %w", err)
 	}
-	value, err := record(IntermediateKey, der, keyDER, seal)
+	value, err := record(storeKey, der, keyDER, seal)
 	if err != nil {
 		return nil, nil, err
 	}

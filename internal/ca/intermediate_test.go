@@ -147,7 +147,7 @@ func TestIntermediateExpiredReplaced(t *testing.T) {
 	rm := &material{cert: certs[0], signer: signer, roots: certs}
 	short := *rm.cert
 	short.NotAfter = now.Add(time.Hour)
-	m, value, err := createIntermediate(&material{cert: &short, signer: signer, roots: certs}, td, now, nil)
+	m, value, err := createIntermediate(IntermediateKey, &material{cert: &short, signer: signer, roots: certs}, td, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func loadOrCreateRoot(ctx context.Context, st Storage, td spiffeid.TrustDomain, 
 		return nil, fmt.Errorf("ca: read root from store: %w", err)
 	}
 
-	m, value, err := createRoot(td, now, seal)
+	m, value, err := createRoot(RootKey, td, now, seal)
 	if err != nil {
 		return nil, err
 	}
@@ -141,9 +141,9 @@ func openRecord(value []byte, storeKey string, seal *SealKey) (plain []byte, sea
 	}
 }
 
-// createRoot makes a self-signed ECDSA P-256 root and its store value
-// (certificate and PKCS#8 key as PEM, the key sealed if seal is set).
-func createRoot(td spiffeid.TrustDomain, now time.Time, seal *SealKey) (*material, []byte, error) {
+// createRoot makes a self-signed ECDSA P-256 root and its store value under
+// storeKey (certificate and PKCS#8 key as PEM, the key sealed if seal is set).
+func createRoot(storeKey string, td spiffeid.TrustDomain, now time.Time, seal *SealKey) (*material, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: create root: %w", err)
@@ -177,7 +177,7 @@ func createRoot(td spiffeid.TrustDomain, now time.Time, seal *SealKey) (*materia
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: create root: %w", err)
 	}
-	value, err := record(RootKey, der, keyDER, seal)
+	value, err := record(storeKey, der, keyDER, seal)
 	if err != nil {
 		return nil, nil, err
 	}

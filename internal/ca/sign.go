@@ -62,18 +62,22 @@ func checkPublicKey(pub crypto.PublicKey) error {
 }
 
 // issue signs a leaf for pub naming id (URI SAN) plus the given DNS names and
-// IPs (control-plane server certificates only).
+// IPs (control-plane server certificates only), under the current issuer.
 func (c *CA) issue(pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ips []net.IP) ([][]byte, time.Time, error) {
+	return c.issueWith(c.cur.Load(), pub, id, dnsNames, ips)
+}
+
+func (c *CA) issueWith(is *issuer, pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ips []net.IP) ([][]byte, time.Time, error) {
 	if id.IsZero() || !id.MemberOf(c.td) || id.Path() == "" {
 		return nil, time.Time{}, fmt.Errorf("%w: %q (trust domain %s)", ErrForeignID, id.String(), c.td)
 	}
 	now := c.now()
-	if !now.Before(c.maxNotAfter) {
-		return nil, time.Time{}, fmt.Errorf("%w at %s; renew or replace the CA certificate", ErrExpired, c.maxNotAfter.UTC().Format(time.RFC3339))
+	if !now.Before(is.maxNotAfter) {
+		return nil, time.Time{}, fmt.Errorf("%w at %s; renew or replace the CA certificate", ErrExpired, is.maxNotAfter.UTC().Format(time.RFC3339))
 	}
 	notAfter := now.Add(c.ttl)
-	if notAfter.After(c.maxNotAfter) {
-		notAfter = c.maxNotAfter
+	if notAfter.After(is.maxNotAfter) {
+		notAfter = is.maxNotAfter
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -92,13 +96,13 @@ func (c *CA) issue(pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ips 
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, pub, c.signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, is.cert, pub, is.signer)
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("create certificate: %w", err)
 	}
-	chain := make([][]byte, 0, 1+len(c.chainTail))
+	chain := make([][]byte, 0, 1+len(is.chainTail))
 	chain = append(chain, der)
-	chain = append(chain, c.chainTail...)
+	chain = append(chain, is.chainTail...)
 	return chain, notAfter, nil
 }
 

@@ -25,8 +25,8 @@ import (
 const (
 	// caWarnBefore: a CA root that expires sooner must be rotated now.
 	caWarnBefore = 30 * 24 * time.Hour
-	// certWarnBefore: a proxy renews at 2/3 of its certificate's life (16 h
-	// of 24 h); one with less than this left has failed to renew.
+	// certWarnBefore: a proxy renews at 45-55% of its certificate's life
+	// (about 12 h of 24 h); one with less than this left has failed to renew.
 	certWarnBefore = time.Hour
 	// maxClockSkew between this machine and the control plane; certificates
 	// are checked against both clocks.
@@ -411,7 +411,7 @@ func checkProxies(list []push.ProxyStatus, now time.Time) []checkLine {
 		lines = append(lines, pass("no proxy refused its config (no NACKs)"))
 	}
 	if len(expiring) > 0 {
-		lines = append(lines, fail("a proxy renews at 2/3 of its certificate's life; see its log for renewal errors (is the control plane reachable from it?)",
+		lines = append(lines, fail("a proxy renews at about half of its certificate's life; see its log for renewal errors (is the control plane reachable from it?)",
 			"%d of %d proxies hold a certificate that expires within %s:\n  %s", len(expiring), n, certWarnBefore, strings.Join(expiring, "\n  ")))
 	} else {
 		lines = append(lines, pass("no proxy certificate expires within %s", certWarnBefore))

@@ -60,7 +60,7 @@ The control plane logs a warning at start and 'trellis check' flags it.`,
 	f.StringVar(&o.CACertFile, "ca-cert", "", "PEM signing certificate (root or intermediate) to use instead of creating a root")
 	f.StringVar(&o.CAKeyFile, "ca-key", "", "PEM private key of --ca-cert")
 	f.StringVar(&o.CARootFile, "ca-root", "", "PEM root of --ca-cert when it is an intermediate")
-	f.DurationVar(&o.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates; proxies renew at 2/3 of it")
+	f.DurationVar(&o.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates; proxies renew at 45-55% of it")
 	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow listening on non-loopback addresses")
 	f.BoolVar(&o.InsecureBootstrapToken, "insecure-bootstrap-token", false, "DEV MODE: accept <data-dir>/bootstrap-token for ANY identity (for demos; never in production)")
 	f.StringVar(&o.DNSAddr, "dns-addr", "", `DNS server address, UDP and TCP (default 127.0.0.1:8600, skipped with a warning if busy); "off" disables`)

@@ -22,6 +22,7 @@ import (
 	"trellis.dev/trellis/internal/echo"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/push"
+	"trellis.dev/trellis/internal/ratelog"
 	"trellis.dev/trellis/internal/store"
 	"trellis.dev/trellis/internal/xds"
 )
@@ -56,6 +57,7 @@ type adminDeps struct {
 	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
 	xdsClients    func() []xds.ClientStatus
 	snapshots     snapshotSource // authz check (authcheck.go)
+	rotator       caRotator      // CA rotation (ca_rotation.go)
 	// caughtUp blocks until the mesh view has every write committed
 	// before the call, so a check right after an apply sees it.
 	caughtUp func(ctx context.Context) error
@@ -71,6 +73,8 @@ type admin struct {
 	// maxBody is MaxBodyBytes; tests lower it to exercise the limit cheaply.
 	maxBody atomic.Int64
 	handler http.Handler
+	// refusalLog rate-limits the log lines of refused calls.
+	refusalLog *ratelog.Limiter
 }
 
 // newAdmin returns the admin API handler: every route requires an admin
@@ -83,6 +87,7 @@ func newAdmin(d adminDeps) *admin {
 		d.awaitRevision = func(context.Context, int64) []push.ProxyStatus { return d.statuses() }
 	}
 	a := &admin{adminDeps: d, log: d.logger.With("component", "admin")}
+	a.refusalLog = ratelog.New(a.log, ratelog.Options{})
 	a.maxBody.Store(MaxBodyBytes)
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/apply", a.apply)
@@ -93,6 +98,7 @@ func newAdmin(d adminDeps) *admin {
 	mux.HandleFunc("GET /v1/endpoints", a.listEndpoints)
 	mux.HandleFunc("GET /v1/xds-clients", a.listXDSClients)
 	a.tokenRoutes(mux)
+	a.caRoutes(mux)
 	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit)", r.Method, truncate(r.URL.Path, 256)))

@@ -72,6 +72,7 @@ func (a *admin) credentialInURL(u *url.URL) bool {
 func (a *admin) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a.credentialInURL(r.URL) {
+			a.refused(r, caller{}, "credentials_in_url")
 			writeError(w, http.StatusBadRequest, "credentials in the URL are refused (URLs end up in logs and shell history): send 'Authorization: Bearer <token>' and remove the token from the query string")
 			return
 		}
@@ -80,23 +81,36 @@ func (a *admin) authenticate(next http.Handler) http.Handler {
 			if status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
 			}
+			a.refused(r, c, "bad_token")
 			writeError(w, status, msg)
 			return
 		}
 		switch {
 		case c.role == RoleProxy:
+			a.refused(r, c, "proxy_token")
 			writeError(w, http.StatusForbidden, "this is a proxy join token: it obtains a proxy's certificate and cannot use the admin API; use an admin or read-only token")
 			return
 		case c.role == RoleReadOnly && !readsOnly(r):
+			a.refused(r, c, "read_only")
 			writeError(w, http.StatusForbidden, "read-only token: "+r.Method+" needs an admin token")
 			return
 		case c.role != RoleAdmin && c.role != RoleReadOnly:
+			a.refused(r, c, "no_role")
 			writeError(w, http.StatusForbidden, "token has no admin API role")
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, a.maxBody.Load())
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
 	})
+}
+
+// refused logs a denied admin API call through the refusal log limiter:
+// who (never the secret), what, and from where.
+func (a *admin) refused(r *http.Request, c caller, reason string) {
+	if ok, n := a.refusalLog.Allow(reason); ok {
+		a.log.Warn("admin API call refused", "reason", reason, "who", c.who, "method", r.Method,
+			"path", truncate(r.URL.Path, 256), "remote", r.RemoteAddr, "suppressed", n)
+	}
 }
 
 // identify reads the bearer token: the data dir's admin-token, or a token

@@ -182,6 +182,7 @@ type Control struct {
 	ownStore bool
 	meter    *telemetry.ControlMetrics
 	ca       *ca.CA
+	rotator  *ca.Rotator
 	reg      *registry.Registry
 	view     *view.View
 	comp     *compiler.Compiler
@@ -276,12 +277,17 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		return nil, fmt.Errorf("control: identity: %w", err)
 	}
 	dns, ips := serverNames(o.GRPCAddr, o.AdminAddr)
-	tlsConfig, err := c.ca.ServerTLSConfig(id, dns, ips)
+	tlsConfig, err := c.ca.ServerTLSConfig(id, dns, ips, "h2")
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	adminTLS, err := c.ca.ServerTLSConfig(id, dns, ips, "h2", "http/1.1")
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
 
 	c.reg = registry.New(c.st, o.Logger)
+	c.rotator = c.newRotator()
 	c.view = view.New(c.st, view.Options{Logger: o.Logger})
 	c.comp = compiler.New(c.view, compiler.Options{
 		TrustDomain: td.String(),
@@ -295,6 +301,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	c.tokens = tokens
 	refusals, err := telemetry.NewControlSecurity(c.promReg, push.RefusalReasons())
 	if err != nil {
+		return nil, fmt.Errorf("control: metrics: %w", err)
+	}
+	if err := telemetry.RegisterCARotation(c.promReg, ca.Phases(), func() (string, int) { return c.ca.Phase(), c.rotator.Lagging() }); err != nil {
 		return nil, fmt.Errorf("control: metrics: %w", err)
 	}
 	c.push = push.NewServer(push.ServerOptions{
@@ -333,6 +342,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	c.cancel = cancel
 	c.wg.Go(func() { c.view.Run(runCtx) })
 	c.wg.Go(func() { c.comp.Run(runCtx) })
+	c.runRotation(runCtx)
 
 	c.grpc = grpc.NewServer(push.GRPCServerOptions(tlsConfig)...)
 	c.push.Register(c.grpc)
@@ -345,8 +355,6 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		}
 	})
 
-	adminTLS := tlsConfig.Clone()
-	adminTLS.NextProtos = []string{"h2", "http/1.1"}
 	c.admin = newAdmin(adminDeps{
 		store:         c.st,
 		applier:       apply.New(auditingStore{c.st}, apply.Options{Logger: o.Logger}),
@@ -357,6 +365,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		endpoints:     c.reg.Endpoints,
 		xdsClients:    c.xdsClients,
 		snapshots:     c.comp,
+		rotator:       c.rotator,
 		caughtUp: func(ctx context.Context) error {
 			rev, err := c.st.Revision(ctx)
 			if err == nil {
@@ -372,7 +381,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ErrorLog:          serverErrorLog(log, c.admin.refusalLog),
 	}
 	c.wg.Go(func() {
 		if err := c.http.ServeTLS(c.adminLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {

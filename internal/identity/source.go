@@ -31,6 +31,24 @@ type sourceState struct {
 	svid   *x509svid.SVID // nil until the first Set
 	bundle *x509bundle.Bundle
 	pool   *x509.CertPool
+	// rootsDER is the bundle in its order; bundleFP its BundleFingerprint;
+	// certRoot the root svid chains to (nil without svid).
+	rootsDER [][]byte
+	bundleFP []byte
+	certRoot *x509.Certificate
+}
+
+// newState is a state for svid (may be nil) under bundle.
+func newState(svid *x509svid.SVID, b *x509bundle.Bundle, pool *x509.CertPool, bundle [][]byte) *sourceState {
+	st := &sourceState{svid: svid, bundle: b, pool: pool, bundleFP: BundleFingerprint(bundle)}
+	st.rootsDER = make([][]byte, len(bundle))
+	for i, r := range bundle {
+		st.rootsDER[i] = append([]byte(nil), r...)
+	}
+	if svid != nil {
+		st.certRoot = rootOf(svid.Certificates, st)
+	}
+	return st
 }
 
 var (
@@ -75,11 +93,7 @@ func (s *Source) Set(chain [][]byte, key crypto.Signer, bundle [][]byte) error {
 	if !ok || !pub.Equal(leaf.PublicKey) {
 		return errors.New("identity: set: private key does not match the leaf certificate")
 	}
-	s.cur.Store(&sourceState{
-		svid:   &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key},
-		bundle: b,
-		pool:   pool,
-	})
+	s.cur.Store(newState(&x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, b, pool, bundle))
 	return nil
 }
 
@@ -92,13 +106,14 @@ func (s *Source) SetBundle(bundle [][]byte) error {
 		return fmt.Errorf("identity: set bundle: %w", err)
 	}
 	old := s.cur.Load()
-	next := &sourceState{bundle: b, pool: pool}
+	var svid *x509svid.SVID
 	if old != nil && old.svid != nil {
 		if _, err := s.verifyChain(old.svid.Certificates, b); err != nil {
 			return fmt.Errorf("identity: set bundle: current certificate would not verify: %w", err)
 		}
-		next.svid = old.svid
+		svid = old.svid
 	}
+	next := newState(svid, b, pool, bundle)
 	// A concurrent Set wins over this call; proxies apply updates from one
 	// goroutine, so a lost race here means a newer state already landed.
 	if !s.cur.CompareAndSwap(old, next) {

@@ -79,14 +79,26 @@ func PeerID(cs tls.ConnectionState) (spiffeid.ID, error) {
 	return id, nil
 }
 
-// RenewAt is when to renew a certificate valid from notBefore to notAfter: at
-// 2/3 of its lifetime. That leaves a third (8h of a 24h certificate) to retry
-// through a control-plane outage before the workload loses its identity,
-// while renewing rarely enough to keep CA load low (Linkerd renews at 70%,
-// Istio and SPIRE around 50%).
-func RenewAt(notBefore, notAfter time.Time) time.Time {
+// Renewal happens between RenewMin and RenewMax of a certificate's
+// lifetime: about half, as Istio and SPIRE do. Half leaves 12 h of a 24 h
+// certificate to retry through a control-plane outage, and a window rather
+// than a point spreads the renewals of proxies that started together (a
+// rollout, a CA rotation) over a tenth of the lifetime instead of one
+// instant.
+const (
+	RenewMin = 0.45
+	RenewMax = 0.55
+)
+
+// RenewAt is when to renew a certificate valid from notBefore to notAfter:
+// at RenewMin + jitter × (RenewMax − RenewMin) of its lifetime, jitter in
+// [0, 1) drawn once per certificate (math/rand/v2's Float64). Values out of
+// range are clamped, so a bad source cannot push renewal past expiry.
+func RenewAt(notBefore, notAfter time.Time, jitter float64) time.Time {
 	if !notAfter.After(notBefore) {
 		return notBefore
 	}
-	return notBefore.Add(notAfter.Sub(notBefore) * 2 / 3)
+	jitter = min(max(jitter, 0), 1)
+	frac := RenewMin + jitter*(RenewMax-RenewMin)
+	return notBefore.Add(time.Duration(float64(notAfter.Sub(notBefore)) * frac))
 }

@@ -270,18 +270,22 @@ func TestRenewAt(t *testing.T) {
 	tests := []struct {
 		name   string
 		nb, na time.Time
+		jitter float64
 		want   time.Time
 	}{
-		{"24h", t0, t0.Add(24 * time.Hour), t0.Add(16 * time.Hour)},
-		{"1h", t0, t0.Add(time.Hour), t0.Add(40 * time.Minute)},
-		{"3s", t0, t0.Add(3 * time.Second), t0.Add(2 * time.Second)},
-		{"backdated", t0.Add(-time.Minute), t0.Add(59 * time.Minute), t0.Add(39 * time.Minute)},
-		{"zero length", t0, t0, t0},
-		{"inverted", t0, t0.Add(-time.Hour), t0},
+		{"24h low", t0, t0.Add(24 * time.Hour), 0, t0.Add(24 * time.Hour * 45 / 100)},
+		{"24h mid", t0, t0.Add(24 * time.Hour), 0.5, t0.Add(12 * time.Hour)},
+		{"24h high", t0, t0.Add(24 * time.Hour), 1, t0.Add(24 * time.Hour * 55 / 100)},
+		{"20s mid", t0, t0.Add(20 * time.Second), 0.5, t0.Add(10 * time.Second)},
+		{"backdated", t0.Add(-time.Minute), t0.Add(99 * time.Minute), 0.5, t0.Add(49 * time.Minute)},
+		{"jitter clamped below", t0, t0.Add(100 * time.Second), -3, t0.Add(45 * time.Second)},
+		{"jitter clamped above", t0, t0.Add(100 * time.Second), 7, t0.Add(55 * time.Second)},
+		{"zero length", t0, t0, 0.5, t0},
+		{"inverted", t0, t0.Add(-time.Hour), 0.5, t0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := RenewAt(tt.nb, tt.na); !got.Equal(tt.want) {
+			if got := RenewAt(tt.nb, tt.na, tt.jitter); !got.Equal(tt.want) {
 				t.Fatalf("RenewAt = %s, want %s", got, tt.want)
 			}
 		})

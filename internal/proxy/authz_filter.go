@@ -3,8 +3,6 @@ package proxy
 import (
 	"crypto/tls"
 	"net/http"
-	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -148,10 +146,11 @@ func (p *Proxy) authorizeTunnel(cfg *compiled, conn *tls.Conn, port uint32) (str
 	return o.denyMsg, false
 }
 
-// logDenied logs a denial, at most authzLogBurst lines a second; the next
-// line logged says how many were left out.
+// logDenied logs a denial through the proxy's refusal log limiter
+// (internal/ratelog: a burst, then a few lines a second, and a summary of
+// the rest); the counters count every one.
 func (p *Proxy) logDenied(cfg *compiled, o *authzOutcome, d authz.Decision, peer string, port uint32, method, path string) {
-	ok, suppressed := p.authzLog.allow(time.Now())
+	ok, suppressed := p.refusalLog.Allow("authorization_denied")
 	if !ok {
 		return
 	}
@@ -161,34 +160,4 @@ func (p *Proxy) logDenied(cfg *compiled, o *authzOutcome, d authz.Decision, peer
 	p.log.Info("authorization denied",
 		"service", cfg.inbound.key, "peer", peer, "port", port, "method", method, "path", path,
 		"policy", o.label, "rule", d.Rule, "reason", d.Reason.String(), "suppressed", suppressed)
-}
-
-// authzLogBurst is how many denials a second are logged.
-const authzLogBurst = 5
-
-// logLimiter lets authzLogBurst lines through per one-second window and
-// counts the others, so a flood of denied requests cannot flood the log.
-type logLimiter struct {
-	mu         sync.Mutex
-	window     time.Time
-	n          int
-	suppressed int
-}
-
-// allow reports whether a line may be logged at now, and how many were
-// suppressed since the last one that was.
-func (l *logLimiter) allow(now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.window) >= time.Second {
-		l.window, l.n = now, 0
-	}
-	if l.n >= authzLogBurst {
-		l.suppressed++
-		return false, 0
-	}
-	l.n++
-	s := l.suppressed
-	l.suppressed = 0
-	return true, s
 }

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
@@ -180,28 +179,6 @@ func TestAuthzInvalidNACKed(t *testing.T) {
 	if resp, _ := get(t, proxyClient(m.client), "http://orders/", nil); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("last good (deny) config lost: %d", resp.StatusCode)
 	}
-}
-
-// TestLogLimiter: at most authzLogBurst lines a second; the next line
-// logged reports how many were suppressed.
-func TestLogLimiter(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var l logLimiter
-		passed := 0
-		for range 100 {
-			if ok, _ := l.allow(time.Now()); ok {
-				passed++
-			}
-		}
-		if passed != authzLogBurst {
-			t.Fatalf("%d lines passed in one second, want %d", passed, authzLogBurst)
-		}
-		time.Sleep(time.Second)
-		ok, suppressed := l.allow(time.Now())
-		if !ok || suppressed != 100-authzLogBurst {
-			t.Fatalf("next second: ok=%v suppressed=%d", ok, suppressed)
-		}
-	})
 }
 
 // BenchmarkAuthzFilter: an allowed request through the inbound

@@ -80,7 +80,9 @@ func (p *Proxy) admitInbound(conn net.Conn, cfg *tls.Config) net.Conn {
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		p.countHandshake(err)
-		p.log.Debug("inbound handshake refused", "remote", conn.RemoteAddr().String(), "err", err)
+		if ok, n := p.refusalLog.Allow("inbound_handshake"); ok {
+			p.log.Info("inbound handshake refused", "remote", conn.RemoteAddr().String(), "err", err, "suppressed", n)
+		}
 		return nil
 	}
 	_ = conn.SetDeadline(time.Time{})

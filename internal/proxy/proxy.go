@@ -33,6 +33,7 @@ import (
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/ratelimit"
+	"trellis.dev/trellis/internal/ratelog"
 	"trellis.dev/trellis/internal/telemetry"
 	"trellis.dev/trellis/internal/tracing"
 )
@@ -151,8 +152,8 @@ type Proxy struct {
 	epoch      time.Time
 	slotTimers sync.Pool
 
-	// authzLog rate-limits the log lines of authorization denials.
-	authzLog logLimiter
+	// refusalLog rate-limits the log lines of denials and refusals.
+	refusalLog *ratelog.Limiter
 
 	subscribed sync.Map // service key → struct{}, Subscribe called once each
 	ready      atomic.Bool
@@ -233,6 +234,7 @@ func New(o Options) (*Proxy, error) {
 	p := &Proxy{
 		opts:          o,
 		log:           o.Logger.With("component", "proxy"),
+		refusalLog:    ratelog.New(o.Logger.With("component", "proxy"), ratelog.Options{}),
 		pickers:       make(map[pickerKey]pickerEntry),
 		endpoints:     make(map[endpointKey]*lb.Endpoint),
 		peers:         make(map[string]*peer),

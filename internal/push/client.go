@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -26,6 +27,10 @@ type ClientOptions struct {
 	Addr string
 	// RootCAs verify the control plane's certificate (from --ca-file).
 	RootCAs *x509.CertPool
+	// Roots, if set and not returning nil, replaces RootCAs per handshake:
+	// the proxy's current trust bundle, so the control plane's certificate
+	// can move to a rotated CA's chain without a restart.
+	Roots func() *x509.CertPool
 	// GetClientCertificate returns the current workload certificate
 	// (hot-swapped); it may return an empty certificate before the first
 	// Certify.
@@ -89,6 +94,12 @@ func (c *Client) newConn() (*grpc.ClientConn, error) {
 			return cert, nil
 		},
 	}
+	if c.o.Roots != nil {
+		// crypto/tls has no per-handshake RootCAs hook for clients:
+		// verify in VerifyConnection instead, with the same checks.
+		tc.InsecureSkipVerify = true //nolint:gosec // verified in VerifyConnection
+		tc.VerifyConnection = c.verifyServer
+	}
 	cc, err := grpc.NewClient(c.o.Addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
@@ -110,6 +121,42 @@ func (c *Client) newConn() (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("push: dial %s: %w", c.o.Addr, err)
 	}
 	return cc, nil
+}
+
+// verifyServer checks the control plane's chain and name as crypto/tls
+// would, against Roots() (RootCAs while it returns nil).
+func (c *Client) verifyServer(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("push: control plane presented no certificate")
+	}
+	roots := c.o.Roots()
+	if roots == nil {
+		roots = c.o.RootCAs
+	}
+	inter := x509.NewCertPool()
+	for _, ic := range cs.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	// ServerName is the SNI sent, empty for an IP address: then the
+	// address dialled is the name to check.
+	name := cs.ServerName
+	if name == "" {
+		if host, _, err := net.SplitHostPort(c.o.Addr); err == nil {
+			name = host
+		}
+	}
+	if name == "" {
+		return errors.New("push: control plane address has no host to verify")
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		DNSName:       name,
+		Roots:         roots,
+		Intermediates: inter,
+	})
+	if err != nil {
+		return fmt.Errorf("push: control plane certificate: %w", err)
+	}
+	return nil
 }
 
 // current returns the connection's client and its generation.

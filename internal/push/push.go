@@ -195,6 +195,12 @@ type ProxyStatus struct {
 	// one every few seconds while they change).
 	ConcurrencyLimit uint32 `json:"concurrencyLimit,omitempty"`
 	ConcurrencyShed  uint64 `json:"concurrencyShed,omitempty"`
+	// CertIssuer is the hex SHA-256 of the root the proxy's certificate
+	// chains to, and TrustBundle that of the bundle it has installed
+	// (identity.BundleFingerprint), as it last reported them; a CA
+	// rotation waits on them.
+	CertIssuer  string `json:"certIssuer,omitempty"`
+	TrustBundle string `json:"trustBundle,omitempty"`
 }
 
 // AtRevision reports whether p runs a snapshot current at rev or later.

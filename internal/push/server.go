@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/ratelog"
 )
 
 // Server is the control plane's Mesh service.
@@ -51,6 +52,8 @@ type Server struct {
 	changed chan struct{}
 
 	pushes, acks, nacks, slow atomic.Uint64
+	// refusalLog rate-limits the log lines of refused calls.
+	refusalLog *ratelog.Limiter
 }
 
 type nodeInfo struct {
@@ -100,6 +103,7 @@ func NewServer(o ServerOptions) *Server {
 	return &Server{
 		o:           o,
 		log:         o.Logger.With("component", "push"),
+		refusalLog:  ratelog.New(o.Logger.With("component", "push"), ratelog.Options{}),
 		done:        make(chan struct{}),
 		noncePrefix: hex.EncodeToString(b[:]),
 		nodes:       map[string]*nodeInfo{},
@@ -309,7 +313,7 @@ func (m *meshService) Certify(ctx context.Context, req *meshv1.CertifyRequest) (
 	}
 
 	if err := checkCSRNames(csr, id); err != nil {
-		s.o.Refusals.Refused("certify", ReasonCSRIdentity)
+		s.refused("certify", ReasonCSRIdentity, "certify refused: the CSR names another identity", "requested", id.String())
 		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
 	g, err := s.authorize(ctx, req, id)
@@ -349,11 +353,11 @@ func (m *meshService) Register(ctx context.Context, req *meshv1.RegisterRequest)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if ep.GetNamespace() != p.ns {
-		s.o.Refusals.Refused("register", ReasonNamespace)
+		s.refused("register", ReasonNamespace, "register refused: endpoint namespace is not the certificate's", "identity", p.id.String())
 		return nil, status.Errorf(codes.PermissionDenied, "endpoint.namespace: %q does not match the certificate's namespace %q (%s)", ep.GetNamespace(), p.ns, p.id)
 	}
 	if ep.GetIdentity() != "" && ep.GetIdentity() != p.id.String() {
-		s.o.Refusals.Refused("register", ReasonIdentity)
+		s.refused("register", ReasonIdentity, "register refused: endpoint identity is not the certificate's", "identity", p.id.String())
 		return nil, status.Errorf(codes.PermissionDenied, "endpoint.identity: %q does not match the certificate's identity %s", truncate(ep.GetIdentity(), 256), p.id)
 	}
 	if err := s.allowAccount(ctx, ep, p); err != nil {

@@ -310,6 +310,9 @@ func (s *session) certNotAfter() int64 {
 type reportedStatus struct {
 	limit uint32
 	shed  uint64
+	// certRoot and bundle: the CA-rotation fingerprints, as strings so
+	// the struct compares with ==.
+	certRoot, bundle string
 }
 
 // status fills req's status fields and returns them.
@@ -317,7 +320,8 @@ func (s *session) status(req *meshv1.WatchRequest) reportedStatus {
 	if s.o.Status != nil {
 		s.o.Status(req)
 	}
-	return reportedStatus{req.GetConcurrencyLimit(), req.GetConcurrencyShed()}
+	return reportedStatus{req.GetConcurrencyLimit(), req.GetConcurrencyShed(),
+		string(req.GetCertIssuerFingerprint()), string(req.GetTrustBundleFingerprint())}
 }
 
 func (s *session) subscriptions() []string {

@@ -142,10 +142,10 @@ func (s *Server) authorize(ctx context.Context, req *meshv1.CertifyRequest, id s
 	case req.GetToken() != "":
 		return s.authorizeToken(ctx, req.GetToken(), id)
 	case perr == nil:
-		s.o.Refusals.Refused("certify", ReasonRenewIdentity)
+		s.refused("certify", ReasonRenewIdentity, "certify refused: a certificate may renew only its own identity", "caller", p.id.String(), "requested", id.String())
 		return grant{}, status.Errorf(codes.PermissionDenied, "certificate for %s may not renew %s: request your own identity or use a join token", p.id, id)
 	default:
-		s.o.Refusals.Refused("certify", ReasonNoCredentials)
+		s.refused("certify", ReasonNoCredentials, "certify refused: no join token and no valid client certificate", "requested", id.String())
 		return grant{}, status.Errorf(codes.Unauthenticated, "no join token and no valid client certificate (%v): pass --token-file with a token from 'trellis token create'", perr)
 	}
 }
@@ -157,21 +157,21 @@ func (s *Server) authorizeToken(ctx context.Context, secret string, id spiffeid.
 		return grant{by: "bootstrap-token"}, nil
 	}
 	if s.o.Tokens == nil {
-		s.o.Refusals.Refused("certify", ReasonTokenUnknown)
+		s.refused("certify", ReasonTokenUnknown, "certify: join token refused", "identity", id.String())
 		return grant{}, status.Error(codes.Unauthenticated, "join token rejected: pass --token-file with a token from 'trellis token create --service-account SA'")
 	}
 	tok, err := s.o.Tokens.Lookup(ctx, secret)
 	if err != nil {
 		reason, st := tokenStatus(err)
 		if reason != "" {
-			s.o.Refusals.Refused("certify", reason)
+			s.refused("certify", reason, "certify: join token refused", "identity", id.String())
+		} else {
+			s.log.Warn("certify: join token lookup failed", "identity", id.String(), "err", err)
 		}
-		s.log.Warn("certify: join token refused", "identity", id.String(), "reason", reason)
 		return grant{}, st
 	}
 	if id != s.tokenID(tok) {
-		s.o.Refusals.Refused("certify", ReasonTokenIdentity)
-		s.log.Warn("certify: join token for another identity", "token", tok.ID, "requested", id.String())
+		s.refused("certify", ReasonTokenIdentity, "certify: join token for another identity", "token", tok.ID, "requested", id.String())
 		return grant{}, status.Errorf(codes.PermissionDenied, "join token %s is for ns/%s/sa/%s, not %s: use a token created for this service account", tok.ID, tok.Namespace, tok.ServiceAccount, id)
 	}
 	return grant{token: tok.ID, by: "token:" + tok.ID}, nil
@@ -214,7 +214,7 @@ func (s *Server) record(ctx context.Context, g grant, iss Issuance) error {
 	if err := s.o.Tokens.Redeem(ctx, g.token, iss); err != nil {
 		reason, st := tokenStatus(err)
 		if reason != "" {
-			s.o.Refusals.Refused("certify", reason)
+			s.refused("certify", reason, "certify: join token refused at redemption", "identity", iss.Identity)
 		}
 		return st
 	}
@@ -239,8 +239,7 @@ func (s *Server) allowAccount(ctx context.Context, ep *meshv1.Endpoint, p peerId
 	case err == nil:
 		return nil
 	case errors.Is(err, ErrAccountNotAllowed):
-		s.o.Refusals.Refused("register", ReasonServiceAccount)
-		s.log.Warn("register: service account not allowed", "identity", p.id.String(), "service", ep.GetService(), "namespace", ep.GetNamespace())
+		s.refused("register", ReasonServiceAccount, "register: service account not allowed", "identity", p.id.String(), "service", ep.GetService(), "namespace", ep.GetNamespace())
 		return status.Errorf(codes.PermissionDenied, "%v (caller %s)", err, p.id)
 	default:
 		return status.Errorf(codes.Unavailable, "push: register: %v", err)

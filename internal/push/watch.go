@@ -2,6 +2,7 @@ package push
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"io"
 	"slices"
@@ -118,7 +119,8 @@ func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest,
 		w.sentVer = v
 		w.st.SentVersion, w.st.AckedVersion, w.st.State = v, v, StateSynced
 	}
-	w.wake <- struct{}{} // first compile at once
+	w.recordFingerprintsLocked(first) // not yet shared: no lock needed
+	w.wake <- struct{}{}              // first compile at once
 
 	s.mu.Lock()
 	old := s.streams[n.id]
@@ -203,18 +205,32 @@ func (w *watchStream) recvLoop() error {
 		// Every message carries the proxy's status; one without a nonce
 		// (status-only, or a resubscription) answers no snapshot.
 		w.st.ConcurrencyLimit, w.st.ConcurrencyShed = req.GetConcurrencyLimit(), req.GetConcurrencyShed()
+		rotated := w.recordFingerprintsLocked(req)
 		if nonce := req.GetNonce(); nonce != "" && nonce == w.sentNonce {
 			w.answerLocked(req)
 			answered = true
 		}
 		w.mu.Unlock()
-		if answered {
+		if answered || rotated {
 			w.s.notifyStatus()
 		}
 		if changed {
 			poke(w.wake)
 		}
 	}
+}
+
+// recordFingerprintsLocked keeps the CA-rotation fingerprints a message
+// carries and reports whether they changed.
+func (w *watchStream) recordFingerprintsLocked(req *meshv1.WatchRequest) bool {
+	changed := false
+	if fp := req.GetCertIssuerFingerprint(); len(fp) > 0 && hex.EncodeToString(fp) != w.st.CertIssuer {
+		w.st.CertIssuer, changed = hex.EncodeToString(fp), true
+	}
+	if fp := req.GetTrustBundleFingerprint(); len(fp) > 0 && hex.EncodeToString(fp) != w.st.TrustBundle {
+		w.st.TrustBundle, changed = hex.EncodeToString(fp), true
+	}
+	return changed
 }
 
 // answerLocked records an ACK or NACK of the last snapshot sent; answers to

@@ -112,43 +112,25 @@ func (s *sidecar) updateBundle(bundle [][]byte) error {
 	}
 	s.bundle = bundle
 	s.log.Info("trust bundle updated", "roots", len(bundle))
+	if s.src.IssuerMoved() {
+		s.renew.renewSoon()
+	}
 	return nil
 }
 
-// renewLoop renews the certificate at 2/3 of its life: with the current
-// certificate, or with the bootstrap token if that fails (say, it expired
-// while the control plane was down).
-func (s *sidecar) renewLoop(ctx context.Context) {
-	for {
-		svid, err := s.src.GetX509SVID()
-		if err != nil {
-			return
-		}
-		leaf := svid.Certificates[0]
-		// The CA back-dates NotBefore for clock skew; count the lifetime
-		// from when the certificate arrived so short TTLs renew sensibly.
-		s.mu.Lock()
-		start := s.received
-		s.mu.Unlock()
-		if leaf.NotBefore.After(start) {
-			start = leaf.NotBefore
-		}
-		wait := time.Until(identity.RenewAt(start, leaf.NotAfter))
-		if !sleep(ctx, max(wait, time.Second)) {
-			return
-		}
-		err = s.certify(ctx, "")
-		if err != nil {
-			s.log.Warn("certificate renewal with current certificate failed; trying the join token", "err", err)
-			err = s.certify(ctx, s.token)
-		}
-		if err != nil {
-			s.log.Error("certificate renewal failed; will retry", "err", err)
-			if !sleep(ctx, 10*time.Second) {
-				return
-			}
-			continue
-		}
-		s.client.Resubscribe() // reports the new expiry to proxy-status
+// certValidity is the current certificate's life, counted from when it
+// arrived if the CA back-dated it.
+func (s *sidecar) certValidity() (start, notAfter time.Time, ok bool) {
+	svid, err := s.src.GetX509SVID()
+	if err != nil {
+		return time.Time{}, time.Time{}, false
 	}
+	leaf := svid.Certificates[0]
+	s.mu.Lock()
+	start = s.received
+	s.mu.Unlock()
+	if leaf.NotBefore.After(start) {
+		start = leaf.NotBefore
+	}
+	return start, leaf.NotAfter, true
 }

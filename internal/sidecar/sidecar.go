@@ -74,6 +74,13 @@ type Options struct {
 	AccessLogMaxFiles int
 	AccessLogBuffer   int // lines waiting for the sink; default accesslog.DefaultQueue
 
+	// RenewJitter draws the renewal point of each certificate in [0, 1)
+	// (identity.RenewAt); default math/rand/v2's Float64. Tests seed it.
+	RenewJitter func() float64
+	// EarlyRenewSpread bounds the jittered delay of a re-certification
+	// after a CA rotation moved the issuer (default 5s).
+	EarlyRenewSpread time.Duration
+
 	Heartbeat    time.Duration // default 5s
 	DrainTimeout time.Duration // default 10s
 	// Limits and EnablePprof go to the proxy (proxy.Options).
@@ -102,6 +109,7 @@ type sidecar struct {
 	client *push.Client
 	token  string
 	proxy  *proxy.Proxy
+	renew  *renewer
 
 	mu       sync.Mutex
 	bundle   [][]byte        // the trust bundle last installed
@@ -156,7 +164,7 @@ func (s *sidecar) run(ctx context.Context) (int, error) {
 	sessionDone := make(chan error, 1)
 	so := s.sessionOptions()
 	go func() { sessionDone <- s.client.RunSession(runCtx, so) }()
-	go s.renewLoop(runCtx)
+	go s.renew.run(runCtx)
 	go s.quotaLoop(runCtx, so.Endpoint.GetId())
 
 	select {
@@ -219,6 +227,12 @@ func newSidecar(o Options) (*sidecar, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.RenewJitter == nil {
+		o.RenewJitter = rand.Float64
+	}
+	if o.EarlyRenewSpread <= 0 {
+		o.EarlyRenewSpread = defaultEarlySpread
+	}
 	td, err := spiffeid.TrustDomainFromString(o.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("sidecar: --trust-domain: %w", err)
@@ -249,9 +263,22 @@ func newSidecar(o Options) (*sidecar, error) {
 		subs:    subs,
 		readyCh: make(chan struct{}),
 	}
+	s.renew = &renewer{
+		log:         s.log,
+		cert:        s.certValidity,
+		certify:     s.certify,
+		token:       s.token,
+		jitter:      o.RenewJitter,
+		earlySpread: o.EarlyRenewSpread,
+		renewed:     func() { s.client.Resubscribe() }, // reports the new certificate
+		early:       make(chan struct{}, 1),
+	}
 	s.client, err = push.Dial(push.ClientOptions{
-		Addr:                 o.ControlAddr,
-		RootCAs:              roots,
+		Addr:    o.ControlAddr,
+		RootCAs: roots,
+		// Once certified, the control plane is verified against the
+		// current trust bundle, so it can move to a rotated CA's chain.
+		Roots:                s.src.RootPool,
 		GetClientCertificate: s.clientCertificate,
 		Logger:               o.Logger,
 	})
@@ -457,9 +484,12 @@ func (s *sidecar) sessionOptions() push.SessionOptions {
 }
 
 // status reports the proxy's adaptive concurrency limit and shed count to
-// the control plane, for trellis get and proxy-status.
+// the control plane, for trellis get and proxy-status, and the root its
+// certificate chains to and the bundle it trusts, which CA rotation waits on.
 func (s *sidecar) status(r *meshv1.WatchRequest) {
 	r.ConcurrencyLimit, r.ConcurrencyShed = s.proxy.ConcurrencyStatus()
+	r.CertIssuerFingerprint = s.src.CertRootFingerprint()
+	r.TrustBundleFingerprint = s.src.BundleFingerprint()
 }
 
 // apply installs a pushed snapshot; an error NACKs it and the proxy keeps its

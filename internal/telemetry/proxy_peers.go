@@ -223,7 +223,7 @@ const CertExpiryName = "trellis_proxy_certificate_expiry_timestamp_seconds"
 // certificate expiry; a zero time is reported as absent.
 func RegisterCertExpiry(reg prometheus.Registerer, notAfter func() time.Time) error {
 	return reg.Register(certExpiry{notAfter: notAfter, desc: prometheus.NewDesc(CertExpiryName,
-		"When the proxy's workload certificate expires (Unix seconds); it renews at 2/3 of its life.", nil, nil)})
+		"When the proxy's workload certificate expires (Unix seconds); it renews at 45-55% of its life.", nil, nil)})
 }
 
 type certExpiry struct {

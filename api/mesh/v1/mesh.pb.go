@@ -1219,8 +1219,16 @@ type WatchRequest struct {
 	// (no version, nonce or error), which is no ACK or NACK.
 	ConcurrencyLimit uint32 `protobuf:"varint,7,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
 	ConcurrencyShed  uint64 `protobuf:"varint,8,opt,name=concurrency_shed,json=concurrencyShed,proto3" json:"concurrency_shed,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// CA rotation (carotate): SHA-256 of the DER of the trust-bundle root
+	// the proxy's current certificate chains to, and SHA-256 of the trust
+	// bundle it has installed (identity.BundleFingerprint: each root's DER,
+	// in bundle order, prefixed with its length as 4 bytes big-endian).
+	// Sent with every message; empty before the first certificate. The
+	// control plane's CA rotation waits on them (docs/security.md).
+	CertIssuerFingerprint  []byte `protobuf:"bytes,10,opt,name=cert_issuer_fingerprint,json=certIssuerFingerprint,proto3" json:"cert_issuer_fingerprint,omitempty"`
+	TrustBundleFingerprint []byte `protobuf:"bytes,11,opt,name=trust_bundle_fingerprint,json=trustBundleFingerprint,proto3" json:"trust_bundle_fingerprint,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
@@ -1307,6 +1315,20 @@ func (x *WatchRequest) GetConcurrencyShed() uint64 {
 		return x.ConcurrencyShed
 	}
 	return 0
+}
+
+func (x *WatchRequest) GetCertIssuerFingerprint() []byte {
+	if x != nil {
+		return x.CertIssuerFingerprint
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetTrustBundleFingerprint() []byte {
+	if x != nil {
+		return x.TrustBundleFingerprint
+	}
+	return nil
 }
 
 type Port struct {
@@ -3246,7 +3268,9 @@ type Snapshot struct {
 	TrustDomain string `protobuf:"bytes,3,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	// DNS suffix of service names, e.g. "trellis.local" for orders.default.svc.trellis.local.
 	Domain string `protobuf:"bytes,4,opt,name=domain,proto3" json:"domain,omitempty"`
-	// Roots the proxy must trust, DER.
+	// Roots the proxy must trust, DER. The first is the root the CA issues
+	// under now: during a CA rotation a proxy whose certificate chains to
+	// another root re-certifies at once (docs/security.md, "CA rotation").
 	TrustBundle [][]byte `protobuf:"bytes,5,rep,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
 	// The proxy's own service (ports map inbound traffic to the app).
 	Inbound *Service `protobuf:"bytes,6,opt,name=inbound,proto3" json:"inbound,omitempty"`
@@ -4983,7 +5007,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\rhealth_reason\x18\x03 \x01(\tR\fhealthReason\"4\n" +
 	"\x11HeartbeatResponse\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
-	"ttlSeconds\"\x91\x02\n" +
+	"ttlSeconds\"\x83\x03\n" +
 	"\fWatchRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12$\n" +
 	"\rsubscriptions\x18\x02 \x03(\tR\rsubscriptions\x12\x18\n" +
@@ -4992,7 +5016,10 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12$\n" +
 	"\x0ecert_not_after\x18\x06 \x01(\x03R\fcertNotAfter\x12+\n" +
 	"\x11concurrency_limit\x18\a \x01(\rR\x10concurrencyLimit\x12)\n" +
-	"\x10concurrency_shed\x18\b \x01(\x04R\x0fconcurrencyShed\"\x86\x01\n" +
+	"\x10concurrency_shed\x18\b \x01(\x04R\x0fconcurrencyShed\x126\n" +
+	"\x17cert_issuer_fingerprint\x18\n" +
+	" \x01(\fR\x15certIssuerFingerprint\x128\n" +
+	"\x18trust_bundle_fingerprint\x18\v \x01(\fR\x16trustBundleFingerprint\"\x86\x01\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
