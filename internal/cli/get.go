@@ -27,11 +27,16 @@ and their short names.
 'trellis apply -f' takes back unchanged.
 
 'get concurrencypolicy NAME' also lists the proxies of the Services it
-targets with the limit and shed count each last reported.`,
+targets with the limit and shed count each last reported.
+
+'get endpoints [SERVICE]' (or ep) lists the endpoints proxies registered,
+with STATE (HEALTHY, or UNHEALTHY: out of discovery while its app fails its
+health check) and REASON ("connect refused", "HTTP 503", ...).`,
 		Example: `  trellis get
   trellis get httproutes -A
   trellis get svc orders -o yaml
-  trellis get httproute inventory-split -o yaml | trellis apply -f -`,
+  trellis get httproute inventory-split -o yaml | trellis apply -f -
+  trellis get endpoints -A`,
 		Args:              cobra.MaximumNArgs(2),
 		ValidArgsFunction: completeKinds,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -40,6 +45,9 @@ targets with the limit and shed count each last reported.`,
 			}
 			if len(args) == 0 {
 				return printKinds(g.stdout)
+			}
+			if endpointNames[args[0]] {
+				return runGetEndpoints(cmd, g, namespace, all, output, args[1:])
 			}
 			kind, err := resolveKind(args[0])
 			if err != nil {
@@ -94,6 +102,18 @@ targets with the limit and shed count each last reported.`,
 	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list the kind in every namespace")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, wide, yaml or json")
 	return cmd
+}
+
+// runGetEndpoints is 'get endpoints [SERVICE]'.
+func runGetEndpoints(cmd *cobra.Command, g *globals, namespace string, all bool, output string, service []string) error {
+	if all && len(service) == 1 {
+		return fmt.Errorf("get: -A/--all-namespaces lists every endpoint; a service needs one namespace (-n)")
+	}
+	c, err := newAdminClient(g.dataDir)
+	if err != nil {
+		return err
+	}
+	return getEndpoints(cmd.Context(), g.stdout, c, namespace, all, output, service)
 }
 
 // checkOutput refuses an -o value the command cannot print.

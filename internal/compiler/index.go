@@ -143,6 +143,9 @@ func (idx *index) inbound(k svcKey) *compiled {
 		return c
 	}
 	svc := idx.base(k)
+	if h, ok := idx.declared[k].(healthChecked); ok {
+		svc.HealthCheck = h.HealthCheck() // only the service's own proxies run it
+	}
 	pol := idx.inboundPolicy(k)
 	h := sha256.New()
 	sh := hashService(svc)
@@ -153,6 +156,9 @@ func (idx *index) inbound(k svcKey) *compiled {
 	idx.inbounds[k] = c
 	return c
 }
+
+// healthChecked is a declaring kind with a health check (a Service).
+type healthChecked interface{ HealthCheck() *meshv1.HealthCheck }
 
 // mtlsModer is a declaring kind with an mTLS mode (a Service).
 type mtlsModer interface{ MTLSMode() meshv1.MtlsMode }

@@ -13,6 +13,7 @@ import (
 // docs/configuration.md, so a new field cannot ship undocumented.
 func TestPolicyFieldsDocumented(t *testing.T) {
 	for kind, spec := range map[string]reflect.Type{
+		"Service":             reflect.TypeFor[ServiceSpec](),
 		"BackendPolicy":       reflect.TypeFor[BackendPolicySpec](),
 		"AuthorizationPolicy": reflect.TypeFor[AuthorizationPolicySpec](),
 		"RateLimitPolicy":     reflect.TypeFor[RateLimitPolicySpec](),

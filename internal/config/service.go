@@ -52,6 +52,8 @@ type ServiceSpec struct {
 	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 	// MTLS is the inbound port's mTLS mode; unset is STRICT.
 	MTLS *ServiceMTLS `json:"mtls,omitempty"`
+	// HealthCheck is how the proxies check their app (service_health.go).
+	HealthCheck *ServiceHealthCheck `json:"healthCheck,omitempty"`
 }
 
 // Accounts returns the service accounts the service's endpoints may run as:
@@ -102,6 +104,7 @@ func (s *Service) setDefaults() {
 		s.Spec.Selector = map[string]string{"app": s.Name}
 	}
 	s.Spec.MTLS.setDefaults()
+	s.Spec.HealthCheck.setDefaults()
 	for i := range s.Spec.Ports {
 		p := &s.Spec.Ports[i]
 		if p.TargetPort == 0 {
@@ -158,6 +161,7 @@ func (s *Service) Validate() error {
 			fe.addf(path+".protocol", "unknown protocol %q: must be one of %s", p.Protocol, protocolList())
 		}
 	}
+	s.Spec.HealthCheck.validate(fe, ports)
 	return fe.err()
 }
 
