@@ -150,9 +150,9 @@ func (s *sidecar) run(ctx context.Context) (int, error) {
 		return 1, err
 	}
 	s.health = newAppHealth(runCtx, s)
-	if ok, reason := s.health.status(); !ok {
-		s.proxy.SetAppHealth(false, reason)
-	}
+	ok, reason := s.health.status()
+	s.proxy.SetAppHealth(ok, reason)
+	s.proxy.HealthMetrics().State(ok)
 	sessionDone := make(chan error, 1)
 	so := s.sessionOptions()
 	go func() { sessionDone <- s.client.RunSession(runCtx, so) }()

@@ -353,7 +353,9 @@ spec:
 		}
 	}()
 	cp.proxy(t, proxyConfig{service: "greeter", app: gl.Addr().String()})
-	echo := cp.proxy(t, proxyConfig{service: "echo", app: tl.Addr().String()})
+	// Checks off: the default TCP health check's connections would count
+	// as connections reaching the app.
+	echo := cp.proxy(t, proxyConfig{service: "echo", app: tl.Addr().String(), extra: []string{"--health-check", "off"}})
 	client := cp.proxy(t, proxyConfig{service: "client", upstreams: []string{"greeter", "echo"}})
 	intruder := cp.proxy(t, proxyConfig{service: "intruder", upstreams: []string{"echo"}})
 
