@@ -20,6 +20,7 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add([]byte(route(rules("  - matches: [{path: {type: RegularExpression, value: '/a.*'}, headers: [{name: x, value: v}], method: GET}]\n    backendRefs: [{name: a, weight: 0}]\n"))))
 	f.Add([]byte(service(", namespace: shop", "{selector: {app: x}, ports: [{name: a, port: 1, protocol: tcp}]}")))
+	f.Add([]byte(service("", "{ports: [{name: a, port: 1}], healthCheck: {type: http, path: /h, port: a, interval: 1s, timeout: 1s, healthyThreshold: 1, unhealthyThreshold: 2}}")))
 	for _, name := range []string{"retries", "circuit-breaker", "outlier-detection", "load-balancing",
 		"ratelimit-service", "ratelimit-route", "ratelimit-identity", "ratelimit-header", "ratelimit-global", "concurrency-limit"} {
 		if data, err := os.ReadFile("../../examples/traffic/" + name + ".yaml"); err == nil {
