@@ -57,6 +57,10 @@ type adminDeps struct {
 	// caughtUp blocks until the mesh view has every write committed
 	// before the call, so a check right after an apply sees it.
 	caughtUp func(ctx context.Context) error
+	// taps relays `trellis tap` (tap.go); stopping closes when the admin
+	// server shuts down, ending open taps.
+	taps     tapHub
+	stopping <-chan struct{}
 	logger   *slog.Logger
 }
 
@@ -91,6 +95,7 @@ func newAdmin(d adminDeps) *admin {
 	mux.HandleFunc("GET /v1/endpoints", a.listEndpoints)
 	a.tokenRoutes(mux)
 	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
+	mux.HandleFunc("GET /v1/tap/{namespace}/{service}", a.tap)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit)", r.Method, truncate(r.URL.Path, 256)))
 	})

@@ -38,6 +38,7 @@ import (
 	"trellis.dev/trellis/internal/quota"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/tap"
 	"trellis.dev/trellis/internal/telemetry"
 	"trellis.dev/trellis/internal/view"
 )
@@ -293,6 +294,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: metrics: %w", err)
 	}
+	taps := tap.NewHub(o.Logger)
 	c.push = push.NewServer(push.ServerOptions{
 		TrustDomain: td,
 		ValidToken:  push.TokenValidator(devToken),
@@ -306,6 +308,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		MaxTTL:      registry.MaxTTL,
 		Metrics:     c.meter,
 		Quota:       quota.NewAllocator(quota.AllocatorOptions{}),
+		Tap:         taps,
 		Logger:      o.Logger,
 	})
 
@@ -338,6 +341,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		}
 	})
 
+	// Open taps are streams that never end on their own: shutting the
+	// admin server down ends them.
+	tapsStopping := make(chan struct{})
 	adminTLS := tlsConfig.Clone()
 	adminTLS.NextProtos = []string{"h2", "http/1.1"}
 	c.admin = newAdmin(adminDeps{
@@ -356,7 +362,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 			}
 			return err
 		},
-		logger: o.Logger,
+		taps:     taps,
+		stopping: tapsStopping,
+		logger:   o.Logger,
 	})
 	c.http = &http.Server{
 		Handler:           c.admin,
@@ -366,6 +374,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	c.http.RegisterOnShutdown(func() { close(tapsStopping) })
 	c.wg.Go(func() {
 		if err := c.http.ServeTLS(c.adminLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			c.errc <- fmt.Errorf("control: admin server: %w", err)

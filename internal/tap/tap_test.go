@@ -2,6 +2,7 @@ package tap
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -109,8 +110,8 @@ func TestSamplerBound(t *testing.T) {
 }
 
 func TestTapsApply(t *testing.T) {
-	var gauge []int
-	ts := NewTaps(func(n int) { gauge = append(gauge, n) })
+	m := &testMetrics{}
+	ts := NewTaps(m)
 	if ts.Load() != nil {
 		t.Fatal("a new Taps must be idle (nil set)")
 	}
@@ -153,7 +154,7 @@ func TestTapsApply(t *testing.T) {
 	if ts.Load() != nil {
 		t.Fatal("Clear left taps running")
 	}
-	if want := []int{1, 2, 1, 0}; len(gauge) < 4 || gauge[0] != want[0] || gauge[1] != want[1] || gauge[2] != want[2] || gauge[3] != want[3] || gauge[len(gauge)-1] != 0 {
+	if gauge := m.running; len(gauge) < 4 || !slices.Equal(gauge[:4], []int{1, 2, 1, 0}) || gauge[len(gauge)-1] != 0 {
 		t.Fatalf("gauge calls %v", gauge)
 	}
 }
@@ -161,7 +162,8 @@ func TestTapsApply(t *testing.T) {
 // TestTapsQueue: a full queue drops events and counts them as skipped,
 // reported by Take with the tap's id.
 func TestTapsQueue(t *testing.T) {
-	ts := NewTaps(nil)
+	m := &testMetrics{}
+	ts := NewTaps(m)
 	if err := ts.Apply(&meshv1.TapRequest{TapId: "a"}); err != nil {
 		t.Fatal(err)
 	}
@@ -169,12 +171,15 @@ func TestTapsQueue(t *testing.T) {
 	for range QueueSize + 5 {
 		ts.Emit(tp, &meshv1.TapEvent{Path: "/"})
 	}
-	m := ts.Take(maxBatch)
-	if len(m.Events) != maxBatch || m.Events[0].GetTapId() != "a" {
-		t.Fatalf("took %d events (tap %q), want %d of tap a", len(m.Events), m.Events[0].GetTapId(), maxBatch)
+	msg := ts.Take(maxBatch)
+	if len(msg.Events) != maxBatch || msg.Events[0].GetTapId() != "a" {
+		t.Fatalf("took %d events (tap %q), want %d of tap a", len(msg.Events), msg.Events[0].GetTapId(), maxBatch)
 	}
-	if len(m.Skipped) != 1 || m.Skipped[0].GetCount() != 5 || m.Skipped[0].GetTapId() != "a" {
-		t.Fatalf("skipped %v, want 5 of tap a", m.Skipped)
+	if len(msg.Skipped) != 1 || msg.Skipped[0].GetCount() != 5 || msg.Skipped[0].GetTapId() != "a" {
+		t.Fatalf("skipped %v, want 5 of tap a", msg.Skipped)
+	}
+	if m.sent != QueueSize || m.skipped != 5 {
+		t.Fatalf("metrics: %d sent, %d skipped; want %d, 5", m.sent, m.skipped, QueueSize)
 	}
 	ts.Clear()
 	if m := ts.Take(maxBatch); len(m.Events) != 0 || !ts.idle() {
@@ -305,3 +310,12 @@ func FuzzFilterOf(f *testing.F) {
 		_ = fl.MatchTo(to)
 	})
 }
+
+type testMetrics struct {
+	running       []int
+	sent, skipped int
+}
+
+func (m *testMetrics) Running(n int) { m.running = append(m.running, n) }
+func (m *testMetrics) Sent()         { m.sent++ }
+func (m *testMetrics) Skipped()      { m.skipped++ }

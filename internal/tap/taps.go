@@ -19,11 +19,26 @@ const (
 	QueueSize = 1024
 )
 
+// Metrics is what a proxy's taps record: how many run, and the events
+// sent and skipped (over the rate, or the queue full).
+type Metrics interface {
+	Running(n int)
+	Sent()
+	Skipped()
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) Running(int) {}
+func (nopMetrics) Sent()       {}
+func (nopMetrics) Skipped()    {}
+
 // Tap is one running tap on a proxy.
 type Tap struct {
 	id      string
 	filter  Filter
 	sampler *Sampler
+	m       Metrics
 }
 
 // ID is the tap's id, as the control plane chose it.
@@ -36,7 +51,14 @@ func (t *Tap) MatchRequest(method, path string) bool { return t.filter.MatchRequ
 // Want reports whether the finished request passes the whole filter and
 // the rate bound (a refused one is counted as skipped).
 func (t *Tap) Want(method, path, dest string, now int64) bool {
-	return t.filter.MatchRequest(method, path) && t.filter.MatchTo(dest) && t.sampler.Admit(now)
+	if !t.filter.MatchRequest(method, path) || !t.filter.MatchTo(dest) {
+		return false
+	}
+	if !t.sampler.Admit(now) {
+		t.m.Skipped()
+		return false
+	}
+	return true
 }
 
 // Set is the taps running at one moment; immutable.
@@ -62,14 +84,15 @@ type Taps struct {
 	cur    atomic.Pointer[Set]
 	mu     sync.Mutex // serializes changes to cur
 	events chan *meshv1.TapEvent
-	// changed is told the number of running taps (a gauge); may be nil.
-	changed func(n int)
+	m      Metrics
 }
 
-// NewTaps returns an idle set; changed (may be nil) is called with the
-// number of running taps after each change.
-func NewTaps(changed func(n int)) *Taps {
-	return &Taps{events: make(chan *meshv1.TapEvent, QueueSize), changed: changed}
+// NewTaps returns an idle set recording into m (nil: nothing).
+func NewTaps(m Metrics) *Taps {
+	if m == nil {
+		m = nopMetrics{}
+	}
+	return &Taps{events: make(chan *meshv1.TapEvent, QueueSize), m: m}
 }
 
 // Load is the running taps, nil when none: the request path's one load.
@@ -94,7 +117,7 @@ func (ts *Taps) Apply(r *meshv1.TapRequest) error {
 		if rps > MaxMaxRPS {
 			return fmt.Errorf("%w: max_rps %d is over %d", ErrInvalid, rps, MaxMaxRPS)
 		}
-		add = &Tap{id: r.GetTapId(), filter: f, sampler: NewSampler(rps)}
+		add = &Tap{id: r.GetTapId(), filter: f, sampler: NewSampler(rps), m: ts.m}
 	}
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
@@ -133,9 +156,7 @@ func (ts *Taps) storeLocked(list []*Tap) {
 	} else {
 		ts.cur.Store(&Set{taps: list})
 	}
-	if ts.changed != nil {
-		ts.changed(len(list))
-	}
+	ts.m.Running(len(list))
 }
 
 // Emit queues t's event without waiting; a full queue drops it, counted
@@ -144,8 +165,10 @@ func (ts *Taps) Emit(t *Tap, ev *meshv1.TapEvent) {
 	ev.TapId = t.id
 	select {
 	case ts.events <- ev:
+		ts.m.Sent()
 	default:
 		t.sampler.Skip()
+		ts.m.Skipped()
 	}
 }
 
