@@ -94,6 +94,7 @@ func TestTapFilters(t *testing.T) {
 		{TapId: "path", PathPrefix: "/api/"},
 		{TapId: "post", Method: "post"},
 		{TapId: "to-other", To: "payments.default"},
+		{TapId: "to-orders", To: "orders.default"},
 		{TapId: "rate", MaxRps: 3},
 	} {
 		if err := client.Taps().Apply(r); err != nil {
@@ -112,8 +113,8 @@ func TestTapFilters(t *testing.T) {
 			t.Errorf("path tap got %s", ev.GetPath())
 		}
 	}
-	if byTap["path"] != 10 || byTap["post"] != 0 || byTap["to-other"] != 0 || byTap["rate"] != 3 {
-		t.Errorf("events by tap %v; want path 10, post 0, to-other 0, rate 3", byTap)
+	if byTap["path"] != 10 || byTap["post"] != 0 || byTap["to-other"] != 0 || byTap["to-orders"] != 20 || byTap["rate"] != 3 {
+		t.Errorf("events by tap %v; want path 10, post 0, to-other 0, to-orders 20, rate 3", byTap)
 	}
 	skipped := map[string]uint64{}
 	for _, s := range msg.GetSkipped() {
