@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"trellis.dev/trellis/internal/tap"
 )
 
 // TestTapAdminAPI: a tap needs an admin token (read-only is refused with
@@ -87,4 +89,34 @@ func TestTapAdminAPI(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("Stop took %v with a tap open: it waited for the tap", d)
 	}
+}
+
+// FuzzTapRequestOf: whatever the path values and query, the parser either
+// refuses or returns a service and a filter the proxies accept.
+func FuzzTapRequestOf(f *testing.F) {
+	f.Add("default", "orders", "path=/api&method=get&to=payments&maxRps=5")
+	f.Add("Bad", "", "maxRps=-1")
+	f.Add("a", "b", "to=x.y.z&path=%00")
+	f.Fuzz(func(t *testing.T, ns, svc, query string) {
+		r, err := http.NewRequest("GET", "https://control/v1/tap/x/y", nil)
+		if err != nil {
+			t.Skip()
+		}
+		r.URL.RawQuery = query
+		r.SetPathValue("namespace", ns)
+		r.SetPathValue("service", svc)
+		service, req, err := tapRequestOf(r)
+		if err != nil {
+			return
+		}
+		if service != svc+"."+ns {
+			t.Fatalf("service %q from %q, %q", service, svc, ns)
+		}
+		if _, err := tap.FilterOf(req); err != nil {
+			t.Fatalf("accepted a filter the proxies refuse: %v", err)
+		}
+		if req.GetMaxRps() > tap.MaxMaxRPS {
+			t.Fatalf("maxRps %d accepted", req.GetMaxRps())
+		}
+	})
 }
