@@ -24,6 +24,10 @@ type tapHub interface {
 // often a viewer that fell behind is told what it lost.
 const tapFlush = 250 * time.Millisecond
 
+// tapWriteTimeout bounds a write to a viewer: one whose connection hangs
+// (gone without a FIN) must not hold its tap open on the proxies.
+const tapWriteTimeout = 10 * time.Second
+
 // TapLine is one line of GET /v1/tap/{namespace}/{service}: JSON, one
 // object per line. Type "started" comes first (Tap, Proxies), then
 // "event" lines (the request's fields) and "skipped" lines (Count requests
@@ -121,6 +125,7 @@ func (a *admin) streamTap(w http.ResponseWriter, r *http.Request, s *tap.Session
 	// The server's read timeout would end a long tap: this answer reads
 	// nothing more, and the client going away still cancels r's context.
 	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Now().Add(tapWriteTimeout))
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -144,6 +149,8 @@ func (a *admin) streamTap(w http.ResponseWriter, r *http.Request, s *tap.Session
 			continue // flush at the tick: a burst is one write
 		case <-t.C:
 		}
+		// Renewed each tick: it covers the writes until the next one.
+		_ = rc.SetWriteDeadline(time.Now().Add(tapWriteTimeout))
 		if lost := s.TakeLost(); lost > 0 {
 			if enc.Encode(TapLine{Type: "skipped", Count: lost}) != nil {
 				return
