@@ -61,6 +61,10 @@ type adminDeps struct {
 	// caughtUp blocks until the mesh view has every write committed
 	// before the call, so a check right after an apply sees it.
 	caughtUp func(ctx context.Context) error
+	// taps relays `trellis tap` (tap.go); stopping closes when the admin
+	// server shuts down, ending open taps.
+	taps     tapHub
+	stopping <-chan struct{}
 	logger   *slog.Logger
 }
 
@@ -100,8 +104,9 @@ func newAdmin(d adminDeps) *admin {
 	a.tokenRoutes(mux)
 	a.caRoutes(mux)
 	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
+	mux.HandleFunc("GET /v1/tap/{namespace}/{service}", a.tap)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit)", r.Method, truncate(r.URL.Path, 256)))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit, /v1/tap/<namespace>/<service>)", r.Method, truncate(r.URL.Path, 256)))
 	})
 	a.handler = a.authenticate(mux)
 	return a

@@ -38,6 +38,7 @@ import (
 	"trellis.dev/trellis/internal/quota"
 	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/tap"
 	"trellis.dev/trellis/internal/telemetry"
 	"trellis.dev/trellis/internal/view"
 	"trellis.dev/trellis/internal/xds"
@@ -306,6 +307,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if err := telemetry.RegisterCARotation(c.promReg, ca.Phases(), func() (string, int) { return c.ca.Phase(), c.rotator.Lagging() }); err != nil {
 		return nil, fmt.Errorf("control: metrics: %w", err)
 	}
+	taps := tap.NewHub(o.Logger)
 	c.push = push.NewServer(push.ServerOptions{
 		TrustDomain: td,
 		ValidToken:  push.TokenValidator(devToken),
@@ -319,6 +321,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		MaxTTL:      registry.MaxTTL,
 		Metrics:     c.meter,
 		Quota:       quota.NewAllocator(quota.AllocatorOptions{}),
+		Tap:         taps,
 		Logger:      o.Logger,
 	})
 
@@ -355,6 +358,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		}
 	})
 
+	// Open taps are streams that never end on their own: shutting the
+	// admin server down ends them.
+	tapsStopping := make(chan struct{})
 	c.admin = newAdmin(adminDeps{
 		store:         c.st,
 		applier:       apply.New(auditingStore{c.st}, apply.Options{Logger: o.Logger}),
@@ -373,7 +379,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 			}
 			return err
 		},
-		logger: o.Logger,
+		taps:     taps,
+		stopping: tapsStopping,
+		logger:   o.Logger,
 	})
 	c.http = &http.Server{
 		Handler:           c.admin,
@@ -383,6 +391,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          serverErrorLog(log, c.admin.refusalLog),
 	}
+	c.http.RegisterOnShutdown(func() { close(tapsStopping) })
 	c.wg.Go(func() {
 		if err := c.http.ServeTLS(c.adminLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			c.errc <- fmt.Errorf("control: admin server: %w", err)

@@ -47,7 +47,7 @@ func (p *Proxy) telemetrySlot() Filter {
 // outboundChain serves the app's HTTP requests, on the outbound proxy port
 // and the per-upstream ports:
 //
-//	telemetry ▸ observe ▸ resolve service ▸ egress policy ▸ match route
+//	telemetry ▸ tap ▸ observe ▸ resolve service ▸ egress policy ▸ match route
 //	▸ (the route's chain)
 //
 // The egress policy (egress.go) takes what resolve found outside the
@@ -55,6 +55,9 @@ func (p *Proxy) telemetrySlot() Filter {
 // through directly (ALLOW_ANY) or refuses it (REGISTRY_ONLY); an
 // ExternalService goes on through its routes like any service.
 //
+// tap (tap_filter.go) shows requests to `trellis tap`; right after
+// telemetry, it sees every request, refused ones included, and costs one
+// atomic load while nothing is tapped.
 // observe (observe_filter.go) starts the hop's client span and writes the
 // access log line; it comes right after telemetry so it, too, sees every
 // request, refused ones included, and before routing so the span covers
@@ -63,6 +66,7 @@ func (p *Proxy) telemetrySlot() Filter {
 func (p *Proxy) outboundChain() Handler {
 	return chain(routeDispatch{},
 		p.telemetrySlot(),
+		p.tapFilter(false),
 		p.observeFilter(false),
 		p.resolveFilter,
 		p.egressFilter,
@@ -108,7 +112,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 
 // inboundChain serves peers' requests on the mTLS listener:
 //
-//	telemetry ▸ observe ▸ authenticate peer ▸ local port ▸ authorization
+//	telemetry ▸ tap ▸ observe ▸ authenticate peer ▸ local port ▸ authorization
 //	▸ rate limit ▸ concurrency limit ▸ app
 //
 // observe starts the hop's server span, a child of the calling proxy's
@@ -126,6 +130,7 @@ func (p *Proxy) routeChain(rt *route, env compileEnv) Handler {
 func (p *Proxy) inboundChain() Handler {
 	return chain(p.appUpstream(),
 		p.telemetrySlot(),
+		p.tapFilter(true),
 		p.observeFilter(true),
 		p.authnFilter,
 		localPortFilter,

@@ -120,6 +120,8 @@ type Exchange struct {
 	outLent bool
 	// obs is the span and access log state (observe_filter.go).
 	obs observation
+	// tap is the state of a request a tap may want (tap_filter.go).
+	tap tapObservation
 }
 
 // outgoing is the reusable part of one attempt's *http.Request.

@@ -34,6 +34,7 @@ import (
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/ratelimit"
 	"trellis.dev/trellis/internal/ratelog"
+	"trellis.dev/trellis/internal/tap"
 	"trellis.dev/trellis/internal/telemetry"
 	"trellis.dev/trellis/internal/tracing"
 )
@@ -125,6 +126,7 @@ type Proxy struct {
 	// tracer and alog are Options.Tracing's and Options.AccessLog's; nil: off.
 	tracer *tracing.Tracer
 	alog   *accesslog.Logger
+	taps   *tap.Taps // the running taps (tap_filter.go); nil set: none
 	// refusals counts what the proxy refused or cleaned (hardening).
 	refusals *telemetry.Refusals
 	limits   Limits // Options.Limits with defaults
@@ -279,7 +281,7 @@ func New(o Options) (*Proxy, error) {
 	if err := p.startObserving(); err != nil {
 		return nil, err
 	}
-	p.refusals = m.Refusals()
+	p.refusals, p.taps = m.Refusals(), tap.NewTaps(m.Tap)
 	p.limits = o.Limits.withDefaults()
 	p.telemetry, p.sourceHdr = telemetryFilter, []string{o.Service}
 	if o.DisableMetrics {

@@ -109,6 +109,9 @@ type ServerOptions struct {
 	SendTimeout time.Duration
 	// Metrics records pushes, answers and issued certificates (default: none).
 	Metrics Metrics
+	// Tap relays `trellis tap` between viewers and the proxies' Tap
+	// streams; nil: the stream is refused (UNIMPLEMENTED).
+	Tap TapRelay
 	// Quota allocates global rate limits over the Quota stream; nil: the
 	// stream is refused (UNIMPLEMENTED) and proxies keep local shares.
 	Quota  QuotaAllocator

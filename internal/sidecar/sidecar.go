@@ -37,6 +37,7 @@ import (
 	"trellis.dev/trellis/internal/proxy"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/quota"
+	"trellis.dev/trellis/internal/tap"
 	"trellis.dev/trellis/internal/tracing"
 )
 
@@ -166,6 +167,7 @@ func (s *sidecar) run(ctx context.Context) (int, error) {
 	go func() { sessionDone <- s.client.RunSession(runCtx, so) }()
 	go s.renew.run(runCtx)
 	go s.quotaLoop(runCtx, so.Endpoint.GetId())
+	go s.tapLoop(runCtx, so.Endpoint.GetId())
 
 	select {
 	case <-s.readyCh:
@@ -420,6 +422,24 @@ func (s *sidecar) quotaLoop(ctx context.Context, nodeID string) {
 			return s.client.OpenQuota(ctx)
 		},
 		Limits: s.proxy.RateLimits(),
+		Logger: s.o.Logger,
+	})
+}
+
+// tapLoop keeps the proxy's Tap stream (trellis tap) open once the proxy
+// is registered and ready: the control plane knows the node by then.
+func (s *sidecar) tapLoop(ctx context.Context, nodeID string) {
+	select {
+	case <-s.readyCh:
+	case <-ctx.Done():
+		return
+	}
+	_ = tap.Run(ctx, tap.ClientOptions{
+		NodeID: nodeID,
+		Open: func(ctx context.Context) (tap.Stream, error) {
+			return s.client.OpenTap(ctx)
+		},
+		Taps:   s.proxy.Taps(),
 		Logger: s.o.Logger,
 	})
 }

@@ -105,6 +105,8 @@ type ProxyMetrics struct {
 	authz    *prometheus.CounterVec
 	// RateLimits counts rate-limit decisions (ratelimit.go).
 	RateLimits *RateLimitMetrics
+	// Tap counts taps running and their events (tap.go).
+	Tap *TapMetrics
 	// AccessLog counts access log lines written and dropped (accesslog.go).
 	AccessLog *AccessLogMetrics
 	ref       refusalVecs
@@ -188,6 +190,9 @@ func NewProxyMetrics(reg prometheus.Registerer, opts ...ProxyMetricsOptions) (*P
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	if m.Tap, err = newTapMetrics(reg); err != nil {
+		return nil, err
 	}
 	if m.AccessLog, err = newAccessLogMetrics(reg); err != nil {
 		return nil, err

@@ -4964,6 +4964,394 @@ func (x *ExternalHost) GetNamespace() string {
 	return ""
 }
 
+// TapRequest starts (stop false) or stops (stop true) one tap on a proxy.
+// A start carries the whole filter; the proxy keeps at most a few taps.
+type TapRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the control plane, unique while the tap runs.
+	TapId string `protobuf:"bytes,1,opt,name=tap_id,json=tapId,proto3" json:"tap_id,omitempty"`
+	Stop  bool   `protobuf:"varint,2,opt,name=stop,proto3" json:"stop,omitempty"`
+	// Match only requests whose path starts with path_prefix ("" any).
+	PathPrefix string `protobuf:"bytes,3,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	// Match only this method, compared case-insensitively ("" any).
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// Match only requests to this destination service, name.namespace
+	// ("" any); a proxy's inbound requests are to its own service.
+	To string `protobuf:"bytes,5,opt,name=to,proto3" json:"to,omitempty"`
+	// At most this many events per second from this proxy (token bucket,
+	// burst of one second's worth); the rest are counted as skipped.
+	MaxRps        uint32 `protobuf:"varint,6,opt,name=max_rps,json=maxRps,proto3" json:"max_rps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TapRequest) Reset() {
+	*x = TapRequest{}
+	mi := &file_mesh_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TapRequest) ProtoMessage() {}
+
+func (x *TapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TapRequest.ProtoReflect.Descriptor instead.
+func (*TapRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *TapRequest) GetTapId() string {
+	if x != nil {
+		return x.TapId
+	}
+	return ""
+}
+
+func (x *TapRequest) GetStop() bool {
+	if x != nil {
+		return x.Stop
+	}
+	return false
+}
+
+func (x *TapRequest) GetPathPrefix() string {
+	if x != nil {
+		return x.PathPrefix
+	}
+	return ""
+}
+
+func (x *TapRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *TapRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *TapRequest) GetMaxRps() uint32 {
+	if x != nil {
+		return x.MaxRps
+	}
+	return 0
+}
+
+// TapEvents is what a proxy sends on its Tap stream. The first message
+// carries node_id (as registered) and no events; later ones carry the
+// events and skip counts of its running taps since the previous message.
+type TapEvents struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Events        []*TapEvent            `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	Skipped       []*TapSkipped          `protobuf:"bytes,3,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TapEvents) Reset() {
+	*x = TapEvents{}
+	mi := &file_mesh_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TapEvents) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TapEvents) ProtoMessage() {}
+
+func (x *TapEvents) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TapEvents.ProtoReflect.Descriptor instead.
+func (*TapEvents) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *TapEvents) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *TapEvents) GetEvents() []*TapEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *TapEvents) GetSkipped() []*TapSkipped {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
+// TapEvent is one request the proxy answered. No body and no header value
+// is ever recorded, except the few headers of an allow-list (headers).
+type TapEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	TapId string                 `protobuf:"bytes,1,opt,name=tap_id,json=tapId,proto3" json:"tap_id,omitempty"`
+	// When the request arrived, Unix nanoseconds.
+	StartUnixNano int64 `protobuf:"varint,2,opt,name=start_unix_nano,json=startUnixNano,proto3" json:"start_unix_nano,omitempty"`
+	// "inbound" or "outbound".
+	Direction string `protobuf:"bytes,3,opt,name=direction,proto3" json:"direction,omitempty"`
+	Method    string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	Authority string `protobuf:"bytes,5,opt,name=authority,proto3" json:"authority,omitempty"`
+	// The path without its query string (queries carry tokens).
+	Path   string `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
+	Status int32  `protobuf:"varint,7,opt,name=status,proto3" json:"status,omitempty"`
+	// "" when not gRPC.
+	GrpcStatus string `protobuf:"bytes,8,opt,name=grpc_status,json=grpcStatus,proto3" json:"grpc_status,omitempty"`
+	// From the request's arrival to the end of its response body.
+	LatencyNanos int64 `protobuf:"varint,9,opt,name=latency_nanos,json=latencyNanos,proto3" json:"latency_nanos,omitempty"`
+	// SPIFFE IDs: inbound, the verified peer and this proxy; outbound, this
+	// proxy and the endpoint it sent to (its verified identity).
+	SourceIdentity      string `protobuf:"bytes,10,opt,name=source_identity,json=sourceIdentity,proto3" json:"source_identity,omitempty"`
+	DestinationIdentity string `protobuf:"bytes,11,opt,name=destination_identity,json=destinationIdentity,proto3" json:"destination_identity,omitempty"`
+	// name.namespace; source_service is empty inbound (callers are known by
+	// identity only).
+	SourceService      string `protobuf:"bytes,12,opt,name=source_service,json=sourceService,proto3" json:"source_service,omitempty"`
+	DestinationService string `protobuf:"bytes,13,opt,name=destination_service,json=destinationService,proto3" json:"destination_service,omitempty"`
+	// As the response_flags metric label ("-" none).
+	ResponseFlags string `protobuf:"bytes,14,opt,name=response_flags,json=responseFlags,proto3" json:"response_flags,omitempty"`
+	Route         string `protobuf:"bytes,15,opt,name=route,proto3" json:"route,omitempty"`
+	// Allow-listed request headers (lower-case names): content-type,
+	// user-agent, x-request-id. Never authorization, cookie or the like.
+	Headers       map[string]string `protobuf:"bytes,16,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TapEvent) Reset() {
+	*x = TapEvent{}
+	mi := &file_mesh_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TapEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TapEvent) ProtoMessage() {}
+
+func (x *TapEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TapEvent.ProtoReflect.Descriptor instead.
+func (*TapEvent) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *TapEvent) GetTapId() string {
+	if x != nil {
+		return x.TapId
+	}
+	return ""
+}
+
+func (x *TapEvent) GetStartUnixNano() int64 {
+	if x != nil {
+		return x.StartUnixNano
+	}
+	return 0
+}
+
+func (x *TapEvent) GetDirection() string {
+	if x != nil {
+		return x.Direction
+	}
+	return ""
+}
+
+func (x *TapEvent) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *TapEvent) GetAuthority() string {
+	if x != nil {
+		return x.Authority
+	}
+	return ""
+}
+
+func (x *TapEvent) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *TapEvent) GetStatus() int32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *TapEvent) GetGrpcStatus() string {
+	if x != nil {
+		return x.GrpcStatus
+	}
+	return ""
+}
+
+func (x *TapEvent) GetLatencyNanos() int64 {
+	if x != nil {
+		return x.LatencyNanos
+	}
+	return 0
+}
+
+func (x *TapEvent) GetSourceIdentity() string {
+	if x != nil {
+		return x.SourceIdentity
+	}
+	return ""
+}
+
+func (x *TapEvent) GetDestinationIdentity() string {
+	if x != nil {
+		return x.DestinationIdentity
+	}
+	return ""
+}
+
+func (x *TapEvent) GetSourceService() string {
+	if x != nil {
+		return x.SourceService
+	}
+	return ""
+}
+
+func (x *TapEvent) GetDestinationService() string {
+	if x != nil {
+		return x.DestinationService
+	}
+	return ""
+}
+
+func (x *TapEvent) GetResponseFlags() string {
+	if x != nil {
+		return x.ResponseFlags
+	}
+	return ""
+}
+
+func (x *TapEvent) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *TapEvent) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+// TapSkipped counts the requests a tap matched but did not send (over
+// max_rps, or the proxy's event queue was full) since the previous message.
+type TapSkipped struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TapId         string                 `protobuf:"bytes,1,opt,name=tap_id,json=tapId,proto3" json:"tap_id,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TapSkipped) Reset() {
+	*x = TapSkipped{}
+	mi := &file_mesh_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TapSkipped) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TapSkipped) ProtoMessage() {}
+
+func (x *TapSkipped) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TapSkipped.ProtoReflect.Descriptor instead.
+func (*TapSkipped) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *TapSkipped) GetTapId() string {
+	if x != nil {
+		return x.TapId
+	}
+	return ""
+}
+
+func (x *TapSkipped) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -5334,7 +5722,46 @@ const file_mesh_proto_rawDesc = "" +
 	"\fExternalHost\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1c\n" +
-	"\tnamespace\x18\x03 \x01(\tR\tnamespace*L\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"\x99\x01\n" +
+	"\n" +
+	"TapRequest\x12\x15\n" +
+	"\x06tap_id\x18\x01 \x01(\tR\x05tapId\x12\x12\n" +
+	"\x04stop\x18\x02 \x01(\bR\x04stop\x12\x1f\n" +
+	"\vpath_prefix\x18\x03 \x01(\tR\n" +
+	"pathPrefix\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x0e\n" +
+	"\x02to\x18\x05 \x01(\tR\x02to\x12\x17\n" +
+	"\amax_rps\x18\x06 \x01(\rR\x06maxRps\"\x8e\x01\n" +
+	"\tTapEvents\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x121\n" +
+	"\x06events\x18\x02 \x03(\v2\x19.trellis.mesh.v1.TapEventR\x06events\x125\n" +
+	"\askipped\x18\x03 \x03(\v2\x1b.trellis.mesh.v1.TapSkippedR\askipped\"\xfe\x04\n" +
+	"\bTapEvent\x12\x15\n" +
+	"\x06tap_id\x18\x01 \x01(\tR\x05tapId\x12&\n" +
+	"\x0fstart_unix_nano\x18\x02 \x01(\x03R\rstartUnixNano\x12\x1c\n" +
+	"\tdirection\x18\x03 \x01(\tR\tdirection\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x1c\n" +
+	"\tauthority\x18\x05 \x01(\tR\tauthority\x12\x12\n" +
+	"\x04path\x18\x06 \x01(\tR\x04path\x12\x16\n" +
+	"\x06status\x18\a \x01(\x05R\x06status\x12\x1f\n" +
+	"\vgrpc_status\x18\b \x01(\tR\n" +
+	"grpcStatus\x12#\n" +
+	"\rlatency_nanos\x18\t \x01(\x03R\flatencyNanos\x12'\n" +
+	"\x0fsource_identity\x18\n" +
+	" \x01(\tR\x0esourceIdentity\x121\n" +
+	"\x14destination_identity\x18\v \x01(\tR\x13destinationIdentity\x12%\n" +
+	"\x0esource_service\x18\f \x01(\tR\rsourceService\x12/\n" +
+	"\x13destination_service\x18\r \x01(\tR\x12destinationService\x12%\n" +
+	"\x0eresponse_flags\x18\x0e \x01(\tR\rresponseFlags\x12\x14\n" +
+	"\x05route\x18\x0f \x01(\tR\x05route\x12@\n" +
+	"\aheaders\x18\x10 \x03(\v2&.trellis.mesh.v1.TapEvent.HeadersEntryR\aheaders\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"9\n" +
+	"\n" +
+	"TapSkipped\x12\x15\n" +
+	"\x06tap_id\x18\x01 \x01(\tR\x05tapId\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -5360,13 +5787,14 @@ const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\x06STRICT\x10\x01\x12\x0e\n" +
 	"\n" +
-	"PERMISSIVE\x10\x022\x88\x03\n" +
+	"PERMISSIVE\x10\x022\xcc\x03\n" +
 	"\x04Mesh\x12L\n" +
 	"\aCertify\x12\x1f.trellis.mesh.v1.CertifyRequest\x1a .trellis.mesh.v1.CertifyResponse\x12O\n" +
 	"\bRegister\x12 .trellis.mesh.v1.RegisterRequest\x1a!.trellis.mesh.v1.RegisterResponse\x12R\n" +
 	"\tHeartbeat\x12!.trellis.mesh.v1.HeartbeatRequest\x1a\".trellis.mesh.v1.HeartbeatResponse\x12E\n" +
 	"\x05Watch\x12\x1d.trellis.mesh.v1.WatchRequest\x1a\x19.trellis.mesh.v1.Snapshot(\x010\x01\x12F\n" +
-	"\x05Quota\x12\x1c.trellis.mesh.v1.QuotaReport\x1a\x1b.trellis.mesh.v1.QuotaGrant(\x010\x01B(Z&trellis.dev/trellis/api/mesh/v1;meshv1b\x06proto3"
+	"\x05Quota\x12\x1c.trellis.mesh.v1.QuotaReport\x1a\x1b.trellis.mesh.v1.QuotaGrant(\x010\x01\x12B\n" +
+	"\x03Tap\x12\x1a.trellis.mesh.v1.TapEvents\x1a\x1b.trellis.mesh.v1.TapRequest(\x010\x01B(Z&trellis.dev/trellis/api/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_proto_rawDescOnce sync.Once
@@ -5381,7 +5809,7 @@ func file_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),                   // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),               // 1: trellis.mesh.v1.LoadBalancer
@@ -5453,11 +5881,16 @@ var file_mesh_proto_goTypes = []any{
 	(*TLSOrigination)(nil),          // 67: trellis.mesh.v1.TLSOrigination
 	(*OutboundTrafficPolicy)(nil),   // 68: trellis.mesh.v1.OutboundTrafficPolicy
 	(*ExternalHost)(nil),            // 69: trellis.mesh.v1.ExternalHost
-	nil,                             // 70: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil),     // 71: google.protobuf.Duration
+	(*TapRequest)(nil),              // 70: trellis.mesh.v1.TapRequest
+	(*TapEvents)(nil),               // 71: trellis.mesh.v1.TapEvents
+	(*TapEvent)(nil),                // 72: trellis.mesh.v1.TapEvent
+	(*TapSkipped)(nil),              // 73: trellis.mesh.v1.TapSkipped
+	nil,                             // 74: trellis.mesh.v1.Endpoint.LabelsEntry
+	nil,                             // 75: trellis.mesh.v1.TapEvent.HeadersEntry
+	(*durationpb.Duration)(nil),     // 76: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	70, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	74, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
 	16, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
 	4,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
@@ -5485,22 +5918,22 @@ var file_mesh_proto_depIdxs = []int32{
 	27, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
 	37, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
 	38, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	71, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	71, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	71, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	71, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	71, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	71, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	76, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	76, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	76, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	76, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	76, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	76, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
 	42, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	71, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	71, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	71, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	76, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	76, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	76, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
 	41, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
 	43, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
 	44, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
 	40, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	71, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	76, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
 	57, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
 	50, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
 	3,  // 46: trellis.mesh.v1.InboundPolicy.mtls_mode:type_name -> trellis.mesh.v1.MtlsMode
@@ -5528,36 +5961,41 @@ var file_mesh_proto_depIdxs = []int32{
 	58, // 68: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
 	9,  // 69: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
 	59, // 70: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
-	71, // 71: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
+	76, // 71: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
 	58, // 72: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
 	61, // 73: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
 	58, // 74: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
 	63, // 75: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
-	71, // 76: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
-	71, // 77: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
+	76, // 76: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
+	76, // 77: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
 	10, // 78: trellis.mesh.v1.HealthCheck.type:type_name -> trellis.mesh.v1.HealthCheck.Type
-	71, // 79: trellis.mesh.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	71, // 80: trellis.mesh.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	76, // 79: trellis.mesh.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	76, // 80: trellis.mesh.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
 	11, // 81: trellis.mesh.v1.External.resolution:type_name -> trellis.mesh.v1.External.Resolution
 	67, // 82: trellis.mesh.v1.External.tls:type_name -> trellis.mesh.v1.TLSOrigination
 	12, // 83: trellis.mesh.v1.TLSOrigination.mode:type_name -> trellis.mesh.v1.TLSOrigination.Mode
 	13, // 84: trellis.mesh.v1.OutboundTrafficPolicy.mode:type_name -> trellis.mesh.v1.OutboundTrafficPolicy.Mode
 	69, // 85: trellis.mesh.v1.OutboundTrafficPolicy.external_hosts:type_name -> trellis.mesh.v1.ExternalHost
-	14, // 86: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	17, // 87: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	19, // 88: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	21, // 89: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	60, // 90: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
-	15, // 91: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	18, // 92: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	20, // 93: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	48, // 94: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	62, // 95: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
-	91, // [91:96] is the sub-list for method output_type
-	86, // [86:91] is the sub-list for method input_type
-	86, // [86:86] is the sub-list for extension type_name
-	86, // [86:86] is the sub-list for extension extendee
-	0,  // [0:86] is the sub-list for field type_name
+	72, // 86: trellis.mesh.v1.TapEvents.events:type_name -> trellis.mesh.v1.TapEvent
+	73, // 87: trellis.mesh.v1.TapEvents.skipped:type_name -> trellis.mesh.v1.TapSkipped
+	75, // 88: trellis.mesh.v1.TapEvent.headers:type_name -> trellis.mesh.v1.TapEvent.HeadersEntry
+	14, // 89: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	17, // 90: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	19, // 91: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	21, // 92: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	60, // 93: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
+	71, // 94: trellis.mesh.v1.Mesh.Tap:input_type -> trellis.mesh.v1.TapEvents
+	15, // 95: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	18, // 96: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	20, // 97: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	48, // 98: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	62, // 99: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
+	70, // 100: trellis.mesh.v1.Mesh.Tap:output_type -> trellis.mesh.v1.TapRequest
+	95, // [95:101] is the sub-list for method output_type
+	89, // [89:95] is the sub-list for method input_type
+	89, // [89:89] is the sub-list for extension type_name
+	89, // [89:89] is the sub-list for extension extendee
+	0,  // [0:89] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -5601,7 +6039,7 @@ func file_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   57,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,7 @@ const (
 	Mesh_Heartbeat_FullMethodName = "/trellis.mesh.v1.Mesh/Heartbeat"
 	Mesh_Watch_FullMethodName     = "/trellis.mesh.v1.Mesh/Watch"
 	Mesh_Quota_FullMethodName     = "/trellis.mesh.v1.Mesh/Quota"
+	Mesh_Tap_FullMethodName       = "/trellis.mesh.v1.Mesh/Tap"
 )
 
 // MeshClient is the client API for Mesh service.
@@ -54,6 +55,12 @@ type MeshClient interface {
 	// 0.5 s, the control plane answers each report with this replica's share
 	// of each limit (see QuotaReport, QuotaGrant).
 	Quota(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[QuotaReport, QuotaGrant], error)
+	// Tap is a proxy's standing offer to show live requests: the proxy opens
+	// it after registering and keeps it open; the control plane sends a
+	// TapRequest to start or stop a tap (`trellis tap`), the proxy sends the
+	// sampled requests it sees back as TapEvents. Nothing is recorded while
+	// no tap is running, and every tap stops when the stream ends.
+	Tap(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TapEvents, TapRequest], error)
 }
 
 type meshClient struct {
@@ -120,6 +127,19 @@ func (c *meshClient) Quota(ctx context.Context, opts ...grpc.CallOption) (grpc.B
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Mesh_QuotaClient = grpc.BidiStreamingClient[QuotaReport, QuotaGrant]
 
+func (c *meshClient) Tap(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TapEvents, TapRequest], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Mesh_ServiceDesc.Streams[2], Mesh_Tap_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[TapEvents, TapRequest]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Mesh_TapClient = grpc.BidiStreamingClient[TapEvents, TapRequest]
+
 // MeshServer is the server API for Mesh service.
 // All implementations must embed UnimplementedMeshServer
 // for forward compatibility.
@@ -139,6 +159,12 @@ type MeshServer interface {
 	// 0.5 s, the control plane answers each report with this replica's share
 	// of each limit (see QuotaReport, QuotaGrant).
 	Quota(grpc.BidiStreamingServer[QuotaReport, QuotaGrant]) error
+	// Tap is a proxy's standing offer to show live requests: the proxy opens
+	// it after registering and keeps it open; the control plane sends a
+	// TapRequest to start or stop a tap (`trellis tap`), the proxy sends the
+	// sampled requests it sees back as TapEvents. Nothing is recorded while
+	// no tap is running, and every tap stops when the stream ends.
+	Tap(grpc.BidiStreamingServer[TapEvents, TapRequest]) error
 	mustEmbedUnimplementedMeshServer()
 }
 
@@ -163,6 +189,9 @@ func (UnimplementedMeshServer) Watch(grpc.BidiStreamingServer[WatchRequest, Snap
 }
 func (UnimplementedMeshServer) Quota(grpc.BidiStreamingServer[QuotaReport, QuotaGrant]) error {
 	return status.Errorf(codes.Unimplemented, "method Quota not implemented")
+}
+func (UnimplementedMeshServer) Tap(grpc.BidiStreamingServer[TapEvents, TapRequest]) error {
+	return status.Errorf(codes.Unimplemented, "method Tap not implemented")
 }
 func (UnimplementedMeshServer) mustEmbedUnimplementedMeshServer() {}
 func (UnimplementedMeshServer) testEmbeddedByValue()              {}
@@ -253,6 +282,13 @@ func _Mesh_Quota_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Mesh_QuotaServer = grpc.BidiStreamingServer[QuotaReport, QuotaGrant]
 
+func _Mesh_Tap_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(MeshServer).Tap(&grpc.GenericServerStream[TapEvents, TapRequest]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Mesh_TapServer = grpc.BidiStreamingServer[TapEvents, TapRequest]
+
 // Mesh_ServiceDesc is the grpc.ServiceDesc for Mesh service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -283,6 +319,12 @@ var Mesh_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Quota",
 			Handler:       _Mesh_Quota_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Tap",
+			Handler:       _Mesh_Tap_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

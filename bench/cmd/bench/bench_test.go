@@ -266,9 +266,9 @@ func TestSelectPaths(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"", []string{"direct", "trellis", "trellis-authz", "trellis-tracing", "trellis-accesslog", "haproxy", "nginx"}, ""},
+		{"", []string{"direct", "trellis", "trellis-nometrics", "trellis-authz", "trellis-tracing", "trellis-accesslog", "haproxy", "nginx"}, ""},
 		{"nginx, direct,nginx", []string{"nginx", "direct"}, ""},
-		{"envoy", nil, `unknown path "envoy" (valid: direct,trellis,trellis-authz,trellis-tracing,trellis-accesslog,haproxy,nginx)`},
+		{"envoy", nil, `unknown path "envoy" (valid: direct,trellis,trellis-nometrics,trellis-authz,trellis-tracing,trellis-accesslog,haproxy,nginx)`},
 	}
 	for _, tt := range tests {
 		got, err := selectPaths(tt.in)
@@ -360,5 +360,25 @@ func TestAuthzPolicyApplies(t *testing.T) {
 	p := objs[0].(*config.AuthorizationPolicy)
 	if n := len(p.Spec.Rules); n != 10 || p.Spec.Rules[9].From[0].Identity != "spiffe://trellis.local/ns/default/sa/bench-client" {
 		t.Fatalf("%d rules, last %+v", n, p.Spec.Rules[len(p.Spec.Rules)-1])
+	}
+}
+
+// TestOverheads: every Trellis row is compared with trellis-nometrics of
+// the same run; no baseline, no comparison.
+func TestOverheads(t *testing.T) {
+	rs := []result{
+		{Name: "direct", P99: 1, CPUPerKReq: 0},
+		{Name: "trellis", P99: 2.2, CPUPerKReq: 0.103},
+		{Name: "trellis-nometrics", P99: 2, CPUPerKReq: 0.1},
+		{Name: "trellis-tracing", P99: 3, CPUPerKReq: 0.15},
+		{Name: "haproxy", P99: 1.5, CPUPerKReq: 0.03},
+	}
+	got := overheads(rs)
+	want := []overhead{{"trellis", 1.03, 1.1}, {"trellis-tracing", 1.5, 1.5}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("overheads = %+v, want %+v", got, want)
+	}
+	if o := overheads(rs[:2]); o != nil {
+		t.Fatalf("without the baseline: %+v", o)
 	}
 }

@@ -36,6 +36,8 @@ type result struct {
 
 type report struct {
 	Runs []result `json:"runs"`
+	// Overhead: each Trellis row against trellis-nometrics (overhead.go).
+	Overhead []overhead `json:"overhead,omitempty"`
 }
 
 // settings of one invocation.
@@ -88,6 +90,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	results, err := bench(ctx, s, stderr)
 	if len(results) > 0 {
 		printTable(stdout, results)
+		printOverheads(stdout, overheads(results))
 		if werr := writeReport(s.out, results); werr != nil {
 			fmt.Fprintln(stderr, "bench:", werr)
 			return 1
@@ -278,7 +281,7 @@ func printTable(w io.Writer, rs []result) {
 }
 
 func writeReport(path string, rs []result) error {
-	b, err := json.MarshalIndent(report{Runs: rs}, "", "  ")
+	b, err := json.MarshalIndent(report{Runs: rs, Overhead: overheads(rs)}, "", "  ")
 	if err != nil {
 		return err
 	}

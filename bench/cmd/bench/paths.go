@@ -25,6 +25,7 @@ type path struct {
 var allPaths = []path{
 	{"direct", startDirect},
 	{"trellis", startTrellis},
+	{"trellis-nometrics", startTrellisNoMetrics},
 	{"trellis-authz", startTrellisAuthz},
 	{"trellis-tracing", startTrellisTracing},
 	{"trellis-accesslog", startTrellisAccessLog},
