@@ -57,7 +57,10 @@ type adminDeps struct {
 	// caughtUp blocks until the mesh view has every write committed
 	// before the call, so a check right after an apply sees it.
 	caughtUp func(ctx context.Context) error
-	logger   *slog.Logger
+	// stats answers /v1/stats from the proxies' reports (stats.go); nil:
+	// the API says none are kept.
+	stats  statsQuerier
+	logger *slog.Logger
 }
 
 // MaxProxiesWait bounds a /v1/proxies long-poll; clients wanting longer ask again.
@@ -91,8 +94,9 @@ func newAdmin(d adminDeps) *admin {
 	mux.HandleFunc("GET /v1/endpoints", a.listEndpoints)
 	a.tokenRoutes(mux)
 	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
+	mux.HandleFunc("GET /v1/stats", a.statsQuery)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit)", r.Method, truncate(r.URL.Path, 256)))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit, /v1/stats)", r.Method, truncate(r.URL.Path, 256)))
 	})
 	a.handler = a.authenticate(mux)
 	return a

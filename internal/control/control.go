@@ -37,6 +37,7 @@ import (
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/quota"
 	"trellis.dev/trellis/internal/registry"
+	"trellis.dev/trellis/internal/stats"
 	"trellis.dev/trellis/internal/store"
 	"trellis.dev/trellis/internal/telemetry"
 	"trellis.dev/trellis/internal/view"
@@ -293,6 +294,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: metrics: %w", err)
 	}
+	statsStore := stats.NewStore(nil)
 	c.push = push.NewServer(push.ServerOptions{
 		TrustDomain: td,
 		ValidToken:  push.TokenValidator(devToken),
@@ -306,6 +308,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		MaxTTL:      registry.MaxTTL,
 		Metrics:     c.meter,
 		Quota:       quota.NewAllocator(quota.AllocatorOptions{}),
+		Stats:       statsStore,
 		Logger:      o.Logger,
 	})
 
@@ -349,6 +352,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		awaitRevision: c.push.AwaitRevision,
 		endpoints:     c.reg.Endpoints,
 		snapshots:     c.comp,
+		stats:         statsStore,
 		caughtUp: func(ctx context.Context) error {
 			rev, err := c.st.Revision(ctx)
 			if err == nil {

@@ -133,6 +133,7 @@ type Proxy struct {
 	telemetry           Filter
 	activeIn, activeOut prometheus.Gauge
 	sourceHdr           []string
+	stats               *proxyStats // the windowed summaries (stats_record.go)
 
 	cfg       atomic.Pointer[compiled]
 	updateMu  sync.Mutex // serializes Update; guards pickers, endpoints, peers
@@ -240,6 +241,7 @@ func New(o Options) (*Proxy, error) {
 		subscribeWait: SubscribeWait,
 		listeners:     make(map[string]net.Listener),
 		ownServiceKey: o.Service + "." + o.Namespace,
+		stats:         newProxyStats(),
 	}
 	if o.AppAddr != "" {
 		h, ps, err := net.SplitHostPort(o.AppAddr)

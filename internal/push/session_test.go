@@ -63,6 +63,10 @@ func (f *fakeMesh) Quota(context.Context, ...grpc.CallOption) (grpc.BidiStreamin
 	return nil, status.Error(codes.Unimplemented, "fake")
 }
 
+func (f *fakeMesh) Report(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[meshv1.StatsReport, meshv1.StatsAck], error) {
+	return nil, status.Error(codes.Unimplemented, "fake")
+}
+
 func (f *fakeMesh) Watch(ctx context.Context, _ ...grpc.CallOption) (grpc.BidiStreamingClient[meshv1.WatchRequest, meshv1.Snapshot], error) {
 	<-ctx.Done()
 	return nil, ctx.Err()

@@ -36,6 +36,7 @@ import (
 	"trellis.dev/trellis/internal/proxy"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/quota"
+	"trellis.dev/trellis/internal/stats"
 	"trellis.dev/trellis/internal/tracing"
 )
 
@@ -147,6 +148,9 @@ func (s *sidecar) run(ctx context.Context) (int, error) {
 	go func() { sessionDone <- s.client.RunSession(runCtx, so) }()
 	go s.renewLoop(runCtx)
 	go s.quotaLoop(runCtx, so.Endpoint.GetId())
+	if !s.o.DisableMetrics {
+		go s.statsLoop(runCtx, so.Endpoint.GetId())
+	}
 
 	select {
 	case <-s.readyCh:
@@ -371,6 +375,19 @@ func (s *sidecar) startProxy() error {
 	}
 	s.proxy = p
 	return nil
+}
+
+// statsLoop reports the proxy's windowed request summaries to the
+// control plane (internal/stats) for `trellis stat` and `trellis top`.
+func (s *sidecar) statsLoop(ctx context.Context, nodeID string) {
+	_ = stats.Report(ctx, stats.ReporterOptions{
+		NodeID: nodeID,
+		Open: func(ctx context.Context) (stats.Stream, error) {
+			return s.client.OpenReport(ctx)
+		},
+		Recorder: s.proxy.Stats(),
+		Logger:   s.o.Logger,
+	})
 }
 
 // quotaLoop shares the proxy's global rate limits with its service's other

@@ -249,6 +249,68 @@ func (MtlsMode) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{3}
 }
 
+type StatsKind int32
+
+const (
+	StatsKind_STATS_KIND_UNSPECIFIED StatsKind = 0
+	// A destination service, from its own (inbound) proxies: service.
+	StatsKind_STATS_SERVICE StatsKind = 1
+	// A route rule and the backend it sent to, from the callers' proxies:
+	// route, service (the backend).
+	StatsKind_STATS_ROUTE StatsKind = 2
+	// Calls from one service to another, from the callers' proxies:
+	// source, service.
+	StatsKind_STATS_EDGE StatsKind = 3
+	// A path of calls to a service, from the callers' proxies (top-K per
+	// service per window): service (as addressed), path.
+	StatsKind_STATS_PATH StatsKind = 4
+)
+
+// Enum value maps for StatsKind.
+var (
+	StatsKind_name = map[int32]string{
+		0: "STATS_KIND_UNSPECIFIED",
+		1: "STATS_SERVICE",
+		2: "STATS_ROUTE",
+		3: "STATS_EDGE",
+		4: "STATS_PATH",
+	}
+	StatsKind_value = map[string]int32{
+		"STATS_KIND_UNSPECIFIED": 0,
+		"STATS_SERVICE":          1,
+		"STATS_ROUTE":            2,
+		"STATS_EDGE":             3,
+		"STATS_PATH":             4,
+	}
+)
+
+func (x StatsKind) Enum() *StatsKind {
+	p := new(StatsKind)
+	*p = x
+	return p
+}
+
+func (x StatsKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StatsKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[4].Descriptor()
+}
+
+func (StatsKind) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[4]
+}
+
+func (x StatsKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StatsKind.Descriptor instead.
+func (StatsKind) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{4}
+}
+
 type PathMatch_Type int32
 
 const (
@@ -282,11 +344,11 @@ func (x PathMatch_Type) String() string {
 }
 
 func (PathMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[4].Descriptor()
+	return file_mesh_proto_enumTypes[5].Descriptor()
 }
 
 func (PathMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[4]
+	return &file_mesh_proto_enumTypes[5]
 }
 
 func (x PathMatch_Type) Number() protoreflect.EnumNumber {
@@ -328,11 +390,11 @@ func (x HeaderMatch_Type) String() string {
 }
 
 func (HeaderMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[5].Descriptor()
+	return file_mesh_proto_enumTypes[6].Descriptor()
 }
 
 func (HeaderMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[5]
+	return &file_mesh_proto_enumTypes[6]
 }
 
 func (x HeaderMatch_Type) Number() protoreflect.EnumNumber {
@@ -374,11 +436,11 @@ func (x QueryParamMatch_Type) String() string {
 }
 
 func (QueryParamMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[6].Descriptor()
+	return file_mesh_proto_enumTypes[7].Descriptor()
 }
 
 func (QueryParamMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[6]
+	return &file_mesh_proto_enumTypes[7]
 }
 
 func (x QueryParamMatch_Type) Number() protoreflect.EnumNumber {
@@ -421,11 +483,11 @@ func (x PathModifier_Type) String() string {
 }
 
 func (PathModifier_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[7].Descriptor()
+	return file_mesh_proto_enumTypes[8].Descriptor()
 }
 
 func (PathModifier_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[7]
+	return &file_mesh_proto_enumTypes[8]
 }
 
 func (x PathModifier_Type) Number() protoreflect.EnumNumber {
@@ -467,11 +529,11 @@ func (x RateLimit_Algorithm) String() string {
 }
 
 func (RateLimit_Algorithm) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[8].Descriptor()
+	return file_mesh_proto_enumTypes[9].Descriptor()
 }
 
 func (RateLimit_Algorithm) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[8]
+	return &file_mesh_proto_enumTypes[9]
 }
 
 func (x RateLimit_Algorithm) Number() protoreflect.EnumNumber {
@@ -519,11 +581,11 @@ func (x RateLimit_Scope) String() string {
 }
 
 func (RateLimit_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[9].Descriptor()
+	return file_mesh_proto_enumTypes[10].Descriptor()
 }
 
 func (RateLimit_Scope) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[9]
+	return &file_mesh_proto_enumTypes[10]
 }
 
 func (x RateLimit_Scope) Number() protoreflect.EnumNumber {
@@ -4305,6 +4367,332 @@ func (x *ConcurrencyPolicy) GetJitter() float64 {
 	return 0
 }
 
+// StatsReport carries closed windows of a proxy's request summaries. The
+// first report on a stream names the node (as Watch does) and carries every
+// window the proxy still keeps; later ones the windows closed since the
+// last acknowledged one. A window sent again replaces the one held.
+type StatsReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Windows       []*StatsWindow         `protobuf:"bytes,2,rep,name=windows,proto3" json:"windows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsReport) Reset() {
+	*x = StatsReport{}
+	mi := &file_mesh_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsReport) ProtoMessage() {}
+
+func (x *StatsReport) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsReport.ProtoReflect.Descriptor instead.
+func (*StatsReport) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *StatsReport) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *StatsReport) GetWindows() []*StatsWindow {
+	if x != nil {
+		return x.Windows
+	}
+	return nil
+}
+
+// StatsWindow is what a proxy saw in one window [start, start + width),
+// aligned to multiples of width on the wall clock so proxies' windows line
+// up and merge.
+type StatsWindow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StartUnix     int64                  `protobuf:"varint,1,opt,name=start_unix,json=startUnix,proto3" json:"start_unix,omitempty"`
+	WidthSeconds  uint32                 `protobuf:"varint,2,opt,name=width_seconds,json=widthSeconds,proto3" json:"width_seconds,omitempty"`
+	Entries       []*StatsEntry          `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsWindow) Reset() {
+	*x = StatsWindow{}
+	mi := &file_mesh_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsWindow) ProtoMessage() {}
+
+func (x *StatsWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsWindow.ProtoReflect.Descriptor instead.
+func (*StatsWindow) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *StatsWindow) GetStartUnix() int64 {
+	if x != nil {
+		return x.StartUnix
+	}
+	return 0
+}
+
+func (x *StatsWindow) GetWidthSeconds() uint32 {
+	if x != nil {
+		return x.WidthSeconds
+	}
+	return 0
+}
+
+func (x *StatsWindow) GetEntries() []*StatsEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type StatsEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  StatsKind              `protobuf:"varint,1,opt,name=kind,proto3,enum=trellis.mesh.v1.StatsKind" json:"kind,omitempty"`
+	// "name.namespace".
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// "<namespace>/<route>/rules[<i>]", or "-" when no route matched.
+	Route string `protobuf:"bytes,3,opt,name=route,proto3" json:"route,omitempty"`
+	// "name.namespace" of the calling service.
+	Source string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// The request path, or the matching rule's regular expression.
+	Path     string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	Requests uint64 `protobuf:"varint,6,opt,name=requests,proto3" json:"requests,omitempty"`
+	// Responses with a 5xx status.
+	Failures      uint64         `protobuf:"varint,7,opt,name=failures,proto3" json:"failures,omitempty"`
+	Latency       *LatencySketch `protobuf:"bytes,8,opt,name=latency,proto3" json:"latency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsEntry) Reset() {
+	*x = StatsEntry{}
+	mi := &file_mesh_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsEntry) ProtoMessage() {}
+
+func (x *StatsEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsEntry.ProtoReflect.Descriptor instead.
+func (*StatsEntry) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *StatsEntry) GetKind() StatsKind {
+	if x != nil {
+		return x.Kind
+	}
+	return StatsKind_STATS_KIND_UNSPECIFIED
+}
+
+func (x *StatsEntry) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *StatsEntry) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *StatsEntry) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *StatsEntry) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *StatsEntry) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *StatsEntry) GetFailures() uint64 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *StatsEntry) GetLatency() *LatencySketch {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+// LatencySketch is a log-linear histogram of request durations in
+// microseconds (internal/stats: 16 exact buckets below 16 µs, then 8 per
+// power of two), sparse: counts[i] requests fell in bucket index[i];
+// indexes ascend.
+type LatencySketch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         []uint32               `protobuf:"varint,1,rep,packed,name=index,proto3" json:"index,omitempty"`
+	Counts        []uint64               `protobuf:"varint,2,rep,packed,name=counts,proto3" json:"counts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LatencySketch) Reset() {
+	*x = LatencySketch{}
+	mi := &file_mesh_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LatencySketch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LatencySketch) ProtoMessage() {}
+
+func (x *LatencySketch) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LatencySketch.ProtoReflect.Descriptor instead.
+func (*LatencySketch) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *LatencySketch) GetIndex() []uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return nil
+}
+
+func (x *LatencySketch) GetCounts() []uint64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+// StatsAck answers a report: the newest window start the control plane
+// holds for this proxy.
+type StatsAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ThroughUnix   int64                  `protobuf:"varint,1,opt,name=through_unix,json=throughUnix,proto3" json:"through_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsAck) Reset() {
+	*x = StatsAck{}
+	mi := &file_mesh_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsAck) ProtoMessage() {}
+
+func (x *StatsAck) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsAck.ProtoReflect.Descriptor instead.
+func (*StatsAck) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *StatsAck) GetThroughUnix() int64 {
+	if x != nil {
+		return x.ThroughUnix
+	}
+	return 0
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -4616,7 +5004,30 @@ const file_mesh_proto_rawDesc = "" +
 	"\x06buffer\x18\x06 \x01(\x01R\x06buffer\x12C\n" +
 	"\x10min_rtt_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0eminRttInterval\x12(\n" +
 	"\x10min_rtt_requests\x18\b \x01(\rR\x0eminRttRequests\x12\x16\n" +
-	"\x06jitter\x18\t \x01(\x01R\x06jitter*L\n" +
+	"\x06jitter\x18\t \x01(\x01R\x06jitter\"^\n" +
+	"\vStatsReport\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x126\n" +
+	"\awindows\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.StatsWindowR\awindows\"\x88\x01\n" +
+	"\vStatsWindow\x12\x1d\n" +
+	"\n" +
+	"start_unix\x18\x01 \x01(\x03R\tstartUnix\x12#\n" +
+	"\rwidth_seconds\x18\x02 \x01(\rR\fwidthSeconds\x125\n" +
+	"\aentries\x18\x03 \x03(\v2\x1b.trellis.mesh.v1.StatsEntryR\aentries\"\x8a\x02\n" +
+	"\n" +
+	"StatsEntry\x12.\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1a.trellis.mesh.v1.StatsKindR\x04kind\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x14\n" +
+	"\x05route\x18\x03 \x01(\tR\x05route\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12\x12\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\x12\x1a\n" +
+	"\brequests\x18\x06 \x01(\x04R\brequests\x12\x1a\n" +
+	"\bfailures\x18\a \x01(\x04R\bfailures\x128\n" +
+	"\alatency\x18\b \x01(\v2\x1e.trellis.mesh.v1.LatencySketchR\alatency\"=\n" +
+	"\rLatencySketch\x12\x14\n" +
+	"\x05index\x18\x01 \x03(\rR\x05index\x12\x16\n" +
+	"\x06counts\x18\x02 \x03(\x04R\x06counts\"-\n" +
+	"\bStatsAck\x12!\n" +
+	"\fthrough_unix\x18\x01 \x01(\x03R\vthroughUnix*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -4642,13 +5053,22 @@ const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\x06STRICT\x10\x01\x12\x0e\n" +
 	"\n" +
-	"PERMISSIVE\x10\x022\x88\x03\n" +
+	"PERMISSIVE\x10\x02*k\n" +
+	"\tStatsKind\x12\x1a\n" +
+	"\x16STATS_KIND_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rSTATS_SERVICE\x10\x01\x12\x0f\n" +
+	"\vSTATS_ROUTE\x10\x02\x12\x0e\n" +
+	"\n" +
+	"STATS_EDGE\x10\x03\x12\x0e\n" +
+	"\n" +
+	"STATS_PATH\x10\x042\xcf\x03\n" +
 	"\x04Mesh\x12L\n" +
 	"\aCertify\x12\x1f.trellis.mesh.v1.CertifyRequest\x1a .trellis.mesh.v1.CertifyResponse\x12O\n" +
 	"\bRegister\x12 .trellis.mesh.v1.RegisterRequest\x1a!.trellis.mesh.v1.RegisterResponse\x12R\n" +
 	"\tHeartbeat\x12!.trellis.mesh.v1.HeartbeatRequest\x1a\".trellis.mesh.v1.HeartbeatResponse\x12E\n" +
 	"\x05Watch\x12\x1d.trellis.mesh.v1.WatchRequest\x1a\x19.trellis.mesh.v1.Snapshot(\x010\x01\x12F\n" +
-	"\x05Quota\x12\x1c.trellis.mesh.v1.QuotaReport\x1a\x1b.trellis.mesh.v1.QuotaGrant(\x010\x01B(Z&trellis.dev/trellis/api/mesh/v1;meshv1b\x06proto3"
+	"\x05Quota\x12\x1c.trellis.mesh.v1.QuotaReport\x1a\x1b.trellis.mesh.v1.QuotaGrant(\x010\x01\x12E\n" +
+	"\x06Report\x12\x1c.trellis.mesh.v1.StatsReport\x1a\x19.trellis.mesh.v1.StatsAck(\x010\x01B(Z&trellis.dev/trellis/api/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_proto_rawDescOnce sync.Once
@@ -4662,164 +5082,176 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),               // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),           // 1: trellis.mesh.v1.LoadBalancer
 	(AuthzAction)(0),            // 2: trellis.mesh.v1.AuthzAction
 	(MtlsMode)(0),               // 3: trellis.mesh.v1.MtlsMode
-	(PathMatch_Type)(0),         // 4: trellis.mesh.v1.PathMatch.Type
-	(HeaderMatch_Type)(0),       // 5: trellis.mesh.v1.HeaderMatch.Type
-	(QueryParamMatch_Type)(0),   // 6: trellis.mesh.v1.QueryParamMatch.Type
-	(PathModifier_Type)(0),      // 7: trellis.mesh.v1.PathModifier.Type
-	(RateLimit_Algorithm)(0),    // 8: trellis.mesh.v1.RateLimit.Algorithm
-	(RateLimit_Scope)(0),        // 9: trellis.mesh.v1.RateLimit.Scope
-	(*CertifyRequest)(nil),      // 10: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),     // 11: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),            // 12: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),     // 13: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),    // 14: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),    // 15: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 16: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),        // 17: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),                // 18: trellis.mesh.v1.Port
-	(*PathMatch)(nil),           // 19: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),         // 20: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),               // 21: trellis.mesh.v1.Match
-	(*QueryParamMatch)(nil),     // 22: trellis.mesh.v1.QueryParamMatch
-	(*Backend)(nil),             // 23: trellis.mesh.v1.Backend
-	(*Route)(nil),               // 24: trellis.mesh.v1.Route
-	(*HeaderValue)(nil),         // 25: trellis.mesh.v1.HeaderValue
-	(*HeaderModifier)(nil),      // 26: trellis.mesh.v1.HeaderModifier
-	(*RouteFilter)(nil),         // 27: trellis.mesh.v1.RouteFilter
-	(*PathModifier)(nil),        // 28: trellis.mesh.v1.PathModifier
-	(*URLRewrite)(nil),          // 29: trellis.mesh.v1.URLRewrite
-	(*RequestRedirect)(nil),     // 30: trellis.mesh.v1.RequestRedirect
-	(*RequestMirror)(nil),       // 31: trellis.mesh.v1.RequestMirror
-	(*Fault)(nil),               // 32: trellis.mesh.v1.Fault
-	(*FaultDelay)(nil),          // 33: trellis.mesh.v1.FaultDelay
-	(*FaultAbort)(nil),          // 34: trellis.mesh.v1.FaultAbort
-	(*RouteTimeouts)(nil),       // 35: trellis.mesh.v1.RouteTimeouts
-	(*HashPolicy)(nil),          // 36: trellis.mesh.v1.HashPolicy
-	(*RetryPolicy)(nil),         // 37: trellis.mesh.v1.RetryPolicy
-	(*RetryBudget)(nil),         // 38: trellis.mesh.v1.RetryBudget
-	(*CircuitBreaker)(nil),      // 39: trellis.mesh.v1.CircuitBreaker
-	(*OutlierDetection)(nil),    // 40: trellis.mesh.v1.OutlierDetection
-	(*BackendPolicy)(nil),       // 41: trellis.mesh.v1.BackendPolicy
-	(*InboundPolicy)(nil),       // 42: trellis.mesh.v1.InboundPolicy
-	(*Service)(nil),             // 43: trellis.mesh.v1.Service
-	(*Snapshot)(nil),            // 44: trellis.mesh.v1.Snapshot
-	(*Telemetry)(nil),           // 45: trellis.mesh.v1.Telemetry
-	(*Authorization)(nil),       // 46: trellis.mesh.v1.Authorization
-	(*AuthzPolicy)(nil),         // 47: trellis.mesh.v1.AuthzPolicy
-	(*AuthzRule)(nil),           // 48: trellis.mesh.v1.AuthzRule
-	(*AuthzSource)(nil),         // 49: trellis.mesh.v1.AuthzSource
-	(*AuthzPath)(nil),           // 50: trellis.mesh.v1.AuthzPath
-	(*AuthzHeader)(nil),         // 51: trellis.mesh.v1.AuthzHeader
-	(*AuthzGRPC)(nil),           // 52: trellis.mesh.v1.AuthzGRPC
-	(*RateLimit)(nil),           // 53: trellis.mesh.v1.RateLimit
-	(*RateLimitValue)(nil),      // 54: trellis.mesh.v1.RateLimitValue
-	(*RateLimitOverride)(nil),   // 55: trellis.mesh.v1.RateLimitOverride
-	(*QuotaReport)(nil),         // 56: trellis.mesh.v1.QuotaReport
-	(*QuotaDemand)(nil),         // 57: trellis.mesh.v1.QuotaDemand
-	(*QuotaGrant)(nil),          // 58: trellis.mesh.v1.QuotaGrant
-	(*QuotaShare)(nil),          // 59: trellis.mesh.v1.QuotaShare
-	(*ConcurrencyPolicy)(nil),   // 60: trellis.mesh.v1.ConcurrencyPolicy
-	nil,                         // 61: trellis.mesh.v1.Endpoint.LabelsEntry
-	(*durationpb.Duration)(nil), // 62: google.protobuf.Duration
+	(StatsKind)(0),              // 4: trellis.mesh.v1.StatsKind
+	(PathMatch_Type)(0),         // 5: trellis.mesh.v1.PathMatch.Type
+	(HeaderMatch_Type)(0),       // 6: trellis.mesh.v1.HeaderMatch.Type
+	(QueryParamMatch_Type)(0),   // 7: trellis.mesh.v1.QueryParamMatch.Type
+	(PathModifier_Type)(0),      // 8: trellis.mesh.v1.PathModifier.Type
+	(RateLimit_Algorithm)(0),    // 9: trellis.mesh.v1.RateLimit.Algorithm
+	(RateLimit_Scope)(0),        // 10: trellis.mesh.v1.RateLimit.Scope
+	(*CertifyRequest)(nil),      // 11: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),     // 12: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),            // 13: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),     // 14: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),    // 15: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),    // 16: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 17: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),        // 18: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                // 19: trellis.mesh.v1.Port
+	(*PathMatch)(nil),           // 20: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),         // 21: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),               // 22: trellis.mesh.v1.Match
+	(*QueryParamMatch)(nil),     // 23: trellis.mesh.v1.QueryParamMatch
+	(*Backend)(nil),             // 24: trellis.mesh.v1.Backend
+	(*Route)(nil),               // 25: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),         // 26: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),      // 27: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),         // 28: trellis.mesh.v1.RouteFilter
+	(*PathModifier)(nil),        // 29: trellis.mesh.v1.PathModifier
+	(*URLRewrite)(nil),          // 30: trellis.mesh.v1.URLRewrite
+	(*RequestRedirect)(nil),     // 31: trellis.mesh.v1.RequestRedirect
+	(*RequestMirror)(nil),       // 32: trellis.mesh.v1.RequestMirror
+	(*Fault)(nil),               // 33: trellis.mesh.v1.Fault
+	(*FaultDelay)(nil),          // 34: trellis.mesh.v1.FaultDelay
+	(*FaultAbort)(nil),          // 35: trellis.mesh.v1.FaultAbort
+	(*RouteTimeouts)(nil),       // 36: trellis.mesh.v1.RouteTimeouts
+	(*HashPolicy)(nil),          // 37: trellis.mesh.v1.HashPolicy
+	(*RetryPolicy)(nil),         // 38: trellis.mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),         // 39: trellis.mesh.v1.RetryBudget
+	(*CircuitBreaker)(nil),      // 40: trellis.mesh.v1.CircuitBreaker
+	(*OutlierDetection)(nil),    // 41: trellis.mesh.v1.OutlierDetection
+	(*BackendPolicy)(nil),       // 42: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),       // 43: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),             // 44: trellis.mesh.v1.Service
+	(*Snapshot)(nil),            // 45: trellis.mesh.v1.Snapshot
+	(*Telemetry)(nil),           // 46: trellis.mesh.v1.Telemetry
+	(*Authorization)(nil),       // 47: trellis.mesh.v1.Authorization
+	(*AuthzPolicy)(nil),         // 48: trellis.mesh.v1.AuthzPolicy
+	(*AuthzRule)(nil),           // 49: trellis.mesh.v1.AuthzRule
+	(*AuthzSource)(nil),         // 50: trellis.mesh.v1.AuthzSource
+	(*AuthzPath)(nil),           // 51: trellis.mesh.v1.AuthzPath
+	(*AuthzHeader)(nil),         // 52: trellis.mesh.v1.AuthzHeader
+	(*AuthzGRPC)(nil),           // 53: trellis.mesh.v1.AuthzGRPC
+	(*RateLimit)(nil),           // 54: trellis.mesh.v1.RateLimit
+	(*RateLimitValue)(nil),      // 55: trellis.mesh.v1.RateLimitValue
+	(*RateLimitOverride)(nil),   // 56: trellis.mesh.v1.RateLimitOverride
+	(*QuotaReport)(nil),         // 57: trellis.mesh.v1.QuotaReport
+	(*QuotaDemand)(nil),         // 58: trellis.mesh.v1.QuotaDemand
+	(*QuotaGrant)(nil),          // 59: trellis.mesh.v1.QuotaGrant
+	(*QuotaShare)(nil),          // 60: trellis.mesh.v1.QuotaShare
+	(*ConcurrencyPolicy)(nil),   // 61: trellis.mesh.v1.ConcurrencyPolicy
+	(*StatsReport)(nil),         // 62: trellis.mesh.v1.StatsReport
+	(*StatsWindow)(nil),         // 63: trellis.mesh.v1.StatsWindow
+	(*StatsEntry)(nil),          // 64: trellis.mesh.v1.StatsEntry
+	(*LatencySketch)(nil),       // 65: trellis.mesh.v1.LatencySketch
+	(*StatsAck)(nil),            // 66: trellis.mesh.v1.StatsAck
+	nil,                         // 67: trellis.mesh.v1.Endpoint.LabelsEntry
+	(*durationpb.Duration)(nil), // 68: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	61, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	12, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	67, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	13, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
 	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
-	4,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
-	5,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	19, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	20, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	22, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
-	6,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
-	21, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	23, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	27, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
-	35, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	53, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	25, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
-	25, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
-	26, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	26, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	29, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
-	30, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
-	31, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
-	32, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
-	7,  // 22: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
-	28, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
-	28, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
-	23, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
-	33, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
-	34, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	62, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	62, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	62, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	62, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	62, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	62, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	38, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	62, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	62, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	62, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	5,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
+	6,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
+	20, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	21, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	23, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
+	7,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
+	22, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	24, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	28, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	36, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	54, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	26, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	26, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	27, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	27, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	30, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
+	31, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
+	32, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
+	33, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
+	8,  // 22: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
+	29, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
+	29, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
+	24, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
+	34, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
+	35, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
+	68, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	68, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	68, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	68, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	68, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	68, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	39, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
+	68, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	68, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	68, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	1,  // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
-	37, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
-	39, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
-	40, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
-	36, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	62, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	53, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	46, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
+	38, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
+	40, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
+	41, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
+	37, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
+	68, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	54, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	47, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
 	3,  // 46: trellis.mesh.v1.InboundPolicy.mtls_mode:type_name -> trellis.mesh.v1.MtlsMode
-	60, // 47: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
-	18, // 48: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	24, // 49: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	12, // 50: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	41, // 51: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	43, // 52: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	43, // 53: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	42, // 54: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	45, // 55: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	61, // 47: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
+	19, // 48: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	25, // 49: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	13, // 50: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	42, // 51: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	44, // 52: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	44, // 53: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	43, // 54: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	46, // 55: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
 	2,  // 56: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
-	47, // 57: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
+	48, // 57: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
 	2,  // 58: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
-	48, // 59: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
-	49, // 60: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
-	50, // 61: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
-	51, // 62: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
-	52, // 63: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
-	8,  // 64: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
-	54, // 65: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	9,  // 66: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
-	55, // 67: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
-	62, // 68: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
-	54, // 69: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	57, // 70: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
-	54, // 71: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	59, // 72: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
-	62, // 73: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
-	62, // 74: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
-	10, // 75: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	13, // 76: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	15, // 77: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	17, // 78: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	56, // 79: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
-	11, // 80: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	14, // 81: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	16, // 82: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	44, // 83: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	58, // 84: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
-	80, // [80:85] is the sub-list for method output_type
-	75, // [75:80] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	49, // 59: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
+	50, // 60: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
+	51, // 61: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
+	52, // 62: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
+	53, // 63: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
+	9,  // 64: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
+	55, // 65: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	10, // 66: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
+	56, // 67: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
+	68, // 68: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
+	55, // 69: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	58, // 70: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
+	55, // 71: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	60, // 72: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
+	68, // 73: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
+	68, // 74: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
+	63, // 75: trellis.mesh.v1.StatsReport.windows:type_name -> trellis.mesh.v1.StatsWindow
+	64, // 76: trellis.mesh.v1.StatsWindow.entries:type_name -> trellis.mesh.v1.StatsEntry
+	4,  // 77: trellis.mesh.v1.StatsEntry.kind:type_name -> trellis.mesh.v1.StatsKind
+	65, // 78: trellis.mesh.v1.StatsEntry.latency:type_name -> trellis.mesh.v1.LatencySketch
+	11, // 79: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	14, // 80: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	16, // 81: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	18, // 82: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	57, // 83: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
+	62, // 84: trellis.mesh.v1.Mesh.Report:input_type -> trellis.mesh.v1.StatsReport
+	12, // 85: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	15, // 86: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	17, // 87: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	45, // 88: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	59, // 89: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
+	66, // 90: trellis.mesh.v1.Mesh.Report:output_type -> trellis.mesh.v1.StatsAck
+	85, // [85:91] is the sub-list for method output_type
+	79, // [79:85] is the sub-list for method input_type
+	79, // [79:79] is the sub-list for extension type_name
+	79, // [79:79] is the sub-list for extension extendee
+	0,  // [0:79] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -4862,8 +5294,8 @@ func file_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      10,
-			NumMessages:   52,
+			NumEnums:      11,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

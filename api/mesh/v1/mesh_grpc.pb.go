@@ -33,6 +33,7 @@ const (
 	Mesh_Heartbeat_FullMethodName = "/trellis.mesh.v1.Mesh/Heartbeat"
 	Mesh_Watch_FullMethodName     = "/trellis.mesh.v1.Mesh/Watch"
 	Mesh_Quota_FullMethodName     = "/trellis.mesh.v1.Mesh/Quota"
+	Mesh_Report_FullMethodName    = "/trellis.mesh.v1.Mesh/Report"
 )
 
 // MeshClient is the client API for Mesh service.
@@ -54,6 +55,10 @@ type MeshClient interface {
 	// 0.5 s, the control plane answers each report with this replica's share
 	// of each limit (see QuotaReport, QuotaGrant).
 	Quota(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[QuotaReport, QuotaGrant], error)
+	// Report sends the proxy's windowed request summaries (see StatsReport)
+	// about every 5 s; the control plane answers each report with the
+	// newest window it now holds, so the proxy resends only what is newer.
+	Report(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StatsReport, StatsAck], error)
 }
 
 type meshClient struct {
@@ -120,6 +125,19 @@ func (c *meshClient) Quota(ctx context.Context, opts ...grpc.CallOption) (grpc.B
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Mesh_QuotaClient = grpc.BidiStreamingClient[QuotaReport, QuotaGrant]
 
+func (c *meshClient) Report(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StatsReport, StatsAck], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Mesh_ServiceDesc.Streams[2], Mesh_Report_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StatsReport, StatsAck]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Mesh_ReportClient = grpc.BidiStreamingClient[StatsReport, StatsAck]
+
 // MeshServer is the server API for Mesh service.
 // All implementations must embed UnimplementedMeshServer
 // for forward compatibility.
@@ -139,6 +157,10 @@ type MeshServer interface {
 	// 0.5 s, the control plane answers each report with this replica's share
 	// of each limit (see QuotaReport, QuotaGrant).
 	Quota(grpc.BidiStreamingServer[QuotaReport, QuotaGrant]) error
+	// Report sends the proxy's windowed request summaries (see StatsReport)
+	// about every 5 s; the control plane answers each report with the
+	// newest window it now holds, so the proxy resends only what is newer.
+	Report(grpc.BidiStreamingServer[StatsReport, StatsAck]) error
 	mustEmbedUnimplementedMeshServer()
 }
 
@@ -163,6 +185,9 @@ func (UnimplementedMeshServer) Watch(grpc.BidiStreamingServer[WatchRequest, Snap
 }
 func (UnimplementedMeshServer) Quota(grpc.BidiStreamingServer[QuotaReport, QuotaGrant]) error {
 	return status.Errorf(codes.Unimplemented, "method Quota not implemented")
+}
+func (UnimplementedMeshServer) Report(grpc.BidiStreamingServer[StatsReport, StatsAck]) error {
+	return status.Errorf(codes.Unimplemented, "method Report not implemented")
 }
 func (UnimplementedMeshServer) mustEmbedUnimplementedMeshServer() {}
 func (UnimplementedMeshServer) testEmbeddedByValue()              {}
@@ -253,6 +278,13 @@ func _Mesh_Quota_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Mesh_QuotaServer = grpc.BidiStreamingServer[QuotaReport, QuotaGrant]
 
+func _Mesh_Report_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(MeshServer).Report(&grpc.GenericServerStream[StatsReport, StatsAck]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Mesh_ReportServer = grpc.BidiStreamingServer[StatsReport, StatsAck]
+
 // Mesh_ServiceDesc is the grpc.ServiceDesc for Mesh service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -283,6 +315,12 @@ var Mesh_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Quota",
 			Handler:       _Mesh_Quota_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Report",
+			Handler:       _Mesh_Report_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},
