@@ -80,7 +80,11 @@ type Result struct {
 	Window string    `json:"window"`
 	Start  time.Time `json:"start"`
 	End    time.Time `json:"end"`
-	// Proxies is how many proxies' windows the control plane holds.
+	// From is where the rows come from: "control plane", or the
+	// Prometheus queried.
+	From string `json:"from"`
+	// Proxies is how many proxies' windows the control plane holds (0
+	// from Prometheus).
 	Proxies int   `json:"proxies"`
 	Rows    []Row `json:"rows"`
 }
@@ -110,7 +114,7 @@ func (s *Store) Query(q Query, now time.Time) Result {
 		}
 	}
 	res := Result{
-		Kind: q.Kind, Window: q.Window.String(), Proxies: nodes,
+		Kind: q.Kind, Window: q.Window.String(), From: "control plane", Proxies: nodes,
 		Start: time.Unix(windowStart(start), 0).UTC(), End: time.Unix(windowStart(end), 0).UTC(),
 		Rows: make([]Row, 0, len(rows)),
 	}
