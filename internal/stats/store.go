@@ -137,13 +137,6 @@ func (s *Store) Put(node string, ttl time.Duration, r *meshv1.StatsReport) (int6
 	return through, nil
 }
 
-// Forget drops a node's windows (its lease is gone).
-func (s *Store) Forget(node string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.nodes, node)
-}
-
 func (s *Store) expireLocked(now time.Time) {
 	for id, n := range s.nodes {
 		if now.After(n.expires) {
