@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -103,6 +105,24 @@ func TestStatArgs(t *testing.T) {
 	for _, arg := range []string{"pods/x", "edges/orders"} {
 		if _, err := statQuery([]string{arg}); err == nil {
 			t.Errorf("%s: accepted", arg)
+		}
+	}
+}
+
+// TestPromRouteRegexp: --prometheus selects the same route labels as the
+// control plane (stats.RouteMatches): by name, namespace/name or whole.
+func TestPromRouteRegexp(t *testing.T) {
+	labels := []string{"default/inventory-split/rules[0]", "default/inventory-split/rules[1]", "default/inventory-split-x/rules[0]", "shop/inventory-split/rules[0]", "default/a.b/rules[0]", "default/aXb/rules[0]"}
+	for _, want := range []string{"inventory-split", "default/inventory-split", "default/inventory-split/rules[1]", "a.b"} {
+		lit, err := strconv.Unquote(`"` + promRouteRegexp(want) + `"`) // the PromQL string literal
+		if err != nil {
+			t.Fatalf("%s: %q is not a valid string literal: %v", want, promRouteRegexp(want), err)
+		}
+		re := regexp.MustCompile("^(?:" + lit + ")$") // PromQL anchors =~
+		for _, l := range labels {
+			if got := re.MatchString(l); got != stats.RouteMatches(l, want) {
+				t.Errorf("route %q, label %q: prometheus matches %v, control plane %v", want, l, got, !got)
+			}
 		}
 	}
 }
