@@ -15,10 +15,11 @@ import (
 
 // StatsSink is what the Report stream needs of the control plane's stats
 // store (internal/stats): a node's report in, checked whole, and the newest
-// window start held for the node out. ttl is the node's lease: a node not
-// heard from for that long is forgotten.
+// window start held for the node out. own is the node's service
+// ("name.namespace"), the only one it may report as the callee of; ttl is
+// the node's lease: a node not heard from for that long is forgotten.
 type StatsSink interface {
-	Put(node string, ttl time.Duration, r *meshv1.StatsReport) (int64, error)
+	Put(node, own string, ttl time.Duration, r *meshv1.StatsReport) (int64, error)
 }
 
 // Report keeps each report of a registered proxy and acknowledges it. The
@@ -60,7 +61,7 @@ func (m *meshService) Report(stream grpc.BidiStreamingServer[meshv1.StatsReport,
 		}
 	}()
 	for req := first; ; {
-		through, err := s.o.Stats.Put(n.id, max(n.ttl, s.o.MaxTTL), req)
+		through, err := s.o.Stats.Put(n.id, n.service+"."+n.namespace, max(n.ttl, s.o.MaxTTL), req)
 		if err != nil {
 			return status.Error(codes.InvalidArgument, err.Error())
 		}

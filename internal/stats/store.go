@@ -20,21 +20,23 @@ const (
 	maxName = 512
 )
 
-// CheckReport checks a proxy's report whole before any of it is kept; the
-// error names the field and why.
-func CheckReport(r *meshv1.StatsReport) error {
+// CheckReport checks a report of a proxy of service own ("name.namespace")
+// whole before any of it is kept; the error names the field and why. A
+// proxy speaks only for itself: its service entries are its own service's
+// and its edges start at it.
+func CheckReport(r *meshv1.StatsReport, own string) error {
 	if n := len(r.GetWindows()); n > MaxWindows {
 		return fmt.Errorf("stats: windows: %d, at most %d", n, MaxWindows)
 	}
 	for i, w := range r.GetWindows() {
-		if err := checkWindow(w); err != nil {
+		if err := checkWindow(w, own); err != nil {
 			return fmt.Errorf("stats: windows[%d].%w", i, err)
 		}
 	}
 	return nil
 }
 
-func checkWindow(w *meshv1.StatsWindow) error {
+func checkWindow(w *meshv1.StatsWindow, own string) error {
 	width := int64(Width / time.Second)
 	if int64(w.GetWidthSeconds()) != width {
 		return fmt.Errorf("width_seconds: %d, want %d", w.GetWidthSeconds(), width)
@@ -46,14 +48,14 @@ func checkWindow(w *meshv1.StatsWindow) error {
 		return fmt.Errorf("entries: %d, at most %d", n, MaxEntries)
 	}
 	for j, e := range w.GetEntries() {
-		if err := checkEntry(e); err != nil {
+		if err := checkEntry(e, own); err != nil {
 			return fmt.Errorf("entries[%d].%w", j, err)
 		}
 	}
 	return nil
 }
 
-func checkEntry(e *meshv1.StatsEntry) error {
+func checkEntry(e *meshv1.StatsEntry, own string) error {
 	switch e.GetKind() {
 	case meshv1.StatsKind_STATS_SERVICE, meshv1.StatsKind_STATS_ROUTE, meshv1.StatsKind_STATS_EDGE, meshv1.StatsKind_STATS_PATH:
 	default:
@@ -69,6 +71,12 @@ func checkEntry(e *meshv1.StatsEntry) error {
 	}
 	if e.GetService() == "" {
 		return errors.New("service: required")
+	}
+	if e.GetKind() == meshv1.StatsKind_STATS_SERVICE && e.GetService() != own {
+		return fmt.Errorf("service: %q is not this proxy's service %s", e.GetService(), own)
+	}
+	if e.GetKind() == meshv1.StatsKind_STATS_EDGE && e.GetSource() != own {
+		return fmt.Errorf("source: %q is not this proxy's service %s", e.GetSource(), own)
 	}
 	if e.GetFailures() > e.GetRequests() {
 		return fmt.Errorf("failures: %d of %d requests", e.GetFailures(), e.GetRequests())
@@ -103,11 +111,11 @@ func NewStore(now func() time.Time) *Store {
 	return &Store{now: now, nodes: map[string]*nodeWindows{}}
 }
 
-// Put checks a report of node, whose lease lasts ttl, and keeps it whole
-// or not at all; it returns the newest window start held for the node
-// (0: none).
-func (s *Store) Put(node string, ttl time.Duration, r *meshv1.StatsReport) (int64, error) {
-	if err := CheckReport(r); err != nil {
+// Put checks a report of node, a proxy of service own ("name.namespace")
+// whose lease lasts ttl, and keeps it whole or not at all; it returns the
+// newest window start held for the node (0: none).
+func (s *Store) Put(node, own string, ttl time.Duration, r *meshv1.StatsReport) (int64, error) {
+	if err := CheckReport(r, own); err != nil {
 		return 0, err
 	}
 	now := s.now()

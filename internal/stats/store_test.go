@@ -33,7 +33,7 @@ func TestQueryMergesSketchesAcrossReplicas(t *testing.T) {
 		fast := windowWith(w, meshv1.StatsKind_STATS_SERVICE, "orders.default", 100, 0, time.Millisecond)
 		slow := windowWith(w, meshv1.StatsKind_STATS_SERVICE, "orders.default", 100, 10, 100*time.Millisecond)
 		for node, win := range map[string]*meshv1.StatsWindow{"a": fast, "b": slow} {
-			if _, err := st.Put(node, 15*time.Second, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{win}}); err != nil {
+			if _, err := st.Put(node, "orders.default", 15*time.Second, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{win}}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -67,7 +67,7 @@ func TestQuerySumsOnlyTheWindowAskedFor(t *testing.T) {
 		}
 		// One window too new to be complete everywhere: left out.
 		ws = append(ws, windowWith(w+10, meshv1.StatsKind_STATS_SERVICE, "orders.default", 1000, 0, time.Millisecond))
-		if _, err := st.Put("a", time.Minute, &meshv1.StatsReport{Windows: ws}); err != nil {
+		if _, err := st.Put("a", "orders.default", time.Minute, &meshv1.StatsReport{Windows: ws}); err != nil {
 			t.Fatal(err)
 		}
 		for window, want := range map[time.Duration]uint64{10 * time.Second: 1, 30 * time.Second: 6, time.Minute: 21, 2 * time.Minute: 78} {
@@ -88,10 +88,10 @@ func TestStoreForgetsProxiesWhoseLeaseLapsed(t *testing.T) {
 		time.Sleep(time.Minute)
 		w := lastClosed(time.Now())
 		report := &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{windowWith(w, meshv1.StatsKind_STATS_SERVICE, "orders.default", 5, 0, time.Millisecond)}}
-		if _, err := st.Put("a", 15*time.Second, report); err != nil {
+		if _, err := st.Put("a", "orders.default", 15*time.Second, report); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Put("b", time.Hour, &meshv1.StatsReport{}); err != nil {
+		if _, err := st.Put("b", "b.default", time.Hour, &meshv1.StatsReport{}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(14 * time.Second)
@@ -104,7 +104,7 @@ func TestStoreForgetsProxiesWhoseLeaseLapsed(t *testing.T) {
 		}
 		// A report renews the node's time, as a heartbeat renews its lease.
 		time.Sleep(time.Hour - 20*time.Second)
-		if _, err := st.Put("b", time.Hour, &meshv1.StatsReport{}); err != nil {
+		if _, err := st.Put("b", "b.default", time.Hour, &meshv1.StatsReport{}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Hour - time.Second)
@@ -120,7 +120,7 @@ func TestPutAcksNewestAndDropsOld(t *testing.T) {
 		time.Sleep(10 * time.Minute)
 		w := lastClosed(time.Now())
 		old := windowStart(windowOf(time.Now()) - Keep - 1)
-		through, err := st.Put("a", time.Minute, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{
+		through, err := st.Put("a", "x.default", time.Minute, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{
 			windowWith(old, meshv1.StatsKind_STATS_SERVICE, "x.default", 1, 0, time.Millisecond),
 			windowWith(w, meshv1.StatsKind_STATS_SERVICE, "x.default", 1, 0, time.Millisecond),
 		}})
@@ -128,7 +128,7 @@ func TestPutAcksNewestAndDropsOld(t *testing.T) {
 			t.Fatalf("through %d, %v; want %d", through, err, w)
 		}
 		// Sent again, a window replaces the one held (no double count).
-		if _, err := st.Put("a", time.Minute, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{
+		if _, err := st.Put("a", "x.default", time.Minute, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{
 			windowWith(w, meshv1.StatsKind_STATS_SERVICE, "x.default", 3, 0, time.Millisecond),
 		}}); err != nil {
 			t.Fatal(err)
@@ -154,13 +154,17 @@ func TestPutRefusesABadReportWhole(t *testing.T) {
 		{"failures", func(w *meshv1.StatsWindow) { w.Entries[0].Failures = 2 }, "failures: 2 of 1 requests"},
 		{"path", func(w *meshv1.StatsWindow) { w.Entries[0].Path = strings.Repeat("p", MaxPathLen+1) }, "entries[0].path: 129 bytes"},
 		{"sketch", func(w *meshv1.StatsWindow) { w.Entries[0].Latency.Index = []uint32{NumBuckets} }, "entries[0].latency.index[0]"},
+		{"another's service", func(w *meshv1.StatsWindow) { w.Entries[0].Service = "payments.default" }, `service: "payments.default" is not this proxy's service x.default`},
+		{"another's edge", func(w *meshv1.StatsWindow) {
+			w.Entries[0].Kind, w.Entries[0].Source = meshv1.StatsKind_STATS_EDGE, "payments.default"
+		}, `source: "payments.default" is not this proxy's service x.default`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bad := proto.Clone(good).(*meshv1.StatsWindow)
 			bad.StartUnix += 10
 			tc.bad(bad)
 			st := NewStore(nil)
-			_, err := st.Put("a", time.Minute, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{good, bad}})
+			_, err := st.Put("a", "x.default", time.Minute, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{good, bad}})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
@@ -184,7 +188,7 @@ func TestQueryFilters(t *testing.T) {
 			{Kind: meshv1.StatsKind_STATS_PATH, Service: "orders.default", Path: "/a", Requests: 2},
 			{Kind: meshv1.StatsKind_STATS_PATH, Service: "orders.default", Path: "/b", Requests: 9},
 		}
-		if _, err := st.Put("a", time.Minute, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{{StartUnix: w, WidthSeconds: 10, Entries: entries}}}); err != nil {
+		if _, err := st.Put("a", "frontend.default", time.Minute, &meshv1.StatsReport{Windows: []*meshv1.StatsWindow{{StartUnix: w, WidthSeconds: 10, Entries: entries}}}); err != nil {
 			t.Fatal(err)
 		}
 		for _, tc := range []struct {
@@ -251,7 +255,7 @@ func FuzzCheckReport(f *testing.F) {
 			return
 		}
 		st := NewStore(nil)
-		if _, err := st.Put("n", time.Minute, &r); err != nil {
+		if _, err := st.Put("n", "x.default", time.Minute, &r); err != nil {
 			if st.Nodes() != 0 {
 				t.Fatal("a refused report was kept")
 			}
