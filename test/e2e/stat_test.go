@@ -196,24 +196,27 @@ spec:
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	var fromCP statResult
-	eventually(t, 45*time.Second, "the control plane to count every request", func() bool {
-		fromCP = cp.stat(t, "stat", "service/orders")
-		return len(fromCP.Rows) == 1 && fromCP.Rows[0].Requests == 202
-	})
-	var fromProm statResult
-	eventually(t, 30*time.Second, "prometheus to have scraped every request", func() bool {
-		fromProm = cp.stat(t, "stat", "service/orders", "--prometheus", "http://"+prom)
-		return len(fromProm.Rows) == 1 && fromProm.Rows[0].Requests >= 198
-	})
-	cpRow, promRow := fromCP.Rows[0], fromProm.Rows[0]
-	t.Logf("control plane: %+v\nprometheus:    %+v", cpRow, promRow)
-	// 51/202 failed by the control plane's count (warm-up included);
-	// 50/200 in Prometheus' increase() (which starts after it): ±1%.
-	if math.Abs(cpRow.Success-promRow.Success) > 0.01 {
-		t.Errorf("success: control plane %.4f, prometheus %.4f; want within 0.01", cpRow.Success, promRow.Success)
-	}
-	if !strings.HasPrefix(fromProm.From, "Prometheus") || promRow.Service != "orders.default" || promRow.P99 <= 0 {
-		t.Errorf("prometheus result %+v", fromProm)
+	// Services (callee-side counts), edges and routes (caller-side).
+	for _, what := range []string{"service/orders", "edges", "routes"} {
+		var fromCP statResult
+		eventually(t, 45*time.Second, what+": the control plane to count every request", func() bool {
+			fromCP = cp.stat(t, "stat", what)
+			return len(fromCP.Rows) == 1 && fromCP.Rows[0].Requests == 202
+		})
+		var fromProm statResult
+		eventually(t, 30*time.Second, what+": prometheus to have scraped every request", func() bool {
+			fromProm = cp.stat(t, "stat", what, "--prometheus", "http://"+prom)
+			return len(fromProm.Rows) == 1 && fromProm.Rows[0].Requests >= 198
+		})
+		cpRow, promRow := fromCP.Rows[0], fromProm.Rows[0]
+		t.Logf("%s: control plane %+v\n  prometheus %+v", what, cpRow, promRow)
+		// 51/202 failed by the control plane's count (warm-up included);
+		// 50/200 in Prometheus' increase() (which starts after it): ±1%.
+		if math.Abs(cpRow.Success-promRow.Success) > 0.01 {
+			t.Errorf("%s success: control plane %.4f, prometheus %.4f; want within 0.01", what, cpRow.Success, promRow.Success)
+		}
+		if !strings.HasPrefix(fromProm.From, "Prometheus") || promRow.Service != "orders.default" || promRow.Source != cpRow.Source || promRow.Route != cpRow.Route || promRow.P99 <= 0 {
+			t.Errorf("%s: prometheus row %+v, control plane row %+v: want the same key", what, promRow, cpRow)
+		}
 	}
 }
