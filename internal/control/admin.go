@@ -65,7 +65,10 @@ type adminDeps struct {
 	// server shuts down, ending open taps.
 	taps     tapHub
 	stopping <-chan struct{}
-	logger   *slog.Logger
+	// stats answers /v1/stats from the proxies' reports (stats.go); nil:
+	// the API says none are kept.
+	stats  statsQuerier
+	logger *slog.Logger
 }
 
 // MaxProxiesWait bounds a /v1/proxies long-poll; clients wanting longer ask again.
@@ -105,8 +108,9 @@ func newAdmin(d adminDeps) *admin {
 	a.caRoutes(mux)
 	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
 	mux.HandleFunc("GET /v1/tap/{namespace}/{service}", a.tap)
+	mux.HandleFunc("GET /v1/stats", a.statsQuery)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit, /v1/tap/<namespace>/<service>)", r.Method, truncate(r.URL.Path, 256)))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit, /v1/stats, /v1/tap/<namespace>/<service>)", r.Method, truncate(r.URL.Path, 256)))
 	})
 	a.handler = a.authenticate(mux)
 	return a

@@ -37,6 +37,7 @@ import (
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/quota"
 	"trellis.dev/trellis/internal/registry"
+	"trellis.dev/trellis/internal/stats"
 	"trellis.dev/trellis/internal/store"
 	"trellis.dev/trellis/internal/tap"
 	"trellis.dev/trellis/internal/telemetry"
@@ -308,6 +309,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		return nil, fmt.Errorf("control: metrics: %w", err)
 	}
 	taps := tap.NewHub(o.Logger)
+	statsStore := stats.NewStore(nil)
 	c.push = push.NewServer(push.ServerOptions{
 		TrustDomain: td,
 		ValidToken:  push.TokenValidator(devToken),
@@ -322,6 +324,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		Metrics:     c.meter,
 		Quota:       quota.NewAllocator(quota.AllocatorOptions{}),
 		Tap:         taps,
+		Stats:       statsStore,
 		Logger:      o.Logger,
 	})
 
@@ -372,6 +375,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		xdsClients:    c.xdsClients,
 		snapshots:     c.comp,
 		rotator:       c.rotator,
+		stats:         statsStore,
 		caughtUp: func(ctx context.Context) error {
 			rev, err := c.st.Revision(ctx)
 			if err == nil {

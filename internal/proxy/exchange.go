@@ -122,6 +122,8 @@ type Exchange struct {
 	obs observation
 	// tap is the state of a request a tap may want (tap_filter.go).
 	tap tapObservation
+	// stats takes the exchange into the windowed summaries (stats_record.go).
+	stats *proxyStats
 }
 
 // outgoing is the reusable part of one attempt's *http.Request.
@@ -393,15 +395,17 @@ func (ex *Exchange) count(b *countedBody) {
 	if ex.sources != nil {
 		s = ex.sources.Series(headerValue1(ex.Header, headerSource), ex.PeerID)
 	}
+	end := time.Now()
 	s.Request(telemetry.Result{
 		Code:          b.status,
 		GRPCStatus:    telemetry.GRPCStatus(grpcStatusOf(b.resp)),
 		Flags:         ex.Flags.String(),
 		MTLS:          !ex.Plaintext,
-		Duration:      time.Since(ex.Start),
+		Duration:      end.Sub(ex.Start),
 		RequestBytes:  ex.requestBytes(),
 		ResponseBytes: b.n,
 	})
+	ex.recordStats(s, b.status, end)
 }
 
 // grpcStatusOf is the response's grpc-status: from the trailers, or the

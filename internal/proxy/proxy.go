@@ -136,6 +136,7 @@ type Proxy struct {
 	telemetry           Filter
 	activeIn, activeOut prometheus.Gauge
 	sourceHdr           []string
+	stats               *proxyStats // the windowed summaries (stats_record.go)
 
 	cfg       atomic.Pointer[compiled]
 	updateMu  sync.Mutex // serializes Update; guards pickers, endpoints, peers
@@ -247,6 +248,7 @@ func New(o Options) (*Proxy, error) {
 		subscribeWait: SubscribeWait,
 		listeners:     make(map[string]net.Listener),
 		ownServiceKey: o.Service + "." + o.Namespace,
+		stats:         newProxyStats(),
 	}
 	if o.AppAddr != "" {
 		h, ps, err := net.SplitHostPort(o.AppAddr)

@@ -35,7 +35,7 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex.Start = time.Now()
 	fromRequest(ex, r)
 	c := e.p.cfg.Load()
-	ex.cfg = c
+	ex.cfg, ex.stats = c, e.p.stats
 	if resp := e.p.refuseAtEdge(ex, r, w, e.kind); resp != nil {
 		if e.kind == inboundListener {
 			ex.sources, ex.active = c.inbound.sources, e.p.activeIn

@@ -114,7 +114,10 @@ type ServerOptions struct {
 	Tap TapRelay
 	// Quota allocates global rate limits over the Quota stream; nil: the
 	// stream is refused (UNIMPLEMENTED) and proxies keep local shares.
-	Quota  QuotaAllocator
+	Quota QuotaAllocator
+	// Stats keeps the proxies' windowed request summaries sent over the
+	// Report stream; nil: the stream is refused (UNIMPLEMENTED).
+	Stats  StatsSink
 	Logger *slog.Logger
 }
 

@@ -72,6 +72,10 @@ func (f *fakeMesh) Tap(context.Context, ...grpc.CallOption) (grpc.BidiStreamingC
 	return nil, status.Error(codes.Unimplemented, "fake")
 }
 
+func (f *fakeMesh) Report(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[meshv1.StatsReport, meshv1.StatsAck], error) {
+	return nil, status.Error(codes.Unimplemented, "fake")
+}
+
 func (f *fakeMesh) Watch(ctx context.Context, _ ...grpc.CallOption) (grpc.BidiStreamingClient[meshv1.WatchRequest, meshv1.Snapshot], error) {
 	<-ctx.Done()
 	return nil, ctx.Err()

@@ -38,6 +38,7 @@ import (
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/quota"
 	"trellis.dev/trellis/internal/tap"
+	"trellis.dev/trellis/internal/stats"
 	"trellis.dev/trellis/internal/tracing"
 )
 
@@ -168,6 +169,9 @@ func (s *sidecar) run(ctx context.Context) (int, error) {
 	go s.renew.run(runCtx)
 	go s.quotaLoop(runCtx, so.Endpoint.GetId())
 	go s.tapLoop(runCtx, so.Endpoint.GetId())
+	if !s.o.DisableMetrics {
+		go s.statsLoop(runCtx, so.Endpoint.GetId())
+	}
 
 	select {
 	case <-s.readyCh:
@@ -411,6 +415,19 @@ func (s *sidecar) startProxy() error {
 	}
 	s.proxy = p
 	return nil
+}
+
+// statsLoop reports the proxy's windowed request summaries to the
+// control plane (internal/stats) for `trellis stat` and `trellis top`.
+func (s *sidecar) statsLoop(ctx context.Context, nodeID string) {
+	_ = stats.Report(ctx, stats.ReporterOptions{
+		NodeID: nodeID,
+		Open: func(ctx context.Context) (stats.Stream, error) {
+			return s.client.OpenReport(ctx)
+		},
+		Recorder: s.proxy.Stats(),
+		Logger:   s.o.Logger,
+	})
 }
 
 // quotaLoop shares the proxy's global rate limits with its service's other

@@ -249,6 +249,68 @@ func (MtlsMode) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{3}
 }
 
+type StatsKind int32
+
+const (
+	StatsKind_STATS_KIND_UNSPECIFIED StatsKind = 0
+	// A destination service, from its own (inbound) proxies: service.
+	StatsKind_STATS_SERVICE StatsKind = 1
+	// A route rule and the backend it sent to, from the callers' proxies:
+	// route, service (the backend).
+	StatsKind_STATS_ROUTE StatsKind = 2
+	// Calls from one service to another, from the callers' proxies:
+	// source, service.
+	StatsKind_STATS_EDGE StatsKind = 3
+	// A path of calls to a service, from the callers' proxies (top-K per
+	// service per window): service (as addressed), path.
+	StatsKind_STATS_PATH StatsKind = 4
+)
+
+// Enum value maps for StatsKind.
+var (
+	StatsKind_name = map[int32]string{
+		0: "STATS_KIND_UNSPECIFIED",
+		1: "STATS_SERVICE",
+		2: "STATS_ROUTE",
+		3: "STATS_EDGE",
+		4: "STATS_PATH",
+	}
+	StatsKind_value = map[string]int32{
+		"STATS_KIND_UNSPECIFIED": 0,
+		"STATS_SERVICE":          1,
+		"STATS_ROUTE":            2,
+		"STATS_EDGE":             3,
+		"STATS_PATH":             4,
+	}
+)
+
+func (x StatsKind) Enum() *StatsKind {
+	p := new(StatsKind)
+	*p = x
+	return p
+}
+
+func (x StatsKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StatsKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[4].Descriptor()
+}
+
+func (StatsKind) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[4]
+}
+
+func (x StatsKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StatsKind.Descriptor instead.
+func (StatsKind) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{4}
+}
+
 type PathMatch_Type int32
 
 const (
@@ -282,11 +344,11 @@ func (x PathMatch_Type) String() string {
 }
 
 func (PathMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[4].Descriptor()
+	return file_mesh_proto_enumTypes[5].Descriptor()
 }
 
 func (PathMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[4]
+	return &file_mesh_proto_enumTypes[5]
 }
 
 func (x PathMatch_Type) Number() protoreflect.EnumNumber {
@@ -328,11 +390,11 @@ func (x HeaderMatch_Type) String() string {
 }
 
 func (HeaderMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[5].Descriptor()
+	return file_mesh_proto_enumTypes[6].Descriptor()
 }
 
 func (HeaderMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[5]
+	return &file_mesh_proto_enumTypes[6]
 }
 
 func (x HeaderMatch_Type) Number() protoreflect.EnumNumber {
@@ -374,11 +436,11 @@ func (x QueryParamMatch_Type) String() string {
 }
 
 func (QueryParamMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[6].Descriptor()
+	return file_mesh_proto_enumTypes[7].Descriptor()
 }
 
 func (QueryParamMatch_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[6]
+	return &file_mesh_proto_enumTypes[7]
 }
 
 func (x QueryParamMatch_Type) Number() protoreflect.EnumNumber {
@@ -421,11 +483,11 @@ func (x PathModifier_Type) String() string {
 }
 
 func (PathModifier_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[7].Descriptor()
+	return file_mesh_proto_enumTypes[8].Descriptor()
 }
 
 func (PathModifier_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[7]
+	return &file_mesh_proto_enumTypes[8]
 }
 
 func (x PathModifier_Type) Number() protoreflect.EnumNumber {
@@ -467,11 +529,11 @@ func (x RateLimit_Algorithm) String() string {
 }
 
 func (RateLimit_Algorithm) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[8].Descriptor()
+	return file_mesh_proto_enumTypes[9].Descriptor()
 }
 
 func (RateLimit_Algorithm) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[8]
+	return &file_mesh_proto_enumTypes[9]
 }
 
 func (x RateLimit_Algorithm) Number() protoreflect.EnumNumber {
@@ -519,11 +581,11 @@ func (x RateLimit_Scope) String() string {
 }
 
 func (RateLimit_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[9].Descriptor()
+	return file_mesh_proto_enumTypes[10].Descriptor()
 }
 
 func (RateLimit_Scope) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[9]
+	return &file_mesh_proto_enumTypes[10]
 }
 
 func (x RateLimit_Scope) Number() protoreflect.EnumNumber {
@@ -571,11 +633,11 @@ func (x HealthCheck_Type) String() string {
 }
 
 func (HealthCheck_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[10].Descriptor()
+	return file_mesh_proto_enumTypes[11].Descriptor()
 }
 
 func (HealthCheck_Type) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[10]
+	return &file_mesh_proto_enumTypes[11]
 }
 
 func (x HealthCheck_Type) Number() protoreflect.EnumNumber {
@@ -620,11 +682,11 @@ func (x External_Resolution) String() string {
 }
 
 func (External_Resolution) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[11].Descriptor()
+	return file_mesh_proto_enumTypes[12].Descriptor()
 }
 
 func (External_Resolution) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[11]
+	return &file_mesh_proto_enumTypes[12]
 }
 
 func (x External_Resolution) Number() protoreflect.EnumNumber {
@@ -672,11 +734,11 @@ func (x TLSOrigination_Mode) String() string {
 }
 
 func (TLSOrigination_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[12].Descriptor()
+	return file_mesh_proto_enumTypes[13].Descriptor()
 }
 
 func (TLSOrigination_Mode) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[12]
+	return &file_mesh_proto_enumTypes[13]
 }
 
 func (x TLSOrigination_Mode) Number() protoreflect.EnumNumber {
@@ -722,11 +784,11 @@ func (x OutboundTrafficPolicy_Mode) String() string {
 }
 
 func (OutboundTrafficPolicy_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[13].Descriptor()
+	return file_mesh_proto_enumTypes[14].Descriptor()
 }
 
 func (OutboundTrafficPolicy_Mode) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[13]
+	return &file_mesh_proto_enumTypes[14]
 }
 
 func (x OutboundTrafficPolicy_Mode) Number() protoreflect.EnumNumber {
@@ -5352,6 +5414,332 @@ func (x *TapSkipped) GetCount() uint64 {
 	return 0
 }
 
+// StatsReport carries closed windows of a proxy's request summaries. The
+// first report on a stream names the node (as Watch does) and carries every
+// window the proxy still keeps; later ones the windows closed since the
+// last acknowledged one. A window sent again replaces the one held.
+type StatsReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Windows       []*StatsWindow         `protobuf:"bytes,2,rep,name=windows,proto3" json:"windows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsReport) Reset() {
+	*x = StatsReport{}
+	mi := &file_mesh_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsReport) ProtoMessage() {}
+
+func (x *StatsReport) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsReport.ProtoReflect.Descriptor instead.
+func (*StatsReport) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *StatsReport) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *StatsReport) GetWindows() []*StatsWindow {
+	if x != nil {
+		return x.Windows
+	}
+	return nil
+}
+
+// StatsWindow is what a proxy saw in one window [start, start + width),
+// aligned to multiples of width on the wall clock so proxies' windows line
+// up and merge.
+type StatsWindow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StartUnix     int64                  `protobuf:"varint,1,opt,name=start_unix,json=startUnix,proto3" json:"start_unix,omitempty"`
+	WidthSeconds  uint32                 `protobuf:"varint,2,opt,name=width_seconds,json=widthSeconds,proto3" json:"width_seconds,omitempty"`
+	Entries       []*StatsEntry          `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsWindow) Reset() {
+	*x = StatsWindow{}
+	mi := &file_mesh_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsWindow) ProtoMessage() {}
+
+func (x *StatsWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsWindow.ProtoReflect.Descriptor instead.
+func (*StatsWindow) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *StatsWindow) GetStartUnix() int64 {
+	if x != nil {
+		return x.StartUnix
+	}
+	return 0
+}
+
+func (x *StatsWindow) GetWidthSeconds() uint32 {
+	if x != nil {
+		return x.WidthSeconds
+	}
+	return 0
+}
+
+func (x *StatsWindow) GetEntries() []*StatsEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type StatsEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  StatsKind              `protobuf:"varint,1,opt,name=kind,proto3,enum=trellis.mesh.v1.StatsKind" json:"kind,omitempty"`
+	// "name.namespace".
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// "<namespace>/<route>/rules[<i>]", or "-" when no route matched.
+	Route string `protobuf:"bytes,3,opt,name=route,proto3" json:"route,omitempty"`
+	// "name.namespace" of the calling service.
+	Source string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// The request path, or the matching rule's regular expression.
+	Path     string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	Requests uint64 `protobuf:"varint,6,opt,name=requests,proto3" json:"requests,omitempty"`
+	// Responses with a 5xx status.
+	Failures      uint64         `protobuf:"varint,7,opt,name=failures,proto3" json:"failures,omitempty"`
+	Latency       *LatencySketch `protobuf:"bytes,8,opt,name=latency,proto3" json:"latency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsEntry) Reset() {
+	*x = StatsEntry{}
+	mi := &file_mesh_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsEntry) ProtoMessage() {}
+
+func (x *StatsEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsEntry.ProtoReflect.Descriptor instead.
+func (*StatsEntry) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *StatsEntry) GetKind() StatsKind {
+	if x != nil {
+		return x.Kind
+	}
+	return StatsKind_STATS_KIND_UNSPECIFIED
+}
+
+func (x *StatsEntry) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *StatsEntry) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *StatsEntry) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *StatsEntry) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *StatsEntry) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *StatsEntry) GetFailures() uint64 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *StatsEntry) GetLatency() *LatencySketch {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+// LatencySketch is a log-linear histogram of request durations in
+// microseconds (internal/stats: 16 exact buckets below 16 µs, then 8 per
+// power of two), sparse: counts[i] requests fell in bucket index[i];
+// indexes ascend.
+type LatencySketch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         []uint32               `protobuf:"varint,1,rep,packed,name=index,proto3" json:"index,omitempty"`
+	Counts        []uint64               `protobuf:"varint,2,rep,packed,name=counts,proto3" json:"counts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LatencySketch) Reset() {
+	*x = LatencySketch{}
+	mi := &file_mesh_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LatencySketch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LatencySketch) ProtoMessage() {}
+
+func (x *LatencySketch) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LatencySketch.ProtoReflect.Descriptor instead.
+func (*LatencySketch) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *LatencySketch) GetIndex() []uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return nil
+}
+
+func (x *LatencySketch) GetCounts() []uint64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+// StatsAck answers a report: the newest window start the control plane
+// holds for this proxy.
+type StatsAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ThroughUnix   int64                  `protobuf:"varint,1,opt,name=through_unix,json=throughUnix,proto3" json:"through_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsAck) Reset() {
+	*x = StatsAck{}
+	mi := &file_mesh_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsAck) ProtoMessage() {}
+
+func (x *StatsAck) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsAck.ProtoReflect.Descriptor instead.
+func (*StatsAck) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *StatsAck) GetThroughUnix() int64 {
+	if x != nil {
+		return x.ThroughUnix
+	}
+	return 0
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -5761,7 +6149,30 @@ const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"TapSkipped\x12\x15\n" +
 	"\x06tap_id\x18\x01 \x01(\tR\x05tapId\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x04R\x05count*L\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"^\n" +
+	"\vStatsReport\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x126\n" +
+	"\awindows\x18\x02 \x03(\v2\x1c.trellis.mesh.v1.StatsWindowR\awindows\"\x88\x01\n" +
+	"\vStatsWindow\x12\x1d\n" +
+	"\n" +
+	"start_unix\x18\x01 \x01(\x03R\tstartUnix\x12#\n" +
+	"\rwidth_seconds\x18\x02 \x01(\rR\fwidthSeconds\x125\n" +
+	"\aentries\x18\x03 \x03(\v2\x1b.trellis.mesh.v1.StatsEntryR\aentries\"\x8a\x02\n" +
+	"\n" +
+	"StatsEntry\x12.\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1a.trellis.mesh.v1.StatsKindR\x04kind\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x14\n" +
+	"\x05route\x18\x03 \x01(\tR\x05route\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12\x12\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\x12\x1a\n" +
+	"\brequests\x18\x06 \x01(\x04R\brequests\x12\x1a\n" +
+	"\bfailures\x18\a \x01(\x04R\bfailures\x128\n" +
+	"\alatency\x18\b \x01(\v2\x1e.trellis.mesh.v1.LatencySketchR\alatency\"=\n" +
+	"\rLatencySketch\x12\x14\n" +
+	"\x05index\x18\x01 \x03(\rR\x05index\x12\x16\n" +
+	"\x06counts\x18\x02 \x03(\x04R\x06counts\"-\n" +
+	"\bStatsAck\x12!\n" +
+	"\fthrough_unix\x18\x01 \x01(\x03R\vthroughUnix*L\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -5787,14 +6198,23 @@ const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\x06STRICT\x10\x01\x12\x0e\n" +
 	"\n" +
-	"PERMISSIVE\x10\x022\xcc\x03\n" +
+	"PERMISSIVE\x10\x02*k\n" +
+	"\tStatsKind\x12\x1a\n" +
+	"\x16STATS_KIND_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rSTATS_SERVICE\x10\x01\x12\x0f\n" +
+	"\vSTATS_ROUTE\x10\x02\x12\x0e\n" +
+	"\n" +
+	"STATS_EDGE\x10\x03\x12\x0e\n" +
+	"\n" +
+	"STATS_PATH\x10\x042\x93\x04\n" +
 	"\x04Mesh\x12L\n" +
 	"\aCertify\x12\x1f.trellis.mesh.v1.CertifyRequest\x1a .trellis.mesh.v1.CertifyResponse\x12O\n" +
 	"\bRegister\x12 .trellis.mesh.v1.RegisterRequest\x1a!.trellis.mesh.v1.RegisterResponse\x12R\n" +
 	"\tHeartbeat\x12!.trellis.mesh.v1.HeartbeatRequest\x1a\".trellis.mesh.v1.HeartbeatResponse\x12E\n" +
 	"\x05Watch\x12\x1d.trellis.mesh.v1.WatchRequest\x1a\x19.trellis.mesh.v1.Snapshot(\x010\x01\x12F\n" +
 	"\x05Quota\x12\x1c.trellis.mesh.v1.QuotaReport\x1a\x1b.trellis.mesh.v1.QuotaGrant(\x010\x01\x12B\n" +
-	"\x03Tap\x12\x1a.trellis.mesh.v1.TapEvents\x1a\x1b.trellis.mesh.v1.TapRequest(\x010\x01B(Z&trellis.dev/trellis/api/mesh/v1;meshv1b\x06proto3"
+	"\x03Tap\x12\x1a.trellis.mesh.v1.TapEvents\x1a\x1b.trellis.mesh.v1.TapRequest(\x010\x01\x12E\n" +
+	"\x06Report\x12\x1c.trellis.mesh.v1.StatsReport\x1a\x19.trellis.mesh.v1.StatsAck(\x010\x01B(Z&trellis.dev/trellis/api/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_proto_rawDescOnce sync.Once
@@ -5808,194 +6228,206 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 15)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
 var file_mesh_proto_goTypes = []any{
 	(Protocol)(0),                   // 0: trellis.mesh.v1.Protocol
 	(LoadBalancer)(0),               // 1: trellis.mesh.v1.LoadBalancer
 	(AuthzAction)(0),                // 2: trellis.mesh.v1.AuthzAction
 	(MtlsMode)(0),                   // 3: trellis.mesh.v1.MtlsMode
-	(PathMatch_Type)(0),             // 4: trellis.mesh.v1.PathMatch.Type
-	(HeaderMatch_Type)(0),           // 5: trellis.mesh.v1.HeaderMatch.Type
-	(QueryParamMatch_Type)(0),       // 6: trellis.mesh.v1.QueryParamMatch.Type
-	(PathModifier_Type)(0),          // 7: trellis.mesh.v1.PathModifier.Type
-	(RateLimit_Algorithm)(0),        // 8: trellis.mesh.v1.RateLimit.Algorithm
-	(RateLimit_Scope)(0),            // 9: trellis.mesh.v1.RateLimit.Scope
-	(HealthCheck_Type)(0),           // 10: trellis.mesh.v1.HealthCheck.Type
-	(External_Resolution)(0),        // 11: trellis.mesh.v1.External.Resolution
-	(TLSOrigination_Mode)(0),        // 12: trellis.mesh.v1.TLSOrigination.Mode
-	(OutboundTrafficPolicy_Mode)(0), // 13: trellis.mesh.v1.OutboundTrafficPolicy.Mode
-	(*CertifyRequest)(nil),          // 14: trellis.mesh.v1.CertifyRequest
-	(*CertifyResponse)(nil),         // 15: trellis.mesh.v1.CertifyResponse
-	(*Endpoint)(nil),                // 16: trellis.mesh.v1.Endpoint
-	(*RegisterRequest)(nil),         // 17: trellis.mesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),        // 18: trellis.mesh.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),        // 19: trellis.mesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 20: trellis.mesh.v1.HeartbeatResponse
-	(*WatchRequest)(nil),            // 21: trellis.mesh.v1.WatchRequest
-	(*Port)(nil),                    // 22: trellis.mesh.v1.Port
-	(*PathMatch)(nil),               // 23: trellis.mesh.v1.PathMatch
-	(*HeaderMatch)(nil),             // 24: trellis.mesh.v1.HeaderMatch
-	(*Match)(nil),                   // 25: trellis.mesh.v1.Match
-	(*QueryParamMatch)(nil),         // 26: trellis.mesh.v1.QueryParamMatch
-	(*Backend)(nil),                 // 27: trellis.mesh.v1.Backend
-	(*Route)(nil),                   // 28: trellis.mesh.v1.Route
-	(*HeaderValue)(nil),             // 29: trellis.mesh.v1.HeaderValue
-	(*HeaderModifier)(nil),          // 30: trellis.mesh.v1.HeaderModifier
-	(*RouteFilter)(nil),             // 31: trellis.mesh.v1.RouteFilter
-	(*PathModifier)(nil),            // 32: trellis.mesh.v1.PathModifier
-	(*URLRewrite)(nil),              // 33: trellis.mesh.v1.URLRewrite
-	(*RequestRedirect)(nil),         // 34: trellis.mesh.v1.RequestRedirect
-	(*RequestMirror)(nil),           // 35: trellis.mesh.v1.RequestMirror
-	(*Fault)(nil),                   // 36: trellis.mesh.v1.Fault
-	(*FaultDelay)(nil),              // 37: trellis.mesh.v1.FaultDelay
-	(*FaultAbort)(nil),              // 38: trellis.mesh.v1.FaultAbort
-	(*RouteTimeouts)(nil),           // 39: trellis.mesh.v1.RouteTimeouts
-	(*HashPolicy)(nil),              // 40: trellis.mesh.v1.HashPolicy
-	(*RetryPolicy)(nil),             // 41: trellis.mesh.v1.RetryPolicy
-	(*RetryBudget)(nil),             // 42: trellis.mesh.v1.RetryBudget
-	(*CircuitBreaker)(nil),          // 43: trellis.mesh.v1.CircuitBreaker
-	(*OutlierDetection)(nil),        // 44: trellis.mesh.v1.OutlierDetection
-	(*BackendPolicy)(nil),           // 45: trellis.mesh.v1.BackendPolicy
-	(*InboundPolicy)(nil),           // 46: trellis.mesh.v1.InboundPolicy
-	(*Service)(nil),                 // 47: trellis.mesh.v1.Service
-	(*Snapshot)(nil),                // 48: trellis.mesh.v1.Snapshot
-	(*Telemetry)(nil),               // 49: trellis.mesh.v1.Telemetry
-	(*Authorization)(nil),           // 50: trellis.mesh.v1.Authorization
-	(*AuthzPolicy)(nil),             // 51: trellis.mesh.v1.AuthzPolicy
-	(*AuthzRule)(nil),               // 52: trellis.mesh.v1.AuthzRule
-	(*AuthzSource)(nil),             // 53: trellis.mesh.v1.AuthzSource
-	(*AuthzPath)(nil),               // 54: trellis.mesh.v1.AuthzPath
-	(*AuthzHeader)(nil),             // 55: trellis.mesh.v1.AuthzHeader
-	(*AuthzGRPC)(nil),               // 56: trellis.mesh.v1.AuthzGRPC
-	(*RateLimit)(nil),               // 57: trellis.mesh.v1.RateLimit
-	(*RateLimitValue)(nil),          // 58: trellis.mesh.v1.RateLimitValue
-	(*RateLimitOverride)(nil),       // 59: trellis.mesh.v1.RateLimitOverride
-	(*QuotaReport)(nil),             // 60: trellis.mesh.v1.QuotaReport
-	(*QuotaDemand)(nil),             // 61: trellis.mesh.v1.QuotaDemand
-	(*QuotaGrant)(nil),              // 62: trellis.mesh.v1.QuotaGrant
-	(*QuotaShare)(nil),              // 63: trellis.mesh.v1.QuotaShare
-	(*ConcurrencyPolicy)(nil),       // 64: trellis.mesh.v1.ConcurrencyPolicy
-	(*HealthCheck)(nil),             // 65: trellis.mesh.v1.HealthCheck
-	(*External)(nil),                // 66: trellis.mesh.v1.External
-	(*TLSOrigination)(nil),          // 67: trellis.mesh.v1.TLSOrigination
-	(*OutboundTrafficPolicy)(nil),   // 68: trellis.mesh.v1.OutboundTrafficPolicy
-	(*ExternalHost)(nil),            // 69: trellis.mesh.v1.ExternalHost
-	(*TapRequest)(nil),              // 70: trellis.mesh.v1.TapRequest
-	(*TapEvents)(nil),               // 71: trellis.mesh.v1.TapEvents
-	(*TapEvent)(nil),                // 72: trellis.mesh.v1.TapEvent
-	(*TapSkipped)(nil),              // 73: trellis.mesh.v1.TapSkipped
-	nil,                             // 74: trellis.mesh.v1.Endpoint.LabelsEntry
-	nil,                             // 75: trellis.mesh.v1.TapEvent.HeadersEntry
-	(*durationpb.Duration)(nil),     // 76: google.protobuf.Duration
+	(StatsKind)(0),                  // 4: trellis.mesh.v1.StatsKind
+	(PathMatch_Type)(0),             // 5: trellis.mesh.v1.PathMatch.Type
+	(HeaderMatch_Type)(0),           // 6: trellis.mesh.v1.HeaderMatch.Type
+	(QueryParamMatch_Type)(0),       // 7: trellis.mesh.v1.QueryParamMatch.Type
+	(PathModifier_Type)(0),          // 8: trellis.mesh.v1.PathModifier.Type
+	(RateLimit_Algorithm)(0),        // 9: trellis.mesh.v1.RateLimit.Algorithm
+	(RateLimit_Scope)(0),            // 10: trellis.mesh.v1.RateLimit.Scope
+	(HealthCheck_Type)(0),           // 11: trellis.mesh.v1.HealthCheck.Type
+	(External_Resolution)(0),        // 12: trellis.mesh.v1.External.Resolution
+	(TLSOrigination_Mode)(0),        // 13: trellis.mesh.v1.TLSOrigination.Mode
+	(OutboundTrafficPolicy_Mode)(0), // 14: trellis.mesh.v1.OutboundTrafficPolicy.Mode
+	(*CertifyRequest)(nil),          // 15: trellis.mesh.v1.CertifyRequest
+	(*CertifyResponse)(nil),         // 16: trellis.mesh.v1.CertifyResponse
+	(*Endpoint)(nil),                // 17: trellis.mesh.v1.Endpoint
+	(*RegisterRequest)(nil),         // 18: trellis.mesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),        // 19: trellis.mesh.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),        // 20: trellis.mesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 21: trellis.mesh.v1.HeartbeatResponse
+	(*WatchRequest)(nil),            // 22: trellis.mesh.v1.WatchRequest
+	(*Port)(nil),                    // 23: trellis.mesh.v1.Port
+	(*PathMatch)(nil),               // 24: trellis.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),             // 25: trellis.mesh.v1.HeaderMatch
+	(*Match)(nil),                   // 26: trellis.mesh.v1.Match
+	(*QueryParamMatch)(nil),         // 27: trellis.mesh.v1.QueryParamMatch
+	(*Backend)(nil),                 // 28: trellis.mesh.v1.Backend
+	(*Route)(nil),                   // 29: trellis.mesh.v1.Route
+	(*HeaderValue)(nil),             // 30: trellis.mesh.v1.HeaderValue
+	(*HeaderModifier)(nil),          // 31: trellis.mesh.v1.HeaderModifier
+	(*RouteFilter)(nil),             // 32: trellis.mesh.v1.RouteFilter
+	(*PathModifier)(nil),            // 33: trellis.mesh.v1.PathModifier
+	(*URLRewrite)(nil),              // 34: trellis.mesh.v1.URLRewrite
+	(*RequestRedirect)(nil),         // 35: trellis.mesh.v1.RequestRedirect
+	(*RequestMirror)(nil),           // 36: trellis.mesh.v1.RequestMirror
+	(*Fault)(nil),                   // 37: trellis.mesh.v1.Fault
+	(*FaultDelay)(nil),              // 38: trellis.mesh.v1.FaultDelay
+	(*FaultAbort)(nil),              // 39: trellis.mesh.v1.FaultAbort
+	(*RouteTimeouts)(nil),           // 40: trellis.mesh.v1.RouteTimeouts
+	(*HashPolicy)(nil),              // 41: trellis.mesh.v1.HashPolicy
+	(*RetryPolicy)(nil),             // 42: trellis.mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),             // 43: trellis.mesh.v1.RetryBudget
+	(*CircuitBreaker)(nil),          // 44: trellis.mesh.v1.CircuitBreaker
+	(*OutlierDetection)(nil),        // 45: trellis.mesh.v1.OutlierDetection
+	(*BackendPolicy)(nil),           // 46: trellis.mesh.v1.BackendPolicy
+	(*InboundPolicy)(nil),           // 47: trellis.mesh.v1.InboundPolicy
+	(*Service)(nil),                 // 48: trellis.mesh.v1.Service
+	(*Snapshot)(nil),                // 49: trellis.mesh.v1.Snapshot
+	(*Telemetry)(nil),               // 50: trellis.mesh.v1.Telemetry
+	(*Authorization)(nil),           // 51: trellis.mesh.v1.Authorization
+	(*AuthzPolicy)(nil),             // 52: trellis.mesh.v1.AuthzPolicy
+	(*AuthzRule)(nil),               // 53: trellis.mesh.v1.AuthzRule
+	(*AuthzSource)(nil),             // 54: trellis.mesh.v1.AuthzSource
+	(*AuthzPath)(nil),               // 55: trellis.mesh.v1.AuthzPath
+	(*AuthzHeader)(nil),             // 56: trellis.mesh.v1.AuthzHeader
+	(*AuthzGRPC)(nil),               // 57: trellis.mesh.v1.AuthzGRPC
+	(*RateLimit)(nil),               // 58: trellis.mesh.v1.RateLimit
+	(*RateLimitValue)(nil),          // 59: trellis.mesh.v1.RateLimitValue
+	(*RateLimitOverride)(nil),       // 60: trellis.mesh.v1.RateLimitOverride
+	(*QuotaReport)(nil),             // 61: trellis.mesh.v1.QuotaReport
+	(*QuotaDemand)(nil),             // 62: trellis.mesh.v1.QuotaDemand
+	(*QuotaGrant)(nil),              // 63: trellis.mesh.v1.QuotaGrant
+	(*QuotaShare)(nil),              // 64: trellis.mesh.v1.QuotaShare
+	(*ConcurrencyPolicy)(nil),       // 65: trellis.mesh.v1.ConcurrencyPolicy
+	(*HealthCheck)(nil),             // 66: trellis.mesh.v1.HealthCheck
+	(*External)(nil),                // 67: trellis.mesh.v1.External
+	(*TLSOrigination)(nil),          // 68: trellis.mesh.v1.TLSOrigination
+	(*OutboundTrafficPolicy)(nil),   // 69: trellis.mesh.v1.OutboundTrafficPolicy
+	(*ExternalHost)(nil),            // 70: trellis.mesh.v1.ExternalHost
+	(*TapRequest)(nil),              // 71: trellis.mesh.v1.TapRequest
+	(*TapEvents)(nil),               // 72: trellis.mesh.v1.TapEvents
+	(*TapEvent)(nil),                // 73: trellis.mesh.v1.TapEvent
+	(*TapSkipped)(nil),              // 74: trellis.mesh.v1.TapSkipped
+	(*StatsReport)(nil),             // 75: trellis.mesh.v1.StatsReport
+	(*StatsWindow)(nil),             // 76: trellis.mesh.v1.StatsWindow
+	(*StatsEntry)(nil),              // 77: trellis.mesh.v1.StatsEntry
+	(*LatencySketch)(nil),           // 78: trellis.mesh.v1.LatencySketch
+	(*StatsAck)(nil),                // 79: trellis.mesh.v1.StatsAck
+	nil,                             // 80: trellis.mesh.v1.Endpoint.LabelsEntry
+	nil,                             // 81: trellis.mesh.v1.TapEvent.HeadersEntry
+	(*durationpb.Duration)(nil),     // 82: google.protobuf.Duration
 }
 var file_mesh_proto_depIdxs = []int32{
-	74, // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
-	16, // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
-	0,  // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
-	4,  // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
-	5,  // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
-	23, // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
-	24, // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
-	26, // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
-	6,  // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
-	25, // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
-	27, // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
-	31, // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
-	39, // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
-	57, // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	29, // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
-	29, // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
-	30, // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	30, // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
-	33, // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
-	34, // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
-	35, // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
-	36, // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
-	7,  // 22: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
-	32, // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
-	32, // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
-	27, // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
-	37, // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
-	38, // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
-	76, // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	76, // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
-	76, // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
-	76, // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	76, // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	76, // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	42, // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
-	76, // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	76, // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	76, // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
-	1,  // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
-	41, // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
-	43, // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
-	44, // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
-	40, // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
-	76, // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
-	57, // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
-	50, // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
-	3,  // 46: trellis.mesh.v1.InboundPolicy.mtls_mode:type_name -> trellis.mesh.v1.MtlsMode
-	64, // 47: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
-	22, // 48: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
-	28, // 49: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
-	16, // 50: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
-	45, // 51: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
-	65, // 52: trellis.mesh.v1.Service.health_check:type_name -> trellis.mesh.v1.HealthCheck
-	66, // 53: trellis.mesh.v1.Service.external:type_name -> trellis.mesh.v1.External
-	47, // 54: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
-	47, // 55: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
-	46, // 56: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
-	49, // 57: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
-	68, // 58: trellis.mesh.v1.Snapshot.outbound_traffic_policy:type_name -> trellis.mesh.v1.OutboundTrafficPolicy
-	2,  // 59: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
-	51, // 60: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
-	2,  // 61: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
-	52, // 62: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
-	53, // 63: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
-	54, // 64: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
-	55, // 65: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
-	56, // 66: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
-	8,  // 67: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
-	58, // 68: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	9,  // 69: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
-	59, // 70: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
-	76, // 71: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
-	58, // 72: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	61, // 73: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
-	58, // 74: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
-	63, // 75: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
-	76, // 76: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
-	76, // 77: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
-	10, // 78: trellis.mesh.v1.HealthCheck.type:type_name -> trellis.mesh.v1.HealthCheck.Type
-	76, // 79: trellis.mesh.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	76, // 80: trellis.mesh.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	11, // 81: trellis.mesh.v1.External.resolution:type_name -> trellis.mesh.v1.External.Resolution
-	67, // 82: trellis.mesh.v1.External.tls:type_name -> trellis.mesh.v1.TLSOrigination
-	12, // 83: trellis.mesh.v1.TLSOrigination.mode:type_name -> trellis.mesh.v1.TLSOrigination.Mode
-	13, // 84: trellis.mesh.v1.OutboundTrafficPolicy.mode:type_name -> trellis.mesh.v1.OutboundTrafficPolicy.Mode
-	69, // 85: trellis.mesh.v1.OutboundTrafficPolicy.external_hosts:type_name -> trellis.mesh.v1.ExternalHost
-	72, // 86: trellis.mesh.v1.TapEvents.events:type_name -> trellis.mesh.v1.TapEvent
-	73, // 87: trellis.mesh.v1.TapEvents.skipped:type_name -> trellis.mesh.v1.TapSkipped
-	75, // 88: trellis.mesh.v1.TapEvent.headers:type_name -> trellis.mesh.v1.TapEvent.HeadersEntry
-	14, // 89: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
-	17, // 90: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
-	19, // 91: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
-	21, // 92: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
-	60, // 93: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
-	71, // 94: trellis.mesh.v1.Mesh.Tap:input_type -> trellis.mesh.v1.TapEvents
-	15, // 95: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
-	18, // 96: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
-	20, // 97: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
-	48, // 98: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
-	62, // 99: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
-	70, // 100: trellis.mesh.v1.Mesh.Tap:output_type -> trellis.mesh.v1.TapRequest
-	95, // [95:101] is the sub-list for method output_type
-	89, // [89:95] is the sub-list for method input_type
-	89, // [89:89] is the sub-list for extension type_name
-	89, // [89:89] is the sub-list for extension extendee
-	0,  // [0:89] is the sub-list for field type_name
+	80,  // 0: trellis.mesh.v1.Endpoint.labels:type_name -> trellis.mesh.v1.Endpoint.LabelsEntry
+	17,  // 1: trellis.mesh.v1.RegisterRequest.endpoint:type_name -> trellis.mesh.v1.Endpoint
+	0,   // 2: trellis.mesh.v1.Port.protocol:type_name -> trellis.mesh.v1.Protocol
+	5,   // 3: trellis.mesh.v1.PathMatch.type:type_name -> trellis.mesh.v1.PathMatch.Type
+	6,   // 4: trellis.mesh.v1.HeaderMatch.type:type_name -> trellis.mesh.v1.HeaderMatch.Type
+	24,  // 5: trellis.mesh.v1.Match.path:type_name -> trellis.mesh.v1.PathMatch
+	25,  // 6: trellis.mesh.v1.Match.headers:type_name -> trellis.mesh.v1.HeaderMatch
+	27,  // 7: trellis.mesh.v1.Match.query_params:type_name -> trellis.mesh.v1.QueryParamMatch
+	7,   // 8: trellis.mesh.v1.QueryParamMatch.type:type_name -> trellis.mesh.v1.QueryParamMatch.Type
+	26,  // 9: trellis.mesh.v1.Route.matches:type_name -> trellis.mesh.v1.Match
+	28,  // 10: trellis.mesh.v1.Route.backends:type_name -> trellis.mesh.v1.Backend
+	32,  // 11: trellis.mesh.v1.Route.filters:type_name -> trellis.mesh.v1.RouteFilter
+	40,  // 12: trellis.mesh.v1.Route.timeouts:type_name -> trellis.mesh.v1.RouteTimeouts
+	58,  // 13: trellis.mesh.v1.Route.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	30,  // 14: trellis.mesh.v1.HeaderModifier.set:type_name -> trellis.mesh.v1.HeaderValue
+	30,  // 15: trellis.mesh.v1.HeaderModifier.add:type_name -> trellis.mesh.v1.HeaderValue
+	31,  // 16: trellis.mesh.v1.RouteFilter.request_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	31,  // 17: trellis.mesh.v1.RouteFilter.response_header_modifier:type_name -> trellis.mesh.v1.HeaderModifier
+	34,  // 18: trellis.mesh.v1.RouteFilter.url_rewrite:type_name -> trellis.mesh.v1.URLRewrite
+	35,  // 19: trellis.mesh.v1.RouteFilter.request_redirect:type_name -> trellis.mesh.v1.RequestRedirect
+	36,  // 20: trellis.mesh.v1.RouteFilter.request_mirror:type_name -> trellis.mesh.v1.RequestMirror
+	37,  // 21: trellis.mesh.v1.RouteFilter.fault:type_name -> trellis.mesh.v1.Fault
+	8,   // 22: trellis.mesh.v1.PathModifier.type:type_name -> trellis.mesh.v1.PathModifier.Type
+	33,  // 23: trellis.mesh.v1.URLRewrite.path:type_name -> trellis.mesh.v1.PathModifier
+	33,  // 24: trellis.mesh.v1.RequestRedirect.path:type_name -> trellis.mesh.v1.PathModifier
+	28,  // 25: trellis.mesh.v1.RequestMirror.backend:type_name -> trellis.mesh.v1.Backend
+	38,  // 26: trellis.mesh.v1.Fault.delay:type_name -> trellis.mesh.v1.FaultDelay
+	39,  // 27: trellis.mesh.v1.Fault.abort:type_name -> trellis.mesh.v1.FaultAbort
+	82,  // 28: trellis.mesh.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	82,  // 29: trellis.mesh.v1.RouteTimeouts.request:type_name -> google.protobuf.Duration
+	82,  // 30: trellis.mesh.v1.RouteTimeouts.backend_request:type_name -> google.protobuf.Duration
+	82,  // 31: trellis.mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	82,  // 32: trellis.mesh.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	82,  // 33: trellis.mesh.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	43,  // 34: trellis.mesh.v1.RetryPolicy.budget:type_name -> trellis.mesh.v1.RetryBudget
+	82,  // 35: trellis.mesh.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	82,  // 36: trellis.mesh.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	82,  // 37: trellis.mesh.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	1,   // 38: trellis.mesh.v1.BackendPolicy.load_balancer:type_name -> trellis.mesh.v1.LoadBalancer
+	42,  // 39: trellis.mesh.v1.BackendPolicy.retry:type_name -> trellis.mesh.v1.RetryPolicy
+	44,  // 40: trellis.mesh.v1.BackendPolicy.circuit_breaker:type_name -> trellis.mesh.v1.CircuitBreaker
+	45,  // 41: trellis.mesh.v1.BackendPolicy.outlier_detection:type_name -> trellis.mesh.v1.OutlierDetection
+	41,  // 42: trellis.mesh.v1.BackendPolicy.hash:type_name -> trellis.mesh.v1.HashPolicy
+	82,  // 43: trellis.mesh.v1.BackendPolicy.slow_start:type_name -> google.protobuf.Duration
+	58,  // 44: trellis.mesh.v1.InboundPolicy.rate_limits:type_name -> trellis.mesh.v1.RateLimit
+	51,  // 45: trellis.mesh.v1.InboundPolicy.authorization:type_name -> trellis.mesh.v1.Authorization
+	3,   // 46: trellis.mesh.v1.InboundPolicy.mtls_mode:type_name -> trellis.mesh.v1.MtlsMode
+	65,  // 47: trellis.mesh.v1.InboundPolicy.concurrency:type_name -> trellis.mesh.v1.ConcurrencyPolicy
+	23,  // 48: trellis.mesh.v1.Service.ports:type_name -> trellis.mesh.v1.Port
+	29,  // 49: trellis.mesh.v1.Service.routes:type_name -> trellis.mesh.v1.Route
+	17,  // 50: trellis.mesh.v1.Service.endpoints:type_name -> trellis.mesh.v1.Endpoint
+	46,  // 51: trellis.mesh.v1.Service.backend_policy:type_name -> trellis.mesh.v1.BackendPolicy
+	66,  // 52: trellis.mesh.v1.Service.health_check:type_name -> trellis.mesh.v1.HealthCheck
+	67,  // 53: trellis.mesh.v1.Service.external:type_name -> trellis.mesh.v1.External
+	48,  // 54: trellis.mesh.v1.Snapshot.inbound:type_name -> trellis.mesh.v1.Service
+	48,  // 55: trellis.mesh.v1.Snapshot.services:type_name -> trellis.mesh.v1.Service
+	47,  // 56: trellis.mesh.v1.Snapshot.inbound_policy:type_name -> trellis.mesh.v1.InboundPolicy
+	50,  // 57: trellis.mesh.v1.Snapshot.telemetry:type_name -> trellis.mesh.v1.Telemetry
+	69,  // 58: trellis.mesh.v1.Snapshot.outbound_traffic_policy:type_name -> trellis.mesh.v1.OutboundTrafficPolicy
+	2,   // 59: trellis.mesh.v1.Authorization.default_action:type_name -> trellis.mesh.v1.AuthzAction
+	52,  // 60: trellis.mesh.v1.Authorization.policies:type_name -> trellis.mesh.v1.AuthzPolicy
+	2,   // 61: trellis.mesh.v1.AuthzPolicy.action:type_name -> trellis.mesh.v1.AuthzAction
+	53,  // 62: trellis.mesh.v1.AuthzPolicy.rules:type_name -> trellis.mesh.v1.AuthzRule
+	54,  // 63: trellis.mesh.v1.AuthzRule.from:type_name -> trellis.mesh.v1.AuthzSource
+	55,  // 64: trellis.mesh.v1.AuthzRule.paths:type_name -> trellis.mesh.v1.AuthzPath
+	56,  // 65: trellis.mesh.v1.AuthzRule.headers:type_name -> trellis.mesh.v1.AuthzHeader
+	57,  // 66: trellis.mesh.v1.AuthzRule.grpc:type_name -> trellis.mesh.v1.AuthzGRPC
+	9,   // 67: trellis.mesh.v1.RateLimit.algorithm:type_name -> trellis.mesh.v1.RateLimit.Algorithm
+	59,  // 68: trellis.mesh.v1.RateLimit.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	10,  // 69: trellis.mesh.v1.RateLimit.scope:type_name -> trellis.mesh.v1.RateLimit.Scope
+	60,  // 70: trellis.mesh.v1.RateLimit.overrides:type_name -> trellis.mesh.v1.RateLimitOverride
+	82,  // 71: trellis.mesh.v1.RateLimitValue.period:type_name -> google.protobuf.Duration
+	59,  // 72: trellis.mesh.v1.RateLimitOverride.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	62,  // 73: trellis.mesh.v1.QuotaReport.demands:type_name -> trellis.mesh.v1.QuotaDemand
+	59,  // 74: trellis.mesh.v1.QuotaDemand.limit:type_name -> trellis.mesh.v1.RateLimitValue
+	64,  // 75: trellis.mesh.v1.QuotaGrant.shares:type_name -> trellis.mesh.v1.QuotaShare
+	82,  // 76: trellis.mesh.v1.ConcurrencyPolicy.interval:type_name -> google.protobuf.Duration
+	82,  // 77: trellis.mesh.v1.ConcurrencyPolicy.min_rtt_interval:type_name -> google.protobuf.Duration
+	11,  // 78: trellis.mesh.v1.HealthCheck.type:type_name -> trellis.mesh.v1.HealthCheck.Type
+	82,  // 79: trellis.mesh.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	82,  // 80: trellis.mesh.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	12,  // 81: trellis.mesh.v1.External.resolution:type_name -> trellis.mesh.v1.External.Resolution
+	68,  // 82: trellis.mesh.v1.External.tls:type_name -> trellis.mesh.v1.TLSOrigination
+	13,  // 83: trellis.mesh.v1.TLSOrigination.mode:type_name -> trellis.mesh.v1.TLSOrigination.Mode
+	14,  // 84: trellis.mesh.v1.OutboundTrafficPolicy.mode:type_name -> trellis.mesh.v1.OutboundTrafficPolicy.Mode
+	70,  // 85: trellis.mesh.v1.OutboundTrafficPolicy.external_hosts:type_name -> trellis.mesh.v1.ExternalHost
+	73,  // 86: trellis.mesh.v1.TapEvents.events:type_name -> trellis.mesh.v1.TapEvent
+	74,  // 87: trellis.mesh.v1.TapEvents.skipped:type_name -> trellis.mesh.v1.TapSkipped
+	81,  // 88: trellis.mesh.v1.TapEvent.headers:type_name -> trellis.mesh.v1.TapEvent.HeadersEntry
+	76,  // 89: trellis.mesh.v1.StatsReport.windows:type_name -> trellis.mesh.v1.StatsWindow
+	77,  // 90: trellis.mesh.v1.StatsWindow.entries:type_name -> trellis.mesh.v1.StatsEntry
+	4,   // 91: trellis.mesh.v1.StatsEntry.kind:type_name -> trellis.mesh.v1.StatsKind
+	78,  // 92: trellis.mesh.v1.StatsEntry.latency:type_name -> trellis.mesh.v1.LatencySketch
+	15,  // 93: trellis.mesh.v1.Mesh.Certify:input_type -> trellis.mesh.v1.CertifyRequest
+	18,  // 94: trellis.mesh.v1.Mesh.Register:input_type -> trellis.mesh.v1.RegisterRequest
+	20,  // 95: trellis.mesh.v1.Mesh.Heartbeat:input_type -> trellis.mesh.v1.HeartbeatRequest
+	22,  // 96: trellis.mesh.v1.Mesh.Watch:input_type -> trellis.mesh.v1.WatchRequest
+	61,  // 97: trellis.mesh.v1.Mesh.Quota:input_type -> trellis.mesh.v1.QuotaReport
+	72,  // 98: trellis.mesh.v1.Mesh.Tap:input_type -> trellis.mesh.v1.TapEvents
+	75,  // 99: trellis.mesh.v1.Mesh.Report:input_type -> trellis.mesh.v1.StatsReport
+	16,  // 100: trellis.mesh.v1.Mesh.Certify:output_type -> trellis.mesh.v1.CertifyResponse
+	19,  // 101: trellis.mesh.v1.Mesh.Register:output_type -> trellis.mesh.v1.RegisterResponse
+	21,  // 102: trellis.mesh.v1.Mesh.Heartbeat:output_type -> trellis.mesh.v1.HeartbeatResponse
+	49,  // 103: trellis.mesh.v1.Mesh.Watch:output_type -> trellis.mesh.v1.Snapshot
+	63,  // 104: trellis.mesh.v1.Mesh.Quota:output_type -> trellis.mesh.v1.QuotaGrant
+	71,  // 105: trellis.mesh.v1.Mesh.Tap:output_type -> trellis.mesh.v1.TapRequest
+	79,  // 106: trellis.mesh.v1.Mesh.Report:output_type -> trellis.mesh.v1.StatsAck
+	100, // [100:107] is the sub-list for method output_type
+	93,  // [93:100] is the sub-list for method input_type
+	93,  // [93:93] is the sub-list for extension type_name
+	93,  // [93:93] is the sub-list for extension extendee
+	0,   // [0:93] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -6038,8 +6470,8 @@ func file_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      14,
-			NumMessages:   62,
+			NumEnums:      15,
+			NumMessages:   67,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,7 @@ const (
 	Mesh_Watch_FullMethodName     = "/trellis.mesh.v1.Mesh/Watch"
 	Mesh_Quota_FullMethodName     = "/trellis.mesh.v1.Mesh/Quota"
 	Mesh_Tap_FullMethodName       = "/trellis.mesh.v1.Mesh/Tap"
+	Mesh_Report_FullMethodName    = "/trellis.mesh.v1.Mesh/Report"
 )
 
 // MeshClient is the client API for Mesh service.
@@ -61,6 +62,10 @@ type MeshClient interface {
 	// sampled requests it sees back as TapEvents. Nothing is recorded while
 	// no tap is running, and every tap stops when the stream ends.
 	Tap(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TapEvents, TapRequest], error)
+	// Report sends the proxy's windowed request summaries (see StatsReport)
+	// about every 5 s; the control plane answers each report with the
+	// newest window it now holds, so the proxy resends only what is newer.
+	Report(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StatsReport, StatsAck], error)
 }
 
 type meshClient struct {
@@ -140,6 +145,19 @@ func (c *meshClient) Tap(ctx context.Context, opts ...grpc.CallOption) (grpc.Bid
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Mesh_TapClient = grpc.BidiStreamingClient[TapEvents, TapRequest]
 
+func (c *meshClient) Report(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StatsReport, StatsAck], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Mesh_ServiceDesc.Streams[3], Mesh_Report_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StatsReport, StatsAck]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Mesh_ReportClient = grpc.BidiStreamingClient[StatsReport, StatsAck]
+
 // MeshServer is the server API for Mesh service.
 // All implementations must embed UnimplementedMeshServer
 // for forward compatibility.
@@ -165,6 +183,10 @@ type MeshServer interface {
 	// sampled requests it sees back as TapEvents. Nothing is recorded while
 	// no tap is running, and every tap stops when the stream ends.
 	Tap(grpc.BidiStreamingServer[TapEvents, TapRequest]) error
+	// Report sends the proxy's windowed request summaries (see StatsReport)
+	// about every 5 s; the control plane answers each report with the
+	// newest window it now holds, so the proxy resends only what is newer.
+	Report(grpc.BidiStreamingServer[StatsReport, StatsAck]) error
 	mustEmbedUnimplementedMeshServer()
 }
 
@@ -192,6 +214,9 @@ func (UnimplementedMeshServer) Quota(grpc.BidiStreamingServer[QuotaReport, Quota
 }
 func (UnimplementedMeshServer) Tap(grpc.BidiStreamingServer[TapEvents, TapRequest]) error {
 	return status.Errorf(codes.Unimplemented, "method Tap not implemented")
+}
+func (UnimplementedMeshServer) Report(grpc.BidiStreamingServer[StatsReport, StatsAck]) error {
+	return status.Errorf(codes.Unimplemented, "method Report not implemented")
 }
 func (UnimplementedMeshServer) mustEmbedUnimplementedMeshServer() {}
 func (UnimplementedMeshServer) testEmbeddedByValue()              {}
@@ -289,6 +314,13 @@ func _Mesh_Tap_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Mesh_TapServer = grpc.BidiStreamingServer[TapEvents, TapRequest]
 
+func _Mesh_Report_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(MeshServer).Report(&grpc.GenericServerStream[StatsReport, StatsAck]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Mesh_ReportServer = grpc.BidiStreamingServer[StatsReport, StatsAck]
+
 // Mesh_ServiceDesc is the grpc.ServiceDesc for Mesh service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -325,6 +357,12 @@ var Mesh_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Tap",
 			Handler:       _Mesh_Tap_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Report",
+			Handler:       _Mesh_Report_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},
