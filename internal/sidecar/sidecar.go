@@ -37,8 +37,8 @@ import (
 	"trellis.dev/trellis/internal/proxy"
 	"trellis.dev/trellis/internal/push"
 	"trellis.dev/trellis/internal/quota"
-	"trellis.dev/trellis/internal/tap"
 	"trellis.dev/trellis/internal/stats"
+	"trellis.dev/trellis/internal/tap"
 	"trellis.dev/trellis/internal/tracing"
 )
 
