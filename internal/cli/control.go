@@ -66,6 +66,8 @@ The control plane logs a warning at start and 'trellis check' flags it.`,
 	f.StringVar(&o.DNSAddr, "dns-addr", "", `DNS server address, UDP and TCP (default 127.0.0.1:8600, skipped with a warning if busy); "off" disables`)
 	f.DurationVar(&o.DNSTTL, "dns-ttl", 5*time.Second, "TTL of DNS answers, negative ones included (whole seconds)")
 	f.StringVar(&o.DNSForward, "dns-forward", "", "upstream resolver (host[:port]) for names outside the mesh; empty answers them REFUSED")
+	f.StringSliceVar(&o.ReplicaGRPCAddrs, "replica-grpc-addrs", nil, "every replica's gRPC address (this one's included), written to control.json so proxies discovering the control plane from --data-dir fail over among them")
+	f.StringVar(&o.ReplicaID, "replica-id", "", "name of this replica in snapshots, proxy-status and the leader election (default hostname:grpc-port)")
 	f.StringVar(&o.DefaultAuthorization, "default-authorization", control.DefaultAuthorizationAllow, "decision for requests to a workload no ALLOW AuthorizationPolicy applies to: allow or deny")
 	sf.register(f)
 	return cmd

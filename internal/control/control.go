@@ -107,6 +107,13 @@ type Options struct {
 	// Stop); nil opens the store Stop closes: etcd if Etcd.Endpoints are
 	// set, else the bbolt file in DataDir.
 	Store store.Store
+	// ReplicaGRPCAddrs are every replica's gRPC address, this one's
+	// included, written to control.json (grpc_replicas) for proxies that
+	// discover the control plane from the data dir.
+	ReplicaGRPCAddrs []string
+	// ReplicaID names this replica in snapshots, proxy-status and the
+	// leader election (default hostname:grpc-port).
+	ReplicaID string
 	// Etcd connects the control plane to etcd instead of bbolt, so several
 	// replicas can share one store (Logger defaults to Options.Logger).
 	Etcd   store.EtcdOptions
@@ -158,6 +165,9 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("%s: %q is not a loopback address; use 127.0.0.1, ::1 or localhost, or pass --allow-remote to listen beyond this machine", a.field, a.addr)
 		}
 	}
+	if err := o.validateReplica(); err != nil {
+		return err
+	}
 	return o.validateDNS()
 }
 
@@ -177,18 +187,20 @@ type Control struct {
 	// the same store untimed; ownStore: Stop closes raw.
 	st, raw  store.Store
 	ownStore bool
-	meter    *telemetry.ControlMetrics
-	ca       *ca.CA
-	reg      *registry.Registry
-	view     *view.View
-	comp     *compiler.Compiler
-	push     *push.Server
-	grpc     *grpc.Server
-	http     *http.Server
-	admin    *admin
-	tokens   *tokenStore
-	grpcLn   net.Listener
-	adminLn  net.Listener
+	// replica is this replica's id (Options.ReplicaID or its default).
+	replica string
+	meter   *telemetry.ControlMetrics
+	ca      *ca.CA
+	reg     *registry.Registry
+	view    *view.View
+	comp    *compiler.Compiler
+	push    *push.Server
+	grpc    *grpc.Server
+	http    *http.Server
+	admin   *admin
+	tokens  *tokenStore
+	grpcLn  net.Listener
+	adminLn net.Listener
 	// metricsSrv serves /metrics on metricsLn, plain HTTP.
 	metricsSrv *http.Server
 	metricsLn  net.Listener
@@ -293,6 +305,16 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: metrics: %w", err)
 	}
+	if c.grpcLn, err = net.Listen("tcp", o.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("control: grpc listener: %w", err)
+	}
+	if c.adminLn, err = net.Listen("tcp", o.AdminAddr); err != nil {
+		return nil, fmt.Errorf("control: admin listener: %w", err)
+	}
+	if c.metricsLn, err = net.Listen("tcp", o.MetricsAddr); err != nil {
+		return nil, fmt.Errorf("control: metrics listener: %w", err)
+	}
+	c.replica = replicaID(o.ReplicaID, c.grpcLn.Addr())
 	c.push = push.NewServer(push.ServerOptions{
 		TrustDomain: td,
 		ValidToken:  push.TokenValidator(devToken),
@@ -306,18 +328,10 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		MaxTTL:      registry.MaxTTL,
 		Metrics:     c.meter,
 		Quota:       quota.NewAllocator(quota.AllocatorOptions{}),
+		Replica:     c.replica,
 		Logger:      o.Logger,
 	})
 
-	if c.grpcLn, err = net.Listen("tcp", o.GRPCAddr); err != nil {
-		return nil, fmt.Errorf("control: grpc listener: %w", err)
-	}
-	if c.adminLn, err = net.Listen("tcp", o.AdminAddr); err != nil {
-		return nil, fmt.Errorf("control: admin listener: %w", err)
-	}
-	if c.metricsLn, err = net.Listen("tcp", o.MetricsAddr); err != nil {
-		return nil, fmt.Errorf("control: metrics listener: %w", err)
-	}
 	if err := c.startDNS(); err != nil {
 		return nil, err
 	}
@@ -464,7 +478,7 @@ func countResources(st *view.State) map[string]int {
 }
 
 func (c *Control) addrs() Addrs {
-	return Addrs{GRPC: c.grpcLn.Addr().String(), Admin: c.adminLn.Addr().String(), Metrics: c.metricsLn.Addr().String(),
+	return Addrs{GRPC: c.grpcLn.Addr().String(), Replicas: c.o.ReplicaGRPCAddrs, Admin: c.adminLn.Addr().String(), Metrics: c.metricsLn.Addr().String(),
 		DNS: c.DNSAddr(), InsecureBootstrapToken: c.o.InsecureBootstrapToken}
 }
 
@@ -592,6 +606,10 @@ func loadOrCreateToken(path string) (string, error) {
 type Addrs struct {
 	GRPC  string `json:"grpc_addr"`
 	Admin string `json:"admin_addr"`
+	// Replicas are every replica's gRPC address (--replica-grpc-addrs),
+	// when several share one store: a proxy that discovers the control
+	// plane from this file is given them all and fails over among them.
+	Replicas []string `json:"grpc_replicas,omitempty"`
 	// Metrics is where /metrics is served; absent in files written by
 	// older versions.
 	Metrics string `json:"metrics_addr,omitempty"`
@@ -663,6 +681,14 @@ func (a registryAdapter) Heartbeat(ctx context.Context, lease int64) error {
 		return fmt.Errorf("%w: %w", push.ErrLeaseNotFound, err)
 	}
 	return err
+}
+
+func (a registryAdapter) Lookup(ctx context.Context, namespace, id string) (*meshv1.Endpoint, int64, error) {
+	ep, lease, err := a.r.Lookup(ctx, namespace, id)
+	if errors.Is(err, registry.ErrLeaseExpired) {
+		return nil, 0, fmt.Errorf("%w: %w", push.ErrLeaseNotFound, err)
+	}
+	return ep, lease, err
 }
 
 // snapshotsAdapter feeds push nodes to the compiler.

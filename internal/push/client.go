@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,6 +17,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
@@ -22,7 +26,11 @@ import (
 
 // ClientOptions configure Dial.
 type ClientOptions struct {
-	// Addr is the control plane's gRPC host:port.
+	// Addr is the control plane's gRPC host:port, or several replicas'
+	// as a comma-separated list (host:port,host:port): the connection uses
+	// one at a time (gRPC's pick_first over a static resolver, the list
+	// shuffled per proxy so proxies spread over the replicas) and moves to
+	// the next one that answers when it breaks.
 	Addr string
 	// RootCAs verify the control plane's certificate (from --ca-file).
 	RootCAs *x509.CertPool
@@ -49,12 +57,27 @@ type Client struct {
 
 	// resub (buffer 1) asks the running watch to resend subscriptions.
 	resub chan struct{}
+	// replica is the control-plane replica the Watch is attached to.
+	replica atomic.Pointer[string]
+}
+
+// Replica names the control-plane replica the session's Watch stream is
+// attached to ("" before the first stream, or from a server that does not
+// say).
+func (c *Client) Replica() string {
+	if r := c.replica.Load(); r != nil {
+		return *r
+	}
+	return ""
 }
 
 // Dial prepares a client; it connects lazily, on the first RPC.
 func Dial(o ClientOptions) (*Client, error) {
 	if o.Addr == "" {
 		return nil, errors.New("push: dial: address required")
+	}
+	if _, err := ParseAddrs(o.Addr); err != nil {
+		return nil, fmt.Errorf("push: dial: %w", err)
 	}
 	if o.RootCAs == nil {
 		return nil, errors.New("push: dial: root CAs required to verify the control plane (--ca-file)")
@@ -89,7 +112,23 @@ func (c *Client) newConn() (*grpc.ClientConn, error) {
 			return cert, nil
 		},
 	}
-	cc, err := grpc.NewClient(c.o.Addr,
+	addrs, err := ParseAddrs(c.o.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("push: dial: %w", err)
+	}
+	// A resolver per connection: a redial builds a new one, and a static
+	// list needs no updates. Each address carries its own host as the TLS
+	// server name, as it would with one address as the target.
+	r := manual.NewBuilderWithScheme(resolverScheme)
+	state := resolver.State{Addresses: make([]resolver.Address, len(addrs))}
+	for i, a := range addrs {
+		host, _, _ := net.SplitHostPort(a)
+		state.Addresses[i] = resolver.Address{Addr: a, ServerName: host}
+	}
+	r.InitialState(state)
+	cc, err := grpc.NewClient(resolverScheme+":///control",
+		grpc.WithResolvers(r),
+		grpc.WithDefaultServiceConfig(failoverServiceConfig),
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                clientPingEvery,

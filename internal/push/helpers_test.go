@@ -88,10 +88,11 @@ type fakeRegistry struct {
 	leases    map[int64]*meshv1.Endpoint
 	ttls      map[int64]time.Duration
 	registers int
+	beats     map[int64]int // heartbeats per lease
 }
 
 func newFakeRegistry() *fakeRegistry {
-	return &fakeRegistry{next: 100, leases: map[int64]*meshv1.Endpoint{}, ttls: map[int64]time.Duration{}}
+	return &fakeRegistry{next: 100, leases: map[int64]*meshv1.Endpoint{}, ttls: map[int64]time.Duration{}, beats: map[int64]int{}}
 }
 
 func (r *fakeRegistry) Register(_ context.Context, ep *meshv1.Endpoint, ttl time.Duration) (int64, time.Duration, error) {
@@ -110,7 +111,19 @@ func (r *fakeRegistry) Heartbeat(_ context.Context, lease int64) error {
 	if _, ok := r.leases[lease]; !ok {
 		return fmt.Errorf("registry: lease %d: %w", lease, ErrLeaseNotFound)
 	}
+	r.beats[lease]++
 	return nil
+}
+
+func (r *fakeRegistry) Lookup(_ context.Context, ns, id string) (*meshv1.Endpoint, int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for l, ep := range r.leases {
+		if ep.GetNamespace() == ns && ep.GetId() == id {
+			return ep, l, nil
+		}
+	}
+	return nil, 0, fmt.Errorf("registry: %s/%s: %w", ns, id, ErrLeaseNotFound)
 }
 
 func (r *fakeRegistry) expireAll() {

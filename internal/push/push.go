@@ -68,6 +68,12 @@ type Registry interface {
 	Register(ctx context.Context, ep *meshv1.Endpoint, ttl time.Duration) (lease int64, granted time.Duration, err error)
 	// Heartbeat returns an error wrapping ErrLeaseNotFound when the lease expired.
 	Heartbeat(ctx context.Context, lease int64) error
+	// Lookup returns the registered endpoint with this id in namespace and
+	// its lease, or an error wrapping ErrLeaseNotFound when there is none.
+	// With several replicas a proxy registers through one and may fail over
+	// to another: that one adopts the registration instead of asking the
+	// proxy to register again, so its lease carries on.
+	Lookup(ctx context.Context, namespace, id string) (ep *meshv1.Endpoint, lease int64, err error)
 }
 
 // Signer is what the server needs of the CA.
@@ -106,6 +112,9 @@ type ServerOptions struct {
 	SendTimeout time.Duration
 	// Metrics records pushes, answers and issued certificates (default: none).
 	Metrics Metrics
+	// Replica names this control-plane replica (--replica-id): it is sent
+	// in every snapshot and Watch header, and in ProxyStatus.Replica.
+	Replica string
 	// Quota allocates global rate limits over the Quota stream; nil: the
 	// stream is refused (UNIMPLEMENTED) and proxies keep local shares.
 	Quota  QuotaAllocator
@@ -162,7 +171,10 @@ const (
 // lowerCamelCase names, as kubectl and the Gateway API do; they are part of
 // the admin API and documented in docs/operations.md.
 type ProxyStatus struct {
-	NodeID    string `json:"nodeId"`
+	NodeID string `json:"nodeId"`
+	// Replica is the control-plane replica the proxy's Watch stream is
+	// attached to (its --replica-id).
+	Replica   string `json:"replica,omitempty"`
 	Service   string `json:"service"`
 	Namespace string `json:"namespace"`
 	Identity  string `json:"identity"`

@@ -259,6 +259,17 @@ func (s *session) watchLoop(ctx context.Context) error {
 	}
 }
 
+// attached records the replica a new Watch stream is on, logging a move.
+func (s *session) attached(vals []string) {
+	var r string
+	if len(vals) > 0 {
+		r = vals[0]
+	}
+	if old := s.c.replica.Swap(&r); old == nil || *old != r {
+		s.log.Info("watching control-plane replica", "replica", r)
+	}
+}
+
 // subscriptions is the wanted set, valid entries only, own service included.
 // certNotAfter is the expiry to report, Unix seconds (0: unknown).
 func (s *session) certNotAfter() int64 {
@@ -327,6 +338,13 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 		_, err = stream.Recv() // the stream's real error
 		return false, gen, err
 	}
+	// The server names its replica in the header before any snapshot (an
+	// unchanged config after a failover sends none).
+	md, err := stream.Header()
+	if err != nil {
+		return false, gen, err
+	}
+	s.attached(md.Get(ReplicaHeader))
 	wg.Go(func() {
 		tick := time.NewTicker(s.o.StatusInterval)
 		defer tick.Stop()

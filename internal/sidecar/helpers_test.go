@@ -147,6 +147,11 @@ func (m *mesh) Register(_ context.Context, ep *meshv1.Endpoint, ttl time.Duratio
 
 func (m *mesh) Heartbeat(context.Context, int64) error { return nil }
 
+// Lookup finds nothing: one control plane, so no proxy fails over to it.
+func (m *mesh) Lookup(_ context.Context, ns, id string) (*meshv1.Endpoint, int64, error) {
+	return nil, 0, fmt.Errorf("mesh: %s/%s: %w", ns, id, push.ErrLeaseNotFound)
+}
+
 func httpService(name string) *meshv1.Service {
 	return &meshv1.Service{Name: name, Namespace: "default", Ports: []*meshv1.Port{{Name: "http", Port: 80, Protocol: meshv1.Protocol_HTTP}}}
 }

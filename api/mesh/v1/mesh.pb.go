@@ -3005,7 +3005,12 @@ type Snapshot struct {
 	// Policy for the proxy's own inbound traffic.
 	InboundPolicy *InboundPolicy `protobuf:"bytes,9,opt,name=inbound_policy,json=inboundPolicy,proto3" json:"inbound_policy,omitempty"`
 	// Tracing and access logs for the proxy, from Telemetry resources.
-	Telemetry     *Telemetry `protobuf:"bytes,10,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
+	Telemetry *Telemetry `protobuf:"bytes,10,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
+	// ---- ha: the control-plane replica that sent this snapshot (its
+	// --replica-id), so a proxy knows whom it is attached to. Set per send,
+	// not hashed into version: the same config from another replica is the
+	// same version.
+	Replica       string `protobuf:"bytes,12,opt,name=replica,proto3" json:"replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3108,6 +3113,13 @@ func (x *Snapshot) GetTelemetry() *Telemetry {
 		return x.Telemetry
 	}
 	return nil
+}
+
+func (x *Snapshot) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
 }
 
 // Telemetry is what the Telemetry resources that apply to a proxy's own
@@ -4512,7 +4524,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05ports\x18\x03 \x03(\v2\x15.trellis.mesh.v1.PortR\x05ports\x12.\n" +
 	"\x06routes\x18\x04 \x03(\v2\x16.trellis.mesh.v1.RouteR\x06routes\x127\n" +
 	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\x12E\n" +
-	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\x9f\x03\n" +
+	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\xb9\x03\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12!\n" +
@@ -4524,7 +4536,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12E\n" +
 	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy\x128\n" +
 	"\ttelemetry\x18\n" +
-	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\"\x9a\x01\n" +
+	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\x12\x18\n" +
+	"\areplica\x18\f \x01(\tR\areplica\"\x9a\x01\n" +
 	"\tTelemetry\x12=\n" +
 	"\x18tracing_sampling_percent\x18\x01 \x01(\x01H\x00R\x16tracingSamplingPercent\x88\x01\x01\x12\"\n" +
 	"\n" +

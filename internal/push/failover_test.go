@@ -1,0 +1,138 @@
+package push
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// replicas starts n control planes sharing one registry and one snapshot
+// source, as replicas on one store do; each names itself r1, r2...
+func replicas(t *testing.T, ca *testCA, n int) []*env {
+	t.Helper()
+	reg, snaps := newFakeRegistry(), newFakeSnapshots("v")
+	out := make([]*env, n)
+	for i := range out {
+		name := "r" + string(rune('1'+i))
+		out[i] = startEnv(t, ca, "127.0.0.1:0", func(o *ServerOptions) {
+			o.Registry, o.Snapshots, o.Replica = reg, snaps, name
+		})
+		out[i].reg, out[i].snaps = reg, snaps
+	}
+	return out
+}
+
+// attachedTo is the replica whose server has node's Watch stream.
+func attachedTo(envs []*env, node string) *env {
+	for _, e := range envs {
+		if _, ok := statusOf(e.srv, node); ok {
+			return e
+		}
+	}
+	return nil
+}
+
+func (r *fakeRegistry) heartbeats(lease int64) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.beats[lease]
+}
+
+// TestFailoverKeepsLeaseAndConfig: a proxy given every replica's address
+// moves, when its replica dies abruptly, to another one: it keeps its
+// lease (no new registration), is not sent its unchanged config again,
+// heart-beats through the new replica and gets the next change from it.
+func TestFailoverKeepsLeaseAndConfig(t *testing.T) {
+	ca := newTestCA(t)
+	envs := replicas(t, ca, 3)
+	addrs := make([]string, len(envs))
+	for i, e := range envs {
+		addrs[i] = e.addr
+	}
+	dialer := *envs[0]
+	dialer.addr = strings.Join(addrs, ",")
+	p, c := runProxy(t, &dialer, "orders-1", "orders", 100*time.Millisecond)
+	p.expect(t, "v0|orders.default")
+
+	var first *env
+	eventually(t, "a replica with the stream", func() bool { first = attachedTo(envs, "orders-1"); return first != nil })
+	waitState(t, first.srv, "orders-1", StateSynced, "v0|orders.default")
+	if got := c.Replica(); got != first.srv.o.Replica {
+		t.Fatalf("client says it is attached to %q, the stream is on %q", got, first.srv.o.Replica)
+	}
+	_, eps, _ := first.reg.stats()
+	if len(eps) != 1 {
+		t.Fatalf("endpoints = %d, want 1", len(eps))
+	}
+	var lease int64
+	for l := range first.reg.leases {
+		lease = l
+	}
+
+	first.grpc.Stop() // abrupt: connections cut, listener closed
+	start := time.Now()
+	var next *env
+	eventually(t, "re-attach to another replica", func() bool {
+		next = attachedTo(envs, "orders-1")
+		return next != nil && next != first
+	})
+	st := waitState(t, next.srv, "orders-1", StateSynced, "v0|orders.default")
+	t.Logf("re-attached to %s in %s", st.Replica, time.Since(start))
+	if st.Replica != next.srv.o.Replica {
+		t.Fatalf("status replica = %q, want %q", st.Replica, next.srv.o.Replica)
+	}
+	if n, _, _ := next.reg.stats(); n != 1 {
+		t.Fatalf("registrations = %d, want 1: the new replica adopts the lease", n)
+	}
+	if got := next.srv.Counters().Pushes; got != 0 {
+		t.Fatalf("pushes from the new replica = %d, want 0 (config unchanged)", got)
+	}
+	select {
+	case v := <-p.applied:
+		t.Fatalf("applied %q again after failover", v)
+	default:
+	}
+	beats := next.reg.heartbeats(lease)
+	eventually(t, "heartbeats on the same lease", func() bool { return next.reg.heartbeats(lease) >= beats+3 })
+	eventually(t, "client names the new replica", func() bool { return c.Replica() == next.srv.o.Replica })
+
+	next.snaps.bump(true)
+	p.expect(t, "v1|orders.default")
+	waitState(t, next.srv, "orders-1", StateSynced, "v1|orders.default")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.replica != next.srv.o.Replica {
+		t.Fatalf("snapshot names replica %q, want %q", p.replica, next.srv.o.Replica)
+	}
+}
+
+func TestParseAddrs(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+		err  string
+	}{
+		{in: "127.0.0.1:15010", want: []string{"127.0.0.1:15010"}},
+		{in: "a:1, b:2 ,c:3", want: []string{"a:1", "b:2", "c:3"}},
+		{in: "[::1]:1,[::1]:2", want: []string{"[::1]:1", "[::1]:2"}},
+		{in: "", err: "required"},
+		{in: "a:1,", err: "address 2"},
+		{in: "a", err: "want host:port"},
+		{in: ":1", err: "host required"},
+		{in: "a:0", err: "1-65535"},
+		{in: "a:http", err: "1-65535"},
+		{in: "a:1,a:1", err: "listed twice"},
+		{in: strings.Repeat("a:1,", 16) + "a:1", err: "at most 16"},
+	} {
+		got, err := ParseAddrs(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParseAddrs(%q) = %v, %v; want error with %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || strings.Join(got, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("ParseAddrs(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+}
