@@ -53,7 +53,11 @@ type adminDeps struct {
 	// (push.Server.AwaitRevision), or ctx ends.
 	awaitRevision func(ctx context.Context, rev int64) []push.ProxyStatus
 	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
-	snapshots     snapshotSource // authz check (authcheck.go)
+	// replicas lists the control-plane replicas (Leader.Replicas); self
+	// is this one's id.
+	replicas  func(context.Context) ([]Replica, error)
+	self      string
+	snapshots snapshotSource // authz check (authcheck.go)
 	// caughtUp blocks until the mesh view has every write committed
 	// before the call, so a check right after an apply sees it.
 	caughtUp func(ctx context.Context) error
@@ -77,6 +81,9 @@ func newAdmin(d adminDeps) *admin {
 	if d.logger == nil {
 		d.logger = slog.New(slog.DiscardHandler)
 	}
+	if d.replicas == nil {
+		d.replicas = func(context.Context) ([]Replica, error) { return []Replica{{ID: d.self, Leader: true}}, nil }
+	}
 	if d.awaitRevision == nil {
 		d.awaitRevision = func(context.Context, int64) []push.ProxyStatus { return d.statuses() }
 	}
@@ -89,10 +96,11 @@ func newAdmin(d adminDeps) *admin {
 	mux.HandleFunc("DELETE /v1/resources/{kind}/{namespace}/{name}", a.delete)
 	mux.HandleFunc("GET /v1/proxies", a.proxies)
 	mux.HandleFunc("GET /v1/endpoints", a.listEndpoints)
+	mux.HandleFunc("GET /v1/replicas", a.listReplicas)
 	a.tokenRoutes(mux)
 	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit)", r.Method, truncate(r.URL.Path, 256)))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/replicas, /v1/tokens, /v1/audit)", r.Method, truncate(r.URL.Path, 256)))
 	})
 	a.handler = a.authenticate(mux)
 	return a

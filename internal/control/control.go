@@ -111,6 +111,16 @@ type Options struct {
 	// included, written to control.json (grpc_replicas) for proxies that
 	// discover the control plane from the data dir.
 	ReplicaGRPCAddrs []string
+	// LeaderTTL is the leader election's session lease on etcd (default
+	// 10s): a dead leader is replaced within it.
+	LeaderTTL time.Duration
+	// CompactionInterval: the leader compacts etcd's history every
+	// interval, keeping one interval of it (default 5m; negative: never,
+	// when etcd compacts itself with --auto-compaction-retention).
+	CompactionInterval time.Duration
+	// StatusFlush: how often a replica on etcd writes the statuses of its
+	// proxies that changed, for the other replicas (default 1s).
+	StatusFlush time.Duration
 	// ReplicaID names this replica in snapshots, proxy-status and the
 	// leader election (default hostname:grpc-port).
 	ReplicaID string
@@ -189,6 +199,10 @@ type Control struct {
 	ownStore bool
 	// replica is this replica's id (Options.ReplicaID or its default).
 	replica string
+	// leader is this replica's standing in the election; status shares
+	// proxy statuses with the other replicas (nil with bbolt: one replica).
+	leader  *Leader
+	status  *statusShare
 	meter   *telemetry.ControlMetrics
 	ca      *ca.CA
 	reg     *registry.Registry
@@ -343,6 +357,9 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	c.cancel = cancel
 	c.wg.Go(func() { c.view.Run(runCtx) })
 	c.wg.Go(func() { c.comp.Run(runCtx) })
+	if err := c.startReplication(runCtx); err != nil {
+		return nil, err
+	}
 
 	c.grpc = grpc.NewServer(push.GRPCServerOptions(tlsConfig)...)
 	c.push.Register(c.grpc)
@@ -359,8 +376,10 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		applier:       apply.New(auditingStore{c.st}, apply.Options{Logger: o.Logger}),
 		token:         adminToken,
 		tokens:        tokens,
-		statuses:      c.push.Statuses,
-		awaitRevision: c.push.AwaitRevision,
+		statuses:      c.proxyStatuses,
+		awaitRevision: c.awaitRevision,
+		replicas:      c.leader.Replicas,
+		self:          c.replica,
 		endpoints:     c.reg.Endpoints,
 		snapshots:     c.comp,
 		caughtUp: func(ctx context.Context) error {
