@@ -228,9 +228,9 @@ func TestProxyStatusTableGolden(t *testing.T) {
 // with an expired certificate).
 func proxyFixture(now time.Time) []push.ProxyStatus {
 	return []push.ProxyStatus{
-		{NodeID: "api-default-1", Service: "api", Namespace: "default", Identity: "spiffe://trellis.local/ns/default/sa/api", SentVersion: "fedcba", SentRevision: 12,
+		{NodeID: "api-default-1", Replica: "cp1", Service: "api", Namespace: "default", Identity: "spiffe://trellis.local/ns/default/sa/api", SentVersion: "fedcba", SentRevision: 12,
 			State: push.StateNacked, Error: "bad regex", CertExpiry: now.Add(20 * time.Hour), ConnectedAt: now.Add(-time.Hour)},
-		{NodeID: "web-default-2", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced},
+		{NodeID: "web-default-2", Replica: "cp2", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced},
 		{NodeID: "web-default-3", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced,
 			CertExpiry: now.Add(-time.Hour), LastAck: now.Add(-time.Minute)},
 	}
