@@ -105,6 +105,13 @@ func TestDiscoverControl(t *testing.T) {
 	if o.ControlAddr != "127.0.0.1:4000" {
 		t.Errorf("ControlAddr = %q; want control.json's grpc_addr", o.ControlAddr)
 	}
+	// A replica's control.json naming every replica: the proxy gets them all.
+	os.WriteFile(filepath.Join(dir, "control.json"), []byte(`{"grpc_addr":"127.0.0.1:4000","grpc_replicas":["127.0.0.1:4000","127.0.0.1:5000"],"admin_addr":"127.0.0.1:4001"}`), 0o644)
+	o = sidecar.Options{}
+	discoverControl(dir, &o)
+	if o.ControlAddr != "127.0.0.1:4000,127.0.0.1:5000" {
+		t.Errorf("ControlAddr = %q; want control.json's grpc_replicas", o.ControlAddr)
+	}
 	o = sidecar.Options{ControlAddr: "10.0.0.1:1", CAFile: "/x", TokenFile: "/y"}
 	discoverControl(dir, &o)
 	if o.ControlAddr != "10.0.0.1:1" || o.CAFile != "/x" || o.TokenFile != "/y" {

@@ -1,8 +1,12 @@
 package control
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"log/slog"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -70,5 +74,87 @@ func TestProxyStatusFromAnyReplica(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("b still lists %+v after the proxy's lease ended", proxiesOf(t, b))
 		}
+	}
+}
+
+// fakeStatusStore records transactions; leases in dead are gone.
+type fakeStatusStore struct {
+	txns [][]statusRecord
+	dead map[int64]bool
+	recs map[string][]byte
+}
+
+func (f *fakeStatusStore) put(_ context.Context, recs []statusRecord) error {
+	for _, r := range recs {
+		if f.dead[r.lease] {
+			return fmt.Errorf("fake: %w", errStatusLease)
+		}
+	}
+	f.txns = append(f.txns, recs)
+	for _, r := range recs {
+		f.recs[r.node] = r.value
+	}
+	return nil
+}
+
+func (f *fakeStatusStore) list(context.Context) ([][]byte, error) {
+	var out [][]byte
+	for _, v := range f.recs {
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// TestStatusShareWritesChangesInBatches: 1,000 proxies are written once, in
+// transactions of at most 100; an unchanged status is not rewritten; a
+// lapsed lease costs only its own record; a closed stream's record stays
+// for the replica it moves to.
+func TestStatusShareWritesChangesInBatches(t *testing.T) {
+	list := make([]push.ProxyStatus, 1000)
+	for i := range list {
+		list[i] = push.ProxyStatus{NodeID: fmt.Sprintf("p%04d", i), Replica: "a", State: push.StateSynced, Revision: 10}
+	}
+	fs := &fakeStatusStore{dead: map[int64]bool{}, recs: map[string][]byte{}}
+	leaseOf := func(id string) int64 { return int64(100+len(id)) + int64(id[len(id)-1]) }
+	s := newStatusShare(fs, func() []push.ProxyStatus { return slices.Clone(list) }, leaseOf, slog.New(slog.DiscardHandler))
+
+	s.flush(t.Context())
+	if s.puts.Load() != 1000 || len(fs.txns) != 10 {
+		t.Fatalf("first flush: %d records in %d transactions, want 1000 in 10", s.puts.Load(), len(fs.txns))
+	}
+	for _, tx := range fs.txns {
+		if len(tx) > statusTxnOps {
+			t.Fatalf("a transaction of %d records, over %d", len(tx), statusTxnOps)
+		}
+	}
+	s.flush(t.Context())
+	if s.puts.Load() != 1000 {
+		t.Fatalf("unchanged flush wrote %d more", s.puts.Load()-1000)
+	}
+
+	// Five proxies reach a new revision; one of them has just died.
+	for i := range 5 {
+		list[i].Revision = 11
+	}
+	fs.dead[leaseOf(list[2].NodeID)] = true
+	s.flush(t.Context())
+	if got := s.puts.Load() - 1000; got != 4 {
+		t.Fatalf("after 5 changes, one lease gone: %d written, want 4", got)
+	}
+
+	// p0000's stream closes here: its record stays (another replica
+	// rewrites it); if it comes back here, it is written again.
+	gone := list[0]
+	list = list[1:]
+	s.flush(t.Context())
+	list = append(list, gone)
+	before := s.puts.Load()
+	s.flush(t.Context())
+	if s.puts.Load()-before != 1 {
+		t.Fatalf("a returning stream wrote %d records, want 1", s.puts.Load()-before)
+	}
+	mesh, err := s.mesh(t.Context())
+	if err != nil || len(mesh) != 1000 {
+		t.Fatalf("mesh: %d proxies, %v; want 1000", len(mesh), err)
 	}
 }
