@@ -66,6 +66,20 @@ func TestProxyStatusFromAnyReplica(t *testing.T) {
 	}
 	t.Logf("status writes for one proxy attaching and syncing: %d records in %d transactions", a.status.puts.Load(), a.status.txns.Load())
 
+	// apply --wait through b, which serves no proxy, waits for a's.
+	st, ans := newClient(t, b).apply(false, file{"svc.yaml", serviceYAML})
+	if st != http.StatusOK {
+		t.Fatalf("apply through b: %d %+v", st, ans)
+	}
+	status, body := newClient(t, b).do("GET", fmt.Sprintf("/v1/proxies?minRevision=%d&wait=10s", ans.Revision), nil)
+	var waited []push.ProxyStatus
+	if status != http.StatusOK || json.Unmarshal(body, &waited) != nil {
+		t.Fatalf("wait through b: %d %s", status, body)
+	}
+	if len(waited) != 1 || !waited[0].AtRevision(ans.Revision) {
+		t.Fatalf("wait through b for revision %d returned %+v; want inventory-1 at it", ans.Revision, waited)
+	}
+
 	// The proxy's lease ends (it died): its record goes with it.
 	if err := a.reg.Deregister(t.Context(), a.push.NodeLease("inventory-1")); err != nil {
 		t.Fatal(err)

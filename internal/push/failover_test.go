@@ -1,9 +1,12 @@
 package push
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
 
 // replicas starts n control planes sharing one registry and one snapshot
@@ -134,5 +137,45 @@ func TestParseAddrs(t *testing.T) {
 		if err != nil || strings.Join(got, " ") != strings.Join(tc.want, " ") {
 			t.Errorf("ParseAddrs(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
 		}
+	}
+}
+
+// TestAdoptChecksIdentity: a replica adopts a registration made through
+// another only for the identity that made it, looked up in the caller's
+// own namespace.
+func TestAdoptChecksIdentity(t *testing.T) {
+	ca := newTestCA(t)
+	envs := replicas(t, ca, 2)
+	om := rawWatch(t, envs[0], ca.workloadCert(t, spiffe("default", "orders"), time.Time{}))
+	if _, err := om.Register(context.Background(), &meshv1.RegisterRequest{Endpoint: endpoint("orders-1", "orders")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, id, want string
+	}{
+		{"another identity", spiffe("default", "payments"), "PermissionDenied"},
+		{"another namespace", spiffe("prod", "orders"), "not registered"},
+		{"the same identity", spiffe("default", "orders"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := rawWatch(t, envs[1], ca.workloadCert(t, tc.id, time.Time{}))
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			s, err := m.Watch(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = s.Send(&meshv1.WatchRequest{NodeId: "orders-1"})
+			snap, err := s.Recv()
+			if tc.want == "" {
+				if err != nil || snap.GetReplica() != "r2" {
+					t.Fatalf("adopted watch: %v, %v; want a snapshot from r2", snap, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v; want %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -371,9 +371,10 @@ func (s *Server) adopt(ctx context.Context, id string, p peerIdentity) (*nodeInf
 	case ep.GetIdentity() != p.id.String():
 		return nil, status.Errorf(codes.PermissionDenied, "node %q is registered as %s, not %s", id, ep.GetIdentity(), p.id)
 	}
-	now := time.Now()
+	// ttl 0: another replica granted the lease and knows its TTL; this
+	// one answers heart-beats without one.
 	n := &nodeInfo{id: id, service: ep.GetService(), namespace: ep.GetNamespace(), identity: p.id,
-		lease: lease, ttl: s.o.MaxTTL, lastSeen: now}
+		lease: lease, lastSeen: time.Now()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cur := s.nodes[id]; cur != nil {
