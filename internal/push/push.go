@@ -15,6 +15,17 @@
 // not advance it. AwaitRevision waits for every connected proxy to reach a
 // revision, which is what `trellis apply --wait` long-polls.
 //
+// Several replicas: a Client may be given every replica's address
+// (ParseAddrs); its one connection uses gRPC's pick_first over a static
+// resolver, so a broken stream or call moves it to the next replica that
+// answers. A replica that is asked to Watch (or Quota) for a node it has
+// not registered looks the node up in the shared registry (Registry.Lookup)
+// and adopts it, same lease, when the caller's identity is the one that
+// registered it; the proxy re-opens its Watch with the version it runs, so
+// an unchanged config is not resent. Each server names itself
+// (ServerOptions.Replica) in the Watch header, in every snapshot and in
+// ProxyStatus.Replica.
+//
 // What the server records for metrics goes through the Metrics interface
 // (internal/telemetry implements it); gauges are read from Counters and
 // SoonestCertExpiry at scrape time.
