@@ -2,6 +2,7 @@ package push
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -16,6 +17,25 @@ const resolverScheme = "trellis-control"
 // on the next call. The list is shuffled per connection so that proxies
 // given the same addresses spread over the replicas.
 const failoverServiceConfig = `{"loadBalancingConfig":[{"pick_first":{"shuffleAddressList":true}}]}`
+
+// orderedServiceConfig is pick_first over the list as given: a connection
+// that avoids one replica shuffles the others itself and puts that one last.
+const orderedServiceConfig = `{"loadBalancingConfig":[{"pick_first":{}}]}`
+
+// avoiding is addrs shuffled, with avoid (if present) moved to the end.
+func avoiding(addrs []string, avoid string) []string {
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		if a != avoid {
+			out = append(out, a)
+		}
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	if len(out) < len(addrs) {
+		out = append(out, avoid)
+	}
+	return out
+}
 
 // maxAddrs bounds the list a proxy accepts: a few replicas, not a mesh.
 const maxAddrs = 16

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,8 +47,9 @@ type Client struct {
 	o   ClientOptions
 	log *slog.Logger
 
-	// dial builds a connection; nil in tests that inject mesh directly.
-	dial func() (*grpc.ClientConn, error)
+	// dial builds a connection that tries avoid ("" none) last; nil in
+	// tests that inject mesh directly.
+	dial func(avoid string) (*grpc.ClientConn, error)
 
 	mu     sync.Mutex
 	cc     *grpc.ClientConn
@@ -87,7 +89,7 @@ func Dial(o ClientOptions) (*Client, error) {
 	}
 	c := &Client{o: o, log: o.Logger.With("component", "push-client"), resub: make(chan struct{}, 1)}
 	c.dial = c.newConn
-	cc, err := c.dial()
+	cc, err := c.dial("")
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +97,9 @@ func Dial(o ClientOptions) (*Client, error) {
 	return c, nil
 }
 
-func (c *Client) newConn() (*grpc.ClientConn, error) {
+// newConn builds a connection over every address; avoid, when set, is
+// tried last (see avoid).
+func (c *Client) newConn(avoid string) (*grpc.ClientConn, error) {
 	get := c.o.GetClientCertificate
 	tc := &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -116,6 +120,10 @@ func (c *Client) newConn() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("push: dial: %w", err)
 	}
+	serviceConfig := failoverServiceConfig
+	if avoid != "" {
+		addrs, serviceConfig = avoiding(addrs, avoid), orderedServiceConfig
+	}
 	// A resolver per connection: a redial builds a new one, and a static
 	// list needs no updates. Each address carries its own host as the TLS
 	// server name, as it would with one address as the target.
@@ -128,7 +136,7 @@ func (c *Client) newConn() (*grpc.ClientConn, error) {
 	r.InitialState(state)
 	cc, err := grpc.NewClient(resolverScheme+":///control",
 		grpc.WithResolvers(r),
-		grpc.WithDefaultServiceConfig(failoverServiceConfig),
+		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                clientPingEvery,
@@ -165,10 +173,58 @@ func (c *Client) current() (meshv1.MeshClient, uint64) {
 func (c *Client) redial(gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.replaceLocked(gen, "")
+}
+
+// avoid replaces connection generation gen with one that tries addr last:
+// the replica at addr answers but fails calls a healthy replica serves
+// (its store is unreachable), so the proxy moves to another before its
+// lease runs out. Concurrent callers for the same gen move once; with one
+// address there is nowhere to go.
+func (c *Client) avoid(gen uint64, peerAddr string) {
+	addrs, _ := ParseAddrs(c.o.Addr)
+	if len(addrs) < 2 {
+		return
+	}
+	addr := configuredAddr(addrs, peerAddr)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.log.Warn("control-plane replica fails requests; moving to another", "replica_addr", addr)
+	c.replaceLocked(gen, addr)
+}
+
+// configuredAddr is the address of addrs that peer (an IP:port a call went
+// to) was dialled from: itself, or the host:port whose host resolves to
+// peer's IP. Unresolved, it is peer itself, which avoiding then leaves out
+// of nothing (a plain reshuffle).
+func configuredAddr(addrs []string, peer string) string {
+	if slices.Contains(addrs, peer) {
+		return peer
+	}
+	pip, pport, err := net.SplitHostPort(peer)
+	if err != nil {
+		return peer
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, a := range addrs {
+		host, port, _ := net.SplitHostPort(a)
+		if port != pport {
+			continue
+		}
+		ips, err := net.DefaultResolver.LookupHost(ctx, host)
+		if err == nil && slices.Contains(ips, pip) {
+			return a
+		}
+	}
+	return peer
+}
+
+func (c *Client) replaceLocked(gen uint64, avoid string) {
 	if c.closed || gen != c.gen || c.dial == nil {
 		return
 	}
-	cc, err := c.dial()
+	cc, err := c.dial(avoid)
 	if err != nil {
 		c.log.Warn("redial failed", "err", err)
 		return
@@ -199,7 +255,7 @@ func (c *Client) Close() error {
 // connection of its own (so the handshake carries the certificate current
 // now), failing with ErrUnavailable (retry later) or ErrRejected.
 func (c *Client) Certify(ctx context.Context, token string, csr []byte, ns, sa string) (*meshv1.CertifyResponse, error) {
-	cc, err := c.newConn()
+	cc, err := c.newConn("")
 	if err != nil {
 		return nil, err
 	}

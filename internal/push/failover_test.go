@@ -2,7 +2,11 @@ package push
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +37,16 @@ func attachedTo(envs []*env, node string) *env {
 		}
 	}
 	return nil
+}
+
+// onlyLease is the lease of the one registration.
+func (r *fakeRegistry) onlyLease() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for l := range r.leases {
+		return l
+	}
+	return 0
 }
 
 func (r *fakeRegistry) heartbeats(lease int64) int {
@@ -67,10 +81,7 @@ func TestFailoverKeepsLeaseAndConfig(t *testing.T) {
 	if len(eps) != 1 {
 		t.Fatalf("endpoints = %d, want 1", len(eps))
 	}
-	var lease int64
-	for l := range first.reg.leases {
-		lease = l
-	}
+	lease := first.reg.onlyLease()
 
 	first.grpc.Stop() // abrupt: connections cut, listener closed
 	start := time.Now()
@@ -177,5 +188,76 @@ func TestAdoptChecksIdentity(t *testing.T) {
 				t.Fatalf("err = %v; want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// flakyRegistry fails heart-beats and registrations while fail is set, as
+// a replica whose store is unreachable does.
+type flakyRegistry struct {
+	*fakeRegistry
+	fail *atomic.Bool
+}
+
+func (f flakyRegistry) Heartbeat(ctx context.Context, lease int64) error {
+	if f.fail.Load() {
+		return errors.New("etcd: context deadline exceeded")
+	}
+	return f.fakeRegistry.Heartbeat(ctx, lease)
+}
+
+func (f flakyRegistry) Register(ctx context.Context, ep *meshv1.Endpoint, ttl time.Duration) (int64, time.Duration, error) {
+	if f.fail.Load() {
+		return 0, 0, errors.New("etcd: context deadline exceeded")
+	}
+	return f.fakeRegistry.Register(ctx, ep, ttl)
+}
+
+// TestFailoverFromReplicaThatCannotServe: a replica that is up but fails
+// heart-beats (its store is gone) is left for another before the lease
+// runs out; the lease carries on there.
+func TestFailoverFromReplicaThatCannotServe(t *testing.T) {
+	ca := newTestCA(t)
+	reg, snaps := newFakeRegistry(), newFakeSnapshots("v")
+	fails := []*atomic.Bool{{}, {}}
+	envs := make([]*env, 2)
+	for i := range envs {
+		envs[i] = startEnv(t, ca, "127.0.0.1:0", func(o *ServerOptions) {
+			o.Registry, o.Snapshots, o.Replica = flakyRegistry{reg, fails[i]}, snaps, fmt.Sprintf("r%d", i+1)
+		})
+		envs[i].reg, envs[i].snaps = reg, snaps
+	}
+	dialer := *envs[0]
+	dialer.addr = envs[0].addr + "," + envs[1].addr
+	p, _ := runProxy(t, &dialer, "orders-1", "orders", 100*time.Millisecond)
+	p.expect(t, "v0|orders.default")
+	var first *env
+	eventually(t, "a replica with the stream", func() bool { first = attachedTo(envs, "orders-1"); return first != nil })
+	lease := reg.onlyLease()
+
+	fails[slices.Index(envs, first)].Store(true)
+	eventually(t, "the proxy on the other replica", func() bool {
+		n := attachedTo(envs, "orders-1")
+		return n != nil && n != first
+	})
+	beats := reg.heartbeats(lease)
+	eventually(t, "heartbeats on the same lease", func() bool { return reg.heartbeats(lease) >= beats+3 })
+	if n, _, _ := reg.stats(); n != 1 {
+		t.Fatalf("registrations = %d, want 1", n)
+	}
+}
+
+func TestAvoidingPutsAddressLast(t *testing.T) {
+	addrs := []string{"a:1", "b:1", "c:1"}
+	for range 20 {
+		got := avoiding(addrs, "b:1")
+		if len(got) != 3 || got[2] != "b:1" || !slices.Contains(got, "a:1") || !slices.Contains(got, "c:1") {
+			t.Fatalf("avoiding b = %v", got)
+		}
+	}
+	if got := avoiding(addrs, "z:1"); len(got) != 3 {
+		t.Fatalf("avoiding an unknown address = %v, want all three", got)
+	}
+	if got := configuredAddr([]string{"localhost:1", "127.0.0.2:2"}, "127.0.0.1:1"); got != "localhost:1" {
+		t.Fatalf("configuredAddr = %q, want localhost:1 (resolved)", got)
 	}
 }

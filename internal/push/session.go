@@ -9,7 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -143,8 +145,10 @@ func (s *session) register(ctx context.Context) (int64, error) {
 	for attempt := 0; ; attempt++ {
 		mesh, gen := s.c.current()
 		rctx, cancel := context.WithTimeout(ctx, s.rpcTimeout())
-		resp, err := mesh.Register(rctx, &meshv1.RegisterRequest{Endpoint: s.ep, TtlSeconds: s.ttl})
+		var pr peer.Peer
+		resp, err := mesh.Register(rctx, &meshv1.RegisterRequest{Endpoint: s.ep, TtlSeconds: s.ttl}, grpc.Peer(&pr))
 		cancel()
+		s.replicaFailed(gen, &pr, err)
 		if err == nil {
 			// A pending re-register request is satisfied by this one.
 			select {
@@ -192,8 +196,10 @@ func (s *session) leaseLoop(ctx context.Context, lease int64) error {
 		case <-t.C:
 			mesh, gen := s.c.current()
 			hctx, cancel := context.WithTimeout(ctx, s.rpcTimeout())
-			_, err := mesh.Heartbeat(hctx, &meshv1.HeartbeatRequest{LeaseId: lease})
+			var pr peer.Peer
+			_, err := mesh.Heartbeat(hctx, &meshv1.HeartbeatRequest{LeaseId: lease}, grpc.Peer(&pr))
 			cancel()
+			s.replicaFailed(gen, &pr, err)
 			switch status.Code(err) {
 			case codes.OK:
 				if failing {
@@ -257,6 +263,18 @@ func (s *session) watchLoop(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// replicaFailed moves the client off a replica that answered a unary call
+// with UNAVAILABLE: it is up but cannot serve (its store is unreachable),
+// and staying would let the lease lapse while other replicas are fine. A
+// call that never reached a replica (no peer) is gRPC's own failover to
+// handle.
+func (s *session) replicaFailed(gen uint64, pr *peer.Peer, err error) {
+	if status.Code(err) != codes.Unavailable || pr.Addr == nil {
+		return
+	}
+	s.c.avoid(gen, pr.Addr.String())
 }
 
 // attached records the replica a new Watch stream is on, logging a move.
