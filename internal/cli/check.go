@@ -257,7 +257,12 @@ func health(ctx context.Context, env checkEnv) []checkSection {
 	cp.lines = append(cp.lines, pass("control plane answers at %s", c.base))
 	cp.lines = append(cp.lines, checkMetrics(ctx, env.dataDir), checkBootstrap(env.dataDir), checkClock(env), checkSkew(env.now(), hdr))
 	cp.lines = append(cp.lines, checkCA(env)...)
-	return []checkSection{cp, {title: "proxies", lines: checkProxies(list, env.now())}}
+	sections := []checkSection{cp, {title: "proxies", lines: checkProxies(list, env.now())}}
+	var reps replicaList
+	if err := c.do(ctx, "GET", "/v1/replicas", nil, &reps); err == nil {
+		sections = append(sections, checkSection{title: "replicas", lines: checkReplicas(reps.Replicas, list)})
+	}
+	return sections
 }
 
 // checkBootstrap flags dev mode, in which the shared bootstrap-token

@@ -175,3 +175,23 @@ func TestCheckHealthLive(t *testing.T) {
 		t.Errorf("no control plane: exit %d\n%s", code, o.String())
 	}
 }
+
+// TestCheckReplicasGolden: proxies counted per replica; a replica with none
+// warns; a proxy whose replica is gone fails; no leader fails.
+func TestCheckReplicasGolden(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	proxies := proxyFixture(now) // api on cp1, web-2 on cp2, web-3 on none yet
+	proxies = append(proxies, push.ProxyStatus{NodeID: "web-default-4", Replica: "cp9", State: push.StateSynced})
+	reps := []control.Replica{{ID: "cp1", Leader: true}, {ID: "cp2"}, {ID: "cp3"}}
+	var buf bytes.Buffer
+	failed := printChecks(&buf, []checkSection{{title: "replicas", lines: checkReplicas(reps, proxies)}})
+	if failed != 1 {
+		t.Errorf("%d failed, want 1 (a proxy on a stopped replica)", failed)
+	}
+	buf.WriteString("\n")
+	leaderless := []control.Replica{{ID: "cp1"}, {ID: "cp2"}}
+	if failed := printChecks(&buf, []checkSection{{title: "replicas", lines: checkReplicas(leaderless, proxies[:2])}}); failed != 1 {
+		t.Errorf("no leader: %d failed, want 1", failed)
+	}
+	golden(t, "check-replicas", buf.Bytes())
+}

@@ -105,6 +105,13 @@ func TestDiscoverControl(t *testing.T) {
 	if o.ControlAddr != "127.0.0.1:4000" {
 		t.Errorf("ControlAddr = %q; want control.json's grpc_addr", o.ControlAddr)
 	}
+	// A replica's control.json naming every replica: the proxy gets them all.
+	os.WriteFile(filepath.Join(dir, "control.json"), []byte(`{"grpc_addr":"127.0.0.1:4000","grpc_replicas":["127.0.0.1:4000","127.0.0.1:5000"],"admin_addr":"127.0.0.1:4001"}`), 0o644)
+	o = sidecar.Options{}
+	discoverControl(dir, &o)
+	if o.ControlAddr != "127.0.0.1:4000,127.0.0.1:5000" {
+		t.Errorf("ControlAddr = %q; want control.json's grpc_replicas", o.ControlAddr)
+	}
 	o = sidecar.Options{ControlAddr: "10.0.0.1:1", CAFile: "/x", TokenFile: "/y"}
 	discoverControl(dir, &o)
 	if o.ControlAddr != "10.0.0.1:1" || o.CAFile != "/x" || o.TokenFile != "/y" {
@@ -228,9 +235,9 @@ func TestProxyStatusTableGolden(t *testing.T) {
 // with an expired certificate).
 func proxyFixture(now time.Time) []push.ProxyStatus {
 	return []push.ProxyStatus{
-		{NodeID: "api-default-1", Service: "api", Namespace: "default", Identity: "spiffe://trellis.local/ns/default/sa/api", SentVersion: "fedcba", SentRevision: 12,
+		{NodeID: "api-default-1", Replica: "cp1", Service: "api", Namespace: "default", Identity: "spiffe://trellis.local/ns/default/sa/api", SentVersion: "fedcba", SentRevision: 12,
 			State: push.StateNacked, Error: "bad regex", CertExpiry: now.Add(20 * time.Hour), ConnectedAt: now.Add(-time.Hour)},
-		{NodeID: "web-default-2", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced},
+		{NodeID: "web-default-2", Replica: "cp2", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced},
 		{NodeID: "web-default-3", Service: "web", Namespace: "default", AckedVersion: "0123456789abcdef", Revision: 1234567, State: push.StateSynced,
 			CertExpiry: now.Add(-time.Hour), LastAck: now.Add(-time.Minute)},
 	}

@@ -33,6 +33,8 @@ The control plane logs a warning at start and 'trellis check' flags it.`,
 		Example: `  trellis control
   trellis control --data-dir /var/lib/trellis --grpc-addr 127.0.0.1:15010
   trellis control --store etcd --etcd-endpoints http://127.0.0.1:2379
+  trellis control --store etcd --etcd-endpoints http://10.0.0.5:2379 --ca-seal-key /etc/trellis/seal.key \
+    --replica-id cp1 --grpc-addr 10.0.0.1:15010 --allow-remote   # one of three replicas
   trellis control --dns-addr 127.0.0.1:5353 --dns-forward 127.0.0.53`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -66,6 +68,10 @@ The control plane logs a warning at start and 'trellis check' flags it.`,
 	f.StringVar(&o.DNSAddr, "dns-addr", "", `DNS server address, UDP and TCP (default 127.0.0.1:8600, skipped with a warning if busy); "off" disables`)
 	f.DurationVar(&o.DNSTTL, "dns-ttl", 5*time.Second, "TTL of DNS answers, negative ones included (whole seconds)")
 	f.StringVar(&o.DNSForward, "dns-forward", "", "upstream resolver (host[:port]) for names outside the mesh; empty answers them REFUSED")
+	f.StringSliceVar(&o.ReplicaGRPCAddrs, "replica-grpc-addrs", nil, "every replica's gRPC address (this one's included), written to control.json so proxies discovering the control plane from --data-dir fail over among them")
+	f.DurationVar(&o.LeaderTTL, "leader-ttl", control.DefaultLeaderTTL, "with --store etcd: lease of this replica's candidacy in the leader election; a dead leader is replaced within it")
+	f.DurationVar(&o.CompactionInterval, "etcd-compaction-interval", control.DefaultCompactionInterval, "with --store etcd: the leader compacts etcd's history to the revision of one interval ago, this often; negative: never (etcd compacts itself)")
+	f.StringVar(&o.ReplicaID, "replica-id", "", "name of this replica in snapshots, proxy-status and the leader election (default hostname:grpc-port)")
 	f.StringVar(&o.DefaultAuthorization, "default-authorization", control.DefaultAuthorizationAllow, "decision for requests to a workload no ALLOW AuthorizationPolicy applies to: allow or deny")
 	f.BoolVar(&o.XDSOff, "no-xds", false, "serve no xDS (ADS for proxyless gRPC and Envoy) on the gRPC port")
 	sf.register(f)

@@ -55,6 +55,7 @@ ports (and --upstream ports); 127.0.0.1:0 picks a free one, printed in the
 'proxy ready' log line. A port already taken fails at once, before the
 proxy asks for a certificate, naming the flag to change.`,
 		Example: `  trellis proxy --service orders --app 127.0.0.1:8080 --upstream payments=127.0.0.1:9001
+  trellis proxy --service orders --app 127.0.0.1:8080 --control cp1:15010,cp2:15010,cp3:15010   # three replicas
   trellis proxy --service inventory --labels version=v2 --app 127.0.0.1:8082 -- ./inventory
   trellis proxy --service payments --app 127.0.0.1:9090 \
     --admin 127.0.0.1:0 --outbound 127.0.0.1:0 --inbound 127.0.0.1:0 -- ./payments   # a second proxy on this host
@@ -109,7 +110,7 @@ proxy asks for a certificate, naming the flag to change.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.ControlAddr, "control", "", "control plane gRPC address (default: from <data-dir>/control.json, else 127.0.0.1:15010)")
+	f.StringVar(&o.ControlAddr, "control", "", "control plane gRPC address, or several replicas' as host:port,host:port,... (the proxy watches one and fails over to the next; default: grpc_replicas or grpc_addr from <data-dir>/control.json, else 127.0.0.1:15010)")
 	f.StringVar(&o.CAFile, "ca-file", "", "PEM roots that sign the control plane's certificate (default <data-dir>/ca.crt)")
 	f.StringVar(&o.TokenFile, "token-file", "", "join token file, from 'trellis token create' (default <data-dir>/bootstrap-token, dev mode only)")
 	f.StringVar(&o.TrustDomain, "trust-domain", "trellis.local", "SPIFFE trust domain")
@@ -150,6 +151,9 @@ func discoverControl(dataDir string, o *sidecar.Options) {
 	o.ControlAddr = control.DefaultGRPCAddr
 	if addrs, err := control.ReadAddrs(dataDir); err == nil {
 		o.ControlAddr = addrs.GRPC
+		if len(addrs.Replicas) > 0 {
+			o.ControlAddr = strings.Join(addrs.Replicas, ",")
+		}
 	}
 }
 

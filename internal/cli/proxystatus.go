@@ -23,11 +23,13 @@ proxy runs (acknowledged; the one sent if none was); REVISION is the store
 revision it is current at: that of its last acknowledged config, or later
 when writes since left its config unchanged. STATE is SYNCED, STALE (sent,
 not yet acknowledged), NACKED (refused; it keeps its last good config; see
-ERROR) or PENDING.
+ERROR) or PENDING. REPLICA is the control-plane replica the proxy's watch
+is attached to (its --replica-id); every replica lists every proxy of the
+mesh, whichever it is attached to.
 
 -o wide adds each proxy's endpoint: its inbound address and labels, so two
 replicas of one service can be told apart. -o json and -o yaml print the
-admin API's fields (nodeId, service, namespace, identity, sentVersion,
+admin API's fields (nodeId, replica, service, namespace, identity, sentVersion,
 ackedVersion, revision, sentRevision, state, error, certExpiry,
 connectedAt, lastAck).
 
@@ -106,7 +108,7 @@ func printProxyStatus(w io.Writer, list []push.ProxyStatus, eps []endpoint, now 
 		byID[e.ID] = e
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
-	header := "PROXY\tSERVICE\tVERSION\tREVISION\tSTATE\tCERT EXPIRES\tERROR"
+	header := "PROXY\tSERVICE\tVERSION\tREVISION\tSTATE\tREPLICA\tCERT EXPIRES\tERROR"
 	if wide {
 		header += "\tADDRESS\tLABELS"
 	}
@@ -116,8 +118,8 @@ func printProxyStatus(w io.Writer, list []push.ProxyStatus, eps []endpoint, now 
 		if version == "" {
 			version = p.SentVersion
 		}
-		fmt.Fprintf(tw, "%s\t%s.%s\t%s\t%s\t%s\t%s\t%s", p.NodeID, p.Service, p.Namespace, short(version, 12), revisionText(p.Revision),
-			p.State, expiryText(p.CertExpiry, now), p.Error)
+		fmt.Fprintf(tw, "%s\t%s.%s\t%s\t%s\t%s\t%s\t%s\t%s", p.NodeID, p.Service, p.Namespace, short(version, 12), revisionText(p.Revision),
+			p.State, orDash(p.Replica), expiryText(p.CertExpiry, now), p.Error)
 		if wide {
 			e := byID[p.NodeID]
 			fmt.Fprintf(tw, "\t%s\t%s", orDash(e.Address), labelText(e.Labels))

@@ -56,8 +56,12 @@ type adminDeps struct {
 	awaitRevision func(ctx context.Context, rev int64) []push.ProxyStatus
 	endpoints     func(context.Context) ([]*meshv1.Endpoint, error)
 	xdsClients    func() []xds.ClientStatus
-	snapshots     snapshotSource // authz check (authcheck.go)
-	rotator       caRotator      // CA rotation (ca_rotation.go)
+	rotator       caRotator // CA rotation (ca_rotation.go)
+	// replicas lists the control-plane replicas (Leader.Replicas); self
+	// is this one's id.
+	replicas  func(context.Context) ([]Replica, error)
+	self      string
+	snapshots snapshotSource // authz check (authcheck.go)
 	// caughtUp blocks until the mesh view has every write committed
 	// before the call, so a check right after an apply sees it.
 	caughtUp func(ctx context.Context) error
@@ -90,6 +94,9 @@ func newAdmin(d adminDeps) *admin {
 	if d.logger == nil {
 		d.logger = slog.New(slog.DiscardHandler)
 	}
+	if d.replicas == nil {
+		d.replicas = func(context.Context) ([]Replica, error) { return []Replica{{ID: d.self, Leader: true}}, nil }
+	}
 	if d.awaitRevision == nil {
 		d.awaitRevision = func(context.Context, int64) []push.ProxyStatus { return d.statuses() }
 	}
@@ -104,13 +111,14 @@ func newAdmin(d adminDeps) *admin {
 	mux.HandleFunc("GET /v1/proxies", a.proxies)
 	mux.HandleFunc("GET /v1/endpoints", a.listEndpoints)
 	mux.HandleFunc("GET /v1/xds-clients", a.listXDSClients)
+	mux.HandleFunc("GET /v1/replicas", a.listReplicas)
 	a.tokenRoutes(mux)
 	a.caRoutes(mux)
 	mux.HandleFunc("POST /v1/authz/check", a.authzCheck)
 	mux.HandleFunc("GET /v1/tap/{namespace}/{service}", a.tap)
 	mux.HandleFunc("GET /v1/stats", a.statsQuery)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/tokens, /v1/audit, /v1/stats, /v1/tap/<namespace>/<service>)", r.Method, truncate(r.URL.Path, 256)))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/replicas, /v1/tokens, /v1/audit, /v1/stats, /v1/tap/<namespace>/<service>)", r.Method, truncate(r.URL.Path, 256)))
 	})
 	a.handler = a.authenticate(mux)
 	return a

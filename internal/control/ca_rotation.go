@@ -29,7 +29,7 @@ func (f fleet) Proxies(ctx context.Context) ([]ca.FleetProxy, error) {
 		return nil, err
 	}
 	byNode := map[string]ca.FleetProxy{}
-	for _, st := range f.c.push.Statuses() {
+	for _, st := range f.c.proxyStatuses() { // every replica's, on a shared store
 		p := ca.FleetProxy{Node: st.NodeID, Connected: true}
 		// Statuses hold what the proxy sent, hex-encoded; a value that
 		// does not decode compares unequal, as it should.
@@ -69,7 +69,12 @@ func (c *Control) runRotation(ctx context.Context) {
 		return
 	}
 	c.wg.Go(func() { c.followCA(ctx) })
-	c.wg.Go(func() { c.rotator.Run(ctx, rotationStepEvery) })
+	// Steps run on the leader only (every step is compare-and-set, so a
+	// deposed leader finishing one is harmless), from the statuses of the
+	// proxies of every replica.
+	c.wg.Go(func() {
+		c.leader.Run(ctx, "ca-rotation", func(term context.Context) { c.rotator.Run(term, rotationStepEvery) })
+	})
 }
 
 // followCA watches /ca/ and reloads the CA on each change, re-listing

@@ -110,6 +110,23 @@ type Options struct {
 	// Stop); nil opens the store Stop closes: etcd if Etcd.Endpoints are
 	// set, else the bbolt file in DataDir.
 	Store store.Store
+	// ReplicaGRPCAddrs are every replica's gRPC address, this one's
+	// included, written to control.json (grpc_replicas) for proxies that
+	// discover the control plane from the data dir.
+	ReplicaGRPCAddrs []string
+	// LeaderTTL is the leader election's session lease on etcd (default
+	// 10s): a dead leader is replaced within it.
+	LeaderTTL time.Duration
+	// CompactionInterval: the leader compacts etcd's history every
+	// interval, keeping one interval of it (default 5m; negative: never,
+	// when etcd compacts itself with --auto-compaction-retention).
+	CompactionInterval time.Duration
+	// StatusFlush: how often a replica on etcd writes the statuses of its
+	// proxies that changed, for the other replicas (default 1s).
+	StatusFlush time.Duration
+	// ReplicaID names this replica in snapshots, proxy-status and the
+	// leader election (default hostname:grpc-port).
+	ReplicaID string
 	// Etcd connects the control plane to etcd instead of bbolt, so several
 	// replicas can share one store (Logger defaults to Options.Logger).
 	Etcd   store.EtcdOptions
@@ -163,6 +180,9 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("%s: %q is not a loopback address; use 127.0.0.1, ::1 or localhost, or pass --allow-remote to listen beyond this machine", a.field, a.addr)
 		}
 	}
+	if err := o.validateReplica(); err != nil {
+		return err
+	}
 	return o.validateDNS()
 }
 
@@ -182,19 +202,25 @@ type Control struct {
 	// the same store untimed; ownStore: Stop closes raw.
 	st, raw  store.Store
 	ownStore bool
-	meter    *telemetry.ControlMetrics
-	ca       *ca.CA
-	rotator  *ca.Rotator
-	reg      *registry.Registry
-	view     *view.View
-	comp     *compiler.Compiler
-	push     *push.Server
-	grpc     *grpc.Server
-	http     *http.Server
-	admin    *admin
-	tokens   *tokenStore
-	grpcLn   net.Listener
-	adminLn  net.Listener
+	// replica is this replica's id (Options.ReplicaID or its default).
+	replica string
+	// leader is this replica's standing in the election; status shares
+	// proxy statuses with the other replicas (nil with bbolt: one replica).
+	leader  *Leader
+	status  *statusShare
+	meter   *telemetry.ControlMetrics
+	ca      *ca.CA
+	rotator *ca.Rotator
+	reg     *registry.Registry
+	view    *view.View
+	comp    *compiler.Compiler
+	push    *push.Server
+	grpc    *grpc.Server
+	http    *http.Server
+	admin   *admin
+	tokens  *tokenStore
+	grpcLn  net.Listener
+	adminLn net.Listener
 	// metricsSrv serves /metrics on metricsLn, plain HTTP.
 	metricsSrv *http.Server
 	metricsLn  net.Listener
@@ -310,6 +336,16 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	}
 	taps := tap.NewHub(o.Logger)
 	statsStore := stats.NewStore(nil)
+	if c.grpcLn, err = net.Listen("tcp", o.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("control: grpc listener: %w", err)
+	}
+	if c.adminLn, err = net.Listen("tcp", o.AdminAddr); err != nil {
+		return nil, fmt.Errorf("control: admin listener: %w", err)
+	}
+	if c.metricsLn, err = net.Listen("tcp", o.MetricsAddr); err != nil {
+		return nil, fmt.Errorf("control: metrics listener: %w", err)
+	}
+	c.replica = replicaID(o.ReplicaID, c.grpcLn.Addr())
 	c.push = push.NewServer(push.ServerOptions{
 		TrustDomain: td,
 		ValidToken:  push.TokenValidator(devToken),
@@ -325,18 +361,10 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		Quota:       quota.NewAllocator(quota.AllocatorOptions{}),
 		Tap:         taps,
 		Stats:       statsStore,
+		Replica:     c.replica,
 		Logger:      o.Logger,
 	})
 
-	if c.grpcLn, err = net.Listen("tcp", o.GRPCAddr); err != nil {
-		return nil, fmt.Errorf("control: grpc listener: %w", err)
-	}
-	if c.adminLn, err = net.Listen("tcp", o.AdminAddr); err != nil {
-		return nil, fmt.Errorf("control: admin listener: %w", err)
-	}
-	if c.metricsLn, err = net.Listen("tcp", o.MetricsAddr); err != nil {
-		return nil, fmt.Errorf("control: metrics listener: %w", err)
-	}
 	if err := c.startDNS(); err != nil {
 		return nil, err
 	}
@@ -348,7 +376,10 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 	c.cancel = cancel
 	c.wg.Go(func() { c.view.Run(runCtx) })
 	c.wg.Go(func() { c.comp.Run(runCtx) })
-	c.runRotation(runCtx)
+	if err := c.startReplication(runCtx); err != nil {
+		return nil, err
+	}
+	c.runRotation(runCtx) // under the leader startReplication elected
 
 	c.grpc = grpc.NewServer(push.GRPCServerOptions(tlsConfig)...)
 	c.push.Register(c.grpc)
@@ -369,8 +400,10 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		applier:       apply.New(auditingStore{c.st}, apply.Options{Logger: o.Logger}),
 		token:         adminToken,
 		tokens:        tokens,
-		statuses:      c.push.Statuses,
-		awaitRevision: c.push.AwaitRevision,
+		statuses:      c.proxyStatuses,
+		awaitRevision: c.awaitRevision,
+		replicas:      c.leader.Replicas,
+		self:          c.replica,
 		endpoints:     c.reg.Endpoints,
 		xdsClients:    c.xdsClients,
 		snapshots:     c.comp,
@@ -494,7 +527,7 @@ func countResources(st *view.State) map[string]int {
 }
 
 func (c *Control) addrs() Addrs {
-	return Addrs{GRPC: c.grpcLn.Addr().String(), Admin: c.adminLn.Addr().String(), Metrics: c.metricsLn.Addr().String(),
+	return Addrs{GRPC: c.grpcLn.Addr().String(), Replicas: c.o.ReplicaGRPCAddrs, Admin: c.adminLn.Addr().String(), Metrics: c.metricsLn.Addr().String(),
 		DNS: c.DNSAddr(), InsecureBootstrapToken: c.o.InsecureBootstrapToken}
 }
 
@@ -622,6 +655,10 @@ func loadOrCreateToken(path string) (string, error) {
 type Addrs struct {
 	GRPC  string `json:"grpc_addr"`
 	Admin string `json:"admin_addr"`
+	// Replicas are every replica's gRPC address (--replica-grpc-addrs),
+	// when several share one store: a proxy that discovers the control
+	// plane from this file is given them all and fails over among them.
+	Replicas []string `json:"grpc_replicas,omitempty"`
 	// Metrics is where /metrics is served; absent in files written by
 	// older versions.
 	Metrics string `json:"metrics_addr,omitempty"`
@@ -701,6 +738,14 @@ func (a registryAdapter) SetHealth(ctx context.Context, lease int64, healthy boo
 		return fmt.Errorf("%w: %w", push.ErrLeaseNotFound, err)
 	}
 	return err
+}
+
+func (a registryAdapter) Lookup(ctx context.Context, namespace, id string) (*meshv1.Endpoint, int64, error) {
+	ep, lease, err := a.r.Lookup(ctx, namespace, id)
+	if errors.Is(err, registry.ErrLeaseExpired) {
+		return nil, 0, fmt.Errorf("%w: %w", push.ErrLeaseNotFound, err)
+	}
+	return ep, lease, err
 }
 
 // snapshotsAdapter feeds push nodes to the compiler.

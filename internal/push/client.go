@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -16,6 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
@@ -23,7 +27,11 @@ import (
 
 // ClientOptions configure Dial.
 type ClientOptions struct {
-	// Addr is the control plane's gRPC host:port.
+	// Addr is the control plane's gRPC host:port, or several replicas'
+	// as a comma-separated list (host:port,host:port): the connection uses
+	// one at a time (gRPC's pick_first over a static resolver, the list
+	// shuffled per proxy so proxies spread over the replicas) and moves to
+	// the next one that answers when it breaks.
 	Addr string
 	// RootCAs verify the control plane's certificate (from --ca-file).
 	RootCAs *x509.CertPool
@@ -43,8 +51,9 @@ type Client struct {
 	o   ClientOptions
 	log *slog.Logger
 
-	// dial builds a connection; nil in tests that inject mesh directly.
-	dial func() (*grpc.ClientConn, error)
+	// dial builds a connection that tries avoid ("" none) last; nil in
+	// tests that inject mesh directly.
+	dial func(avoid string) (*grpc.ClientConn, error)
 
 	mu     sync.Mutex
 	cc     *grpc.ClientConn
@@ -54,12 +63,27 @@ type Client struct {
 
 	// resub (buffer 1) asks the running watch to resend subscriptions.
 	resub chan struct{}
+	// replica is the control-plane replica the Watch is attached to.
+	replica atomic.Pointer[string]
+}
+
+// Replica names the control-plane replica the session's Watch stream is
+// attached to ("" before the first stream, or from a server that does not
+// say).
+func (c *Client) Replica() string {
+	if r := c.replica.Load(); r != nil {
+		return *r
+	}
+	return ""
 }
 
 // Dial prepares a client; it connects lazily, on the first RPC.
 func Dial(o ClientOptions) (*Client, error) {
 	if o.Addr == "" {
 		return nil, errors.New("push: dial: address required")
+	}
+	if _, err := ParseAddrs(o.Addr); err != nil {
+		return nil, fmt.Errorf("push: dial: %w", err)
 	}
 	if o.RootCAs == nil {
 		return nil, errors.New("push: dial: root CAs required to verify the control plane (--ca-file)")
@@ -69,7 +93,7 @@ func Dial(o ClientOptions) (*Client, error) {
 	}
 	c := &Client{o: o, log: o.Logger.With("component", "push-client"), resub: make(chan struct{}, 1)}
 	c.dial = c.newConn
-	cc, err := c.dial()
+	cc, err := c.dial("")
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +101,9 @@ func Dial(o ClientOptions) (*Client, error) {
 	return c, nil
 }
 
-func (c *Client) newConn() (*grpc.ClientConn, error) {
+// newConn builds a connection over every address; avoid, when set, is
+// tried last (see avoid).
+func (c *Client) newConn(avoid string) (*grpc.ClientConn, error) {
 	get := c.o.GetClientCertificate
 	tc := &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -100,7 +126,27 @@ func (c *Client) newConn() (*grpc.ClientConn, error) {
 		tc.InsecureSkipVerify = true //nolint:gosec // verified in VerifyConnection
 		tc.VerifyConnection = c.verifyServer
 	}
-	cc, err := grpc.NewClient(c.o.Addr,
+	addrs, err := ParseAddrs(c.o.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("push: dial: %w", err)
+	}
+	serviceConfig := failoverServiceConfig
+	if avoid != "" {
+		addrs, serviceConfig = avoiding(addrs, avoid), orderedServiceConfig
+	}
+	// A resolver per connection: a redial builds a new one, and a static
+	// list needs no updates. Each address carries its own host as the TLS
+	// server name, as it would with one address as the target.
+	r := manual.NewBuilderWithScheme(resolverScheme)
+	state := resolver.State{Addresses: make([]resolver.Address, len(addrs))}
+	for i, a := range addrs {
+		host, _, _ := net.SplitHostPort(a)
+		state.Addresses[i] = resolver.Address{Addr: a, ServerName: host}
+	}
+	r.InitialState(state)
+	cc, err := grpc.NewClient(resolverScheme+":///control",
+		grpc.WithResolvers(r),
+		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                clientPingEvery,
@@ -138,25 +184,32 @@ func (c *Client) verifyServer(cs tls.ConnectionState) error {
 		inter.AddCert(ic)
 	}
 	// ServerName is the SNI sent, empty for an IP address: then the
-	// address dialled is the name to check.
-	name := cs.ServerName
-	if name == "" {
-		if host, _, err := net.SplitHostPort(c.o.Addr); err == nil {
-			name = host
+	// connection does not say which of the replicas' addresses it dialled,
+	// and a certificate for any of them will do.
+	names := []string{cs.ServerName}
+	if cs.ServerName == "" {
+		names = names[:0]
+		addrs, _ := ParseAddrs(c.o.Addr)
+		for _, a := range addrs {
+			if host, _, err := net.SplitHostPort(a); err == nil && host != "" {
+				names = append(names, host)
+			}
 		}
 	}
-	if name == "" {
+	if len(names) == 0 {
 		return errors.New("push: control plane address has no host to verify")
 	}
-	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
-		DNSName:       name,
-		Roots:         roots,
-		Intermediates: inter,
-	})
-	if err != nil {
-		return fmt.Errorf("push: control plane certificate: %w", err)
+	var err error
+	for _, name := range names {
+		if _, err = cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+			DNSName:       name,
+			Roots:         roots,
+			Intermediates: inter,
+		}); err == nil {
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("push: control plane certificate: %w", err)
 }
 
 // current returns the connection's client and its generation.
@@ -173,10 +226,58 @@ func (c *Client) current() (meshv1.MeshClient, uint64) {
 func (c *Client) redial(gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.replaceLocked(gen, "")
+}
+
+// avoid replaces connection generation gen with one that tries addr last:
+// the replica at addr answers but fails calls a healthy replica serves
+// (its store is unreachable), so the proxy moves to another before its
+// lease runs out. Concurrent callers for the same gen move once; with one
+// address there is nowhere to go.
+func (c *Client) avoid(gen uint64, peerAddr string) {
+	addrs, _ := ParseAddrs(c.o.Addr)
+	if len(addrs) < 2 {
+		return
+	}
+	addr := configuredAddr(addrs, peerAddr)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.log.Warn("control-plane replica fails requests; moving to another", "replica_addr", addr)
+	c.replaceLocked(gen, addr)
+}
+
+// configuredAddr is the address of addrs that peer (an IP:port a call went
+// to) was dialled from: itself, or the host:port whose host resolves to
+// peer's IP. Unresolved, it is peer itself, which avoiding then leaves out
+// of nothing (a plain reshuffle).
+func configuredAddr(addrs []string, peer string) string {
+	if slices.Contains(addrs, peer) {
+		return peer
+	}
+	pip, pport, err := net.SplitHostPort(peer)
+	if err != nil {
+		return peer
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, a := range addrs {
+		host, port, _ := net.SplitHostPort(a)
+		if port != pport {
+			continue
+		}
+		ips, err := net.DefaultResolver.LookupHost(ctx, host)
+		if err == nil && slices.Contains(ips, pip) {
+			return a
+		}
+	}
+	return peer
+}
+
+func (c *Client) replaceLocked(gen uint64, avoid string) {
 	if c.closed || gen != c.gen || c.dial == nil {
 		return
 	}
-	cc, err := c.dial()
+	cc, err := c.dial(avoid)
 	if err != nil {
 		c.log.Warn("redial failed", "err", err)
 		return
@@ -207,7 +308,7 @@ func (c *Client) Close() error {
 // connection of its own (so the handshake carries the certificate current
 // now), failing with ErrUnavailable (retry later) or ErrRejected.
 func (c *Client) Certify(ctx context.Context, token string, csr []byte, ns, sa string) (*meshv1.CertifyResponse, error) {
-	cc, err := c.newConn()
+	cc, err := c.newConn("")
 	if err != nil {
 		return nil, err
 	}

@@ -90,10 +90,11 @@ type fakeRegistry struct {
 	registers int
 	// healthWrites counts SetHealth calls.
 	healthWrites int
+	beats        map[int64]int // heartbeats per lease
 }
 
 func newFakeRegistry() *fakeRegistry {
-	return &fakeRegistry{next: 100, leases: map[int64]*meshv1.Endpoint{}, ttls: map[int64]time.Duration{}}
+	return &fakeRegistry{next: 100, leases: map[int64]*meshv1.Endpoint{}, ttls: map[int64]time.Duration{}, beats: map[int64]int{}}
 }
 
 func (r *fakeRegistry) Register(_ context.Context, ep *meshv1.Endpoint, ttl time.Duration) (int64, time.Duration, error) {
@@ -112,6 +113,7 @@ func (r *fakeRegistry) Heartbeat(_ context.Context, lease int64) error {
 	if _, ok := r.leases[lease]; !ok {
 		return fmt.Errorf("registry: lease %d: %w", lease, ErrLeaseNotFound)
 	}
+	r.beats[lease]++
 	return nil
 }
 
@@ -127,6 +129,17 @@ func (r *fakeRegistry) SetHealth(_ context.Context, lease int64, healthy bool, r
 	r.leases[lease] = ep
 	r.healthWrites++
 	return nil
+}
+
+func (r *fakeRegistry) Lookup(_ context.Context, ns, id string) (*meshv1.Endpoint, int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for l, ep := range r.leases {
+		if ep.GetNamespace() == ns && ep.GetId() == id {
+			return ep, l, nil
+		}
+	}
+	return nil, 0, fmt.Errorf("registry: %s/%s: %w", ns, id, ErrLeaseNotFound)
 }
 
 func (r *fakeRegistry) expireAll() {

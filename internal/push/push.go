@@ -15,6 +15,17 @@
 // not advance it. AwaitRevision waits for every connected proxy to reach a
 // revision, which is what `trellis apply --wait` long-polls.
 //
+// Several replicas: a Client may be given every replica's address
+// (ParseAddrs); its one connection uses gRPC's pick_first over a static
+// resolver, so a broken stream or call moves it to the next replica that
+// answers. A replica that is asked to Watch (or Quota) for a node it has
+// not registered looks the node up in the shared registry (Registry.Lookup)
+// and adopts it, same lease, when the caller's identity is the one that
+// registered it; the proxy re-opens its Watch with the version it runs, so
+// an unchanged config is not resent. Each server names itself
+// (ServerOptions.Replica) in the Watch header, in every snapshot and in
+// ProxyStatus.Replica.
+//
 // What the server records for metrics goes through the Metrics interface
 // (internal/telemetry implements it); gauges are read from Counters and
 // SoonestCertExpiry at scrape time.
@@ -71,6 +82,12 @@ type Registry interface {
 	// SetHealth records the proxy's verdict on its app on the lease's
 	// endpoint (wrapping ErrLeaseNotFound when the lease expired).
 	SetHealth(ctx context.Context, lease int64, healthy bool, reason string) error
+	// Lookup returns the registered endpoint with this id in namespace and
+	// its lease, or an error wrapping ErrLeaseNotFound when there is none.
+	// With several replicas a proxy registers through one and may fail over
+	// to another: that one adopts the registration instead of asking the
+	// proxy to register again, so its lease carries on.
+	Lookup(ctx context.Context, namespace, id string) (ep *meshv1.Endpoint, lease int64, err error)
 }
 
 // Signer is what the server needs of the CA.
@@ -112,6 +129,9 @@ type ServerOptions struct {
 	// Tap relays `trellis tap` between viewers and the proxies' Tap
 	// streams; nil: the stream is refused (UNIMPLEMENTED).
 	Tap TapRelay
+	// Replica names this control-plane replica (--replica-id): it is sent
+	// in every snapshot and Watch header, and in ProxyStatus.Replica.
+	Replica string
 	// Quota allocates global rate limits over the Quota stream; nil: the
 	// stream is refused (UNIMPLEMENTED) and proxies keep local shares.
 	Quota QuotaAllocator
@@ -171,7 +191,10 @@ const (
 // lowerCamelCase names, as kubectl and the Gateway API do; they are part of
 // the admin API and documented in docs/operations.md.
 type ProxyStatus struct {
-	NodeID    string `json:"nodeId"`
+	NodeID string `json:"nodeId"`
+	// Replica is the control-plane replica the proxy's Watch stream is
+	// attached to (its --replica-id).
+	Replica   string `json:"replica,omitempty"`
 	Service   string `json:"service"`
 	Namespace string `json:"namespace"`
 	Identity  string `json:"identity"`

@@ -45,7 +45,7 @@ func (m *meshService) Quota(stream grpc.BidiStreamingServer[meshv1.QuotaReport, 
 		}
 		return err
 	}
-	n, err := s.streamNode(first.GetNodeId(), p)
+	n, err := s.streamNode(stream.Context(), first.GetNodeId(), p)
 	if err != nil {
 		return err
 	}

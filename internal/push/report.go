@@ -47,7 +47,7 @@ func (m *meshService) Report(stream grpc.BidiStreamingServer[meshv1.StatsReport,
 		}
 		return err
 	}
-	n, err := s.streamNode(first.GetNodeId(), p)
+	n, err := s.streamNode(stream.Context(), first.GetNodeId(), p)
 	if err != nil {
 		return err
 	}

@@ -492,3 +492,15 @@ func cloneEndpoint(ep *meshv1.Endpoint) *meshv1.Endpoint {
 	out.Labels["app"] = out.GetService()
 	return out
 }
+
+// NodeLease is the registry lease of a node this server knows (registered
+// or adopted here), 0 if none: the control plane stores each connected
+// proxy's status under it, so the record leaves with the proxy.
+func (s *Server) NodeLease(id string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := s.nodes[id]; n != nil {
+		return n.lease
+	}
+	return 0
+}

@@ -263,11 +263,14 @@ func TestWithNonceCopiesEveryField(t *testing.T) {
 		Version: "v1", TrustDomain: "td", Domain: "d", TrustBundle: [][]byte{{1}},
 		Inbound: &meshv1.Service{Name: "a"}, Services: []*meshv1.Service{{Name: "b"}},
 	}
-	got := withNonce(src, "n1")
+	got := withNonce(src, "n1", "r1")
 	if got.GetNonce() != "n1" || src.GetNonce() != "" {
 		t.Fatalf("nonce: copy %q, source %q", got.GetNonce(), src.GetNonce())
 	}
-	got.Nonce = ""
+	if got.GetReplica() != "r1" || src.GetReplica() != "" {
+		t.Fatalf("replica: copy %q, source %q", got.GetReplica(), src.GetReplica())
+	}
+	got.Nonce, got.Replica = "", ""
 	if !protoEqual(got, src) {
 		t.Fatalf("copy %v differs from %v", got, src)
 	}

@@ -9,7 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -149,8 +151,10 @@ func (s *session) register(ctx context.Context) (int64, error) {
 	for attempt := 0; ; attempt++ {
 		mesh, gen := s.c.current()
 		rctx, cancel := context.WithTimeout(ctx, s.rpcTimeout())
-		resp, err := mesh.Register(rctx, &meshv1.RegisterRequest{Endpoint: s.endpoint(), TtlSeconds: s.ttl})
+		var pr peer.Peer
+		resp, err := mesh.Register(rctx, &meshv1.RegisterRequest{Endpoint: s.endpoint(), TtlSeconds: s.ttl}, grpc.Peer(&pr))
 		cancel()
+		s.replicaFailed(gen, &pr, err)
 		if err == nil {
 			// A pending re-register request is satisfied by this one.
 			select {
@@ -238,8 +242,10 @@ func (s *session) leaseLoop(ctx context.Context, lease int64) error {
 func (s *session) heartbeat(ctx context.Context, lease int64, failing *bool) bool {
 	mesh, gen := s.c.current()
 	hctx, cancel := context.WithTimeout(ctx, s.rpcTimeout())
-	_, err := mesh.Heartbeat(hctx, s.heartbeatRequest(lease))
+	var pr peer.Peer
+	_, err := mesh.Heartbeat(hctx, s.heartbeatRequest(lease), grpc.Peer(&pr))
 	cancel()
+	s.replicaFailed(gen, &pr, err)
 	switch status.Code(err) {
 	case codes.OK:
 		if *failing {
@@ -291,6 +297,29 @@ func (s *session) watchLoop(ctx context.Context) error {
 		if !sleepCtx(ctx, bo.next()) {
 			return nil
 		}
+	}
+}
+
+// replicaFailed moves the client off a replica that answered a unary call
+// with UNAVAILABLE: it is up but cannot serve (its store is unreachable),
+// and staying would let the lease lapse while other replicas are fine. A
+// call that never reached a replica (no peer) is gRPC's own failover to
+// handle.
+func (s *session) replicaFailed(gen uint64, pr *peer.Peer, err error) {
+	if status.Code(err) != codes.Unavailable || pr.Addr == nil {
+		return
+	}
+	s.c.avoid(gen, pr.Addr.String())
+}
+
+// attached records the replica a new Watch stream is on, logging a move.
+func (s *session) attached(vals []string) {
+	var r string
+	if len(vals) > 0 {
+		r = vals[0]
+	}
+	if old := s.c.replica.Swap(&r); old == nil || *old != r {
+		s.log.Info("watching control-plane replica", "replica", r)
 	}
 }
 
@@ -366,6 +395,13 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 		_, err = stream.Recv() // the stream's real error
 		return false, gen, err
 	}
+	// The server names its replica in the header before any snapshot (an
+	// unchanged config after a failover sends none).
+	md, err := stream.Header()
+	if err != nil {
+		return false, gen, err
+	}
+	s.attached(md.Get(ReplicaHeader))
 	wg.Go(func() {
 		tick := time.NewTicker(s.o.StatusInterval)
 		defer tick.Stop()

@@ -40,7 +40,7 @@ func (m *meshService) Tap(stream grpc.BidiStreamingServer[meshv1.TapEvents, mesh
 		}
 		return err
 	}
-	n, err := s.streamNode(first.GetNodeId(), p)
+	n, err := s.streamNode(stream.Context(), first.GetNodeId(), p)
 	if err != nil {
 		return err
 	}

@@ -11,11 +11,16 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
+
+// ReplicaHeader is the Watch response header that names the replica
+// (ServerOptions.Replica) the stream is attached to.
+const ReplicaHeader = "trellis-replica"
 
 // watchStream is one proxy's open Watch. The handler goroutine waits for the
 // end; recvLoop handles ACK/NACK and subscriptions; sendLoop compiles and
@@ -86,11 +91,16 @@ func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest,
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	n, err := s.streamNode(first.GetNodeId(), p)
+	n, err := s.streamNode(stream.Context(), first.GetNodeId(), p)
 	if err != nil {
 		return err
 	}
 
+	// Tell the proxy whom it is attached to before any snapshot: an
+	// unchanged config sends none.
+	if err := stream.SendHeader(metadata.Pairs(ReplicaHeader, s.o.Replica)); err != nil {
+		return err
+	}
 	now := time.Now()
 	w := &watchStream{
 		s:        s,
@@ -102,6 +112,7 @@ func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest,
 		subs:     subs,
 		st: ProxyStatus{
 			NodeID:      n.id,
+			Replica:     s.o.Replica,
 			Service:     n.service,
 			Namespace:   n.namespace,
 			Identity:    n.identity.String(),
@@ -310,7 +321,7 @@ func (w *watchStream) sendLoop(ctx context.Context, inputs <-chan struct{}) erro
 		w.mu.Unlock()
 		w.s.notifyStatus()
 
-		out := withNonce(snap, nonce)
+		out := withNonce(snap, nonce, w.s.o.Replica)
 		t := time.AfterFunc(w.s.o.SendTimeout, w.stall)
 		err = w.stream.Send(out)
 		t.Stop()
@@ -322,28 +333,35 @@ func (w *watchStream) sendLoop(ctx context.Context, inputs <-chan struct{}) erro
 	}
 }
 
-// withNonce returns a shallow copy of src with nonce set: the compiler may
-// share one snapshot between proxies, so it is never written to.
-func withNonce(src *meshv1.Snapshot, nonce string) *meshv1.Snapshot {
+// withNonce returns a shallow copy of src with nonce and replica set: the
+// compiler may share one snapshot between proxies, so it is never written to.
+func withNonce(src *meshv1.Snapshot, nonce, replica string) *meshv1.Snapshot {
 	dst := &meshv1.Snapshot{}
 	dr := dst.ProtoReflect()
 	src.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		dr.Set(fd, v)
 		return true
 	})
-	dst.Nonce = nonce
+	dst.Nonce, dst.Replica = nonce, replica
 	return dst
 }
 
 // streamNode is the registered node a stream's first message names, which
-// must be the caller's own (Watch and Quota both check it).
-func (s *Server) streamNode(id string, p peerIdentity) (*nodeInfo, error) {
+// must be the caller's own (Watch and Quota both check it). A node this
+// server does not know is looked up in the registry (see adopt).
+func (s *Server) streamNode(ctx context.Context, id string, p peerIdentity) (*nodeInfo, error) {
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "node_id: required on the first message")
 	}
 	s.mu.Lock()
 	n := s.nodes[id]
 	s.mu.Unlock()
+	if n == nil {
+		var err error
+		if n, err = s.adopt(ctx, id, p); err != nil {
+			return nil, err
+		}
+	}
 	switch {
 	case n == nil:
 		return nil, status.Errorf(codes.FailedPrecondition, "node %q is not registered with this control plane: register first", id)
@@ -352,3 +370,36 @@ func (s *Server) streamNode(id string, p peerIdentity) (*nodeInfo, error) {
 	}
 	return n, nil
 }
+
+// adopt takes over a registration made through another replica (or before
+// this one restarted): the proxy failed over and keeps its lease, which the
+// registry shares. Only an endpoint in the caller's own namespace is
+// looked up, and its identity must be the caller's. nil, nil: none.
+func (s *Server) adopt(ctx context.Context, id string, p peerIdentity) (*nodeInfo, error) {
+	lctx, cancel := context.WithTimeout(ctx, adoptTimeout)
+	defer cancel()
+	ep, lease, err := s.o.Registry.Lookup(lctx, p.ns, id)
+	switch {
+	case errors.Is(err, ErrLeaseNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, status.Errorf(codes.Unavailable, "push: node %q: registry: %v", id, err)
+	case ep.GetIdentity() != p.id.String():
+		return nil, status.Errorf(codes.PermissionDenied, "node %q is registered as %s, not %s", id, ep.GetIdentity(), p.id)
+	}
+	// ttl 0: another replica granted the lease and knows its TTL; this
+	// one answers heart-beats without one.
+	n := &nodeInfo{id: id, service: ep.GetService(), namespace: ep.GetNamespace(), identity: p.id,
+		lease: lease, lastSeen: time.Now()}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.nodes[id]; cur != nil {
+		return cur, nil // registered here meanwhile
+	}
+	s.nodes[id], s.leases[lease] = n, n
+	s.log.Info("adopted a node registered through another replica", "node", id, "lease", lease)
+	return n, nil
+}
+
+// adoptTimeout bounds the registry lookup of a failing-over proxy.
+const adoptTimeout = 5 * time.Second

@@ -21,15 +21,17 @@ import (
 type proxySim struct {
 	applied chan string // versions passed to Apply, in order
 
-	mu     sync.Mutex
-	subs   []string
-	refuse string // Apply refuses versions with this prefix
+	mu      sync.Mutex
+	subs    []string
+	refuse  string // Apply refuses versions with this prefix
+	replica string // of the last snapshot applied
 }
 
 func (p *proxySim) apply(s *meshv1.Snapshot) error {
 	p.applied <- s.GetVersion()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.replica = s.GetReplica()
 	if p.refuse != "" && strings.HasPrefix(s.GetVersion(), p.refuse) {
 		return errors.New("route orders/r/rules[0]: bad regex")
 	}

@@ -223,6 +223,34 @@ func (r *Registry) Heartbeat(ctx context.Context, lease int64) error {
 	return nil
 }
 
+// Lookup returns the endpoint with this id in namespace and its lease, or
+// an error wrapping ErrLeaseExpired when none is registered (its lease
+// ended). A replica a proxy fails over to uses it to carry on the lease the
+// proxy registered through another replica.
+func (r *Registry) Lookup(ctx context.Context, namespace, id string) (*meshv1.Endpoint, int64, error) {
+	if err := meshname.CheckLabel(namespace); err != nil {
+		return nil, 0, fmt.Errorf("registry: lookup: namespace: %w", err)
+	}
+	if err := validID(id); err != nil {
+		return nil, 0, fmt.Errorf("registry: lookup: %w", err)
+	}
+	kvs, _, err := r.st.List(ctx, EndpointPrefix+namespace+"/")
+	if err != nil {
+		return nil, 0, fmt.Errorf("registry: lookup %s/%s: %w", namespace, id, err)
+	}
+	for _, kv := range kvs {
+		if _, _, kid, err := ParseKey(kv.Key); err != nil || kid != id {
+			continue
+		}
+		ep, err := Decode(kv.Value)
+		if err != nil {
+			return nil, 0, fmt.Errorf("registry: lookup %s/%s: %w", namespace, id, err)
+		}
+		return ep, int64(kv.Lease), nil
+	}
+	return nil, 0, fmt.Errorf("registry: lookup %s/%s: %w", namespace, id, ErrLeaseExpired)
+}
+
 // Deregister ends a lease now, removing its endpoint (a proxy shutting down
 // cleanly). An unknown lease is not an error: the endpoint is gone either way.
 func (r *Registry) Deregister(ctx context.Context, lease int64) error {

@@ -183,6 +183,11 @@ func (m *mesh) endpoint(service string) *meshv1.Endpoint {
 	return nil
 }
 
+// Lookup finds nothing: one control plane, so no proxy fails over to it.
+func (m *mesh) Lookup(_ context.Context, ns, id string) (*meshv1.Endpoint, int64, error) {
+	return nil, 0, fmt.Errorf("mesh: %s/%s: %w", ns, id, push.ErrLeaseNotFound)
+}
+
 func httpService(name string) *meshv1.Service {
 	return &meshv1.Service{Name: name, Namespace: "default", Ports: []*meshv1.Port{{Name: "http", Port: 80, Protocol: meshv1.Protocol_HTTP}}}
 }

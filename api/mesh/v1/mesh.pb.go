@@ -3348,8 +3348,13 @@ type Snapshot struct {
 	// What the proxy does with hosts that are neither mesh services nor
 	// external services, and what it needs to tell them apart.
 	OutboundTrafficPolicy *OutboundTrafficPolicy `protobuf:"bytes,11,opt,name=outbound_traffic_policy,json=outboundTrafficPolicy,proto3" json:"outbound_traffic_policy,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// ---- ha: the control-plane replica that sent this snapshot (its
+	// --replica-id), so a proxy knows whom it is attached to. Set per send,
+	// not hashed into version: the same config from another replica is the
+	// same version.
+	Replica       string `protobuf:"bytes,12,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -3457,6 +3462,13 @@ func (x *Snapshot) GetOutboundTrafficPolicy() *OutboundTrafficPolicy {
 		return x.OutboundTrafficPolicy
 	}
 	return nil
+}
+
+func (x *Snapshot) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
 }
 
 // Telemetry is what the Telemetry resources that apply to a proxy's own
@@ -5955,7 +5967,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\x12E\n" +
 	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\x12?\n" +
 	"\fhealth_check\x18\a \x01(\v2\x1c.trellis.mesh.v1.HealthCheckR\vhealthCheck\x125\n" +
-	"\bexternal\x18\b \x01(\v2\x19.trellis.mesh.v1.ExternalR\bexternal\"\xff\x03\n" +
+	"\bexternal\x18\b \x01(\v2\x19.trellis.mesh.v1.ExternalR\bexternal\"\x99\x04\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12!\n" +
@@ -5968,7 +5980,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy\x128\n" +
 	"\ttelemetry\x18\n" +
 	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\x12^\n" +
-	"\x17outbound_traffic_policy\x18\v \x01(\v2&.trellis.mesh.v1.OutboundTrafficPolicyR\x15outboundTrafficPolicy\"\x9a\x01\n" +
+	"\x17outbound_traffic_policy\x18\v \x01(\v2&.trellis.mesh.v1.OutboundTrafficPolicyR\x15outboundTrafficPolicy\x12\x18\n" +
+	"\areplica\x18\f \x01(\tR\areplica\"\x9a\x01\n" +
 	"\tTelemetry\x12=\n" +
 	"\x18tracing_sampling_percent\x18\x01 \x01(\x01H\x00R\x16tracingSamplingPercent\x88\x01\x01\x12\"\n" +
 	"\n" +
