@@ -51,6 +51,9 @@ type Server struct {
 	changed chan struct{}
 
 	pushes, acks, nacks, slow atomic.Uint64
+	// incrementals: pushes that were deltas; pushedBytes: proto.Size of
+	// every snapshot sent.
+	incrementals, pushedBytes atomic.Uint64
 }
 
 type nodeInfo struct {
@@ -204,6 +207,8 @@ func (s *Server) Counters() Counters {
 		Acks:               s.acks.Load(),
 		Nacks:              s.nacks.Load(),
 		SlowConsumerClosed: s.slow.Load(),
+		Incremental:        s.incrementals.Load(),
+		PushedBytes:        s.pushedBytes.Load(),
 	}
 }
 

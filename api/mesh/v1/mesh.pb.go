@@ -987,8 +987,12 @@ type WatchRequest struct {
 	// (no version, nonce or error), which is no ACK or NACK.
 	ConcurrencyLimit uint32 `protobuf:"varint,7,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
 	ConcurrencyShed  uint64 `protobuf:"varint,8,opt,name=concurrency_shed,json=concurrencyShed,proto3" json:"concurrency_shed,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// scale: the proxy can apply incremental snapshots (Snapshot.incremental).
+	// Read from the first message of a stream; a proxy that leaves it unset
+	// gets full snapshots only.
+	SupportsIncremental bool `protobuf:"varint,9,opt,name=supports_incremental,json=supportsIncremental,proto3" json:"supports_incremental,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
@@ -1075,6 +1079,13 @@ func (x *WatchRequest) GetConcurrencyShed() uint64 {
 		return x.ConcurrencyShed
 	}
 	return 0
+}
+
+func (x *WatchRequest) GetSupportsIncremental() bool {
+	if x != nil {
+		return x.SupportsIncremental
+	}
+	return false
 }
 
 type Port struct {
@@ -3005,9 +3016,19 @@ type Snapshot struct {
 	// Policy for the proxy's own inbound traffic.
 	InboundPolicy *InboundPolicy `protobuf:"bytes,9,opt,name=inbound_policy,json=inboundPolicy,proto3" json:"inbound_policy,omitempty"`
 	// Tracing and access logs for the proxy, from Telemetry resources.
-	Telemetry     *Telemetry `protobuf:"bytes,10,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Telemetry *Telemetry `protobuf:"bytes,10,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
+	// scale: true when this is a delta onto the last snapshot the proxy
+	// ACKed on this stream: `services` holds only the services added or
+	// changed since, `removed_services` those gone; every other field is
+	// complete, as in a full snapshot. Version is that of the whole result.
+	// Sent only to a proxy that set WatchRequest.supports_incremental, and
+	// only right after an ACK; after a NACK the next snapshot is full.
+	Incremental bool `protobuf:"varint,13,opt,name=incremental,proto3" json:"incremental,omitempty"`
+	// scale: services ("name.namespace") dropped since the base snapshot;
+	// only in an incremental snapshot.
+	RemovedServices []string `protobuf:"bytes,14,rep,name=removed_services,json=removedServices,proto3" json:"removed_services,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -3106,6 +3127,20 @@ func (x *Snapshot) GetInboundPolicy() *InboundPolicy {
 func (x *Snapshot) GetTelemetry() *Telemetry {
 	if x != nil {
 		return x.Telemetry
+	}
+	return nil
+}
+
+func (x *Snapshot) GetIncremental() bool {
+	if x != nil {
+		return x.Incremental
+	}
+	return false
+}
+
+func (x *Snapshot) GetRemovedServices() []string {
+	if x != nil {
+		return x.RemovedServices
 	}
 	return nil
 }
@@ -4345,7 +4380,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\blease_id\x18\x01 \x01(\x03R\aleaseId\"4\n" +
 	"\x11HeartbeatResponse\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
-	"ttlSeconds\"\x91\x02\n" +
+	"ttlSeconds\"\xc4\x02\n" +
 	"\fWatchRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12$\n" +
 	"\rsubscriptions\x18\x02 \x03(\tR\rsubscriptions\x12\x18\n" +
@@ -4354,7 +4389,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12$\n" +
 	"\x0ecert_not_after\x18\x06 \x01(\x03R\fcertNotAfter\x12+\n" +
 	"\x11concurrency_limit\x18\a \x01(\rR\x10concurrencyLimit\x12)\n" +
-	"\x10concurrency_shed\x18\b \x01(\x04R\x0fconcurrencyShed\"\x86\x01\n" +
+	"\x10concurrency_shed\x18\b \x01(\x04R\x0fconcurrencyShed\x121\n" +
+	"\x14supports_incremental\x18\t \x01(\bR\x13supportsIncremental\"\x86\x01\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
@@ -4512,7 +4548,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05ports\x18\x03 \x03(\v2\x15.trellis.mesh.v1.PortR\x05ports\x12.\n" +
 	"\x06routes\x18\x04 \x03(\v2\x16.trellis.mesh.v1.RouteR\x06routes\x127\n" +
 	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\x12E\n" +
-	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\x9f\x03\n" +
+	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\"\xec\x03\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12!\n" +
@@ -4524,7 +4560,9 @@ const file_mesh_proto_rawDesc = "" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12E\n" +
 	"\x0einbound_policy\x18\t \x01(\v2\x1e.trellis.mesh.v1.InboundPolicyR\rinboundPolicy\x128\n" +
 	"\ttelemetry\x18\n" +
-	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\"\x9a\x01\n" +
+	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\x12 \n" +
+	"\vincremental\x18\r \x01(\bR\vincremental\x12)\n" +
+	"\x10removed_services\x18\x0e \x03(\tR\x0fremovedServices\"\x9a\x01\n" +
 	"\tTelemetry\x12=\n" +
 	"\x18tracing_sampling_percent\x18\x01 \x01(\x01H\x00R\x16tracingSamplingPercent\x88\x01\x01\x12\"\n" +
 	"\n" +
