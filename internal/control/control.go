@@ -303,7 +303,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		ValidToken:  push.TokenValidator(devToken),
 		Tokens:      tokens,
 		Auditor:     tokens,
-		Accounts:    serviceAccounts{st: c.st},
+		Accounts:    newServiceAccounts(c.st),
 		Refusals:    refusals,
 		Signer:      c.ca,
 		Registry:    registryAdapter{c.reg},
