@@ -10,7 +10,7 @@ LDFLAGS := -X trellis.dev/trellis/internal/cli.version=$(VERSION)
 PREFIX  ?=
 BINDIR  := $(if $(PREFIX),$(PREFIX)/bin,$(GOBIN))
 
-.PHONY: build install demo test test-short lint generate check-generate bench fortio clean
+.PHONY: build install demo test test-short lint generate check-generate bench bench-scale fortio clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/trellis
@@ -59,6 +59,12 @@ fortio:
 # Direct path vs Trellis vs HAProxy vs nginx; writes bench/results/latest.json.
 bench: build fortio
 	$(GO) run ./bench/cmd/bench -trellis $(BIN)
+
+# The control plane's scale harness: one trellis control, 100/300/1000
+# simulated proxies over 500 services; writes bench/results/scale.json.
+# SCALE_FLAGS passes more (e.g. -full for full snapshots, -n 1000).
+bench-scale: build
+	$(GO) run ./bench/scale -trellis $(BIN) $(SCALE_FLAGS)
 
 clean:
 	rm -rf bin

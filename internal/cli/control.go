@@ -57,6 +57,7 @@ The control plane logs a warning at start and 'trellis check' flags it.`,
 	f.StringVar(&o.GRPCAddr, "grpc-addr", control.DefaultGRPCAddr, "address of the gRPC server proxies connect to")
 	f.StringVar(&o.AdminAddr, "admin-addr", control.DefaultAdminAddr, "address of the HTTPS admin API the CLI uses")
 	f.StringVar(&o.MetricsAddr, "metrics-addr", control.DefaultMetricsAddr, "address of the plain-HTTP Prometheus /metrics endpoint (no token: counts only)")
+	f.BoolVar(&o.EnablePprof, "enable-pprof", false, "serve /debug/pprof/ on the metrics address (any local user can then read profiles and the command line)")
 	f.StringVar(&o.TrustDomain, "trust-domain", "trellis.local", "SPIFFE trust domain of workload identities")
 	f.StringVar(&o.Domain, "domain", "trellis.local", "DNS suffix of service names (<svc>.<ns>.svc.<domain>)")
 	f.StringVar(&o.CACertFile, "ca-cert", "", "PEM signing certificate (root or intermediate) to use instead of creating a root")

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,6 +81,10 @@ type Options struct {
 	// (default 127.0.0.1:15012): it holds counts only, no names or secrets,
 	// and binds to loopback unless AllowRemote.
 	MetricsAddr string
+	// EnablePprof serves /debug/pprof/ on the metrics listener (profiling
+	// the control plane, e.g. under the scale harness). Off by default: any
+	// local user could read profiles and the command line.
+	EnablePprof bool
 	TrustDomain string
 	Domain      string
 	// CACertFile, CAKeyFile, CARootFile: an operator-provided signing
@@ -351,7 +356,7 @@ func Start(ctx context.Context, o Options) (_ *Control, err error) {
 		ValidToken:  push.TokenValidator(devToken),
 		Tokens:      tokens,
 		Auditor:     tokens,
-		Accounts:    serviceAccounts{st: c.st},
+		Accounts:    newServiceAccounts(c.st),
 		Refusals:    refusals,
 		Signer:      c.ca,
 		Registry:    registryAdapter{c.reg},
@@ -469,6 +474,9 @@ func (c *Control) openStore() error {
 	if err == nil {
 		err = c.promReg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
+	if err == nil {
+		err = telemetry.RegisterPushVolume(c.promReg, func() uint64 { return c.push.Counters().PushedBytes }, func() uint64 { return c.push.Counters().Incremental })
+	}
 	if err != nil {
 		return fmt.Errorf("control: metrics: %w", err)
 	}
@@ -500,6 +508,10 @@ func (c *Control) serveMetrics() {
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
 	mux.HandleFunc("GET "+PrometheusSDPath, c.serveSD)
+	if c.o.EnablePprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not found: the control plane serves GET /metrics and GET "+PrometheusSDPath+" here; the API is on the admin address", http.StatusNotFound)
 	})

@@ -448,12 +448,30 @@ spec:
 	if err := register("shared", nil, ""); err != nil {
 		t.Fatalf("web registers for a Service listing it: %v", err)
 	}
+	// A changed Service is read anew (decoded Services are cached): payments
+	// now lists web, shared no longer does.
+	if st, a := cl.apply(false, file{"s2.yaml", `apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: payments}
+spec: {ports: [{port: 80}], serviceAccounts: [payments, web]}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: shared}
+spec: {ports: [{port: 80}], serviceAccounts: [api]}
+`}); st != 200 {
+		t.Fatalf("apply: %d %+v", st, a)
+	}
+	if err := register("payments", nil, ""); err != nil {
+		t.Fatalf("web registers for payments once it lists web: %v", err)
+	}
+	wantCode(t, "web joins shared after it dropped web", register("shared", nil, ""), codes.PermissionDenied, "Service default/shared runs as service account(s) api")
 	eps, err := c.reg.Endpoints(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, ep := range eps {
-		if ep.GetService() != "web" && ep.GetService() != "shared" {
+		if ep.GetService() == "billing" || ep.GetService() == "tier" {
 			t.Errorf("refused endpoint registered: %v", ep)
 		}
 	}

@@ -266,4 +266,8 @@ type Counters struct {
 	Nacks   uint64
 	// SlowConsumerClosed counts streams closed because a send stalled.
 	SlowConsumerClosed uint64
+	// Incremental counts the pushes (of Pushes) that were deltas;
+	// PushedBytes is the encoded size of every snapshot sent.
+	Incremental uint64
+	PushedBytes uint64
 }

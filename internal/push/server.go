@@ -54,6 +54,9 @@ type Server struct {
 	pushes, acks, nacks, slow atomic.Uint64
 	// refusalLog rate-limits the log lines of refused calls.
 	refusalLog *ratelog.Limiter
+	// incrementals: pushes that were deltas; pushedBytes: proto.Size of
+	// every snapshot sent.
+	incrementals, pushedBytes atomic.Uint64
 }
 
 type nodeInfo struct {
@@ -216,6 +219,8 @@ func (s *Server) Counters() Counters {
 		Acks:               s.acks.Load(),
 		Nacks:              s.nacks.Load(),
 		SlowConsumerClosed: s.slow.Load(),
+		Incremental:        s.incrementals.Load(),
+		PushedBytes:        s.pushedBytes.Load(),
 	}
 }
 

@@ -258,12 +258,13 @@ func TestTokenValidator(t *testing.T) {
 	}
 }
 
-func TestWithNonceCopiesEveryField(t *testing.T) {
+func TestShallowCopyCopiesEveryField(t *testing.T) {
 	src := &meshv1.Snapshot{
 		Version: "v1", TrustDomain: "td", Domain: "d", TrustBundle: [][]byte{{1}},
 		Inbound: &meshv1.Service{Name: "a"}, Services: []*meshv1.Service{{Name: "b"}},
 	}
-	got := withNonce(src, "n1", "r1")
+	got := shallowCopy(src)
+	got.Nonce, got.Replica = "n1", "r1"
 	if got.GetNonce() != "n1" || src.GetNonce() != "" {
 		t.Fatalf("nonce: copy %q, source %q", got.GetNonce(), src.GetNonce())
 	}

@@ -76,6 +76,10 @@ type SessionOptions struct {
 	// as given.
 	Health        func() (healthy bool, reason string)
 	HealthChanged <-chan struct{}
+	// FullSnapshots: do not ask for incremental snapshots (as a proxy older
+	// than the delta protocol). Apply always gets whole snapshots either
+	// way: the session merges deltas first.
+	FullSnapshots bool
 }
 
 // DefaultStatusInterval is SessionOptions.StatusInterval's default.
@@ -389,7 +393,8 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 	var mu sync.Mutex
 	cur := s.subscriptions()
 	expiry := s.certNotAfter()
-	first := &meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur, Version: s.lastAcked, CertNotAfter: expiry}
+	first := &meshv1.WatchRequest{NodeId: s.ep.GetId(), Subscriptions: cur, Version: s.lastAcked, CertNotAfter: expiry,
+		SupportsIncremental: !s.o.FullSnapshots}
 	sent := s.status(first)
 	if err := stream.Send(first); err != nil {
 		_, err = stream.Recv() // the stream's real error
@@ -425,6 +430,9 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 		}
 	})
 
+	// base is the snapshot last applied on this stream: what the server
+	// bases a delta on (a new stream starts with a full snapshot).
+	var base *meshv1.Snapshot
 	for {
 		snap, err := stream.Recv()
 		if err != nil {
@@ -432,12 +440,14 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 		}
 		received = true
 		req := &meshv1.WatchRequest{NodeId: s.ep.GetId(), Version: snap.GetVersion(), Nonce: snap.GetNonce()}
-		if aerr := s.o.Apply(snap); aerr != nil {
+		if full, aerr := s.apply(base, snap); aerr != nil {
 			req.Error = aerr.Error()
-			s.log.Warn("refusing snapshot (NACK); keeping last good config", "version", snap.GetVersion(), "err", aerr)
+			s.log.Warn("refusing snapshot (NACK); keeping last good config", "version", snap.GetVersion(),
+				"incremental", snap.GetIncremental(), "err", aerr)
 		} else {
+			base = full
 			s.lastAcked = snap.GetVersion()
-			s.log.Debug("applied snapshot", "version", snap.GetVersion())
+			s.log.Debug("applied snapshot", "version", snap.GetVersion(), "incremental", snap.GetIncremental())
 		}
 		mu.Lock()
 		req.Subscriptions, req.CertNotAfter = cur, expiry
@@ -445,4 +455,17 @@ func (s *session) watchOnce(ctx context.Context) (received bool, gen uint64, err
 		_ = stream.Send(req)
 		mu.Unlock()
 	}
+}
+
+// apply merges snap onto base if it is a delta and applies the whole
+// result, returning it (the next delta's base).
+func (s *session) apply(base, snap *meshv1.Snapshot) (*meshv1.Snapshot, error) {
+	full, err := ApplyDelta(base, snap)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.o.Apply(full); err != nil {
+		return nil, err
+	}
+	return full, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,7 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/proto"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
@@ -46,6 +47,14 @@ type watchStream struct {
 	sentRev int64
 	sentAt  time.Time
 	st      ProxyStatus
+
+	// The delta protocol (delta.go). incremental: the proxy asked for
+	// deltas. base: the services of the snapshot last sent, a delta's base
+	// once baseAcked (the proxy ACKed it). sentIncr: that send was a delta.
+	incremental bool
+	base        map[string]*meshv1.Service
+	baseAcked   bool
+	sentIncr    bool
 }
 
 func (w *watchStream) status() ProxyStatus {
@@ -110,6 +119,8 @@ func (m *meshService) Watch(stream grpc.BidiStreamingServer[meshv1.WatchRequest,
 		replaced: make(chan struct{}),
 		stalled:  make(chan struct{}),
 		subs:     subs,
+
+		incremental: first.GetSupportsIncremental(),
 		st: ProxyStatus{
 			NodeID:      n.id,
 			Replica:     s.o.Replica,
@@ -217,15 +228,16 @@ func (w *watchStream) recvLoop() error {
 		// (status-only, or a resubscription) answers no snapshot.
 		w.st.ConcurrencyLimit, w.st.ConcurrencyShed = req.GetConcurrencyLimit(), req.GetConcurrencyShed()
 		rotated := w.recordFingerprintsLocked(req)
+		resend := false
 		if nonce := req.GetNonce(); nonce != "" && nonce == w.sentNonce {
-			w.answerLocked(req)
+			resend = w.answerLocked(req)
 			answered = true
 		}
 		w.mu.Unlock()
 		if answered || rotated {
 			w.s.notifyStatus()
 		}
-		if changed {
+		if changed || resend {
 			poke(w.wake)
 		}
 	}
@@ -245,18 +257,27 @@ func (w *watchStream) recordFingerprintsLocked(req *meshv1.WatchRequest) bool {
 }
 
 // answerLocked records an ACK or NACK of the last snapshot sent; answers to
-// older nonces were already overtaken and are ignored by the caller.
-func (w *watchStream) answerLocked(req *meshv1.WatchRequest) {
+// older nonces were already overtaken and are ignored by the caller. It
+// reports whether the send loop must resend in full at once: the proxy
+// could not merge a delta (it lacks the base).
+func (w *watchStream) answerLocked(req *meshv1.WatchRequest) (resend bool) {
 	if msg := req.GetError(); msg != "" {
+		// baseAcked stays false (cleared at the send): the next snapshot
+		// is full either way.
+		if w.sentIncr && strings.HasPrefix(msg, DeltaRefusal) {
+			// Forget the version so the same content goes out whole.
+			w.sentVer, w.base, resend = "", nil, true
+		}
 		w.s.nacks.Add(1)
 		w.s.o.Metrics.SnapshotNacked()
 		// Revision stays: the proxy runs what it ran before.
 		w.st.State = StateNacked
 		w.st.Error = msg
 		w.s.log.Warn("proxy refused snapshot (NACK); it keeps its last good config",
-			"node", w.node.ID, "version", req.GetVersion(), "error", msg)
-		return
+			"node", w.node.ID, "version", req.GetVersion(), "incremental", w.sentIncr, "error", msg)
+		return resend
 	}
+	w.baseAcked = true
 	now := time.Now()
 	w.s.acks.Add(1)
 	w.s.o.Metrics.SnapshotAcked(now.Sub(w.sentAt))
@@ -265,6 +286,7 @@ func (w *watchStream) answerLocked(req *meshv1.WatchRequest) {
 	w.st.Revision = max(w.st.Revision, w.sentRev)
 	w.st.Error = ""
 	w.st.LastAck = now
+	return false
 }
 
 // unchangedLocked records a compile at rev that yielded the version last
@@ -318,10 +340,11 @@ func (w *watchStream) sendLoop(ctx context.Context, inputs <-chan struct{}) erro
 		w.sentVer, w.sentNonce = snap.GetVersion(), nonce
 		w.sentRev, w.sentAt = snap.GetRevision(), time.Now()
 		w.st.SentVersion, w.st.SentRevision, w.st.State = snap.GetVersion(), snap.GetRevision(), StateStale
+		out := w.nextSendLocked(snap)
+		out.Nonce, out.Replica = nonce, w.s.o.Replica
 		w.mu.Unlock()
 		w.s.notifyStatus()
 
-		out := withNonce(snap, nonce, w.s.o.Replica)
 		t := time.AfterFunc(w.s.o.SendTimeout, w.stall)
 		err = w.stream.Send(out)
 		t.Stop()
@@ -329,21 +352,29 @@ func (w *watchStream) sendLoop(ctx context.Context, inputs <-chan struct{}) erro
 			return err
 		}
 		w.s.pushes.Add(1)
+		w.s.pushedBytes.Add(uint64(proto.Size(out)))
+		if out.GetIncremental() {
+			w.s.incrementals.Add(1)
+		}
 		w.s.o.Metrics.SnapshotPushed()
 	}
 }
 
-// withNonce returns a shallow copy of src with nonce and replica set: the
-// compiler may share one snapshot between proxies, so it is never written to.
-func withNonce(src *meshv1.Snapshot, nonce, replica string) *meshv1.Snapshot {
-	dst := &meshv1.Snapshot{}
-	dr := dst.ProtoReflect()
-	src.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		dr.Set(fd, v)
-		return true
-	})
-	dst.Nonce, dst.Replica = nonce, replica
-	return dst
+// nextSendLocked is what goes out for snap: a delta onto the snapshot the
+// proxy last ACKed when it asked for deltas and one is smaller, else the
+// whole snapshot. Either is a copy the caller may set the nonce on. snap
+// becomes the next delta's base once the proxy ACKs it.
+func (w *watchStream) nextSendLocked(snap *meshv1.Snapshot) *meshv1.Snapshot {
+	var out *meshv1.Snapshot
+	if w.incremental && w.baseAcked && w.base != nil {
+		out = diffSnapshot(w.base, snap)
+	}
+	w.sentIncr = out != nil
+	if out == nil {
+		out = shallowCopy(snap)
+	}
+	w.base, w.baseAcked = serviceSet(snap), false
+	return out
 }
 
 // streamNode is the registered node a stream's first message names, which

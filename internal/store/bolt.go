@@ -60,7 +60,13 @@ type Bolt struct {
 
 	// txMu serialises writes together with publishing their events and with
 	// registering watchers, so a watcher sees every revision exactly once.
-	txMu    sync.Mutex
+	txMu sync.Mutex
+	// Writers waiting for the next group commit (bolt_batch.go).
+	qmu        sync.Mutex
+	queue      []*writeReq
+	committing bool
+	commits    atomic.Uint64
+
 	rev     atomic.Int64 // last committed revision
 	minRev  int64        // oldest revision Watch can replay from; under txMu
 	nEvents int          // events in bucketEvents; under txMu
@@ -302,81 +308,6 @@ func deleteKey(tx *bolt.Tx, key string, cur []byte, rev int64) (Event, error) {
 		return Event{}, err
 	}
 	return Event{Type: EventDelete, KV: KV{Key: key, ModRevision: rev}}, nil
-}
-
-// write runs fn in one bbolt write transaction with rev = current+1. The
-// revision is consumed if fn returns events or always is set; the events are
-// appended to the log, the log trimmed to History, and after the commit the
-// events are published to watchers while txMu is still held.
-func (s *Bolt) write(always bool, fn func(tx *bolt.Tx, rev int64) ([]Event, error)) (int64, error) {
-	s.txMu.Lock()
-	defer s.txMu.Unlock()
-	if s.closed.Load() {
-		return 0, ErrClosed
-	}
-	rev := s.rev.Load() + 1
-	var (
-		evs     []Event
-		bumped  bool
-		minRev  = s.minRev
-		nEvents = s.nEvents
-	)
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		if evs, err = fn(tx, rev); err != nil {
-			return err
-		}
-		if len(evs) == 0 && !always {
-			return nil
-		}
-		bumped = true
-		if err := tx.Bucket(bucketMeta).Put(metaRev, u64(rev)); err != nil {
-			return err
-		}
-		log := tx.Bucket(bucketEvents)
-		for i, ev := range evs {
-			if err := log.Put(eventKey(rev, uint32(i)), encodeEvent(ev)); err != nil {
-				return err
-			}
-		}
-		nEvents += len(evs)
-		if nEvents <= s.opts.History {
-			return nil
-		}
-		// Trim oldest first, never the revision just written. Leftovers of a
-		// partly trimmed revision sit below minRev, where Watch never reads.
-		c := log.Cursor()
-		var last int64
-		for k, _ := c.First(); k != nil && nEvents > s.opts.History; k, _ = c.First() {
-			r := int64(binary.BigEndian.Uint64(k))
-			if r == rev {
-				break
-			}
-			if err := c.Delete(); err != nil {
-				return err
-			}
-			nEvents--
-			last = r
-		}
-		if last != 0 {
-			minRev = last + 1
-			return tx.Bucket(bucketMeta).Put(metaMinRev, u64(minRev))
-		}
-		return nil
-	})
-	if err != nil {
-		if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
-			return 0, ErrClosed
-		}
-		return 0, err
-	}
-	if !bumped {
-		return s.rev.Load(), nil
-	}
-	s.rev.Store(rev)
-	s.minRev, s.nEvents = minRev, nEvents
-	s.publish(evs)
-	return rev, nil
 }
 
 // publish hands one revision's events to every matching watcher, as one

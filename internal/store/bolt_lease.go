@@ -73,7 +73,9 @@ func (s *Bolt) Revoke(ctx context.Context, id LeaseID) error {
 // gets ErrNotFound; it never succeeds on a lease about to be deleted.
 func (s *Bolt) revoke(pick func(map[LeaseID]*lease) []LeaseID) error {
 	var taken map[LeaseID]*lease
-	_, err := s.write(false, func(tx *bolt.Tx, rev int64) ([]Event, error) {
+	// undo: the group commit runs fn again after another write failed.
+	undo := func() { s.restore(taken) }
+	_, err := s.writeUndo(false, func(tx *bolt.Tx, rev int64) ([]Event, error) {
 		s.leaseMu.Lock()
 		ids := pick(s.leases)
 		taken = make(map[LeaseID]*lease, len(ids))
@@ -97,7 +99,7 @@ func (s *Bolt) revoke(pick func(map[LeaseID]*lease) []LeaseID) error {
 			evs = append(evs, ev...)
 		}
 		return evs, nil
-	})
+	}, undo)
 	if err != nil {
 		s.restore(taken)
 	}

@@ -1289,8 +1289,12 @@ type WatchRequest struct {
 	// control plane's CA rotation waits on them (docs/security.md).
 	CertIssuerFingerprint  []byte `protobuf:"bytes,10,opt,name=cert_issuer_fingerprint,json=certIssuerFingerprint,proto3" json:"cert_issuer_fingerprint,omitempty"`
 	TrustBundleFingerprint []byte `protobuf:"bytes,11,opt,name=trust_bundle_fingerprint,json=trustBundleFingerprint,proto3" json:"trust_bundle_fingerprint,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// scale: the proxy can apply incremental snapshots (Snapshot.incremental).
+	// Read from the first message of a stream; a proxy that leaves it unset
+	// gets full snapshots only.
+	SupportsIncremental bool `protobuf:"varint,9,opt,name=supports_incremental,json=supportsIncremental,proto3" json:"supports_incremental,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
@@ -1391,6 +1395,13 @@ func (x *WatchRequest) GetTrustBundleFingerprint() []byte {
 		return x.TrustBundleFingerprint
 	}
 	return nil
+}
+
+func (x *WatchRequest) GetSupportsIncremental() bool {
+	if x != nil {
+		return x.SupportsIncremental
+	}
+	return false
 }
 
 type Port struct {
@@ -3352,9 +3363,19 @@ type Snapshot struct {
 	// --replica-id), so a proxy knows whom it is attached to. Set per send,
 	// not hashed into version: the same config from another replica is the
 	// same version.
-	Replica       string `protobuf:"bytes,12,opt,name=replica,proto3" json:"replica,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Replica string `protobuf:"bytes,12,opt,name=replica,proto3" json:"replica,omitempty"`
+	// scale: true when this is a delta onto the last snapshot the proxy
+	// ACKed on this stream: `services` holds only the services added or
+	// changed since, `removed_services` those gone; every other field is
+	// complete, as in a full snapshot. Version is that of the whole result.
+	// Sent only to a proxy that set WatchRequest.supports_incremental, and
+	// only right after an ACK; after a NACK the next snapshot is full.
+	Incremental bool `protobuf:"varint,13,opt,name=incremental,proto3" json:"incremental,omitempty"`
+	// scale: services ("name.namespace") dropped since the base snapshot;
+	// only in an incremental snapshot.
+	RemovedServices []string `protobuf:"bytes,14,rep,name=removed_services,json=removedServices,proto3" json:"removed_services,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -3469,6 +3490,20 @@ func (x *Snapshot) GetReplica() string {
 		return x.Replica
 	}
 	return ""
+}
+
+func (x *Snapshot) GetIncremental() bool {
+	if x != nil {
+		return x.Incremental
+	}
+	return false
+}
+
+func (x *Snapshot) GetRemovedServices() []string {
+	if x != nil {
+		return x.RemovedServices
+	}
+	return nil
 }
 
 // Telemetry is what the Telemetry resources that apply to a proxy's own
@@ -5795,7 +5830,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\rhealth_reason\x18\x03 \x01(\tR\fhealthReason\"4\n" +
 	"\x11HeartbeatResponse\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
-	"ttlSeconds\"\x83\x03\n" +
+	"ttlSeconds\"\xb6\x03\n" +
 	"\fWatchRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12$\n" +
 	"\rsubscriptions\x18\x02 \x03(\tR\rsubscriptions\x12\x18\n" +
@@ -5807,7 +5842,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\x10concurrency_shed\x18\b \x01(\x04R\x0fconcurrencyShed\x126\n" +
 	"\x17cert_issuer_fingerprint\x18\n" +
 	" \x01(\fR\x15certIssuerFingerprint\x128\n" +
-	"\x18trust_bundle_fingerprint\x18\v \x01(\fR\x16trustBundleFingerprint\"\x86\x01\n" +
+	"\x18trust_bundle_fingerprint\x18\v \x01(\fR\x16trustBundleFingerprint\x121\n" +
+	"\x14supports_incremental\x18\t \x01(\bR\x13supportsIncremental\"\x86\x01\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
@@ -5967,7 +6003,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\tendpoints\x18\x05 \x03(\v2\x19.trellis.mesh.v1.EndpointR\tendpoints\x12E\n" +
 	"\x0ebackend_policy\x18\x06 \x01(\v2\x1e.trellis.mesh.v1.BackendPolicyR\rbackendPolicy\x12?\n" +
 	"\fhealth_check\x18\a \x01(\v2\x1c.trellis.mesh.v1.HealthCheckR\vhealthCheck\x125\n" +
-	"\bexternal\x18\b \x01(\v2\x19.trellis.mesh.v1.ExternalR\bexternal\"\x99\x04\n" +
+	"\bexternal\x18\b \x01(\v2\x19.trellis.mesh.v1.ExternalR\bexternal\"\xe6\x04\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12!\n" +
@@ -5981,7 +6017,9 @@ const file_mesh_proto_rawDesc = "" +
 	"\ttelemetry\x18\n" +
 	" \x01(\v2\x1a.trellis.mesh.v1.TelemetryR\ttelemetry\x12^\n" +
 	"\x17outbound_traffic_policy\x18\v \x01(\v2&.trellis.mesh.v1.OutboundTrafficPolicyR\x15outboundTrafficPolicy\x12\x18\n" +
-	"\areplica\x18\f \x01(\tR\areplica\"\x9a\x01\n" +
+	"\areplica\x18\f \x01(\tR\areplica\x12 \n" +
+	"\vincremental\x18\r \x01(\bR\vincremental\x12)\n" +
+	"\x10removed_services\x18\x0e \x03(\tR\x0fremovedServices\"\x9a\x01\n" +
 	"\tTelemetry\x12=\n" +
 	"\x18tracing_sampling_percent\x18\x01 \x01(\x01H\x00R\x16tracingSamplingPercent\x88\x01\x01\x12\"\n" +
 	"\n" +
