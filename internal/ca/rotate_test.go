@@ -183,8 +183,8 @@ func TestRotationWaitsForUnconnectedProxies(t *testing.T) {
 	fleet.proxies[1].Connected = false
 	fleet.mu.Unlock()
 	s, err := r.Step(ctx)
-	if err != nil || s.Phase != PhasePropagating || len(s.Lagging) != 1 || !strings.Contains(s.Lagging[0].Reason, "not watching") {
-		t.Fatalf("step: %+v, %v; want propagating, 'elsewhere' lagging as not watching", s, err)
+	if err != nil || s.Phase != PhasePropagating || len(s.Lagging) != 1 || !strings.Contains(s.Lagging[0].Reason, "no report") {
+		t.Fatalf("step: %+v, %v; want propagating, 'elsewhere' lagging with no report", s, err)
 	}
 }
 
