@@ -179,7 +179,8 @@ func fingerprint(der []byte) string { return hex.EncodeToString(identity.Fingerp
 // FleetProxy is one registered proxy as the rotation sees it.
 type FleetProxy struct {
 	Node string
-	// Connected: this replica watches it, so the fingerprints are its own.
+	// Connected: its reports reach the control plane (a replica watches
+	// it); the fingerprints are what it last reported.
 	Connected bool
 	// BundleFingerprint and CertRootFingerprint are what it last reported
 	// (identity.BundleFingerprint, identity.Fingerprint of its root).
@@ -187,8 +188,8 @@ type FleetProxy struct {
 }
 
 // Fleet lists every registered proxy (not only those connected here: one
-// that is not is lagging, so a replica never advances past a proxy it
-// cannot see).
+// whose reports do not reach this replica is lagging, so a replica never
+// advances past a proxy it cannot see).
 type Fleet interface {
 	Proxies(ctx context.Context) ([]FleetProxy, error)
 }
@@ -494,7 +495,7 @@ func (r *Rotator) status(ctx context.Context, k caKeys) (RotationStatus, error) 
 func lagReason(p FleetProxy, phase string, bundleFP, rootFP []byte) string {
 	switch {
 	case !p.Connected:
-		return "registered but not watching this control plane replica"
+		return "registered, but no report of its CA state has reached this replica"
 	case phase == PhasePropagating && string(p.BundleFingerprint) != string(bundleFP):
 		return "has not installed the trust bundle with the new root"
 	case phase == PhaseReissuing && string(p.CertRootFingerprint) != string(rootFP):

@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
@@ -16,6 +17,7 @@ import (
 
 	"trellis.dev/trellis/internal/identity"
 	"trellis.dev/trellis/internal/store"
+	"trellis.dev/trellis/internal/testpki"
 )
 
 // fakeFleet is a set of proxies whose reports the test moves by hand.
@@ -183,8 +185,8 @@ func TestRotationWaitsForUnconnectedProxies(t *testing.T) {
 	fleet.proxies[1].Connected = false
 	fleet.mu.Unlock()
 	s, err := r.Step(ctx)
-	if err != nil || s.Phase != PhasePropagating || len(s.Lagging) != 1 || !strings.Contains(s.Lagging[0].Reason, "not watching") {
-		t.Fatalf("step: %+v, %v; want propagating, 'elsewhere' lagging as not watching", s, err)
+	if err != nil || s.Phase != PhasePropagating || len(s.Lagging) != 1 || !strings.Contains(s.Lagging[0].Reason, "no report") {
+		t.Fatalf("step: %+v, %v; want propagating, 'elsewhere' lagging with no report", s, err)
 	}
 }
 
@@ -314,5 +316,75 @@ func TestRotateOperatorCA(t *testing.T) {
 	s, err := r.Status(context.Background())
 	if err != nil || s.Phase != PhaseIdle || len(s.Bundle) != 1 {
 		t.Fatalf("Status: %+v, %v", s, err)
+	}
+}
+
+// TestServerTLSFollowsRotation over real handshakes: the control plane's
+// listeners verify client certificates against the bundle of the moment
+// (a proxy already re-certified under the new root is accepted, one under
+// the old root is refused once it has left), offer their ALPN protocols,
+// and serve a certificate from the new chain once the issuer moved.
+func TestServerTLSFollowsRotation(t *testing.T) {
+	ctx := context.Background()
+	c := mustCA(t, Options{})
+	cfg, err := c.ServerTLSConfig(workloadID(t, "trellis-system", "control"), []string{"localhost"}, nil, "h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, results := testpki.Serve(t, cfg, nil)
+	oldPool := c.RootPool()
+	leafFrom := func() tls.Certificate {
+		id := workloadID(t, "default", "orders")
+		csr, key := csrFor(t, id)
+		chain, _, err := c.Sign(csr, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tls.Certificate{Certificate: chain, PrivateKey: key}
+	}
+	handshake := func(roots *x509.CertPool, cert tls.Certificate) (tls.ConnectionState, testpki.Handshake, error) {
+		cs, err := testpki.Dial(t, addr, &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"h2"},
+			Certificates: []tls.Certificate{cert}})
+		return cs, <-results, err
+	}
+	oldLeaf := leafFrom()
+
+	r := NewRotator(c, RotatorOptions{Fleet: &fakeFleet{}})
+	if _, err := r.Start(ctx, "admin-token"); err != nil {
+		t.Fatal(err)
+	}
+	reload(t, c)
+	if _, err := r.Step(ctx); err != nil { // no proxies: promote
+		t.Fatal(err)
+	}
+	reload(t, c)
+	newLeaf := leafFrom()
+	newPool := c.RootPool()
+	cs, srv, err := handshake(newPool, newLeaf)
+	if err != nil || srv.Err != nil || len(srv.State.VerifiedChains) == 0 {
+		t.Fatalf("reissuing, new-root client: %v / server %v, %d verified chains", err, srv.Err, len(srv.State.VerifiedChains))
+	}
+	if cs.NegotiatedProtocol != "h2" {
+		t.Fatalf("ALPN %q, want h2", cs.NegotiatedProtocol)
+	}
+	inter := x509.NewCertPool()
+	for _, ic := range cs.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	if _, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: oldPool, Intermediates: inter, DNSName: "localhost"}); err == nil {
+		t.Fatal("reissuing: the server certificate still chains to the old root")
+	}
+	if _, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: newPool, Intermediates: inter, DNSName: "localhost"}); err != nil {
+		t.Fatalf("reissuing: the server certificate does not verify: %v", err)
+	}
+	if _, srv, err := handshake(newPool, oldLeaf); err != nil || len(srv.State.VerifiedChains) == 0 {
+		t.Fatalf("reissuing, old-root client (old root still trusted): %v / %d verified chains", err, len(srv.State.VerifiedChains))
+	}
+	if _, err := r.Step(ctx); err != nil { // complete
+		t.Fatal(err)
+	}
+	reload(t, c)
+	if _, srv, _ := handshake(newPool, oldLeaf); srv.Err == nil {
+		t.Fatal("after rotation: a client certificate from the dropped root was accepted")
 	}
 }

@@ -3,13 +3,17 @@ package control
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"trellis.dev/trellis/internal/ca"
+	"trellis.dev/trellis/internal/push"
+	"trellis.dev/trellis/internal/registry"
 	"trellis.dev/trellis/internal/store"
 )
 
@@ -18,9 +22,23 @@ import (
 // phase ends within about this long of its last proxy.
 const rotationStepEvery = 500 * time.Millisecond
 
+// rotationReportPrefix holds, during a rotation, what each proxy last
+// reported of its CA state, written by the replica it watches under its
+// endpoint's lease (so a report goes when its proxy does), so that a
+// replica stepping the rotation sees proxies connected to the others.
+// Outside /ca/ so reports do not wake every replica's CA reload.
+const rotationReportPrefix = "/carotation/reports/"
+
+// rotationReport is the value under rotationReportPrefix+<node id>.
+type rotationReport struct {
+	Bundle   []byte `json:"bundle"`
+	CertRoot []byte `json:"certRoot"`
+}
+
 // fleet is the CA rotation's view of the proxies: every endpoint in the
 // registry (the store, so all replicas' proxies), with what the proxy last
-// reported on its Watch stream if it is connected to this replica.
+// reported: on its Watch stream to this replica, else through the report
+// another replica stored for it.
 type fleet struct{ c *Control }
 
 func (f fleet) Proxies(ctx context.Context) ([]ca.FleetProxy, error) {
@@ -29,13 +47,19 @@ func (f fleet) Proxies(ctx context.Context) ([]ca.FleetProxy, error) {
 		return nil, err
 	}
 	byNode := map[string]ca.FleetProxy{}
-	for _, st := range f.c.proxyStatuses() { // every replica's, on a shared store
-		p := ca.FleetProxy{Node: st.NodeID, Connected: true}
-		// Statuses hold what the proxy sent, hex-encoded; a value that
-		// does not decode compares unequal, as it should.
-		p.BundleFingerprint, _ = hex.DecodeString(st.TrustBundle)
-		p.CertRootFingerprint, _ = hex.DecodeString(st.CertIssuer)
-		byNode[st.NodeID] = p
+	kvs, _, err := f.c.st.List(ctx, rotationReportPrefix)
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range kvs {
+		var r rotationReport
+		if json.Unmarshal(kv.Value, &r) == nil {
+			node := strings.TrimPrefix(kv.Key, rotationReportPrefix)
+			byNode[node] = ca.FleetProxy{Node: node, Connected: true, BundleFingerprint: r.Bundle, CertRootFingerprint: r.CertRoot}
+		}
+	}
+	for _, st := range f.c.push.Statuses() {
+		byNode[st.NodeID] = localReport(st)
 	}
 	out := make([]ca.FleetProxy, 0, len(eps))
 	for _, ep := range eps {
@@ -46,6 +70,93 @@ func (f fleet) Proxies(ctx context.Context) ([]ca.FleetProxy, error) {
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// localReport is what a proxy watching this replica last reported.
+func localReport(st push.ProxyStatus) ca.FleetProxy {
+	p := ca.FleetProxy{Node: st.NodeID, Connected: true}
+	// Statuses hold what the proxy sent, hex-encoded; a value that does
+	// not decode compares unequal, as it should.
+	p.BundleFingerprint, _ = hex.DecodeString(st.TrustBundle)
+	p.CertRootFingerprint, _ = hex.DecodeString(st.CertIssuer)
+	return p
+}
+
+// reportPublisher stores the reports of the proxies watching this replica
+// while a rotation runs, each when it changes.
+type reportPublisher struct {
+	c    *Control
+	sent map[string]rotationReport // node → last stored; one goroutine
+}
+
+func (r *reportPublisher) publish(ctx context.Context) error {
+	if r.c.ca.Phase() == ca.PhaseIdle {
+		clear(r.sent)
+		return nil
+	}
+	var due []push.ProxyStatus
+	for _, st := range r.c.push.Statuses() {
+		p := localReport(st)
+		if last, ok := r.sent[st.NodeID]; !ok || string(last.Bundle) != string(p.BundleFingerprint) || string(last.CertRoot) != string(p.CertRootFingerprint) {
+			due = append(due, st)
+		}
+	}
+	if len(due) == 0 {
+		return nil
+	}
+	leases, err := r.endpointLeases(ctx)
+	if err != nil {
+		return err
+	}
+	for _, st := range due {
+		lease, ok := leases[st.NodeID]
+		if !ok {
+			continue // not registered (yet): nothing to hold up
+		}
+		p := localReport(st)
+		rep := rotationReport{Bundle: p.BundleFingerprint, CertRoot: p.CertRootFingerprint}
+		v, err := json.Marshal(rep)
+		if err != nil {
+			return err
+		}
+		if _, err := r.c.st.Txn(ctx, store.Op{Type: store.OpPut, Key: rotationReportPrefix + st.NodeID, Value: v, ExpectRevision: store.Any, Lease: lease}); err != nil {
+			return fmt.Errorf("control: store rotation report of %s: %w", st.NodeID, err)
+		}
+		r.sent[st.NodeID] = rep
+	}
+	return nil
+}
+
+// endpointLeases maps node ids to their endpoint's lease.
+func (r *reportPublisher) endpointLeases(ctx context.Context) (map[string]store.LeaseID, error) {
+	kvs, _, err := r.c.st.List(ctx, registry.EndpointPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]store.LeaseID, len(kvs))
+	for _, kv := range kvs {
+		if _, _, id, err := registry.ParseKey(kv.Key); err == nil && kv.Lease != 0 {
+			out[id] = kv.Lease
+		}
+	}
+	return out, nil
+}
+
+// publishReports runs the publisher every interval until ctx ends.
+func (c *Control) publishReports(ctx context.Context, every time.Duration) {
+	r := &reportPublisher{c: c, sent: map[string]rotationReport{}}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.publish(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("publishing proxies' CA reports for the rotation failed; retrying", "err", err)
+		}
+	}
 }
 
 // newRotator is the CA's rotator; its steps are audited in their own
@@ -69,9 +180,9 @@ func (c *Control) runRotation(ctx context.Context) {
 		return
 	}
 	c.wg.Go(func() { c.followCA(ctx) })
-	// Steps run on the leader only (every step is compare-and-set, so a
-	// deposed leader finishing one is harmless), from the statuses of the
-	// proxies of every replica.
+	c.wg.Go(func() { c.publishReports(ctx, rotationStepEvery) })
+	// Steps run on the elected leader only (every step is compare-and-set,
+	// so a deposed leader finishing one is harmless).
 	c.wg.Go(func() {
 		c.leader.Run(ctx, "ca-rotation", func(term context.Context) { c.rotator.Run(term, rotationStepEvery) })
 	})

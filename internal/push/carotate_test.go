@@ -169,3 +169,28 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.b.Write(p)
 }
+
+// TestWatchFirstMessageFingerprints: a reconnecting proxy whose config is
+// current sends only its first message; the fingerprints in it are its
+// status (a rotation would otherwise wait on it forever).
+func TestWatchFirstMessageFingerprints(t *testing.T) {
+	ca := newTestCA(t)
+	e := startEnv(t, ca, "127.0.0.1:0", nil)
+	om := rawWatch(t, e, ca.workloadCert(t, spiffe("default", "orders"), time.Time{}))
+	if _, err := om.Register(context.Background(), &meshv1.RegisterRequest{Endpoint: endpoint("orders-1", "orders")}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := om.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&meshv1.WatchRequest{NodeId: "orders-1", CertIssuerFingerprint: []byte("root"), TrustBundleFingerprint: []byte("bundle")}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the first message's fingerprints", func() bool {
+		st, _ := statusOf(e.srv, "orders-1")
+		return st.CertIssuer == hex.EncodeToString([]byte("root")) && st.TrustBundle == hex.EncodeToString([]byte("bundle"))
+	})
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"trellis.dev/trellis/internal/identity"
+	"trellis.dev/trellis/internal/store/etcdtest"
 	"trellis.dev/trellis/internal/testpki"
 )
 
@@ -199,4 +200,51 @@ func TestCARotateRefusedForOperatorCA(t *testing.T) {
 	if err != nil || !strings.Contains(st, "idle") {
 		t.Fatalf("ca status: %v\n%s", err, st)
 	}
+}
+
+// TestCARotationTwoReplicas: on etcd with two control-plane replicas and
+// the proxies split between them (web on A, the client on B), a rotation
+// started on A completes (each replica stores the reports of the proxies
+// it watches for the other to see) with no failed request, and both data
+// dirs end with the new root alone.
+func TestCARotationTwoReplicas(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	flags := []string{"--store", "etcd", "--etcd-endpoints", srv.Endpoint, "--etcd-prefix", "/rotate"}
+	a := startControl(t, "", flags...)
+	dirB := t.TempDir()
+	tok, err := os.ReadFile(filepath.Join(a.dir, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dirB, "admin-token"), tok, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := startControl(t, dirB, flags...)
+	oldRoot := bundleFile(t, a.dir)
+	a.proxy(t, proxyConfig{service: "web", app: appServer(t, "web", nil)})
+	client := b.proxy(t, proxyConfig{service: "client", upstreams: []string{"web"}})
+	c := client.client()
+	getAll(t, c, "http://web/", "web ", "before rotation")
+
+	l := startLoad(c, "http://web/", "web ", 200, 8)
+	out, err := a.cli(t, "ca", "rotate", "--wait", "--timeout", "25s")
+	if err != nil {
+		l.end(t, "during rotation")
+		t.Fatalf("ca rotate on replica A: %v\n%s", err, out)
+	}
+	time.Sleep(time.Second)
+	n := l.end(t, "across the rotation")
+	t.Logf("%d requests, 0 failed\n%s", n, out)
+	for _, cp := range []*controlPlane{a, b} {
+		dir := cp.dir
+		eventually(t, 5*time.Second, "ca.crt of "+dir+" to hold the new root alone", func() bool {
+			r := bundleFile(t, dir)
+			return len(r) == 1 && string(r[0]) != string(oldRoot[0])
+		})
+	}
+	newRoot := bundleFile(t, a.dir)
+	if string(bundleFile(t, b.dir)[0]) != string(newRoot[0]) {
+		t.Fatal("replicas ended with different roots")
+	}
+	getAll(t, c, "http://web/", "web ", "after rotation")
 }
