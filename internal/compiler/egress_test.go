@@ -1,6 +1,7 @@
 package compiler
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -59,17 +60,20 @@ spec:
 			t.Errorf("ports %s", got)
 		}
 
-		e.apply(`apiVersion: trellis.dev/v1alpha1
+		const meshConfig = `apiVersion: trellis.dev/v1alpha1
 kind: MeshConfig
 metadata: {name: mesh, namespace: trellis-system}
 spec:
-  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
-`)
+  outboundTrafficPolicy: {mode: %s}
+`
+		e.apply(fmt.Sprintf(meshConfig, "ALLOW_ANY"))
+		allowAny := e.snap("web", "default")
+		e.apply(fmt.Sprintf(meshConfig, "REGISTRY_ONLY"))
 		after := e.snap("web", "default")
 		if after.GetOutboundTrafficPolicy().GetMode() != meshv1.OutboundTrafficPolicy_REGISTRY_ONLY {
 			t.Fatalf("mode %v, want REGISTRY_ONLY", after.GetOutboundTrafficPolicy().GetMode())
 		}
-		if after.GetVersion() == before.GetVersion() {
+		if after.GetVersion() == allowAny.GetVersion() {
 			t.Error("the mode did not move the version")
 		}
 		if got := strings.Join(after.GetOutboundTrafficPolicy().GetNamespaces(), ","); got != "default,shop,trellis-system" {

@@ -342,9 +342,11 @@ func TestExternalServiceDNSAndTunnel(t *testing.T) {
 	svc := &meshv1.Service{
 		Name: "outside", Namespace: "default",
 		Ports:    []*meshv1.Port{{Name: "tcp", Port: tcpPort, Protocol: meshv1.Protocol_TCP}, {Name: "http", Port: httpPort, Protocol: meshv1.Protocol_HTTP}},
-		External: &meshv1.External{Resolution: meshv1.External_DNS, Hosts: []string{ip}},
+		// hosts[0] listens on nothing: DNS resolution dials the host the
+		// request named, not the first one.
+		External: &meshv1.External{Resolution: meshv1.External_DNS, Hosts: []string{"127.0.0.9", ip}},
 	}
-	hosts := []*meshv1.ExternalHost{{Host: ip, Service: "outside", Namespace: "default"}}
+	hosts := []*meshv1.ExternalHost{{Host: "127.0.0.9", Service: "outside", Namespace: "default"}, {Host: ip, Service: "outside", Namespace: "default"}}
 	c := startClient(t, ca, Options{})
 	update(t, c, egressSnapshot(meshv1.OutboundTrafficPolicy_REGISTRY_ONLY, hosts, svc))
 
