@@ -341,7 +341,7 @@ func TestExternalServiceDNSAndTunnel(t *testing.T) {
 	tcpPort, httpPort := mustPort(t, echoPort), mustPort(t, webPort)
 	svc := &meshv1.Service{
 		Name: "outside", Namespace: "default",
-		Ports:    []*meshv1.Port{{Name: "tcp", Port: tcpPort, Protocol: meshv1.Protocol_TCP}, {Name: "http", Port: httpPort, Protocol: meshv1.Protocol_HTTP}},
+		Ports: []*meshv1.Port{{Name: "tcp", Port: tcpPort, Protocol: meshv1.Protocol_TCP}, {Name: "http", Port: httpPort, Protocol: meshv1.Protocol_HTTP}},
 		// hosts[0] listens on nothing: DNS resolution dials the host the
 		// request named, not the first one.
 		External: &meshv1.External{Resolution: meshv1.External_DNS, Hosts: []string{"127.0.0.9", ip}},
