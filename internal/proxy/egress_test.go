@@ -70,6 +70,9 @@ func update(t *testing.T, p *Proxy, s *meshv1.Snapshot) {
 func TestEgressOutsideTheRegistry(t *testing.T) {
 	ca := newTestCA(t, "trellis.local")
 	addr := startInternet(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get("Via"); !strings.HasPrefix(v, "1.1 trellis-") {
+			w.WriteHeader(http.StatusTeapot) // the proxy's Via entry is missing
+		}
 		fmt.Fprintf(w, "internet saw %s %s", r.Host, r.URL.Path)
 	}))
 	var subs sync.Map
@@ -96,6 +99,12 @@ func TestEgressOutsideTheRegistry(t *testing.T) {
 	}
 	if _, ok := subs.Load("orders.shop"); !ok {
 		t.Error("orders.shop (a mesh namespace) was not subscribed to")
+	}
+
+	// The app asking for the proxy's own port: refused once, not looped.
+	resp, body = get(t, hc, "http://"+c.OutboundAddr()+"/", nil)
+	if resp.StatusCode != http.StatusLoopDetected || !strings.Contains(body, "came back to this proxy") {
+		t.Fatalf("request to the proxy's own port: %d %q, want 508", resp.StatusCode, body)
 	}
 
 	update(t, c, egressSnapshot(meshv1.OutboundTrafficPolicy_REGISTRY_ONLY, nil))
