@@ -28,6 +28,23 @@ spec:
   ports: [{number: 80, targetPort: 443}]
   endpoints: [{address: "203.0.113.1"}, {address: "203.0.113.2:8443", labels: {zone: b}}]
   tls: {mode: SIMPLE, sni: api.payments.example}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: payments}
+spec:
+  parentRefs: [{group: trellis.dev, kind: ExternalService, name: payments}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{group: trellis.dev, kind: ExternalService, name: payments, port: 80}]
+    timeouts: {request: 3s}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: payments}
+spec:
+  targetRefs: [{kind: ExternalService, name: payments}]
+  retry: {attempts: 2}
 `)
 		before := e.snap("web", "default")
 		p := before.GetOutboundTrafficPolicy()
@@ -58,6 +75,12 @@ spec:
 		}
 		if got := portsString(svc.GetPorts()); !strings.Contains(got, "80") {
 			t.Errorf("ports %s", got)
+		}
+		if rs := svc.GetRoutes(); len(rs) != 1 || rs[0].GetTimeouts().GetRequest().AsDuration().Seconds() != 3 || rs[0].GetBackends()[0].GetService() != "payments" {
+			t.Errorf("routes %v: want the HTTPRoute attached by kind ExternalService", rs)
+		}
+		if svc.GetBackendPolicy().GetRetry().GetAttempts() != 2 {
+			t.Errorf("backend policy %v: want the BackendPolicy targeting kind ExternalService", svc.GetBackendPolicy())
 		}
 
 		const meshConfig = `apiVersion: trellis.dev/v1alpha1

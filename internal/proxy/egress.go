@@ -150,7 +150,7 @@ func (p *Proxy) egressFilter(next Handler) Handler {
 		if ex.Service == nil {
 			return p.outside(ex)
 		}
-		if ex.Service.ext != nil && ex.Method == http.MethodConnect || ex.raw && ex.Service.ext != nil {
+		if ex.Service.ext != nil && (ex.Method == http.MethodConnect || ex.raw) {
 			return p.tunnelExternal(ex)
 		}
 		return next.Serve(ex)
