@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"net"
 	"net/http"
 	"strconv"
@@ -113,6 +114,10 @@ type egressState struct {
 	// HTTP_PROXY is this proxy).
 	passthrough *http.Transport
 	dialer      net.Dialer
+	// via is this proxy's Via entry on what it passes through: a request
+	// that arrives carrying it has looped (the app asked for one of this
+	// proxy's own ports), and is refused rather than sent round again.
+	via string
 
 	mu    sync.Mutex // guards peers; taken at compile, never per request
 	peers map[egressPeerKey]*peer
@@ -123,6 +128,7 @@ func newEgressState(m *telemetry.EgressMetrics) *egressState {
 	return &egressState{
 		metrics: m,
 		dialer:  d,
+		via:     "1.1 trellis-" + rand.Text()[:10],
 		passthrough: &http.Transport{
 			Proxy: nil,
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -162,6 +168,9 @@ func (p *Proxy) egressFilter(next Handler) Handler {
 func (p *Proxy) outside(ex *Exchange) *Response {
 	e := &ex.cfg.egress
 	tunnel := ex.Method == http.MethodConnect
+	if !tunnel && p.egress.looped(ex.Header) {
+		return ex.fail(http.StatusLoopDetected, FlagEG, "request for "+ex.host+" came back to this proxy: it names one of the proxy's own ports")
+	}
 	p.egress.metrics.Count(e.registryOnly, e.registryOnly, tunnel)
 	if e.registryOnly {
 		msg := ex.host + " is not a mesh service or an ExternalService, and the mesh's outbound traffic policy is REGISTRY_ONLY: register it with an ExternalService"
@@ -178,8 +187,24 @@ func (p *Proxy) outside(ex *Exchange) *Response {
 	if tunnel {
 		return p.dialDirect(ex, addr)
 	}
-	o := outHeader(ex, 0)
-	return roundTrip(ex, p.egress.passthrough, "http", addr, o)
+	o := outHeader(ex, 1)
+	via := o.header["Via"]
+	o.header["Via"] = append(via[:len(via):len(via)], p.egress.via)
+	resp := roundTrip(ex, p.egress.passthrough, "http", addr, o)
+	if ex.err == nil && resp.Header != nil {
+		stripMeshHeaders(resp.Header, "") // an outside server does not speak for the mesh
+	}
+	return resp
+}
+
+// looped reports whether h carries this proxy's own Via entry.
+func (es *egressState) looped(h http.Header) bool {
+	for _, v := range h["Via"] {
+		if strings.Contains(v, es.via) {
+			return true
+		}
+	}
+	return false
 }
 
 // dialDirect opens a plain TCP connection to addr for a tunnel.
