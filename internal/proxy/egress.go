@@ -117,7 +117,8 @@ type egressState struct {
 	// via is this proxy's Via entry on what it passes through: a request
 	// that arrives carrying it has looped (the app asked for one of this
 	// proxy's own ports), and is refused rather than sent round again.
-	via string
+	via    string
+	viaHdr []string // {via}, shared by requests that came without one
 
 	mu    sync.Mutex // guards peers; taken at compile, never per request
 	peers map[egressPeerKey]*peer
@@ -125,10 +126,12 @@ type egressState struct {
 
 func newEgressState(m *telemetry.EgressMetrics) *egressState {
 	d := net.Dialer{Timeout: handshakeTimeout, KeepAlive: 30 * time.Second}
+	via := "1.1 trellis-" + rand.Text()[:10]
 	return &egressState{
+		viaHdr:  []string{via},
 		metrics: m,
 		dialer:  d,
-		via:     "1.1 trellis-" + rand.Text()[:10],
+		via:     via,
 		passthrough: &http.Transport{
 			Proxy: nil,
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -179,22 +182,36 @@ func (p *Proxy) outside(ex *Exchange) *Response {
 		}
 		return ex.fail(http.StatusBadGateway, FlagEG, msg)
 	}
-	port := ex.hostPort
-	if port == 0 {
-		port = 80
-	}
-	addr := net.JoinHostPort(ex.host, strconv.FormatUint(uint64(port), 10))
+	addr := outsideAddr(ex)
 	if tunnel {
 		return p.dialDirect(ex, addr)
 	}
 	o := outHeader(ex, 1)
-	via := o.header["Via"]
-	o.header["Via"] = append(via[:len(via):len(via)], p.egress.via)
+	if via := o.header["Via"]; len(via) > 0 {
+		o.header["Via"] = append(via[:len(via):len(via)], p.egress.via)
+	} else {
+		o.header["Via"] = p.egress.viaHdr
+	}
 	resp := roundTrip(ex, p.egress.passthrough, "http", addr, o)
 	if ex.err == nil && resp.Header != nil {
 		stripMeshHeaders(resp.Header, "") // an outside server does not speak for the mesh
 	}
 	return resp
+}
+
+// outsideAddr is host:port for a host outside the registry (port 80 when
+// the request named none): the authority itself when it is already that,
+// sparing a join per request.
+func outsideAddr(ex *Exchange) string {
+	h, a := ex.host, ex.Authority
+	if ex.hostPort != 0 && len(a) > len(h)+1 && a[:len(h)] == h && a[len(h)] == ':' {
+		return a
+	}
+	port := ex.hostPort
+	if port == 0 {
+		port = 80
+	}
+	return net.JoinHostPort(h, strconv.FormatUint(uint64(port), 10))
 }
 
 // looped reports whether h carries this proxy's own Via entry.
