@@ -278,6 +278,7 @@ func TestExternalServiceTLSOrigination(t *testing.T) {
 			if len(r.TLS.PeerCertificates) > 0 {
 				peer = r.TLS.PeerCertificates[0].DNSNames[0]
 			}
+			w.Header().Set("X-Proto", r.Proto)
 			fmt.Fprintf(w, "tls %s sni=%s client=%s", r.Host, r.TLS.ServerName, peer)
 		}),
 		TLSConfig: &tls.Config{
@@ -303,6 +304,17 @@ func TestExternalServiceTLSOrigination(t *testing.T) {
 	}
 	if got := sni.Load(); got != "tls.payments.test" {
 		t.Errorf("server saw SNI %v", got)
+	}
+	if p := resp.Header.Get("X-Proto"); p != "HTTP/1.1" {
+		t.Errorf("http port spoke %s to the server, want HTTP/1.1", p)
+	}
+	// An http2 port: HTTP/2 over the originated TLS (ALPN h2), whatever
+	// the app spoke to its proxy.
+	h2svc := externalSvc(ln.Addr().String(), &meshv1.Port{Name: "h2", Port: 80, Protocol: meshv1.Protocol_HTTP2})
+	h2svc.External.Tls = svc.External.Tls
+	update(t, c, egressSnapshot(meshv1.OutboundTrafficPolicy_ALLOW_ANY, paymentsHost, h2svc))
+	if resp, _ = get(t, proxyClient(c), "http://api.payments.test/x", nil); resp.StatusCode != 200 || resp.Header.Get("X-Proto") != "HTTP/2.0" {
+		t.Fatalf("http2 port: %d %s, want 200 over HTTP/2", resp.StatusCode, resp.Header.Get("X-Proto"))
 	}
 
 	svc.External.Tls = &meshv1.TLSOrigination{Mode: meshv1.TLSOrigination_MUTUAL, Sni: "tls.payments.test", CaCertificates: caFile,
