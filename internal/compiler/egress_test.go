@@ -1,6 +1,7 @@
 package compiler
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -27,6 +28,23 @@ spec:
   ports: [{number: 80, targetPort: 443}]
   endpoints: [{address: "203.0.113.1"}, {address: "203.0.113.2:8443", labels: {zone: b}}]
   tls: {mode: SIMPLE, sni: api.payments.example}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: payments}
+spec:
+  parentRefs: [{group: trellis.dev, kind: ExternalService, name: payments}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{group: trellis.dev, kind: ExternalService, name: payments, port: 80}]
+    timeouts: {request: 3s}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: payments}
+spec:
+  targetRefs: [{kind: ExternalService, name: payments}]
+  retry: {attempts: 2}
 `)
 		before := e.snap("web", "default")
 		p := before.GetOutboundTrafficPolicy()
@@ -58,18 +76,27 @@ spec:
 		if got := portsString(svc.GetPorts()); !strings.Contains(got, "80") {
 			t.Errorf("ports %s", got)
 		}
+		if rs := svc.GetRoutes(); len(rs) != 1 || rs[0].GetTimeouts().GetRequest().AsDuration().Seconds() != 3 || rs[0].GetBackends()[0].GetService() != "payments" {
+			t.Errorf("routes %v: want the HTTPRoute attached by kind ExternalService", rs)
+		}
+		if svc.GetBackendPolicy().GetRetry().GetAttempts() != 2 {
+			t.Errorf("backend policy %v: want the BackendPolicy targeting kind ExternalService", svc.GetBackendPolicy())
+		}
 
-		e.apply(`apiVersion: trellis.dev/v1alpha1
+		const meshConfig = `apiVersion: trellis.dev/v1alpha1
 kind: MeshConfig
 metadata: {name: mesh, namespace: trellis-system}
 spec:
-  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
-`)
+  outboundTrafficPolicy: {mode: %s}
+`
+		e.apply(fmt.Sprintf(meshConfig, "ALLOW_ANY"))
+		allowAny := e.snap("web", "default")
+		e.apply(fmt.Sprintf(meshConfig, "REGISTRY_ONLY"))
 		after := e.snap("web", "default")
 		if after.GetOutboundTrafficPolicy().GetMode() != meshv1.OutboundTrafficPolicy_REGISTRY_ONLY {
 			t.Fatalf("mode %v, want REGISTRY_ONLY", after.GetOutboundTrafficPolicy().GetMode())
 		}
-		if after.GetVersion() == before.GetVersion() {
+		if after.GetVersion() == allowAny.GetVersion() {
 			t.Error("the mode did not move the version")
 		}
 		if got := strings.Join(after.GetOutboundTrafficPolicy().GetNamespaces(), ","); got != "default,shop,trellis-system" {

@@ -140,6 +140,9 @@ type service struct {
 func meshServices(st *view.State) []service {
 	byKey := map[config.ServiceKey]service{}
 	for _, r := range st.Resources() {
+		if _, ext := r.Object.(config.ExternalDeclarer); ext {
+			continue // outside the mesh: its hosts are the world's DNS names, not the mesh's
+		}
 		if d, ok := r.Object.(config.Declarer); ok {
 			svc := &meshv1.Service{}
 			d.DeclarePorts(svc)

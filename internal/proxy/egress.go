@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"net"
 	"net/http"
 	"strconv"
@@ -113,6 +114,11 @@ type egressState struct {
 	// HTTP_PROXY is this proxy).
 	passthrough *http.Transport
 	dialer      net.Dialer
+	// via is this proxy's Via entry on what it passes through: a request
+	// that arrives carrying it has looped (the app asked for one of this
+	// proxy's own ports), and is refused rather than sent round again.
+	via    string
+	viaHdr []string // {via}, shared by requests that came without one
 
 	mu    sync.Mutex // guards peers; taken at compile, never per request
 	peers map[egressPeerKey]*peer
@@ -120,9 +126,12 @@ type egressState struct {
 
 func newEgressState(m *telemetry.EgressMetrics) *egressState {
 	d := net.Dialer{Timeout: handshakeTimeout, KeepAlive: 30 * time.Second}
+	via := "1.1 trellis-" + rand.Text()[:10]
 	return &egressState{
+		viaHdr:  []string{via},
 		metrics: m,
 		dialer:  d,
+		via:     via,
 		passthrough: &http.Transport{
 			Proxy: nil,
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -150,7 +159,7 @@ func (p *Proxy) egressFilter(next Handler) Handler {
 		if ex.Service == nil {
 			return p.outside(ex)
 		}
-		if ex.Service.ext != nil && ex.Method == http.MethodConnect || ex.raw && ex.Service.ext != nil {
+		if ex.Service.ext != nil && (ex.Method == http.MethodConnect || ex.raw) {
 			return p.tunnelExternal(ex)
 		}
 		return next.Serve(ex)
@@ -162,6 +171,9 @@ func (p *Proxy) egressFilter(next Handler) Handler {
 func (p *Proxy) outside(ex *Exchange) *Response {
 	e := &ex.cfg.egress
 	tunnel := ex.Method == http.MethodConnect
+	if !tunnel && p.egress.looped(ex.Header) {
+		return ex.fail(http.StatusLoopDetected, FlagEG, "request for "+ex.host+" came back to this proxy: it names one of the proxy's own ports")
+	}
 	p.egress.metrics.Count(e.registryOnly, e.registryOnly, tunnel)
 	if e.registryOnly {
 		msg := ex.host + " is not a mesh service or an ExternalService, and the mesh's outbound traffic policy is REGISTRY_ONLY: register it with an ExternalService"
@@ -170,16 +182,46 @@ func (p *Proxy) outside(ex *Exchange) *Response {
 		}
 		return ex.fail(http.StatusBadGateway, FlagEG, msg)
 	}
+	addr := outsideAddr(ex)
+	if tunnel {
+		return p.dialDirect(ex, addr)
+	}
+	o := outHeader(ex, 1)
+	if via := o.header["Via"]; len(via) > 0 {
+		o.header["Via"] = append(via[:len(via):len(via)], p.egress.via)
+	} else {
+		o.header["Via"] = p.egress.viaHdr
+	}
+	resp := roundTrip(ex, p.egress.passthrough, "http", addr, o)
+	if ex.err == nil && resp.Header != nil {
+		stripMeshHeaders(resp.Header, "") // an outside server does not speak for the mesh
+	}
+	return resp
+}
+
+// outsideAddr is host:port for a host outside the registry (port 80 when
+// the request named none): the authority itself when it is already that,
+// sparing a join per request.
+func outsideAddr(ex *Exchange) string {
+	h, a := ex.host, ex.Authority
+	if ex.hostPort != 0 && len(a) > len(h)+1 && a[:len(h)] == h && a[len(h)] == ':' {
+		return a
+	}
 	port := ex.hostPort
 	if port == 0 {
 		port = 80
 	}
-	addr := net.JoinHostPort(ex.host, strconv.FormatUint(uint64(port), 10))
-	if tunnel {
-		return p.dialDirect(ex, addr)
+	return net.JoinHostPort(h, strconv.FormatUint(uint64(port), 10))
+}
+
+// looped reports whether h carries this proxy's own Via entry.
+func (es *egressState) looped(h http.Header) bool {
+	for _, v := range h["Via"] {
+		if strings.Contains(v, es.via) {
+			return true
+		}
 	}
-	o := outHeader(ex, 0)
-	return roundTrip(ex, p.egress.passthrough, "http", addr, o)
+	return false
 }
 
 // dialDirect opens a plain TCP connection to addr for a tunnel.

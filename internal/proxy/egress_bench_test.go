@@ -41,7 +41,7 @@ func BenchmarkEgressChain(b *testing.B) {
 			}
 			p.egress.passthrough.RegisterProtocol("http", stubPeer{})
 		}
-		cases := []struct{ name, host string }{{"mesh", "api"}, {"external", "api.payments.test"}, {"passthrough", "203.0.113.9"}}
+		cases := []struct{ name, host string }{{"mesh", "api"}, {"external", "api.payments.test"}, {"passthrough", "203.0.113.9"}, {"passthrough-port", "203.0.113.9:8080"}}
 		want := 200
 		if mode == meshv1.OutboundTrafficPolicy_REGISTRY_ONLY {
 			cases, want = []struct{ name, host string }{{"refused", "203.0.113.9"}}, http.StatusBadGateway

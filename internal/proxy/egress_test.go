@@ -70,6 +70,9 @@ func update(t *testing.T, p *Proxy, s *meshv1.Snapshot) {
 func TestEgressOutsideTheRegistry(t *testing.T) {
 	ca := newTestCA(t, "trellis.local")
 	addr := startInternet(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get("Via"); !strings.HasPrefix(v, "1.1 trellis-") {
+			w.WriteHeader(http.StatusTeapot) // the proxy's Via entry is missing
+		}
 		fmt.Fprintf(w, "internet saw %s %s", r.Host, r.URL.Path)
 	}))
 	var subs sync.Map
@@ -96,6 +99,12 @@ func TestEgressOutsideTheRegistry(t *testing.T) {
 	}
 	if _, ok := subs.Load("orders.shop"); !ok {
 		t.Error("orders.shop (a mesh namespace) was not subscribed to")
+	}
+
+	// The app asking for the proxy's own port: refused once, not looped.
+	resp, body = get(t, hc, "http://"+c.OutboundAddr()+"/", nil)
+	if resp.StatusCode != http.StatusLoopDetected || !strings.Contains(body, "came back to this proxy") {
+		t.Fatalf("request to the proxy's own port: %d %q, want 508", resp.StatusCode, body)
 	}
 
 	update(t, c, egressSnapshot(meshv1.OutboundTrafficPolicy_REGISTRY_ONLY, nil))
@@ -269,6 +278,7 @@ func TestExternalServiceTLSOrigination(t *testing.T) {
 			if len(r.TLS.PeerCertificates) > 0 {
 				peer = r.TLS.PeerCertificates[0].DNSNames[0]
 			}
+			w.Header().Set("X-Proto", r.Proto)
 			fmt.Fprintf(w, "tls %s sni=%s client=%s", r.Host, r.TLS.ServerName, peer)
 		}),
 		TLSConfig: &tls.Config{
@@ -294,6 +304,17 @@ func TestExternalServiceTLSOrigination(t *testing.T) {
 	}
 	if got := sni.Load(); got != "tls.payments.test" {
 		t.Errorf("server saw SNI %v", got)
+	}
+	if p := resp.Header.Get("X-Proto"); p != "HTTP/1.1" {
+		t.Errorf("http port spoke %s to the server, want HTTP/1.1", p)
+	}
+	// An http2 port: HTTP/2 over the originated TLS (ALPN h2), whatever
+	// the app spoke to its proxy.
+	h2svc := externalSvc(ln.Addr().String(), &meshv1.Port{Name: "h2", Port: 80, Protocol: meshv1.Protocol_HTTP2})
+	h2svc.External.Tls = svc.External.Tls
+	update(t, c, egressSnapshot(meshv1.OutboundTrafficPolicy_ALLOW_ANY, paymentsHost, h2svc))
+	if resp, _ = get(t, proxyClient(c), "http://api.payments.test/x", nil); resp.StatusCode != 200 || resp.Header.Get("X-Proto") != "HTTP/2.0" {
+		t.Fatalf("http2 port: %d %s, want 200 over HTTP/2", resp.StatusCode, resp.Header.Get("X-Proto"))
 	}
 
 	svc.External.Tls = &meshv1.TLSOrigination{Mode: meshv1.TLSOrigination_MUTUAL, Sni: "tls.payments.test", CaCertificates: caFile,
@@ -341,10 +362,12 @@ func TestExternalServiceDNSAndTunnel(t *testing.T) {
 	tcpPort, httpPort := mustPort(t, echoPort), mustPort(t, webPort)
 	svc := &meshv1.Service{
 		Name: "outside", Namespace: "default",
-		Ports:    []*meshv1.Port{{Name: "tcp", Port: tcpPort, Protocol: meshv1.Protocol_TCP}, {Name: "http", Port: httpPort, Protocol: meshv1.Protocol_HTTP}},
-		External: &meshv1.External{Resolution: meshv1.External_DNS, Hosts: []string{ip}},
+		Ports: []*meshv1.Port{{Name: "tcp", Port: tcpPort, Protocol: meshv1.Protocol_TCP}, {Name: "http", Port: httpPort, Protocol: meshv1.Protocol_HTTP}},
+		// hosts[0] listens on nothing: DNS resolution dials the host the
+		// request named, not the first one.
+		External: &meshv1.External{Resolution: meshv1.External_DNS, Hosts: []string{"127.0.0.9", ip}},
 	}
-	hosts := []*meshv1.ExternalHost{{Host: ip, Service: "outside", Namespace: "default"}}
+	hosts := []*meshv1.ExternalHost{{Host: "127.0.0.9", Service: "outside", Namespace: "default"}, {Host: ip, Service: "outside", Namespace: "default"}}
 	c := startClient(t, ca, Options{})
 	update(t, c, egressSnapshot(meshv1.OutboundTrafficPolicy_REGISTRY_ONLY, hosts, svc))
 

@@ -258,7 +258,8 @@ type Response struct {
 //	     (gRPC: 200 with grpc-status 14 UNAVAILABLE)
 //	EG   egress refused: the host is neither a mesh service nor an
 //	     ExternalService and the mesh's outbound traffic policy is
-//	     REGISTRY_ONLY                        502 (CONNECT: 403)
+//	     REGISTRY_ONLY                        502 (CONNECT: 403); or a
+//	     pass-through that came back to this proxy (a loop)    508
 type Flags uint32
 
 // The response flags; see Flags.
