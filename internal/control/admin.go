@@ -118,7 +118,7 @@ func newAdmin(d adminDeps) *admin {
 	mux.HandleFunc("GET /v1/tap/{namespace}/{service}", a.tap)
 	mux.HandleFunc("GET /v1/stats", a.statsQuery)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/replicas, /v1/tokens, /v1/audit, /v1/stats, /v1/tap/<namespace>/<service>)", r.Method, truncate(r.URL.Path, 256)))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API: %s %s (see /v1/apply, /v1/resources/<kind>, /v1/proxies, /v1/endpoints, /v1/replicas, /v1/xds-clients, /v1/tokens, /v1/audit, /v1/stats, /v1/tap/<namespace>/<service>)", r.Method, truncate(r.URL.Path, 256)))
 	})
 	a.handler = a.authenticate(mux)
 	return a

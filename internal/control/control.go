@@ -232,6 +232,7 @@ type Control struct {
 	promReg    *prometheus.Registry
 	dns        *meshdns.Server // nil when DNS is off
 	xds        *xds.Server     // nil when xDS is off
+	xdsStop    context.CancelFunc
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -559,6 +560,7 @@ func (c *Control) Err() <-chan error { return c.errc }
 func (c *Control) Stop() error {
 	c.stopOnce.Do(func() {
 		c.push.Shutdown()
+		c.stopXDS()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		done := make(chan struct{})

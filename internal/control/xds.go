@@ -24,10 +24,22 @@ func (c *Control) startXDS(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("control: xds metrics: %w", err)
 	}
-	c.xds = xds.New(ctx, c.comp, c.view, xds.Options{TrustDomain: c.o.TrustDomain, Metrics: meter, Logger: c.o.Logger})
+	// Streams end with xctx, before the gRPC server's graceful stop,
+	// which would otherwise wait for every xDS client to hang up.
+	xctx, cancel := context.WithCancel(ctx)
+	c.xdsStop = cancel
+	c.xds = xds.New(xctx, c.comp, c.view, xds.Options{TrustDomain: c.o.TrustDomain, Metrics: meter, Logger: c.o.Logger})
 	c.xds.Register(c.grpc)
-	c.wg.Go(func() { c.xds.Run(ctx) })
+	c.wg.Go(func() { c.xds.Run(xctx) })
 	return nil
+}
+
+// stopXDS ends the xDS streams (clients reconnect to another replica or
+// after a restart) and the resource updates.
+func (c *Control) stopXDS() {
+	if c.xdsStop != nil {
+		c.xdsStop()
+	}
 }
 
 // xdsClients lists the connected xDS streams (empty when xDS is off).

@@ -13,6 +13,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -69,6 +70,12 @@ type translator struct {
 func Translate(snap *meshv1.Snapshot) (Resources, error) {
 	t := &translator{trustDomain: snap.GetTrustDomain(), services: map[string]svcPorts{}}
 	for _, s := range snap.GetServices() {
+		if s.GetExternal() != nil {
+			// An ExternalService's endpoints are outside addresses with
+			// no SPIFFE ID: the mesh's mTLS cannot reach them, so they
+			// are not served (docs/operations.md, xDS).
+			continue
+		}
 		sp := svcPorts{svc: s}
 		for _, p := range s.GetPorts() {
 			sp.ports = append(sp.ports, p.GetPort())
@@ -77,6 +84,9 @@ func Translate(snap *meshv1.Snapshot) (Resources, error) {
 	}
 	out := Resources{}
 	for _, s := range snap.GetServices() {
+		if s.GetExternal() != nil {
+			continue
+		}
 		if err := t.service(out, s, snap.GetDomain()); err != nil {
 			return nil, fmt.Errorf("xds: translate %s: %w", hostOf(s), err)
 		}
@@ -179,13 +189,21 @@ func listener(name, routeName string) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	faults, err := anypb.New(&faultv3.HTTPFault{})
+	if err != nil {
+		return nil, err
+	}
 	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix: name,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource:    adsSource(),
 			RouteConfigName: routeName,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{{Name: routerFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}},
+		// The fault filter does nothing unless a route configures it.
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: faultFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: faults}},
+			{Name: routerFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}},
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -224,7 +242,6 @@ func (t *translator) routeConfig(s *meshv1.Service, port uint32, name string) (*
 // routes is one xDS route per match of r (xDS matches are ANDs; a Trellis
 // route is an OR of them), all with the same action.
 func (t *translator) routes(s *meshv1.Service, r *meshv1.Route, port uint32) ([]*routev3.Route, error) {
-	action := t.action(s, r.GetTimeouts(), r.GetBackends(), port)
 	matches := r.GetMatches()
 	if len(matches) == 0 {
 		matches = []*meshv1.Match{{}}
@@ -235,7 +252,13 @@ func (t *translator) routes(s *meshv1.Service, r *meshv1.Route, port uint32) ([]
 		if err != nil {
 			return nil, fmt.Errorf("route %s: matches[%d]: %w", r.GetName(), i, err)
 		}
-		out = append(out, &routev3.Route{Name: r.GetName(), Match: rm, Action: &routev3.Route_Route{Route: action}})
+		// An action per xDS route: filters edit it.
+		rt := &routev3.Route{Name: r.GetName(), Match: rm,
+			Action: &routev3.Route_Route{Route: t.action(s, r.GetTimeouts(), r.GetBackends(), port)}}
+		if err := t.applyFilters(rt, r.GetFilters(), m, port); err != nil {
+			return nil, fmt.Errorf("route %s: %w", r.GetName(), err)
+		}
+		out = append(out, rt)
 	}
 	return out, nil
 }

@@ -12,6 +12,8 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
 
 // greeterMesh is the small config of the golden test: a gRPC service
@@ -186,5 +188,97 @@ func TestReferencesResolve(t *testing.T) {
 	}
 	if len(snap.GetResources(resource.ListenerType)) == 0 {
 		t.Fatal("no listeners")
+	}
+}
+
+// TestTranslateNames: a multi-port service gets a listener per port and
+// the bare name for its first gRPC port; TCP ports none; a backend
+// without a port goes to the request's port, or to the backend's first
+// port when it has not that one; an unhealthy or malformed endpoint is
+// not assigned.
+func TestTranslateNames(t *testing.T) {
+	snap := &meshv1.Snapshot{TrustDomain: "trellis.local", Services: []*meshv1.Service{
+		{Name: "shop", Namespace: "default", Ports: []*meshv1.Port{
+			{Name: "http", Port: 80, Protocol: meshv1.Protocol_HTTP},
+			{Name: "grpc", Port: 9090, Protocol: meshv1.Protocol_GRPC},
+			{Name: "db", Port: 5432, Protocol: meshv1.Protocol_TCP},
+		}, Routes: []*meshv1.Route{{Name: "r", Port: 9090, Backends: []*meshv1.Backend{{Service: "legacy", Namespace: "default", Weight: 1}}}},
+			Endpoints: []*meshv1.Endpoint{
+				{Id: "ok", Address: "127.0.0.1:24010", Healthy: true},
+				{Id: "sick", Address: "127.0.0.1:24011"},
+				{Id: "bad", Address: "no-port", Healthy: true},
+			}},
+		{Name: "legacy", Namespace: "default", Ports: []*meshv1.Port{{Name: "grpc", Port: 8080, Protocol: meshv1.Protocol_GRPC}}},
+	}}
+	rs, err := Translate(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listeners []string
+	for _, r := range rs[resource.ListenerType] {
+		listeners = append(listeners, resourceName(r))
+	}
+	want := []string{"legacy.default", "legacy.default:8080", "shop.default", "shop.default:80", "shop.default:9090"}
+	if strings.Join(listeners, " ") != strings.Join(want, " ") {
+		t.Errorf("listeners = %v, want %v", listeners, want)
+	}
+	for _, r := range rs[resource.ListenerType] {
+		hcm := &hcmv3.HttpConnectionManager{}
+		if err := r.(*listenerv3.Listener).GetApiListener().GetApiListener().UnmarshalTo(hcm); err != nil {
+			t.Fatal(err)
+		}
+		if resourceName(r) == "shop.default" && hcm.GetRds().GetRouteConfigName() != "shop.default:9090" {
+			t.Errorf("shop.default routes by %q, want its gRPC port's shop.default:9090", hcm.GetRds().GetRouteConfigName())
+		}
+	}
+	for _, r := range rs[resource.RouteType] {
+		rc := r.(*routev3.RouteConfiguration)
+		routes := rc.GetVirtualHosts()[0].GetRoutes()
+		switch rc.GetName() {
+		case "shop.default:9090":
+			if len(routes) != 1 || routes[0].GetRoute().GetCluster() != "legacy.default:8080" {
+				t.Errorf("shop.default:9090 routes = %v; want one to legacy.default:8080", routes)
+			}
+		case "shop.default:80":
+			// The route is for port 9090 only: port 80 matches nothing.
+			if len(routes) != 0 {
+				t.Errorf("shop.default:80 routes = %v; want none", routes)
+			}
+		}
+	}
+	for _, r := range rs[resource.EndpointType] {
+		cla := r.(*endpointv3.ClusterLoadAssignment)
+		if cla.GetClusterName() != "shop.default:80" {
+			continue
+		}
+		if eps := cla.GetEndpoints(); len(eps) != 1 || len(eps[0].GetLbEndpoints()) != 1 ||
+			eps[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue() != 24010 {
+			t.Errorf("shop endpoints = %v; want the healthy, well-formed one only", eps)
+		}
+	}
+}
+
+// TestTranslateSkipsExternalServices: an ExternalService (outside
+// addresses, no SPIFFE ID) gets no xDS resources.
+func TestTranslateSkipsExternalServices(t *testing.T) {
+	snap := &meshv1.Snapshot{TrustDomain: "trellis.local", Services: []*meshv1.Service{
+		{Name: "greeter", Namespace: "default", Ports: []*meshv1.Port{{Name: "grpc", Port: 9090, Protocol: meshv1.Protocol_GRPC}}},
+		{Name: "stripe", Namespace: "default", External: &meshv1.External{Hosts: []string{"api.stripe.test"}},
+			Ports:     []*meshv1.Port{{Name: "grpc", Port: 443, Protocol: meshv1.Protocol_GRPC}},
+			Endpoints: []*meshv1.Endpoint{{Id: "e", Address: "203.0.113.7:443", Healthy: true}}},
+	}}
+	rs, err := Translate(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for typ, list := range rs {
+		for _, r := range list {
+			if strings.HasPrefix(resourceName(r), "stripe.") {
+				t.Errorf("%s %s served for an ExternalService", typ, resourceName(r))
+			}
+		}
+	}
+	if len(rs[resource.ListenerType]) == 0 {
+		t.Fatal("no listener for the mesh service")
 	}
 }

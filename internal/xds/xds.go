@@ -117,7 +117,8 @@ func New(ctx context.Context, comp Compiler, v View, o Options) *Server {
 	s.clients = newClients(o.TrustDomain, o.Metrics, s.log)
 	// ads=false: a name the set lacks is answered as absent at once (a
 	// client dialling an unknown service fails fast) instead of waiting.
-	s.cache = cache.NewSnapshotCache(false, oneKey{}, nil)
+	// Its info lines are per request: debug here.
+	s.cache = cache.NewSnapshotCache(false, oneKey{}, cacheLogger{s.log})
 	s.xds = server.NewServer(ctx, s.cache, s.clients)
 	return s
 }
