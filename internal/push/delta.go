@@ -119,19 +119,25 @@ func ApplyDelta(base, delta *meshv1.Snapshot) (*meshv1.Snapshot, error) {
 	if base == nil {
 		return nil, ErrNoBase
 	}
-	svcs := serviceSet(base)
+	inBase := serviceSet(base)
+	removed := make(map[string]bool, len(delta.GetRemovedServices()))
 	for _, k := range delta.GetRemovedServices() {
-		if svcs[k] == nil {
+		if inBase[k] == nil {
 			return nil, fmt.Errorf(DeltaRefusal+"snapshot %s: removed_services: %q is not in the base snapshot %s", delta.GetVersion(), k, base.GetVersion())
 		}
-		delete(svcs, k)
+		removed[k] = true
 	}
+	changed := make(map[string]*meshv1.Service, len(delta.GetServices()))
+	var added []*meshv1.Service
 	for i, s := range delta.GetServices() {
 		k := ServiceKey(s)
-		if slices.Contains(delta.GetRemovedServices(), k) {
+		if removed[k] {
 			return nil, fmt.Errorf(DeltaRefusal+"snapshot %s: services[%d]: %q is also in removed_services", delta.GetVersion(), i, k)
 		}
-		svcs[k] = s
+		changed[k] = s
+		if inBase[k] == nil {
+			added = append(added, s)
+		}
 	}
 	out := shallowCopy(delta)
 	if len(out.TrustBundle) == 0 {
@@ -139,16 +145,30 @@ func ApplyDelta(base, delta *meshv1.Snapshot) (*meshv1.Snapshot, error) {
 	}
 	out.Incremental = false
 	out.RemovedServices = nil
-	out.Services = make([]*meshv1.Service, 0, len(svcs))
-	for _, s := range svcs {
-		out.Services = append(out.Services, s)
+	// The base's order, changed services in place, added ones after; in
+	// the compiler's order (namespace, then name) when the base was in it,
+	// so a merged snapshot equals the full one.
+	out.Services = make([]*meshv1.Service, 0, len(inBase)-len(removed)+len(added))
+	for _, s := range base.GetServices() {
+		k := ServiceKey(s)
+		switch {
+		case removed[k]:
+		case changed[k] != nil:
+			out.Services = append(out.Services, changed[k])
+		default:
+			out.Services = append(out.Services, s)
+		}
 	}
-	// The compiler's order (namespace, then name), so a merged snapshot
-	// equals the full one.
-	slices.SortFunc(out.Services, func(a, b *meshv1.Service) int {
-		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
-	})
+	sorted := slices.IsSortedFunc(base.GetServices(), compareServices)
+	out.Services = append(out.Services, added...)
+	if sorted {
+		slices.SortStableFunc(out.Services, compareServices)
+	}
 	return out, nil
+}
+
+func compareServices(a, b *meshv1.Service) int {
+	return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
 }
 
 // shallowCopy copies src's fields (sharing nested messages): the compiler

@@ -493,3 +493,29 @@ func TestNoDeltaBeforeAck(t *testing.T) {
 		t.Fatalf("delta after the ACK carries %v, want [s03.default]", names(s4.GetServices()))
 	}
 }
+
+// TestApplyDeltaKeepsOrder: a base in the compiler's order stays in it
+// (added services take their place); any other order is kept, changed
+// services in place and added ones last.
+func TestApplyDeltaKeepsOrder(t *testing.T) {
+	delta := snapOf("v2", svc("b", "10.0.0.9:1"), svc("c"))
+	delta.Incremental = true
+	for _, tt := range []struct {
+		base []*meshv1.Service
+		want []string
+	}{
+		{[]*meshv1.Service{svc("a"), svc("b"), svc("d")}, []string{"a.default", "b.default", "c.default", "d.default"}},
+		{[]*meshv1.Service{svc("d"), svc("b"), svc("a")}, []string{"d.default", "b.default", "a.default", "c.default"}},
+	} {
+		got, err := ApplyDelta(snapOf("v1", tt.base...), delta)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := names(got.GetServices()); !slices.Equal(n, tt.want) {
+			t.Errorf("merged onto %v: %v, want %v", names(tt.base), n, tt.want)
+		}
+		if len(got.GetServices()[slices.Index(names(got.GetServices()), "b.default")].GetEndpoints()) != 1 {
+			t.Error("b was not replaced by its changed version")
+		}
+	}
+}
