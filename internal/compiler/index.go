@@ -55,8 +55,13 @@ type index struct {
 	attached  map[svcKey][]attached
 	objects   map[config.Ref]config.Object  // what Attachers look up (a route's FaultInjection)
 	endpoints map[string][]*meshv1.Endpoint // by namespace, sorted by id
-	cache     map[svcKey]*compiled
-	inbounds  map[svcKey]*compiled
+	// byApp narrows a selector with an "app" label (every default one) to
+	// the endpoints carrying it: by namespace, then app, sorted by id. The
+	// scale harness showed scanning the namespace's endpoints for every
+	// service compiled, on every change, growing as services × endpoints.
+	byApp    map[string]map[string][]*meshv1.Endpoint
+	cache    map[svcKey]*compiled
+	inbounds map[svcKey]*compiled
 	// inboundObjs contribute to proxies' own inbound policy, in Ref order.
 	inboundObjs []config.InboundContributor
 	// defaultAuthz is the mesh-wide default decision.
@@ -79,6 +84,7 @@ func buildIndex(st *view.State, log *slog.Logger, defaultAuthz meshv1.AuthzActio
 		attached:     map[svcKey][]attached{},
 		objects:      map[config.Ref]config.Object{},
 		endpoints:    map[string][]*meshv1.Endpoint{},
+		byApp:        map[string]map[string][]*meshv1.Endpoint{},
 		cache:        map[svcKey]*compiled{},
 		inbounds:     map[svcKey]*compiled{},
 
@@ -111,8 +117,15 @@ func buildIndex(st *view.State, log *slog.Logger, defaultAuthz meshv1.AuthzActio
 	for _, ep := range st.Endpoints() {
 		idx.endpoints[ep.Namespace] = append(idx.endpoints[ep.Namespace], ep)
 	}
-	for _, eps := range idx.endpoints {
+	for ns, eps := range idx.endpoints {
 		sort.Slice(eps, func(i, j int) bool { return eps[i].Id < eps[j].Id })
+		apps := map[string][]*meshv1.Endpoint{}
+		for _, ep := range eps {
+			if app, ok := ep.Labels["app"]; ok {
+				apps[app] = append(apps[app], ep)
+			}
+		}
+		idx.byApp[ns] = apps
 	}
 	idx.egress = buildEgress(st, idx.declared)
 	return idx
@@ -216,7 +229,11 @@ func (idx *index) service(k svcKey) *compiled {
 	if eps, ok := idx.externalEndpoints(k); ok {
 		svc.Endpoints = eps
 	} else {
-		for _, ep := range idx.endpoints[k.ns] {
+		candidates := idx.endpoints[k.ns]
+		if app, ok := sel["app"]; ok {
+			candidates = idx.byApp[k.ns][app]
+		}
+		for _, ep := range candidates {
 			if ep.Healthy && matches(sel, ep.Labels) && runsAs(ep.Identity, nsPath, accounts) {
 				svc.Endpoints = append(svc.Endpoints, ep)
 			}

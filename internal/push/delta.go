@@ -1,6 +1,7 @@
 package push
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -17,8 +18,10 @@ import (
 // A proxy that sets WatchRequest.supports_incremental on its first message
 // may get a Snapshot with incremental set: a delta onto the snapshot it last
 // ACKed on this stream. A delta carries every top-level field in full (they
-// are small and their own hooks own them) except services: only those added
-// or changed, plus removed_services for those gone. The server sends a delta
+// are small and their own hooks own them) except services — only those
+// added or changed, plus removed_services for those gone — and the trust
+// bundle, left empty when unchanged (the largest field; a real bundle is
+// never empty, and a change to an empty one goes out as a full snapshot). The server sends a delta
 // only right after an ACK of the snapshot it is based on, so the base is
 // always what the proxy runs; after a NACK, on a new stream, or to a proxy
 // that did not ask, it sends full snapshots. The proxy merges the delta onto
@@ -49,10 +52,26 @@ func serviceSet(snap *meshv1.Snapshot) map[string]*meshv1.Service {
 	return m
 }
 
-// diffSnapshot returns the delta that turns the snapshot whose services are
-// base into snap, or nil when a delta would not be smaller than snap (every
-// service changed). snap is not modified; the delta shares its messages.
-func diffSnapshot(base map[string]*meshv1.Service, snap *meshv1.Snapshot) *meshv1.Snapshot {
+// deltaBase is what the server keeps of the snapshot a delta is based on.
+type deltaBase struct {
+	services map[string]*meshv1.Service
+	bundle   [][]byte
+}
+
+func baseOf(snap *meshv1.Snapshot) *deltaBase {
+	return &deltaBase{services: serviceSet(snap), bundle: snap.GetTrustBundle()}
+}
+
+// diffSnapshot returns the delta that turns the snapshot base was taken of
+// into snap, or nil when a delta would not be smaller than snap (every
+// service changed) or cannot say it (the bundle became empty). snap is not
+// modified; the delta shares its messages.
+func diffSnapshot(b *deltaBase, snap *meshv1.Snapshot) *meshv1.Snapshot {
+	base := b.services
+	sameBundle := slices.EqualFunc(b.bundle, snap.GetTrustBundle(), bytes.Equal)
+	if !sameBundle && len(snap.GetTrustBundle()) == 0 {
+		return nil
+	}
 	var changed []*meshv1.Service
 	present := 0
 	for _, s := range snap.GetServices() {
@@ -76,10 +95,13 @@ func diffSnapshot(base map[string]*meshv1.Service, snap *meshv1.Snapshot) *meshv
 		}
 		slices.Sort(removed)
 	}
-	if len(changed) == len(snap.GetServices()) && len(removed) == 0 {
+	if len(changed) == len(snap.GetServices()) && len(removed) == 0 && !sameBundle {
 		return nil
 	}
 	d := shallowCopy(snap)
+	if sameBundle {
+		d.TrustBundle = nil
+	}
 	d.Services = changed
 	d.Incremental = true
 	d.RemovedServices = removed
@@ -97,33 +119,56 @@ func ApplyDelta(base, delta *meshv1.Snapshot) (*meshv1.Snapshot, error) {
 	if base == nil {
 		return nil, ErrNoBase
 	}
-	svcs := serviceSet(base)
+	inBase := serviceSet(base)
+	removed := make(map[string]bool, len(delta.GetRemovedServices()))
 	for _, k := range delta.GetRemovedServices() {
-		if svcs[k] == nil {
+		if inBase[k] == nil {
 			return nil, fmt.Errorf(DeltaRefusal+"snapshot %s: removed_services: %q is not in the base snapshot %s", delta.GetVersion(), k, base.GetVersion())
 		}
-		delete(svcs, k)
+		removed[k] = true
 	}
+	changed := make(map[string]*meshv1.Service, len(delta.GetServices()))
+	var added []*meshv1.Service
 	for i, s := range delta.GetServices() {
 		k := ServiceKey(s)
-		if slices.Contains(delta.GetRemovedServices(), k) {
+		if removed[k] {
 			return nil, fmt.Errorf(DeltaRefusal+"snapshot %s: services[%d]: %q is also in removed_services", delta.GetVersion(), i, k)
 		}
-		svcs[k] = s
+		changed[k] = s
+		if inBase[k] == nil {
+			added = append(added, s)
+		}
 	}
 	out := shallowCopy(delta)
+	if len(out.TrustBundle) == 0 {
+		out.TrustBundle = base.GetTrustBundle()
+	}
 	out.Incremental = false
 	out.RemovedServices = nil
-	out.Services = make([]*meshv1.Service, 0, len(svcs))
-	for _, s := range svcs {
-		out.Services = append(out.Services, s)
+	// The base's order, changed services in place, added ones after; in
+	// the compiler's order (namespace, then name) when the base was in it,
+	// so a merged snapshot equals the full one.
+	out.Services = make([]*meshv1.Service, 0, len(inBase)-len(removed)+len(added))
+	for _, s := range base.GetServices() {
+		k := ServiceKey(s)
+		switch {
+		case removed[k]:
+		case changed[k] != nil:
+			out.Services = append(out.Services, changed[k])
+		default:
+			out.Services = append(out.Services, s)
+		}
 	}
-	// The compiler's order (namespace, then name), so a merged snapshot
-	// equals the full one.
-	slices.SortFunc(out.Services, func(a, b *meshv1.Service) int {
-		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
-	})
+	sorted := slices.IsSortedFunc(base.GetServices(), compareServices)
+	out.Services = append(out.Services, added...)
+	if sorted {
+		slices.SortStableFunc(out.Services, compareServices)
+	}
 	return out, nil
+}
+
+func compareServices(a, b *meshv1.Service) int {
+	return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
 }
 
 // shallowCopy copies src's fields (sharing nested messages): the compiler

@@ -40,13 +40,14 @@ func names(svcs []*meshv1.Service) []string {
 
 func TestDiffSnapshot(t *testing.T) {
 	a, b, c := svc("a", "10.0.0.1:1"), svc("b", "10.0.0.2:1"), svc("c", "10.0.0.3:1")
-	base := serviceSet(snapOf("v1", a, b, c))
+	base := baseOf(snapOf("v1", a, b, c))
 	tests := []struct {
 		name        string
 		next        *meshv1.Snapshot
 		wantNil     bool
 		wantChanged []string
 		wantRemoved []string
+		wantBundle  bool // the delta carries the bundle (it changed)
 	}{
 		{name: "one endpoint changed", next: snapOf("v2", a, svc("b", "10.0.0.2:1", "10.0.0.9:1"), c), wantChanged: []string{"b.default"}},
 		{name: "added", next: snapOf("v2", a, b, c, svc("d")), wantChanged: []string{"d.default"}},
@@ -56,7 +57,11 @@ func TestDiffSnapshot(t *testing.T) {
 		{name: "no service changed", next: snapOf("v2", a, b, c)},
 		// Equal content in new messages (a recompiled index) is unchanged.
 		{name: "equal copies", next: snapOf("v2", svc("a", "10.0.0.1:1"), svc("b", "10.0.0.2:1"), c)},
-		{name: "all changed: full is as small", next: snapOf("v2", svc("a"), svc("b"), svc("c")), wantNil: true},
+		// The bundle is left out when unchanged, so even this is smaller.
+		{name: "all changed", next: snapOf("v2", svc("a"), svc("b"), svc("c")), wantChanged: []string{"a.default", "b.default", "c.default"}},
+		{name: "all changed, new bundle: full is as small", next: withBundle(snapOf("v2", svc("a"), svc("b"), svc("c")), "root2"), wantNil: true},
+		{name: "bundle emptied: a delta cannot say so", next: withBundle(snapOf("v2", a, b, c)), wantNil: true},
+		{name: "bundle rotated", next: withBundle(snapOf("v2", a, b, svc("c")), "root", "root2"), wantChanged: []string{"c.default"}, wantBundle: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,6 +81,9 @@ func TestDiffSnapshot(t *testing.T) {
 			if got := names(d.GetServices()); !slices.Equal(got, tt.wantChanged) {
 				t.Errorf("changed = %v, want %v", got, tt.wantChanged)
 			}
+			if got := len(d.GetTrustBundle()) > 0; got != tt.wantBundle {
+				t.Errorf("delta carries the bundle: %v, want %v", got, tt.wantBundle)
+			}
 			if got := d.GetRemovedServices(); !slices.Equal(got, tt.wantRemoved) {
 				t.Errorf("removed = %v, want %v", got, tt.wantRemoved)
 			}
@@ -92,6 +100,14 @@ func TestDiffSnapshot(t *testing.T) {
 			}
 		})
 	}
+}
+
+func withBundle(s *meshv1.Snapshot, roots ...string) *meshv1.Snapshot {
+	s.TrustBundle = nil
+	for _, r := range roots {
+		s.TrustBundle = append(s.TrustBundle, []byte(r))
+	}
+	return s
 }
 
 func TestApplyDeltaRefuses(t *testing.T) {
@@ -160,7 +176,7 @@ func FuzzDelta(f *testing.F) {
 			return snapOf(string(spec), out...)
 		}
 		base, next := build(from), build(to)
-		d := diffSnapshot(serviceSet(base), next)
+		d := diffSnapshot(baseOf(base), next)
 		if d == nil {
 			d = next
 		}
@@ -325,6 +341,7 @@ func TestIncrementalPush(t *testing.T) {
 	}
 	wire := shallowCopy(want)
 	wire.Services = []*meshv1.Service{want.Services[7]}
+	wire.TrustBundle = nil // unchanged
 	wire.Incremental, wire.Nonce = true, got.GetNonce()
 	sent := after.PushedBytes - before.PushedBytes
 	if sent != uint64(proto.Size(wire)) {
@@ -474,5 +491,31 @@ func TestNoDeltaBeforeAck(t *testing.T) {
 	ms.change(func(m map[string]*meshv1.Service) { m["s03.default"] = svc("s03") })
 	if s4 := recv(true); len(s4.GetServices()) != 1 || ServiceKey(s4.GetServices()[0]) != "s03.default" {
 		t.Fatalf("delta after the ACK carries %v, want [s03.default]", names(s4.GetServices()))
+	}
+}
+
+// TestApplyDeltaKeepsOrder: a base in the compiler's order stays in it
+// (added services take their place); any other order is kept, changed
+// services in place and added ones last.
+func TestApplyDeltaKeepsOrder(t *testing.T) {
+	delta := snapOf("v2", svc("b", "10.0.0.9:1"), svc("c"))
+	delta.Incremental = true
+	for _, tt := range []struct {
+		base []*meshv1.Service
+		want []string
+	}{
+		{[]*meshv1.Service{svc("a"), svc("b"), svc("d")}, []string{"a.default", "b.default", "c.default", "d.default"}},
+		{[]*meshv1.Service{svc("d"), svc("b"), svc("a")}, []string{"d.default", "b.default", "a.default", "c.default"}},
+	} {
+		got, err := ApplyDelta(snapOf("v1", tt.base...), delta)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := names(got.GetServices()); !slices.Equal(n, tt.want) {
+			t.Errorf("merged onto %v: %v, want %v", names(tt.base), n, tt.want)
+		}
+		if len(got.GetServices()[slices.Index(names(got.GetServices()), "b.default")].GetEndpoints()) != 1 {
+			t.Error("b was not replaced by its changed version")
+		}
 	}
 }

@@ -52,7 +52,7 @@ type watchStream struct {
 	// deltas. base: the services of the snapshot last sent, a delta's base
 	// once baseAcked (the proxy ACKed it). sentIncr: that send was a delta.
 	incremental bool
-	base        map[string]*meshv1.Service
+	base        *deltaBase
 	baseAcked   bool
 	sentIncr    bool
 }
@@ -373,7 +373,7 @@ func (w *watchStream) nextSendLocked(snap *meshv1.Snapshot) *meshv1.Snapshot {
 	if out == nil {
 		out = shallowCopy(snap)
 	}
-	w.base, w.baseAcked = serviceSet(snap), false
+	w.base, w.baseAcked = baseOf(snap), false
 	return out
 }
 

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -221,6 +223,11 @@ func (m *mesh) Snapshot(_ context.Context, n push.Node) (*meshv1.Snapshot, error
 		snap.Services = append(snap.Services, bad)
 		snap.Version += "-poisoned"
 	}
+	// In the compiler's order (namespace, name), which a proxy merging a
+	// delta keeps.
+	slices.SortFunc(snap.Services, func(a, b *meshv1.Service) int {
+		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
+	})
 	return snap, nil
 }
 

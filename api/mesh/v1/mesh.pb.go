@@ -3366,7 +3366,8 @@ type Snapshot struct {
 	Replica string `protobuf:"bytes,12,opt,name=replica,proto3" json:"replica,omitempty"`
 	// scale: true when this is a delta onto the last snapshot the proxy
 	// ACKed on this stream: `services` holds only the services added or
-	// changed since, `removed_services` those gone; every other field is
+	// changed since, `removed_services` those gone; `trust_bundle` is empty
+	// when unchanged (a changed one is sent whole); every other field is
 	// complete, as in a full snapshot. Version is that of the whole result.
 	// Sent only to a proxy that set WatchRequest.supports_incremental, and
 	// only right after an ACK; after a NACK the next snapshot is full.
