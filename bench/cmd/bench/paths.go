@@ -213,7 +213,7 @@ func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy s
 		return "", nil, err
 	}
 	cli, err := sup.start("trellis-proxy-client", h.trellis, append(common[:len(common):len(common)],
-		append([]string{"--service", "bench-client", "--app", "127.0.0.1:1",
+		append([]string{"--service", "bench-client", // client-only: no --app, so no health check of one
 			"--inbound", addr(cliIn), "--outbound", addr(cliOut), "--admin", addr(cliAdmin),
 			"--upstream", "bench-server=" + addr(upstream)}, extraFor(extra, "client")...)...), env)
 	if err != nil {
