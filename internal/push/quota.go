@@ -29,24 +29,8 @@ func (m *meshService) Quota(stream grpc.BidiStreamingServer[meshv1.QuotaReport, 
 	if s.o.Quota == nil {
 		return status.Error(codes.Unimplemented, "this control plane does not allocate global rate limits")
 	}
-	select {
-	case <-s.done:
-		return status.Error(codes.Unavailable, "control plane shutting down: reconnect")
-	default:
-	}
-	p, err := s.peerOf(stream.Context())
-	if err != nil {
-		return unauthenticated(err)
-	}
-	first, err := stream.Recv()
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		return err
-	}
-	n, err := s.streamNode(stream.Context(), first.GetNodeId(), p)
-	if err != nil {
+	n, first, err := openNodeStream(s, stream)
+	if err != nil || n == nil {
 		return err
 	}
 	id := fmt.Sprintf("%s#%s", n.id, s.nextNonce())

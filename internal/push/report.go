@@ -31,24 +31,8 @@ func (m *meshService) Report(stream grpc.BidiStreamingServer[meshv1.StatsReport,
 	if s.o.Stats == nil {
 		return status.Error(codes.Unimplemented, "this control plane keeps no stats")
 	}
-	select {
-	case <-s.done:
-		return status.Error(codes.Unavailable, "control plane shutting down: reconnect")
-	default:
-	}
-	p, err := s.peerOf(stream.Context())
-	if err != nil {
-		return unauthenticated(err)
-	}
-	first, err := stream.Recv()
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		return err
-	}
-	n, err := s.streamNode(stream.Context(), first.GetNodeId(), p)
-	if err != nil {
+	n, first, err := openNodeStream(s, stream)
+	if err != nil || n == nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(stream.Context())

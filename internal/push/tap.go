@@ -29,19 +29,8 @@ func (m *meshService) Tap(stream grpc.BidiStreamingServer[meshv1.TapEvents, mesh
 	if s.o.Tap == nil {
 		return status.Error(codes.Unimplemented, "this control plane does not relay taps")
 	}
-	p, err := s.peerOf(stream.Context())
-	if err != nil {
-		return unauthenticated(err)
-	}
-	first, err := stream.Recv()
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		return err
-	}
-	n, err := s.streamNode(stream.Context(), first.GetNodeId(), p)
-	if err != nil {
+	n, _, err := openNodeStream(s, stream) // the first message names the node only
+	if err != nil || n == nil {
 		return err
 	}
 	reqs, kicked, leave := s.o.Tap.Join(n.id, n.service+"."+n.namespace)

@@ -377,6 +377,39 @@ func (w *watchStream) nextSendLocked(snap *meshv1.Snapshot) *meshv1.Snapshot {
 	return out
 }
 
+// openNodeStream is how every per-node stream (Quota, Report, Tap) starts:
+// the control plane not shutting down, the caller's verified identity, its
+// first message, and that message naming a registered node that is the
+// caller (streamNode). A nil node with a nil error: the caller closed the
+// stream before sending anything.
+func openNodeStream[Req interface{ GetNodeId() string }](s *Server, stream interface {
+	Context() context.Context
+	Recv() (Req, error)
+}) (*nodeInfo, Req, error) {
+	var none Req
+	select {
+	case <-s.done:
+		return nil, none, status.Error(codes.Unavailable, "control plane shutting down: reconnect")
+	default:
+	}
+	p, err := s.peerOf(stream.Context())
+	if err != nil {
+		return nil, none, unauthenticated(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, none, nil
+		}
+		return nil, none, err
+	}
+	n, err := s.streamNode(stream.Context(), first.GetNodeId(), p)
+	if err != nil {
+		return nil, none, err
+	}
+	return n, first, nil
+}
+
 // streamNode is the registered node a stream's first message names, which
 // must be the caller's own (Watch and Quota both check it). A node this
 // server does not know is looked up in the registry (see adopt).
