@@ -186,28 +186,10 @@ func (e *ExternalService) validatePorts(fe *fieldErrors) {
 	if len(ports) == 0 {
 		fe.add("spec.ports", "at least one port is required, e.g. {number: 443, protocol: https}")
 	}
-	names, numbers := map[string]int{}, map[int32]int{}
+	set := newPortSet(fe, len(ports))
 	for i, p := range ports {
 		path := fmt.Sprintf("spec.ports[%d]", i)
-		switch {
-		case p.Name == "" && len(ports) > 1:
-			fe.add(path+".name", "required when a service has more than one port")
-		case p.Name != "":
-			if prob := dnsLabelProblem(p.Name); prob != "" {
-				fe.add(path+".name", prob)
-			} else if j, dup := names[p.Name]; dup {
-				fe.addf(path+".name", "%q is already used by spec.ports[%d]", p.Name, j)
-			} else {
-				names[p.Name] = i
-			}
-		}
-		if prob := portProblem(p.Number); prob != "" {
-			fe.add(path+".number", prob)
-		} else if j, dup := numbers[p.Number]; dup {
-			fe.addf(path+".number", "%d is already used by spec.ports[%d]", p.Number, j)
-		} else {
-			numbers[p.Number] = i
-		}
+		set.check(i, path, p.Name, ".number", p.Number)
 		if prob := portProblem(p.TargetPort); prob != "" {
 			fe.add(path+".targetPort", prob)
 		}

@@ -131,29 +131,10 @@ func (s *Service) Validate() error {
 	if len(ports) == 0 {
 		fe.add("spec.ports", "at least one port is required")
 	}
-	names := map[string]int{}
-	numbers := map[int32]int{}
+	set := newPortSet(fe, len(ports))
 	for i, p := range ports {
 		path := fmt.Sprintf("spec.ports[%d]", i)
-		switch {
-		case p.Name == "" && len(ports) > 1:
-			fe.add(path+".name", "required when a service has more than one port")
-		case p.Name != "":
-			if prob := dnsLabelProblem(p.Name); prob != "" {
-				fe.add(path+".name", prob)
-			} else if j, dup := names[p.Name]; dup {
-				fe.addf(path+".name", "%q is already used by spec.ports[%d]", p.Name, j)
-			} else {
-				names[p.Name] = i
-			}
-		}
-		if prob := portProblem(p.Port); prob != "" {
-			fe.add(path+".port", prob)
-		} else if j, dup := numbers[p.Port]; dup {
-			fe.addf(path+".port", "%d is already used by spec.ports[%d]", p.Port, j)
-		} else {
-			numbers[p.Port] = i
-		}
+		set.check(i, path, p.Name, ".port", p.Port)
 		if prob := portProblem(p.TargetPort); prob != "" {
 			fe.add(path+".targetPort", prob)
 		}
@@ -167,6 +148,43 @@ func (s *Service) Validate() error {
 
 // validateAccounts checks spec.serviceAccounts: each a service account name
 // (an RFC 1123 subdomain), none twice.
+// portSet checks that a spec's ports are told apart: names (required
+// with more than one port, DNS labels, unique) and numbers (valid,
+// unique). Service and ExternalService share it.
+type portSet struct {
+	fe      *fieldErrors
+	count   int
+	names   map[string]int
+	numbers map[int32]int
+}
+
+func newPortSet(fe *fieldErrors, count int) *portSet {
+	return &portSet{fe: fe, count: count, names: map[string]int{}, numbers: map[int32]int{}}
+}
+
+// check checks port i at path, its number in the field numField.
+func (ps *portSet) check(i int, path, name, numField string, number int32) {
+	switch {
+	case name == "" && ps.count > 1:
+		ps.fe.add(path+".name", "required when a service has more than one port")
+	case name != "":
+		if prob := dnsLabelProblem(name); prob != "" {
+			ps.fe.add(path+".name", prob)
+		} else if j, dup := ps.names[name]; dup {
+			ps.fe.addf(path+".name", "%q is already used by spec.ports[%d]", name, j)
+		} else {
+			ps.names[name] = i
+		}
+	}
+	if prob := portProblem(number); prob != "" {
+		ps.fe.add(path+numField, prob)
+	} else if j, dup := ps.numbers[number]; dup {
+		ps.fe.addf(path+numField, "%d is already used by spec.ports[%d]", number, j)
+	} else {
+		ps.numbers[number] = i
+	}
+}
+
 func validateAccounts(fe *fieldErrors, accounts []string) {
 	seen := map[string]int{}
 	for i, a := range accounts {
