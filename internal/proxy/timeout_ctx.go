@@ -64,7 +64,16 @@ type timeoutCtx struct {
 func newTimeoutCtx() *timeoutCtx {
 	tc := &timeoutCtx{}
 	tc.onParent = func() { tc.cancel(tc.parentCtx().Err()) }
-	tc.onTimer = func() { tc.cancel(context.DeadlineExceeded) }
+	tc.onTimer = func() {
+		// A timer run that lost its race with disarm may come after the
+		// context was reused: its deadline is then still ahead.
+		tc.mu.Lock()
+		early := time.Now().Before(tc.deadline)
+		tc.mu.Unlock()
+		if !early {
+			tc.cancel(context.DeadlineExceeded)
+		}
+	}
 	return tc
 }
 
@@ -83,10 +92,10 @@ func (tc *timeoutCtx) start(parent context.Context, deadline time.Time) {
 		// when someone waits (the last one is canceled).
 		tc.err, tc.inner, tc.cancelInner = nil, nil, nil
 	}
-	tc.mu.Unlock()
 	if d, ok := parent.Deadline(); ok && d.Before(deadline) {
 		tc.deadline = d
 	}
+	tc.mu.Unlock()
 	if up, ok := parent.(*timeoutCtx); ok {
 		up.mu.Lock()
 		err := up.err

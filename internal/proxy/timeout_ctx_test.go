@@ -57,6 +57,13 @@ func TestTimeoutCtxTimer(t *testing.T) {
 	if !stop() {
 		t.Fatal("stop of a live registration returned false")
 	}
+	tc.onTimer() // a late run of an earlier arming: the deadline is ahead
+	if tc.Err() != nil {
+		t.Fatalf("a timer run before the deadline ended the context: %v", tc.Err())
+	}
+	tc.mu.Lock()
+	tc.deadline = time.Now()
+	tc.mu.Unlock()
 	tc.onTimer()
 	heard.Wait()
 	if !errors.Is(tc.Err(), context.DeadlineExceeded) {
@@ -147,6 +154,9 @@ func TestTimeoutCtxReuse(t *testing.T) {
 	if tc.tainted {
 		t.Fatal("a restarted context is still tainted")
 	}
+	tc.mu.Lock()
+	tc.deadline = time.Now()
+	tc.mu.Unlock()
 	tc.onTimer()
 	if tc.finish() {
 		t.Fatal("a context that timed out was kept for reuse")
