@@ -265,6 +265,14 @@ func TestXDSProxylessGRPC(t *testing.T) {
 	eventually(t, 15*time.Second, "the client to ACK the split", func() bool {
 		return xdsAcked(t, cp, "xds-e2e-client")[routeType] != before[routeType]
 	})
+	// grpc-go subscribes to the clusters a new route names only once it
+	// has the route: until their CDS arrives it may fail an RPC picked
+	// for one ("unknown cluster selected for RPC", Unavailable). Wait for
+	// both to answer before counting.
+	eventually(t, 5*time.Second, "the split's clusters to answer", func() bool {
+		w := tally(t, conn, 20)
+		return w["v1-a"]+w["v1-b"]+w["v2"] == 20
+	})
 	got = tally(t, conn, 400)
 	t.Logf("after the 80/20 split: %v", got)
 	v1, v2 := got["v1-a"]+got["v1-b"], got["v2"]
