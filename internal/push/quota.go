@@ -48,31 +48,12 @@ func (m *meshService) Quota(stream grpc.BidiStreamingServer[meshv1.QuotaReport, 
 		if err := stream.Send(s.o.Quota.Report(id, req.GetDemands())); err != nil {
 			return err
 		}
-		if req, err = recvCtx(ctx, stream); err != nil {
+		if req, err = recvUntil(ctx, stream.Recv); err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
 		}
-	}
-}
-
-// recvCtx is stream.Recv, or UNAVAILABLE once ctx ends (shutdown).
-func recvCtx(ctx context.Context, stream grpc.BidiStreamingServer[meshv1.QuotaReport, meshv1.QuotaGrant]) (*meshv1.QuotaReport, error) {
-	type result struct {
-		r   *meshv1.QuotaReport
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		r, err := stream.Recv()
-		ch <- result{r, err}
-	}()
-	select {
-	case res := <-ch:
-		return res.r, res.err
-	case <-ctx.Done():
-		return nil, status.Error(codes.Unavailable, "control plane shutting down: reconnect")
 	}
 }
 
