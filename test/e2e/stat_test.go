@@ -179,13 +179,15 @@ spec:
 		}
 	}
 	// Prometheus' increase() starts at a series' first scrape: create
-	// both series (200 and 503) and let them be scraped before the
-	// measured traffic.
+	// both series (200 and 503) on both reporters (orders' proxy and the
+	// caller's, scraped at their own times) and let all four be scraped
+	// before the measured traffic. A caller series first scraped mid-way
+	// would lose its first requests to increase() and skew the ratio.
 	send("/buy")
 	send("/fail")
-	eventually(t, 30*time.Second, "prometheus to scrape the warm-up", func() bool {
-		v, _ := promQuery(t, prom, `sum(trellis_requests_total{reporter="destination",destination_service="orders"})`)
-		return v == 2
+	eventually(t, 30*time.Second, "prometheus to scrape the warm-up on both reporters", func() bool {
+		n, _ := promQuery(t, prom, `count(trellis_requests_total{destination_service="orders"} == 1)`)
+		return n == 4
 	})
 	// 200 requests, one in four failing, over about 4 s of scrapes.
 	for i := range 200 {
