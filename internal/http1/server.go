@@ -1,0 +1,416 @@
+package http1
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Server serves HTTP/1.1 on connections with the strict head parser, and
+// hands each request to an http.Handler as net/http's server would: the
+// handler sees an *http.Request and an http.ResponseWriter that flushes,
+// hijacks and sets deadlines through http.ResponseController. It differs
+// from net/http's server in what it refuses (see the package comment) and
+// in how little it does per request: one goroutine per connection, the
+// request read and the response written on it, no goroutine per request
+// unless a handler outlives watchDelay (then one watches for the client
+// going away, as net/http's background read does).
+type Server struct {
+	Handler http.Handler
+	Limits  Limits
+	// ReadHeaderTimeout bounds reading a request head; IdleTimeout how
+	// long a keep-alive connection may wait for the next one.
+	ReadHeaderTimeout, IdleTimeout time.Duration
+	// MaxTrailerBytes bounds a chunked body's trailer section.
+	MaxTrailerBytes int
+	// ConnContext, if set, derives a connection's base context.
+	ConnContext func(context.Context, net.Conn) context.Context
+	// ConnState, if set, is told of each connection's state changes.
+	ConnState func(net.Conn, http.ConnState)
+	// Refused, if set, is told of each request refused before the handler
+	// (malformed or oversize head, malformed chunked body).
+	Refused func(*Error)
+	// Preface, if set, takes connections that open with the HTTP/2
+	// client preface (h2c with prior knowledge); conn replays the bytes
+	// already read. Without it such a connection is refused (505).
+	Preface func(conn net.Conn)
+
+	mu       sync.Mutex
+	conns    map[*serverConn]struct{}
+	draining atomic.Bool
+	idleWake chan struct{} // closed when draining starts
+	done     sync.WaitGroup
+}
+
+// watchDelay is how long a handler runs before its connection is watched
+// for the client going away: most requests finish sooner and pay nothing.
+const watchDelay = 2 * time.Millisecond
+
+// h2Preface is the start of an HTTP/2 connection (RFC 9113 §3.4).
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+var errServerClosed = errors.New("http1: server closed")
+
+// Serve accepts connections from ln and serves each on its own goroutine
+// until ln fails or the server shuts down.
+func (s *Server) Serve(ln net.Listener) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.draining.Load() {
+				return errServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		if !s.ServeConn(c) {
+			_ = c.Close()
+		}
+	}
+}
+
+// ServeConn serves c on a new goroutine; false if the server is shutting
+// down (c is then the caller's).
+func (s *Server) ServeConn(c net.Conn) bool {
+	sc := &serverConn{s: s, c: c}
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		return false
+	}
+	if s.conns == nil {
+		s.conns = map[*serverConn]struct{}{}
+		s.idleWake = make(chan struct{})
+	}
+	s.conns[sc] = struct{}{}
+	s.done.Add(1)
+	s.mu.Unlock()
+	s.state(c, http.StateNew)
+	go sc.serve()
+	return true
+}
+
+func (s *Server) state(c net.Conn, st http.ConnState) {
+	if s.ConnState != nil {
+		s.ConnState(c, st)
+	}
+}
+
+func (s *Server) forget(sc *serverConn) {
+	s.mu.Lock()
+	delete(s.conns, sc)
+	s.mu.Unlock()
+	s.done.Done()
+}
+
+// Shutdown stops taking connections, closes idle ones, and waits for the
+// rest to finish their request (each is then closed) or for ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.draining.Swap(true) && s.idleWake != nil {
+		close(s.idleWake)
+	}
+	for sc := range s.conns {
+		sc.wakeIfIdle()
+	}
+	s.mu.Unlock()
+	finished := make(chan struct{})
+	go func() { s.done.Wait(); close(finished) }()
+	select {
+	case <-finished:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close closes every connection now.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if !s.draining.Swap(true) && s.idleWake != nil {
+		close(s.idleWake)
+	}
+	for sc := range s.conns {
+		_ = sc.c.Close()
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// pools of per-connection buffers, returned when a connection closes.
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+// serverConn is one connection's state.
+type serverConn struct {
+	s      *Server
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	ctx    context.Context
+	cancel context.CancelFunc
+	base   *http.Request // carries ctx: each request is a copy
+	remote string
+	tls    *tls.ConnectionState
+	head   RequestHead
+	rest   []byte // what followed a head larger than br's buffer
+
+	idle     atomic.Bool // waiting for a request's first byte
+	hijacked bool
+	w        response
+	watch    watcher
+}
+
+func (sc *serverConn) wakeIfIdle() {
+	if sc.idle.Load() {
+		_ = sc.c.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+func (sc *serverConn) serve() {
+	s := sc.s
+	defer s.forget(sc)
+	ctx := context.Background()
+	if s.ConnContext != nil {
+		ctx = s.ConnContext(ctx, sc.c)
+	}
+	sc.ctx, sc.cancel = context.WithCancel(ctx)
+	defer sc.cancel()
+	sc.base = (&http.Request{}).WithContext(sc.ctx)
+	sc.remote = sc.c.RemoteAddr().String()
+	if tc, ok := sc.c.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		sc.tls = &st
+	}
+	sc.br = readers.Get().(*bufio.Reader)
+	sc.br.Reset(sc.c)
+	sc.bw = writers.Get().(*bufio.Writer)
+	sc.bw.Reset(sc.c)
+	sc.watch.init(sc)
+	handedOff := sc.loop()
+	if sc.hijacked || handedOff {
+		return // the buffers went with the connection
+	}
+	sc.br.Reset(nil)
+	readers.Put(sc.br)
+	sc.bw.Reset(nil)
+	writers.Put(sc.bw)
+	_ = sc.c.Close()
+	s.state(sc.c, http.StateClosed)
+}
+
+// loop serves requests until the connection ends; true if it was handed
+// to Preface.
+func (sc *serverConn) loop() bool {
+	s := sc.s
+	for first := true; ; first = false {
+		if s.draining.Load() && !first {
+			return false
+		}
+		if !sc.awaitRequest(first) {
+			return false
+		}
+		if first && s.Preface != nil && sc.isPreface() {
+			s.state(sc.c, http.StateHijacked)
+			s.Preface(&replayConn{Conn: sc.c, r: sc.br})
+			return true
+		}
+		s.state(sc.c, http.StateActive)
+		r, herr := sc.readRequest()
+		if herr != nil {
+			sc.refuse(herr)
+			return false
+		}
+		if !sc.serveRequest(r) {
+			return false
+		}
+		s.state(sc.c, http.StateIdle)
+	}
+}
+
+// awaitRequest waits for the first byte of a request: up to the idle
+// timeout between requests, the read header timeout for the first.
+func (sc *serverConn) awaitRequest(first bool) bool {
+	s := sc.s
+	d := s.IdleTimeout
+	if first || d <= 0 {
+		d = s.ReadHeaderTimeout
+	}
+	if sc.br.Buffered() == 0 {
+		if d > 0 {
+			_ = sc.c.SetReadDeadline(time.Now().Add(d))
+		} else {
+			_ = sc.c.SetReadDeadline(time.Time{})
+		}
+		sc.idle.Store(true)
+		if s.draining.Load() { // Shutdown may have missed this conn's idle
+			sc.idle.Store(false)
+			return false
+		}
+		_, err := sc.br.Peek(1)
+		sc.idle.Store(false)
+		if err != nil {
+			return false
+		}
+	}
+	if s.ReadHeaderTimeout > 0 {
+		_ = sc.c.SetReadDeadline(time.Now().Add(s.ReadHeaderTimeout))
+	} else {
+		_ = sc.c.SetReadDeadline(time.Time{})
+	}
+	return true
+}
+
+func (sc *serverConn) isPreface() bool {
+	b, _ := sc.br.Peek(3)
+	if string(b) != h2Preface[:3] {
+		return false
+	}
+	b, err := sc.br.Peek(len(h2Preface))
+	return err == nil && string(b) == h2Preface
+}
+
+// refuse answers a refused head and ends the connection.
+func (sc *serverConn) refuse(err *Error) {
+	if err == nil {
+		return
+	}
+	if sc.s.Refused != nil {
+		sc.s.Refused(err)
+	}
+	writeRefusal(sc.bw, err)
+	_ = sc.bw.Flush()
+	// Let the client read the answer before the close resets it.
+	if tc, ok := sc.c.(interface{ CloseWrite() error }); ok {
+		_ = tc.CloseWrite()
+	}
+}
+
+// writeRefusal writes err's status with Connection: close.
+func writeRefusal(bw *bufio.Writer, err *Error) {
+	var b []byte
+	b = AppendStatusLine(b, err.Status)
+	b = append(b, "Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"...)
+	b = append(b, http.StatusText(err.Status)...)
+	b = append(b, ": "...)
+	b = append(b, err.Reason...)
+	b = append(b, '\n')
+	_, _ = bw.Write(b)
+}
+
+// errClosedMidHead: the connection ended inside a head.
+var errClosedMidHead = &Error{Status: http.StatusBadRequest, Reason: "connection closed mid-head"}
+
+// readRequest reads and parses one request head and returns the request,
+// or the refusal to answer (nil when the connection just ended).
+func (sc *serverConn) readRequest() (*http.Request, *Error) {
+	lim := sc.s.Limits.withDefaults()
+	buf, n, inPlace, err := sc.readHead(lim)
+	if err != nil {
+		var he *Error
+		if errors.As(err, &he) {
+			return nil, he
+		}
+		return nil, nil // read failed: timeout or closed, nothing to answer
+	}
+	sc.w.reset(sc)
+	r, herr := sc.newRequest(buf[:n], lim)
+	if herr != nil {
+		return nil, herr
+	}
+	if inPlace {
+		_, _ = sc.br.Discard(n)
+	}
+	return r, nil
+}
+
+// readHead returns a buffer holding a whole head and the head's length.
+// Heads up to br's size are parsed in place (inPlace: still buffered in
+// br); longer ones are gathered in a buffer of their own up to the limit.
+func (sc *serverConn) readHead(lim Limits) (buf []byte, n int, inPlace bool, err error) {
+	for {
+		buf, _ = sc.br.Peek(sc.br.Buffered())
+		n, err = ParseRequest(buf, lim, &sc.head)
+		if err != ErrIncomplete {
+			return buf, n, true, err
+		}
+		if sc.br.Buffered() == sc.br.Size() {
+			buf, n, err = sc.readBigHead(lim)
+			return buf, n, false, err
+		}
+		if _, err := sc.br.Peek(sc.br.Buffered() + 1); err != nil {
+			if sc.br.Buffered() > 0 && errors.Is(err, io.EOF) {
+				return nil, 0, false, errClosedMidHead
+			}
+			return nil, 0, false, err
+		}
+	}
+}
+
+func (sc *serverConn) readBigHead(lim Limits) ([]byte, int, error) {
+	big := make([]byte, 0, 2*sc.br.Size())
+	for {
+		chunk, _ := sc.br.Peek(sc.br.Buffered())
+		big = append(big, chunk...)
+		_, _ = sc.br.Discard(len(chunk))
+		n, err := ParseRequest(big, lim, &sc.head)
+		switch {
+		case err == nil:
+			// Give back what followed the head (a body, a pipelined
+			// request): it is read before the connection.
+			sc.rest = append(sc.rest, big[n:]...)
+			sc.br.Reset(io.MultiReader(&restReader{sc}, sc.c))
+			return big, n, nil
+		case err != ErrIncomplete:
+			return nil, 0, err
+		}
+		if _, err := sc.br.Peek(1); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, 0, errClosedMidHead
+			}
+			return nil, 0, err
+		}
+	}
+}
+
+// restReader reads what followed a big head.
+type restReader struct{ sc *serverConn }
+
+func (b *restReader) Read(p []byte) (int, error) {
+	if len(b.sc.rest) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, b.sc.rest)
+	b.sc.rest = b.sc.rest[n:]
+	return n, nil
+}
+
+// replayConn is a connection whose first bytes were already read into r.
+type replayConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if c.r != nil {
+		if c.r.Buffered() > 0 {
+			return c.r.Read(p)
+		}
+		c.r = nil
+	}
+	return c.Conn.Read(p)
+}

@@ -1,0 +1,246 @@
+package http1
+
+import (
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"unsafe"
+)
+
+// newRequest builds the handler's request from the parsed head in buf.
+// Every string of it (method, target, field names and values) is a
+// substring of one copy of the head, so a request costs one allocation
+// for its text, one for its header map and one for its value slices.
+func (sc *serverConn) newRequest(buf []byte, lim Limits) (*http.Request, *Error) {
+	h := &sc.head
+	text := string(buf)
+	sub := func(b []byte) string {
+		if len(b) == 0 {
+			return ""
+		}
+		off := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) - uintptr(unsafe.Pointer(unsafe.SliceData(buf))))
+		return text[off : off+len(b)]
+	}
+	r := new(http.Request)
+	*r = *sc.base // keeps the connection's context
+	r.Method = method(h.Method, sub)
+	r.RequestURI = sub(h.Target)
+	u, err := requestURL(r.Method, r.RequestURI)
+	if err != nil {
+		return nil, errTarget
+	}
+	r.URL = u
+	r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/1.1", 1, h.Minor
+	if h.Minor == 0 {
+		r.Proto = "HTTP/1.0"
+	}
+	r.Header = header(h.Fields, sub)
+	r.Host = sub(h.Host)
+	r.Close = h.Close
+	r.RemoteAddr = sc.remote
+	r.TLS = sc.tls
+	sc.w.req = r
+	sc.body(r)
+	return r, nil
+}
+
+// method returns the well-known methods without allocating.
+func method(m []byte, sub func([]byte) string) string {
+	switch string(m) {
+	case http.MethodGet:
+		return http.MethodGet
+	case http.MethodPost:
+		return http.MethodPost
+	case http.MethodPut:
+		return http.MethodPut
+	case http.MethodHead:
+		return http.MethodHead
+	case http.MethodDelete:
+		return http.MethodDelete
+	case http.MethodPatch:
+		return http.MethodPatch
+	case http.MethodOptions:
+		return http.MethodOptions
+	case http.MethodConnect:
+		return http.MethodConnect
+	}
+	return sub(m)
+}
+
+// requestURL parses a target as net/http does: a CONNECT's authority form
+// is a URL of just a host.
+func requestURL(method, target string) (*url.URL, error) {
+	if method == http.MethodConnect && !strings.HasPrefix(target, "/") {
+		u, err := url.ParseRequestURI("http://" + target)
+		if err != nil {
+			return nil, err
+		}
+		u.Scheme = ""
+		return u, nil
+	}
+	return url.ParseRequestURI(target)
+}
+
+// header builds the canonical header map of fields.
+func header(fields []Field, sub func([]byte) string) http.Header {
+	h := make(http.Header, len(fields))
+	vals := make([]string, len(fields))
+	for i, f := range fields {
+		k := canonicalKey(f.Name, sub)
+		vals[i] = sub(f.Value)
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, vals[i])
+			continue
+		}
+		h[k] = vals[i : i+1 : i+1]
+	}
+	return h
+}
+
+// canonicalKey is textproto's canonical form of a field name, taken from
+// the head's own text when the client sent it canonical already.
+func canonicalKey(name []byte, sub func([]byte) string) string {
+	if isCanonical(name) {
+		return sub(name)
+	}
+	return textproto.CanonicalMIMEHeaderKey(string(name))
+}
+
+// isCanonical: each dash-separated word capitalised, the rest lower case,
+// and only token characters (textproto leaves other names unchanged).
+func isCanonical(name []byte) bool {
+	upper := true
+	for _, c := range name {
+		switch {
+		case upper && 'a' <= c && c <= 'z':
+			return false
+		case !upper && 'A' <= c && c <= 'Z':
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
+}
+
+// body sets r's body and framing from the head.
+func (sc *serverConn) body(r *http.Request) {
+	h := &sc.head
+	switch {
+	case h.Chunked:
+		r.ContentLength = -1
+		r.TransferEncoding = chunkedTE
+		r.Trailer = http.Header{}
+		sc.w.chunked.r.Reset(sc.br, sc.s.MaxTrailerBytes)
+		sc.w.chunked.req = r
+		sc.w.chunked.sc = sc
+		sc.w.chunked.closed, sc.w.chunked.ended = false, false
+		sc.w.body = &sc.w.chunked
+		r.Body = sc.w.body
+	case h.ContentLength > 0:
+		r.ContentLength = h.ContentLength
+		sc.w.fixed = fixedBody{sc: sc, left: h.ContentLength}
+		sc.w.body = &sc.w.fixed
+		r.Body = sc.w.body
+	default:
+		r.ContentLength = 0
+		r.Body = http.NoBody
+		sc.w.bodyDone = true
+	}
+}
+
+var chunkedTE = []string{"chunked"}
+
+// fixedBody reads a Content-Length body.
+type fixedBody struct {
+	sc     *serverConn
+	left   int64
+	closed bool
+}
+
+func (b *fixedBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	if b.left == 0 {
+		return 0, io.EOF
+	}
+	b.sc.w.continue100()
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.sc.br.Read(p)
+	b.left -= int64(n)
+	switch {
+	case b.left == 0:
+		b.sc.w.finishedBody()
+		return n, io.EOF
+	case err == io.EOF:
+		b.sc.w.bodyBroken = true
+		return n, io.ErrUnexpectedEOF
+	case err != nil:
+		b.sc.w.bodyBroken = true
+	}
+	return n, err
+}
+
+func (b *fixedBody) Close() error { b.closed = true; return nil }
+
+// chunkedBody reads a chunked body, moving its trailers into the
+// request's Trailer at the end.
+type chunkedBody struct {
+	sc     *serverConn
+	req    *http.Request
+	r      ChunkedReader
+	closed bool
+	ended  bool
+}
+
+func (b *chunkedBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	if b.ended {
+		return 0, io.EOF
+	}
+	b.sc.w.continue100()
+	n, err := b.r.Read(p)
+	switch {
+	case err == io.EOF:
+		b.ended = true
+		for _, f := range b.r.Trailer {
+			k := textproto.CanonicalMIMEHeaderKey(string(f.Name))
+			b.req.Trailer[k] = append(b.req.Trailer[k], string(f.Value))
+		}
+		b.sc.w.finishedBody()
+	case err != nil:
+		b.sc.w.bodyBroken = true
+		if he, ok := err.(*Error); ok && b.sc.s.Refused != nil {
+			b.sc.s.Refused(he)
+		}
+	}
+	return n, err
+}
+
+func (b *chunkedBody) Close() error { b.closed = true; return nil }
+
+// discardLimit is how much of an unread body the server reads to keep the
+// connection (net/http reads up to 256 KiB).
+const discardLimit = 256 << 10
+
+// drainBody reads what is left of the request body, up to discardLimit;
+// false if the connection cannot carry another request.
+func (w *response) drainBody() bool {
+	switch {
+	case w.bodyDone:
+		return true
+	case w.bodyBroken || w.body == nil:
+		return false
+	case w.expect100 && !w.sent100:
+		return false // the client has not sent it: closing is cheaper
+	}
+	w.fixed.closed, w.chunked.closed = false, false
+	n, err := io.CopyN(io.Discard, w.body, discardLimit+1)
+	return err == io.EOF && n <= discardLimit
+}
