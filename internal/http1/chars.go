@@ -44,11 +44,12 @@ func fieldValueByte(c byte) bool {
 
 // validTarget checks a request-target's form against its method: "*" for
 // OPTIONS, authority form for CONNECT (and only for it), else origin or
-// absolute form (RFC 9112 §3.2).
+// absolute form (RFC 9112 §3.2). A CONNECT without a port passes, as with
+// net/http: what it may tunnel to is its server's to decide and answer.
 func validTarget(method, target []byte) bool {
 	switch {
 	case string(method) == "CONNECT":
-		return validAuthority(target, true)
+		return validAuthority(target, false)
 	case string(target) == "*":
 		return string(method) == "OPTIONS"
 	case len(target) > 0 && target[0] == '/':

@@ -130,6 +130,17 @@ var (
 	errTrailerName    = badRequest("Trailer names a framing field")
 )
 
+// Framing reports whether e refuses a message's framing — the shapes a
+// request-smuggling attack relies on — rather than some other malformation.
+func (e *Error) Framing() bool {
+	switch e {
+	case errBareLF, errObsFold, errCLWithTE, errDupCL, errBadCL, errDupTE, errTE, errTEOnHTTP10, errTrailerName,
+		errChunkSize, errChunkExt, errChunkEnd, errChunkLine, errTrailerField:
+		return true
+	}
+	return false
+}
+
 // ParseRequest parses the request head at the start of buf into h (Reset
 // first) and returns the head's length, CRLF CRLF included. It returns
 // ErrIncomplete when buf holds no whole head yet, or an *Error.

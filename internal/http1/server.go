@@ -2,10 +2,12 @@ package http1
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"sync"
@@ -37,15 +39,17 @@ type Server struct {
 	// Refused, if set, is told of each request refused before the handler
 	// (malformed or oversize head, malformed chunked body).
 	Refused func(*Error)
+	// ErrorLog, if set, logs handler panics.
+	ErrorLog *log.Logger
 	// Preface, if set, takes connections that open with the HTTP/2
 	// client preface (h2c with prior knowledge); conn replays the bytes
 	// already read. Without it such a connection is refused (505).
 	Preface func(conn net.Conn)
 
 	mu       sync.Mutex
+	lns      []net.Listener
 	conns    map[*serverConn]struct{}
 	draining atomic.Bool
-	idleWake chan struct{} // closed when draining starts
 	done     sync.WaitGroup
 }
 
@@ -61,6 +65,13 @@ var errServerClosed = errors.New("http1: server closed")
 // Serve accepts connections from ln and serves each on its own goroutine
 // until ln fails or the server shuts down.
 func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		return errServerClosed
+	}
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -90,7 +101,6 @@ func (s *Server) ServeConn(c net.Conn) bool {
 	}
 	if s.conns == nil {
 		s.conns = map[*serverConn]struct{}{}
-		s.idleWake = make(chan struct{})
 	}
 	s.conns[sc] = struct{}{}
 	s.done.Add(1)
@@ -117,9 +127,7 @@ func (s *Server) forget(sc *serverConn) {
 // rest to finish their request (each is then closed) or for ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	if !s.draining.Swap(true) && s.idleWake != nil {
-		close(s.idleWake)
-	}
+	s.stopLocked()
 	for sc := range s.conns {
 		sc.wakeIfIdle()
 	}
@@ -137,14 +145,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Close closes every connection now.
 func (s *Server) Close() error {
 	s.mu.Lock()
-	if !s.draining.Swap(true) && s.idleWake != nil {
-		close(s.idleWake)
-	}
+	s.stopLocked()
 	for sc := range s.conns {
 		_ = sc.c.Close()
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// stopLocked marks the server draining and closes its listeners.
+func (s *Server) stopLocked() {
+	s.draining.Store(true)
+	for _, ln := range s.lns {
+		_ = ln.Close()
+	}
+	s.lns = nil
 }
 
 // pools of per-connection buffers, returned when a connection closes.
@@ -231,8 +246,8 @@ func (sc *serverConn) loop() bool {
 		}
 		s.state(sc.c, http.StateActive)
 		r, herr := sc.readRequest()
-		if herr != nil {
-			sc.refuse(herr)
+		if r == nil {
+			sc.refuse(herr) // nil: the connection just ended
 			return false
 		}
 		if !sc.serveRequest(r) {
@@ -312,9 +327,6 @@ func writeRefusal(bw *bufio.Writer, err *Error) {
 	_, _ = bw.Write(b)
 }
 
-// errClosedMidHead: the connection ended inside a head.
-var errClosedMidHead = &Error{Status: http.StatusBadRequest, Reason: "connection closed mid-head"}
-
 // readRequest reads and parses one request head and returns the request,
 // or the refusal to answer (nil when the connection just ended).
 func (sc *serverConn) readRequest() (*http.Request, *Error) {
@@ -335,7 +347,32 @@ func (sc *serverConn) readRequest() (*http.Request, *Error) {
 	if inPlace {
 		_, _ = sc.br.Discard(n)
 	}
+	if sc.head.Chunked {
+		if e := sc.earlyChunkError(); e != nil {
+			return nil, e
+		}
+	}
 	return r, nil
+}
+
+// earlyChunkError checks the part of a chunked body that came with its
+// head: a malformed chunk there refuses the request before any handler
+// sees it, so a smuggling shape sent in one write never reaches an app
+// even as a broken request. A later malformed chunk fails the body read.
+func (sc *serverConn) earlyChunkError() *Error {
+	n := sc.br.Buffered()
+	if n == 0 {
+		return nil
+	}
+	buf, _ := sc.br.Peek(n)
+	var cr ChunkedReader
+	cr.Reset(bufio.NewReaderSize(bytes.NewReader(buf), max(n, 16)), sc.s.MaxTrailerBytes)
+	_, err := io.Copy(io.Discard, &cr)
+	var he *Error
+	if errors.As(err, &he) {
+		return he
+	}
+	return nil
 }
 
 // readHead returns a buffer holding a whole head and the head's length.
@@ -353,10 +390,7 @@ func (sc *serverConn) readHead(lim Limits) (buf []byte, n int, inPlace bool, err
 			return buf, n, false, err
 		}
 		if _, err := sc.br.Peek(sc.br.Buffered() + 1); err != nil {
-			if sc.br.Buffered() > 0 && errors.Is(err, io.EOF) {
-				return nil, 0, false, errClosedMidHead
-			}
-			return nil, 0, false, err
+			return nil, 0, false, err // a client gone mid-head gets no answer
 		}
 	}
 }
@@ -379,9 +413,6 @@ func (sc *serverConn) readBigHead(lim Limits) ([]byte, int, error) {
 			return nil, 0, err
 		}
 		if _, err := sc.br.Peek(1); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil, 0, errClosedMidHead
-			}
 			return nil, 0, err
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"time"
 	"unsafe"
 )
 
@@ -37,6 +38,7 @@ func (sc *serverConn) newRequest(buf []byte, lim Limits) (*http.Request, *Error)
 		r.Proto = "HTTP/1.0"
 	}
 	r.Header = header(h.Fields, sub)
+	delete(r.Header, "Host") // it is r.Host, as net/http has it
 	r.Host = sub(h.Host)
 	r.Close = h.Close
 	r.RemoteAddr = sc.remote
@@ -131,7 +133,7 @@ func (sc *serverConn) body(r *http.Request) {
 	case h.Chunked:
 		r.ContentLength = -1
 		r.TransferEncoding = chunkedTE
-		r.Trailer = http.Header{}
+		r.Trailer = declaredTrailer(r.Header)
 		sc.w.chunked.r.Reset(sc.br, sc.s.MaxTrailerBytes)
 		sc.w.chunked.req = r
 		sc.w.chunked.sc = sc
@@ -152,6 +154,22 @@ func (sc *serverConn) body(r *http.Request) {
 
 var chunkedTE = []string{"chunked"}
 
+// declaredTrailer is the Trailer map of a chunked request: the names its
+// Trailer field declares, with no values yet (net/http's convention); the
+// field itself leaves the header. The parser refused framing names.
+func declaredTrailer(h http.Header) http.Header {
+	t := http.Header{}
+	for _, v := range h["Trailer"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				t[textproto.CanonicalMIMEHeaderKey(name)] = nil
+			}
+		}
+	}
+	delete(h, "Trailer")
+	return t
+}
+
 // fixedBody reads a Content-Length body.
 type fixedBody struct {
 	sc     *serverConn
@@ -160,6 +178,14 @@ type fixedBody struct {
 }
 
 func (b *fixedBody) Read(p []byte) (int, error) {
+	if !b.sc.w.lockBody() {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	defer b.sc.w.unlockBody()
+	return b.read(p)
+}
+
+func (b *fixedBody) read(p []byte) (int, error) {
 	if b.closed {
 		return 0, http.ErrBodyReadAfterClose
 	}
@@ -185,7 +211,13 @@ func (b *fixedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *fixedBody) Close() error { b.closed = true; return nil }
+func (b *fixedBody) Close() error {
+	if b.sc.w.lockBody() {
+		b.closed = true
+		b.sc.w.unlockBody()
+	}
+	return nil
+}
 
 // chunkedBody reads a chunked body, moving its trailers into the
 // request's Trailer at the end.
@@ -198,6 +230,14 @@ type chunkedBody struct {
 }
 
 func (b *chunkedBody) Read(p []byte) (int, error) {
+	if !b.sc.w.lockBody() {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	defer b.sc.w.unlockBody()
+	return b.read(p)
+}
+
+func (b *chunkedBody) read(p []byte) (int, error) {
 	if b.closed {
 		return 0, http.ErrBodyReadAfterClose
 	}
@@ -223,7 +263,13 @@ func (b *chunkedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *chunkedBody) Close() error { b.closed = true; return nil }
+func (b *chunkedBody) Close() error {
+	if b.sc.w.lockBody() {
+		b.closed = true
+		b.sc.w.unlockBody()
+	}
+	return nil
+}
 
 // discardLimit is how much of an unread body the server reads to keep the
 // connection (net/http reads up to 256 KiB).
@@ -241,6 +287,47 @@ func (w *response) drainBody() bool {
 		return false // the client has not sent it: closing is cheaper
 	}
 	w.fixed.closed, w.chunked.closed = false, false
-	n, err := io.CopyN(io.Discard, w.body, discardLimit+1)
+	read := w.fixed.read
+	if w.body == &w.chunked {
+		read = w.chunked.read
+	}
+	n, err := io.CopyN(io.Discard, readerFunc(read), discardLimit+1)
 	return err == io.EOF && n <= discardLimit
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// lockBody takes the body for one read or close; false once the handler
+// has returned (a request body is the handler's only while it runs, as
+// with net/http, whatever goroutines it left reading it).
+func (w *response) lockBody() bool {
+	w.bodyMu.Lock()
+	if w.sealed {
+		w.bodyMu.Unlock()
+		return false
+	}
+	w.reading.Store(true)
+	return true
+}
+
+func (w *response) unlockBody() {
+	w.reading.Store(false)
+	w.bodyMu.Unlock()
+}
+
+// seal ends the handler's hold on the body, breaking off a read some
+// goroutine of it still has blocked on the connection.
+func (w *response) seal() {
+	if w.body == nil {
+		return
+	}
+	if w.reading.Load() {
+		_ = w.sc.c.SetReadDeadline(aLongTimeAgo)
+	}
+	w.bodyMu.Lock()
+	w.sealed = true
+	w.bodyMu.Unlock()
+	_ = w.sc.c.SetReadDeadline(time.Time{})
 }

@@ -6,9 +6,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,14 +22,43 @@ func (sc *serverConn) serveRequest(r *http.Request) bool {
 	if w.bodyDone {
 		sc.watch.arm()
 	}
-	sc.s.Handler.ServeHTTP(w, r)
-	sc.watch.stop()
+	if !sc.runHandler(w, r) {
+		return false
+	}
 	if w.hijacked {
 		sc.hijacked = true
 		return false
 	}
 	keep := w.finish()
 	return keep && !sc.watch.gone
+}
+
+// runHandler runs the handler; false if it panicked. A handler panics with
+// http.ErrAbortHandler to break off a response (the client must see a
+// broken stream, not a short one): what was written is flushed without
+// the chunked terminator and the connection is closed, as net/http does.
+// Any other panic is logged with its stack.
+func (sc *serverConn) runHandler(w *response, r *http.Request) (ok bool) {
+	defer func() {
+		w.seal() // before stop: a late body read must not re-arm the watch
+		sc.watch.stop()
+		if ok {
+			return
+		}
+		err := recover()
+		if w.hijacked {
+			sc.hijacked = true // the connection is the handler's
+			return
+		}
+		if err != http.ErrAbortHandler && sc.s.ErrorLog != nil {
+			buf := make([]byte, 64<<10)
+			buf = buf[:runtime.Stack(buf, false)]
+			sc.s.ErrorLog.Printf("http1: panic serving %s: %v\n%s", sc.remote, err, buf)
+		}
+		_ = sc.bw.Flush()
+	}()
+	sc.s.Handler.ServeHTTP(w, r)
+	return true
 }
 
 // response is the handler's http.ResponseWriter, reused by a connection's
@@ -55,6 +86,9 @@ type response struct {
 	chunked              chunkedBody
 	bodyDone, bodyBroken bool
 	expect100, sent100   bool
+	bodyMu               sync.Mutex // held by each body read
+	sealed               bool       // the handler returned: no more reads
+	reading              atomic.Bool
 }
 
 // pendingMax is how much body is held back before the head is written, so
@@ -63,8 +97,12 @@ type response struct {
 const pendingMax = 4 << 10
 
 func (w *response) reset(sc *serverConn) {
-	*w = response{sc: sc, pending: w.pending[:0], scratch: w.scratch[:0], cw: w.cw,
-		fixed: fixedBody{sc: sc}, chunked: chunkedBody{sc: sc, r: w.chunked.r}}
+	pending, scratch, cw, cr := w.pending[:0], w.scratch[:0], w.cw, w.chunked.r
+	w.sc, w.req, w.status = sc, nil, 0
+	w.committed, w.chunking, w.untilClose, w.closeAfter, w.bodyless = false, false, false, false, false
+	w.written, w.pending, w.scratch, w.cw, w.hijacked = 0, pending, scratch, cw, false
+	w.body, w.fixed, w.chunked = nil, fixedBody{sc: sc}, chunkedBody{sc: sc, r: cr}
+	w.bodyDone, w.bodyBroken, w.sent100, w.sealed = false, false, false, false
 	w.header = make(http.Header, 4)
 	w.length = -1
 	w.expect100 = sc.head.Expect100
@@ -293,7 +331,9 @@ func (w *response) continue100() {
 func (w *response) finishedBody() {
 	if !w.bodyDone {
 		w.bodyDone = true
-		w.sc.watch.arm()
+		if !w.sealed { // not the server's own drain after the handler
+			w.sc.watch.arm()
+		}
 	}
 }
 

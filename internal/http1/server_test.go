@@ -139,7 +139,10 @@ func TestServerRefusesMalformedHeads(t *testing.T) {
 		refused = append(refused, e.Status)
 		mu.Unlock()
 	}}
-	addr := startServer(t, s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { served.Add(1) }))
+	addr := startServer(t, s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
 	for _, tc := range []struct {
 		name, req string
 		status    int
@@ -155,15 +158,29 @@ func TestServerRefusesMalformedHeads(t *testing.T) {
 			t.Errorf("%s: got %q, want %q and Connection: close", tc.name, got, want)
 		}
 	}
-	// A malformed chunk reaches the handler as a body error, counted.
+	// A malformed chunk sent with its head is refused before the handler.
 	got := rawExchange(t, addr, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n")
-	if !strings.HasPrefix(got, "HTTP/1.1 200") {
-		t.Errorf("malformed chunk: %q", got)
+	if !strings.HasPrefix(got, "HTTP/1.1 400") {
+		t.Errorf("malformed chunk with the head: %q", got)
 	}
+	// Sent after the handler began, it fails the handler's body read,
+	// counted all the same.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+	for served.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	io.WriteString(c, "0x3\r\nabc\r\n0\r\n\r\n")
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.ReadAll(c)
 	mu.Lock()
 	defer mu.Unlock()
-	if fmt.Sprint(refused) != "[400 400 431 505 505 400]" || served.Load() != 1 {
-		t.Errorf("refused %v, handler ran %d times; want [400 400 431 505 505 400] and 1", refused, served.Load())
+	if fmt.Sprint(refused) != "[400 400 431 505 505 400 400]" || served.Load() != 1 {
+		t.Errorf("refused %v, handler ran %d times; want [400 400 431 505 505 400 400] and 1", refused, served.Load())
 	}
 }
 
@@ -399,4 +416,76 @@ func benchGet(b *testing.B, addr string) {
 			resp.Body.Close()
 		}
 	})
+}
+
+// framingCases are request streams a smuggling attack would send or that
+// merely look like one; bad ones must be refused (and counted) before any
+// handler sees a request past the ambiguity.
+var framingCases = []struct {
+	name string
+	raw  string
+	bad  bool
+}{
+	{"get", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", false},
+	{"pipelined gets", "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n", false},
+	{"content-length body then get", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: a\r\n\r\n", false},
+	{"chunked with extension and trailer", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-T: v\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", false},
+	{"chunked upper case", "POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: Chunked \r\n\r\n0\r\n\r\n", false},
+	{"body that looks like CL+TE", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: chunked", false},
+	{"connect then bytes", "CONNECT a:82 HTTP/1.1\r\nHost: a:82\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n", false},
+	{"upgrade then bytes", "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x00 x\r\n\r\n", false},
+	{"h2c preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00", false},
+	{"CL+TE", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", true},
+	{"TE+CL", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n", true},
+	{"CL+TE pipelined second", "GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", true},
+	{"double CL same value", "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", true},
+	{"double CL", "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy", true},
+	{"CL not a number", "POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", true},
+	{"CL negative", "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", true},
+	{"obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n 2\r\n\r\n", true},
+	{"obs-fold tab", "GET / HTTP/1.1\r\nX-A: 1\r\n\tTransfer-Encoding: chunked\r\n\r\n", true},
+	{"TE not chunked", "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", true},
+	{"TE on HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", true},
+	{"chunk size not hex", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", true},
+	{"chunk size with junk", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5z\r\nhello\r\n0\r\n\r\n", true},
+	{"chunk size empty", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", true},
+	{"chunk size too long", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n", true},
+	{"chunk size negative", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n", true},
+	{"chunk size bare LF", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", true},
+	{"chunk data too long", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n", true},
+	{"smuggled after chunked", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", true},
+}
+
+func TestServerFramingCases(t *testing.T) {
+	for _, tc := range framingCases {
+		t.Run(tc.name, func(t *testing.T) {
+			var refused atomic.Int32
+			handedOff := make(chan struct{}, 1)
+			s := &Server{
+				Refused: func(*Error) { refused.Add(1) },
+				Preface: func(c net.Conn) { c.Close(); handedOff <- struct{}{} },
+			}
+			addr := startServer(t, s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodConnect || r.Header.Get("Upgrade") != "" {
+					c, _, err := http.NewResponseController(w).Hijack()
+					if err == nil {
+						c.Close()
+					}
+					return
+				}
+				_, _ = io.Copy(io.Discard, r.Body)
+			}))
+			rawExchange(t, addr, tc.raw)
+			if tc.name == "h2c preface" {
+				select {
+				case <-handedOff:
+				case <-time.After(time.Second):
+					t.Error("preface not handed off")
+				}
+			}
+			if got := refused.Load() > 0; got != tc.bad {
+				t.Errorf("refused = %v, want %v", got, tc.bad)
+			}
+		})
+	}
 }

@@ -355,6 +355,26 @@ func refusedCount(t *testing.T, p *Proxy, reason string) int {
 
 // rawExchange writes raw to addr and reads one response; it reports
 // whether the proxy closed the connection after it.
+// rawStream writes raw on a new connection and returns all the proxy
+// sends until it closes the connection (or 5 s pass).
+func rawStream(t *testing.T, addr, raw string) string {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		t.Errorf("%q: the connection was not closed: %v", raw, err)
+	}
+	return string(b)
+}
+
 func rawExchange(t *testing.T, addr, raw string) (*http.Response, string, bool) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
@@ -411,11 +431,12 @@ func TestSmugglingShapesRefusedAtTheEdge(t *testing.T) {
 			}
 		}
 	}
-	// A clean request pipelined before a smuggling one: the connection is
-	// refused as a whole, the second never runs.
-	resp, _, closed := rawExchange(t, client.OutboundAddr(), "GET / HTTP/1.1\r\nHost: orders\r\n\r\n"+shapes["CL+TE"])
-	if !closed {
-		t.Errorf("pipelined: %d, connection left open", resp.StatusCode)
+	// A clean request pipelined before a smuggling one: the first is
+	// answered, the second refused and the connection closed; the second
+	// never runs.
+	if got := rawStream(t, client.OutboundAddr(), "GET / HTTP/1.1\r\nHost: orders\r\n\r\n"+shapes["CL+TE"]); !strings.HasPrefix(got, "HTTP/1.1 200 OK\r\n") ||
+		strings.Count(got, "HTTP/1.1 ") != 2 || !strings.Contains(got, "HTTP/1.1 400 Bad Request\r\n") {
+		t.Errorf("pipelined clean then CL+TE: %q, want 200 then 400 and close", got)
 	}
 	if n := reached.Load(); n > 1 {
 		t.Errorf("the app saw %d requests, want at most the clean pipelined one", n)
@@ -527,9 +548,11 @@ func TestErrorBodiesClipEchoedInput(t *testing.T) {
 		"GET / HTTP/1.1\r\nHost: " + strings.Repeat("h", 40<<10) + "\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: [" + strings.Repeat("h", 40<<10) + "\r\n\r\n",
 	} {
+		// Refused whole by the parser (a 40 KiB Host is malformed or
+		// over the header limit): the body never echoes it at length.
 		resp, body, _ := rawExchange(t, client.OutboundAddr(), raw)
-		if resp.StatusCode < 400 || len(body) > 2<<10 || !strings.Contains(body, "more bytes]") {
-			t.Errorf("%d, %d-byte body %.80q…, want a clipped error", resp.StatusCode, len(body), body)
+		if resp.StatusCode < 400 || len(body) > 2<<10 || strings.Contains(body, strings.Repeat("h", 1<<10)) {
+			t.Errorf("%d, %d-byte body %.80q…, want an error that does not echo the input at length", resp.StatusCode, len(body), body)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"trellis.dev/trellis/internal/http1"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
@@ -39,7 +40,7 @@ func (l inboundLn) Close() error {
 
 // acceptInbound accepts raw connections and admits each on its own
 // goroutine, so a client that sends nothing holds up no one else.
-func (p *Proxy) acceptInbound(ln inboundLn, cfg *tls.Config) {
+func (p *Proxy) acceptInbound(ln inboundLn, cfg *tls.Config, h1 *http1.Server) {
 	defer ln.chanListener.Close()
 	for {
 		conn, err := ln.raw.Accept()
@@ -51,7 +52,7 @@ func (p *Proxy) acceptInbound(ln inboundLn, cfg *tls.Config) {
 			return
 		}
 		go func() {
-			if c := p.admitInbound(conn, cfg); c == nil || !ln.deliver(c) {
+			if c := p.admitInbound(conn, cfg); c == nil || !p.routeInbound(c, h1, ln.chanListener) {
 				conn.Close()
 			}
 		}()
@@ -73,7 +74,7 @@ func (p *Proxy) admitInbound(conn net.Conn, cfg *tls.Config) net.Conn {
 			return nil
 		}
 		_ = conn.SetDeadline(time.Time{})
-		return framed(pc, p.refusals, 2*inboundHeaderFactor*p.limits.MaxHeaderBytes)
+		return pc
 	}
 	tc := tls.Server(pc, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), p.limits.ReadHeaderTimeout)
@@ -182,12 +183,6 @@ func (p *Proxy) countPeerCertificate(next func([][]byte, [][]*x509.Certificate) 
 		}
 		return fmt.Errorf("%w: %w", errCounted, err)
 	}
-}
-
-// inboundConnContext is the inbound server's ConnContext: the peer's
-// identity, once per connection, and the framing of plaintext ones.
-func inboundConnContext(ctx context.Context, c net.Conn) context.Context {
-	return withFraming(withConnInfo(ctx, c), c)
 }
 
 // authnFilter admits peers with a verified SPIFFE ID and, while the

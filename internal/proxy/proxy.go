@@ -30,6 +30,7 @@ import (
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 	"trellis.dev/trellis/internal/accesslog"
+	"trellis.dev/trellis/internal/http1"
 	"trellis.dev/trellis/internal/lb"
 	"trellis.dev/trellis/internal/meshname"
 	"trellis.dev/trellis/internal/ratelimit"
@@ -179,7 +180,7 @@ type Proxy struct {
 
 	mu        sync.Mutex
 	started   bool
-	servers   []*http.Server
+	servers   []httpServer
 	admin     *http.Server
 	listeners map[string]net.Listener // by role: inbound, outbound, admin, upstream:<key>
 	upstreams []*upstream
@@ -199,7 +200,7 @@ type upstream struct {
 	host string
 	port uint32
 	ln   net.Listener
-	http *chanListener
+	h1   *http1.Server // its HTTP connections (h2c handed on)
 }
 
 // New checks o and builds a Proxy; Start binds its listeners.
@@ -500,24 +501,30 @@ func (p *Proxy) Start() error {
 		return ln, nil
 	}
 	errLog := slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
-	type serve struct {
-		srv *http.Server
-		ln  net.Listener
-	}
 	// Each listener's connections are counted in the open-connections
-	// gauge by the server's ConnState hook.
-	counted := func(srv *http.Server, listener string) *http.Server {
-		srv.ConnState = p.metrics.ConnState(listener)
-		return srv
+	// gauge by the servers' ConnState hooks.
+	type serve struct {
+		srv httpServer
+		run func()
 	}
 	var toServe []serve
+	// h2cBehind is the net/http server that takes the HTTP/2 connections
+	// of an app-facing HTTP/1.1 server (engine.go).
+	h2cBehind := func(h http.Handler, listener string, addr net.Addr) *chanListener {
+		ln := newChanListener(addr)
+		srv := p.appServer(h, errLog)
+		srv.ConnState = p.metrics.ConnState(listener)
+		toServe = append(toServe, serve{srv, func() { _ = srv.Serve(ln) }})
+		return ln
+	}
 	if a := p.opts.OutboundAddr; a != "" {
 		ln, err := listen("outbound", a)
 		if err != nil {
 			return err
 		}
-		srv := counted(p.appServer(&edge{p: p, kind: outboundListener}, errLog), "outbound")
-		toServe = append(toServe, serve{srv, framedListener{Listener: ln, ref: p.refusals, maxHead: srv.MaxHeaderBytes}})
+		h := &edge{p: p, kind: outboundListener}
+		h1 := p.h1Server(h, "outbound", 2*p.limits.MaxHeaderBytes, 1, h2cBehind(h, "outbound", ln.Addr()))
+		toServe = append(toServe, serve{h1, func() { _ = h1.Serve(ln) }})
 	}
 	for _, u := range p.upstreams {
 		ln, err := listen("upstream:"+u.key, p.opts.Upstreams[u.key])
@@ -525,8 +532,9 @@ func (p *Proxy) Start() error {
 			return err
 		}
 		u.ln = ln
-		u.http = newChanListener(ln.Addr())
-		toServe = append(toServe, serve{counted(p.appServer(&edge{p: p, kind: upstreamListener, up: u}, errLog), "upstream"), u.http})
+		h := &edge{p: p, kind: upstreamListener, up: u}
+		u.h1 = p.h1Server(h, "upstream", 2*p.limits.MaxHeaderBytes, 1, h2cBehind(h, "upstream", ln.Addr()))
+		toServe = append(toServe, serve{u.h1, func() {}}) // fed by acceptUpstream
 	}
 	if a := p.opts.InboundAddr; a != "" {
 		ln, err := listen("inbound", a)
@@ -537,9 +545,10 @@ func (p *Proxy) Start() error {
 		protos.SetHTTP1(true)
 		protos.SetHTTP2(true)
 		protos.SetUnencryptedHTTP2(true) // PERMISSIVE plaintext callers may speak h2c
+		h := &edge{p: p, kind: inboundListener}
 		srv := &http.Server{
-			Handler:           &edge{p: p, kind: inboundListener},
-			ConnContext:       inboundConnContext,
+			Handler:           h,
+			ConnContext:       withConnInfo,
 			Protocols:         &protos,
 			ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
 			IdleTimeout:       p.limits.IdleTimeout,
@@ -547,12 +556,14 @@ func (p *Proxy) Start() error {
 			ErrorLog:          errLog,
 			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){ALPNTCP: p.serveTCPTunnel},
 			HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
+			ConnState:         p.metrics.ConnState("inbound"),
 		}
 		in := inboundLn{chanListener: newChanListener(ln.Addr()), raw: ln}
-		toServe = append(toServe, serve{counted(srv, "inbound"), in})
+		h1 := p.h1Server(h, "inbound", 2*inboundHeaderFactor*p.limits.MaxHeaderBytes, inboundHeaderFactor, in.chanListener)
+		toServe = append(toServe, serve{srv, func() { _ = srv.Serve(in) }}, serve{h1, func() {}})
 		inTLS := p.inboundTLS()
 		p.wg.Add(1)
-		go func() { defer p.wg.Done(); p.acceptInbound(in, inTLS) }()
+		go func() { defer p.wg.Done(); p.acceptInbound(in, inTLS, h1) }()
 	}
 	if a := p.opts.AdminAddr; a != "" {
 		ln, err := listen("admin", a)
@@ -567,7 +578,7 @@ func (p *Proxy) Start() error {
 	for _, s := range toServe {
 		p.servers = append(p.servers, s.srv)
 		p.wg.Add(1)
-		go func() { defer p.wg.Done(); _ = s.srv.Serve(s.ln) }()
+		go func() { defer p.wg.Done(); s.run() }()
 	}
 	for _, u := range p.upstreams {
 		p.wg.Add(1)
@@ -577,18 +588,15 @@ func (p *Proxy) Start() error {
 	return nil
 }
 
-// appServer serves plaintext HTTP/1.1 and h2c from the local app, on
-// framed connections (framing.go). Its header limit is twice Limits': the
-// edge answers 431 (counted) above Limits, net/http (counted by the
-// framing scanner, for HTTP/1.1) above twice that.
+// appServer serves h2c from the local app: the connections the HTTP/1.1
+// server hands over (engine.go). Its header limit is twice Limits': the
+// edge answers 431 (counted) above Limits, net/http above twice that.
 func (p *Proxy) appServer(h http.Handler, errLog *log.Logger) *http.Server {
 	var protos http.Protocols
-	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
 		Handler:           h,
 		Protocols:         &protos,
-		ConnContext:       withFraming,
 		ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
 		IdleTimeout:       p.limits.IdleTimeout,
 		MaxHeaderBytes:    2 * p.limits.MaxHeaderBytes,
@@ -635,7 +643,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, p.opts.DrainTimeout)
 	defer cancel()
 	p.mu.Lock()
-	servers := append([]*http.Server(nil), p.servers...)
+	servers := append([]httpServer(nil), p.servers...)
 	admin := p.admin
 	p.mu.Unlock()
 	for _, u := range p.upstreams {
@@ -678,7 +686,6 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // acceptUpstream serves one Upstreams listener: connections to a TCP port
 // are tunnelled raw, the rest go to the HTTP server.
 func (p *Proxy) acceptUpstream(u *upstream) {
-	defer u.http.Close()
 	for {
 		conn, err := u.ln.Accept()
 		if err != nil {
@@ -703,7 +710,7 @@ func (p *Proxy) acceptUpstream(u *upstream) {
 					return
 				}
 			}
-			if !u.http.deliver(framed(conn, p.refusals, 2*p.limits.MaxHeaderBytes)) {
+			if !u.h1.ServeConn(conn) {
 				conn.Close()
 			}
 		}()

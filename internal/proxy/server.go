@@ -71,9 +71,10 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.p.write(w, r, ex, h.Serve(ex))
 }
 
-// refuseAtEdge answers, before any chain, a request whose connection was
-// framed ambiguously (400) or whose header is over the limit (431), and
-// closes the connection after; else it arms the body read timeout.
+// refuseAtEdge answers, before any chain, a request whose header is over
+// the limit (431), and closes the connection after; else it arms the body
+// read timeout. (Ambiguous framing never gets this far: the HTTP/1.1
+// server refuses it, engine.go.)
 func (p *Proxy) refuseAtEdge(ex *Exchange, r *http.Request, w http.ResponseWriter, kind listenerKind) *Response {
 	limit := p.limits.MaxHeaderBytes
 	if kind == inboundListener {
@@ -81,9 +82,6 @@ func (p *Proxy) refuseAtEdge(ex *Exchange, r *http.Request, w http.ResponseWrite
 	}
 	var resp *Response
 	switch {
-	case badFraming(r):
-		// Counted when the framing was seen (framedConn).
-		resp = ex.fail(http.StatusBadRequest, FlagDPE, "ambiguous request framing (RFC 9112 §6.1): Content-Length with Transfer-Encoding, two Content-Lengths, obs-fold or a malformed chunk")
 	case headerSize(r) > limit:
 		p.refusals.Refused(telemetry.RefusedHeaderTooLarge)
 		resp = ex.fail(http.StatusRequestHeaderFieldsTooLarge, FlagDPE, "request header over "+strconv.Itoa(limit)+" bytes")

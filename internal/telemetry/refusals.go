@@ -49,13 +49,17 @@ const (
 	// RefusedBodyTimeout: a request body that stalled past the body read
 	// timeout (408, or the request aborted).
 	RefusedBodyTimeout
+	// RefusedMalformed: any other HTTP/1.1 request the parser refused
+	// before a chain saw it (a malformed request line, field or Host, an
+	// unsupported version): 400/505, connection closed.
+	RefusedMalformed
 	numRefusals
 )
 
 var refusalNames = [numRefusals]string{
 	"plaintext", "tls_version", "tls_handshake", "untrusted_certificate",
 	"bad_identity", "peer_identity", "tunnel_port", "mesh_header",
-	"framing", "header_too_large", "body_timeout",
+	"framing", "header_too_large", "body_timeout", "malformed_request",
 }
 
 // String is the reason label value.
