@@ -43,6 +43,9 @@ type seenReq struct {
 type recorder struct {
 	mu   sync.Mutex
 	reqs []seenReq
+	// upgrades: answer "Upgrade: h2c" with 101 and echo the bytes after,
+	// as an app that speaks h2c by upgrade would take over the connection.
+	upgrades bool
 }
 
 func (a *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -67,7 +70,24 @@ func (a *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	a.reqs = append(a.reqs, s)
 	a.mu.Unlock()
+	if a.upgrades && strings.EqualFold(s.upgrade, "h2c") {
+		upgradeAndEcho(w)
+		return
+	}
 	_, _ = io.WriteString(w, "ok "+r.URL.Path)
+}
+
+// upgradeAndEcho switches the connection to "h2c" and echoes it.
+func upgradeAndEcho(w http.ResponseWriter) {
+	c, rw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+	if rw.Flush() == nil {
+		_, _ = io.Copy(c, rw)
+	}
 }
 
 // take returns the requests seen since the last take, probes left out.
@@ -394,8 +414,13 @@ type smuggleMesh struct {
 
 func startSmuggleMesh(t *testing.T) *smuggleMesh {
 	t.Helper()
+	return startSmuggleMeshApp(t, &recorder{})
+}
+
+func startSmuggleMeshApp(t *testing.T, app *recorder) *smuggleMesh {
+	t.Helper()
 	ca := newTestCA(t, "trellis.local")
-	m := &smuggleMesh{app: &recorder{}}
+	m := &smuggleMesh{app: app}
 	appAddr := startApp(t, m.app)
 	m.orders = startServerOpts(t, ca, "orders", appAddr, Options{Limits: Limits{ReadHeaderTimeout: 2 * time.Second, BodyReadTimeout: 400 * time.Millisecond}},
 		port(80, appAddr, meshv1.Protocol_HTTP))
@@ -714,5 +739,125 @@ func TestSmugglingTunnels(t *testing.T) {
 	m.run(t, tunnelShapes(m.echo))
 	if n := m.echoHits(); n != 0 {
 		t.Errorf("the host outside the mesh got %d connections", n)
+	}
+}
+
+// TestSmugglingH2CUpgrade: "Upgrade: h2c" on HTTP/1.1 (RFC 7540 §3.2,
+// dropped by RFC 9113 §3.1) is ignored or refused, never a tunnel: after a
+// 101 every h2 stream on the connection would pass the chain unseen. The
+// app here would take the upgrade if asked.
+func TestSmugglingH2CUpgrade(t *testing.T) {
+	m := startSmuggleMeshApp(t, &recorder{upgrades: true})
+	h2c := "GET /u HTTP/1.1\r\n" + hostH + "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+	m.run(t, []shape{
+		// net/http's own server ignores the upgrade and serves the request.
+		{name: "Upgrade: h2c (ignored: served as HTTP/1.1)", raw: h2c, want: ok200, open: true, reach: []string{"GET orders/u"},
+			or:    []expect{{want: bad400, reach: noneSeen, loose: true}, {want: []int{501}, reach: noneSeen, loose: true}},
+			known: h2cTunnelled, knownOn: onAll},
+	})
+}
+
+// h2cTunnelled: the proxy treats any Upgrade as a protocol switch.
+const h2cTunnelled = "Upgrade: h2c is forwarded to the app like websocket; an app that answers 101 gets a raw tunnel " +
+	"past the chain (the client sees 101, every later h2 stream skips route, authz and limits)"
+
+// TestSmugglingPipelinedThenAmbiguous: a clean request pipelined before a
+// CL+TE one carrying a smuggled request. The connection is refused at the
+// ambiguous one; whether the clean one is served first depends on how the
+// bytes were read, but the smuggled one never runs.
+func TestSmugglingPipelinedThenAmbiguous(t *testing.T) {
+	m := startSmuggleMesh(t)
+	raw := getLine("GET /1 HTTP/1.1") + clte("Transfer-Encoding: chunked\r\n", false)
+	m.run(t, []shape{{
+		name: "clean GET, then CL+TE with a request in its body (§6.1)", on: onApp, raw: raw,
+		want: bad400, reach: noneSeen, reason: "framing",
+		or: []expect{{want: []int{200, 400}, reach: []string{"GET orders/1"}, reason: "framing"}},
+	}})
+}
+
+// TestSlowClients: a head sent a byte per 100 ms is cut at the read header
+// timeout; a stalled body gets 408 at the body read timeout; a slow but
+// steady body is served. (No body size limit exists to test against.)
+func TestSlowClients(t *testing.T) {
+	m := startSmuggleMesh(t)
+	for _, l := range m.listeners {
+		t.Run(l.name+"/slowloris head", func(t *testing.T) {
+			m.slowloris(t, l)
+		})
+	}
+	stall := post("Content-Length: 10\r\n", "abc")
+	m.run(t, []shape{{
+		name: "body stalled past the body read timeout (408, §9.5 RFC 9110)", raw: stall,
+		want: []int{408}, reach: []string{"POST orders/s (broken)"}, reason: "body_timeout",
+		or:    []expect{{want: []int{408}, reach: noneSeen, reason: "body_timeout"}, {want: []int{408}, open: true, reach: []string{"POST orders/s (broken)"}, reason: "body_timeout"}},
+		known: inboundBodyMiscounted, knownOn: onInbound,
+	}})
+	for _, l := range m.listeners {
+		t.Run(l.name+"/slow but steady body", func(t *testing.T) {
+			m.app.take()
+			conn := l.dial(t)
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.WriteString(conn, post("Content-Length: 5\r\n", "")); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range "hello" {
+				time.Sleep(100 * time.Millisecond)
+				if _, err := io.WriteString(conn, string(c)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("slow but steady body: %v %v", resp, err)
+			}
+			resp.Body.Close()
+			if got := m.appSaw(t); strings.Join(got, ",") != "POST orders/s hello" {
+				t.Fatalf("the app saw %q", got)
+			}
+		})
+	}
+}
+
+// slowloris trickles a head one byte per 100 ms and checks the proxy cuts
+// the connection at its read header timeout, without answering the app.
+func (m *smuggleMesh) slowloris(t *testing.T, l listenerUnderTest) {
+	t.Helper()
+	m.app.take()
+	limit := l.proxy.limits.ReadHeaderTimeout
+	conn := l.dial(t)
+	defer conn.Close()
+	head := "GET /slow HTTP/1.1\r\n" + hostH + "X-Slow: " + strings.Repeat("a", 200)
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range len(head) {
+			if _, err := conn.Write([]byte{head[i]}); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	_ = conn.SetReadDeadline(start.Add(limit + 3*time.Second))
+	b, err := io.ReadAll(conn)
+	took := time.Since(start)
+	conn.Close()
+	<-done
+	if isTimeout(err) {
+		t.Fatalf("still open after %v, read header timeout %v", took, limit)
+	}
+	if took < limit-100*time.Millisecond || took > limit+2*time.Second {
+		t.Errorf("cut after %v, want about the read header timeout %v", took, limit)
+	}
+	// Over TLS net/http closes without a word; on plaintext it answers
+	// 400 (the timeout surfaces mid-head). 408 (RFC 9110 §15.5.9) is as
+	// right; anything else, or a second answer, is not.
+	if s := string(b); len(b) > 0 && !((strings.HasPrefix(s, "HTTP/1.1 408 ") || strings.HasPrefix(s, "HTTP/1.1 400 ")) &&
+		strings.Count(s, "HTTP/1.1 ") == 1) {
+		t.Errorf("answered %.60q, want nothing, 400 or 408", b)
+	}
+	if got := m.appSaw(t); len(got) > 0 {
+		t.Errorf("the app saw %q", got)
 	}
 }
