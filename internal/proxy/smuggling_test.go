@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
 )
@@ -436,6 +437,17 @@ func startSmuggleMeshApp(t *testing.T, app *recorder) *smuggleMesh {
 		Upstreams: map[string]string{"orders": "127.0.0.1:0"},
 		Limits:    Limits{ReadHeaderTimeout: 600 * time.Millisecond, BodyReadTimeout: 400 * time.Millisecond, MaxHeaderBytes: 8 << 10},
 	})
+	// Outlier detection ejects orders' one endpoint at its first charged
+	// failure, and retries would re-send one: a refusal charged to the
+	// endpoint shows as an ejection (and every later probe failing) or a
+	// retry.
+	m.orders.svc.BackendPolicy = &meshv1.BackendPolicy{
+		Retry: testRetry(2),
+		OutlierDetection: &meshv1.OutlierDetection{
+			Consecutive_5Xx: 1, ConsecutiveGatewayErrors: 1,
+			BaseEjectionTime: durationpb.New(time.Minute), MaxEjectionTime: durationpb.New(time.Minute), MaxEjectionPercent: 100,
+		},
+	}
 	// The mesh's egress policy is REGISTRY_ONLY: a host outside the
 	// registry is refused, not reached directly.
 	snap := snapshot("1", m.orders.svc)
