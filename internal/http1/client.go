@@ -98,9 +98,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := c.roundTrip(ctx, req)
-	var dead *deadConnError
-	if !errors.As(err, &dead) {
-		return resp, err
+	if err == nil {
+		return resp, nil
+	}
+	dead, ok := err.(*deadConnError)
+	if !ok {
+		return nil, err
 	}
 	if !replayable(req) {
 		return nil, dead.err

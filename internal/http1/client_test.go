@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -828,4 +829,64 @@ func TestTransportParallel(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// BenchmarkTransport: GETs through this Transport and net/http's, parallel
+// 8, against one local net/http server. Allocations and CPU count the
+// whole process, the server's included (the same server for both).
+func BenchmarkTransport(b *testing.B) {
+	addr, _ := countingServer(b, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header()["Content-Type"] = []string{"text/plain"}
+		_, _ = w.Write([]byte("ok"))
+	}))
+	for _, tc := range []struct {
+		name string
+		tr   interface {
+			http.RoundTripper
+			CloseIdleConnections()
+		}
+	}{
+		{"http1", &Transport{MaxIdlePerHost: 64}},
+		{"nethttp", &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			defer tc.tr.CloseIdleConnections()
+			b.ReportAllocs()
+			b.SetParallelism(8)
+			cpu0 := processCPU(b)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/bench", nil)
+				buf := make([]byte, 64)
+				for pb.Next() {
+					resp, err := tc.tr.RoundTrip(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					for {
+						if _, err := resp.Body.Read(buf); err != nil {
+							break
+						}
+					}
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						b.Errorf("status %d", resp.StatusCode)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N)/1e3, "cpu-µs/op")
+		})
+	}
+}
+
+// processCPU is the process's user+system CPU time so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

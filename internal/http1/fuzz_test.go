@@ -3,7 +3,9 @@ package http1
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/textproto"
 	"slices"
@@ -246,4 +248,80 @@ func compareResponse(t *testing.T, h *ResponseHead, resp *http.Response, head []
 		}
 	}
 	compareFields(t, "header", fields, hdr, head)
+}
+
+// FuzzTransportResponse: a server answers a GET with the fuzzer's bytes,
+// then closes. What the Transport delivers agrees with ParseResponse and
+// the body framing it gives: the same status and body when both accept,
+// and never a body the parser would refuse.
+func FuzzTransportResponse(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 7\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+		"HTTP/1.0 200 OK\r\n\r\nuntil close",
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nX: " + strings.Repeat("v", 5000) + "\r\nContent-Length: 1\r\n\r\nx",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		tr := &Transport{Dial: func(context.Context, string) (net.Conn, error) {
+			client, server := net.Pipe()
+			go func() {
+				defer server.Close()
+				br := bufio.NewReader(server)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				_, _ = server.Write(data)
+			}()
+			return client, nil
+		}}
+		defer tr.CloseIdleConnections()
+		req, _ := http.NewRequest(http.MethodGet, "http://fuzz:80/", nil)
+		resp, err := tr.RoundTrip(req)
+		var body []byte
+		if err == nil {
+			body, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		want, status, ok := modelResponse(data)
+		if ok && status == 0 {
+			return
+		}
+		if err != nil {
+			if ok {
+				t.Fatalf("refused (%v) what the parser accepts:\n%q", err, data)
+			}
+			return
+		}
+		if !ok {
+			t.Fatalf("delivered %d %q; the parser refuses:\n%q", resp.StatusCode, body, data)
+		}
+		if resp.StatusCode != status || string(body) != want {
+			t.Fatalf("delivered %d %q, the parser says %d %q:\n%q", resp.StatusCode, body, status, want, data)
+		}
+	})
+}
+
+// modelResponse is what a GET's answer data should deliver: the final
+// status and body, with interim 1xx skipped; ok false when refused.
+// status 0 with ok: a shape the model does not judge (too many 1xx, 101).
+func modelResponse(data []byte) (string, int, bool) {
+	for i := 0; ; i++ {
+		var h ResponseHead
+		n, err := ParseResponse(data, Limits{}, &h)
+		if err != nil {
+			return "", 0, false
+		}
+		if h.Status == http.StatusSwitchingProtocols || i == max1xx && h.Status < 200 {
+			return "", 0, true
+		}
+		if h.Status >= 200 {
+			body, _, ok := respBody(&h, data[n:])
+			return body, h.Status, ok
+		}
+		data = data[n:]
+	}
 }
