@@ -130,6 +130,8 @@ func checkRequest(req *http.Request) (string, error) {
 		return "", errBadMethod
 	case req.ContentLength > 0 && noBody(req):
 		return "", fmt.Errorf("http1: ContentLength %d with no Body", req.ContentLength)
+	case req.Host != "" && !validHostString(req.Host), !validHostString(req.URL.Host):
+		return "", errBadHost
 	}
 	addr := req.URL.Host
 	if req.URL.Port() == "" {
@@ -786,8 +788,7 @@ func (c *clientConn) attachBody(ctx context.Context, resp *http.Response, reqClo
 		b.kind = chunkedBody
 		c.cr.Reset(c.br, c.t.limits().MaxHeadBytes)
 	case h.ContentLength < 0:
-		b.kind = closeBody
-		b.keep = false
+		b.kind = closeBody // h.Close is set: keep is false
 	}
 	resp.Body = b
 	return resp, nil
@@ -822,14 +823,14 @@ type body struct {
 }
 
 func (b *body) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
 	switch b.state.Load() {
 	case bodyDone:
 		return 0, io.EOF
 	case bodyClosed:
 		return 0, errBodyClosed
-	}
-	if b.err != nil {
-		return 0, b.err
 	}
 	n, err := b.read(p)
 	switch {

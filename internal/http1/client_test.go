@@ -89,9 +89,12 @@ func get(t *testing.T, tr http.RoundTripper, url string) (*http.Response, string
 	return do(t, tr, req)
 }
 
+// do sends req and reads the whole body, failing (not hanging) after 10s.
 func do(t *testing.T, tr http.RoundTripper, req *http.Request) (*http.Response, string) {
 	t.Helper()
-	resp, err := tr.RoundTrip(req)
+	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
+	defer cancel()
+	resp, err := tr.RoundTrip(req.WithContext(ctx))
 	if err != nil {
 		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
@@ -183,82 +186,152 @@ func waitIdleDead(t *testing.T, tr *Transport, addr string) {
 	}
 }
 
-func TestTransportNoRetry(t *testing.T) {
+func TestTransportRetryRules(t *testing.T) {
+	post := func(addr string, body io.Reader, hdr string) *http.Request {
+		r, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", body)
+		if hdr != "" {
+			r.Header.Set(hdr, "k1")
+		}
+		return r
+	}
 	for _, tc := range []struct {
 		name    string
-		second  string // what the server does with the second request on the first connection
 		request func(addr string) *http.Request
+		retried bool
 	}{
-		{"response byte arrived", "HTTP/1.1 2", func(addr string) *http.Request {
-			r, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
-			return r
-		}},
-		{"post without GetBody", "", func(addr string) *http.Request {
-			r, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", io.NopCloser(strings.NewReader("x")))
-			return r
-		}},
+		{"post without GetBody", func(a string) *http.Request { return post(a, io.NopCloser(strings.NewReader("x")), "") }, false},
+		{"post with GetBody", func(a string) *http.Request { return post(a, strings.NewReader("x"), "") }, false},
+		{"post with Idempotency-Key, no GetBody", func(a string) *http.Request {
+			return post(a, io.NopCloser(strings.NewReader("x")), "Idempotency-Key")
+		}, false},
+		{"post with Idempotency-Key", func(a string) *http.Request { return post(a, strings.NewReader("x"), "Idempotency-Key") }, true},
+		{"post with X-Idempotency-Key", func(a string) *http.Request { return post(a, strings.NewReader("x"), "X-Idempotency-Key") }, true},
+		{"put without body", func(a string) *http.Request { r, _ := http.NewRequest(http.MethodPut, "http://"+a+"/", nil); return r }, false},
+		{"head", func(a string) *http.Request { r, _ := http.NewRequest(http.MethodHead, "http://"+a+"/", nil); return r }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr, accepted := rawServer(t, func(i int, c net.Conn, br *bufio.Reader) {
 				_ = respond(br, c, okResp)
-				if tc.second != "" {
-					_ = respond(br, c, tc.second)
-					return // and close: the response broke off
-				}
-				for respond(br, c, okResp) == nil {
+				for i > 0 && respond(br, c, okResp) == nil {
 				}
 			})
 			tr := &Transport{}
 			defer tr.CloseIdleConnections()
 			get(t, tr, "http://"+addr+"/")
-			if tc.second == "" {
-				// The server keeps the connection; make it look dead the
-				// way a server's close does.
-				tr.mu.Lock()
-				c := tr.idle[addr][0]
-				tr.mu.Unlock()
-				_ = c.nc.(*net.TCPConn).CloseWrite()
-				_ = c.nc.Close()
-			}
+			waitIdleDead(t, tr, addr)
 			resp, err := tr.RoundTrip(tc.request(addr))
 			if err == nil {
 				resp.Body.Close()
-				t.Fatalf("got %s, want an error", resp.Status)
 			}
-			if n := accepted.Load(); n != 1 {
-				t.Fatalf("%d connections: retried", n)
+			if tc.retried != (err == nil) || tc.retried != (accepted.Load() == 2) {
+				t.Fatalf("err %v after %d connections; want retried %v", err, accepted.Load(), tc.retried)
 			}
 		})
 	}
 }
 
-func TestTransportConnectionClose(t *testing.T) {
-	addr, conns := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Connection", "close")
-		_, _ = io.WriteString(w, "bye")
-	}))
-	tr := &Transport{}
-	defer tr.CloseIdleConnections()
-	for range 3 {
-		resp, body := get(t, tr, "http://"+addr+"/")
-		if !resp.Close || body != "bye" {
-			t.Fatalf("close %v body %q", resp.Close, body)
+// signalConn calls onRead with what each Read returned.
+type signalConn struct {
+	net.Conn
+	onRead func([]byte)
+}
+
+func (c signalConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.onRead(p[:n])
+	return n, err
+}
+
+// TestTransportNoRetryAfterResponseByte: a reused connection reset after
+// part of a head arrived is not retried (the server may have acted).
+func TestTransportNoRetryAfterResponseByte(t *testing.T) {
+	const partial = "HTTP/1.1 2"
+	gotPartial := make(chan struct{})
+	var once sync.Once
+	addr, accepted := rawServer(t, func(i int, c net.Conn, br *bufio.Reader) {
+		_ = respond(br, c, okResp)
+		if respond(br, c, partial) != nil {
+			return
 		}
+		<-gotPartial
+		_ = c.(*net.TCPConn).SetLinger(0) // close with a reset
+	})
+	tr := &Transport{Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		return signalConn{c, func(b []byte) {
+			if string(b) == partial {
+				once.Do(func() { close(gotPartial) })
+			}
+		}}, err
+	}}
+	defer tr.CloseIdleConnections()
+	get(t, tr, "http://"+addr+"/")
+	resp, err := tr.RoundTrip(httptestGet(addr))
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("got %s, want an error", resp.Status)
 	}
-	if n := conns.Load(); n != 3 {
-		t.Fatalf("%d connections, want 3", n)
-	}
-	// The client asking to close: the same.
-	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
-	req.Close = true
-	do(t, tr, req)
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	if n := len(tr.idle[addr]); n != 0 {
-		t.Fatalf("%d idle connections after Connection: close", n)
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("%d connections: retried after a response byte (%v)", n, err)
 	}
 }
 
+func httptestGet(addr string) *http.Request {
+	r, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	return r
+}
+
+func idleCount(tr *Transport, addr string) int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return len(tr.idle[addr])
+}
+
+// TestTransportConnectionClose: either side's Connection: close keeps the
+// connection out of the pool, even when the server does not close it.
+func TestTransportConnectionClose(t *testing.T) {
+	heads := make(chan http.Header, 8)
+	addr, accepted := rawServer(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			heads <- req.Header
+			resp := okResp
+			if req.URL.Path == "/server-closes" {
+				resp = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+			}
+			if _, err := io.WriteString(c, resp); err != nil {
+				return
+			}
+		}
+	})
+	tr := &Transport{}
+	defer tr.CloseIdleConnections()
+	for range 2 {
+		resp, body := get(t, tr, "http://"+addr+"/server-closes")
+		<-heads
+		if !resp.Close || body != "ok" || idleCount(tr, addr) != 0 {
+			t.Fatalf("close %v body %q idle %d", resp.Close, body, idleCount(tr, addr))
+		}
+	}
+	req := httptestGet(addr)
+	req.Close = true
+	if resp, _ := do(t, tr, req); resp.Close {
+		t.Fatal("the server did not say close; resp.Close is the server's word")
+	}
+	if h := <-heads; h.Get("Connection") != "close" {
+		t.Fatalf("request Connection %q, want close", h.Get("Connection"))
+	}
+	if n := idleCount(tr, addr); n != 0 {
+		t.Fatalf("%d idle connections after the request said close", n)
+	}
+	if n := accepted.Load(); n != 3 {
+		t.Fatalf("%d connections, want 3", n)
+	}
+}
 func TestTransportChunkedRequest(t *testing.T) {
 	addr, _ := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
@@ -302,7 +375,9 @@ func TestTransportRequestBodyLength(t *testing.T) {
 		cl   int64
 		want error
 	}{{"abc", 5, errBodyTooShort}, {"abcdefg", 5, errBodyTooLong}} {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", io.NopCloser(strings.NewReader(tc.body)))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/", io.NopCloser(strings.NewReader(tc.body)))
 		req.ContentLength = tc.cl
 		resp, err := tr.RoundTrip(req)
 		if !errors.Is(err, tc.want) {
@@ -405,6 +480,12 @@ func TestTransportCloseDelimitedBody(t *testing.T) {
 		if body != "until the end" || !resp.Close || resp.ContentLength != -1 {
 			t.Fatalf("body %q close %v length %d", body, resp.Close, resp.ContentLength)
 		}
+		tr.mu.Lock()
+		n := len(tr.idle[addr])
+		tr.mu.Unlock()
+		if n != 0 {
+			t.Fatal("a connection that ended its body by closing was pooled")
+		}
 	}
 	if n := accepted.Load(); n != 2 {
 		t.Fatalf("%d connections, want 2", n)
@@ -451,6 +532,9 @@ func TestTransportUpgrade(t *testing.T) {
 		t.Fatalf("101 body %T is not an io.ReadWriteCloser", resp.Body)
 	}
 	defer rw.Close()
+	// A stream that stalls fails the test instead of hanging it.
+	stop := time.AfterFunc(10*time.Second, func() { _ = rw.Close() })
+	defer stop.Stop()
 	buf := make([]byte, 5)
 	if _, err := io.ReadFull(rw, buf); err != nil || string(buf) != "early" {
 		t.Fatalf("buffered bytes %q, %v", buf, err)
@@ -557,20 +641,29 @@ func TestTransportMalformedResponses(t *testing.T) {
 		{"too many 1xx", strings.Repeat("HTTP/1.1 100 Continue\r\n\r\n", max1xx+1) + okResp},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// The server keeps the connection open (but for a message
+			// cut short): the bytes themselves must fail the exchange.
+			cut := tc.name == "short body" || tc.name == "chunked without end"
 			addr, _ := rawServer(t, func(_ int, c net.Conn, br *bufio.Reader) {
-				_ = respond(br, c, tc.resp)
+				if respond(br, c, tc.resp) == nil && !cut {
+					_, _ = io.Copy(io.Discard, br)
+				}
 			})
 			tr := &Transport{MaxResponseHeaderBytes: 1024}
 			defer tr.CloseIdleConnections()
-			req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
 			resp, err := tr.RoundTrip(req)
-			if err != nil {
-				return
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
 			if err == nil {
-				t.Fatalf("accepted: %d, body %q", resp.StatusCode, b)
+				defer resp.Body.Close()
+				var b []byte
+				if b, err = io.ReadAll(resp.Body); err == nil {
+					t.Fatalf("accepted: %d, body %q", resp.StatusCode, b)
+				}
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("waited for more instead of refusing: %v", err)
 			}
 		})
 	}
@@ -595,27 +688,33 @@ func TestTransportLargeHead(t *testing.T) {
 	}
 }
 
+// TestTransportEarlyCloseDropsConn: a body closed before its end takes
+// its connection with it, even when none of the rest is buffered yet.
 func TestTransportEarlyCloseDropsConn(t *testing.T) {
-	addr, conns := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, strings.Repeat("x", 100))
-	}))
+	addr, accepted := rawServer(t, func(i int, c net.Conn, br *bufio.Reader) {
+		if i == 0 {
+			_ = respond(br, c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+		}
+		for respond(br, c, okResp) == nil {
+		}
+	})
 	tr := &Transport{}
 	defer tr.CloseIdleConnections()
-	for range 2 {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := resp.Body.Read(make([]byte, 10)); err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if _, err := resp.Body.Read(make([]byte, 10)); err == nil {
-			t.Fatal("read after Close succeeded")
-		}
+	resp, err := tr.RoundTrip(httptestGet(addr))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n := conns.Load(); n != 2 {
+	if _, err := io.ReadFull(resp.Body, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if _, err := resp.Body.Read(make([]byte, 10)); err == nil {
+		t.Fatal("read after Close succeeded")
+	}
+	if _, body := get(t, tr, "http://"+addr+"/"); body != "ok" {
+		t.Fatalf("next body %q", body)
+	}
+	if n := accepted.Load(); n != 2 {
 		t.Fatalf("%d connections, want 2: a half-read body's connection was reused", n)
 	}
 }
@@ -787,18 +886,20 @@ func TestTransportIdleTimeout(t *testing.T) {
 		if n := dials.Load(); n != 1 {
 			t.Fatalf("%d dials within the idle timeout, want 1", n)
 		}
-		time.Sleep(61 * time.Second)
-		synctest.Wait()
-		tr.mu.Lock()
-		n := len(tr.idle["pipe:80"])
-		tr.mu.Unlock()
-		if n != 0 {
-			t.Fatalf("%d idle connections after the idle timeout", n)
+		expired := func() {
+			t.Helper()
+			time.Sleep(61 * time.Second)
+			synctest.Wait()
+			if n := idleCount(tr, "pipe:80"); n != 0 {
+				t.Fatalf("%d idle connections after the idle timeout", n)
+			}
 		}
+		expired() // a connection's second idle period
 		get(t, tr, "http://pipe:80/")
 		if n := dials.Load(); n != 2 {
 			t.Fatalf("%d dials after the idle timeout, want 2", n)
 		}
+		expired() // and a new connection's first
 	})
 }
 
