@@ -72,12 +72,12 @@ var (
 	errConnect      = errors.New("http1: CONNECT is not supported")
 	errNoURLHost    = errors.New("http1: no host in request URL")
 	errBadHost      = errors.New("http1: invalid Host")
-	errBadTarget    = errors.New("http1: control character or space in request URL")
+	errBadTarget    = errors.New("control character or space in request URL")
 	errBadMethod    = errors.New("http1: invalid method")
 	errBodyClosed   = errors.New("http1: read on closed response body")
-	errTooMany1xx   = errors.New("http1: too many 1xx informational responses")
-	errBodyTooLong  = errors.New("http1: request body longer than ContentLength")
-	errBodyTooShort = errors.New("http1: request body shorter than ContentLength")
+	errTooMany1xx   = errors.New("too many 1xx informational responses")
+	errBodyTooLong  = errors.New("request body longer than ContentLength")
+	errBodyTooShort = errors.New("request body shorter than ContentLength")
 )
 
 // RoundTrip sends req and returns the response head; the body is read
@@ -472,12 +472,9 @@ func appendRequestHead(b []byte, req *http.Request, cl int64, chunked bool) ([]b
 		return b, false, errBadTarget
 	}
 	b = append(b, " HTTP/1.1\r\nHost: "...)
-	host := req.Host
+	host := req.Host // checked by checkRequest
 	if host == "" {
 		host = req.URL.Host
-	}
-	if !validHostString(host) {
-		return b, false, errBadHost
 	}
 	b = append(b, host...)
 	b = append(b, '\r', '\n')

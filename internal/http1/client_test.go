@@ -735,6 +735,23 @@ func TestTransportDialError(t *testing.T) {
 	}
 }
 
+// TestTransportDialCancel: the request's context reaches Dial, and the
+// error says both what ended it and what Dial returned.
+func TestTransportDialCancel(t *testing.T) {
+	tr := &Transport{Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+		<-ctx.Done()
+		return nil, &testDialError{addr}
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:40002/", nil)
+	_, err := tr.RoundTrip(req)
+	var de *testDialError
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &de) {
+		t.Fatalf("%v: want the context's error and the dial error", err)
+	}
+}
+
 // countingConn counts Write calls: syscalls, for a TCP connection.
 type countingConn struct {
 	net.Conn
