@@ -251,13 +251,15 @@ func (t *Transport) getConn(ctx context.Context, addr string, fresh bool) (*clie
 		}
 		return nil, err
 	}
-	return &clientConn{
+	c := &clientConn{
 		t:    t,
 		addr: addr,
 		nc:   nc,
 		br:   bufio.NewReaderSize(nc, connBufSize),
 		bw:   bufio.NewWriterSize(nc, connBufSize),
-	}, nil
+	}
+	c.abortFn = c.abort // made once: a method value per watch would allocate
+	return c, nil
 }
 
 func (t *Transport) dial(ctx context.Context, addr string) (net.Conn, error) {
@@ -325,7 +327,8 @@ type clientConn struct {
 	copy []byte // chunked request body buffer, made on first use
 
 	// stop ends the watch on the exchange's context; nil when none.
-	stop func() bool
+	stop    func() bool
+	abortFn func()
 
 	// Guarded by t.mu.
 	reused    bool
@@ -365,9 +368,12 @@ func (c *clientConn) expire() {
 func (c *clientConn) watch(ctx context.Context) {
 	c.stop = nil
 	if ctx.Done() != nil {
-		c.stop = context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
+		c.stop = context.AfterFunc(ctx, c.abortFn)
 	}
 }
+
+// abort fails c's blocked I/O: a deadline in the past.
+func (c *clientConn) abort() { _ = c.nc.SetDeadline(time.Unix(1, 0)) }
 
 // unwatch ends the watch; false when ctx already ended, so the
 // connection's deadline may be set and it cannot be reused.

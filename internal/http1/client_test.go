@@ -963,9 +963,12 @@ func BenchmarkTransport(b *testing.B) {
 			http.RoundTripper
 			CloseIdleConnections()
 		}
+		ctx bool // a cancellable context per request, as the proxy's
 	}{
-		{"http1", &Transport{MaxIdlePerHost: 64}},
-		{"nethttp", &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}},
+		{"http1", &Transport{MaxIdlePerHost: 64}, false},
+		{"nethttp", &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}, false},
+		{"http1,ctx", &Transport{MaxIdlePerHost: 64}, true},
+		{"nethttp,ctx", &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			defer tc.tr.CloseIdleConnections()
@@ -977,19 +980,8 @@ func BenchmarkTransport(b *testing.B) {
 				req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/bench", nil)
 				buf := make([]byte, 64)
 				for pb.Next() {
-					resp, err := tc.tr.RoundTrip(req)
-					if err != nil {
+					if err := benchGET(tc.tr, req, buf, tc.ctx); err != nil {
 						b.Error(err)
-						return
-					}
-					for {
-						if _, err := resp.Body.Read(buf); err != nil {
-							break
-						}
-					}
-					resp.Body.Close()
-					if resp.StatusCode != 200 {
-						b.Errorf("status %d", resp.StatusCode)
 						return
 					}
 				}
@@ -998,6 +990,30 @@ func BenchmarkTransport(b *testing.B) {
 			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N)/1e3, "cpu-µs/op")
 		})
 	}
+}
+
+// benchGET does one GET and reads its body, under a cancellable context
+// when ctxOn.
+func benchGET(tr http.RoundTripper, req *http.Request, buf []byte, ctxOn bool) error {
+	if ctxOn {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		req = req.WithContext(ctx)
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	for {
+		if _, err := resp.Body.Read(buf); err != nil {
+			break
+		}
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
 }
 
 // processCPU is the process's user+system CPU time so far.
