@@ -719,6 +719,68 @@ func TestTransportEarlyCloseDropsConn(t *testing.T) {
 	}
 }
 
+// TestTransportCloseDuringRead: Close from another goroutine ends a Read
+// blocked on the connection (how a proxy abandons an upstream whose
+// client went away).
+func TestTransportCloseDuringRead(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	addr, _ := rawServer(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		if respond(br, c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab") == nil {
+			<-release
+		}
+	})
+	var armed atomic.Bool
+	blocked := make(chan struct{}, 1)
+	tr := &Transport{Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		return enterConn{c, func() {
+			if armed.Load() {
+				blocked <- struct{}{}
+			}
+		}}, err
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := tr.RoundTrip(httptestGet(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := resp.Body.Read(make([]byte, 8))
+		done <- err
+	}()
+	<-blocked // the Read is on its way into the connection's Read
+	resp.Body.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Read after a concurrent Close succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the blocked Read")
+	}
+	if n := idleCount(tr, addr); n != 0 {
+		t.Fatalf("%d idle connections", n)
+	}
+}
+
+// enterConn calls onRead as each Read starts.
+type enterConn struct {
+	net.Conn
+	onRead func()
+}
+
+func (c enterConn) Read(p []byte) (int, error) {
+	c.onRead()
+	return c.Conn.Read(p)
+}
+
 type testDialError struct{ addr string }
 
 func (e *testDialError) Error() string { return "dial " + e.addr + ": refused" }
@@ -878,6 +940,13 @@ func TestTransportIdlePool(t *testing.T) {
 		t.Fatalf("%d connections after CloseIdleConnections, want 3", n)
 	}
 	tr.CloseIdleConnections()
+
+	// Below zero: nothing is kept.
+	none := &Transport{MaxIdlePerHost: -1}
+	get(t, none, "http://"+addr+"/")
+	if n := idleCount(none, addr); n != 0 {
+		t.Fatalf("MaxIdlePerHost -1 kept %d connections", n)
+	}
 }
 
 // TestTransportIdleTimeout runs in a synctest bubble over net.Pipe
