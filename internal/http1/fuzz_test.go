@@ -286,7 +286,7 @@ func FuzzTransportResponse(f *testing.F) {
 			body, err = io.ReadAll(resp.Body)
 			resp.Body.Close()
 		}
-		want, status, ok := modelResponse(data)
+		want, status, fields, ok := modelResponse(data)
 		if ok && status == 0 {
 			return
 		}
@@ -302,25 +302,33 @@ func FuzzTransportResponse(f *testing.F) {
 		if resp.StatusCode != status || string(body) != want {
 			t.Fatalf("delivered %d %q, the parser says %d %q:\n%q", resp.StatusCode, body, status, want, data)
 		}
+		compareFields(t, "header", fields, resp.Header, data)
 	})
 }
 
 // modelResponse is what a GET's answer data should deliver: the final
-// status and body, with interim 1xx skipped; ok false when refused.
-// status 0 with ok: a shape the model does not judge (too many 1xx, 101).
-func modelResponse(data []byte) (string, int, bool) {
+// status, header fields (less those net/http moves out of Header) and
+// body, with interim 1xx skipped; ok false when refused. status 0 with ok:
+// a shape the model does not judge (too many 1xx, 101).
+func modelResponse(data []byte) (string, int, []Field, bool) {
 	for i := 0; ; i++ {
-		var h ResponseHead
-		n, err := ParseResponse(data, Limits{}, &h)
+		h := new(ResponseHead)
+		n, err := ParseResponse(data, Limits{}, h)
 		if err != nil {
-			return "", 0, false
+			return "", 0, nil, false
 		}
 		if h.Status == http.StatusSwitchingProtocols || i == max1xx && h.Status < 200 {
-			return "", 0, true
+			return "", 0, nil, true
 		}
 		if h.Status >= 200 {
-			body, _, ok := respBody(&h, data[n:])
-			return body, h.Status, ok
+			body, _, ok := respBody(h, data[n:])
+			var fields []Field
+			for _, f := range h.Fields {
+				if !equalFold(f.Name, "transfer-encoding") && !(h.Chunked && equalFold(f.Name, "trailer")) {
+					fields = append(fields, f)
+				}
+			}
+			return body, h.Status, fields, ok
 		}
 		data = data[n:]
 	}
