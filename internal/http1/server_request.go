@@ -133,7 +133,7 @@ func (sc *serverConn) body(r *http.Request) {
 	case h.Chunked:
 		r.ContentLength = -1
 		r.TransferEncoding = chunkedTE
-		r.Trailer = declaredTrailer(r.Header)
+		r.Trailer = requestTrailer(r.Header)
 		sc.w.chunked.r.Reset(sc.br, sc.s.MaxTrailerBytes)
 		sc.w.chunked.req = r
 		sc.w.chunked.sc = sc
@@ -154,10 +154,10 @@ func (sc *serverConn) body(r *http.Request) {
 
 var chunkedTE = []string{"chunked"}
 
-// declaredTrailer is the Trailer map of a chunked request: the names its
+// requestTrailer is the Trailer map of a chunked request: the names its
 // Trailer field declares, with no values yet (net/http's convention); the
 // field itself leaves the header. The parser refused framing names.
-func declaredTrailer(h http.Header) http.Header {
+func requestTrailer(h http.Header) http.Header {
 	t := http.Header{}
 	for _, v := range h["Trailer"] {
 		for _, name := range strings.Split(v, ",") {
@@ -219,9 +219,9 @@ func (b *fixedBody) Close() error {
 	return nil
 }
 
-// chunkedBody reads a chunked body, moving its trailers into the
+// chunkedReqBody reads a chunked body, moving its trailers into the
 // request's Trailer at the end.
-type chunkedBody struct {
+type chunkedReqBody struct {
 	sc     *serverConn
 	req    *http.Request
 	r      ChunkedReader
@@ -229,7 +229,7 @@ type chunkedBody struct {
 	ended  bool
 }
 
-func (b *chunkedBody) Read(p []byte) (int, error) {
+func (b *chunkedReqBody) Read(p []byte) (int, error) {
 	if !b.sc.w.lockBody() {
 		return 0, http.ErrBodyReadAfterClose
 	}
@@ -237,7 +237,7 @@ func (b *chunkedBody) Read(p []byte) (int, error) {
 	return b.read(p)
 }
 
-func (b *chunkedBody) read(p []byte) (int, error) {
+func (b *chunkedReqBody) read(p []byte) (int, error) {
 	if b.closed {
 		return 0, http.ErrBodyReadAfterClose
 	}
@@ -263,7 +263,7 @@ func (b *chunkedBody) read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *chunkedBody) Close() error {
+func (b *chunkedReqBody) Close() error {
 	if b.sc.w.lockBody() {
 		b.closed = true
 		b.sc.w.unlockBody()

@@ -83,7 +83,7 @@ type response struct {
 	// The request body.
 	body                 io.ReadCloser
 	fixed                fixedBody
-	chunked              chunkedBody
+	chunked              chunkedReqBody
 	bodyDone, bodyBroken bool
 	expect100, sent100   bool
 	bodyMu               sync.Mutex // held by each body read
@@ -101,7 +101,7 @@ func (w *response) reset(sc *serverConn) {
 	w.sc, w.req, w.status = sc, nil, 0
 	w.committed, w.chunking, w.untilClose, w.closeAfter, w.bodyless = false, false, false, false, false
 	w.written, w.pending, w.scratch, w.cw, w.hijacked = 0, pending, scratch, cw, false
-	w.body, w.fixed, w.chunked = nil, fixedBody{sc: sc}, chunkedBody{sc: sc, r: cr}
+	w.body, w.fixed, w.chunked = nil, fixedBody{sc: sc}, chunkedReqBody{sc: sc, r: cr}
 	w.bodyDone, w.bodyBroken, w.sent100, w.sealed = false, false, false, false
 	w.header = make(http.Header, 4)
 	w.length = -1
@@ -242,17 +242,6 @@ func (w *response) commit(final bool) {
 		w.pending = w.pending[:0]
 		_, _ = w.bodyWrite(p)
 	}
-}
-
-func hasToken(vv []string, tok string) bool {
-	for _, v := range vv {
-		for _, e := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(e), tok) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // Flush sends the head and the body so far.

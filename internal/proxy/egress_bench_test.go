@@ -35,7 +35,7 @@ func BenchmarkEgressChain(b *testing.B) {
 					scheme = "http"
 				}
 				for _, pr := range svc.peers {
-					pr.h1.RegisterProtocol(scheme, stubPeer{})
+					pr.h1 = stubH1{stubPeer{}}
 					pr.h2.RegisterProtocol(scheme, stubPeer{})
 				}
 			}

@@ -404,7 +404,7 @@ func BenchmarkObserve(b *testing.B) {
 			}
 			cfg := p.cfg.Load()
 			for _, pr := range cfg.byKey["api.default"].peers {
-				pr.h1.RegisterProtocol("https", stubPeer{})
+				pr.h1 = stubH1{stubPeer{}}
 				pr.h2.RegisterProtocol("https", stubPeer{})
 			}
 			hdr := http.Header{"User-Agent": []string{"bench"}}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"trellis.dev/trellis/internal/http1"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
@@ -20,8 +21,15 @@ import (
 type peer struct {
 	addr, identity string
 	h2             *http.Transport // multiplexed HTTP/2
-	h1             *http.Transport // HTTP/1.1 keep-alive, and upgrades
+	h1             hopTransport    // HTTP/1.1 keep-alive, and upgrades
 	tcpTLS         *tls.Config     // opaque TCP tunnels
+}
+
+// hopTransport is an HTTP/1.1 transport: internal/http1's between proxies
+// and to the app, net/http's to the outside (egress_upstream.go).
+type hopTransport interface {
+	http.RoundTripper
+	CloseIdleConnections()
 }
 
 func (p *Proxy) newPeer(addr, identity string) *peer {
@@ -54,9 +62,9 @@ func (p *Proxy) newPeer(addr, identity string) *peer {
 		}
 		return c, nil
 	}
-	var h2p, h1p http.Protocols
+	var h2p http.Protocols
 	h2p.SetHTTP2(true)
-	h1p.SetHTTP1(true)
+	h1TLS := mk("http/1.1")
 	return &peer{
 		addr:     addr,
 		identity: identity,
@@ -73,18 +81,35 @@ func (p *Proxy) newPeer(addr, identity string) *peer {
 				PingTimeout:     15 * time.Second,
 			},
 		},
-		h1: &http.Transport{
-			DialContext:         dial,
-			TLSClientConfig:     mk("http/1.1"),
-			TLSHandshakeTimeout: handshakeTimeout,
-			Protocols:           &h1p,
-			DisableCompression:  true,
-			IdleConnTimeout:     90 * time.Second,
-			MaxIdleConns:        0,
-			MaxIdleConnsPerHost: 1024,
+		h1: &http1.Transport{
+			Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+				c, err := dial(ctx, "tcp", addr)
+				if err != nil {
+					return nil, err
+				}
+				return handshake(ctx, c, h1TLS)
+			},
+			IdleTimeout:    90 * time.Second,
+			MaxIdlePerHost: 1024,
+			// What the peer's inbound port accepts (engine.go).
+			MaxResponseHeaderBytes: 2 * inboundHeaderFactor * DefaultMaxHeaderBytes,
 		},
 		tcpTLS: mk(ALPNTCP),
 	}
+}
+
+// handshake runs the client side of TLS on c within handshakeTimeout; its
+// errors are crypto/tls's (and the identity check's), as connectFailed
+// expects.
+func handshake(ctx context.Context, c net.Conn, cfg *tls.Config) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	tc := tls.Client(c, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 func (pr *peer) closeIdle() {

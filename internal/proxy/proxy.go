@@ -171,7 +171,8 @@ type Proxy struct {
 	// subscribeWait is SubscribeWait; tests shorten it.
 	subscribeWait time.Duration
 
-	appH1, appH2C *http.Transport
+	appH1  *http1.Transport
+	appH2C *http.Transport
 
 	// mirrorSlots bounds the mirrored requests in flight (MaxMirrors);
 	// mirrorChain sends them.
@@ -297,10 +298,9 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.mirrorSlots = make(chan struct{}, o.MaxMirrors)
 	p.mirrorChain = p.buildMirrorChain()
-	var h1, h2c http.Protocols
-	h1.SetHTTP1(true)
+	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
-	p.appH1 = &http.Transport{Protocols: &h1, DisableCompression: true, MaxIdleConnsPerHost: 1024, IdleConnTimeout: 90 * time.Second}
+	p.appH1 = &http1.Transport{MaxIdlePerHost: 1024, IdleTimeout: 90 * time.Second}
 	p.appH2C = &http.Transport{Protocols: &h2c, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
 	// An empty snapshot until the first Update, so waiting for one works.
 	empty, err := compile(&meshv1.Snapshot{}, p.env())

@@ -90,9 +90,9 @@ func BenchmarkRouteChainResilience(b *testing.B) {
 				p.hopH2 = false
 				for _, pr := range s.peers {
 					if strings.HasSuffix(variant, "registers") {
-						pr.h1.RegisterProtocol("https", registeringTransport{})
+						pr.h1 = stubH1{registeringTransport{}}
 					} else {
-						pr.h1.RegisterProtocol("https", okTransport{})
+						pr.h1 = stubH1{okTransport{}}
 					}
 				}
 				rt := &s.routes[0]

@@ -19,6 +19,11 @@ func (stubPeer) RoundTrip(*http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": textPlain}, Body: http.NoBody}, nil
 }
 
+// stubH1 stands in for a peer's HTTP/1.1 transport.
+type stubH1 struct{ http.RoundTripper }
+
+func (stubH1) CloseIdleConnections() {}
+
 // BenchmarkRouteChain measures one request through a route's compiled chain
 // (split, pick, the upstream stage building the outgoing request) with a
 // stub transport, for a bare route, one with request and response header
@@ -48,7 +53,7 @@ func BenchmarkRouteChain(b *testing.B) {
 	cfg := p.cfg.Load()
 	svc := cfg.byKey["api.default"]
 	for _, pr := range svc.peers {
-		pr.h1.RegisterProtocol("https", stubPeer{})
+		pr.h1 = stubH1{stubPeer{}}
 		pr.h2.RegisterProtocol("https", stubPeer{})
 	}
 	for _, tc := range []struct{ name, path string }{{"bare", "/b"}, {"headers", "/h"}, {"headers+timeout", "/f"}} {

@@ -52,6 +52,11 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.PeerID, ex.peerIDHdr = connPeer(r)
 		ex.Plaintext = r.TLS == nil
 		h = c.inboundH
+		if r.Method == http.MethodConnect {
+			// Proxies tunnel to each other by ALPN (tunnel.go), never by
+			// CONNECT; an app is not a forward proxy.
+			h = e.p.telemetrySlot()(refuseConnect)
+		}
 	case outboundListener:
 		ex.series, ex.active = c.unknown, e.p.activeOut
 		e.p.stripApp(r)

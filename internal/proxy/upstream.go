@@ -58,7 +58,7 @@ func (p *Proxy) peerH2(ex *Exchange) bool {
 // caller's verified identity.
 func (p *Proxy) appUpstream() Handler {
 	return HandlerFunc(func(ex *Exchange) *Response {
-		tr := p.appH1
+		var tr http.RoundTripper = p.appH1
 		if ex.target.h2() {
 			tr = p.appH2C
 		}
