@@ -35,8 +35,10 @@ type ResponseHead struct {
 }
 
 // Reset empties h for reuse, keeping its backing array and ForHEAD.
+// Field by field, as RequestHead.Reset.
 func (h *ResponseHead) Reset() {
-	*h = ResponseHead{ForHEAD: h.ForHEAD, fields: h.fields}
+	h.Minor, h.Status, h.Reason, h.ContentLength = 0, 0, nil, 0
+	h.Chunked, h.NoBody, h.Close, h.Upgrade = false, false, false, false
 	h.Fields = h.fields[:0]
 }
 
