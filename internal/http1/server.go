@@ -182,10 +182,13 @@ type serverConn struct {
 	head   RequestHead
 	rest   []byte // what followed a head larger than br's buffer
 
-	idle     atomic.Bool // waiting for a request's first byte
-	hijacked bool
-	w        response
-	watch    watcher
+	idle atomic.Bool // waiting for a request's first byte
+	// ownDeadline: the read deadline in force is the server's (idle or
+	// header timeout), to lift before the handler's reads.
+	ownDeadline atomic.Bool
+	hijacked    bool
+	w           response
+	watch       watcher
 }
 
 func (sc *serverConn) wakeIfIdle() {
@@ -258,7 +261,9 @@ func (sc *serverConn) loop() bool {
 }
 
 // awaitRequest waits for the first byte of a request: up to the idle
-// timeout between requests, the read header timeout for the first.
+// timeout between requests, the read header timeout for the first. The
+// rest of the head gets the read header timeout only if it does not come
+// with that byte (readHead): one deadline per request, not three.
 func (sc *serverConn) awaitRequest(first bool) bool {
 	s := sc.s
 	d := s.IdleTimeout
@@ -266,11 +271,7 @@ func (sc *serverConn) awaitRequest(first bool) bool {
 		d = s.ReadHeaderTimeout
 	}
 	if sc.br.Buffered() == 0 {
-		if d > 0 {
-			_ = sc.c.SetReadDeadline(time.Now().Add(d))
-		} else {
-			_ = sc.c.SetReadDeadline(time.Time{})
-		}
+		sc.setDeadline(d)
 		sc.idle.Store(true)
 		if s.draining.Load() { // Shutdown may have missed this conn's idle
 			sc.idle.Store(false)
@@ -282,12 +283,26 @@ func (sc *serverConn) awaitRequest(first bool) bool {
 			return false
 		}
 	}
-	if s.ReadHeaderTimeout > 0 {
-		_ = sc.c.SetReadDeadline(time.Now().Add(s.ReadHeaderTimeout))
-	} else {
+	return true
+}
+
+// setDeadline sets the connection's read deadline d from now (none for
+// d <= 0) and notes that it is the server's, not the handler's.
+func (sc *serverConn) setDeadline(d time.Duration) {
+	if d > 0 {
+		_ = sc.c.SetReadDeadline(time.Now().Add(d))
+		sc.ownDeadline.Store(true)
+		return
+	}
+	sc.clearDeadline()
+}
+
+// clearDeadline lifts the server's read deadline (the idle or header
+// one) before a read the handler owns: a body, the client-gone watch.
+func (sc *serverConn) clearDeadline() {
+	if sc.ownDeadline.Swap(false) {
 		_ = sc.c.SetReadDeadline(time.Time{})
 	}
-	return true
 }
 
 func (sc *serverConn) isPreface() bool {
@@ -379,11 +394,14 @@ func (sc *serverConn) earlyChunkError() *Error {
 // Heads up to br's size are parsed in place (inPlace: still buffered in
 // br); longer ones are gathered in a buffer of their own up to the limit.
 func (sc *serverConn) readHead(lim Limits) (buf []byte, n int, inPlace bool, err error) {
-	for {
+	for more := false; ; more = true {
 		buf, _ = sc.br.Peek(sc.br.Buffered())
 		n, err = ParseRequest(buf, lim, &sc.head)
 		if err != ErrIncomplete {
 			return buf, n, true, err
+		}
+		if !more {
+			sc.setDeadline(sc.s.ReadHeaderTimeout) // the head trickles in
 		}
 		if sc.br.Buffered() == sc.br.Size() {
 			buf, n, err = sc.readBigHead(lim)

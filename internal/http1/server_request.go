@@ -6,7 +6,6 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
-	"time"
 	"unsafe"
 )
 
@@ -192,6 +191,7 @@ func (b *fixedBody) read(p []byte) (int, error) {
 	if b.left == 0 {
 		return 0, io.EOF
 	}
+	b.sc.clearDeadline()
 	b.sc.w.continue100()
 	if int64(len(p)) > b.left {
 		p = p[:b.left]
@@ -244,6 +244,7 @@ func (b *chunkedReqBody) read(p []byte) (int, error) {
 	if b.ended {
 		return 0, io.EOF
 	}
+	b.sc.clearDeadline()
 	b.sc.w.continue100()
 	n, err := b.r.Read(p)
 	switch {
@@ -323,11 +324,14 @@ func (w *response) seal() {
 	if w.body == nil {
 		return
 	}
-	if w.reading.Load() {
+	broke := w.reading.Load()
+	if broke {
 		_ = w.sc.c.SetReadDeadline(aLongTimeAgo)
 	}
 	w.bodyMu.Lock()
 	w.sealed = true
 	w.bodyMu.Unlock()
-	_ = w.sc.c.SetReadDeadline(time.Time{})
+	if broke {
+		w.sc.ownDeadline.Store(true) // the next wait sets its own
+	}
 }

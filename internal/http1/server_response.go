@@ -18,7 +18,6 @@ import (
 // the connection must close after it.
 func (sc *serverConn) serveRequest(r *http.Request) bool {
 	w := &sc.w
-	_ = sc.c.SetReadDeadline(time.Time{}) // the body has its own (the handler's)
 	if w.bodyDone {
 		sc.watch.arm()
 	}
@@ -341,7 +340,10 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.sc.c, bufio.NewReadWriter(w.sc.br, w.sc.bw), nil
 }
 
-func (w *response) SetReadDeadline(t time.Time) error  { return w.sc.c.SetReadDeadline(t) }
+func (w *response) SetReadDeadline(t time.Time) error {
+	w.sc.ownDeadline.Store(false)
+	return w.sc.c.SetReadDeadline(t)
+}
 func (w *response) SetWriteDeadline(t time.Time) error { return w.sc.c.SetWriteDeadline(t) }
 
 // EnableFullDuplex: a handler may read the request body after it began
@@ -380,6 +382,9 @@ func (wt *watcher) fire() {
 		wt.mu.Unlock()
 		return
 	}
+	// A long handler is no slow head: lift the server's deadline, under
+	// the lock, so stop's deadline (which breaks this read) comes after.
+	wt.sc.clearDeadline()
 	done := make(chan struct{})
 	wt.read = done
 	wt.mu.Unlock()

@@ -489,3 +489,22 @@ func TestServerFramingCases(t *testing.T) {
 		})
 	}
 }
+
+// TestServerWatchStopRace: handlers that end right about when the
+// client-gone watch starts race its read against stop; every response
+// must still go out (a lost wake-up hangs the connection).
+func TestServerWatchStopRace(t *testing.T) {
+	addr := startServer(t, &Server{ReadHeaderTimeout: time.Minute}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(watchDelay - 200*time.Microsecond + time.Duration(len(r.URL.Path)%5)*100*time.Microsecond)
+	}))
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 2 * time.Second}
+	for i := range 300 {
+		resp, err := c.Get("http://" + addr + "/" + strings.Repeat("x", i%7))
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		resp.Body.Close()
+	}
+}
