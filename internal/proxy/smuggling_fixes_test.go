@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// upgradeType never names h2c: an h2c upgrade is served as HTTP/1.1 (as
+// net/http's server does), so no 101 can turn the connection into a
+// tunnel past the chain. Other upgrades keep their value.
+func TestUpgradeTypeIgnoresH2C(t *testing.T) {
+	for _, c := range []struct {
+		conn, up, want string
+	}{
+		{"Upgrade", "websocket", "websocket"},
+		{"keep-alive, Upgrade", "websocket", "websocket"},
+		{"Upgrade, HTTP2-Settings", "h2c", ""},
+		{"Upgrade", "H2C", ""},
+		{"Upgrade", "h2c, websocket", "websocket"},
+		{"Upgrade", "websocket,h2c", "websocket"},
+		{"Upgrade", "h2c-like", "h2c-like"}, // a token is compared whole
+		{"close", "websocket", ""},          // no upgrade without the Connection token
+	} {
+		h := http.Header{"Connection": {c.conn}, "Upgrade": {c.up}}
+		if got := upgradeType(h); got != c.want {
+			t.Errorf("Connection %q, Upgrade %q: %q, want %q", c.conn, c.up, got, c.want)
+		}
+	}
+}
+
+// The websocket upgrade, the common one, costs no allocation.
+func TestUpgradeTypeNoAlloc(t *testing.T) {
+	h := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}
+	if n := testing.AllocsPerRun(100, func() { _ = upgradeType(h) }); n != 0 {
+		t.Errorf("%v allocations, want 0", n)
+	}
+}
+
+// HTTP2-Settings is connection-specific (RFC 7540 §3.2.1): it never
+// reaches the next hop, named by Connection or not.
+func TestHTTP2SettingsIsHopByHop(t *testing.T) {
+	h := http.Header{"Http2-Settings": {"AAMAAABkAAQAAP__"}, "X-Keep": {"1"}}
+	removeHopHeaders(h)
+	if _, ok := h["Http2-Settings"]; ok || h.Get("X-Keep") != "1" {
+		t.Errorf("after removeHopHeaders: %v", h)
+	}
+}
+
+// The inbound proxy's own answer to a client body that failed (408 for a
+// stall, 400 for a chunk that turned bad after the head was forwarded)
+// keeps its X-Trellis-Error and is not counted as an app forging mesh
+// headers: appUpstream strips only a response the app sent.
+func TestInboundOwnBodyFailureKeepsErrorHeader(t *testing.T) {
+	app := newRecorder(false)
+	app.entered = make(chan string, 1)
+	m := startSmuggleMeshApp(t, app)
+	in := m.listeners[2]
+	if in.bit != onInbound {
+		t.Fatalf("listener 2 is %s, want inbound", in.name)
+	}
+	for _, c := range []struct {
+		name, head, rest string
+		status           int
+		reason           string // the one refusal counted
+	}{
+		{"stalled body", post("Content-Length: 10\r\n", "abc"), "", http.StatusRequestTimeout, "body_timeout"},
+		// The bad chunk is sent only once the app is reading the body, so
+		// the engine cannot refuse it with the head: the proxy finds it
+		// while streaming.
+		{"chunk turned bad mid-body", chunkedPost("5\r\nhello\r\n"), "zz\r\n", http.StatusBadRequest, "framing"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := refusals(t, in.proxy)
+			conn := in.dial(t)
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(conn, c.head); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-app.entered:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the app never got the request")
+			}
+			if c.rest != "" {
+				if _, err := io.WriteString(conn, c.rest); err != nil {
+					t.Fatal(err)
+				}
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != c.status || resp.Header.Get(headerError) != FlagDPE.String() {
+				t.Errorf("%d %s=%q, want %d %s=%q", resp.StatusCode, headerError, resp.Header.Get(headerError), c.status, headerError, FlagDPE)
+			}
+			// Exactly the one refusal; mesh_header would be the proxy's own
+			// answer taken for an app forging the mesh's word.
+			if d := diff(before, refusals(t, in.proxy)); len(d) != 1 || d[c.reason] != 1 {
+				t.Errorf("refusals %v, want only one %q", d, c.reason)
+			}
+			if got := m.appSaw(t); len(got) != 1 || got[0] != "POST orders/s (broken)" {
+				t.Errorf("the app saw %q, want the body broken off", got)
+			}
+		})
+	}
+}
