@@ -113,7 +113,7 @@ func upgradeType(h http.Header) string {
 // nothing is left). A value without "h2c" in it is returned as is, so a
 // websocket upgrade does not allocate.
 func withoutH2C(v string) string {
-	if !containsFold(v, "h2c") {
+	if !containsH2C(v) {
 		return v
 	}
 	var keep []string
@@ -125,10 +125,11 @@ func withoutH2C(v string) string {
 	return strings.Join(keep, ", ")
 }
 
-// containsFold reports whether s contains the ASCII-lower-case sub in any case.
-func containsFold(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if strings.EqualFold(s[i:i+len(sub)], sub) {
+// containsH2C reports whether s has "h2c" in it, in any case: a byte scan,
+// as this runs for every upgrade request.
+func containsH2C(s string) bool {
+	for i := 0; i+3 <= len(s); i++ {
+		if s[i]|0x20 == 'h' && s[i+1] == '2' && s[i+2]|0x20 == 'c' {
 			return true
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -105,6 +106,61 @@ func TestInboundOwnBodyFailureKeepsErrorHeader(t *testing.T) {
 			}
 			if got := m.appSaw(t); len(got) != 1 || got[0] != "POST orders/s (broken)" {
 				t.Errorf("the app saw %q, want the body broken off", got)
+			}
+		})
+	}
+}
+
+// FuzzWithoutH2C: whatever the Upgrade value, the result names no h2c
+// token, keeps every other token in order, and is the value itself when
+// it has no h2c in it.
+func FuzzWithoutH2C(f *testing.F) {
+	for _, s := range []string{"websocket", "h2c", "H2C, websocket", "websocket,h2c", " h2c ,, x", "h2c-like", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		got := withoutH2C(v)
+		if !containsH2C(v) {
+			if got != v {
+				t.Fatalf("withoutH2C(%q) = %q, want it unchanged", v, got)
+			}
+			return
+		}
+		var want []string
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" && !strings.EqualFold(tok, "h2c") {
+				want = append(want, tok)
+			}
+		}
+		var have []string
+		for tok := range strings.SplitSeq(got, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" {
+				if strings.EqualFold(tok, "h2c") {
+					t.Fatalf("withoutH2C(%q) = %q still names h2c", v, got)
+				}
+				have = append(have, tok)
+			}
+		}
+		if strings.Join(have, ",") != strings.Join(want, ",") {
+			t.Fatalf("withoutH2C(%q) = %q, want tokens %q", v, got, want)
+		}
+	})
+}
+
+// BenchmarkUpgradeType: the per-request cost of deciding an upgrade.
+func BenchmarkUpgradeType(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		h    http.Header
+	}{
+		{"none", http.Header{"Accept": {"*/*"}}},
+		{"websocket", http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}},
+		{"h2c", http.Header{"Connection": {"Upgrade, HTTP2-Settings"}, "Upgrade": {"h2c"}}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = upgradeType(c.h)
 			}
 		})
 	}

@@ -108,13 +108,13 @@ func newRecorder(upgrades bool) *recorder {
 // h2cTraces lists what of an h2c upgrade h carries ("" none).
 func h2cTraces(h http.Header) string {
 	var out []string
-	if v := h.Get("Upgrade"); containsFold(v, "h2c") {
+	if v := h.Get("Upgrade"); strings.Contains(strings.ToLower(v), "h2c") {
 		out = append(out, "Upgrade: "+v)
 	}
 	if v, ok := h["Http2-Settings"]; ok {
 		out = append(out, "HTTP2-Settings: "+strings.Join(v, ","))
 	}
-	if v := strings.Join(h["Connection"], ","); containsFold(v, "http2-settings") {
+	if v := strings.Join(h["Connection"], ","); strings.Contains(strings.ToLower(v), "http2-settings") {
 		out = append(out, "Connection: "+v)
 	}
 	return strings.Join(out, "; ")
@@ -188,7 +188,8 @@ type shape struct {
 	// that received it; nothing else may be counted.
 	reason string
 	// known: a defect of the engine on the listeners in knownOn: the row
-	// states what is right and is skipped there with this text.
+	// states what is right; there it is run (the invariants must hold)
+	// and skipped with this text, and fails once the defect is gone.
 	known   string
 	knownOn int
 }
@@ -344,6 +345,9 @@ func requestLineShapes() []shape {
 		// REGISTRY_ONLY: 502 EG, the target's host, not Host, is the one refused.
 		{name: "absolute-form naming a non-mesh host, Host names the service (§3.2.2)", on: onOutbound, raw: "GET http://evil.example/abs HTTP/1.1\r\n" + hostH + "\r\n",
 			want: []int{502}, open: true, reach: noneSeen, known: engineTargetHostDiff, knownOn: onOutbound},
+		// RFC 9110 §4.2.3: http://orders:80 and orders name one origin.
+		{name: "absolute-form with the default port, Host without (§3.2.2, RFC 9110 §4.2.3)", on: onApp, raw: "GET http://orders:80/abs HTTP/1.1\r\n" + hostH + "\r\n",
+			want: ok200, open: true, reach: []string{"GET orders/abs"}, known: engineTargetHostDiff, knownOn: onApp},
 		{name: "absolute-form agreeing with Host", on: onApp, raw: "GET http://orders/abs HTTP/1.1\r\n" + hostH + "\r\n",
 			want: ok200, open: true, reach: []string{"GET orders/abs"}},
 		{name: "pipelined GETs in one write (§9.3.2: answered in order)", raw: getLine("GET /1 HTTP/1.1") + getLine("GET /2 HTTP/1.1"),
@@ -359,7 +363,9 @@ const engineMinorVersion = "engine: HTTP/1.2 is answered 505 (malformed_request)
 // engineTargetHostDiff: internal/http1 refuses an absolute-form target
 // whose authority differs from Host (errTargetHostDiff), where RFC 9112
 // §3.2.2 and RFC 9110 §7.2 say the Host is ignored and replaced by the
-// target's. curl -x proxy -H 'Host: b' http://a/ sends just this.
+// target's. curl -x proxy -H 'Host: b' http://a/ sends just this (checked
+// with curl 7.88). It also compares the authorities byte for byte, so
+// "orders:80" and "orders" disagree.
 const engineTargetHostDiff = "engine: absolute-form with a different Host is refused 400 (malformed_request); " +
 	"RFC 9112 §3.2.2 wants the Host ignored and the target's authority used"
 
@@ -653,13 +659,20 @@ func (m *smuggleMesh) checkShape(t *testing.T, l listenerUnderTest, s shape) {
 	if o.err != nil {
 		t.Fatalf("write: %v", o.err)
 	}
-	// The probe (or the close) comes after the app has recorded the
-	// requests before it, so what it saw is already there.
+	// The probe (or the close) comes after the app has read the requests
+	// before it; take waits for any handler still reading a broken body.
 	o.reach = m.appSaw(t)
 	o.refused = diff(before, refusals(t, l.proxy))
-	if miss := s.mismatch(o); miss != "" {
-		t.Errorf("statuses %v closed=%v synced=%v, app saw %q, refusals %v; want %s",
-			o.statuses, o.closed, o.synced, o.reach, o.refused, miss)
+	miss := s.mismatch(o)
+	got := fmt.Sprintf("statuses %v closed=%v synced=%v, app saw %q, refusals %v", o.statuses, o.closed, o.synced, o.reach, o.refused)
+	switch {
+	case s.known != "" && s.knownOn&l.bit != 0 && miss == "":
+		t.Errorf("known defect no longer shows (%s): drop the row's known", s.known)
+	case s.known != "" && s.knownOn&l.bit != 0:
+		// The invariants (appSaw) still held; only the outcome is off.
+		t.Skipf("known: %s; %s", s.known, got)
+	case miss != "":
+		t.Errorf("%s; want %s", got, miss)
 	}
 }
 
@@ -745,9 +758,6 @@ func (m *smuggleMesh) run(t *testing.T, shapes []shape) {
 				continue
 			}
 			t.Run(l.name+"/"+s.name, func(t *testing.T) {
-				if s.known != "" && s.knownOn&l.bit != 0 {
-					t.Skip("known: " + s.known)
-				}
 				m.checkShape(t, l, s)
 			})
 		}
