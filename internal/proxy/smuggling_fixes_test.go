@@ -50,19 +50,17 @@ func TestHTTP2SettingsIsHopByHop(t *testing.T) {
 	}
 }
 
-// The inbound proxy's own answer to a client body that failed (408 for a
-// stall, 400 for a chunk that turned bad after the head was forwarded)
-// keeps its X-Trellis-Error and is not counted as an app forging mesh
-// headers: appUpstream strips only a response the app sent.
-func TestInboundOwnBodyFailureKeepsErrorHeader(t *testing.T) {
+// The proxy's own answer to a client body that failed (408 for a stall,
+// 400 for a chunk that turned bad after the head was forwarded) keeps its
+// X-Trellis-Error and is counted once; on the inbound port it is not
+// taken for an app forging mesh headers (appUpstream strips only a
+// response the app sent). The app sees the body break off, never a whole
+// request.
+func TestOwnBodyFailureKeepsErrorHeader(t *testing.T) {
 	app := newRecorder(false)
 	app.entered = make(chan string, 1)
 	m := startSmuggleMeshApp(t, app)
-	in := m.listeners[2]
-	if in.bit != onInbound {
-		t.Fatalf("listener 2 is %s, want inbound", in.name)
-	}
-	for _, c := range []struct {
+	cases := []struct {
 		name, head, rest string
 		status           int
 		reason           string // the one refusal counted
@@ -72,42 +70,52 @@ func TestInboundOwnBodyFailureKeepsErrorHeader(t *testing.T) {
 		// the engine cannot refuse it with the head: the proxy finds it
 		// while streaming.
 		{"chunk turned bad mid-body", chunkedPost("5\r\nhello\r\n"), "zz\r\n", http.StatusBadRequest, "framing"},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			before := refusals(t, in.proxy)
-			conn := in.dial(t)
-			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := io.WriteString(conn, c.head); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case <-app.entered:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the app never got the request")
-			}
-			if c.rest != "" {
-				if _, err := io.WriteString(conn, c.rest); err != nil {
-					t.Fatal(err)
-				}
-			}
-			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != c.status || resp.Header.Get(headerError) != FlagDPE.String() {
-				t.Errorf("%d %s=%q, want %d %s=%q", resp.StatusCode, headerError, resp.Header.Get(headerError), c.status, headerError, FlagDPE)
-			}
-			// Exactly the one refusal; mesh_header would be the proxy's own
-			// answer taken for an app forging the mesh's word.
-			if d := diff(before, refusals(t, in.proxy)); len(d) != 1 || d[c.reason] != 1 {
-				t.Errorf("refusals %v, want only one %q", d, c.reason)
-			}
-			if got := m.appSaw(t); len(got) != 1 || got[0] != "POST orders/s (broken)" {
-				t.Errorf("the app saw %q, want the body broken off", got)
-			}
-		})
+	}
+	for _, in := range m.listeners {
+		for _, c := range cases {
+			t.Run(in.name+"/"+c.name, func(t *testing.T) {
+				m.ownBodyFailure(t, in, c.head, c.rest, c.status, c.reason)
+			})
+		}
+	}
+}
+
+// ownBodyFailure sends head, waits for the app to be reading the body,
+// sends rest, and checks the proxy's answer, the refusal and the app's view.
+func (m *smuggleMesh) ownBodyFailure(t *testing.T, l listenerUnderTest, head, rest string, status int, reason string) {
+	t.Helper()
+	before := refusals(t, l.proxy)
+	conn := l.dial(t)
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, head); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.app.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the app never got the request")
+	}
+	if rest != "" {
+		if _, err := io.WriteString(conn, rest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get(headerError); resp.StatusCode != status || got != FlagDPE.String() {
+		t.Errorf("%d %s=%q, want %d %s=%q", resp.StatusCode, headerError, got, status, headerError, FlagDPE)
+	}
+	// Exactly the one refusal; mesh_header would be the proxy's own
+	// answer taken for an app forging the mesh's word.
+	if d := diff(before, refusals(t, l.proxy)); len(d) != 1 || d[reason] != 1 {
+		t.Errorf("refusals %v, want only one %q", d, reason)
+	}
+	if got := m.appSaw(t); len(got) != 1 || got[0] != "POST orders/s (broken)" {
+		t.Errorf("the app saw %q, want the body broken off", got)
 	}
 }
 
