@@ -73,6 +73,9 @@ func putBuf(b *[]byte) { bufPool.Put(b) }
 var hopHeaders = [...]string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Upgrade",
+	// Connection-specific by RFC 7540 §3.2.1: it only ever rides an h2c
+	// upgrade, which the proxy does not take (upgradeType).
+	"Http2-Settings",
 }
 
 // hopHeader reports whether the canonical name is hop-by-hop (TE included).
@@ -86,7 +89,11 @@ func hopHeader(name string) bool {
 }
 
 // upgradeType returns the protocol a request or response asks to switch
-// to ("websocket"), or "" when it is not an upgrade.
+// to ("websocket"), or "" when it is not an upgrade. h2c is never one:
+// after a 101 every h2 stream on the connection would pass the chain
+// unseen, so, as net/http's server does, the h2c token is ignored and the
+// request served as HTTP/1.1 (outHeader then drops Upgrade, and
+// HTTP2-Settings is hop-by-hop).
 func upgradeType(h http.Header) string {
 	up := h["Upgrade"]
 	if len(up) == 0 {
@@ -95,11 +102,38 @@ func upgradeType(h http.Header) string {
 	for _, v := range h["Connection"] {
 		for tok := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
-				return up[0]
+				return withoutH2C(up[0])
 			}
 		}
 	}
 	return ""
+}
+
+// withoutH2C is an Upgrade value with its h2c tokens removed ("" when
+// nothing is left). A value without "h2c" in it is returned as is, so a
+// websocket upgrade does not allocate.
+func withoutH2C(v string) string {
+	if !containsH2C(v) {
+		return v
+	}
+	var keep []string
+	for tok := range strings.SplitSeq(v, ",") {
+		if tok = strings.TrimSpace(tok); tok != "" && !strings.EqualFold(tok, "h2c") {
+			keep = append(keep, tok)
+		}
+	}
+	return strings.Join(keep, ", ")
+}
+
+// containsH2C reports whether s has "h2c" in it, in any case: a byte scan,
+// as this runs for every upgrade request.
+func containsH2C(s string) bool {
+	for i := 0; i+3 <= len(s); i++ {
+		if s[i]|0x20 == 'h' && s[i+1] == '2' && s[i+2]|0x20 == 'c' {
+			return true
+		}
+	}
+	return false
 }
 
 // removeHopHeaders strips hop-by-hop headers in place, including those the

@@ -37,6 +37,9 @@ type seenReq struct {
 	mesh    string // the mesh-owned headers and trailers it carried
 	bodyErr bool   // the body broke off before its end
 	upgrade string
+	// h2c: the Upgrade value, HTTP2-Settings or a Connection token that
+	// only an h2c upgrade sends; none may reach the app.
+	h2c string
 }
 
 // recorder is the app behind the pair: it records every request that
@@ -44,15 +47,33 @@ type seenReq struct {
 type recorder struct {
 	mu   sync.Mutex
 	reqs []seenReq
+	// inflight counts handlers still running; settled is signalled when
+	// it falls (or take gives up waiting).
+	inflight int
+	settled  *sync.Cond
 	// upgrades: answer "Upgrade: h2c" with 101 and echo the bytes after,
 	// as an app that speaks h2c by upgrade would take over the connection.
 	upgrades bool
+	// entered, when set, gets the request's path as its handler starts.
+	entered chan string
 }
 
 func (a *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	a.inflight++
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.inflight--
+		a.settled.Broadcast()
+		a.mu.Unlock()
+	}()
+	if a.entered != nil {
+		a.entered <- r.URL.Path
+	}
 	b, err := io.ReadAll(r.Body)
 	head := r.Method + " " + r.Host + r.URL.Path
-	s := seenReq{line: head, head: head, bodyErr: err != nil, upgrade: r.Header.Get("Upgrade")}
+	s := seenReq{line: head, head: head, bodyErr: err != nil, upgrade: r.Header.Get("Upgrade"), h2c: h2cTraces(r.Header)}
 	if len(b) > 0 {
 		s.line += " " + string(b)
 	}
@@ -78,6 +99,27 @@ func (a *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, "ok "+r.URL.Path)
 }
 
+func newRecorder(upgrades bool) *recorder {
+	a := &recorder{upgrades: upgrades}
+	a.settled = sync.NewCond(&a.mu)
+	return a
+}
+
+// h2cTraces lists what of an h2c upgrade h carries ("" none).
+func h2cTraces(h http.Header) string {
+	var out []string
+	if v := h.Get("Upgrade"); strings.Contains(strings.ToLower(v), "h2c") {
+		out = append(out, "Upgrade: "+v)
+	}
+	if v, ok := h["Http2-Settings"]; ok {
+		out = append(out, "HTTP2-Settings: "+strings.Join(v, ","))
+	}
+	if v := strings.Join(h["Connection"], ","); strings.Contains(strings.ToLower(v), "http2-settings") {
+		out = append(out, "Connection: "+v)
+	}
+	return strings.Join(out, "; ")
+}
+
 // upgradeAndEcho switches the connection to "h2c" and echoes it.
 func upgradeAndEcho(w http.ResponseWriter) {
 	c, rw, err := http.NewResponseController(w).Hijack()
@@ -92,9 +134,22 @@ func upgradeAndEcho(w http.ResponseWriter) {
 }
 
 // take returns the requests seen since the last take, probes left out.
+// It first waits (up to a second) for running handlers to finish: a
+// request whose body the proxy broke off is recorded when the app's read
+// fails, which may come just after the client saw the proxy's answer.
 func (a *recorder) take() []seenReq {
+	giveUp := time.AfterFunc(time.Second, func() {
+		a.mu.Lock()
+		a.settled.Broadcast()
+		a.mu.Unlock()
+	})
+	defer giveUp.Stop()
+	deadline := time.Now().Add(time.Second)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	for a.inflight > 0 && time.Now().Before(deadline) {
+		a.settled.Wait()
+	}
 	var out []seenReq
 	for _, s := range a.reqs {
 		if !strings.HasSuffix(s.line, "/probe") {
@@ -114,48 +169,29 @@ const (
 	onAll      = onApp | onInbound
 )
 
-// shape is one row: what is sent, what the client gets, what the app sees.
-// Its own fields are the expected outcome; or lists others as right.
+// shape is one row: what is sent, what the client gets, what the app
+// sees, and what is counted. Each row has one outcome: the engine reads
+// one head at a time and refuses a malformed chunk that arrived with its
+// head before any handler, so nothing in it depends on timing.
 type shape struct {
 	name string // the shape and the rule (RFC 9112 unless named)
 	on   int    // listeners; 0 means onAll
 	raw  string
 	// want: the statuses of the responses, in order (none: the proxy
-	// answers nothing and closes). alt, when set, is as right a status
-	// for the first response.
+	// answers nothing and closes).
 	want []int
-	alt  int
 	open bool // the connection stays usable after (a probe gets 200)
 	// reach: the requests the app sees, in order ("METHOD host/path[ body]",
 	// or "METHOD host/path (broken)" for one whose body broke off).
 	reach []string
-	// reason: the refusal counted for it ("" none), on the proxy that
-	// received it; loose: it may go uncounted (net/http answers the shape
-	// before any proxy code runs: see the report), but nothing else may
-	// be counted.
+	// reason: the one refusal counted for it ("" none), on the proxy
+	// that received it; nothing else may be counted.
 	reason string
-	loose  bool
-	// or: other outcomes as right as this one (net/http's answer and a
-	// stricter engine's may differ; both keep the contract).
-	or []expect
-	// known: a defect today on the listeners in knownOn; the row is
-	// skipped there with this text (the report describes it).
+	// known: a defect of the engine on the listeners in knownOn: the row
+	// states what is right; there it is run (the invariants must hold)
+	// and skipped with this text, and fails once the defect is gone.
 	known   string
 	knownOn int
-}
-
-// expect is one acceptable outcome of a shape (fields as in shape).
-type expect struct {
-	want   []int
-	alt    int
-	open   bool
-	reach  []string
-	reason string
-	loose  bool
-}
-
-func (s shape) expects() []expect {
-	return append([]expect{{s.want, s.alt, s.open, s.reach, s.reason, s.loose}}, s.or...)
 }
 
 const hostH = "Host: orders\r\n"
@@ -192,20 +228,24 @@ var (
 	noneSeen []string
 )
 
-// framingShapes: message framing (RFC 9112 §6, §7) and request smuggling (§11.2).
+// framingShapes: message framing (RFC 9112 §6, §7) and request smuggling
+// (§11.2). Each is refused by the parser before any chain, counted as
+// "framing" (CL/TE shapes, obs-fold, bare LF, chunk errors) or
+// "malformed_request" (field syntax, Host).
 func framingShapes() []shape {
-	// chunked: net/http takes the value for chunked (it then drops CL).
+	// status: what the engine answers the TE with CL beside it: a coding
+	// it does not implement is 501 (§6.1), found before the CL+TE clash.
 	tes := []struct {
 		name, line string
-		chunked    bool
+		status     int
 	}{
-		{"TE chunked", "Transfer-Encoding: chunked\r\n", true},
-		{"TE 'chunked, identity'", "Transfer-Encoding: chunked, identity\r\n", false},
-		{"TE ' chunked' (leading OWS)", "Transfer-Encoding:   chunked\r\n", true},
-		{"TE 'Chunked'", "Transfer-Encoding: Chunked\r\n", true},
-		{"TE 'xchunked'", "Transfer-Encoding: xchunked\r\n", false},
-		{"TE tab before value", "Transfer-Encoding:\tchunked\r\n", true},
-		{"TE 'chunked' twice", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", false},
+		{"TE chunked", "Transfer-Encoding: chunked\r\n", 400},
+		{"TE 'chunked, identity'", "Transfer-Encoding: chunked, identity\r\n", 501},
+		{"TE ' chunked' (leading OWS)", "Transfer-Encoding:   chunked\r\n", 400},
+		{"TE 'Chunked'", "Transfer-Encoding: Chunked\r\n", 400},
+		{"TE 'xchunked'", "Transfer-Encoding: xchunked\r\n", 501},
+		{"TE tab before value", "Transfer-Encoding:\tchunked\r\n", 400},
+		{"TE 'chunked' twice", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", 400},
 	}
 	var out []shape
 	for _, te := range tes {
@@ -216,137 +256,138 @@ func framingShapes() []shape {
 			}
 			// §6.1: CL with TE is ambiguous; an intermediary must not
 			// forward it framed by CL. The proxy refuses and closes (§6.1:
-			// MUST close after responding). net/http answers an unknown
-			// coding 501 before the proxy's edge runs.
-			s := shape{name: order + " (§6.1 CL+TE)", raw: clte(te.line, teFirst), want: bad400, alt: 501,
-				reach: noneSeen, reason: "framing", loose: true}
-			if te.chunked {
-				s.known, s.knownOn = inboundUnframed, onInbound
-			}
-			out = append(out, s)
+			// MUST close after responding).
+			out = append(out, shape{name: order + " (§6.1 CL+TE)", raw: clte(te.line, teFirst), want: []int{te.status},
+				reach: noneSeen, reason: "framing"})
 		}
 	}
 	out = append(out,
 		// Space before the colon (§5.1: MUST be rejected with 400).
 		shape{name: "CL with 'Transfer-Encoding : chunked' (§5.1 space before colon)", raw: clte("Transfer-Encoding : chunked\r\n", false),
-			want: bad400, reach: noneSeen, loose: true},
+			want: bad400, reach: noneSeen, reason: "malformed_request"},
 		// TE alone: chunked in any case and OWS is chunked (§7, §5.5);
 		// anything else is a coding the proxy does not implement (§6.1: 501).
 		shape{name: "TE 'Chunked' alone (codings are case-insensitive, §7)", raw: post("Transfer-Encoding: Chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), want: ok200, open: true, reach: served},
 		shape{name: "TE ' chunked' alone (OWS, §5.5)", raw: post("Transfer-Encoding:  chunked \r\n", "5\r\nhello\r\n0\r\n\r\n"), want: ok200, open: true, reach: served},
 		shape{name: "TE tab before value alone (OWS, §5.5)", raw: post("Transfer-Encoding:\tchunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), want: ok200, open: true, reach: served},
 		shape{name: "TE 'chunked, identity' alone (§6.1 unknown coding: 501)", raw: post("Transfer-Encoding: chunked, identity\r\n", "5\r\nhello\r\n0\r\n\r\n"),
-			want: []int{501}, alt: 400, reach: noneSeen, reason: "framing", loose: true},
+			want: []int{501}, reach: noneSeen, reason: "framing"},
 		shape{name: "TE 'xchunked' alone (§6.1 unknown coding: 501)", raw: post("Transfer-Encoding: xchunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
-			want: []int{501}, alt: 400, reach: noneSeen, reason: "framing", loose: true},
-		shape{name: "TE 'chunked' twice alone (§6.3: chunked applied twice)", raw: post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
-			want: []int{501}, alt: 400, reach: noneSeen, loose: true},
+			want: []int{501}, reach: noneSeen, reason: "framing"},
+		// §6.1: chunked MUST NOT be applied twice; §6.3: its length
+		// cannot be determined, 400.
+		shape{name: "TE 'chunked' twice alone (§6.1, §6.3: chunked applied twice, 400)", raw: post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+			want: bad400, reach: noneSeen, reason: "framing"},
 		shape{name: "TE chunked on HTTP/1.0 (§6.1: framing faulty, MUST close)", raw: "POST /s HTTP/1.0\r\n" + hostH + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled,
-			want: bad400, reach: noneSeen, reason: "framing", knownOn: onInbound, known: inboundUnframed},
+			want: bad400, reach: noneSeen, reason: "framing"},
 		// Content-Length (§6.3, RFC 9110 §8.6: 1*DIGIT).
 		shape{name: "two equal CLs (RFC 9110 §8.6: MAY reject)", raw: post("Content-Length: 5\r\nContent-Length: 5\r\n", "hello"),
-			want: bad400, reach: noneSeen, reason: "framing", knownOn: onInbound, known: inboundUnframed},
+			want: bad400, reach: noneSeen, reason: "framing"},
 		shape{name: "two different CLs (§6.3: unrecoverable, 400)", raw: post("Content-Length: 5\r\nContent-Length: 3\r\n", "hello"+smuggled),
-			want: bad400, reach: noneSeen, reason: "framing", loose: true},
-		shape{name: "CL list '5, 5' (§6.3)", raw: post("Content-Length: 5, 5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing", loose: true},
-		shape{name: "CL '+5' (sign)", raw: post("Content-Length: +5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing", loose: true},
-		shape{name: "CL '-5' (sign)", raw: post("Content-Length: -5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing", loose: true},
-		shape{name: "CL '0x5' (hex)", raw: post("Content-Length: 0x5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing", loose: true},
-		shape{name: "CL '5 5' (inner space)", raw: post("Content-Length: 5 5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing", loose: true},
-		shape{name: "CL empty", raw: post("Content-Length: \r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing", loose: true},
+			want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "CL list '5, 5' (§6.3)", raw: post("Content-Length: 5, 5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "CL '+5' (sign)", raw: post("Content-Length: +5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "CL '-5' (sign)", raw: post("Content-Length: -5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "CL '0x5' (hex)", raw: post("Content-Length: 0x5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "CL '5 5' (inner space)", raw: post("Content-Length: 5 5\r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "CL empty", raw: post("Content-Length: \r\n", "hello"), want: bad400, reach: noneSeen, reason: "framing"},
 		shape{name: "CL ' 5 ' (OWS is not the value, §5.5)", raw: post("Content-Length:  5 \r\n", "hello"), want: ok200, open: true, reach: served},
 		shape{name: "CL body then pipelined GET (the body is the body)", raw: post("Content-Length: 5\r\n", "hello") + getLine("GET /2 HTTP/1.1"),
 			want: []int{200, 200}, open: true, reach: []string{"POST orders/s hello", "GET orders/2"}},
-		// Chunked bodies (§7.1).
+		// Chunked bodies (§7.1). A malformed chunk that arrives with its
+		// head is found before any handler runs: the app sees nothing.
 		shape{name: "chunked with extension (§7.1.1: ignored)", raw: chunkedPost("5;name=value\r\nhello\r\n0\r\n\r\n"), want: ok200, open: true, reach: served},
 		shape{name: "chunked with trailer (§7.1.2)", raw: chunkedPost("5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"), want: ok200, open: true, reach: served},
-		shape{name: "chunk size '0x10' (§7.1: 1*HEXDIG)", raw: chunkedPost("0x10\r\nhellohellohello!\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing", loose: true,
-			or: badBodyStreamed, knownOn: onInbound, known: inboundBodyMiscounted},
-		shape{name: "chunk size '-1'", raw: chunkedPost("-1\r\nhello\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing", loose: true,
-			or: badBodyStreamed, knownOn: onInbound, known: inboundBodyMiscounted},
-		shape{name: "chunk size of 17 hex digits (overflow)", raw: chunkedPost("10000000000000005\r\nhello\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing", loose: true,
-			or: badBodyStreamed, knownOn: onInbound, known: inboundBodyMiscounted},
-		shape{name: "chunk data without its CRLF", raw: chunkedPost("5\r\nhelloX\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing", loose: true,
-			or: badBodyStreamed, knownOn: onInbound, known: inboundBodyMiscounted},
-		shape{name: "chunk data longer than its size, hiding a request", raw: chunkedPost("2\r\nhello\r\n0\r\n\r\n" + smuggled), want: bad400, reach: noneSeen, reason: "framing", loose: true,
-			or: badBodyStreamed, knownOn: onInbound, known: inboundBodyMiscounted},
-		shape{name: "chunk size line ending in bare LF", raw: chunkedPost("5\nhello\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing", loose: true,
-			or: badBodyStreamed, knownOn: onInbound, known: inboundBodyMiscounted},
-		// net/http ignores extensions unparsed, and the proxy re-frames
-		// the body towards the app, so the byte goes no further.
-		shape{name: "chunk extension with a control byte ';a=\\x01' (§7.1.1: ignored, or refused as not a token)", raw: chunkedPost("5;a=\x01\r\nhello\r\n0\r\n\r\n"),
-			want: ok200, open: true, reach: served, or: []expect{{want: bad400, reach: noneSeen, reason: "framing", loose: true}}},
+		shape{name: "chunk size '0x10' (§7.1: 1*HEXDIG)", raw: chunkedPost("0x10\r\nhellohellohello!\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "chunk size '-1'", raw: chunkedPost("-1\r\nhello\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "chunk size of 17 hex digits (overflow)", raw: chunkedPost("10000000000000005\r\nhello\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "chunk data without its CRLF", raw: chunkedPost("5\r\nhelloX\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "chunk data longer than its size, hiding a request", raw: chunkedPost("2\r\nhello\r\n0\r\n\r\n" + smuggled), want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "chunk size line ending in bare LF", raw: chunkedPost("5\nhello\r\n0\r\n\r\n"), want: bad400, reach: noneSeen, reason: "framing"},
+		// §7.1.1: a chunk-ext is token[=token/quoted-string]; the engine
+		// refuses a control byte rather than pass it unparsed.
+		shape{name: "chunk extension with a control byte ';a=\\x01' (§7.1.1: not a token, 400)", raw: chunkedPost("5;a=\x01\r\nhello\r\n0\r\n\r\n"),
+			want: bad400, reach: noneSeen, reason: "framing"},
 		shape{name: "chunk extension ending in bare LF (a desync: some read LF as the line's end)", raw: chunkedPost("5;a=b\nhello\r\n0\r\n\r\n" + smuggled),
-			want: bad400, reach: noneSeen, reason: "framing", loose: true,
-			or: badBodyStreamed, knownOn: onInbound, known: inboundBodyMiscounted},
+			want: bad400, reach: noneSeen, reason: "framing"},
 		shape{name: "chunked terminator, then a request (§7.1: the body ends at 0)", raw: chunkedPost("5\r\nhello\r\n0\r\n\r\n") + getLine("GET /2 HTTP/1.1"),
 			want: []int{200, 200}, open: true, reach: []string{"POST orders/s hello", "GET orders/2"}},
 		// Header lines (§5).
 		shape{name: "obs-fold (§5.2: reject with 400)", raw: "GET /f HTTP/1.1\r\n" + hostH + "X-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n",
-			want: bad400, reach: noneSeen, reason: "framing", loose: true, knownOn: onInbound, known: inboundUnframed},
-		shape{name: "whitespace before the first header (§2.2: reject)", raw: "GET /f HTTP/1.1\r\n " + hostH + "\r\n", want: bad400, reach: noneSeen, reason: "framing", loose: true},
-		shape{name: "bare LF line endings (§2.2: MAY accept)", raw: "GET /lf HTTP/1.1\n" + "Host: orders\n\n", want: ok200, open: true, reach: []string{"GET orders/lf"}},
-		shape{name: "space before colon (§5.1: MUST reject, 400)", raw: "GET /c HTTP/1.1\r\nHost : orders\r\n\r\n", want: bad400, reach: noneSeen, loose: true},
-		shape{name: "NUL in a value (RFC 9110 §5.5)", raw: "GET /n HTTP/1.1\r\n" + hostH + "X-A: a\x00b\r\n\r\n", want: bad400, reach: noneSeen, loose: true},
-		shape{name: "bare CR in a value (RFC 9110 §5.5)", raw: "GET /n HTTP/1.1\r\n" + hostH + "X-A: a\rb\r\n\r\n", want: bad400, reach: noneSeen, loose: true},
-		shape{name: "two Hosts (§3.2: 400)", raw: "GET /h HTTP/1.1\r\n" + hostH + "Host: other\r\n\r\n", want: bad400, reach: noneSeen, loose: true},
-		shape{name: "no Host on HTTP/1.1 (§3.2: 400)", raw: "GET /h HTTP/1.1\r\n\r\n", want: bad400, reach: noneSeen, loose: true},
+			want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "whitespace before the first header (§2.2: reject)", raw: "GET /f HTTP/1.1\r\n " + hostH + "\r\n", want: bad400, reach: noneSeen, reason: "framing"},
+		// §2.2 lets a recipient accept a bare LF; the engine does not (a
+		// desync vector when the next hop reads lines differently).
+		shape{name: "bare LF line endings (§2.2: MAY accept; refused, 400)", raw: "GET /lf HTTP/1.1\n" + "Host: orders\n\n", want: bad400, reach: noneSeen, reason: "framing"},
+		shape{name: "space before colon (§5.1: MUST reject, 400)", raw: "GET /c HTTP/1.1\r\nHost : orders\r\n\r\n", want: bad400, reach: noneSeen, reason: "malformed_request"},
+		shape{name: "NUL in a value (RFC 9110 §5.5)", raw: "GET /n HTTP/1.1\r\n" + hostH + "X-A: a\x00b\r\n\r\n", want: bad400, reach: noneSeen, reason: "malformed_request"},
+		shape{name: "bare CR in a value (RFC 9110 §5.5)", raw: "GET /n HTTP/1.1\r\n" + hostH + "X-A: a\rb\r\n\r\n", want: bad400, reach: noneSeen, reason: "malformed_request"},
+		shape{name: "two Hosts (§3.2: 400)", raw: "GET /h HTTP/1.1\r\n" + hostH + "Host: other\r\n\r\n", want: bad400, reach: noneSeen, reason: "malformed_request"},
+		shape{name: "no Host on HTTP/1.1 (§3.2: 400)", raw: "GET /h HTTP/1.1\r\n\r\n", want: bad400, reach: noneSeen, reason: "malformed_request"},
 	)
 	return out
 }
 
-// badBodyStreamed: a streaming engine may find a malformed chunk after it
-// forwarded the head; the app then sees the request's body break off,
-// never a whole request.
-var badBodyStreamed = []expect{{want: bad400, reach: []string{"POST orders/s (broken)"}, reason: "framing", loose: true}}
-
-// inboundBodyMiscounted: upstream.go strips the mesh headers of the app's
-// response, and clientBodyFailed's 400 (ex.err nil) passes for one.
-const inboundBodyMiscounted = "inbound: the 400/408 for a malformed or stalled client body is counted as a mesh_header refusal and " +
-	"loses its X-Trellis-Error (the app-side upstream strips the proxy's own failure header: clientBodyFailed leaves ex.err nil)"
-
-// inboundUnframed: the inbound port reads HTTP/1.1 with plain net/http,
-// without the framing scanner the ports apps call have.
-const inboundUnframed = "inbound HTTP/1.1 over TLS is not framed: net/http takes CL+TE as chunked " +
-	"(and serves the request hidden after the terminator), dedups equal CLs, unfolds obs-fold, keeps the connection"
-
 // requestLineShapes: the request line (§3) and the target (§3.2).
 func requestLineShapes() []shape {
 	return []shape{
-		{name: "two spaces after the method (§3: single SP)", raw: getLine("GET  /x HTTP/1.1"), want: bad400, reach: noneSeen, loose: true},
-		{name: "trailing token after the version", raw: getLine("GET /x HTTP/1.1 x"), want: bad400, reach: noneSeen, loose: true},
-		{name: "HTTP/1.2 (RFC 9110 §2.5: a 1.x server answers a higher minor)", raw: getLine("GET /v HTTP/1.2"), want: ok200, open: true, reach: []string{"GET orders/v"}},
-		{name: "HTTP/2.0 over HTTP/1 (505)", raw: getLine("GET /v HTTP/2.0"), want: []int{505}, reach: noneSeen, loose: true},
-		{name: "HTTP/3.0 (505)", raw: getLine("GET /v HTTP/3.0"), want: []int{505}, reach: noneSeen, loose: true},
-		{name: "HTTP/01.1 (§2.3: one digit each)", raw: getLine("GET /v HTTP/01.1"), want: bad400, reach: noneSeen, loose: true},
-		{name: "lower-case method (methods are case-sensitive tokens; net/http passes it)", raw: getLine("get /m HTTP/1.1"), want: ok200, open: true, reach: []string{"get orders/m"}},
-		{name: "method not a token", raw: getLine("G@T /m HTTP/1.1"), want: bad400, reach: noneSeen, loose: true},
+		{name: "two spaces after the method (§3: single SP)", raw: getLine("GET  /x HTTP/1.1"), want: bad400, reach: noneSeen, reason: "malformed_request"},
+		{name: "trailing token after the version", raw: getLine("GET /x HTTP/1.1 x"), want: bad400, reach: noneSeen, reason: "malformed_request"},
+		{name: "HTTP/1.2 (RFC 9110 §2.5: a 1.x server answers a higher minor)", raw: getLine("GET /v HTTP/1.2"), want: ok200, open: true, reach: []string{"GET orders/v"},
+			known: engineMinorVersion, knownOn: onAll},
+		{name: "HTTP/2.0 over HTTP/1 (505)", raw: getLine("GET /v HTTP/2.0"), want: []int{505}, reach: noneSeen, reason: "malformed_request"},
+		{name: "HTTP/3.0 (505)", raw: getLine("GET /v HTTP/3.0"), want: []int{505}, reach: noneSeen, reason: "malformed_request"},
+		{name: "HTTP/01.1 (§2.3: one digit each)", raw: getLine("GET /v HTTP/01.1"), want: bad400, reach: noneSeen, reason: "malformed_request"},
+		{name: "lower-case method (methods are case-sensitive tokens: passed as is)", raw: getLine("get /m HTTP/1.1"), want: ok200, open: true, reach: []string{"get orders/m"}},
+		{name: "method not a token", raw: getLine("G@T /m HTTP/1.1"), want: bad400, reach: noneSeen, reason: "malformed_request"},
 		{name: "absolute-form wins over a mismatching Host (§3.2.2)", on: onApp, raw: "GET http://orders/abs HTTP/1.1\r\nHost: evil.example\r\n\r\n",
-			want: ok200, open: true, reach: []string{"GET orders/abs"}},
+			want: ok200, open: true, reach: []string{"GET orders/abs"}, known: engineTargetHostDiff, knownOn: onApp},
 		// REGISTRY_ONLY: 502 EG, the target's host, not Host, is the one refused.
 		{name: "absolute-form naming a non-mesh host, Host names the service (§3.2.2)", on: onOutbound, raw: "GET http://evil.example/abs HTTP/1.1\r\n" + hostH + "\r\n",
-			want: []int{502}, open: true, reach: noneSeen},
+			want: []int{502}, open: true, reach: noneSeen, known: engineTargetHostDiff, knownOn: onOutbound},
+		// RFC 9110 §4.2.3: http://orders:80 and orders name one origin.
+		{name: "absolute-form with the default port, Host without (§3.2.2, RFC 9110 §4.2.3)", on: onApp, raw: "GET http://orders:80/abs HTTP/1.1\r\n" + hostH + "\r\n",
+			want: ok200, open: true, reach: []string{"GET orders/abs"}, known: engineTargetHostDiff, knownOn: onApp},
+		{name: "absolute-form agreeing with Host", on: onApp, raw: "GET http://orders/abs HTTP/1.1\r\n" + hostH + "\r\n",
+			want: ok200, open: true, reach: []string{"GET orders/abs"}},
 		{name: "pipelined GETs in one write (§9.3.2: answered in order)", raw: getLine("GET /1 HTTP/1.1") + getLine("GET /2 HTTP/1.1"),
 			want: []int{200, 200}, open: true, reach: []string{"GET orders/1", "GET orders/2"}},
 	}
 }
 
+// engineMinorVersion: internal/http1 answers any version but 1.0 and 1.1
+// with 505, where RFC 9110 §2.5 says a 1.x recipient SHOULD process a
+// higher minor as 1.1 (and §15.6.6 keeps 505 for the major version).
+const engineMinorVersion = "engine: HTTP/1.2 is answered 505 (malformed_request); RFC 9110 §2.5 wants it served as HTTP/1.1"
+
+// engineTargetHostDiff: internal/http1 refuses an absolute-form target
+// whose authority differs from Host (errTargetHostDiff), where RFC 9112
+// §3.2.2 and RFC 9110 §7.2 say the Host is ignored and replaced by the
+// target's. curl -x proxy -H 'Host: b' http://a/ sends just this (checked
+// with curl 7.88). It also compares the authorities byte for byte, so
+// "orders:80" and "orders" disagree.
+const engineTargetHostDiff = "engine: absolute-form with a different Host is refused 400 (malformed_request); " +
+	"RFC 9112 §3.2.2 wants the Host ignored and the target's authority used"
+
 // sizeShapes: bounded heads (RFC 9110 §15.5.15, RFC 6585 §5). The client
-// proxy runs with an 8 KiB header limit; net/http's own bound is past it.
+// proxy runs with an 8 KiB header limit; its request line is bounded at
+// maxRequestLine (414) and its field count at maxHeaderCount (431).
 func sizeShapes() []shape {
 	long := strings.Repeat("a", 12<<10)
 	many := strings.Repeat("X-N: 1\r\n", 3000) // 24 KiB in 3000 lines
 	return []shape{
-		// net/http answers 431, never 414, for a long request line.
-		{name: "request line over the header limit (431; net/http never says 414)", on: onApp, raw: getLine("GET /" + long + " HTTP/1.1"),
-			want: []int{431}, alt: 414, reach: noneSeen, reason: "header_too_large"},
-		{name: "request line of 100 KiB", on: onApp, raw: getLine("GET /" + strings.Repeat("a", 100<<10) + " HTTP/1.1"),
-			want: []int{431}, alt: 414, reach: noneSeen, reason: "header_too_large"},
+		// Under maxRequestLine but over the head's 8 KiB: the head is too large.
+		{name: "request line of 12 KiB, over the header limit (431)", on: onApp, raw: getLine("GET /" + long + " HTTP/1.1"),
+			want: []int{431}, reach: noneSeen, reason: "header_too_large"},
+		{name: "request line of 100 KiB, over maxRequestLine (414)", on: onApp, raw: getLine("GET /" + strings.Repeat("a", 100<<10) + " HTTP/1.1"),
+			want: []int{414}, reach: noneSeen, reason: "header_too_large"},
 		{name: "one header over the limit (431)", on: onApp, raw: "GET /b HTTP/1.1\r\n" + hostH + "X-Big: " + long + "\r\n\r\n",
 			want: []int{431}, reach: noneSeen, reason: "header_too_large"},
 		{name: "3000 small headers (431: too many bytes of header)", on: onApp, raw: "GET /b HTTP/1.1\r\n" + hostH + many + "\r\n",
 			want: []int{431}, reach: noneSeen, reason: "header_too_large"},
-		{name: "500 small headers under the limit", on: onApp, raw: "GET /b HTTP/1.1\r\n" + hostH + strings.Repeat("X-N: 1\r\n", 500) + "\r\n",
+		{name: "500 small headers under the byte limit (431: over maxHeaderCount fields)", on: onApp, raw: "GET /b HTTP/1.1\r\n" + hostH + strings.Repeat("X-N: 1\r\n", 500) + "\r\n",
+			want: []int{431}, reach: noneSeen, reason: "header_too_large"},
+		{name: "maxHeaderCount fields, Host among them", on: onApp, raw: "GET /b HTTP/1.1\r\n" + hostH + strings.Repeat("X-N: 1\r\n", maxHeaderCount-1) + "\r\n",
 			want: ok200, open: true, reach: []string{"GET orders/b"}},
 	}
 }
@@ -355,6 +396,7 @@ func sizeShapes() []shape {
 // see only the identity its proxy set, once (checked for every row).
 func identityShapes() []shape {
 	forged := "spiffe://trellis.local/ns/default/sa/admin"
+	forgedTrailer := post("Transfer-Encoding: chunked\r\nTrailer: X-Trellis-Client-Id\r\n", "5\r\nhello\r\n0\r\nX-Trellis-Client-Id: "+forged+"\r\n\r\n")
 	var out []shape
 	for _, name := range []string{"X-Trellis-Client-Id", "x-trellis-client-id", "X-TRELLIS-CLIENT-ID", "X_Trellis_Client_Id", "x_trellis_client_id"} {
 		out = append(out, shape{name: "forged " + name, raw: "GET /id HTTP/1.1\r\n" + hostH + name + ": " + forged + "\r\n\r\n",
@@ -366,14 +408,13 @@ func identityShapes() []shape {
 		shape{name: "forged identity twice", raw: "GET /id HTTP/1.1\r\n" + hostH + "X-Trellis-Client-Id: a\r\nX-Trellis-Client-Id: " + forged + "\r\n\r\n",
 			want: ok200, open: true, reach: []string{"GET orders/id"}, reason: "mesh_header"},
 		shape{name: "forged identity, space before the colon (§5.1: 400)", raw: "GET /id HTTP/1.1\r\n" + hostH + "X-Trellis-Client-Id : " + forged + "\r\n\r\n",
-			want: bad400, reach: noneSeen, loose: true},
+			want: bad400, reach: noneSeen, reason: "malformed_request"},
 		shape{name: "forged identity, tab before the colon (§5.1: 400)", raw: "GET /id HTTP/1.1\r\n" + hostH + "X-Trellis-Client-Id\t: " + forged + "\r\n\r\n",
-			want: bad400, reach: noneSeen, loose: true},
-		shape{name: "forged identity as a declared trailer (§6.5)", raw: post("Transfer-Encoding: chunked\r\nTrailer: X-Trellis-Client-Id\r\n",
-			"5\r\nhello\r\n0\r\nX-Trellis-Client-Id: "+forged+"\r\n\r\n"), want: ok200, open: true, reach: served, reason: "mesh_header",
-			// The inbound port drops request trailers towards the app
-			// without counting them.
-			loose: true},
+			want: bad400, reach: noneSeen, reason: "malformed_request"},
+		shape{name: "forged identity as a declared trailer (§6.5)", on: onApp, raw: forgedTrailer, want: ok200, open: true, reach: served, reason: "mesh_header"},
+		// The inbound port drops request trailers towards the app
+		// without counting them.
+		shape{name: "forged identity as a declared trailer (§6.5, dropped)", on: onInbound, raw: forgedTrailer, want: ok200, open: true, reach: served},
 		shape{name: "forged identity as an undeclared trailer, underscore twin", raw: chunkedPost("5\r\nhello\r\n0\r\nX_Trellis_Client_Id: " + forged + "\r\n\r\n"),
 			want: ok200, open: true, reach: served},
 	)
@@ -393,12 +434,15 @@ func tunnelShapes(echo string) []shape {
 			want: []int{403}, open: true, reach: noneSeen, reason: "tunnel_port"},
 		{name: "CONNECT on an Upstreams port (405)", on: onUpstream, raw: connect,
 			want: []int{405}, open: true, reach: noneSeen},
-		// Today the inbound chain passes CONNECT to the app as a request
+		// The inbound chain passes CONNECT to the app as a request
 		// (authorized like any other; no tunnel: the connection stays
-		// HTTP). Refusing it (405) keeps the contract too.
+		// HTTP).
 		{name: "CONNECT on the inbound port (to the app as a request, never a tunnel)", on: onInbound, raw: connect,
-			want: ok200, open: true, reach: []string{"CONNECT " + echo + "/"},
-			or: []expect{{want: []int{405}, open: true, reach: noneSeen}, {want: []int{405}, reach: noneSeen}}},
+			want: ok200, open: true, reach: []string{"CONNECT " + echo + "/"}},
+		// RFC 9110 §9.3.6: the target is host:port; the parser takes it,
+		// the outbound proxy refuses it (400 DPE) and keeps the connection.
+		{name: "CONNECT without a port (400)", on: onOutbound, raw: "CONNECT " + "orders HTTP/1.1\r\n" + hostH + "\r\n",
+			want: bad400, open: true, reach: noneSeen},
 	}
 }
 
@@ -423,7 +467,7 @@ type smuggleMesh struct {
 
 func startSmuggleMesh(t *testing.T) *smuggleMesh {
 	t.Helper()
-	return startSmuggleMeshApp(t, &recorder{})
+	return startSmuggleMeshApp(t, newRecorder(false))
 }
 
 func startSmuggleMeshApp(t *testing.T, app *recorder) *smuggleMesh {
@@ -602,54 +646,41 @@ type observed struct {
 	refused map[string]int // refusals counted during it
 }
 
-// checkShape runs one row on one listener and checks it against each
-// acceptable outcome; it also checks, whatever the outcome, that every
-// request the app saw carried only the proxy-set identity and that no
-// smuggled request reached it.
+// checkShape runs one row on one listener and checks its outcome; it
+// also checks, whatever the outcome, that every request the app saw
+// carried only the proxy-set identity and that no smuggled request
+// reached it.
 func (m *smuggleMesh) checkShape(t *testing.T, l listenerUnderTest, s shape) {
 	t.Helper()
 	m.app.take()
 	before := refusals(t, l.proxy)
-	n := 1
-	for _, e := range s.expects() {
-		n = max(n, len(e.want))
-	}
 	var o observed
-	o.rawOutcome = exchangeRaw(t, l.dial(t), s.raw, n)
+	o.rawOutcome = exchangeRaw(t, l.dial(t), s.raw, max(1, len(s.want)))
 	if o.err != nil {
 		t.Fatalf("write: %v", o.err)
 	}
-	// The probe (or the close) comes after the app has recorded the
-	// requests before it, so what it saw is already there.
+	// The probe (or the close) comes after the app has read the requests
+	// before it; take waits for any handler still reading a broken body.
 	o.reach = m.appSaw(t)
 	o.refused = diff(before, refusals(t, l.proxy))
-	var misses []string
-	for _, e := range s.expects() {
-		miss := e.mismatch(o)
-		if miss == "" {
-			return
-		}
-		misses = append(misses, miss)
+	miss := s.mismatch(o)
+	got := fmt.Sprintf("statuses %v closed=%v synced=%v, app saw %q, refusals %v", o.statuses, o.closed, o.synced, o.reach, o.refused)
+	switch {
+	case s.known != "" && s.knownOn&l.bit != 0 && miss == "":
+		t.Errorf("known defect no longer shows (%s): drop the row's known", s.known)
+	case s.known != "" && s.knownOn&l.bit != 0:
+		// The invariants (appSaw) still held; only the outcome is off.
+		t.Skipf("known: %s; %s", s.known, got)
+	case miss != "":
+		t.Errorf("%s; want %s", got, miss)
 	}
-	t.Errorf("statuses %v closed=%v synced=%v, app saw %q, refusals %v; want:\n\t%s",
-		o.statuses, o.closed, o.synced, o.reach, o.refused, strings.Join(misses, "\n\tor "))
 }
 
-// mismatch says how o differs from e ("" when it does not).
-func (e expect) mismatch(o observed) string {
+// mismatch says how o differs from the row's outcome ("" when it does not).
+func (e shape) mismatch(o observed) string {
 	var why []string
-	statusOK := len(o.statuses) == len(e.want)
-	for i := range min(len(o.statuses), len(e.want)) {
-		if o.statuses[i] != e.want[i] && (i > 0 || e.alt == 0 || o.statuses[i] != e.alt) {
-			statusOK = false
-		}
-	}
-	if !statusOK {
-		w := fmt.Sprint(e.want)
-		if e.alt != 0 {
-			w += fmt.Sprintf(" (or %d first)", e.alt)
-		}
-		why = append(why, "statuses "+w)
+	if fmt.Sprint(o.statuses) != fmt.Sprint(e.want) {
+		why = append(why, fmt.Sprintf("statuses %v", e.want))
 	}
 	switch {
 	case e.open && (o.closed || !o.synced):
@@ -664,7 +695,7 @@ func (e expect) mismatch(o observed) string {
 	if e.reason != "" {
 		wantN = 1
 	}
-	if o.refused[e.reason] != wantN && !(e.loose && o.refused[e.reason] == 0) {
+	if o.refused[e.reason] != wantN {
 		why = append(why, fmt.Sprintf("%d refusal of %q", wantN, e.reason))
 	}
 	for k := range o.refused {
@@ -692,6 +723,9 @@ func (m *smuggleMesh) appSaw(t *testing.T) []string {
 		}
 		if strings.Contains(line, "/smuggled") {
 			t.Errorf("a smuggled request reached the app: %q", line)
+		}
+		if r.h2c != "" {
+			t.Errorf("the app got %q with an h2c upgrade: %s", line, r.h2c)
 		}
 	}
 	return lines
@@ -724,9 +758,6 @@ func (m *smuggleMesh) run(t *testing.T, shapes []shape) {
 				continue
 			}
 			t.Run(l.name+"/"+s.name, func(t *testing.T) {
-				if s.known != "" && s.knownOn&l.bit != 0 {
-					t.Skip("known: " + s.known)
-				}
 				m.checkShape(t, l, s)
 			})
 		}
@@ -767,31 +798,25 @@ func TestSmugglingTunnels(t *testing.T) {
 // 101 every h2 stream on the connection would pass the chain unseen. The
 // app here would take the upgrade if asked.
 func TestSmugglingH2CUpgrade(t *testing.T) {
-	m := startSmuggleMeshApp(t, &recorder{upgrades: true})
+	m := startSmuggleMeshApp(t, newRecorder(true))
 	h2c := "GET /u HTTP/1.1\r\n" + hostH + "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
 	m.run(t, []shape{
-		// net/http's own server ignores the upgrade and serves the request.
-		{name: "Upgrade: h2c (ignored: served as HTTP/1.1)", raw: h2c, want: ok200, open: true, reach: []string{"GET orders/u"},
-			or:    []expect{{want: bad400, reach: noneSeen, loose: true}, {want: []int{501}, reach: noneSeen, loose: true}},
-			known: h2cTunnelled, knownOn: onAll},
+		// As net/http's own server: the upgrade is ignored and the request
+		// served; the app sees neither Upgrade nor HTTP2-Settings.
+		{name: "Upgrade: h2c (ignored: served as HTTP/1.1)", raw: h2c, want: ok200, open: true, reach: []string{"GET orders/u"}},
 	})
 }
 
-// h2cTunnelled: the proxy treats any Upgrade as a protocol switch.
-const h2cTunnelled = "Upgrade: h2c is forwarded to the app like websocket; an app that answers 101 gets a raw tunnel " +
-	"past the chain (the client sees 101, every later h2 stream skips route, authz and limits)"
-
 // TestSmugglingPipelinedThenAmbiguous: a clean request pipelined before a
-// CL+TE one carrying a smuggled request. The connection is refused at the
-// ambiguous one; whether the clean one is served first depends on how the
-// bytes were read, but the smuggled one never runs.
+// CL+TE one carrying a smuggled request. The engine reads one head at a
+// time: the clean one is served, the connection refused at the ambiguous
+// one, and the smuggled one never runs.
 func TestSmugglingPipelinedThenAmbiguous(t *testing.T) {
 	m := startSmuggleMesh(t)
 	raw := getLine("GET /1 HTTP/1.1") + clte("Transfer-Encoding: chunked\r\n", false)
 	m.run(t, []shape{{
 		name: "clean GET, then CL+TE with a request in its body (§6.1)", on: onApp, raw: raw,
-		want: bad400, reach: noneSeen, reason: "framing",
-		or: []expect{{want: []int{200, 400}, reach: []string{"GET orders/1"}, reason: "framing"}},
+		want: []int{200, 400}, reach: []string{"GET orders/1"}, reason: "framing",
 	}})
 }
 
@@ -809,8 +834,6 @@ func TestSlowClients(t *testing.T) {
 	m.run(t, []shape{{
 		name: "body stalled past the body read timeout (408, §9.5 RFC 9110)", raw: stall,
 		want: []int{408}, reach: []string{"POST orders/s (broken)"}, reason: "body_timeout",
-		or:    []expect{{want: []int{408}, reach: noneSeen, reason: "body_timeout"}, {want: []int{408}, open: true, reach: []string{"POST orders/s (broken)"}, reason: "body_timeout"}},
-		known: inboundBodyMiscounted, knownOn: onInbound,
 	}})
 	for _, l := range m.listeners {
 		t.Run(l.name+"/slow but steady body", func(t *testing.T) {
@@ -870,12 +893,10 @@ func (m *smuggleMesh) slowloris(t *testing.T, l listenerUnderTest) {
 	if took < limit-100*time.Millisecond || took > limit+2*time.Second {
 		t.Errorf("cut after %v, want about the read header timeout %v", took, limit)
 	}
-	// Over TLS net/http closes without a word; on plaintext it answers
-	// 400 (the timeout surfaces mid-head). 408 (RFC 9110 §15.5.9) is as
-	// right; anything else, or a second answer, is not.
-	if s := string(b); len(b) > 0 && !((strings.HasPrefix(s, "HTTP/1.1 408 ") || strings.HasPrefix(s, "HTTP/1.1 400 ")) &&
-		strings.Count(s, "HTTP/1.1 ") == 1) {
-		t.Errorf("answered %.60q, want nothing, 400 or 408", b)
+	// The engine closes without a word when the read header timeout
+	// passes mid-head: a client that slow is not waiting for an answer.
+	if len(b) > 0 {
+		t.Errorf("answered %.60q, want the connection closed unanswered", b)
 	}
 	if got := m.appSaw(t); len(got) > 0 {
 		t.Errorf("the app saw %q", got)

@@ -80,7 +80,11 @@ func (p *Proxy) appUpstream() Handler {
 			delete(o.header, HeaderClientID) // plaintext: no identity
 		}
 		resp := roundTrip(ex, tr, "http", ex.target.appAddr, o)
-		if ex.err == nil && resp.Header != nil {
+		// roundTrip answers with &ex.resp only when the app answered (a
+		// response or its 101); anything else is this proxy's own, whose
+		// X-Trellis-Error must reach the caller. (ex.err is no test:
+		// clientBodyFailed clears it for the proxy's own 400/408.)
+		if resp == &ex.resp && resp.Header != nil {
 			// Only proxies speak for the mesh: an app's X-Trellis-Error
 			// must not pass for this proxy's (the caller retries on UF).
 			if stripMeshHeaders(resp.Header, "") > 0 {

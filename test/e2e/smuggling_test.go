@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -32,7 +33,7 @@ import (
 // smApp is the orders app: it records every request it read to the end.
 type smApp struct {
 	mu   sync.Mutex
-	seen []string // "METHOD path[ body]", " (broken)" when the body broke off; mesh headers after "|"
+	seen []string // "METHOD path[ body]", " (broken)" when the body broke off; mesh and upgrade headers after "|"
 }
 
 func (a *smApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -52,6 +53,13 @@ func (a *smApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	for k := range r.Trailer {
 		mesh = append(mesh, "trailer "+k)
+	}
+	// No row upgrades: an h2c upgrade must reach the app as a plain
+	// request, without its hop-by-hop fields.
+	for _, k := range []string{"Upgrade", "Http2-Settings"} {
+		if v := r.Header.Get(k); v != "" {
+			mesh = append(mesh, k+"="+v)
+		}
 	}
 	a.mu.Lock()
 	a.seen = append(a.seen, line+"|"+strings.Join(mesh, ";"))
@@ -171,26 +179,29 @@ type smRow struct {
 	name string
 	on   int // 0: smAll
 	raw  string
-	want []int // statuses in order; alt is as right a first status
-	alt  int
-	open bool // the connection stays usable (a probe after gets 200)
+	want []int // statuses in order
+	open bool  // the connection stays usable (a probe after gets 200)
 	// reach: what the app saw, in order ("METHOD path[ body]").
 	reach []string
-	// reason: the refusal counted (exactly one, none other); loose: it may
-	// go uncounted where net/http answers before the proxy's code.
-	reason  string
-	loose   bool
-	known   string // a defect today on the listeners in knownOn: skipped
+	// reason: the refusal counted (exactly one, none other).
+	reason string
+	// known: a defect of the HTTP/1.1 engine on the listeners in
+	// knownOn: the row states what is right; there it is run (the app's
+	// invariants must hold), skipped with this text, and fails once the
+	// defect is gone.
+	known   string
 	knownOn int
 }
 
 const (
 	smHost     = "Host: orders\r\n"
 	smSmuggled = "GET /smuggled HTTP/1.1\r\n" + smHost + "\r\n"
-	// smUnframed: the inbound port parses HTTP/1.1 with plain net/http.
-	smUnframed = "inbound HTTP/1.1 is not framed: net/http takes CL+TE as chunked and serves the request hidden after the terminator"
-	// smMiscounted: upstream.go strips the proxy's own X-Trellis-Error.
-	smMiscounted = "inbound: a failed client body's 400/408 is counted as a mesh_header refusal"
+	// smMinorVersion: internal/http1 answers 505 to any 1.x but 1.0 and
+	// 1.1; RFC 9110 §2.5 wants a higher minor served as the highest known.
+	smMinorVersion = "engine: HTTP/1.2 is answered 505; RFC 9110 §2.5 wants it served as HTTP/1.1"
+	// smTargetHostDiff: internal/http1 refuses an absolute-form target
+	// whose authority differs from Host; RFC 9112 §3.2.2 says ignore Host.
+	smTargetHostDiff = "engine: absolute-form with a different Host is refused 400; RFC 9112 §3.2.2 wants Host ignored"
 )
 
 func smCLTE(te string, teFirst bool) string {
@@ -210,47 +221,60 @@ func smRows() []smRow {
 	served := []string{"POST /s hello"}
 	forged := spiffe("admin")
 	return []smRow{
-		// Framing (RFC 9112 §6, §7; smuggling §11.2).
-		{name: "CL then TE", raw: smCLTE("Transfer-Encoding: chunked\r\n", false), want: bad, reason: "framing", known: smUnframed, knownOn: smIn},
-		{name: "TE then CL", raw: smCLTE("Transfer-Encoding: chunked\r\n", true), want: bad, reason: "framing", known: smUnframed, knownOn: smIn},
-		{name: "CL with TE 'Chunked'", raw: smCLTE("Transfer-Encoding: Chunked\r\n", false), want: bad, reason: "framing", known: smUnframed, knownOn: smIn},
-		{name: "CL with TE tab before value", raw: smCLTE("Transfer-Encoding:\tchunked\r\n", false), want: bad, reason: "framing", known: smUnframed, knownOn: smIn},
-		{name: "CL with TE 'chunked, identity' (501 from net/http)", raw: smCLTE("Transfer-Encoding: chunked, identity\r\n", false), want: bad, alt: 501, reason: "framing", loose: true},
-		{name: "CL with TE 'xchunked'", raw: smCLTE("Transfer-Encoding: xchunked\r\n", false), want: bad, alt: 501, reason: "framing", loose: true},
-		{name: "CL with 'Transfer-Encoding : chunked'", raw: smCLTE("Transfer-Encoding : chunked\r\n", false), want: bad, loose: true},
-		{name: "two different CLs", raw: smPost("Content-Length: 5\r\nContent-Length: 3\r\n", "hello"), want: bad, reason: "framing", loose: true},
-		{name: "CL '+5'", raw: smPost("Content-Length: +5\r\n", "hello"), want: bad, reason: "framing", loose: true},
-		{name: "CL '0x5'", raw: smPost("Content-Length: 0x5\r\n", "hello"), want: bad, reason: "framing", loose: true},
-		{name: "TE on HTTP/1.0", on: smApps, raw: "POST /s HTTP/1.0\r\n" + smHost + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", want: bad, reason: "framing"},
-		{name: "obs-fold", on: smApps, raw: "GET /f HTTP/1.1\r\n" + smHost + "X-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n", want: bad, reason: "framing"},
-		{name: "bare LF line endings (MAY accept)", raw: "GET /lf HTTP/1.1\nHost: orders\n\n", want: ok, open: true, reach: []string{"GET /lf"}},
-		{name: "space before colon", raw: "GET /c HTTP/1.1\r\nHost : orders\r\n\r\n", want: bad, loose: true},
-		{name: "NUL in a value", raw: "GET /n HTTP/1.1\r\n" + smHost + "X-A: a\x00b\r\n\r\n", want: bad, loose: true},
-		{name: "chunk size '0x10'", raw: smPost("Transfer-Encoding: chunked\r\n", "0x10\r\nhellohellohello!\r\n0\r\n\r\n"), want: bad, reason: "framing", loose: true, known: smMiscounted, knownOn: smIn},
-		{name: "chunk size of 17 hex digits", raw: smPost("Transfer-Encoding: chunked\r\n", "10000000000000005\r\nhello\r\n0\r\n\r\n"), want: bad, reason: "framing", loose: true, known: smMiscounted, knownOn: smIn},
-		{name: "chunk data longer than its size, hiding a request", raw: smPost("Transfer-Encoding: chunked\r\n", "2\r\nhello\r\n0\r\n\r\n"+smSmuggled), want: bad, reason: "framing", loose: true, known: smMiscounted, knownOn: smIn},
-		{name: "chunked with extension and trailer", raw: smPost("Transfer-Encoding: chunked\r\n", "5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"), want: ok, open: true, reach: served},
+		// Framing (RFC 9112 §6, §7; smuggling §11.2): refused by the
+		// parser before any chain, on every listener.
+		{name: "CL then TE (§6.1)", raw: smCLTE("Transfer-Encoding: chunked\r\n", false), want: bad, reason: "framing"},
+		{name: "TE then CL (§6.1)", raw: smCLTE("Transfer-Encoding: chunked\r\n", true), want: bad, reason: "framing"},
+		{name: "CL with TE 'Chunked' (§6.1, §7: case-insensitive)", raw: smCLTE("Transfer-Encoding: Chunked\r\n", false), want: bad, reason: "framing"},
+		{name: "CL with TE tab before value (§6.1, §5.5)", raw: smCLTE("Transfer-Encoding:\tchunked\r\n", false), want: bad, reason: "framing"},
+		{name: "CL with TE 'chunked, identity' (§6.1: unknown coding, 501)", raw: smCLTE("Transfer-Encoding: chunked, identity\r\n", false), want: []int{501}, reason: "framing"},
+		{name: "CL with TE 'xchunked' (§6.1: unknown coding, 501)", raw: smCLTE("Transfer-Encoding: xchunked\r\n", false), want: []int{501}, reason: "framing"},
+		{name: "CL with 'Transfer-Encoding : chunked' (§5.1: space before colon)", raw: smCLTE("Transfer-Encoding : chunked\r\n", false), want: bad, reason: "malformed_request"},
+		{name: "two different CLs (§6.3)", raw: smPost("Content-Length: 5\r\nContent-Length: 3\r\n", "hello"), want: bad, reason: "framing"},
+		{name: "CL '+5' (RFC 9110 §8.6: 1*DIGIT)", raw: smPost("Content-Length: +5\r\n", "hello"), want: bad, reason: "framing"},
+		{name: "CL '0x5' (RFC 9110 §8.6: 1*DIGIT)", raw: smPost("Content-Length: 0x5\r\n", "hello"), want: bad, reason: "framing"},
+		{name: "TE on HTTP/1.0 (§6.1)", raw: "POST /s HTTP/1.0\r\n" + smHost + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", want: bad, reason: "framing"},
+		{name: "obs-fold (§5.2)", raw: "GET /f HTTP/1.1\r\n" + smHost + "X-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n", want: bad, reason: "framing"},
+		{name: "bare LF line endings (§2.2: MAY accept; refused)", raw: "GET /lf HTTP/1.1\nHost: orders\n\n", want: bad, reason: "framing"},
+		{name: "space before colon (§5.1)", raw: "GET /c HTTP/1.1\r\nHost : orders\r\n\r\n", want: bad, reason: "malformed_request"},
+		{name: "NUL in a value (RFC 9110 §5.5)", raw: "GET /n HTTP/1.1\r\n" + smHost + "X-A: a\x00b\r\n\r\n", want: bad, reason: "malformed_request"},
+		{name: "chunk size '0x10' (§7.1: 1*HEXDIG)", raw: smPost("Transfer-Encoding: chunked\r\n", "0x10\r\nhellohellohello!\r\n0\r\n\r\n"), want: bad, reason: "framing"},
+		{name: "chunk size of 17 hex digits (§7.1)", raw: smPost("Transfer-Encoding: chunked\r\n", "10000000000000005\r\nhello\r\n0\r\n\r\n"), want: bad, reason: "framing"},
+		{name: "chunk data longer than its size, hiding a request (§7.1)", raw: smPost("Transfer-Encoding: chunked\r\n", "2\r\nhello\r\n0\r\n\r\n"+smSmuggled), want: bad, reason: "framing"},
+		{name: "chunked with extension and trailer (§7.1.1, §7.1.2)", raw: smPost("Transfer-Encoding: chunked\r\n", "5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"), want: ok, open: true, reach: served},
 		// Request line and target (RFC 9112 §3).
-		{name: "two spaces after the method", raw: smGet("GET  /x HTTP/1.1"), want: bad, loose: true},
-		{name: "HTTP/1.2 served as 1.1", raw: smGet("GET /v HTTP/1.2"), want: ok, open: true, reach: []string{"GET /v"}},
-		{name: "HTTP/2.0 over HTTP/1 (505)", raw: smGet("GET /v HTTP/2.0"), want: []int{505}, loose: true},
-		{name: "lower-case method passed as net/http does", raw: smGet("get /m HTTP/1.1"), want: ok, open: true, reach: []string{"get /m"}},
-		{name: "absolute-form wins over Host", on: smApps, raw: "GET http://orders/abs HTTP/1.1\r\nHost: evil.example\r\n\r\n", want: ok, open: true, reach: []string{"GET /abs"}},
-		{name: "two Hosts", raw: "GET /h HTTP/1.1\r\n" + smHost + "Host: other\r\n\r\n", want: bad, loose: true},
-		{name: "request line over the header limit (431, never 414 from net/http)", on: smApps, raw: smGet("GET /" + strings.Repeat("a", 12<<10) + " HTTP/1.1"), want: []int{431}, alt: 414, reason: "header_too_large"},
-		{name: "3000 small headers (431)", on: smApps, raw: "GET /b HTTP/1.1\r\n" + smHost + strings.Repeat("X-N: 1\r\n", 3000) + "\r\n", want: []int{431}, reason: "header_too_large"},
-		{name: "pipelined GETs answered in order", raw: smGet("GET /1 HTTP/1.1") + smGet("GET /2 HTTP/1.1"), want: []int{200, 200}, open: true, reach: []string{"GET /1", "GET /2"}},
+		{name: "two spaces after the method (§3)", raw: smGet("GET  /x HTTP/1.1"), want: bad, reason: "malformed_request"},
+		{name: "HTTP/1.2 served as 1.1 (RFC 9110 §2.5)", raw: smGet("GET /v HTTP/1.2"), want: ok, open: true, reach: []string{"GET /v"}, known: smMinorVersion, knownOn: smAll},
+		{name: "HTTP/2.0 over HTTP/1 (505, RFC 9110 §15.6.6)", raw: smGet("GET /v HTTP/2.0"), want: []int{505}, reason: "malformed_request"},
+		{name: "lower-case method passed as is (RFC 9110 §9.1: case-sensitive)", raw: smGet("get /m HTTP/1.1"), want: ok, open: true, reach: []string{"get /m"}},
+		{name: "absolute-form wins over Host (§3.2.2)", on: smApps, raw: "GET http://orders/abs HTTP/1.1\r\nHost: evil.example\r\n\r\n", want: ok, open: true, reach: []string{"GET /abs"},
+			known: smTargetHostDiff, knownOn: smApps},
+		{name: "absolute-form agreeing with Host (§3.2.2)", on: smApps, raw: "GET http://orders/abs HTTP/1.1\r\n" + smHost + "\r\n", want: ok, open: true, reach: []string{"GET /abs"}},
+		{name: "two Hosts (§3.2)", raw: "GET /h HTTP/1.1\r\n" + smHost + "Host: other\r\n\r\n", want: bad, reason: "malformed_request"},
+		{name: "request line of 12 KiB, over the 8 KiB header limit (431, RFC 6585 §5)", on: smApps, raw: smGet("GET /" + strings.Repeat("a", 12<<10) + " HTTP/1.1"), want: []int{431}, reason: "header_too_large"},
+		{name: "request line of 100 KiB (414, RFC 9110 §15.5.15)", on: smApps, raw: smGet("GET /" + strings.Repeat("a", 100<<10) + " HTTP/1.1"), want: []int{414}, reason: "header_too_large"},
+		{name: "3000 small headers (431, RFC 6585 §5)", on: smApps, raw: "GET /b HTTP/1.1\r\n" + smHost + strings.Repeat("X-N: 1\r\n", 3000) + "\r\n", want: []int{431}, reason: "header_too_large"},
+		{name: "pipelined GETs answered in order (§9.3.2)", raw: smGet("GET /1 HTTP/1.1") + smGet("GET /2 HTTP/1.1"), want: []int{200, 200}, open: true, reach: []string{"GET /1", "GET /2"}},
+		// Upgrade: h2c (RFC 7540 §3.2, dropped by RFC 9113 §3.1) is
+		// ignored, as net/http's server does: never a tunnel past the chain.
+		{name: "Upgrade: h2c served as HTTP/1.1", raw: "GET /u HTTP/1.1\r\n" + smHost + "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+			want: ok, open: true, reach: []string{"GET /u"}},
 		// Forged identity (the app sees only the proxy-set one).
 		{name: "forged X-Trellis-Client-Id", raw: "GET /id HTTP/1.1\r\n" + smHost + "X-Trellis-Client-Id: " + forged + "\r\n\r\n", want: ok, open: true, reach: []string{"GET /id"}, reason: "mesh_header"},
 		{name: "forged x_trellis_client_id", raw: "GET /id HTTP/1.1\r\n" + smHost + "x_trellis_client_id: " + forged + "\r\n\r\n", want: ok, open: true, reach: []string{"GET /id"}, reason: "mesh_header"},
-		{name: "forged identity with trailing space before the colon", raw: "GET /id HTTP/1.1\r\n" + smHost + "X-Trellis-Client-Id : " + forged + "\r\n\r\n", want: bad, loose: true},
-		{name: "forged identity as a trailer", raw: smPost("Transfer-Encoding: chunked\r\nTrailer: X-Trellis-Client-Id\r\n", "5\r\nhello\r\n0\r\nX-Trellis-Client-Id: "+forged+"\r\n\r\n"),
-			want: ok, open: true, reach: served, reason: "mesh_header", loose: true},
+		{name: "forged identity with a space before the colon (§5.1)", raw: "GET /id HTTP/1.1\r\n" + smHost + "X-Trellis-Client-Id : " + forged + "\r\n\r\n", want: bad, reason: "malformed_request"},
+		{name: "forged identity as a trailer (§6.5)", on: smApps, raw: smForgedTrailer(forged), want: ok, open: true, reach: served, reason: "mesh_header"},
+		// The inbound port drops request trailers towards the app uncounted.
+		{name: "forged identity as a trailer (§6.5, dropped)", on: smIn, raw: smForgedTrailer(forged), want: ok, open: true, reach: served},
 		// Tunnels: REGISTRY_ONLY refuses a host outside the registry, 403.
 		{name: "CONNECT outside the mesh", on: smOut, raw: "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", want: []int{403}, open: true},
 		{name: "CONNECT to an http port", on: smOut, raw: "CONNECT orders:80 HTTP/1.1\r\nHost: orders:80\r\n\r\n", want: []int{403}, open: true, reason: "tunnel_port"},
 		{name: "CONNECT on an upstream port", on: smUp, raw: "CONNECT orders:80 HTTP/1.1\r\nHost: orders:80\r\n\r\n", want: []int{405}, open: true},
 	}
+}
+
+func smForgedTrailer(forged string) string {
+	return smPost("Transfer-Encoding: chunked\r\nTrailer: X-Trellis-Client-Id\r\n", "5\r\nhello\r\n0\r\nX-Trellis-Client-Id: "+forged+"\r\n\r\n")
 }
 
 // smOutcome is what one raw exchange showed.
@@ -308,7 +332,7 @@ func smExchange(t *testing.T, conn net.Conn, raw string, n int) smOutcome {
 func smRefusals(t *testing.T, s *sidecar) map[string]int {
 	t.Helper()
 	out := map[string]int{}
-	for _, r := range []string{"framing", "header_too_large", "mesh_header", "tunnel_port", "body_timeout", "plaintext", "tls_handshake"} {
+	for _, r := range []string{"framing", "header_too_large", "malformed_request", "mesh_header", "tunnel_port", "body_timeout", "plaintext", "tls_handshake"} {
 		out[r], _ = metricValueOK(t, s, `trellis_proxy_refused_total{reason="`+r+`"}`)
 	}
 	return out
@@ -319,37 +343,44 @@ func (m *smMesh) check(t *testing.T, l smListener, r smRow) {
 	m.app.take()
 	before := smRefusals(t, l.proxy)
 	o := smExchange(t, l.dial(t), r.raw, max(len(r.want), 1))
-	ok := len(o.statuses) == len(r.want)
-	for i := range min(len(o.statuses), len(r.want)) {
-		if o.statuses[i] != r.want[i] && (i > 0 || r.alt == 0 || o.statuses[i] != r.alt) {
-			ok = false
-		}
-	}
-	if !ok {
-		t.Errorf("statuses %v, want %v (or %d first)", o.statuses, r.want, r.alt)
+	var miss []string
+	if fmt.Sprint(o.statuses) != fmt.Sprint(r.want) {
+		miss = append(miss, fmt.Sprintf("statuses %v, want %v", o.statuses, r.want))
 	}
 	switch {
 	case r.open && (o.closed || !o.synced):
-		t.Errorf("closed=%v synced=%v, want the connection open and in sync", o.closed, o.synced)
+		miss = append(miss, fmt.Sprintf("closed=%v synced=%v, want the connection open and in sync", o.closed, o.synced))
 	case !r.open && !o.closed:
-		t.Errorf("connection left open after a refusal")
+		miss = append(miss, "connection left open after a refusal")
 	}
-	m.checkApp(t, r.reach)
+	if got := m.appSaw(t); strings.Join(got, "\n") != strings.Join(r.reach, "\n") {
+		miss = append(miss, fmt.Sprintf("the app saw %q, want %q", got, r.reach))
+	}
 	after := smRefusals(t, l.proxy)
 	for reason, n := range after {
 		d := n - before[reason]
 		switch {
-		case reason == r.reason && d != 1 && !(r.loose && d == 0):
-			t.Errorf("%d refusals of %q, want 1", d, reason)
+		case reason == r.reason && d != 1:
+			miss = append(miss, fmt.Sprintf("%d refusals of %q, want 1", d, reason))
 		case reason != r.reason && d != 0:
-			t.Errorf("%d refusals of %q, want none", d, reason)
+			miss = append(miss, fmt.Sprintf("%d refusals of %q, want none", d, reason))
 		}
+	}
+	known := r.known != "" && r.knownOn&l.bit != 0
+	switch {
+	case known && len(miss) == 0:
+		t.Errorf("known defect no longer shows (%s): drop the row's known", r.known)
+	case known:
+		t.Skipf("known: %s; %s", r.known, strings.Join(miss, "; "))
+	case len(miss) > 0:
+		t.Error(strings.Join(miss, "; "))
 	}
 }
 
-// checkApp: the app saw reach, whole, in order, with only the identity
-// the client's proxy vouched for, and never the smuggled request.
-func (m *smMesh) checkApp(t *testing.T, reach []string) {
+// appSaw is what the app saw since the last take, checking the
+// invariants: only the identity the client's proxy vouched for, and never
+// the smuggled request.
+func (m *smMesh) appSaw(t *testing.T) []string {
 	t.Helper()
 	want := "|X-Trellis-Client-Id=" + spiffe("client")
 	var got []string
@@ -363,9 +394,7 @@ func (m *smMesh) checkApp(t *testing.T, reach []string) {
 		}
 		got = append(got, line)
 	}
-	if strings.Join(got, "\n") != strings.Join(reach, "\n") {
-		t.Errorf("the app saw %q, want %q", got, reach)
-	}
+	return got
 }
 
 func TestSmugglingEndToEnd(t *testing.T) {
@@ -381,31 +410,45 @@ func TestSmugglingEndToEnd(t *testing.T) {
 				continue
 			}
 			t.Run(l.name+"/"+r.name, func(t *testing.T) {
-				if r.known != "" && r.knownOn&l.bit != 0 {
-					t.Skip("known: " + r.known)
-				}
 				m.check(t, l, r)
 			})
 		}
 	}
 	t.Run("slowloris head cut at the read header timeout", func(t *testing.T) {
-		for _, l := range ls[:2] { // the client proxy: 600 ms
-			m.slowloris(t, l, 600*time.Millisecond)
+		for _, l := range ls {
+			limit := 600 * time.Millisecond // the client proxy's
+			if l.bit == smIn {
+				limit = time.Second // orders'
+			}
+			m.slowloris(t, l, limit)
 		}
 	})
 	t.Run("stalled body 408", func(t *testing.T) {
-		for _, l := range ls[:2] {
+		for _, l := range ls {
 			m.app.take()
-			before := smRefusals(t, l.proxy)["body_timeout"]
+			before := smRefusals(t, l.proxy)
 			o := smExchange(t, l.dial(t), smPost("Content-Length: 10\r\n", "abc"), 1)
-			if len(o.statuses) != 1 || o.statuses[0] != http.StatusRequestTimeout {
-				t.Errorf("%s: %v, want 408", l.name, o.statuses)
+			if len(o.statuses) != 1 || o.statuses[0] != http.StatusRequestTimeout || !o.closed {
+				t.Errorf("%s: %v closed=%v, want 408 and the connection closed", l.name, o.statuses, o.closed)
 			}
-			if got := m.app.take(); len(got) > 1 || len(got) == 1 && !strings.HasPrefix(got[0], "POST /s (broken)|") {
-				t.Errorf("%s: the app saw %q, want nothing or a broken body", l.name, got)
+			// The app's read fails when the proxy gives up on the body,
+			// which may come just after the client's 408: wait for it.
+			var got []string
+			eventually(t, 2*time.Second, "the app to see the broken body", func() bool {
+				got = append(got, m.app.take()...)
+				return len(got) > 0
+			})
+			if len(got) != 1 || !strings.HasPrefix(got[0], "POST /s (broken)|") {
+				t.Errorf("%s: the app saw %q, want one broken body", l.name, got)
 			}
-			if n := smRefusals(t, l.proxy)["body_timeout"] - before; n != 1 {
-				t.Errorf("%s: %d body_timeout refusals, want 1", l.name, n)
+			for reason, n := range smRefusals(t, l.proxy) {
+				want := 0
+				if reason == "body_timeout" {
+					want = 1
+				}
+				if d := n - before[reason]; d != want {
+					t.Errorf("%s: %d refusals of %q, want %d", l.name, d, reason, want)
+				}
 			}
 		}
 	})
@@ -421,7 +464,8 @@ func TestSmugglingEndToEnd(t *testing.T) {
 }
 
 // slowloris sends a head a byte per 100 ms and checks the proxy cut it
-// near limit with nothing, 400 (net/http on plaintext) or 408.
+// near limit without a word (the engine closes when the read header
+// timeout passes mid-head).
 func (m *smMesh) slowloris(t *testing.T, l smListener, limit time.Duration) {
 	t.Helper()
 	m.app.take()
@@ -451,8 +495,8 @@ func (m *smMesh) slowloris(t *testing.T, l smListener, limit time.Duration) {
 	if took < limit-100*time.Millisecond || took > limit+2*time.Second {
 		t.Errorf("%s: cut after %v, want about %v", l.name, took, limit)
 	}
-	if s := string(b); len(b) > 0 && !strings.HasPrefix(s, "HTTP/1.1 400 ") && !strings.HasPrefix(s, "HTTP/1.1 408 ") {
-		t.Errorf("%s: answered %.60q", l.name, b)
+	if len(b) > 0 {
+		t.Errorf("%s: answered %.60q, want the connection closed unanswered", l.name, b)
 	}
 	if got := m.app.take(); len(got) > 0 {
 		t.Errorf("%s: the app saw %q", l.name, got)
