@@ -451,6 +451,13 @@ func (c *clientConn) writeRequest(req *http.Request) (reqClose bool, err error) 
 	if _, err := c.bw.Write(b); err != nil {
 		return false, err
 	}
+	if (chunked || cl > 0) && !inMemory(req, max(cl, 1)) {
+		// The body may take its time (a stream, a slow client): the head
+		// goes now, as net/http sends it, so the server sees the request.
+		if err := c.bw.Flush(); err != nil {
+			return false, err
+		}
+	}
 	switch {
 	case chunked:
 		err = c.writeChunked(req)
@@ -461,6 +468,18 @@ func (c *clientConn) writeRequest(req *http.Request) (reqClose bool, err error) 
 		return false, err
 	}
 	return reqClose, c.bw.Flush()
+}
+
+// inMemory reports whether at least n bytes of req's body can be read
+// without waiting: a body http.NewRequest could replay (GetBody: it is in
+// memory), or a body that says how much of it is buffered (the server's, through the proxy's wrapper). Such a body goes
+// out in the head's write.
+func inMemory(req *http.Request, n int64) bool {
+	if req.GetBody != nil {
+		return true
+	}
+	b, ok := req.Body.(interface{ Buffered() int })
+	return ok && int64(b.Buffered()) >= n
 }
 
 // appendRequestHead appends the request line, Host, req.Header's fields

@@ -131,7 +131,6 @@ var (
 	errNoHost         = badRequest("missing Host")
 	errDupHost        = badRequest("more than one Host")
 	errHost           = badRequest("malformed Host")
-	errTargetHostDiff = badRequest("the target's authority and Host disagree")
 	errTrailerName    = badRequest("Trailer names a framing field")
 )
 
@@ -237,10 +236,15 @@ func parseRequestLine(line []byte, h *RequestHead) error {
 	case "HTTP/1.0":
 		h.Minor = 0
 	default:
-		if len(version) == 8 && string(version[:5]) == "HTTP/" && isDigit(version[5]) && version[6] == '.' && isDigit(version[7]) {
+		if len(version) != 8 || string(version[:5]) != "HTTP/" || !isDigit(version[5]) || version[6] != '.' || !isDigit(version[7]) {
+			return errRequestLine
+		}
+		if version[5] != '1' {
 			return errVersion
 		}
-		return errRequestLine
+		// A later HTTP/1 minor version is served as the highest this
+		// server speaks (RFC 9110 §2.5).
+		h.Minor = 1
 	}
 	if !validTarget(method, target) {
 		return errTarget
@@ -368,12 +372,9 @@ func (s *fieldState) finish(h *RequestHead) error {
 	if !s.host && h.Minor == 1 {
 		return errNoHost
 	}
-	// A target that names its authority wins over Host (RFC 9112 §3.2.2);
-	// both present, they must agree.
+	// A target that names its authority wins over Host, which is then
+	// ignored (RFC 9112 §3.2.2), as net/http does.
 	if auth := targetAuthority(h); auth != nil {
-		if s.host && !bytes.EqualFold(auth, h.Host) {
-			return errTargetHostDiff
-		}
 		h.Host = auth
 	}
 	h.Close = s.connClose || (h.Minor == 0 && !s.connKA)

@@ -211,6 +211,15 @@ func (b *fixedBody) read(p []byte) (int, error) {
 	return n, err
 }
 
+// Buffered is how much of the body can be read without waiting.
+func (b *fixedBody) Buffered() int {
+	if !b.sc.w.lockBody() {
+		return 0
+	}
+	defer b.sc.w.unlockBody()
+	return int(min(int64(b.sc.br.Buffered()), b.left))
+}
+
 func (b *fixedBody) Close() error {
 	if b.sc.w.lockBody() {
 		b.closed = true
@@ -262,6 +271,19 @@ func (b *chunkedReqBody) read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// Buffered is how many bytes of chunked encoding are already read: a
+// chunk (or its start) can be read without waiting when it is not 0.
+func (b *chunkedReqBody) Buffered() int {
+	if !b.sc.w.lockBody() {
+		return 0
+	}
+	defer b.sc.w.unlockBody()
+	if b.ended {
+		return 0
+	}
+	return b.sc.br.Buffered()
 }
 
 func (b *chunkedReqBody) Close() error {

@@ -165,6 +165,15 @@ func (b *clientBody) end() {
 
 func (b *clientBody) Close() error { return b.rc.Close() }
 
+// Buffered is how much of the body the server holds already (0 when it
+// cannot tell): the HTTP/1.1 transport sends that much with the head.
+func (b *clientBody) Buffered() int {
+	if bb, ok := b.rc.(interface{ Buffered() int }); ok {
+		return bb.Buffered()
+	}
+	return 0
+}
+
 // failed reports how the client's body failed, bodyOK if it did not.
 func (b *clientBody) failed() uint32 {
 	if b == nil {
