@@ -111,27 +111,27 @@ func badRequest(reason string) *Error {
 }
 
 var (
-	errLineTooLong    = &Error{Status: http.StatusRequestURITooLong, Reason: "request line too long"}
-	errHeadTooLarge   = &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: "request header too large"}
-	errTooManyFields  = &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: "too many header fields"}
-	errVersion        = &Error{Status: http.StatusHTTPVersionNotSupported, Reason: "unsupported HTTP version"}
-	errBareLF         = badRequest("line ends in LF without CR")
-	errObsFold        = badRequest("obsolete line folding")
-	errMethod         = badRequest("malformed method")
-	errTarget         = badRequest("malformed request target")
-	errRequestLine    = badRequest("malformed request line")
-	errFieldName      = badRequest("malformed header field name")
-	errFieldValue     = badRequest("malformed header field value")
-	errCLWithTE       = badRequest("Content-Length with Transfer-Encoding")
-	errDupCL          = badRequest("more than one Content-Length")
-	errBadCL          = badRequest("malformed Content-Length")
-	errDupTE          = badRequest("more than one Transfer-Encoding")
-	errTE             = &Error{Status: http.StatusNotImplemented, Reason: "unsupported Transfer-Encoding"}
-	errTEOnHTTP10     = badRequest("Transfer-Encoding on HTTP/1.0")
-	errNoHost         = badRequest("missing Host")
-	errDupHost        = badRequest("more than one Host")
-	errHost           = badRequest("malformed Host")
-	errTrailerName    = badRequest("Trailer names a framing field")
+	errLineTooLong   = &Error{Status: http.StatusRequestURITooLong, Reason: "request line too long"}
+	errHeadTooLarge  = &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: "request header too large"}
+	errTooManyFields = &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: "too many header fields"}
+	errVersion       = &Error{Status: http.StatusHTTPVersionNotSupported, Reason: "unsupported HTTP version"}
+	errBareLF        = badRequest("line ends in LF without CR")
+	errObsFold       = badRequest("obsolete line folding")
+	errMethod        = badRequest("malformed method")
+	errTarget        = badRequest("malformed request target")
+	errRequestLine   = badRequest("malformed request line")
+	errFieldName     = badRequest("malformed header field name")
+	errFieldValue    = badRequest("malformed header field value")
+	errCLWithTE      = badRequest("Content-Length with Transfer-Encoding")
+	errDupCL         = badRequest("more than one Content-Length")
+	errBadCL         = badRequest("malformed Content-Length")
+	errDupTE         = badRequest("more than one Transfer-Encoding")
+	errTE            = &Error{Status: http.StatusNotImplemented, Reason: "unsupported Transfer-Encoding"}
+	errTEOnHTTP10    = badRequest("Transfer-Encoding on HTTP/1.0")
+	errNoHost        = badRequest("missing Host")
+	errDupHost       = badRequest("more than one Host")
+	errHost          = badRequest("malformed Host")
+	errTrailerName   = badRequest("Trailer names a framing field")
 )
 
 // Framing reports whether e refuses a message's framing — the shapes a
