@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -325,6 +326,9 @@ type clientConn struct {
 	cr   ChunkedReader
 	head ResponseHead
 	copy []byte // chunked request body buffer, made on first use
+	// wrote is the result of a request body written on its own goroutine
+	// while the response is read (full duplex); nil when none.
+	wrote chan error
 
 	// stop ends the watch on the exchange's context; nil when none.
 	stop    func() bool
@@ -389,6 +393,9 @@ func (c *clientConn) unwatch() bool {
 // release ends c's exchange: pooled when keep and the context did not
 // end, else closed.
 func (c *clientConn) release(keep bool) {
+	if written, _ := c.bodyWritten(); !written {
+		keep = false // a writer may still hold the connection
+	}
 	if c.unwatch() && keep {
 		c.t.putIdle(c)
 		return
@@ -431,7 +438,12 @@ func (c *clientConn) roundTrip(ctx context.Context, req *http.Request) (*http.Re
 // chunk, as it may be a stream). It closes req.Body, and reports whether
 // the request asked to close the connection.
 func (c *clientConn) writeRequest(req *http.Request) (reqClose bool, err error) {
-	defer closeReqBody(req)
+	async := false
+	defer func() {
+		if !async {
+			closeReqBody(req)
+		}
+	}()
 	cl, chunked := req.ContentLength, false
 	switch {
 	case noBody(req):
@@ -451,19 +463,26 @@ func (c *clientConn) writeRequest(req *http.Request) (reqClose bool, err error) 
 	if _, err := c.bw.Write(b); err != nil {
 		return false, err
 	}
-	if (chunked || cl > 0) && !inMemory(req, max(cl, 1)) {
+	stream := (chunked || cl > 0) && !inMemory(req, max(cl, 1))
+	if stream {
 		// The body may take its time (a stream, a slow client): the head
-		// goes now, as net/http sends it, so the server sees the request.
+		// goes now, as net/http sends it, so the server sees the request,
+		// and each piece of the body as it comes.
 		if err := c.bw.Flush(); err != nil {
 			return false, err
 		}
 	}
-	switch {
-	case chunked:
-		err = c.writeChunked(req)
-	case cl > 0:
-		err = c.writeLength(req.Body, cl)
+	if stream || cl > maxSyncBody {
+		// A body that takes its time or is large goes on its own
+		// goroutine while the response is read, as with net/http: a
+		// server may answer (an echo, an early refusal) before it has
+		// read it all, and would otherwise deadlock against this write.
+		async = true
+		c.wrote = make(chan error, 1)
+		go c.writeBodyAsync(req, cl, chunked, stream)
+		return reqClose, nil
 	}
+	err = c.writeBody(req, cl, chunked, stream)
 	if err != nil {
 		return false, err
 	}
@@ -642,6 +661,97 @@ func (c *clientConn) writeLength(body io.Reader, n int64) error {
 	}
 }
 
+// maxSyncBody is the largest in-memory body written before the response
+// is read, on the caller's goroutine: socket buffers hold it whatever the
+// server does.
+const maxSyncBody = 64 << 10
+
+// writeBody writes the request body framed as chosen.
+func (c *clientConn) writeBody(req *http.Request, cl int64, chunked, stream bool) error {
+	switch {
+	case chunked:
+		return c.writeChunked(req)
+	case cl > 0 && stream:
+		return c.streamLength(req.Body, cl)
+	case cl > 0:
+		return c.writeLength(req.Body, cl)
+	}
+	return nil
+}
+
+// writeBodyAsync writes the body and flushes, then reports on c.wrote; a
+// failure breaks the response read in progress (the server would wait
+// for the rest of the body).
+func (c *clientConn) writeBodyAsync(req *http.Request, cl int64, chunked, stream bool) {
+	defer closeReqBody(req)
+	err := c.writeBody(req, cl, chunked, stream)
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		c.abort()
+	}
+	c.wrote <- err
+}
+
+// writeFailure is the error to report for a response read that failed
+// with err: the body writer's own when its failure broke the read (it
+// aborts with a past deadline and reports at once).
+func (c *clientConn) writeFailure(ctx context.Context, err error) error {
+	if c.wrote == nil || ctx.Err() != nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	if werr := <-c.wrote; werr != nil {
+		c.wrote = nil
+		return werr
+	}
+	c.wrote = nil
+	return err
+}
+
+// bodyWritten reports whether the request body was written whole; a
+// writer still running (the server answered before reading it all)
+// counts as not: the connection cannot carry another request.
+func (c *clientConn) bodyWritten() (bool, error) {
+	if c.wrote == nil {
+		return true, nil
+	}
+	select {
+	case err := <-c.wrote:
+		c.wrote = nil
+		return err == nil, err
+	default:
+		return false, nil
+	}
+}
+
+// streamLength writes a body of n bytes that arrives over time, each read
+// flushed as it comes (writeLength would hold it until bw fills).
+func (c *clientConn) streamLength(body io.Reader, n int64) error {
+	if c.copy == nil {
+		c.copy = make([]byte, connBufSize)
+	}
+	got, err := io.CopyBuffer(flushWriter{c.bw}, io.LimitReader(body, n), c.copy)
+	switch {
+	case err != nil:
+		return fmt.Errorf("read request body: %w", err)
+	case got < n:
+		return fmt.Errorf("%w: %d of %d bytes", errBodyTooShort, got, n)
+	}
+	return c.writeLength(body, 0) // and nothing more
+}
+
+// flushWriter flushes each write through its bufio.Writer.
+type flushWriter struct{ bw *bufio.Writer }
+
+func (w flushWriter) Write(p []byte) (int, error) {
+	n, err := w.bw.Write(p)
+	if err == nil {
+		err = w.bw.Flush()
+	}
+	return n, err
+}
+
 // writeChunked writes the body as chunks, each flushed as read, then the
 // last chunk with req.Trailer.
 func (c *clientConn) writeChunked(req *http.Request) error {
@@ -680,6 +790,7 @@ func (c *clientConn) readResponse(ctx context.Context, req *http.Request, reqClo
 	for i := 0; ; i++ {
 		n, err := c.readHead(lim, h)
 		if err != nil {
+			err = c.writeFailure(ctx, err)
 			nothing := i == 0 && c.br.Buffered() == 0
 			err = c.fail(ctx, "read response", err)
 			if nothing && c.reused && ctx.Err() == nil && isDeadConn(err) {
