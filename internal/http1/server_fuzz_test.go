@@ -27,7 +27,7 @@ func FuzzServerDifferential(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if err := serverDifferential(data); err != nil {
+		if err := serverDifferential(data, true); err != nil {
 			t.Fatalf("%v\ninput: %q", err, data)
 		}
 	})
@@ -69,6 +69,9 @@ func serverDiffSeeds() []string {
 		"GET /%41%2f?q=%zz#frag HTTP/1.1\r\nHost: h\r\n\r\n",
 		"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
 		"garbage\r\n\r\n",
+		// A chunk that breaks mid-body: the request after it is smuggled.
+		"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5z\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
 	)
 	return seeds
 }
@@ -119,15 +122,19 @@ func (l *eventLog) ServeHTTP(_ http.ResponseWriter, r *http.Request) {
 		header: r.Header.Clone(), contentLength: r.ContentLength,
 		te: slices.Clone(r.TransferEncoding),
 	}
+	// Logged before the body is read: a refusal of the body (Refused)
+	// comes after its request, and before any request that follows.
+	l.add(event{req: s})
 	b, err := io.ReadAll(r.Body)
+	l.mu.Lock()
 	s.body, s.complete = string(b), err == nil
 	s.trailer = r.Trailer.Clone()
-	l.add(event{req: s})
+	l.mu.Unlock()
 }
 
 // serverDifferential serves data to both servers and checks Server's log
 // against net/http's.
-func serverDifferential(data []byte) error {
+func serverDifferential(data []byte, tolerateKnown bool) error {
 	var ours, theirs eventLog
 	s := &Server{
 		Handler:           &ours,
@@ -156,11 +163,13 @@ func serverDifferential(data []byte) error {
 	go func() { _ = hs.Serve(ln) }()
 	<-done
 	_ = hs.Close()
-	return compareLogs(data, ours.snapshot(), theirs.snapshot())
+	return compareLogs(data, ours.snapshot(), theirs.snapshot(), tolerateKnown)
 }
 
-// compareLogs checks the three promises on the two servers' logs.
-func compareLogs(data []byte, ours, theirs []event) error {
+// compareLogs checks the three promises on the two servers' logs. With
+// tolerateKnown, a request of a known disagreement (see knownDisagreement)
+// ends the comparison: net/http stops there, Server goes on.
+func compareLogs(data []byte, ours, theirs []event, tolerateKnown bool) error {
 	var want []*seen
 	for _, e := range theirs {
 		want = append(want, e.req)
@@ -175,6 +184,9 @@ func compareLogs(data []byte, ours, theirs []event) error {
 		}
 		if refusedAt >= 0 {
 			return fmt.Errorf("http1: fuzz: request %d (%s %q) delivered after a refusal (%s)", delivered, e.req.method, e.req.requestURI, ours[refusedAt].refused)
+		}
+		if tolerateKnown && knownDisagreement(e.req) != "" {
+			break
 		}
 		if e.req.complete {
 			if delivered >= len(want) {
@@ -192,6 +204,59 @@ func compareLogs(data []byte, ours, theirs []event) error {
 		return fmt.Errorf("http1: fuzz: %d requests delivered from an input with %d heads", delivered, heads)
 	}
 	return nil
+}
+
+// knownDisagreement names the known way in which Server hands over a
+// request net/http's server does not, or "" (TestServerDifferentialKnown
+// holds an input of each):
+//
+//   - an Expect field other than 100-continue: net/http answers 417
+//     Expectation Failed and closes without calling the handler; Server
+//     ignores the field and serves the request.
+func knownDisagreement(s *seen) string {
+	if v := s.header.Get("Expect"); v != "" && !netHTTPHasToken(v, "100-continue") {
+		return "Expect other than 100-continue"
+	}
+	return ""
+}
+
+// netHTTPHasToken is net/http's hasToken (server.go), its test for a token:
+// a case-insensitive match bounded by space, tab, comma or the ends.
+func netHTTPHasToken(v, token string) bool {
+	boundary := func(b byte) bool { return b == ' ' || b == ',' || b == '\t' }
+	for sp := 0; sp+len(token) <= len(v); sp++ {
+		if sp > 0 && !boundary(v[sp-1]) {
+			continue
+		}
+		if end := sp + len(token); end != len(v) && !boundary(v[end]) {
+			continue
+		}
+		if strings.EqualFold(v[sp:sp+len(token)], token) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestServerDifferentialKnown: inputs on which Server hands a handler a
+// request net/http's server does not. Each is skipped as known while the
+// disagreement stands and fails once it is gone (drop it then).
+func TestServerDifferentialKnown(t *testing.T) {
+	for _, tc := range []struct{ name, raw string }{
+		{"Expect other than 100-continue", "0 / HTTP/1.0\r\n0000:0\r\nEXpeCt:0\r\n\r\n0"},
+		{"Expect: 100-continuex on HTTP/1.1", "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continuex\r\nContent-Length: 1\r\n\r\nx"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := serverDifferential([]byte(tc.raw), false)
+			if err == nil {
+				t.Fatalf("Server and net/http now agree on %q: drop it from the known cases (and knownDisagreement)", tc.raw)
+			}
+			if tolerated := serverDifferential([]byte(tc.raw), true); tolerated != nil {
+				t.Fatalf("known disagreement not recognised by knownDisagreement: %v", tolerated)
+			}
+			t.Skipf("known: %s: %v", tc.name, err)
+		})
+	}
 }
 
 // compareSeen compares what Server's handler saw (got) with net/http's
