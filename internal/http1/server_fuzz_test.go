@@ -21,14 +21,25 @@ import (
 // body, net/http hands over too, at the same position, with the same
 // fields. Server may refuse more and stop earlier; where it delivers, it
 // agrees. It also never delivers a request after one it refused, nor more
-// requests than the input has heads.
+// requests than the input has heads, and a body it fails to read while
+// net/http reads it whole is one it refused (Refused), not bytes lost.
+//
+// split, taken modulo len(data)+1, cuts the input into two writes (none
+// when 0 or the end), so that a request's head, body or chunk may arrive
+// after the server began on what came before: the server's reads end at
+// the cut.
 func FuzzServerDifferential(f *testing.F) {
 	for _, s := range serverDiffSeeds() {
-		f.Add([]byte(s))
+		f.Add([]byte(s), uint16(0))
+		// Cut after the first head: its body comes in a read of its own.
+		if i := strings.Index(s, "\r\n\r\n"); i > 0 && i+4 < len(s) {
+			f.Add([]byte(s), uint16(i+4))
+		}
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		if err := serverDifferential(data, true); err != nil {
-			t.Fatalf("%v\ninput: %q", err, data)
+	f.Fuzz(func(t *testing.T, data []byte, split uint16) {
+		k := int(split) % (len(data) + 1)
+		if err := serverDifferential(data, k, true); err != nil {
+			t.Fatalf("%v\ninput: %q cut at %d", err, data, k)
 		}
 	})
 }
@@ -69,6 +80,9 @@ func serverDiffSeeds() []string {
 		"GET /%41%2f?q=%zz#frag HTTP/1.1\r\nHost: h\r\n\r\n",
 		"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
 		"garbage\r\n\r\n",
+		// A head over the server's 4 KiB read buffer, then a body and a
+		// pipelined request.
+		"POST /big HTTP/1.1\r\nHost: h\r\nX-Big: "+strings.Repeat("b", 5000)+"\r\nContent-Length: 3\r\n\r\nxyzGET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
 		// A chunk that breaks mid-body: the request after it is smuggled.
 		"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5z\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
 		"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -134,7 +148,7 @@ func (l *eventLog) ServeHTTP(_ http.ResponseWriter, r *http.Request) {
 
 // serverDifferential serves data to both servers and checks Server's log
 // against net/http's.
-func serverDifferential(data []byte, tolerateKnown bool) error {
+func serverDifferential(data []byte, split int, tolerateKnown bool) error {
 	var ours, theirs eventLog
 	s := &Server{
 		Handler:           &ours,
@@ -142,7 +156,7 @@ func serverDifferential(data []byte, tolerateKnown bool) error {
 		IdleTimeout:       time.Second,
 		Refused:           func(e *Error) { ours.add(event{refused: e.Error()}) },
 	}
-	c, done := feed(data)
+	c, done := feed(data, split)
 	if !s.ServeConn(c) {
 		return errors.New("http1: fuzz: ServeConn refused a connection")
 	}
@@ -158,7 +172,7 @@ func serverDifferential(data []byte, tolerateKnown bool) error {
 		// to the handler, as net/http does with this set.
 		DisableGeneralOptionsHandler: true,
 	}
-	c, done = feed(data)
+	c, done = feed(data, split)
 	ln := &oneConnListener{c: c, closed: make(chan struct{})}
 	go func() { _ = hs.Serve(ln) }()
 	<-done
@@ -188,6 +202,12 @@ func compareLogs(data []byte, ours, theirs []event, tolerateKnown bool) error {
 		if tolerateKnown && knownDisagreement(e.req) != "" {
 			break
 		}
+		if !e.req.complete && delivered < len(want) && want[delivered].complete && !refusedAfter(ours, i) {
+			// A refused body is Refused's; a read that fails otherwise
+			// while net/http's completes lost bytes of the stream.
+			return fmt.Errorf("http1: fuzz: request %d (%s %q): body read failed after %q with no refusal; net/http read %q",
+				delivered, e.req.method, e.req.requestURI, e.req.body, want[delivered].body)
+		}
 		if e.req.complete {
 			if delivered >= len(want) {
 				return fmt.Errorf("http1: fuzz: request %d (%s %q) delivered; net/http delivered only %d", delivered, e.req.method, e.req.requestURI, len(want))
@@ -204,6 +224,11 @@ func compareLogs(data []byte, ours, theirs []event, tolerateKnown bool) error {
 		return fmt.Errorf("http1: fuzz: %d requests delivered from an input with %d heads", delivered, heads)
 	}
 	return nil
+}
+
+// refusedAfter: some refusal follows event i.
+func refusedAfter(events []event, i int) bool {
+	return slices.ContainsFunc(events[i+1:], func(e event) bool { return e.req == nil })
 }
 
 // knownDisagreement names the known way in which Server hands over a
@@ -247,11 +272,11 @@ func TestServerDifferentialKnown(t *testing.T) {
 		{"Expect: 100-continuex on HTTP/1.1", "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continuex\r\nContent-Length: 1\r\n\r\nx"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := serverDifferential([]byte(tc.raw), false)
+			err := serverDifferential([]byte(tc.raw), 0, false)
 			if err == nil {
 				t.Fatalf("Server and net/http now agree on %q: drop it from the known cases (and knownDisagreement)", tc.raw)
 			}
-			if tolerated := serverDifferential([]byte(tc.raw), true); tolerated != nil {
+			if tolerated := serverDifferential([]byte(tc.raw), 0, true); tolerated != nil {
 				t.Fatalf("known disagreement not recognised by knownDisagreement: %v", tolerated)
 			}
 			t.Skipf("known: %s: %v", tc.name, err)
@@ -335,17 +360,27 @@ func compareHeader(what string, got, want http.Header) error {
 }
 
 // feed returns a server's end of a connection on which a client writes
-// data and then closes its sending side, and a channel closed once the
+// data, in two writes cut at split, and then closes its sending side, and a channel closed once the
 // client has read everything the server sent until it closed. The two
 // directions are separate pipes so that the client's half-close reads as
 // EOF to the server while its answers still flow; net.Pipe gives both the
 // deadlines the servers set.
-func feed(data []byte) (net.Conn, <-chan struct{}) {
+func feed(data []byte, split int) (net.Conn, <-chan struct{}) {
 	inC, inS := net.Pipe()
 	outS, outC := net.Pipe()
 	done := make(chan struct{})
 	go func() {
-		_, _ = inC.Write(data)
+		// net.Pipe hands each Write to reads of its own: a cut is a
+		// read boundary on the server's side.
+		parts := [][]byte{data}
+		if 0 < split && split < len(data) {
+			parts = [][]byte{data[:split], data[split:]}
+		}
+		for _, p := range parts {
+			if _, err := inC.Write(p); err != nil {
+				break // the server closed
+			}
+		}
 		_ = inC.Close()
 	}()
 	go func() {
