@@ -160,8 +160,11 @@ func serverDifferential(data []byte, split int, tolerateKnown bool) error {
 	if !s.ServeConn(c) {
 		return errors.New("http1: fuzz: ServeConn refused a connection")
 	}
-	<-done
+	ended := waitEnd(done)
 	_ = s.Close()
+	if ended != nil {
+		return fmt.Errorf("http1: fuzz: Server: %w", ended)
+	}
 
 	hs := &http.Server{
 		Handler:           &theirs,
@@ -175,9 +178,28 @@ func serverDifferential(data []byte, split int, tolerateKnown bool) error {
 	c, done = feed(data, split)
 	ln := &oneConnListener{c: c, closed: make(chan struct{})}
 	go func() { _ = hs.Serve(ln) }()
-	<-done
+	ended = waitEnd(done)
 	_ = hs.Close()
+	if ended != nil {
+		return fmt.Errorf("http1: fuzz: net/http: %w", ended)
+	}
 	return compareLogs(data, ours.snapshot(), theirs.snapshot(), tolerateKnown)
+}
+
+// endWithin bounds how long a server may keep a connection whose client
+// sent everything and half-closed: its timeouts are a second.
+const endWithin = 5 * time.Second
+
+// waitEnd waits for the server to close the connection done watches.
+func waitEnd(done <-chan struct{}) error {
+	t := time.NewTimer(endWithin)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("connection still open %v after the client's last byte", endWithin)
+	}
 }
 
 // compareLogs checks the three promises on the two servers' logs. With
