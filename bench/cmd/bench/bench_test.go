@@ -20,7 +20,7 @@ func TestParseFortioRealOutput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := parseFortio(b)
+	r, err := parseFortio(b, okHTTP)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestParseFortio(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := parseFortio([]byte(tt.in))
+			r, err := parseFortio([]byte(tt.in), okHTTP)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error = %v, want containing %q", err, tt.wantErr)
@@ -86,7 +86,7 @@ func FuzzParseFortio(f *testing.F) {
 	f.Add([]byte(`{"ActualQPS":1,"DurationHistogram":{"Count":1}}`))
 	f.Add([]byte(`{"RetCodes":{"x":1}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := parseFortio(b)
+		r, err := parseFortio(b, okHTTP)
 		if err != nil {
 			return
 		}
@@ -374,11 +374,92 @@ func TestOverheads(t *testing.T) {
 		{Name: "haproxy", P99: 1.5, CPUPerKReq: 0.03},
 	}
 	got := overheads(rs)
-	want := []overhead{{"trellis", 1.03, 1.1}, {"trellis-tracing", 1.5, 1.5}}
+	want := []overhead{{"trellis", "", 1.03, 1.1}, {"trellis-tracing", "", 1.5, 1.5}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("overheads = %+v, want %+v", got, want)
 	}
 	if o := overheads(rs[:2]); o != nil {
 		t.Fatalf("without the baseline: %+v", o)
+	}
+}
+
+// TestParseFortioGRPC: fortio's gRPC ping client reports good calls as
+// SERVING, not 200; read with the HTTP code every call would be an error.
+func TestParseFortioGRPC(t *testing.T) {
+	b, err := os.ReadFile("testdata/fortio-grpc.json") // fortio 1.66.5 load -grpc -ping -json
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := parseFortio(b, okGRPC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.requests != 100 || r.errors != 0 || r.pctMS[99] <= 0 {
+		t.Fatalf("requests, errors, p99 = %d, %d, %v; want 100, 0, > 0", r.requests, r.errors, r.pctMS[99])
+	}
+	if r, _ := parseFortio(b, okHTTP); r.errors != 100 {
+		t.Fatalf("as HTTP: errors = %d, want all 100", r.errors)
+	}
+}
+
+// TestOverheadsPerBody: a 1 KiB row is compared with the 1 KiB baseline,
+// never the 0-byte one.
+func TestOverheadsPerBody(t *testing.T) {
+	rs := []result{
+		{Name: "trellis-nometrics", Body: "0B", P99: 1, CPUPerKReq: 0.1},
+		{Name: "trellis-nometrics", Body: "1KiB", P99: 2, CPUPerKReq: 0.2},
+		{Name: "trellis", Body: "0B", P99: 1, CPUPerKReq: 0.11},
+		{Name: "trellis", Body: "1KiB", P99: 2, CPUPerKReq: 0.22},
+		{Name: "trellis-authz", Body: "1KiB-post", P99: 2, CPUPerKReq: 0.3}, // no baseline of that body
+	}
+	want := []overhead{{"trellis", "0B", 1.1, 1}, {"trellis", "1KiB", 1.1, 1}}
+	if got := overheads(rs); !slices.Equal(got, want) {
+		t.Fatalf("overheads = %+v, want %+v", got, want)
+	}
+}
+
+func TestSelectBodies(t *testing.T) {
+	got, err := selectBodies(defaultBodies)
+	if err != nil || len(got) != 2 || got[0].resp != 0 || got[1].resp != 1024 || got[1].req != 0 {
+		t.Fatalf("selectBodies(default) = %+v, %v", got, err)
+	}
+	if got, err := selectBodies(" 1KiB-post,1KiB-post"); err != nil || len(got) != 1 || got[0].req != 1024 {
+		t.Fatalf("selectBodies(1KiB-post twice) = %+v, %v", got, err)
+	}
+	if _, err := selectBodies("2KiB"); err == nil || !strings.Contains(err.Error(), `unknown body "2KiB"`) {
+		t.Fatalf("selectBodies(2KiB) error = %v", err)
+	}
+}
+
+func TestBodyURL(t *testing.T) {
+	for _, tt := range []struct {
+		b    body
+		want string
+	}{
+		{body{"0B", 0, 0}, "http://h/"},
+		{body{"1KiB", 1024, 0}, "http://h/?size=1024"},
+		{body{"1KiB-post", 1024, 1024}, "http://h/"}, // the echo answers with the POSTed body
+	} {
+		if got := tt.b.url("http://h/"); got != tt.want {
+			t.Errorf("%s: url = %q, want %q", tt.b.name, got, tt.want)
+		}
+	}
+}
+
+// TestRSSPeak: the sampler keeps each group's peak, and a group whose
+// process is gone ends it with an error.
+func TestRSSPeak(t *testing.T) {
+	self := os.Getpid()
+	p := sampleRSS([][]int{{self}, {self, self}}, time.Millisecond)
+	peak, err := p.stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peak[0] == 0 || peak[1] < 2*peak[0]*9/10 {
+		t.Fatalf("peaks = %v; want the second about twice the first", peak)
+	}
+	gone := sampleRSS([][]int{{1 << 30}}, time.Millisecond)
+	if _, err := gone.stop(); err == nil {
+		t.Fatal("no error for a pid that does not exist")
 	}
 }

@@ -22,16 +22,21 @@ import (
 	"time"
 )
 
-// result is one row of bench/results/latest.json.
+// result is one row of bench/results/latest.json: one path, one body.
 type result struct {
 	Name       string  `json:"name"`
+	Body       string  `json:"body"`           // body variant (bodies.go)
+	RespBytes  int     `json:"response_bytes"` // response body size
+	ReqBytes   int     `json:"request_bytes"`  // request body size (POST when > 0)
 	P50        float64 `json:"p50_ms"`
 	P90        float64 `json:"p90_ms"`
 	P99        float64 `json:"p99_ms"`
 	P999       float64 `json:"p999_ms"`
 	MaxRPS     float64 `json:"max_rps"`
 	CPUPerKReq float64 `json:"cpu_s_per_krps"` // proxy CPU-seconds per 1,000 requests
-	RSSMB      float64 `json:"rss_mb"`
+	RSSMB      float64 `json:"rss_mb"`         // both proxies, summed, at the end of the max-rate run
+	// Sidecars: each proxy half's RSS, idle and peak during the max run.
+	Sidecars []sidecarRSS `json:"sidecars,omitempty"`
 }
 
 type report struct {
@@ -43,6 +48,7 @@ type report struct {
 // settings of one invocation.
 type settings struct {
 	only                    []string
+	bodies                  []body
 	fixedQPS                int
 	fixedConns, maxConns    int
 	fixedDuration, maxDurtn time.Duration
@@ -61,11 +67,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var s settings
 	only := fs.String("only", "", "comma-separated paths to run (default all: "+pathNames()+")")
+	bodies := fs.String("bodies", defaultBodies, "comma-separated body variants of every HTTP path: "+bodyNames())
 	fs.StringVar(&s.trellis, "trellis", "bin/trellis", "path to the trellis binary")
 	fs.StringVar(&s.haproxy, "haproxy", "/usr/sbin/haproxy", "path to haproxy")
 	fs.StringVar(&s.nginx, "nginx", "/usr/sbin/nginx", "path to nginx")
-	fs.DurationVar(&s.fixedDuration, "fixed-duration", 15*time.Second, "length of the fixed-rate (latency) run")
-	fs.DurationVar(&s.maxDurtn, "max-duration", 10*time.Second, "length of the max-rate (throughput, CPU, RSS) run")
+	fs.DurationVar(&s.fixedDuration, "fixed-duration", 8*time.Second, "length of the fixed-rate (latency) run")
+	fs.DurationVar(&s.maxDurtn, "max-duration", 5*time.Second, "length of the max-rate (throughput, CPU, RSS) run")
 	fs.IntVar(&s.fixedQPS, "fixed-qps", 1000, "request rate of the fixed-rate run")
 	fs.IntVar(&s.fixedConns, "fixed-conns", 16, "connections of the fixed-rate run")
 	fs.IntVar(&s.maxConns, "max-conns", 32, "connections of the max-rate run")
@@ -77,6 +84,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	var err error
 	if s.only, err = selectPaths(*only); err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 2
+	}
+	if s.bodies, err = selectBodies(*bodies); err != nil {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 2
 	}
@@ -197,7 +208,8 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 		}
 		fmt.Fprintf(log, "bench: %s: fixed %d req/s × %v over %d conns, then max rate × %v over %d conns\n",
 			p.name, s.fixedQPS, s.fixedDuration, s.fixedConns, s.maxDurtn, s.maxConns)
-		r, err := measure(ctx, h, p, s)
+		rs, err := measure(ctx, h, p, s)
+		results = append(results, rs...)
 		if err != nil {
 			failed = true
 			failedPaths = append(failedPaths, p.name)
@@ -207,63 +219,11 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 			}
 			continue
 		}
-		results = append(results, r)
 	}
 	if len(failedPaths) > 0 {
 		return results, fmt.Errorf("%s (details above)", strings.Join(failedPaths, ", "))
 	}
 	return results, nil
-}
-
-// measure brings one path up, runs both loads and tears the path down.
-func measure(ctx context.Context, h *harness, p path, s settings) (result, error) {
-	sup := &supervisor{dir: h.dir}
-	defer sup.stopAll()
-	url, roots, err := p.start(ctx, h, sup)
-	if err != nil {
-		return result{}, err
-	}
-	fixed, err := load(ctx, h.fortio, h.dir, p.name+"-fixed", s.fixedQPS, s.fixedConns, s.fixedDuration, url)
-	if err != nil {
-		return result{}, err
-	}
-	// Workers exist by now; list them once for both CPU readings.
-	pids, err := withDescendants(roots)
-	if err != nil {
-		return result{}, err
-	}
-	cpu0, err := cpuSeconds(pids)
-	if err != nil {
-		return result{}, err
-	}
-	maxRun, err := load(ctx, h.fortio, h.dir, p.name+"-max", 0, s.maxConns, s.maxDurtn, url)
-	if err != nil {
-		return result{}, err
-	}
-	cpu1, err := cpuSeconds(pids)
-	if err != nil {
-		return result{}, err
-	}
-	rss, err := rssBytes(pids)
-	if err != nil {
-		return result{}, err
-	}
-	r := result{
-		Name:   p.name,
-		P50:    round(fixed.pctMS[50], 3),
-		P90:    round(fixed.pctMS[90], 3),
-		P99:    round(fixed.pctMS[99], 3),
-		P999:   round(fixed.pctMS[99.9], 3),
-		MaxRPS: round(maxRun.qps, 1),
-		RSSMB:  round(float64(rss)/(1<<20), 1),
-	}
-	if len(pids) > 0 {
-		r.CPUPerKReq = round((cpu1-cpu0)/(float64(maxRun.requests)/1000), 4)
-	}
-	if fixed.errors+maxRun.errors > 0 {
-		fmt.Fprintf(os.Stderr, "bench: %s: %d non-200 responses (under the 0.1%% limit)\n", p.name, fixed.errors+maxRun.errors)
-	}
-	return r, nil
 }
 
 func round(v float64, places int) float64 {
@@ -273,9 +233,9 @@ func round(v float64, places int) float64 {
 
 func printTable(w io.Writer, rs []result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax req/s\tproxy CPU-s/1k req\tproxy RSS MB\t")
+	fmt.Fprintln(tw, "path\tbody\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax req/s\tproxy CPU-s/1k req\tproxy RSS MB\tRSS MB idle/max per sidecar\t")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f\t%.4f\t%.1f\t\n", r.Name, r.P50, r.P90, r.P99, r.P999, r.MaxRPS, r.CPUPerKReq, r.RSSMB)
+		fmt.Fprintf(tw, "%s\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f\t%.4f\t%.1f\t%s\t\n", r.Name, r.Body, r.P50, r.P90, r.P99, r.P999, r.MaxRPS, r.CPUPerKReq, r.RSSMB, sidecarCell(r.Sidecars))
 	}
 	tw.Flush()
 }

@@ -16,21 +16,28 @@ import (
 
 // A path is one way from the load generator to the fortio server. start
 // brings it up under sup and returns the URL to load and the root pids of
-// its proxy processes (nil for the direct path).
+// its proxy processes (nil for the direct path), one per half, named by
+// halves in the same order.
 type path struct {
-	name  string
-	start func(ctx context.Context, h *harness, sup *supervisor) (url string, roots []int, err error)
+	name   string
+	start  func(ctx context.Context, h *harness, sup *supervisor) (url string, roots []int, err error)
+	halves []string
 }
 
+var (
+	trellisHalves = []string{"server-side", "client-side"}
+	pairHalves    = []string{"back", "front"}
+)
+
 var allPaths = []path{
-	{"direct", startDirect},
-	{"trellis", startTrellis},
-	{"trellis-nometrics", startTrellisNoMetrics},
-	{"trellis-authz", startTrellisAuthz},
-	{"trellis-tracing", startTrellisTracing},
-	{"trellis-accesslog", startTrellisAccessLog},
-	{"haproxy", startHAProxy},
-	{"nginx", startNginx},
+	{"direct", startDirect, nil},
+	{"trellis", startTrellis, trellisHalves},
+	{"trellis-nometrics", startTrellisNoMetrics, trellisHalves},
+	{"trellis-authz", startTrellisAuthz, trellisHalves},
+	{"trellis-tracing", startTrellisTracing, trellisHalves},
+	{"trellis-accesslog", startTrellisAccessLog, trellisHalves},
+	{"haproxy", startHAProxy, pairHalves},
+	{"nginx", startNginx, pairHalves},
 }
 
 // harness holds what every path needs.
