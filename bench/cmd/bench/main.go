@@ -43,6 +43,10 @@ type report struct {
 	Runs []result `json:"runs"`
 	// Overhead: each Trellis row against trellis-nometrics (overhead.go).
 	Overhead []overhead `json:"overhead,omitempty"`
+	// gRPC, TCP bulk and idle keep-alive connections (protocols.go).
+	protoReport
+	// GCSweep: the trellis path under GOGC / GOMEMLIMIT settings (gcsweep.go).
+	GCSweep []gcRow `json:"gc_sweep,omitempty"`
 }
 
 // settings of one invocation.
@@ -56,6 +60,16 @@ type settings struct {
 	keep                    bool
 	trellis, haproxy, nginx string
 	gomaxprocs              int
+	// The protocol section (protocols.go); it runs with the trellis path.
+	protocols     bool
+	protoDuration time.Duration // each gRPC load
+	streams       int           // concurrent gRPC streams
+	tcpBytes      int64         // bulk transfer size
+	tcpMax        time.Duration // and its time limit
+	idleConns     int           // idle keep-alive connections; 0: none
+	idleSample    int           // requests on random ones of them
+	gcSweep       bool          // gcsweep.go
+	chart         string        // PNG written beside the JSON; "" none
 }
 
 func main() {
@@ -78,6 +92,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&s.maxConns, "max-conns", 32, "connections of the max-rate run")
 	fs.IntVar(&s.gomaxprocs, "gomaxprocs", 0, "GOMAXPROCS for the trellis processes (0: Go's default, all cores)")
 	fs.StringVar(&s.out, "out", filepath.Join("bench", "results", "latest.json"), "where to write the JSON results")
+	fs.BoolVar(&s.protocols, "protocols", true, "with the trellis path: gRPC unary and streaming, TCP bulk and idle keep-alive connections, direct and through a Trellis pair")
+	fs.DurationVar(&s.protoDuration, "grpc-duration", 5*time.Second, "length of each gRPC load (unary fixed rate, unary max rate, streaming)")
+	fs.IntVar(&s.streams, "grpc-streams", 16, "concurrent bidirectional streams of the streaming load")
+	tcpMiB := fs.Int("tcp-mib", 512, "MiB of the TCP bulk transfer")
+	fs.DurationVar(&s.tcpMax, "tcp-max", 10*time.Second, "time limit of the TCP bulk transfer")
+	fs.IntVar(&s.idleConns, "idle-conns", 10000, "idle keep-alive connections held on the client side's outbound port (0: skip)")
+	fs.IntVar(&s.idleSample, "idle-sample", 1000, "requests sent, one at a time, on random idle connections")
+	fs.BoolVar(&s.gcSweep, "gc-sweep", false, "also run the trellis path (0-byte body) under each GOGC / GOMEMLIMIT setting: "+gcSettingNames())
 	fs.BoolVar(&s.keep, "keep", false, "keep the temp dir (configs, certs, logs) even on success")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -87,26 +109,42 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 2
 	}
+	s.tcpBytes = int64(*tcpMiB) << 20
+	s.chart = strings.TrimSuffix(s.out, filepath.Ext(s.out)) + ".png"
 	if s.bodies, err = selectBodies(*bodies); err != nil {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 2
 	}
-	if s.fixedDuration <= 0 || s.maxDurtn <= 0 || s.fixedQPS <= 0 || s.fixedConns <= 0 || s.maxConns <= 0 {
-		fmt.Fprintln(stderr, "bench: durations, -fixed-qps and connection counts must be > 0")
+	if s.fixedDuration <= 0 || s.maxDurtn <= 0 || s.fixedQPS <= 0 || s.fixedConns <= 0 || s.maxConns <= 0 ||
+		s.protoDuration <= 0 || s.streams <= 0 || *tcpMiB <= 0 || s.tcpMax <= 0 || s.idleConns < 0 || s.idleSample <= 0 {
+		fmt.Fprintln(stderr, "bench: durations, -fixed-qps, -tcp-mib, -idle-sample and connection and stream counts must be > 0 (-idle-conns >= 0)")
 		return 2
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	results, err := bench(ctx, s, stderr)
-	if len(results) > 0 {
-		printTable(stdout, results)
-		printOverheads(stdout, overheads(results))
-		if werr := writeReport(s.out, results); werr != nil {
+	rep, err := bench(ctx, s, stderr)
+	if len(rep.Runs) > 0 || len(rep.GRPC) > 0 {
+		rep.Overhead = overheads(rep.Runs)
+		printTable(stdout, rep.Runs)
+		printOverheads(stdout, rep.Overhead)
+		printProtocols(stdout, rep.protoReport)
+		printGCSweep(stdout, rep.GCSweep)
+		if werr := writeReport(s.out, rep); werr != nil {
 			fmt.Fprintln(stderr, "bench:", werr)
 			return 1
 		}
 		fmt.Fprintf(stdout, "\nwrote %s\n", s.out)
+		wrote, werr := writeChart(s.chart, rep.Runs)
+		if werr != nil {
+			fmt.Fprintln(stderr, "bench:", werr)
+			return 1
+		}
+		if wrote {
+			fmt.Fprintf(stdout, "wrote %s\n", s.chart)
+		} else {
+			fmt.Fprintf(stdout, "no chart: %v\n", errNoChartData)
+		}
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -138,18 +176,33 @@ func selectPaths(only string) ([]string, error) {
 	return out, nil
 }
 
-// bench runs the selected paths one after another and returns the rows of
-// those that succeeded; the errors of those that did not are printed to log
-// as they happen.
-func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
+// runsProtocols: the protocol section runs with the trellis path.
+func (s settings) runsProtocols() bool { return s.protocols && slices.Contains(s.only, "trellis") }
+
+// bench runs the selected paths one after another, then the protocol
+// section and the GC sweep, and returns what succeeded; the errors of what
+// did not are printed to log as they happen.
+func bench(ctx context.Context, s settings, log io.Writer) (report, error) {
+	var rep report
 	h := &harness{gomaxprocs: s.gomaxprocs}
 	var err error
 	if h.fortio, err = findFortio(); err != nil {
-		return nil, err
+		return rep, err
 	}
-	if slices.ContainsFunc(s.only, func(p string) bool { return strings.HasPrefix(p, "trellis") }) {
+	if s.gcSweep || slices.ContainsFunc(s.only, func(p string) bool { return strings.HasPrefix(p, "trellis") }) {
 		if h.trellis, err = filepath.Abs(s.trellis); err != nil {
-			return nil, err
+			return rep, err
+		}
+	}
+	if s.runsProtocols() && s.idleConns > 0 {
+		// Both ends of every idle connection are in this process and in
+		// the client-side proxy, which inherits the limit.
+		lim, err := raiseNoFile(uint64(2*s.idleConns + 1024))
+		if err != nil {
+			return rep, err
+		}
+		if lim < uint64(s.idleConns+1024) {
+			return rep, fmt.Errorf("-idle-conns %d: RLIMIT_NOFILE is %d and cannot be raised (ulimit -n, or a smaller -idle-conns)", s.idleConns, lim)
 		}
 	}
 	for _, b := range []struct {
@@ -162,17 +215,17 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 		}
 		p, err := exec.LookPath(b.flag)
 		if err != nil {
-			return nil, fmt.Errorf("%s not found at %s (apt-get install %s, pass -%s, or leave it out with -only): %w", b.name, b.flag, b.name, b.name, err)
+			return rep, fmt.Errorf("%s not found at %s (apt-get install %s, pass -%s, or leave it out with -only): %w", b.name, b.flag, b.name, b.name, err)
 		}
 		*b.dst = p
 	}
 
 	if h.dir, err = os.MkdirTemp("", "trellis-bench-"); err != nil {
-		return nil, err
+		return rep, err
 	}
 	// nginx workers run as nobody and must reach their temp paths.
 	if err := os.Chmod(h.dir, 0o755); err != nil {
-		return nil, err
+		return rep, err
 	}
 	failed := false
 	defer func() {
@@ -184,7 +237,7 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 	}()
 	if h.certs, err = writeCerts(h.dir); err != nil {
 		failed = true
-		return nil, err
+		return rep, err
 	}
 
 	sup := &supervisor{dir: h.dir}
@@ -197,10 +250,9 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 	}()
 	if h.server, err = startServer(ctx, h, sup); err != nil {
 		failed = true
-		return nil, err
+		return rep, err
 	}
 
-	var results []result
 	var failedPaths []string
 	for _, p := range allPaths {
 		if !slices.Contains(s.only, p.name) {
@@ -209,7 +261,7 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 		fmt.Fprintf(log, "bench: %s: fixed %d req/s × %v over %d conns, then max rate × %v over %d conns\n",
 			p.name, s.fixedQPS, s.fixedDuration, s.fixedConns, s.maxDurtn, s.maxConns)
 		rs, err := measure(ctx, h, p, s)
-		results = append(results, rs...)
+		rep.Runs = append(rep.Runs, rs...)
 		if err != nil {
 			failed = true
 			failedPaths = append(failedPaths, p.name)
@@ -220,10 +272,24 @@ func bench(ctx context.Context, s settings, log io.Writer) ([]result, error) {
 			continue
 		}
 	}
-	if len(failedPaths) > 0 {
-		return results, fmt.Errorf("%s (details above)", strings.Join(failedPaths, ", "))
+	if s.runsProtocols() && ctx.Err() == nil {
+		if rep.protoReport, err = runProtocols(ctx, h, s, log); err != nil {
+			failed = true
+			failedPaths = append(failedPaths, "protocols")
+			fmt.Fprintf(log, "bench: FAILED: %v\n", err)
+		}
 	}
-	return results, nil
+	if s.gcSweep && ctx.Err() == nil {
+		if rep.GCSweep, err = runGCSweep(ctx, h, s, log); err != nil {
+			failed = true
+			failedPaths = append(failedPaths, "gc-sweep")
+			fmt.Fprintf(log, "bench: FAILED: %v\n", err)
+		}
+	}
+	if len(failedPaths) > 0 {
+		return rep, fmt.Errorf("%s (details above)", strings.Join(failedPaths, ", "))
+	}
+	return rep, nil
 }
 
 func round(v float64, places int) float64 {
@@ -240,8 +306,8 @@ func printTable(w io.Writer, rs []result) {
 	tw.Flush()
 }
 
-func writeReport(path string, rs []result) error {
-	b, err := json.MarshalIndent(report{Runs: rs, Overhead: overheads(rs)}, "", "  ")
+func writeReport(path string, rep report) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return err
 	}
