@@ -1,16 +1,29 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"image/color"
+	"image/png"
 	"io"
+	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
+
+	"google.golang.org/grpc"
 
 	"trellis.dev/trellis/internal/config"
 )
@@ -446,11 +459,38 @@ func TestBodyURL(t *testing.T) {
 	}
 }
 
-// TestRSSPeak: the sampler keeps each group's peak, and a group whose
-// process is gone ends it with an error.
+// TestRSSPeak: the sampler keeps each group's peak over the samples it
+// takes every interval, the one at stop included.
 func TestRSSPeak(t *testing.T) {
-	self := os.Getpid()
-	p := sampleRSS([][]int{{self}, {self, self}}, time.Millisecond)
+	synctest.Test(t, func(t *testing.T) {
+		seq := [][]uint64{{5, 1}, {9, 1}, {3, 2}, {4, 7}, {2, 8}}
+		var mu sync.Mutex
+		n := 0
+		read := func() ([]uint64, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			v := seq[min(n, len(seq)-1)]
+			n++
+			return v, nil
+		}
+		p := sampleRSS(2, read, 100*time.Millisecond)
+		time.Sleep(350 * time.Millisecond) // samples at 0, 100, 200, 300 ms
+		synctest.Wait()
+		peak, err := p.stop() // and one more at stop: {2, 8}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(peak, []uint64{9, 8}) || n != 5 {
+			t.Fatalf("peaks = %v after %d samples; want [9 8] after 5", peak, n)
+		}
+	})
+}
+
+// TestRSSPeakReadsProc: on real processes; a pid that is gone ends the
+// sampling with an error.
+func TestRSSPeakReadsProc(t *testing.T) {
+	self := [][]int{{os.Getpid()}, {os.Getpid(), os.Getpid()}}
+	p := sampleRSS(2, func() ([]uint64, error) { return groupRSS(self) }, time.Millisecond)
 	peak, err := p.stop()
 	if err != nil {
 		t.Fatal(err)
@@ -458,8 +498,361 @@ func TestRSSPeak(t *testing.T) {
 	if peak[0] == 0 || peak[1] < 2*peak[0]*9/10 {
 		t.Fatalf("peaks = %v; want the second about twice the first", peak)
 	}
-	gone := sampleRSS([][]int{{1 << 30}}, time.Millisecond)
-	if _, err := gone.stop(); err == nil {
+	gone := [][]int{{1 << 30}}
+	if _, err := sampleRSS(1, func() ([]uint64, error) { return groupRSS(gone) }, time.Millisecond).stop(); err == nil {
 		t.Fatal("no error for a pid that does not exist")
+	}
+}
+
+// chartRuns are the rows of a typical run, haproxy's max req/s twice
+// trellis's.
+func chartRuns() []result {
+	var rs []result
+	for i, n := range []string{"direct", "trellis", "trellis-authz", "haproxy", "nginx"} {
+		for j, b := range []string{"0B", "1KiB"} {
+			rs = append(rs, result{Name: n, Body: b, P50: float64(1 + i + j), P99: float64(3 + i + j), MaxRPS: map[string]float64{"trellis": 5000, "haproxy": 10000}[n] + 1000})
+		}
+	}
+	return rs
+}
+
+// TestWriteChart: the PNG is decodable, of the chart's size, and holds a
+// bar of every series (each series' colour appears).
+func TestWriteChart(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "latest.png")
+	ok, err := writeChart(f, chartRuns())
+	if err != nil || !ok {
+		t.Fatalf("writeChart = %v, %v", ok, err)
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := img.Bounds().Size(); got.X != chartW || got.Y != chartH {
+		t.Fatalf("size = %v, want %dx%d", got, chartW, chartH)
+	}
+	count := map[color.RGBA]int{}
+	for y := range chartH {
+		for x := range chartW {
+			r, g, b, a := img.At(x, y).RGBA()
+			count[color.RGBA{uint8(r >> 8), uint8(g >> 8), uint8(b >> 8), uint8(a >> 8)}]++
+		}
+	}
+	for i, c := range bodyColors[:2] {
+		for _, shade := range c {
+			if count[shade] < 100 {
+				t.Errorf("body %d: colour %v covers %d pixels; want its bars drawn", i, shade, count[shade])
+			}
+		}
+	}
+	if count[colInk] < 500 {
+		t.Errorf("ink covers %d pixels: no text or axes", count[colInk])
+	}
+}
+
+// TestLayoutBars: heights are proportional to the values, on the axis; a
+// system without a row leaves a gap, not a zero bar.
+func TestLayoutBars(t *testing.T) {
+	rs := chartRuns()
+	series := []chartSeries{{"0B", "0B", colInk, func(r result) float64 { return r.MaxRPS }}}
+	bars := layoutBars(rs, []string{"trellis", "haproxy", "envoy"}, series, 0, 300, 20000)
+	if len(bars) != 2 {
+		t.Fatalf("%d bars, want 2 (envoy has no row)", len(bars))
+	}
+	tr, ha := bars[0].rect, bars[1].rect
+	if tr.Max.Y != chartBottom || ha.Max.Y != chartBottom {
+		t.Fatalf("bars %v %v do not stand on the axis at %d", tr, ha, chartBottom)
+	}
+	// 6000 and 11000 of 20000.
+	span := float64(chartBottom - chartTop - 20)
+	if d := float64(tr.Dy()) - 0.3*span; d < -1 || d > 1 {
+		t.Errorf("trellis bar %d px, want %.0f", tr.Dy(), 0.3*span)
+	}
+	if d := float64(ha.Dy()) - 0.55*span; d < -1 || d > 1 {
+		t.Errorf("haproxy bar %d px, want %.0f", ha.Dy(), 0.55*span)
+	}
+	if !(tr.Max.X <= ha.Min.X) {
+		t.Errorf("bars overlap: %v %v", tr, ha)
+	}
+}
+
+func TestNiceCeil(t *testing.T) {
+	for _, tt := range []struct{ in, want float64 }{
+		{0, 1}, {-3, 1}, {0.7, 1}, {1, 1}, {1.01, 2}, {3.2, 5}, {9.524, 10}, {29671, 50000}, {10000, 10000},
+	} {
+		if got := niceCeil(tt.in); got != tt.want {
+			t.Errorf("niceCeil(%v) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestWriteChartNothingToChart: rows of none of the charted systems write
+// no file.
+func TestWriteChartNothingToChart(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "latest.png")
+	ok, err := writeChart(f, []result{{Name: "trellis-authz", Body: "0B", P99: 1}})
+	if err != nil || ok {
+		t.Fatalf("writeChart = %v, %v; want false, nil", ok, err)
+	}
+	if _, err := os.Stat(f); !os.IsNotExist(err) {
+		t.Fatalf("a chart was written: %v", err)
+	}
+}
+
+// TestReportJSONShape: the keys latest.json promises, the GC sweep's rows
+// flat (setting beside the row's fields), the protocol sections top-level.
+func TestReportJSONShape(t *testing.T) {
+	r := result{Name: "trellis", Body: "1KiB", RespBytes: 1024, P99: 2, MaxRPS: 9, CPUPerKReq: 0.1,
+		Sidecars: []sidecarRSS{{Name: "client-side", IdleMB: 9, IdleAnonMB: 3, MaxMB: 20}}}
+	rep := report{Runs: []result{r},
+		protoReport: protoReport{
+			GRPC:     []grpcRow{{Path: "trellis", Kind: "stream", RPS: 5}},
+			TCP:      []tcpRow{{Path: "direct", MiBPerSec: 100}, {Path: "trellis", MiBPerSec: 60}},
+			Idle:     &idleResult{Connections: 10000, RSSHeldMB: 80},
+			TCPRatio: 0.6,
+		},
+		GCSweep: []gcRow{{Setting: "GOGC=50", result: r}},
+	}
+	f := filepath.Join(t.TempDir(), "latest.json")
+	if err := writeReport(f, rep); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	run := m["runs"].([]any)[0].(map[string]any)
+	for _, k := range []string{"name", "body", "response_bytes", "request_bytes", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_rps", "cpu_s_per_krps", "rss_mb", "sidecars"} {
+		if _, ok := run[k]; !ok {
+			t.Errorf("runs[0] has no %q: %v", k, run)
+		}
+	}
+	sc := run["sidecars"].([]any)[0].(map[string]any)
+	for _, k := range []string{"name", "rss_idle_mb", "rss_idle_anon_mb", "rss_max_mb"} {
+		if _, ok := sc[k]; !ok {
+			t.Errorf("sidecars[0] has no %q", k)
+		}
+	}
+	for _, k := range []string{"grpc", "tcp", "idle_keepalive", "tcp_ratio_vs_direct", "gc_sweep"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("no top-level %q in %s", k, b)
+		}
+	}
+	gc := m["gc_sweep"].([]any)[0].(map[string]any)
+	if gc["setting"] != "GOGC=50" || gc["max_rps"] != 9.0 {
+		t.Errorf("gc_sweep[0] = %v; want setting and the row's fields side by side", gc)
+	}
+	if idle := m["idle_keepalive"].(map[string]any); idle["connections"] != 10000.0 || idle["rss_held_mb"] != 80.0 {
+		t.Errorf("idle_keepalive = %v", idle)
+	}
+}
+
+// TestRunRejectsBadFlags: a bad value exits 2 before anything starts.
+func TestRunRejectsBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"-only", "envoy"},
+		{"-bodies", "2KiB"},
+		{"-idle-conns", "-1"},
+		{"-tcp-mib", "0"},
+		{"-grpc-streams", "0"},
+	} {
+		var out, errb bytes.Buffer
+		if code := run(args, &out, &errb); code != 2 {
+			t.Errorf("run(%q) = %d, want 2 (stderr %q)", args, code, errb.String())
+		}
+	}
+}
+
+// TestRunStreams: the echo server and client over a real socket; every
+// round trip is one sorted sample.
+func TestRunStreams(t *testing.T) {
+	e, err := startEchoServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.stop()
+	r, err := runStreams(t.Context(), e.addr, 4, 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.messages < 4 || int64(len(r.lat)) != r.messages || !slices.IsSorted(r.lat) || r.rate() <= 0 {
+		t.Fatalf("messages %d, samples %d, sorted %v, rate %v", r.messages, len(r.lat), slices.IsSorted(r.lat), r.rate())
+	}
+	if r.elapsed < 200*time.Millisecond {
+		t.Fatalf("elapsed %v, shorter than the load", r.elapsed)
+	}
+}
+
+// TestRunStreamsFailsWithoutEcho: a server that does not echo (no such
+// service) is an error, not a rate of zero.
+func TestRunStreamsFailsWithoutEcho(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	go srv.Serve(l)
+	defer srv.Stop()
+	if _, err := runStreams(t.Context(), l.Addr().String(), 2, 100*time.Millisecond); err == nil {
+		t.Fatal("no error from a server without the echo service")
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	d := make([]time.Duration, 100)
+	for i := range d {
+		d[i] = time.Duration(i+1) * time.Millisecond
+	}
+	for _, tt := range []struct {
+		p    float64
+		want time.Duration
+	}{{50, 50 * time.Millisecond}, {99, 99 * time.Millisecond}, {100, 100 * time.Millisecond}, {0, time.Millisecond}} {
+		if got := percentile(d, tt.p); got != tt.want {
+			t.Errorf("p%v = %v, want %v", tt.p, got, tt.want)
+		}
+	}
+	if percentile(nil, 99) != 0 {
+		t.Error("p99 of nothing is not 0")
+	}
+}
+
+// TestReadBulk: the whole transfer arrives; one stopped by its time limit
+// is a result; one the far end cuts short is an error.
+func TestReadBulk(t *testing.T) {
+	src, err := startBulkSource(8 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.stop()
+	r, err := readBulk(src.addr, 8<<20, 10*time.Second)
+	if err != nil || r.bytes != 8<<20 || r.mbps() <= 0 {
+		t.Fatalf("readBulk = %+v, %v; want 8 MiB", r, err)
+	}
+
+	endless, err := startBulkSource(1 << 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer endless.stop()
+	r, err = readBulk(endless.addr, 1<<50, 100*time.Millisecond)
+	if err != nil || r.bytes == 0 || r.elapsed < 100*time.Millisecond {
+		t.Fatalf("time-limited readBulk = %+v, %v", r, err)
+	}
+
+	short, err := startBulkSource(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.stop()
+	if _, err := readBulk(short.addr, 8<<20, 10*time.Second); err == nil || !strings.Contains(err.Error(), "closed after 1000 of") {
+		t.Fatalf("short transfer: error = %v", err)
+	}
+}
+
+// connCounter is an HTTP server on a real socket that counts the
+// connections it accepted.
+func connCounter(t *testing.T, h http.HandlerFunc) (*httptest.Server, func() int) {
+	var mu sync.Mutex
+	seen := map[net.Conn]bool{}
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			seen[c] = true
+			mu.Unlock()
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen)
+	}
+}
+
+// TestHeldConns: each held connection is its own keep-alive connection,
+// and the sampled requests reuse them rather than opening new ones.
+func TestHeldConns(t *testing.T) {
+	srv, conns := connCounter(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Host != "bench-proto" {
+			http.Error(w, "wrong host "+r.Host, http.StatusBadRequest)
+			return
+		}
+		io.WriteString(w, "hello")
+	})
+	a := strings.TrimPrefix(srv.URL, "http://")
+	held, err := openHeld(t.Context(), a, "bench-proto", 50, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeHeld(held)
+	if n := conns(); n != 50 {
+		t.Fatalf("server saw %d connections, want 50", n)
+	}
+	lat, err := sampleHeld(held, "bench-proto", 200, rand.New(rand.NewPCG(1, 2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lat) != 50 || !slices.IsSorted(lat) {
+		t.Fatalf("%d samples (sorted %v); want one per connection, 50", len(lat), slices.IsSorted(lat))
+	}
+	if n := conns(); n != 50 {
+		t.Fatalf("server saw %d connections after sampling, want still 50", n)
+	}
+}
+
+// TestHeldConnsRefusesClose: a proxy that closes after each response
+// holds no idle connections: an error, not a figure.
+func TestHeldConnsRefusesClose(t *testing.T) {
+	srv, _ := connCounter(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, "bye")
+	})
+	_, err := openHeld(t.Context(), strings.TrimPrefix(srv.URL, "http://"), "x", 20, 4)
+	if err == nil || !strings.Contains(err.Error(), "closed a keep-alive") {
+		t.Fatalf("openHeld = %v; want the close refused", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := openHeld(ctx, strings.TrimPrefix(srv.URL, "http://"), "x", 20, 4); err == nil {
+		t.Fatal("openHeld with a cancelled context succeeded")
+	}
+}
+
+// TestProtoServiceYAML: the protocol pair's Service is valid, its first
+// port the HTTP app, the others at the ports given.
+func TestProtoServiceYAML(t *testing.T) {
+	objs, err := config.Decode("proto.yaml", []byte(protoServiceYAML("4001", "4002", "4003")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := objs[0].(*config.Service)
+	ports := svc.Spec.Ports
+	if len(ports) != 4 || ports[0].Protocol != "http" {
+		t.Fatalf("ports = %+v", ports)
+	}
+	want := map[string]struct {
+		port, target int32
+		proto        string
+	}{"grpc": {9090, 4001, "grpc"}, "stream": {9091, 4002, "grpc"}, "tcp": {7000, 4003, "tcp"}}
+	for _, p := range ports[1:] {
+		w := want[p.Name]
+		if p.Port != w.port || p.TargetPort != w.target || string(p.Protocol) != w.proto {
+			t.Errorf("port %s = %+v, want %+v", p.Name, p, w)
+		}
+	}
+	for _, k := range []string{upGRPC, upStream, upTCP} {
+		if !strings.HasPrefix(k, svc.Name+":") {
+			t.Errorf("upstream key %q is not %s:PORT", k, svc.Name)
+		}
 	}
 }

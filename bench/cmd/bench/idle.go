@@ -29,12 +29,13 @@ type heldConn struct {
 // idleResult is the idle section of latest.json.
 type idleResult struct {
 	Connections int     `json:"connections"`
-	Sidecar     string  `json:"sidecar"`       // which proxy held them
-	RSSBeforeMB float64 `json:"rss_before_mb"` // that proxy before the first one opened
-	RSSHeldMB   float64 `json:"rss_held_mb"`   // with all of them open and idle
-	PeerRSSMB   float64 `json:"peer_rss_mb"`   // the other half meanwhile
-	OpenSeconds float64 `json:"open_s"`        // to open and use them all
-	Sampled     int     `json:"sampled"`       // requests on random held connections
+	Sidecar     string  `json:"sidecar"`          // which proxy held them
+	RSSBeforeMB float64 `json:"rss_before_mb"`    // that proxy before the first one opened
+	RSSHeldMB   float64 `json:"rss_held_mb"`      // with all of them open and idle
+	AnonHeldMB  float64 `json:"rss_held_anon_mb"` // the anonymous part of it (heap, stacks)
+	PeerRSSMB   float64 `json:"peer_rss_mb"`      // the other half meanwhile
+	OpenSeconds float64 `json:"open_s"`           // to open and use them all
+	Sampled     int     `json:"sampled"`          // requests on random held connections
 	P50         float64 `json:"p50_ms"`
 	P99         float64 `json:"p99_ms"`
 }

@@ -64,17 +64,21 @@ func (b body) url(base string) string {
 type sidecarRSS struct {
 	Name   string  `json:"name"`
 	IdleMB float64 `json:"rss_idle_mb"` // after start, before any load
-	MaxMB  float64 `json:"rss_max_mb"`  // peak sampled during the max-rate run
+	// IdleAnonMB is the anonymous part of IdleMB (heap, stacks); the rest
+	// is file pages: the binary's text and data, shared libraries.
+	IdleAnonMB float64 `json:"rss_idle_anon_mb"`
+	MaxMB      float64 `json:"rss_max_mb"` // peak sampled during the max-rate run
 }
 
-// sidecarCell formats a row's sidecars for the table: "a/b + c/d".
+// sidecarCell formats a row's sidecars for the table: idle (anon of it) /
+// max, "a(b)/c + d(e)/f".
 func sidecarCell(ss []sidecarRSS) string {
 	if len(ss) == 0 {
 		return "-"
 	}
 	var parts []string
 	for _, s := range ss {
-		parts = append(parts, fmt.Sprintf("%.1f/%.1f", s.IdleMB, s.MaxMB))
+		parts = append(parts, fmt.Sprintf("%.1f(%.1f)/%.1f", s.IdleMB, s.IdleAnonMB, s.MaxMB))
 	}
 	return strings.Join(parts, " + ")
 }
@@ -96,10 +100,13 @@ func halfPids(roots []int) ([][]int, error) {
 }
 
 // groupRSS is the RSS of each group.
-func groupRSS(groups [][]int) ([]uint64, error) {
+func groupRSS(groups [][]int) ([]uint64, error) { return groupStatus(groups, "VmRSS") }
+
+// groupStatus sums a kB field of /proc/PID/status in each group.
+func groupStatus(groups [][]int, key string) ([]uint64, error) {
 	out := make([]uint64, len(groups))
 	for i, g := range groups {
-		n, err := rssBytes(g)
+		n, err := statusSum(g, key)
 		if err != nil {
 			return nil, err
 		}
@@ -108,8 +115,8 @@ func groupRSS(groups [][]int) ([]uint64, error) {
 	return out, nil
 }
 
-// rssPeak samples the RSS of each group every interval until stopped and
-// keeps each group's peak; the first error ends the sampling.
+// rssPeak samples the RSS of each group (read) every interval until
+// stopped and keeps each group's peak; the first error ends the sampling.
 type rssPeak struct {
 	stopc chan struct{}
 	done  chan struct{}
@@ -118,19 +125,19 @@ type rssPeak struct {
 	err   error
 }
 
-func sampleRSS(groups [][]int, every time.Duration) *rssPeak {
-	p := &rssPeak{stopc: make(chan struct{}), done: make(chan struct{}), peak: make([]uint64, len(groups))}
+func sampleRSS(groups int, read func() ([]uint64, error), every time.Duration) *rssPeak {
+	p := &rssPeak{stopc: make(chan struct{}), done: make(chan struct{}), peak: make([]uint64, groups)}
 	go func() {
 		defer close(p.done)
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
-			if !p.sample(groups) {
+			if !p.sample(read) {
 				return
 			}
 			select {
 			case <-p.stopc:
-				p.sample(groups) // the last moment of the run counts too
+				p.sample(read) // the last moment of the run counts too
 				return
 			case <-t.C:
 			}
@@ -139,8 +146,11 @@ func sampleRSS(groups [][]int, every time.Duration) *rssPeak {
 	return p
 }
 
-func (p *rssPeak) sample(groups [][]int) bool {
-	n, err := groupRSS(groups)
+func (p *rssPeak) sample(read func() ([]uint64, error)) bool {
+	n, err := read()
+	if err == nil && len(n) != len(p.peak) {
+		err = fmt.Errorf("rss: %d readings for %d groups", len(n), len(p.peak))
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err != nil {
@@ -180,9 +190,13 @@ func measure(ctx context.Context, h *harness, p path, s settings) ([]result, err
 	if err != nil {
 		return nil, err
 	}
+	anon, err := groupStatus(groups, "RssAnon")
+	if err != nil {
+		return nil, err
+	}
 	var out []result
 	for _, b := range s.bodies {
-		r, err := measureBody(ctx, h, p, s, b, base, roots, idle)
+		r, err := measureBody(ctx, h, p, s, b, base, roots, idle, anon)
 		if err != nil {
 			return out, fmt.Errorf("%s: %w", b.name, err)
 		}
@@ -192,7 +206,7 @@ func measure(ctx context.Context, h *harness, p path, s settings) ([]result, err
 }
 
 // measureBody runs the fixed-rate and the max-rate load of one body.
-func measureBody(ctx context.Context, h *harness, p path, s settings, b body, base string, roots []int, idle []uint64) (result, error) {
+func measureBody(ctx context.Context, h *harness, p path, s settings, b body, base string, roots []int, idle, anon []uint64) (result, error) {
 	url := b.url(base)
 	tag := p.name + "-" + b.name
 	fixed, err := load(ctx, h.fortio, h.dir, loadSpec{name: tag + "-fixed", qps: s.fixedQPS, conns: s.fixedConns, dur: s.fixedDuration, target: url, payload: b.req})
@@ -209,7 +223,7 @@ func measureBody(ctx context.Context, h *harness, p path, s settings, b body, ba
 	if err != nil {
 		return result{}, err
 	}
-	peaks := sampleRSS(groups, 100*time.Millisecond)
+	peaks := sampleRSS(len(groups), func() ([]uint64, error) { return groupRSS(groups) }, 100*time.Millisecond)
 	maxRun, err := load(ctx, h.fortio, h.dir, loadSpec{name: tag + "-max", conns: s.maxConns, dur: s.maxDurtn, target: url, payload: b.req})
 	peak, perr := peaks.stop()
 	if err != nil {
@@ -236,7 +250,7 @@ func measureBody(ctx context.Context, h *harness, p path, s settings, b body, ba
 		RSSMB:  mb(rss),
 	}
 	for i := range roots {
-		r.Sidecars = append(r.Sidecars, sidecarRSS{Name: p.halves[i], IdleMB: mb(idle[i]), MaxMB: mb(peak[i])})
+		r.Sidecars = append(r.Sidecars, sidecarRSS{Name: p.halves[i], IdleMB: mb(idle[i]), IdleAnonMB: mb(anon[i]), MaxMB: mb(peak[i])})
 	}
 	if len(pids) > 0 {
 		r.CPUPerKReq = round((cpu1-cpu0)/(float64(maxRun.requests)/1000), 4)

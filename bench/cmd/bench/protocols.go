@@ -224,6 +224,10 @@ func runIdle(ctx context.Context, s settings, pair *trellisPair) (*idleResult, e
 	if err != nil {
 		return nil, err
 	}
+	heldAnon, err := statusSum([]int{client}, "RssAnon")
+	if err != nil {
+		return nil, err
+	}
 	peer, err := rssBytes([]int{server})
 	if err != nil {
 		return nil, err
@@ -234,7 +238,7 @@ func runIdle(ctx context.Context, s settings, pair *trellisPair) (*idleResult, e
 	}
 	return &idleResult{
 		Connections: len(conns), Sidecar: "client-side (outbound port)",
-		RSSBeforeMB: mb(before), RSSHeldMB: mb(held), PeerRSSMB: mb(peer),
+		RSSBeforeMB: mb(before), RSSHeldMB: mb(held), AnonHeldMB: mb(heldAnon), PeerRSSMB: mb(peer),
 		OpenSeconds: round(opened.Seconds(), 2), Sampled: len(lat),
 		P50: ms(percentile(lat, 50)), P99: ms(percentile(lat, 99)),
 	}, nil
@@ -261,8 +265,8 @@ func printProtocols(w io.Writer, rep protoReport) {
 		fmt.Fprintf(w, "TCP through the pair: %.1f%% of direct (goal >= 50%%)\n", rep.TCPRatio*100)
 	}
 	if i := rep.Idle; i != nil {
-		fmt.Fprintf(w, "\n%d idle keep-alive connections on the %s: RSS %.1f MB (%.1f MB before; other half %.1f MB), opened in %.1fs;\n"+
-			"  then one request on each of %d random ones: p50 %.3f ms, p99 %.3f ms\n",
-			i.Connections, i.Sidecar, i.RSSHeldMB, i.RSSBeforeMB, i.PeerRSSMB, i.OpenSeconds, i.Sampled, i.P50, i.P99)
+		fmt.Fprintf(w, "\n%d idle keep-alive connections on the %s: RSS %.1f MB, %.1f of it anon (%.1f MB before; other half %.1f MB), opened in %.1fs;\n"+
+			"  then one request on each of %d random ones, one at a time: p50 %.3f ms, p99 %.3f ms\n",
+			i.Connections, i.Sidecar, i.RSSHeldMB, i.AnonHeldMB, i.RSSBeforeMB, i.PeerRSSMB, i.OpenSeconds, i.Sampled, i.P50, i.P99)
 	}
 }

@@ -85,7 +85,8 @@ func runStreams(ctx context.Context, target string, n int, dur time.Duration) (s
 		return streamResult{}, fmt.Errorf("grpc stream: %w", err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithCancel(ctx)
+	// A message that never comes back must not hang the run.
+	ctx, cancel := context.WithTimeout(ctx, dur+10*time.Second)
 	defer cancel()
 	lats := make([][]time.Duration, n)
 	errs := make([]error, n)
