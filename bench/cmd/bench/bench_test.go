@@ -544,7 +544,8 @@ func TestWriteChart(t *testing.T) {
 	}
 	for i, c := range bodyColors[:2] {
 		for _, shade := range c {
-			if count[shade] < 100 {
+			// The legend's swatch alone is 120 pixels; bars are thousands.
+			if count[shade] < 2000 {
 				t.Errorf("body %d: colour %v covers %d pixels; want its bars drawn", i, shade, count[shade])
 			}
 		}
@@ -655,19 +656,37 @@ func TestReportJSONShape(t *testing.T) {
 	}
 }
 
-// TestRunRejectsBadFlags: a bad value exits 2 before anything starts.
-func TestRunRejectsBadFlags(t *testing.T) {
-	for _, args := range [][]string{
-		{"-only", "envoy"},
-		{"-bodies", "2KiB"},
-		{"-idle-conns", "-1"},
-		{"-tcp-mib", "0"},
-		{"-grpc-streams", "0"},
+// TestParseSettings: a bad value is refused before anything starts (run
+// exits 2 on it); the defaults are what `make bench` promises.
+func TestParseSettings(t *testing.T) {
+	for _, tt := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"-only", "envoy"}, `unknown path "envoy"`},
+		{[]string{"-bodies", "2KiB"}, `unknown body "2KiB"`},
+		{[]string{"-idle-conns", "-1"}, "must be > 0"},
+		{[]string{"-tcp-mib", "0"}, "must be > 0"},
+		{[]string{"-grpc-streams", "0"}, "must be > 0"},
+		{[]string{"-no-such-flag"}, "usage"},
 	} {
-		var out, errb bytes.Buffer
-		if code := run(args, &out, &errb); code != 2 {
-			t.Errorf("run(%q) = %d, want 2 (stderr %q)", args, code, errb.String())
+		_, err := parseSettings(tt.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("parseSettings(%q) error = %v, want containing %q", tt.args, err, tt.wantErr)
 		}
+	}
+	s, err := parseSettings([]string{"-out", "x/r.json"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.runsProtocols() || s.idleConns != 10000 || s.gcSweep || len(s.bodies) != 2 || s.chart != "x/r.png" || s.tcpBytes != 512<<20 {
+		t.Fatalf("defaults: %+v", s)
+	}
+	if s, _ := parseSettings([]string{"-only", "direct,nginx"}, io.Discard); s.runsProtocols() {
+		t.Fatal("the protocol section runs without the trellis path")
+	}
+	if code := run([]string{"-no-such-flag"}, io.Discard, io.Discard); code != 2 {
+		t.Fatalf("run with a bad flag = %d, want 2", code)
 	}
 }
 
@@ -780,13 +799,19 @@ func connCounter(t *testing.T, h http.HandlerFunc) (*httptest.Server, func() int
 }
 
 // TestHeldConns: each held connection is its own keep-alive connection,
-// and the sampled requests reuse them rather than opening new ones.
+// and the sampled requests reuse them rather than opening new ones, spread
+// over all of them.
 func TestHeldConns(t *testing.T) {
+	var mu sync.Mutex
+	var callers []string
 	srv, conns := connCounter(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Host != "bench-proto" {
 			http.Error(w, "wrong host "+r.Host, http.StatusBadRequest)
 			return
 		}
+		mu.Lock()
+		callers = append(callers, r.RemoteAddr)
+		mu.Unlock()
 		io.WriteString(w, "hello")
 	})
 	a := strings.TrimPrefix(srv.URL, "http://")
@@ -807,6 +832,22 @@ func TestHeldConns(t *testing.T) {
 	}
 	if n := conns(); n != 50 {
 		t.Fatalf("server saw %d connections after sampling, want still 50", n)
+	}
+	// A sample of 10: not simply the first ten opened.
+	mu.Lock()
+	callers = callers[:0]
+	mu.Unlock()
+	if lat, err := sampleHeld(held, "bench-proto", 10, rand.New(rand.NewPCG(3, 4))); err != nil || len(lat) != 10 {
+		t.Fatalf("sample of 10 = %d, %v", len(lat), err)
+	}
+	first := map[string]bool{}
+	for _, hc := range held[:10] {
+		first[hc.c.LocalAddr().String()] = true
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.ContainsFunc(callers, func(a string) bool { return !first[a] }) {
+		t.Fatalf("the sample used only the first ten connections: %v", callers)
 	}
 }
 

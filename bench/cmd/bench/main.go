@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -76,7 +77,11 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+// errUsage: the flags were wrong; the flag package has said why.
+var errUsage = errors.New("bench: usage")
+
+// parseSettings parses and checks the command line.
+func parseSettings(args []string, stderr io.Writer) (settings, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var s settings
@@ -102,22 +107,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&s.gcSweep, "gc-sweep", false, "also run the trellis path (0-byte body) under each GOGC / GOMEMLIMIT setting: "+gcSettingNames())
 	fs.BoolVar(&s.keep, "keep", false, "keep the temp dir (configs, certs, logs) even on success")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return s, errUsage
 	}
 	var err error
 	if s.only, err = selectPaths(*only); err != nil {
-		fmt.Fprintln(stderr, "bench:", err)
-		return 2
+		return s, err
 	}
 	s.tcpBytes = int64(*tcpMiB) << 20
 	s.chart = strings.TrimSuffix(s.out, filepath.Ext(s.out)) + ".png"
 	if s.bodies, err = selectBodies(*bodies); err != nil {
-		fmt.Fprintln(stderr, "bench:", err)
-		return 2
+		return s, err
 	}
 	if s.fixedDuration <= 0 || s.maxDurtn <= 0 || s.fixedQPS <= 0 || s.fixedConns <= 0 || s.maxConns <= 0 ||
 		s.protoDuration <= 0 || s.streams <= 0 || *tcpMiB <= 0 || s.tcpMax <= 0 || s.idleConns < 0 || s.idleSample <= 0 {
-		fmt.Fprintln(stderr, "bench: durations, -fixed-qps, -tcp-mib, -idle-sample and connection and stream counts must be > 0 (-idle-conns >= 0)")
+		return s, errors.New("durations, -fixed-qps, -tcp-mib, -idle-sample and connection and stream counts must be > 0 (-idle-conns >= 0)")
+	}
+	return s, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	s, err := parseSettings(args, stderr)
+	if err != nil {
+		if !errors.Is(err, errUsage) {
+			fmt.Fprintln(stderr, "bench:", err)
+		}
 		return 2
 	}
 
