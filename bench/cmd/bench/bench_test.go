@@ -637,7 +637,7 @@ func TestReportJSONShape(t *testing.T) {
 		}
 	}
 	sc := run["sidecars"].([]any)[0].(map[string]any)
-	for _, k := range []string{"name", "rss_idle_mb", "rss_idle_anon_mb", "rss_max_mb"} {
+	for _, k := range []string{"name", "rss_idle_mb", "rss_idle_anon_mb", "pss_idle_mb", "rss_max_mb"} {
 		if _, ok := sc[k]; !ok {
 			t.Errorf("sidecars[0] has no %q", k)
 		}
@@ -895,5 +895,25 @@ func TestProtoServiceYAML(t *testing.T) {
 		if !strings.HasPrefix(k, svc.Name+":") {
 			t.Errorf("upstream key %q is not %s:PORT", k, svc.Name)
 		}
+	}
+}
+
+// TestProcSumPss: Pss is read from smaps_rollup, and the harness's own is
+// at most its RSS (shared pages are split, never added).
+func TestProcSumPss(t *testing.T) {
+	self := []int{os.Getpid()}
+	pss, err := procSum(self, "smaps_rollup", "Pss")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rss, err := rssBytes(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pss == 0 || pss > rss*11/10 {
+		t.Fatalf("pss %d, rss %d", pss, rss)
+	}
+	if _, err := procSum(self, "status", "NoSuchField"); err == nil || !strings.Contains(err.Error(), "no NoSuchField line") {
+		t.Fatalf("missing field: %v", err)
 	}
 }

@@ -68,7 +68,7 @@ func printGCSweep(w io.Writer, rows []gcRow) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "trellis, 0B, with\tp99 ms\tmax req/s\tproxy CPU-s/1k req\tRSS MB idle(anon)/max per sidecar\t")
+	fmt.Fprintln(tw, "trellis, 0B, with\tp99 ms\tmax req/s\tproxy CPU-s/1k req\tRSS MB idle(anon,pss)/max per sidecar\t")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%.3f\t%.0f\t%.4f\t%s\t\n", r.Setting, r.P99, r.MaxRPS, r.CPUPerKReq, sidecarCell(r.Sidecars))
 	}

@@ -312,7 +312,7 @@ func round(v float64, places int) float64 {
 
 func printTable(w io.Writer, rs []result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\tbody\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax req/s\tproxy CPU-s/1k req\tproxy RSS MB\tRSS MB idle(anon)/max per sidecar\t")
+	fmt.Fprintln(tw, "path\tbody\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax req/s\tproxy CPU-s/1k req\tproxy RSS MB\tRSS MB idle(anon,pss)/max per sidecar\t")
 	for _, r := range rs {
 		fmt.Fprintf(tw, "%s\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f\t%.4f\t%.1f\t%s\t\n", r.Name, r.Body, r.P50, r.P90, r.P99, r.P999, r.MaxRPS, r.CPUPerKReq, r.RSSMB, sidecarCell(r.Sidecars))
 	}

@@ -67,18 +67,22 @@ type sidecarRSS struct {
 	// IdleAnonMB is the anonymous part of IdleMB (heap, stacks); the rest
 	// is file pages: the binary's text and data, shared libraries.
 	IdleAnonMB float64 `json:"rss_idle_anon_mb"`
-	MaxMB      float64 `json:"rss_max_mb"` // peak sampled during the max-rate run
+	// IdlePssMB is the idle proportional set size: shared pages (the
+	// binary's, shared by both halves of a pair) split among the processes
+	// that map them.
+	IdlePssMB float64 `json:"pss_idle_mb"`
+	MaxMB     float64 `json:"rss_max_mb"` // peak sampled during the max-rate run
 }
 
-// sidecarCell formats a row's sidecars for the table: idle (anon of it) /
-// max, "a(b)/c + d(e)/f".
+// sidecarCell formats a row's sidecars for the table: idle (anon of it,
+// pss) / max, "a(b,c)/d + ...".
 func sidecarCell(ss []sidecarRSS) string {
 	if len(ss) == 0 {
 		return "-"
 	}
 	var parts []string
 	for _, s := range ss {
-		parts = append(parts, fmt.Sprintf("%.1f(%.1f)/%.1f", s.IdleMB, s.IdleAnonMB, s.MaxMB))
+		parts = append(parts, fmt.Sprintf("%.1f(%.1f,%.1f)/%.1f", s.IdleMB, s.IdleAnonMB, s.IdlePssMB, s.MaxMB))
 	}
 	return strings.Join(parts, " + ")
 }
@@ -104,9 +108,14 @@ func groupRSS(groups [][]int) ([]uint64, error) { return groupStatus(groups, "Vm
 
 // groupStatus sums a kB field of /proc/PID/status in each group.
 func groupStatus(groups [][]int, key string) ([]uint64, error) {
+	return groupProc(groups, "status", key)
+}
+
+// groupProc sums a kB field of /proc/PID/<file> in each group.
+func groupProc(groups [][]int, file, key string) ([]uint64, error) {
 	out := make([]uint64, len(groups))
 	for i, g := range groups {
-		n, err := statusSum(g, key)
+		n, err := procSum(g, file, key)
 		if err != nil {
 			return nil, err
 		}
@@ -194,9 +203,13 @@ func measure(ctx context.Context, h *harness, p path, s settings) ([]result, err
 	if err != nil {
 		return nil, err
 	}
+	pss, err := groupProc(groups, "smaps_rollup", "Pss")
+	if err != nil {
+		return nil, err
+	}
 	var out []result
 	for _, b := range s.bodies {
-		r, err := measureBody(ctx, h, p, s, b, base, roots, idle, anon)
+		r, err := measureBody(ctx, h, p, s, b, base, roots, idle, anon, pss)
 		if err != nil {
 			return out, fmt.Errorf("%s: %w", b.name, err)
 		}
@@ -206,7 +219,7 @@ func measure(ctx context.Context, h *harness, p path, s settings) ([]result, err
 }
 
 // measureBody runs the fixed-rate and the max-rate load of one body.
-func measureBody(ctx context.Context, h *harness, p path, s settings, b body, base string, roots []int, idle, anon []uint64) (result, error) {
+func measureBody(ctx context.Context, h *harness, p path, s settings, b body, base string, roots []int, idle, anon, pss []uint64) (result, error) {
 	url := b.url(base)
 	tag := p.name + "-" + b.name
 	fixed, err := load(ctx, h.fortio, h.dir, loadSpec{name: tag + "-fixed", qps: s.fixedQPS, conns: s.fixedConns, dur: s.fixedDuration, target: url, payload: b.req})
@@ -250,7 +263,7 @@ func measureBody(ctx context.Context, h *harness, p path, s settings, b body, ba
 		RSSMB:  mb(rss),
 	}
 	for i := range roots {
-		r.Sidecars = append(r.Sidecars, sidecarRSS{Name: p.halves[i], IdleMB: mb(idle[i]), IdleAnonMB: mb(anon[i]), MaxMB: mb(peak[i])})
+		r.Sidecars = append(r.Sidecars, sidecarRSS{Name: p.halves[i], IdleMB: mb(idle[i]), IdleAnonMB: mb(anon[i]), IdlePssMB: mb(pss[i]), MaxMB: mb(peak[i])})
 	}
 	if len(pids) > 0 {
 		r.CPUPerKReq = round((cpu1-cpu0)/(float64(maxRun.requests)/1000), 4)

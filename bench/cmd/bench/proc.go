@@ -146,10 +146,15 @@ func cpuSeconds(pids []int) (float64, error) {
 func rssBytes(pids []int) (uint64, error) { return statusSum(pids, "VmRSS") }
 
 // statusSum sums a kB field of /proc/PID/status over pids.
-func statusSum(pids []int, key string) (uint64, error) {
+func statusSum(pids []int, key string) (uint64, error) { return procSum(pids, "status", key) }
+
+// procSum sums a "<key>: <n> kB" field of /proc/PID/<file> over pids
+// (status; smaps_rollup for Pss, which splits each shared page among the
+// processes that map it).
+func procSum(pids []int, file, key string) (uint64, error) {
 	var sum uint64
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
 		if err != nil {
 			return 0, fmt.Errorf("rss of pid %d: %w", pid, err)
 		}
