@@ -917,3 +917,40 @@ func TestProcSumPss(t *testing.T) {
 		t.Fatalf("missing field: %v", err)
 	}
 }
+
+func TestChartLabel(t *testing.T) {
+	for _, tt := range []struct {
+		v    float64
+		d    int
+		want string
+	}{{0.838, 2, "0.84"}, {9.994, 2, "9.99"}, {16.349, 2, "16.3"}, {23025.4, 0, "23025"}} {
+		if got := label(tt.v, tt.d); got != tt.want {
+			t.Errorf("label(%v, %d) = %q, want %q", tt.v, tt.d, got, tt.want)
+		}
+	}
+}
+
+// TestChartFrom: -chart-from redraws the chart of a saved report and runs
+// nothing else; a report that is not JSON is an error.
+func TestChartFrom(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "latest.json")
+	if err := writeReport(f, report{Runs: chartRuns()}); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if code := run([]string{"-chart-from", f}, &out, io.Discard); code != 0 {
+		t.Fatalf("run -chart-from = %d", code)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "latest.png")); err != nil || fi.Size() == 0 {
+		t.Fatalf("latest.png: %v", err)
+	}
+	bad := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(bad, []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	if code := run([]string{"-chart-from", bad}, io.Discard, &errb); code != 1 || !strings.Contains(errb.String(), "bad.json") {
+		t.Fatalf("run -chart-from bad.json = %d, %q", code, errb.String())
+	}
+}

@@ -152,7 +152,7 @@ func renderChart(rs []result) (*image.RGBA, error) {
 			chartSeries{"p99 " + b.name, b.name, c[1], func(r result) float64 { return r.P99 }})
 		rps = append(rps, chartSeries{b.name, b.name, c[0], func(r result) float64 { return r.MaxRPS }})
 	}
-	panel(img, rs, groups, lat, 70, 690, "latency at the fixed rate, ms", 3)
+	panel(img, rs, groups, lat, 70, 690, "latency at the fixed rate, ms", 2)
 	panel(img, rs, groups, rps, 770, 1180, "max req/s (light shade of each body)", 0)
 	legend(img, 20, 44, lat)
 	return img, nil
@@ -181,7 +181,7 @@ func panel(img *image.RGBA, rs []result, groups []string, series []chartSeries, 
 	fill(img, image.Rect(x0, chartBottom, x1, chartBottom+1), colInk)
 	for _, b := range layoutBars(rs, groups, series, x0, x1, vmax) {
 		fill(img, b.rect, b.col)
-		v := strconv.FormatFloat(b.value, 'f', decimals, 64)
+		v := label(b.value, decimals)
 		// Values stand above their bars, each in its own column of text.
 		cx := (b.rect.Min.X + b.rect.Max.X) / 2
 		if b.rect.Dx() >= 7*len(v) {
@@ -195,6 +195,15 @@ func panel(img *image.RGBA, rs []result, groups []string, series []chartSeries, 
 		cx := x0 + g*groupW + groupW/2
 		text(img, cx-7*len(name)/2, chartBottom+18, colInk, name)
 	}
+}
+
+// label formats a bar's value: decimals places, one fewer from 10 up (a
+// latency of 16.3 ms needs no third digit, and must fit its bar).
+func label(v float64, decimals int) string {
+	if decimals > 1 && v >= 10 {
+		decimals = 1
+	}
+	return strconv.FormatFloat(v, 'f', decimals, 64)
 }
 
 func legend(img *image.RGBA, x, y int, series []chartSeries) {

@@ -70,7 +70,8 @@ type settings struct {
 	idleConns     int           // idle keep-alive connections; 0: none
 	idleSample    int           // requests on random ones of them
 	gcSweep       bool          // gcsweep.go
-	chart         string        // PNG written beside the JSON; "" none
+	chart         string        // PNG written beside the JSON
+	chartFrom     string        // only redraw the chart of this latest.json
 }
 
 func main() {
@@ -105,6 +106,7 @@ func parseSettings(args []string, stderr io.Writer) (settings, error) {
 	fs.IntVar(&s.idleConns, "idle-conns", 10000, "idle keep-alive connections held on the client side's outbound port (0: skip)")
 	fs.IntVar(&s.idleSample, "idle-sample", 1000, "requests sent, one at a time, on random idle connections")
 	fs.BoolVar(&s.gcSweep, "gc-sweep", false, "also run the trellis path (0-byte body) under each GOGC / GOMEMLIMIT setting: "+gcSettingNames())
+	fs.StringVar(&s.chartFrom, "chart-from", "", "run nothing: redraw the chart of this JSON report beside it (FILE.png)")
 	fs.BoolVar(&s.keep, "keep", false, "keep the temp dir (configs, certs, logs) even on success")
 	if err := fs.Parse(args); err != nil {
 		return s, errUsage
@@ -114,7 +116,7 @@ func parseSettings(args []string, stderr io.Writer) (settings, error) {
 		return s, err
 	}
 	s.tcpBytes = int64(*tcpMiB) << 20
-	s.chart = strings.TrimSuffix(s.out, filepath.Ext(s.out)) + ".png"
+	s.chart = pngBeside(s.out)
 	if s.bodies, err = selectBodies(*bodies); err != nil {
 		return s, err
 	}
@@ -134,6 +136,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
+	if s.chartFrom != "" {
+		return redrawChart(s.chartFrom, stdout, stderr)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := bench(ctx, s, stderr)
@@ -317,6 +322,30 @@ func printTable(w io.Writer, rs []result) {
 		fmt.Fprintf(tw, "%s\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f\t%.4f\t%.1f\t%s\t\n", r.Name, r.Body, r.P50, r.P90, r.P99, r.P999, r.MaxRPS, r.CPUPerKReq, r.RSSMB, sidecarCell(r.Sidecars))
 	}
 	tw.Flush()
+}
+
+func pngBeside(jsonPath string) string {
+	return strings.TrimSuffix(jsonPath, filepath.Ext(jsonPath)) + ".png"
+}
+
+// redrawChart draws the chart of the report in path beside it.
+func redrawChart(path string, stdout, stderr io.Writer) int {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		var rep report
+		if err = json.Unmarshal(b, &rep); err == nil {
+			var wrote bool
+			if wrote, err = writeChart(pngBeside(path), rep.Runs); err == nil && !wrote {
+				err = errNoChartData
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bench: -chart-from %s: %v\n", path, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "wrote %s\n", pngBeside(path))
+	return 0
 }
 
 func writeReport(path string, rep report) error {
