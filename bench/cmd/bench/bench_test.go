@@ -954,3 +954,53 @@ func TestChartFrom(t *testing.T) {
 		t.Fatalf("run -chart-from bad.json = %d, %q", code, errb.String())
 	}
 }
+
+// TestTargets: each figure against haproxy's of the same body, or its
+// fixed goal, met or not; nothing for rows that did not run.
+func TestTargets(t *testing.T) {
+	sc := func(idle, max float64) []sidecarRSS {
+		return []sidecarRSS{{Name: "server-side", IdleMB: idle, MaxMB: max}, {Name: "client-side", IdleMB: idle, MaxMB: max}}
+	}
+	rep := report{
+		Runs: []result{
+			{Name: "trellis", Body: "0B", P50: 1, P99: 3, MaxRPS: 12000, CPUPerKReq: 0.08, Sidecars: sc(14, 31)},
+			{Name: "haproxy", Body: "0B", P50: 2, P99: 2, MaxRPS: 10000, CPUPerKReq: 0.1},
+			{Name: "trellis", Body: "1KiB", P50: 1, P99: 1, MaxRPS: 100, CPUPerKReq: 1, Sidecars: sc(14, 20)},
+		},
+		protoReport: protoReport{TCPRatio: 0.4, Idle: &idleResult{Connections: 10000, RSSHeldMB: 90, P99: 1}},
+	}
+	got := map[string]target{}
+	for _, tg := range targets(rep) {
+		got[tg.Name] = tg
+	}
+	for name, want := range map[string]struct {
+		v   float64
+		met bool
+	}{
+		"p50 at 1,000 req/s vs haproxy, 0B":                            {0.5, true},
+		"p99 at 1,000 req/s vs haproxy, 0B":                            {1.5, false},
+		"max req/s vs haproxy, 0B":                                     {1.2, true},
+		"CPU-s per 1k requests vs haproxy, 0B":                         {0.8, true},
+		"RSS MB idle, server-side":                                     {14, true},
+		"RSS MB at max req/s, client-side, 0B":                         {31, false},
+		"RSS MB at max req/s, client-side, 1KiB":                       {20, true},
+		"TCP bulk MiB/s vs direct":                                     {0.4, false},
+		"RSS MB holding 10000 idle connections":                        {90, true},
+		"p99 on a held connection vs haproxy's p99 at 1,000 req/s, 0B": {0.5, true},
+	} {
+		tg, ok := got[name]
+		if !ok {
+			t.Errorf("no target %q", name)
+			continue
+		}
+		if tg.Value != want.v || tg.Met != want.met {
+			t.Errorf("%s = %v met %v; want %v met %v", name, tg.Value, tg.Met, want.v, want.met)
+		}
+	}
+	if _, ok := got["p99 at 1,000 req/s vs haproxy, 1KiB"]; ok {
+		t.Error("a 1KiB ratio without a 1KiB haproxy row")
+	}
+	if len(got) != 13 { // the ten above, the client side's idle RSS, the server side's max RSSes
+		t.Errorf("%d targets: %v", len(got), got)
+	}
+}

@@ -48,6 +48,8 @@ type report struct {
 	protoReport
 	// GCSweep: the trellis path under GOGC / GOMEMLIMIT settings (gcsweep.go).
 	GCSweep []gcRow `json:"gc_sweep,omitempty"`
+	// Targets: issue 13's list checked against this run (targets.go).
+	Targets []target `json:"targets,omitempty"`
 }
 
 // settings of one invocation.
@@ -148,6 +150,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		printOverheads(stdout, rep.Overhead)
 		printProtocols(stdout, rep.protoReport)
 		printGCSweep(stdout, rep.GCSweep)
+		rep.Targets = targets(rep)
+		printTargets(stdout, rep.Targets)
 		if werr := writeReport(s.out, rep); werr != nil {
 			fmt.Fprintln(stderr, "bench:", werr)
 			return 1
