@@ -969,8 +969,12 @@ func TestTargets(t *testing.T) {
 		},
 		protoReport: protoReport{TCPRatio: 0.4, Idle: &idleResult{Connections: 10000, RSSHeldMB: 90, P99: 1}},
 	}
+	all := targets(rep)
 	got := map[string]target{}
-	for _, tg := range targets(rep) {
+	for _, tg := range all {
+		if _, dup := got[tg.Name]; dup {
+			t.Errorf("target %q twice", tg.Name)
+		}
 		got[tg.Name] = tg
 	}
 	for name, want := range map[string]struct {
@@ -1000,7 +1004,7 @@ func TestTargets(t *testing.T) {
 	if _, ok := got["p99 at 1,000 req/s vs haproxy, 1KiB"]; ok {
 		t.Error("a 1KiB ratio without a 1KiB haproxy row")
 	}
-	if len(got) != 13 { // the ten above, the client side's idle RSS, the server side's max RSSes
-		t.Errorf("%d targets: %v", len(got), got)
+	if len(all) != 13 { // the ten above, the client side's idle RSS, the server side's max RSSes
+		t.Errorf("%d targets: %v", len(all), all)
 	}
 }
