@@ -56,9 +56,11 @@ check-generate: generate
 fortio:
 	@test -x $(GOBIN)/fortio || $(GO) install fortio.org/fortio@v1.66.5
 
-# Direct path vs Trellis vs HAProxy vs nginx; writes bench/results/latest.json.
+# Direct path vs Trellis vs HAProxy vs nginx, 0-byte and 1 KiB bodies, then
+# gRPC, TCP bulk and 10,000 idle connections; writes bench/results/latest.json
+# and latest.png. BENCH_FLAGS passes more (e.g. -gc-sweep, -only trellis,haproxy).
 bench: build fortio
-	$(GO) run ./bench/cmd/bench -trellis $(BIN)
+	$(GO) run ./bench/cmd/bench -trellis $(BIN) $(BENCH_FLAGS)
 
 # The control plane's scale harness: one trellis control, 100/300/1000
 # simulated proxies over 500 services; writes bench/results/scale.json.

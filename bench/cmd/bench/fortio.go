@@ -39,9 +39,16 @@ type fortioJSON struct {
 	RetCodes map[string]int64
 }
 
+// Fortio's RetCodes key of a successful call: the HTTP status, or for
+// -grpc -ping the health status it maps a good ping to.
+const (
+	okHTTP = "200"
+	okGRPC = "SERVING"
+)
+
 // parseFortio parses fortio's -json output and checks it has what the
-// report needs.
-func parseFortio(data []byte) (loadResult, error) {
+// report needs; calls whose RetCodes key is not ok count as errors.
+func parseFortio(data []byte, ok string) (loadResult, error) {
 	var f fortioJSON
 	if err := json.Unmarshal(data, &f); err != nil {
 		return loadResult{}, fmt.Errorf("fortio json: %w", err)
@@ -69,7 +76,7 @@ func parseFortio(data []byte) (loadResult, error) {
 		if n < 0 {
 			return loadResult{}, fmt.Errorf("fortio json: RetCodes[%s]: negative count %d", code, n)
 		}
-		if c, err := strconv.Atoi(code); err != nil || c != 200 {
+		if code != ok {
 			r.errors += n
 		}
 	}
@@ -107,33 +114,57 @@ func trimNL(b []byte) []byte {
 	return b
 }
 
-// load runs one fortio load against url and parses its result.
-func load(ctx context.Context, fortio, dir, name string, qps, conns int, dur time.Duration, url string) (loadResult, error) {
-	jsonPath := filepath.Join(dir, name+".json")
-	logPath := filepath.Join(dir, name+".log")
+// loadSpec is one fortio load run.
+type loadSpec struct {
+	name       string // file names in the temp dir: NAME.json, NAME.log
+	qps, conns int    // qps 0: as fast as it goes
+	dur        time.Duration
+	target     string // URL, or host:port with grpc
+	payload    int    // request body bytes (fortio then POSTs); 0: GET
+	grpc       bool   // fortio's gRPC ping client instead of HTTP
+}
+
+func (l loadSpec) args(jsonPath string) []string {
+	a := []string{"load", "-qps", strconv.Itoa(l.qps), "-c", strconv.Itoa(l.conns), "-t", l.dur.String(),
+		"-p", percentileFlag, "-json", jsonPath, "-loglevel", "warning"}
+	if l.payload > 0 {
+		a = append(a, "-payload-size", strconv.Itoa(l.payload))
+	}
+	if l.grpc {
+		a = append(a, "-grpc", "-ping")
+	}
+	return append(a, l.target)
+}
+
+// load runs one fortio load and parses its result.
+func load(ctx context.Context, fortio, dir string, l loadSpec) (loadResult, error) {
+	jsonPath := filepath.Join(dir, l.name+".json")
+	logPath := filepath.Join(dir, l.name+".log")
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return loadResult{}, err
 	}
 	defer lf.Close()
-	cmd := exec.CommandContext(ctx, fortio, "load",
-		"-qps", strconv.Itoa(qps), "-c", strconv.Itoa(conns), "-t", dur.String(),
-		"-p", percentileFlag, "-json", jsonPath, "-loglevel", "warning", url)
+	cmd := exec.CommandContext(ctx, fortio, l.args(jsonPath)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Run(); err != nil {
-		return loadResult{}, fmt.Errorf("fortio load %s: %w; last log lines:\n%s", name, err, tail(logPath, 15))
+		return loadResult{}, fmt.Errorf("fortio load %s: %w; last log lines:\n%s", l.name, err, tail(logPath, 15))
 	}
 	b, err := os.ReadFile(jsonPath)
 	if err != nil {
 		return loadResult{}, err
 	}
-	r, err := parseFortio(b)
+	ok := okHTTP
+	if l.grpc {
+		ok = okGRPC
+	}
+	r, err := parseFortio(b, ok)
 	if err != nil {
-		return loadResult{}, fmt.Errorf("%s: %w", name, err)
+		return loadResult{}, fmt.Errorf("%s: %w", l.name, err)
 	}
 	// A proxy that answers errors fast would look fast: refuse the run.
 	if r.errors*1000 > r.requests {
-		return r, fmt.Errorf("%s: %d of %d requests were not 200 (see %s)", name, r.errors, r.requests, logPath)
+		return r, fmt.Errorf("%s: %d of %d requests were not %s (see %s)", l.name, r.errors, r.requests, ok, logPath)
 	}
 	return r, nil
 }

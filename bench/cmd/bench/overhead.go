@@ -24,31 +24,31 @@ const baselinePath = "trellis-nometrics"
 // more than with metrics off).
 type overhead struct {
 	Name     string  `json:"name"`
+	Body     string  `json:"body"`
 	CPURatio float64 `json:"cpu_ratio_vs_nometrics"`
 	P99Ratio float64 `json:"p99_ratio_vs_nometrics"`
 }
 
-// overheads compares every other Trellis row with the baseline; none
-// unless the baseline ran and spent CPU.
+// overheads compares every other Trellis row with the baseline row of the
+// same body; none for a body whose baseline did not run or spent no CPU.
 func overheads(rs []result) []overhead {
-	var base *result
-	for i := range rs {
-		if rs[i].Name == baselinePath {
-			base = &rs[i]
+	base := make(map[string]result)
+	for _, r := range rs {
+		if r.Name == baselinePath && r.CPUPerKReq > 0 && r.P99 > 0 {
+			base[r.Body] = r
 		}
-	}
-	if base == nil || base.CPUPerKReq <= 0 || base.P99 <= 0 {
-		return nil
 	}
 	var out []overhead
 	for _, r := range rs {
-		if r.Name == baselinePath || !strings.HasPrefix(r.Name, "trellis") {
+		b, ok := base[r.Body]
+		if !ok || r.Name == baselinePath || !strings.HasPrefix(r.Name, "trellis") {
 			continue
 		}
 		out = append(out, overhead{
 			Name:     r.Name,
-			CPURatio: round(r.CPUPerKReq/base.CPUPerKReq, 3),
-			P99Ratio: round(r.P99/base.P99, 3),
+			Body:     r.Body,
+			CPURatio: round(r.CPUPerKReq/b.CPUPerKReq, 3),
+			P99Ratio: round(r.P99/b.P99, 3),
 		})
 	}
 	return out
@@ -60,6 +60,6 @@ func printOverheads(w io.Writer, rows []overhead) {
 	}
 	fmt.Fprintf(w, "\nagainst %s (both proxies --disable-metrics), same run:\n", baselinePath)
 	for _, o := range rows {
-		fmt.Fprintf(w, "  %-18s CPU per request ×%.3f (%+.1f%%), p99 ×%.3f\n", o.Name, o.CPURatio, (o.CPURatio-1)*100, o.P99Ratio)
+		fmt.Fprintf(w, "  %-18s %-9s CPU per request ×%.3f (%+.1f%%), p99 ×%.3f\n", o.Name, o.Body, o.CPURatio, (o.CPURatio-1)*100, o.P99Ratio)
 	}
 }

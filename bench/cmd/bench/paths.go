@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,21 +17,28 @@ import (
 
 // A path is one way from the load generator to the fortio server. start
 // brings it up under sup and returns the URL to load and the root pids of
-// its proxy processes (nil for the direct path).
+// its proxy processes (nil for the direct path), one per half, named by
+// halves in the same order.
 type path struct {
-	name  string
-	start func(ctx context.Context, h *harness, sup *supervisor) (url string, roots []int, err error)
+	name   string
+	start  func(ctx context.Context, h *harness, sup *supervisor) (url string, roots []int, err error)
+	halves []string
 }
 
+var (
+	trellisHalves = []string{"server-side", "client-side"}
+	pairHalves    = []string{"back", "front"}
+)
+
 var allPaths = []path{
-	{"direct", startDirect},
-	{"trellis", startTrellis},
-	{"trellis-nometrics", startTrellisNoMetrics},
-	{"trellis-authz", startTrellisAuthz},
-	{"trellis-tracing", startTrellisTracing},
-	{"trellis-accesslog", startTrellisAccessLog},
-	{"haproxy", startHAProxy},
-	{"nginx", startNginx},
+	{"direct", startDirect, nil},
+	{"trellis", startTrellis, trellisHalves},
+	{"trellis-nometrics", startTrellisNoMetrics, trellisHalves},
+	{"trellis-authz", startTrellisAuthz, trellisHalves},
+	{"trellis-tracing", startTrellisTracing, trellisHalves},
+	{"trellis-accesslog", startTrellisAccessLog, trellisHalves},
+	{"haproxy", startHAProxy, pairHalves},
+	{"nginx", startNginx, pairHalves},
 }
 
 // harness holds what every path needs.
@@ -42,7 +50,8 @@ type harness struct {
 	nginx      string
 	gomaxprocs int
 	certs      certFiles
-	server     string // fortio server host:port
+	server     string // fortio server host:port (HTTP)
+	serverGRPC string // the same fortio server's gRPC (ping) port
 	// otlp is the OTLP/gRPC sink the tracing path exports to (observe.go);
 	// nil unless that path runs.
 	otlp *otlpSink
@@ -95,26 +104,32 @@ func probeTCP(a string) error {
 	return c.Close()
 }
 
-// startServer runs the fortio echo server, with every listener but HTTP
-// disabled so nothing binds beyond loopback.
+// startServer runs the fortio echo server, with every listener but HTTP and
+// gRPC disabled so nothing binds beyond loopback; it sets h.serverGRPC.
 func startServer(ctx context.Context, h *harness, sup *supervisor) (string, error) {
-	ports, err := freePorts(1)
+	ports, err := freePorts(2)
 	if err != nil {
 		return "", err
 	}
 	a := addr(ports[0])
+	h.serverGRPC = addr(ports[1])
 	data := filepath.Join(h.dir, "fortio-data")
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return "", err
 	}
 	p, err := sup.start("fortio-server", h.fortio, []string{"server",
-		"-http-port", a, "-grpc-port", "disabled", "-redirect-port", "disabled",
+		"-http-port", a, "-grpc-port", h.serverGRPC, "-redirect-port", "disabled",
 		"-tcp-port", "disabled", "-udp-port", "disabled", "-data-dir", data, "-loglevel", "warning",
 	}, nil)
 	if err != nil {
 		return "", err
 	}
-	if err := waitReady(ctx, p, 10*time.Second, func() error { return probeHTTP("http://" + a + "/") }); err != nil {
+	if err := waitReady(ctx, p, 10*time.Second, func() error {
+		if err := probeHTTP("http://" + a + "/"); err != nil {
+			return err
+		}
+		return probeTCP(h.serverGRPC)
+	}); err != nil {
 		return "", err
 	}
 	return a, nil
@@ -157,32 +172,79 @@ func authzPolicy(n int) string {
 // (with the trellis CLI) before the proxies start; extra, when set, gives
 // each half's proxy more flags.
 func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy string, extra func(half string) []string) (string, []int, error) {
-	if _, err := os.Stat(h.trellis); err != nil {
-		return "", nil, fmt.Errorf("trellis binary %s: %w (build it with `make build` or pass -trellis)", h.trellis, err)
-	}
-	p, err := freePorts(10)
+	pr, err := startTrellisPair(ctx, h, sup, trellisOpts{apply: policy, extra: extra})
 	if err != nil {
 		return "", nil, err
 	}
-	grpc, admin, srvIn, srvOut, srvAdmin, cliIn, cliOut, cliAdmin, upstream, metrics := p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
+	return pr.url, pr.roots, nil
+}
+
+// trellisOpts shape one Trellis pair. The zero value is the trellis path:
+// service bench-server in front of the fortio server, one upstream port.
+type trellisOpts struct {
+	apply string                     // YAML applied before the proxies start
+	extra func(half string) []string // more flags per half ("server", "client")
+	env   []string                   // more environment for both proxies (GOGC=...)
+	// service is the server side's Service (default bench-server); its
+	// first port is the app at the fortio server.
+	service string
+	// upstreams are the client side's per-upstream port keys (default
+	// [service]); the first one's URL is probed and returned.
+	upstreams []string
+	// ready, when set, replaces the probe of the first upstream's URL.
+	ready func(*trellisPair) error
+}
+
+// trellisPair is a running Trellis pair.
+type trellisPair struct {
+	url       string            // http:// URL of the first upstream port
+	upstreams map[string]string // upstream key -> listen address
+	outbound  string            // the client side's explicit HTTP proxy port
+	roots     []int             // server-side, client-side proxy pids
+}
+
+// startTrellisPair runs a control plane and two proxies with the real CLI:
+// client → outbound (per-upstream port) → mTLS → inbound → server.
+func startTrellisPair(ctx context.Context, h *harness, sup *supervisor, o trellisOpts) (*trellisPair, error) {
+	if _, err := os.Stat(h.trellis); err != nil {
+		return nil, fmt.Errorf("trellis binary %s: %w (build it with `make build` or pass -trellis)", h.trellis, err)
+	}
+	if o.service == "" {
+		o.service = "bench-server"
+	}
+	if len(o.upstreams) == 0 {
+		o.upstreams = []string{o.service}
+	}
+	p, err := freePorts(9 + len(o.upstreams))
+	if err != nil {
+		return nil, err
+	}
+	grpc, admin, srvIn, srvOut, srvAdmin, cliIn, cliOut, cliAdmin, metrics := p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
+	pair := &trellisPair{upstreams: make(map[string]string), outbound: addr(cliOut)}
+	var upFlags []string
+	for i, key := range o.upstreams {
+		pair.upstreams[key] = addr(p[9+i])
+		upFlags = append(upFlags, "--upstream", key+"="+addr(p[9+i]))
+	}
 	// A fresh data dir per path: a stored endpoint of an earlier path's
 	// proxies would outlive them by its lease (leases survive a restart).
 	data, err := os.MkdirTemp(h.dir, "trellis-control-")
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	var env []string
+	var ctlEnv []string
 	if h.gomaxprocs > 0 {
-		env = append(env, "GOMAXPROCS="+strconv.Itoa(h.gomaxprocs))
+		ctlEnv = append(ctlEnv, "GOMAXPROCS="+strconv.Itoa(h.gomaxprocs))
 	}
+	env := append(slices.Clip(ctlEnv), o.env...)
 
 	ctl, err := sup.start("trellis-control", h.trellis, []string{"control",
 		"--data-dir", data, "--grpc-addr", addr(grpc), "--admin-addr", addr(admin),
 		"--metrics-addr", addr(metrics),
 		// A throwaway benchmark mesh: dev mode's shared bootstrap token.
-		"--insecure-bootstrap-token"}, env)
+		"--insecure-bootstrap-token"}, ctlEnv)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	caFile, tokenFile := filepath.Join(data, "ca.crt"), filepath.Join(data, "bootstrap-token")
 	err = waitReady(ctx, ctl, 30*time.Second, func() error {
@@ -194,41 +256,46 @@ func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy s
 		return probeTCP(addr(grpc))
 	})
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	if policy != "" {
-		if err := applyPolicy(ctx, h, data, policy); err != nil {
-			return "", nil, err
+	if o.apply != "" {
+		if err := applyPolicy(ctx, h, data, o.apply); err != nil {
+			return nil, err
 		}
 	}
 
 	common := []string{"proxy", "--control", addr(grpc), "--ca-file", caFile, "--token-file", tokenFile}
 	srv, err := sup.start("trellis-proxy-server", h.trellis, append(common[:len(common):len(common)],
-		append([]string{"--service", "bench-server", "--app", h.server,
-			"--inbound", addr(srvIn), "--outbound", addr(srvOut), "--admin", addr(srvAdmin)}, extraFor(extra, "server")...)...), env)
+		append([]string{"--service", o.service, "--app", h.server,
+			"--inbound", addr(srvIn), "--outbound", addr(srvOut), "--admin", addr(srvAdmin)}, extraFor(o.extra, "server")...)...), env)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	if err := waitReady(ctx, srv, 30*time.Second, func() error { return probeHTTP("http://" + addr(srvAdmin) + "/ready") }); err != nil {
-		return "", nil, err
+		return nil, err
 	}
+	cliArgs := append([]string{"--service", "bench-client", // client-only: no --app, so no health check of one
+		"--inbound", addr(cliIn), "--outbound", addr(cliOut), "--admin", addr(cliAdmin)}, upFlags...)
 	cli, err := sup.start("trellis-proxy-client", h.trellis, append(common[:len(common):len(common)],
-		append([]string{"--service", "bench-client", // client-only: no --app, so no health check of one
-			"--inbound", addr(cliIn), "--outbound", addr(cliOut), "--admin", addr(cliAdmin),
-			"--upstream", "bench-server=" + addr(upstream)}, extraFor(extra, "client")...)...), env)
+		append(cliArgs, extraFor(o.extra, "client")...)...), env)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	if err := waitReady(ctx, cli, 30*time.Second, func() error { return probeHTTP("http://" + addr(cliAdmin) + "/ready") }); err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	url := "http://" + addr(upstream) + "/"
+	pair.url = "http://" + pair.upstreams[o.upstreams[0]] + "/"
+	pair.roots = []int{srv.pid(), cli.pid()}
+	ready := o.ready
+	if ready == nil {
+		ready = func(p *trellisPair) error { return probeHTTP(p.url) }
+	}
 	// Ready proxies may still be waiting for the server's endpoint to reach
 	// the client's snapshot: wait for one request to go through.
-	if err := waitReady(ctx, cli, 30*time.Second, func() error { return probeHTTP(url) }); err != nil {
-		return "", nil, err
+	if err := waitReady(ctx, cli, 30*time.Second, func() error { return ready(pair) }); err != nil {
+		return nil, err
 	}
-	return url, []int{srv.pid(), cli.pid()}, nil
+	return pair, nil
 }
 
 // HAProxy: one thread per half (nbthread 1), HTTP/1.1 keep-alive with
@@ -394,9 +461,10 @@ func pathNames() string {
 	return strings.Join(n, ",")
 }
 
-// applyPolicy applies yaml to the control plane in data with the CLI.
+// applyPolicy applies yaml (policies, Services) to the control plane in
+// data with the CLI.
 func applyPolicy(ctx context.Context, h *harness, data, yaml string) error {
-	f := filepath.Join(h.dir, "authz-policy.yaml")
+	f := filepath.Join(data, "apply.yaml")
 	if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
 		return err
 	}

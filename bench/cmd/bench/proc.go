@@ -57,24 +57,29 @@ func parseStat(data []byte) (procStat, error) {
 }
 
 // parseVmRSS returns VmRSS in bytes from the contents of /proc/PID/status.
-func parseVmRSS(data []byte) (uint64, error) {
+func parseVmRSS(data []byte) (uint64, error) { return parseStatusKB(data, "VmRSS") }
+
+// parseStatusKB returns the "<key>: <n> kB" line of /proc/PID/status in
+// bytes (VmRSS; RssAnon, the part of it that is heap and stacks rather
+// than the binary's and libraries' file pages).
+func parseStatusKB(data []byte, key string) (uint64, error) {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:")
+		rest, ok := strings.CutPrefix(sc.Text(), key+":")
 		if !ok {
 			continue
 		}
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("proc status: VmRSS %q: want \"<n> kB\"", strings.TrimSpace(rest))
+			return 0, fmt.Errorf("proc status: %s %q: want \"<n> kB\"", key, strings.TrimSpace(rest))
 		}
 		kb, err := strconv.ParseUint(f[0], 10, 64)
 		if err != nil || kb > 1<<40 {
-			return 0, fmt.Errorf("proc status: VmRSS %q: bad number", f[0])
+			return 0, fmt.Errorf("proc status: %s %q: bad number", key, f[0])
 		}
 		return kb * 1024, nil
 	}
-	return 0, errors.New("proc status: no VmRSS line (kernel thread or zombie?)")
+	return 0, fmt.Errorf("proc status: no %s line (kernel thread or zombie?)", key)
 }
 
 func readStat(pid int) (procStat, error) {
@@ -138,14 +143,22 @@ func cpuSeconds(pids []int) (float64, error) {
 }
 
 // rssBytes sums VmRSS of pids.
-func rssBytes(pids []int) (uint64, error) {
+func rssBytes(pids []int) (uint64, error) { return statusSum(pids, "VmRSS") }
+
+// statusSum sums a kB field of /proc/PID/status over pids.
+func statusSum(pids []int, key string) (uint64, error) { return procSum(pids, "status", key) }
+
+// procSum sums a "<key>: <n> kB" field of /proc/PID/<file> over pids
+// (status; smaps_rollup for Pss, which splits each shared page among the
+// processes that map it).
+func procSum(pids []int, file, key string) (uint64, error) {
 	var sum uint64
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
 		if err != nil {
 			return 0, fmt.Errorf("rss of pid %d: %w", pid, err)
 		}
-		n, err := parseVmRSS(b)
+		n, err := parseStatusKB(b, key)
 		if err != nil {
 			return 0, fmt.Errorf("rss of pid %d: %w", pid, err)
 		}
