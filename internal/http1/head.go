@@ -114,6 +114,7 @@ var (
 	errLineTooLong   = &Error{Status: http.StatusRequestURITooLong, Reason: "request line too long"}
 	errHeadTooLarge  = &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: "request header too large"}
 	errTooManyFields = &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: "too many header fields"}
+	errExpect        = &Error{Status: http.StatusExpectationFailed, Reason: "unsupported expectation"}
 	errVersion       = &Error{Status: http.StatusHTTPVersionNotSupported, Reason: "unsupported HTTP version"}
 	errBareLF        = badRequest("line ends in LF without CR")
 	errObsFold       = badRequest("obsolete line folding")
@@ -314,7 +315,13 @@ func (s *fieldState) note(f Field, h *RequestHead) error {
 	case equalFold(f.Name, "upgrade"):
 		s.upgFd = true
 	case equalFold(f.Name, "expect"):
-		h.Expect100 = equalFold(f.Value, "100-continue")
+		// RFC 9110 §10.1.1: an expectation the server cannot meet is 417
+		// (as net/http answers); 100-continue is the only one there is.
+		cont := !eachElement(f.Value, func(e []byte) bool { return !equalFold(e, "100-continue") })
+		if !cont && len(f.Value) > 0 {
+			return errExpect
+		}
+		h.Expect100 = h.Expect100 || cont
 	case equalFold(f.Name, "trailer"):
 		if !eachElement(f.Value, func(name []byte) bool { return !framingField(name) }) {
 			return errTrailerName

@@ -132,6 +132,7 @@ func (sc *serverConn) body(r *http.Request) {
 	case h.Chunked:
 		r.ContentLength = -1
 		r.TransferEncoding = chunkedTE
+		delete(r.Header, "Transfer-Encoding") // it is r.TransferEncoding, as net/http has it
 		r.Trailer = requestTrailer(r.Header)
 		sc.w.chunked.r.Reset(sc.br, sc.s.MaxTrailerBytes)
 		sc.w.chunked.req = r
