@@ -181,6 +181,7 @@ type serverConn struct {
 	tls    *tls.ConnectionState
 	head   RequestHead
 	rest   []byte // what followed a head larger than br's buffer
+	first  firstByte
 
 	idle atomic.Bool // waiting for a request's first byte
 	// ownDeadline: the read deadline in force is the server's (idle or
@@ -201,60 +202,156 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 func (sc *serverConn) serve() {
 	s := sc.s
-	defer s.forget(sc)
 	ctx := context.Background()
 	if s.ConnContext != nil {
 		ctx = s.ConnContext(ctx, sc.c)
 	}
 	sc.ctx, sc.cancel = context.WithCancel(ctx)
-	defer sc.cancel()
 	sc.base = (&http.Request{}).WithContext(sc.ctx)
 	sc.remote = sc.c.RemoteAddr().String()
 	if tc, ok := sc.c.(*tls.Conn); ok {
 		st := tc.ConnectionState()
 		sc.tls = &st
 	}
-	sc.br = readers.Get().(*bufio.Reader)
-	sc.br.Reset(sc.c)
-	sc.bw = writers.Get().(*bufio.Writer)
-	sc.bw.Reset(sc.c)
+	sc.takeBuffers(sc.c)
 	sc.watch.init(sc)
-	handedOff := sc.loop()
-	if sc.hijacked || handedOff {
-		return // the buffers went with the connection
-	}
-	sc.br.Reset(nil)
-	readers.Put(sc.br)
-	sc.bw.Reset(nil)
-	writers.Put(sc.bw)
-	_ = sc.c.Close()
-	s.state(sc.c, http.StateClosed)
+	sc.run(true)
 }
 
-// loop serves requests until the connection ends; true if it was handed
-// to Preface.
-func (sc *serverConn) loop() bool {
+// run serves the connection's requests until it ends or goes idle; an
+// idle connection is waited on by a new goroutine (resume) without
+// buffers, so 10,000 idle keep-alive connections hold neither 8 KiB of
+// bufio each nor the stack a request grew.
+func (sc *serverConn) run(first bool) {
+	switch sc.loop(first) {
+	case loopIdle:
+		sc.dropBuffers()
+		go sc.resume()
+	case loopOver:
+		sc.end(true)
+	case loopHandedOff:
+		sc.end(false)
+	}
+}
+
+// resume waits for the first byte of an idle connection's next request,
+// then serves on.
+func (sc *serverConn) resume() {
+	if !sc.awaitByte() {
+		sc.end(true)
+		return
+	}
+	sc.takeBuffers(&sc.first)
+	sc.run(false)
+}
+
+// end releases what the connection holds; closing it unless it was
+// handed on (hijacked, or to Preface).
+func (sc *serverConn) end(closeConn bool) {
+	defer sc.s.forget(sc)
+	defer sc.cancel()
+	sc.watch.t.Stop()
+	if !closeConn || sc.hijacked {
+		return // the buffers went with the connection
+	}
+	sc.dropBuffers()
+	_ = sc.c.Close()
+	sc.s.state(sc.c, http.StateClosed)
+}
+
+func (sc *serverConn) takeBuffers(r io.Reader) {
+	sc.br = readers.Get().(*bufio.Reader)
+	sc.br.Reset(r)
+	sc.bw = writers.Get().(*bufio.Writer)
+	sc.bw.Reset(sc.c)
+}
+
+func (sc *serverConn) dropBuffers() {
+	if sc.br != nil {
+		sc.br.Reset(nil)
+		readers.Put(sc.br)
+		sc.bw.Reset(nil)
+		writers.Put(sc.bw)
+		sc.br, sc.bw = nil, nil
+	}
+}
+
+// awaitByte waits, without buffers, up to the idle timeout for the next
+// request's first byte, kept in sc.first.
+func (sc *serverConn) awaitByte() bool {
 	s := sc.s
-	for first := true; ; first = false {
-		if s.draining.Load() && !first {
+	d := s.IdleTimeout
+	if d <= 0 {
+		d = s.ReadHeaderTimeout
+	}
+	sc.setDeadline(d)
+	sc.idle.Store(true)
+	defer sc.idle.Store(false)
+	if s.draining.Load() {
+		return false
+	}
+	for {
+		n, err := sc.c.Read(sc.first.b[:])
+		if n == 1 {
+			sc.first.c, sc.first.has = sc.c, true
+			return true
+		}
+		if err != nil {
 			return false
 		}
+	}
+}
+
+// firstByte replays a connection's first byte read while it was idle.
+type firstByte struct {
+	c   net.Conn
+	b   [1]byte
+	has bool
+}
+
+func (f *firstByte) Read(p []byte) (int, error) {
+	if f.has && len(p) > 0 {
+		f.has = false
+		p[0] = f.b[0]
+		return 1, nil
+	}
+	return f.c.Read(p)
+}
+
+type loopEnd uint8
+
+const (
+	loopOver      loopEnd = iota // the connection ends
+	loopIdle                     // no request buffered: wait without buffers
+	loopHandedOff                // to Preface
+)
+
+// loop serves requests while they come, buffered or first.
+func (sc *serverConn) loop(first bool) loopEnd {
+	s := sc.s
+	for ; ; first = false {
+		if s.draining.Load() && !first {
+			return loopOver
+		}
+		if !first && sc.br.Buffered() == 0 && !sc.first.has {
+			return loopIdle
+		}
 		if !sc.awaitRequest(first) {
-			return false
+			return loopOver
 		}
 		if first && s.Preface != nil && sc.isPreface() {
 			s.state(sc.c, http.StateHijacked)
 			s.Preface(&replayConn{Conn: sc.c, r: sc.br})
-			return true
+			return loopHandedOff
 		}
 		s.state(sc.c, http.StateActive)
 		r, herr := sc.readRequest()
 		if r == nil {
 			sc.refuse(herr) // nil: the connection just ended
-			return false
+			return loopOver
 		}
 		if !sc.serveRequest(r) {
-			return false
+			return loopOver
 		}
 		s.state(sc.c, http.StateIdle)
 	}
@@ -270,7 +367,7 @@ func (sc *serverConn) awaitRequest(first bool) bool {
 	if first || d <= 0 {
 		d = s.ReadHeaderTimeout
 	}
-	if sc.br.Buffered() == 0 {
+	if sc.br.Buffered() == 0 && !sc.first.has {
 		sc.setDeadline(d)
 		sc.idle.Store(true)
 		if s.draining.Load() { // Shutdown may have missed this conn's idle
