@@ -6,6 +6,8 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -134,17 +136,17 @@ func (sc *serverConn) body(r *http.Request) {
 		r.TransferEncoding = chunkedTE
 		delete(r.Header, "Transfer-Encoding") // it is r.TransferEncoding, as net/http has it
 		r.Trailer = requestTrailer(r.Header)
-		sc.w.chunked.r.Reset(sc.br, sc.s.MaxTrailerBytes)
-		sc.w.chunked.req = r
-		sc.w.chunked.sc = sc
-		sc.w.chunked.closed, sc.w.chunked.ended = false, false
-		sc.w.body = &sc.w.chunked
-		r.Body = sc.w.body
+		b := &chunkedReqBody{sc: sc, req: r}
+		b.r.Reset(sc.br, sc.s.MaxTrailerBytes)
+		sc.w.body, sc.w.gate, sc.w.bodyRd = b, &b.gate, b
+		r.Body = b
 	case h.ContentLength > 0:
 		r.ContentLength = h.ContentLength
-		sc.w.fixed = fixedBody{sc: sc, left: h.ContentLength}
-		sc.w.body = &sc.w.fixed
-		r.Body = sc.w.body
+		// A body of its own per request: a reader the handler left
+		// behind must find its own request sealed, never the next one's.
+		b := &fixedBody{sc: sc, left: h.ContentLength}
+		sc.w.body, sc.w.gate, sc.w.bodyRd = b, &b.gate, b
+		r.Body = b
 	default:
 		r.ContentLength = 0
 		r.Body = http.NoBody
@@ -173,15 +175,16 @@ func requestTrailer(h http.Header) http.Header {
 // fixedBody reads a Content-Length body.
 type fixedBody struct {
 	sc     *serverConn
+	gate   bodyGate
 	left   int64
 	closed bool
 }
 
 func (b *fixedBody) Read(p []byte) (int, error) {
-	if !b.sc.w.lockBody() {
+	if !b.gate.lock() {
 		return 0, http.ErrBodyReadAfterClose
 	}
-	defer b.sc.w.unlockBody()
+	defer b.gate.unlock()
 	return b.read(p)
 }
 
@@ -214,17 +217,17 @@ func (b *fixedBody) read(p []byte) (int, error) {
 
 // Buffered is how much of the body can be read without waiting.
 func (b *fixedBody) Buffered() int {
-	if !b.sc.w.lockBody() {
+	if !b.gate.lock() {
 		return 0
 	}
-	defer b.sc.w.unlockBody()
+	defer b.gate.unlock()
 	return int(min(int64(b.sc.br.Buffered()), b.left))
 }
 
 func (b *fixedBody) Close() error {
-	if b.sc.w.lockBody() {
+	if b.gate.lock() {
 		b.closed = true
-		b.sc.w.unlockBody()
+		b.gate.unlock()
 	}
 	return nil
 }
@@ -233,6 +236,7 @@ func (b *fixedBody) Close() error {
 // request's Trailer at the end.
 type chunkedReqBody struct {
 	sc     *serverConn
+	gate   bodyGate
 	req    *http.Request
 	r      ChunkedReader
 	closed bool
@@ -240,10 +244,10 @@ type chunkedReqBody struct {
 }
 
 func (b *chunkedReqBody) Read(p []byte) (int, error) {
-	if !b.sc.w.lockBody() {
+	if !b.gate.lock() {
 		return 0, http.ErrBodyReadAfterClose
 	}
-	defer b.sc.w.unlockBody()
+	defer b.gate.unlock()
 	return b.read(p)
 }
 
@@ -277,10 +281,10 @@ func (b *chunkedReqBody) read(p []byte) (int, error) {
 // Buffered is how many bytes of chunked encoding are already read: a
 // chunk (or its start) can be read without waiting when it is not 0.
 func (b *chunkedReqBody) Buffered() int {
-	if !b.sc.w.lockBody() {
+	if !b.gate.lock() {
 		return 0
 	}
-	defer b.sc.w.unlockBody()
+	defer b.gate.unlock()
 	if b.ended {
 		return 0
 	}
@@ -288,9 +292,9 @@ func (b *chunkedReqBody) Buffered() int {
 }
 
 func (b *chunkedReqBody) Close() error {
-	if b.sc.w.lockBody() {
+	if b.gate.lock() {
 		b.closed = true
-		b.sc.w.unlockBody()
+		b.gate.unlock()
 	}
 	return nil
 }
@@ -310,50 +314,63 @@ func (w *response) drainBody() bool {
 	case w.expect100 && !w.sent100:
 		return false // the client has not sent it: closing is cheaper
 	}
-	w.fixed.closed, w.chunked.closed = false, false
-	read := w.fixed.read
-	if w.body == &w.chunked {
-		read = w.chunked.read
-	}
-	n, err := io.CopyN(io.Discard, readerFunc(read), discardLimit+1)
+	w.bodyRd.reopen()
+	n, err := io.CopyN(io.Discard, drainReader{w.bodyRd}, discardLimit+1)
 	return err == io.EOF && n <= discardLimit
 }
 
-type readerFunc func([]byte) (int, error)
+// bodyReader is a request body's own read, past its gate: the server's
+// drain after the handler returned.
+type bodyReader interface {
+	read([]byte) (int, error)
+	reopen() // undo the handler's Close, for the drain
+}
 
-func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+type drainReader struct{ b bodyReader }
 
-// lockBody takes the body for one read or close; false once the handler
-// has returned (a request body is the handler's only while it runs, as
-// with net/http, whatever goroutines it left reading it).
-func (w *response) lockBody() bool {
-	w.bodyMu.Lock()
-	if w.sealed {
-		w.bodyMu.Unlock()
+func (d drainReader) Read(p []byte) (int, error) { return d.b.read(p) }
+
+func (b *fixedBody) reopen()      { b.closed = false }
+func (b *chunkedReqBody) reopen() { b.closed = false }
+
+// bodyGate guards one request body: each read or close holds it, and it
+// is sealed when the handler returns (a request body is the handler's only
+// while it runs, as with net/http, whatever goroutines it left reading).
+type bodyGate struct {
+	mu      sync.Mutex
+	sealed  bool
+	reading atomic.Bool // a read holds mu (it may be blocked on the conn)
+}
+
+// lock takes the gate for one read or close; false once sealed.
+func (g *bodyGate) lock() bool {
+	g.mu.Lock()
+	if g.sealed {
+		g.mu.Unlock()
 		return false
 	}
-	w.reading.Store(true)
+	g.reading.Store(true)
 	return true
 }
 
-func (w *response) unlockBody() {
-	w.reading.Store(false)
-	w.bodyMu.Unlock()
+func (g *bodyGate) unlock() {
+	g.reading.Store(false)
+	g.mu.Unlock()
 }
 
 // seal ends the handler's hold on the body, breaking off a read some
 // goroutine of it still has blocked on the connection.
 func (w *response) seal() {
-	if w.body == nil {
+	if w.gate == nil {
 		return
 	}
-	broke := w.reading.Load()
+	broke := w.gate.reading.Load()
 	if broke {
 		_ = w.sc.c.SetReadDeadline(aLongTimeAgo)
 	}
-	w.bodyMu.Lock()
-	w.sealed = true
-	w.bodyMu.Unlock()
+	w.gate.mu.Lock()
+	w.gate.sealed = true
+	w.gate.mu.Unlock()
 	if broke {
 		w.sc.ownDeadline.Store(true) // the next wait sets its own
 	}

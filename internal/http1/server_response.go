@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -81,13 +80,10 @@ type response struct {
 
 	// The request body.
 	body                 io.ReadCloser
-	fixed                fixedBody
-	chunked              chunkedReqBody
 	bodyDone, bodyBroken bool
 	expect100, sent100   bool
-	bodyMu               sync.Mutex // held by each body read
-	sealed               bool       // the handler returned: no more reads
-	reading              atomic.Bool
+	gate                 *bodyGate  // body's gate (nil: no body)
+	bodyRd               bodyReader // body's own read, for the drain
 }
 
 // pendingMax is how much body is held back before the head is written, so
@@ -96,12 +92,12 @@ type response struct {
 const pendingMax = 4 << 10
 
 func (w *response) reset(sc *serverConn) {
-	pending, scratch, cw, cr := w.pending[:0], w.scratch[:0], w.cw, w.chunked.r
+	pending, scratch, cw := w.pending[:0], w.scratch[:0], w.cw
 	w.sc, w.req, w.status = sc, nil, 0
 	w.committed, w.chunking, w.untilClose, w.closeAfter, w.bodyless = false, false, false, false, false
 	w.written, w.pending, w.scratch, w.cw, w.hijacked = 0, pending, scratch, cw, false
-	w.body, w.fixed, w.chunked = nil, fixedBody{sc: sc}, chunkedReqBody{sc: sc, r: cr}
-	w.bodyDone, w.bodyBroken, w.sent100, w.sealed = false, false, false, false
+	w.body, w.gate, w.bodyRd = nil, nil, nil
+	w.bodyDone, w.bodyBroken, w.sent100 = false, false, false
 	w.header = make(http.Header, 4)
 	w.length = -1
 	w.expect100 = sc.head.Expect100
@@ -319,7 +315,7 @@ func (w *response) continue100() {
 func (w *response) finishedBody() {
 	if !w.bodyDone {
 		w.bodyDone = true
-		if !w.sealed { // not the server's own drain after the handler
+		if !w.gate.sealed { // not the server's own drain after the handler
 			w.sc.watch.arm()
 		}
 	}

@@ -508,3 +508,30 @@ func TestServerWatchStopRace(t *testing.T) {
 		resp.Body.Close()
 	}
 }
+
+// TestServerLateBodyReaderSealed: a handler that leaves a goroutine
+// reading its body after returning must not read the next request's body
+// on the same connection: it gets http.ErrBodyReadAfterClose.
+func TestServerLateBodyReaderSealed(t *testing.T) {
+	late := make(chan io.Reader, 1)
+	lateGot := make(chan string, 1)
+	second := make(chan string, 1)
+	addr := startServer(t, &Server{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/first" {
+			late <- r.Body // read only once the next request is in
+			return
+		}
+		b := <-late
+		got, err := io.ReadAll(b)
+		lateGot <- fmt.Sprintf("%q %v", got, err)
+		mine, _ := io.ReadAll(r.Body)
+		second <- string(mine)
+	}))
+	got := rawExchange(t, addr, "POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\naaaaaPOST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbbbbb")
+	if strings.Count(got, "HTTP/1.1 200 OK") != 2 {
+		t.Fatalf("responses %q", got)
+	}
+	if l, s := <-lateGot, <-second; l != `"" http: invalid Read on closed Body` || s != "bbbbb" {
+		t.Errorf("late reader of the first body got %s; the second handler got %q", l, s)
+	}
+}
