@@ -273,34 +273,80 @@ func parseField(line []byte) (Field, error) {
 	return Field{Name: line[:colon], Value: v}, nil
 }
 
-// fieldState collects what the framing-relevant fields say.
-type fieldState struct {
-	cl, te, host       bool
-	connClose, connKA  bool
-	connUpgrade, upgFd bool
+// framing collects what a message's framing fields say. Requests and
+// responses share it (fieldState, respFieldState); its refusals are the
+// request's, which a response maps to its own (respErrs).
+type framing struct {
+	cl, te                  bool
+	connClose, connKA       bool
+	connUpgrade, upgradeFld bool
 }
 
-func (s *fieldState) note(f Field, h *RequestHead) error {
+// note takes f if it is a framing field, and reports whether it was:
+// Content-Length into *length, a lone chunked coding into *chunked.
+func (s *framing) note(f Field, length *int64, chunked *bool) (bool, error) {
 	switch {
 	case equalFold(f.Name, "content-length"):
 		if s.cl {
-			return errDupCL
+			return true, errDupCL
 		}
 		s.cl = true
 		n, ok := parseLength(f.Value)
 		if !ok {
-			return errBadCL
+			return true, errBadCL
 		}
-		h.ContentLength = n
+		*length = n
 	case equalFold(f.Name, "transfer-encoding"):
 		if s.te {
-			return errDupTE
+			return true, errDupTE
 		}
 		s.te = true
 		if !equalFold(f.Value, "chunked") {
-			return errTE
+			return true, errTE
 		}
-		h.Chunked = true
+		*chunked = true
+	case equalFold(f.Name, "connection"):
+		eachElement(f.Value, func(opt []byte) bool {
+			s.connClose = s.connClose || equalFold(opt, "close")
+			s.connKA = s.connKA || equalFold(opt, "keep-alive")
+			s.connUpgrade = s.connUpgrade || equalFold(opt, "upgrade")
+			return true
+		})
+	case equalFold(f.Name, "upgrade"):
+		s.upgradeFld = true
+	case equalFold(f.Name, "trailer"):
+		if !eachElement(f.Value, func(name []byte) bool { return !framingField(name) }) {
+			return true, errTrailerName
+		}
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// check refuses the framing fields' combinations: CL with TE (RFC 9112
+// §6.1) and TE on HTTP/1.0.
+func (s *framing) check(minor int) error {
+	if s.cl && s.te {
+		return errCLWithTE
+	}
+	if s.te && minor == 0 {
+		return errTEOnHTTP10
+	}
+	return nil
+}
+
+// fieldState collects what a request's fields say.
+type fieldState struct {
+	framing
+	host bool
+}
+
+func (s *fieldState) note(f Field, h *RequestHead) error {
+	if ok, err := s.framing.note(f, &h.ContentLength, &h.Chunked); ok {
+		return err
+	}
+	switch {
 	case equalFold(f.Name, "host"):
 		if s.host {
 			return errDupHost
@@ -310,10 +356,6 @@ func (s *fieldState) note(f Field, h *RequestHead) error {
 			return errHost
 		}
 		h.Host = f.Value
-	case equalFold(f.Name, "connection"):
-		s.connection(f.Value)
-	case equalFold(f.Name, "upgrade"):
-		s.upgFd = true
 	case equalFold(f.Name, "expect"):
 		// RFC 9110 §10.1.1: an expectation the server cannot meet is 417
 		// (as net/http answers); 100-continue is the only one there is.
@@ -322,10 +364,6 @@ func (s *fieldState) note(f Field, h *RequestHead) error {
 			return errExpect
 		}
 		h.Expect100 = h.Expect100 || cont
-	case equalFold(f.Name, "trailer"):
-		if !eachElement(f.Value, func(name []byte) bool { return !framingField(name) }) {
-			return errTrailerName
-		}
 	}
 	return nil
 }
@@ -355,26 +393,9 @@ func eachElement(v []byte, f func([]byte) bool) bool {
 }
 
 // connection reads the Connection field's comma-separated options.
-func (s *fieldState) connection(v []byte) {
-	eachElement(v, func(opt []byte) bool {
-		switch {
-		case equalFold(opt, "close"):
-			s.connClose = true
-		case equalFold(opt, "keep-alive"):
-			s.connKA = true
-		case equalFold(opt, "upgrade"):
-			s.connUpgrade = true
-		}
-		return true
-	})
-}
-
 func (s *fieldState) finish(h *RequestHead) error {
-	if s.cl && s.te {
-		return errCLWithTE
-	}
-	if s.te && h.Minor == 0 {
-		return errTEOnHTTP10
+	if err := s.check(h.Minor); err != nil {
+		return err
 	}
 	if !s.host && h.Minor == 1 {
 		return errNoHost
@@ -385,7 +406,7 @@ func (s *fieldState) finish(h *RequestHead) error {
 		h.Host = auth
 	}
 	h.Close = s.connClose || (h.Minor == 0 && !s.connKA)
-	h.Upgrade = s.connUpgrade && s.upgFd
+	h.Upgrade = s.connUpgrade && s.upgradeFld
 	return nil
 }
 

@@ -162,61 +162,38 @@ func parseStatusLine(line []byte, h *ResponseHead) error {
 }
 
 // respFieldState collects what a response's framing fields say.
-type respFieldState struct {
-	cl, te               bool
-	connClose, connKA    bool
-	connUpgrade, upgrade bool
+type respFieldState struct{ framing }
+
+// respErrs are the response's names for the shared framing refusals.
+var respErrs = map[error]error{
+	errDupCL: errRespDupCL, errBadCL: errRespBadCL, errDupTE: errRespDupTE, errTE: errRespTE,
+	errTrailerName: errRespTrailerFd, errCLWithTE: errRespCLWithTE, errTEOnHTTP10: errRespTEOn10,
+}
+
+// respFraming is err as the response's refusal (any the table lacks: a
+// 502 with the request's reason).
+func respFraming(err error) error {
+	if e, ok := respErrs[err]; ok {
+		return e
+	}
+	return respErr(err)
 }
 
 func (s *respFieldState) note(f Field, h *ResponseHead) error {
-	switch {
-	case equalFold(f.Name, "content-length"):
-		if s.cl {
-			return errRespDupCL
-		}
-		s.cl = true
-		n, ok := parseLength(f.Value)
-		if !ok {
-			return errRespBadCL
-		}
-		h.ContentLength = n
-	case equalFold(f.Name, "transfer-encoding"):
-		if s.te {
-			return errRespDupTE
-		}
-		s.te = true
-		if !equalFold(f.Value, "chunked") {
-			return errRespTE
-		}
-		h.Chunked = true
-	case equalFold(f.Name, "connection"):
-		eachElement(f.Value, func(opt []byte) bool {
-			s.connClose = s.connClose || equalFold(opt, "close")
-			s.connKA = s.connKA || equalFold(opt, "keep-alive")
-			s.connUpgrade = s.connUpgrade || equalFold(opt, "upgrade")
-			return true
-		})
-	case equalFold(f.Name, "upgrade"):
-		s.upgrade = true
-	case equalFold(f.Name, "trailer"):
-		if !eachElement(f.Value, func(name []byte) bool { return !framingField(name) }) {
-			return errRespTrailerFd
-		}
+	if _, err := s.framing.note(f, &h.ContentLength, &h.Chunked); err != nil {
+		return respFraming(err)
 	}
 	return nil
 }
 
 func (s *respFieldState) finish(h *ResponseHead) error {
-	if s.cl && s.te {
-		return errRespCLWithTE
-	}
-	if s.te && h.Minor == 0 {
-		return errRespTEOn10
+	if err := s.check(h.Minor); err != nil {
+		return respFraming(err)
 	}
 	h.NoBody = h.ForHEAD || h.Status < 200 || h.Status == http.StatusNoContent || h.Status == http.StatusNotModified
 	untilClose := !h.NoBody && !h.Chunked && h.ContentLength < 0
 	h.Close = s.connClose || (h.Minor == 0 && !s.connKA) || untilClose
-	h.Upgrade = s.connUpgrade && s.upgrade
+	h.Upgrade = s.connUpgrade && s.upgradeFld
 	return nil
 }
 
