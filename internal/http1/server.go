@@ -333,8 +333,8 @@ func (sc *serverConn) loop(first bool) loopEnd {
 		if s.draining.Load() && !first {
 			return loopOver
 		}
-		if !first && sc.br.Buffered() == 0 && !sc.first.has {
-			return loopIdle
+		if !first && sc.br.Buffered() == 0 && !sc.first.has && len(sc.rest) == 0 {
+			return loopIdle // (sc.rest: bytes after a big head, not yet in br)
 		}
 		if !sc.awaitRequest(first) {
 			return loopOver

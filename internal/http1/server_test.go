@@ -535,3 +535,20 @@ func TestServerLateBodyReaderSealed(t *testing.T) {
 		t.Errorf("late reader of the first body got %s; the second handler got %q", l, s)
 	}
 }
+
+// TestServerBigHeadRestThenIdle: what followed a head over the read
+// buffer (a large body, then a pipelined request) is served in full,
+// even when the body's reads leave the buffer empty with the next
+// request still held back.
+func TestServerBigHeadRestThenIdle(t *testing.T) {
+	addr := startServer(t, &Server{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s:%d", r.URL.Path, len(b))
+	}))
+	body := strings.Repeat("z", 64<<10)
+	got := rawExchange(t, addr, "POST /one HTTP/1.1\r\nHost: a\r\nX-Big: "+strings.Repeat("b", 9000)+"\r\nContent-Length: "+fmt.Sprint(len(body))+"\r\n\r\n"+body+
+		"GET /two HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+	if !strings.Contains(got, "/one:65536") || !strings.Contains(got, "/two:0") {
+		t.Errorf("big head, large body, pipelined request: %.300q", got)
+	}
+}
