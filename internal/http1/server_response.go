@@ -369,7 +369,11 @@ func (wt *watcher) arm() {
 	wt.mu.Lock()
 	wt.armed = true
 	wt.mu.Unlock()
-	wt.t.Reset(watchDelay)
+	d := watchDelay
+	if wt.sc.s.watchDelay > 0 {
+		d = wt.sc.s.watchDelay
+	}
+	wt.t.Reset(d)
 }
 
 func (wt *watcher) fire() {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -274,7 +275,7 @@ func TestServerCancelsWhenClientGoes(t *testing.T) {
 func TestServerFastHandlerNotCanceled(t *testing.T) {
 	// A pipelined second request arriving while the first is served is
 	// data, not the client going away.
-	addr := startServer(t, &Server{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := startServer(t, &Server{watchDelay: 2 * time.Millisecond}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(10 * time.Millisecond) // past watchDelay: the watcher reads
 		if r.Context().Err() != nil {
 			w.WriteHeader(499)
@@ -494,8 +495,9 @@ func TestServerFramingCases(t *testing.T) {
 // client-gone watch starts race its read against stop; every response
 // must still go out (a lost wake-up hangs the connection).
 func TestServerWatchStopRace(t *testing.T) {
-	addr := startServer(t, &Server{ReadHeaderTimeout: time.Minute}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(watchDelay - 200*time.Microsecond + time.Duration(len(r.URL.Path)%5)*100*time.Microsecond)
+	const delay = 2 * time.Millisecond
+	addr := startServer(t, &Server{ReadHeaderTimeout: time.Minute, watchDelay: delay}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(delay - 200*time.Microsecond + time.Duration(len(r.URL.Path)%5)*100*time.Microsecond)
 	}))
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
@@ -551,4 +553,48 @@ func TestServerBigHeadRestThenIdle(t *testing.T) {
 	if !strings.Contains(got, "/one:65536") || !strings.Contains(got, "/two:0") {
 		t.Errorf("big head, large body, pipelined request: %.300q", got)
 	}
+}
+
+// TestServerIdleHandoff: a connection idle past idleHandoff moves to a
+// fresh goroutine and still serves its next request, and the idle timeout
+// still counts from the end of the last response, not from the handoff.
+func TestServerIdleHandoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const idle = time.Second
+		s := &Server{IdleTimeout: idle, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, r.URL.Path)
+		})}
+		cli, srv := net.Pipe()
+		defer cli.Close()
+		if !s.ServeConn(srv) {
+			t.Fatal("not served")
+		}
+		br := bufio.NewReader(cli)
+		get := func(path string) {
+			t.Helper()
+			if _, err := io.WriteString(cli, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("GET %s: %v", path, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || string(b) != path {
+				t.Fatalf("GET %s: %d %q", path, resp.StatusCode, b)
+			}
+		}
+		get("/a")
+		time.Sleep(idleHandoff / 2) // within the handoff: same goroutine
+		get("/b")
+		time.Sleep(idleHandoff + idle/4) // past it: resume waits
+		get("/c")
+		start := time.Now()
+		if _, err := br.ReadByte(); err == nil {
+			t.Fatal("the server wrote on an idle connection")
+		}
+		if got := time.Since(start); got != idle {
+			t.Errorf("idle connection closed after %v, want %v", got, idle)
+		}
+	})
 }
