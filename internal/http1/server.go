@@ -172,6 +172,9 @@ func (s *Server) stopLocked() {
 var (
 	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	// heads: a RequestHead is 1.6 KiB, needed only until its request is
+	// built; an idle connection holds none.
+	heads = sync.Pool{New: func() any { return new(RequestHead) }}
 )
 
 // serverConn is one connection's state.
@@ -185,7 +188,7 @@ type serverConn struct {
 	base   *http.Request // carries ctx: each request is a copy
 	remote string
 	tls    *tls.ConnectionState
-	head   RequestHead
+	head   *RequestHead // while a head is read and its request built
 	rest   []byte // what followed a head larger than br's buffer
 	first  firstByte
 
@@ -242,6 +245,7 @@ func (sc *serverConn) run(first bool) {
 				first = false
 				continue
 			case awaitLonger:
+				sc.w.shed()
 				go sc.resume()
 				return
 			}
@@ -488,6 +492,11 @@ func writeRefusal(bw *bufio.Writer, err *Error) {
 // readRequest reads and parses one request head and returns the request,
 // or the refusal to answer (nil when the connection just ended).
 func (sc *serverConn) readRequest() (*http.Request, *Error) {
+	sc.head = heads.Get().(*RequestHead)
+	defer func() {
+		heads.Put(sc.head)
+		sc.head = nil
+	}()
 	lim := sc.s.Limits.withDefaults()
 	buf, n, inPlace, err := sc.readHead(lim)
 	if err != nil {
@@ -539,7 +548,7 @@ func (sc *serverConn) earlyChunkError() *Error {
 func (sc *serverConn) readHead(lim Limits) (buf []byte, n int, inPlace bool, err error) {
 	for more := false; ; more = true {
 		buf, _ = sc.br.Peek(sc.br.Buffered())
-		n, err = ParseRequest(buf, lim, &sc.head)
+		n, err = ParseRequest(buf, lim, sc.head)
 		if err != ErrIncomplete {
 			return buf, n, true, err
 		}
@@ -562,7 +571,7 @@ func (sc *serverConn) readBigHead(lim Limits) ([]byte, int, error) {
 		chunk, _ := sc.br.Peek(sc.br.Buffered())
 		big = append(big, chunk...)
 		_, _ = sc.br.Discard(len(chunk))
-		n, err := ParseRequest(big, lim, &sc.head)
+		n, err := ParseRequest(big, lim, sc.head)
 		switch {
 		case err == nil:
 			// Give back what followed the head (a body, a pipelined

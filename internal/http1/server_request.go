@@ -16,7 +16,7 @@ import (
 // substring of one copy of the head, so a request costs one allocation
 // for its text, one for its header map and one for its value slices.
 func (sc *serverConn) newRequest(buf []byte, lim Limits) (*http.Request, *Error) {
-	h := &sc.head
+	h := sc.head
 	text := string(buf)
 	sub := func(b []byte) string {
 		if len(b) == 0 {
@@ -129,7 +129,7 @@ func isCanonical(name []byte) bool {
 
 // body sets r's body and framing from the head.
 func (sc *serverConn) body(r *http.Request) {
-	h := &sc.head
+	h := sc.head
 	switch {
 	case h.Chunked:
 		r.ContentLength = -1

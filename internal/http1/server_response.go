@@ -28,6 +28,7 @@ func (sc *serverConn) serveRequest(r *http.Request) bool {
 		return false
 	}
 	keep := w.finish()
+	w.req, w.body, w.bodyRd = nil, nil, nil // an idle connection keeps no request
 	return keep && !sc.watch.gone
 }
 
@@ -104,7 +105,19 @@ func (w *response) reset(sc *serverConn) {
 	w.closeAfter = sc.head.Close || sc.head.Minor == 0
 }
 
-func (w *response) Header() http.Header { return w.header }
+func (w *response) Header() http.Header {
+	if w.header == nil { // shed while idle: only a handler that outlived its request asks now
+		w.header = http.Header{}
+	}
+	return w.header
+}
+
+// shed drops what a response keeps for the next one on its connection
+// (the header map, the head and body buffers): a connection idle past
+// idleHandoff holds none of it.
+func (w *response) shed() {
+	w.header, w.pending, w.scratch = nil, nil, nil
+}
 
 func (w *response) WriteHeader(code int) {
 	if w.hijacked || w.status != 0 {
