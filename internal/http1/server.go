@@ -189,7 +189,7 @@ type serverConn struct {
 	remote string
 	tls    *tls.ConnectionState
 	head   *RequestHead // while a head is read and its request built
-	rest   []byte // what followed a head larger than br's buffer
+	rest   []byte       // what followed a head larger than br's buffer
 	first  firstByte
 
 	idle atomic.Bool // waiting for a request's first byte
