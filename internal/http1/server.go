@@ -471,11 +471,24 @@ func (sc *serverConn) refuse(err *Error) {
 	}
 	writeRefusal(sc.bw, err)
 	_ = sc.bw.Flush()
-	// Let the client read the answer before the close resets it.
+	// Let the client read the answer before the close resets it: end
+	// our side, then take what it is still sending (a 1 MiB header, a
+	// body) for a while, so the close finds nothing unread to answer with
+	// a reset that would discard the answer.
 	if tc, ok := sc.c.(interface{ CloseWrite() error }); ok {
 		_ = tc.CloseWrite()
 	}
+	_ = sc.c.SetReadDeadline(time.Now().Add(refusalLinger))
+	_, _ = io.CopyN(io.Discard, sc.br, refusalDrainMax)
 }
+
+// After a refusal the server reads and drops up to refusalDrainMax bytes
+// for up to refusalLinger (net/http only waits 500 ms, and its clients'
+// large writes still meet a reset).
+const (
+	refusalLinger   = 500 * time.Millisecond
+	refusalDrainMax = 4 << 20
+)
 
 // writeRefusal writes err's status with Connection: close.
 func writeRefusal(bw *bufio.Writer, err *Error) {
