@@ -228,23 +228,23 @@ func (sc *serverConn) serve() {
 }
 
 // run serves the connection's requests until it ends. Between requests
-// it waits for the next one's first byte without buffers, on its own
-// goroutine for up to idleHandoff: a busy connection keeps the stack its
-// requests grew (a fresh goroutine starts at 2 KiB and regrows it, four
-// copies per request, ~10% of a sidecar's CPU at full load). A connection
-// idle longer is waited on by a new goroutine (resume), so 10,000 idle
-// keep-alive connections hold neither 8 KiB of bufio each nor that stack.
+// it waits for the next one on its own goroutine, with its buffers, for
+// up to idleHandoff: a busy connection keeps the stack its requests grew
+// (a fresh goroutine starts at 2 KiB and regrows it, four copies per
+// request, ~10% of a sidecar's CPU at full load) and reads each request
+// whole. A connection idle longer is waited on by a new goroutine
+// (resume) reading one byte without buffers, so 10,000 idle keep-alive
+// connections hold neither 8 KiB of bufio each nor that stack.
 func (sc *serverConn) run(first bool) {
 	for {
 		switch sc.loop(first) {
 		case loopIdle:
-			sc.dropBuffers()
 			switch sc.awaitByte(idleHandoff) {
 			case awaitGot:
-				sc.takeBuffers(&sc.first)
 				first = false
 				continue
 			case awaitLonger:
+				sc.dropBuffers()
 				sc.w.shed()
 				go sc.resume()
 				return
@@ -314,10 +314,11 @@ const (
 	awaitLonger                    // still idle after the limit given
 )
 
-// awaitByte waits, without buffers, for the next request's first byte,
-// kept in sc.first: up to the idle timeout, or up to limit (> 0) if that
-// is shorter, after which the wait goes on from resume. resume's wait
-// (limit 0) gets what is left of the idle timeout.
+// awaitByte waits for the next request's first byte: into the read
+// buffer while the connection has one, else alone into sc.first. It waits
+// up to the idle timeout, or up to limit (> 0) if that is shorter, after
+// which the wait goes on from resume; resume's wait (limit 0) gets what is
+// left of the idle timeout.
 func (sc *serverConn) awaitByte(limit time.Duration) awaitResult {
 	s := sc.s
 	d := s.IdleTimeout
@@ -338,10 +339,16 @@ func (sc *serverConn) awaitByte(limit time.Duration) awaitResult {
 		return awaitOver
 	}
 	for {
-		n, err := sc.c.Read(sc.first.b[:])
-		if n == 1 {
+		var err error
+		if sc.br != nil {
+			if _, err = sc.br.Peek(1); err == nil {
+				return awaitGot
+			}
+		} else if n, rerr := sc.c.Read(sc.first.b[:]); n == 1 {
 			sc.first.c, sc.first.has = sc.c, true
 			return awaitGot
+		} else {
+			err = rerr
 		}
 		if err != nil {
 			if short && !s.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
