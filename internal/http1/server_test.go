@@ -598,3 +598,46 @@ func TestServerIdleHandoff(t *testing.T) {
 		}
 	})
 }
+
+// TestServerWatchRearms: the client-gone watch's timer is not reset per
+// request; a slow request after quick ones on the same connection is still
+// watched from its own start, and the handler is canceled once its client
+// goes.
+func TestServerWatchRearms(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const delay = 50 * time.Millisecond
+		canceledAfter := make(chan time.Duration, 1)
+		s := &Server{watchDelay: delay, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/slow" {
+				time.Sleep(delay / 4)
+				return
+			}
+			start := time.Now()
+			select {
+			case <-r.Context().Done():
+				canceledAfter <- time.Since(start)
+			case <-time.After(time.Hour):
+				canceledAfter <- -1
+			}
+		})}
+		cli, srv := net.Pipe()
+		if !s.ServeConn(srv) {
+			t.Fatal("not served")
+		}
+		br := bufio.NewReader(cli)
+		for i := range 6 { // quick requests, 12.5 ms apart: the timer set by the first is due mid-way
+			io.WriteString(cli, "GET /q HTTP/1.1\r\nHost: a\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("request %d: %v", i, err)
+			}
+			resp.Body.Close()
+		}
+		io.WriteString(cli, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+		synctest.Wait()
+		cli.Close()
+		if got := <-canceledAfter; got < 0 || got > delay {
+			t.Errorf("slow handler canceled after %v, want within the %v watch delay", got, delay)
+		}
+	})
+}
