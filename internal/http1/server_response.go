@@ -99,7 +99,7 @@ func (w *response) reset(sc *serverConn) {
 	w.written, w.pending, w.scratch, w.cw, w.hijacked = 0, pending, scratch, cw, false
 	w.body, w.gate, w.bodyRd = nil, nil, nil
 	w.bodyDone, w.bodyBroken, w.sent100 = false, false, false
-	w.header = make(http.Header, 4)
+	w.header = nil // made by Header(), or adopted
 	w.length = -1
 	w.expect100 = sc.head.Expect100
 	w.closeAfter = sc.head.Close || sc.head.Minor == 0
@@ -110,6 +110,19 @@ func (w *response) Header() http.Header {
 		w.header = http.Header{}
 	}
 	return w.header
+}
+
+// AdoptHeader makes h the response's header, as if each of its fields
+// had been set through Header(), and reports whether it did: not once the
+// header has fields or the response began. A proxy passing on an
+// upstream's header saves a map and a copy per request; h is the
+// response's from then on.
+func (w *response) AdoptHeader(h http.Header) bool {
+	if w.committed || w.status != 0 || len(w.header) > 0 || w.hijacked {
+		return false
+	}
+	w.header = h
+	return true
 }
 
 // shed drops what a response keeps for the next one on its connection

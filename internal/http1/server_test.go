@@ -641,3 +641,44 @@ func TestServerWatchRearms(t *testing.T) {
 		}
 	})
 }
+
+// TestServerAdoptHeader: a handler may hand the response a whole header
+// map while it has no fields and nothing is written; after that the
+// header is the handler's to fill, and adopting is refused.
+func TestServerAdoptHeader(t *testing.T) {
+	type adopter interface{ AdoptHeader(http.Header) bool }
+	addr := startServer(t, &Server{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := w.(adopter)
+		switch r.URL.Path {
+		case "/adopt":
+			if !a.AdoptHeader(http.Header{"X-Up": {"1"}}) {
+				t.Error("adopt refused on a fresh response")
+			}
+			w.Header()["X-Own"] = []string{"2"} // the adopted map is the header now
+		case "/late":
+			w.Header()["X-Own"] = []string{"2"}
+			if a.AdoptHeader(http.Header{"X-Up": {"1"}}) {
+				t.Error("adopt took over a header with fields")
+			}
+		case "/written":
+			w.WriteHeader(204)
+			if a.AdoptHeader(http.Header{"X-Up": {"1"}}) {
+				t.Error("adopt after WriteHeader")
+			}
+		}
+	}))
+	got := rawExchange(t, addr, "GET /adopt HTTP/1.1\r\nHost: a\r\n\r\nGET /late HTTP/1.1\r\nHost: a\r\n\r\nGET /written HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+	resps := strings.Split(got, "HTTP/1.1 ")
+	if len(resps) != 4 {
+		t.Fatalf("responses: %q", got)
+	}
+	if !strings.Contains(resps[1], "X-Up: 1\r\n") || !strings.Contains(resps[1], "X-Own: 2\r\n") {
+		t.Errorf("adopted: %q", resps[1])
+	}
+	if strings.Contains(resps[2], "X-Up") || !strings.Contains(resps[2], "X-Own: 2\r\n") {
+		t.Errorf("late: %q", resps[2])
+	}
+	if strings.Contains(resps[3], "X-Up") || !strings.HasPrefix(resps[3], "204") {
+		t.Errorf("written: %q", resps[3])
+	}
+}

@@ -232,3 +232,25 @@ func FuzzRemoveHopHeaders(f *testing.F) {
 		}
 	})
 }
+
+// TestHopHeaderList: the switch in hopHeader names exactly hopHeaders and TE.
+func TestHopHeaderList(t *testing.T) {
+	for _, k := range append(hopHeaders[:], "Te") {
+		if !hopHeader(k) {
+			t.Errorf("%s is hop-by-hop", k)
+		}
+		h := http.Header{k: {"x"}, "Content-Type": {"text/plain"}}
+		removeHopHeaders(h)
+		if _, ok := h[k]; ok && k != "Te" {
+			t.Errorf("%s survived removeHopHeaders", k)
+		}
+		if len(h["Content-Type"]) != 1 {
+			t.Errorf("removing %s took Content-Type too: %v", k, h)
+		}
+	}
+	for _, k := range []string{"Content-Type", "Content-Length", "Host", "Connection-Id", "Tee"} {
+		if hopHeader(k) {
+			t.Errorf("%s is end-to-end", k)
+		}
+	}
+}

@@ -80,12 +80,13 @@ var hopHeaders = [...]string{
 
 // hopHeader reports whether the canonical name is hop-by-hop (TE included).
 func hopHeader(name string) bool {
-	for _, k := range hopHeaders {
-		if k == name {
-			return true
-		}
+	switch name {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Upgrade",
+		"Http2-Settings", "Te":
+		return true
 	}
-	return name == "Te"
+	return false
 }
 
 // upgradeType returns the protocol a request or response asks to switch
@@ -139,31 +140,37 @@ func containsH2C(s string) bool {
 // removeHopHeaders strips hop-by-hop headers in place, including those the
 // Connection header names; TE survives only as "trailers".
 func removeHopHeaders(h http.Header) {
-	for _, v := range h["Connection"] {
+	// One pass over the header (a handful of fields) rather than a
+	// lookup per hop-by-hop name: this runs twice per request per proxy.
+	var conn []string
+	for k, vv := range h {
+		if k != "Te" && hopHeader(k) {
+			if k == "Connection" {
+				conn = vv
+			}
+			delete(h, k)
+		}
+	}
+	for _, v := range conn {
 		for tok := range strings.SplitSeq(v, ",") {
 			if tok = strings.TrimSpace(tok); tok != "" {
 				delete(h, http.CanonicalHeaderKey(tok))
 			}
 		}
 	}
-	for _, k := range hopHeaders {
-		delete(h, k)
+	te, ok := h["Te"] // unless Connection named it
+	if !ok {
+		return
 	}
-	if te, ok := h["Te"]; ok {
-		keep := false
-		for _, v := range te {
-			for tok := range strings.SplitSeq(v, ",") {
-				if strings.EqualFold(strings.TrimSpace(tok), "trailers") {
-					keep = true
-				}
+	for _, v := range te {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "trailers") {
+				h["Te"] = teTrailers
+				return
 			}
 		}
-		if keep {
-			h["Te"] = teTrailers
-		} else {
-			delete(h, "Te")
-		}
 	}
+	delete(h, "Te")
 }
 
 var teTrailers = []string{"trailers"}

@@ -180,10 +180,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ex *Exchange, resp
 		ex.release()
 		return
 	}
-	dst := w.Header()
-	for k, vv := range resp.Header {
-		dst[k] = vv
-	}
+	dst := adoptHeader(w, resp.Header)
 	streaming := resp.ContentLength == -1
 	w.WriteHeader(resp.Status)
 	if streaming {
@@ -236,6 +233,20 @@ func copyBody(w http.ResponseWriter, body io.Reader, flush bool) (rerr, werr err
 			return err, nil
 		}
 	}
+}
+
+// adoptHeader gives w the upstream's header h: the map itself where the
+// server takes it (the HTTP/1.1 engine: one map and copy fewer per
+// request), else a copy into w.Header(). It returns w's header.
+func adoptHeader(w http.ResponseWriter, h http.Header) http.Header {
+	if a, ok := w.(interface{ AdoptHeader(http.Header) bool }); ok && h != nil && a.AdoptHeader(h) {
+		return h
+	}
+	dst := w.Header()
+	for k, vv := range h {
+		dst[k] = vv
+	}
+	return dst
 }
 
 // writeUpgraded completes a 101 Switching Protocols or an established
