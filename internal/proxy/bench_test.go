@@ -3,6 +3,7 @@ package proxy
 import (
 	"io"
 	"net/http"
+	"runtime/metrics"
 	"syscall"
 	"testing"
 	"time"
@@ -31,7 +32,7 @@ func BenchmarkHop(b *testing.B) {
 		defer tr.CloseIdleConnections()
 		b.ReportAllocs()
 		b.SetParallelism(8)
-		cpu0 := processCPU(b)
+		cpu0, g0 := processCPU(b), goroutinesCreated()
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			req, _ := http.NewRequest("GET", "http://"+addr+"/bench", nil)
@@ -54,6 +55,9 @@ func BenchmarkHop(b *testing.B) {
 		// CPU time of the whole process (client, proxies, app) per
 		// request: steadier than ns/op on a shared machine.
 		b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N)/1e3, "cpu-µs/op")
+		// Goroutines started per request, whole process: each one is a
+		// stack to grow and a scheduling round.
+		b.ReportMetric(float64(goroutinesCreated()-g0)/float64(b.N), "goroutines/op")
 	}
 	b.Run("direct", func(b *testing.B) { run(b, app, "orders") })
 	for _, tc := range []struct {
@@ -74,6 +78,16 @@ func BenchmarkHop(b *testing.B) {
 			run(b, client.OutboundAddr(), "orders")
 		})
 	}
+}
+
+// goroutinesCreated is the number of goroutines the process has started.
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // processCPU is the process's user+system CPU time so far.
