@@ -87,13 +87,19 @@ var (
 // fresh one, once, when req can be sent again (as net/http decides: no
 // body or GetBody, and an idempotent method or an Idempotency-Key).
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.RoundTripNoting(req, nil)
+}
+
+// RoundTripNoting is RoundTrip that tells note (if not nil) how long each
+// connection it had to make for req took.
+func (t *Transport) RoundTripNoting(req *http.Request, note DialNoter) (*http.Response, error) {
 	addr, err := checkRequest(req)
 	if err != nil {
 		closeReqBody(req)
 		return nil, err
 	}
 	ctx := req.Context()
-	c, err := t.getConn(ctx, addr, false)
+	c, err := t.getConn(ctx, addr, false, note)
 	if err != nil {
 		closeReqBody(req)
 		return nil, err
@@ -112,7 +118,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req, err = rewind(req); err != nil {
 		return nil, err
 	}
-	if c, err = t.getConn(ctx, addr, true); err != nil {
+	if c, err = t.getConn(ctx, addr, true, note); err != nil {
 		closeReqBody(req)
 		return nil, err
 	}
@@ -239,18 +245,22 @@ func (t *Transport) limits() Limits {
 
 // getConn takes the newest idle connection to addr, or dials one (always
 // when fresh).
-func (t *Transport) getConn(ctx context.Context, addr string, fresh bool) (*clientConn, error) {
+func (t *Transport) getConn(ctx context.Context, addr string, fresh bool, note DialNoter) (*clientConn, error) {
 	if !fresh {
 		if c := t.popIdle(addr); c != nil {
 			return c, nil
 		}
 	}
+	start := time.Now()
 	nc, err := t.dial(ctx, addr)
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			return nil, fmt.Errorf("http1: dial %s: %w (%w)", addr, ctx.Err(), err)
 		}
 		return nil, err
+	}
+	if note != nil {
+		note.NoteDial(time.Since(start))
 	}
 	c := &clientConn{
 		t:    t,
@@ -262,6 +272,11 @@ func (t *Transport) getConn(ctx context.Context, addr string, fresh bool) (*clie
 	c.abortFn = c.abort // made once: a method value per watch would allocate
 	return c, nil
 }
+
+// DialNoter is told how long a request's connection took to make (dial
+// and handshake) when the request had to make one, so a latency measured
+// around the round trip can leave that out.
+type DialNoter interface{ NoteDial(time.Duration) }
 
 func (t *Transport) dial(ctx context.Context, addr string) (net.Conn, error) {
 	if t.Dial != nil {

@@ -1093,3 +1093,46 @@ func processCPU(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+type dialNotes []time.Duration
+
+func (d *dialNotes) NoteDial(took time.Duration) { *d = append(*d, took) }
+
+// TestTransportNotesDials: RoundTripNoting tells its noter how long a
+// connection it had to make took, and nothing when it reused one, so a
+// balancer can leave the handshake out of an endpoint's latency.
+func TestTransportNotesDials(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const handshake = 30 * time.Millisecond
+		tr := &Transport{Dial: func(context.Context, string) (net.Conn, error) {
+			time.Sleep(handshake)
+			client, server := net.Pipe()
+			go func() {
+				defer server.Close()
+				br := bufio.NewReader(server)
+				for respond(br, server, okResp) == nil {
+				}
+			}()
+			return client, nil
+		}}
+		defer tr.CloseIdleConnections()
+		send := func() dialNotes {
+			t.Helper()
+			var notes dialNotes
+			req, _ := http.NewRequest("GET", "http://pipe:80/", nil)
+			resp, err := tr.RoundTripNoting(req, &notes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return notes
+		}
+		if got := send(); len(got) != 1 || got[0] != handshake {
+			t.Errorf("first request's dials noted %v, want [%v]", got, handshake)
+		}
+		if got := send(); len(got) != 0 {
+			t.Errorf("a reused connection noted %v", got)
+		}
+	})
+}

@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"bufio"
+	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	meshv1 "trellis.dev/trellis/api/mesh/v1"
+	"trellis.dev/trellis/internal/http1"
 	"trellis.dev/trellis/internal/lb"
 )
 
@@ -399,4 +404,94 @@ func TestEjectedEndpointSkipped(t *testing.T) {
 			t.Fatalf("with the others ejected, %s served; want orders-1, which returned", got)
 		}
 	}
+}
+
+// TestPickLatencyLeavesOutTheDial: an attempt that had to make its
+// connection (a new endpoint's TLS handshake) is charged only its
+// request's latency, so the endpoint is not shunned for the handshake.
+func TestPickLatencyLeavesOutTheDial(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fresh, warm := lb.NewEndpoint("127.0.0.1:1"), lb.NewEndpoint("127.0.0.1:2")
+		eps := []*lb.Endpoint{fresh, warm}
+		pk, err := lb.NewPicker(lb.Config{Policy: lb.PeakEWMA}, eps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &Proxy{opts: Options{Identity: spiffeFor("frontend")}}
+		svc := &service{key: "orders.default", eps: eps, peers: []*peer{{}, {}}, picker: pk}
+		dialed := map[*lb.Endpoint]bool{}
+		h := p.pickFilter(HandlerFunc(func(ex *Exchange) *Response {
+			if ex.Endpoint == fresh && !dialed[fresh] {
+				dialed[fresh] = true
+				time.Sleep(50 * time.Millisecond) // its handshake...
+				ex.NoteDial(49 * time.Millisecond)
+				return &ex.resp // ...and a 1 ms request
+			}
+			if ex.Endpoint == fresh {
+				time.Sleep(time.Millisecond)
+			} else {
+				time.Sleep(5 * time.Millisecond)
+			}
+			return &ex.resp
+		}))
+		picks := map[*lb.Endpoint]int{}
+		for i := range 40 {
+			ex := p.exchanges.get()
+			ex.Method, ex.Path = "GET", "/"
+			ex.clientCtx = t.Context()
+			ex.Backend = &backend{svc: svc}
+			h.Serve(ex)
+			if i >= 10 { // both have been sampled by then
+				picks[ex.Endpoint]++
+			}
+			ex.release()
+		}
+		if picks[fresh] < picks[warm] {
+			t.Errorf("the 1 ms endpoint got %d of 30 picks, the 5 ms one %d: its handshake was charged as latency", picks[fresh], picks[warm])
+		}
+	})
+}
+
+// TestRoundTripNotesDial: an attempt over the HTTP/1.1 transport tells
+// its exchange how long the connection it made took, and a reused
+// connection adds nothing.
+func TestRoundTripNotesDial(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := &http1.Transport{Dial: func(context.Context, string) (net.Conn, error) {
+			time.Sleep(20 * time.Millisecond)
+			client, server := net.Pipe()
+			go func() {
+				defer server.Close()
+				br := bufio.NewReader(server)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if _, err := io.WriteString(server, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); err != nil {
+						return
+					}
+				}
+			}()
+			return client, nil
+		}}
+		defer tr.CloseIdleConnections()
+		p := &Proxy{}
+		for i, want := range []time.Duration{20 * time.Millisecond, 0} {
+			ex := p.exchanges.get()
+			ex.Method, ex.Path, ex.Authority = "GET", "/", "orders"
+			ex.ctx, ex.clientCtx = t.Context(), t.Context()
+			resp := roundTrip(ex, tr, "http", "orders:80", outHeader(ex, 0))
+			if resp.Status != 200 {
+				t.Fatalf("attempt %d: %d", i, resp.Status)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if ex.dialed != want {
+				t.Errorf("attempt %d noted %v of dialing, want %v", i, ex.dialed, want)
+			}
+			ex.release()
+		}
+	})
 }

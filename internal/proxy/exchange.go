@@ -76,6 +76,9 @@ type Exchange struct {
 	err error
 
 	ctx, clientCtx context.Context
+	// dialed is how long the current attempt spent making its upstream
+	// connection (NoteDial), left out of the balancer's latency sample.
+	dialed time.Duration
 	// cancels are called when the exchange ends.
 	cancels []context.CancelFunc
 	// timeouts are the route timeouts' contexts (timeout_ctx.go), by
@@ -159,6 +162,9 @@ func (ex *Exchange) forgetOut() { ex.out = nil }
 // Context is the exchange's context: canceled when the client goes away,
 // the proxy gives up on it, or a timeout expires.
 func (ex *Exchange) Context() context.Context { return ex.ctx }
+
+// NoteDial is http1.DialNoter: the attempt made its connection in d.
+func (ex *Exchange) NoteDial(d time.Duration) { ex.dialed += d }
 
 // exchangePool pools exchanges, one per proxy (as for its timers): a
 // pooled exchange keeps what its timeouts made (their Done channels, see

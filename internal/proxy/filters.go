@@ -342,9 +342,13 @@ func (p *Proxy) pickFilter(next Handler) Handler {
 		}
 		ex.Tried = append(ex.Tried, ep)
 		ex.Attempts++
-		ex.err = nil
+		ex.err, ex.dialed = nil, 0
 		resp := next.Serve(ex)
-		call.DoneAt(outcome(ex, resp), time.Now())
+		// The latency sample leaves out making the connection: a new
+		// endpoint's first attempt includes its TLS handshake, and the
+		// estimate keeps a peak for seconds (it decays with time, not
+		// samples), so a fast rival took all the traffic meanwhile.
+		call.DoneAt(outcome(ex, resp), time.Now().Add(-ex.dialed))
 		return resp
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"trellis.dev/trellis/internal/http1"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
@@ -137,7 +138,7 @@ func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, o *outgo
 	if ex.ContentLength != 0 {
 		tmpl.Body = ex.Body
 	}
-	resp, err := rt.RoundTrip(tmpl.WithContext(ex.ctx))
+	resp, err := sendAttempt(rt, tmpl.WithContext(ex.ctx), ex)
 	if err != nil {
 		if o == ex.out {
 			ex.forgetOut()
@@ -157,6 +158,17 @@ func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, o *outgo
 		Trailer:       &resp.Trailer,
 	}
 	return &ex.resp
+}
+
+// sendAttempt round-trips req on rt; an HTTP/1.1 transport also tells the
+// exchange how long a connection it had to make took (NoteDial).
+func sendAttempt(rt http.RoundTripper, req *http.Request, ex *Exchange) (*http.Response, error) {
+	if nt, ok := rt.(interface {
+		RoundTripNoting(*http.Request, http1.DialNoter) (*http.Response, error)
+	}); ok {
+		return nt.RoundTripNoting(req, ex)
+	}
+	return rt.RoundTrip(req)
 }
 
 // attemptFailed turns a transport error into the exchange's answer.
