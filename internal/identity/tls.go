@@ -38,12 +38,34 @@ func ClientTLS(s *Source, authorize tlsconfig.Authorizer) *tls.Config {
 	return &tls.Config{
 		MinVersion:           tls.VersionTLS13,
 		GetClientCertificate: tlsconfig.GetClientCertificate(s),
+		ClientSessionCache:   sessionCache{s: s, inner: tls.NewLRUClientSessionCache(16)},
 		// SPIFFE peers are named by URI SAN, not host name, so the standard
 		// host name check is off and VerifyConnection does the verification.
 		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
 		VerifyConnection:   verifyPeer(s, authorize),
 	}
 }
+
+// sessionCache keeps TLS resumption tickets per client certificate. A
+// resumed session presents the certificate of the handshake that made it,
+// so a ticket made before the Source's certificate changed (a renewal, a
+// CA rotation) is never offered: once a rotation drops the old root, the
+// peer refuses such a session, and the request on it fails.
+type sessionCache struct {
+	s     *Source
+	inner tls.ClientSessionCache
+}
+
+func (c sessionCache) key(k string) string {
+	st := c.s.cur.Load()
+	if st == nil || st.svid == nil || len(st.svid.Certificates) == 0 {
+		return k
+	}
+	return k + "|" + st.svid.Certificates[0].SerialNumber.Text(16)
+}
+
+func (c sessionCache) Get(k string) (*tls.ClientSessionState, bool) { return c.inner.Get(c.key(k)) }
+func (c sessionCache) Put(k string, cs *tls.ClientSessionState)     { c.inner.Put(c.key(k), cs) }
 
 // verifyPeer uses VerifyConnection rather than go-spiffe's
 // VerifyPeerCertificate hook because crypto/tls skips VerifyPeerCertificate on

@@ -291,3 +291,56 @@ func TestRenewAt(t *testing.T) {
 		})
 	}
 }
+
+// TestResumptionFollowsTheCertificate: a client that resumed sessions
+// would, after a CA rotation, offer a session made under its old
+// certificate, which the server refuses once the old root is gone. The
+// cache is per certificate: after Set the client does a full handshake
+// with its new certificate, and with the same one it resumes.
+func TestResumptionFollowsTheCertificate(t *testing.T) {
+	m := newMesh(t)
+	next := newTestCA(t)
+	both := append(append([][]byte{}, m.ca.bundle()...), next.bundle()...)
+	if err := m.server.SetBundle(both); err != nil { // propagating: [old, new]
+		t.Fatal(err)
+	}
+	addr, results := serve(t, ServerTLS(m.server, tlsconfig.AuthorizeMemberOf(td)))
+	clientCfg := ClientTLS(m.client, tlsconfig.AuthorizeID(m.serverID))
+	for range 2 { // the second resumes
+		if _, err := dial(t, addr, clientCfg); err != nil {
+			t.Fatal(err)
+		}
+		if r := recv(t, results); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	cs, err := dial(t, addr, clientCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, results)
+	if !cs.DidResume {
+		t.Fatal("a session under the same certificate was not resumed")
+	}
+	// Reissuing: both sides move to certificates from the new root; then
+	// the old root leaves the server's bundle.
+	for _, x := range []struct {
+		s  *Source
+		id spiffeid.ID
+	}{{m.server, m.serverID}, {m.client, m.clientID}} {
+		chain, key := next.workload(t, x.id)
+		if err := x.s.Set(chain, key, next.bundle()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs, err = dial(t, addr, clientCfg)
+	if err != nil {
+		t.Fatalf("after the rotation: %v", err)
+	}
+	if r := recv(t, results); r.err != nil {
+		t.Fatalf("server refused the client after the rotation: %v", r.err)
+	}
+	if cs.DidResume {
+		t.Error("resumed a session made under the old certificate")
+	}
+}
