@@ -949,6 +949,19 @@ func TestTransportIdlePool(t *testing.T) {
 	}
 }
 
+// pipeOK is the client end of a net.Pipe whose server answers every
+// request with okResp (synctest-friendly: no sockets).
+func pipeOK() net.Conn {
+	client, server := net.Pipe()
+	go func() {
+		defer server.Close()
+		br := bufio.NewReader(server)
+		for respond(br, server, okResp) == nil {
+		}
+	}()
+	return client
+}
+
 // TestTransportIdleTimeout runs in a synctest bubble over net.Pipe
 // connections, so the idle timer's time is the bubble's.
 func TestTransportIdleTimeout(t *testing.T) {
@@ -956,14 +969,7 @@ func TestTransportIdleTimeout(t *testing.T) {
 		var dials atomic.Int32
 		tr := &Transport{IdleTimeout: time.Minute, Dial: func(context.Context, string) (net.Conn, error) {
 			dials.Add(1)
-			client, server := net.Pipe()
-			go func() {
-				defer server.Close()
-				br := bufio.NewReader(server)
-				for respond(br, server, okResp) == nil {
-				}
-			}()
-			return client, nil
+			return pipeOK(), nil
 		}}
 		defer tr.CloseIdleConnections()
 		get(t, tr, "http://pipe:80/")
@@ -1106,14 +1112,7 @@ func TestTransportNotesDials(t *testing.T) {
 		const handshake = 30 * time.Millisecond
 		tr := &Transport{Dial: func(context.Context, string) (net.Conn, error) {
 			time.Sleep(handshake)
-			client, server := net.Pipe()
-			go func() {
-				defer server.Close()
-				br := bufio.NewReader(server)
-				for respond(br, server, okResp) == nil {
-				}
-			}()
-			return client, nil
+			return pipeOK(), nil
 		}}
 		defer tr.CloseIdleConnections()
 		send := func() dialNotes {

@@ -73,6 +73,21 @@ func newMesh(t *testing.T) *mesh {
 	return m
 }
 
+// moveTo gives server and client certificates from ca and ca alone as
+// their bundle (a rotation's end).
+func (m *mesh) moveTo(t *testing.T, ca *testCA) {
+	t.Helper()
+	for _, x := range []struct {
+		s  *Source
+		id spiffeid.ID
+	}{{m.server, m.serverID}, {m.client, m.clientID}} {
+		chain, key := ca.workload(t, x.id)
+		if err := x.s.Set(chain, key, ca.bundle()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestMTLSHandshake(t *testing.T) {
 	m := newMesh(t)
 	addr, results := serve(t, ServerTLS(m.server, tlsconfig.AuthorizeMemberOf(td)))
@@ -223,15 +238,7 @@ func TestMTLSRotation(t *testing.T) {
 
 	// Rotate onto a new root too: both sides get the new bundle.
 	next := newTestCA(t)
-	for _, x := range []struct {
-		s  *Source
-		id spiffeid.ID
-	}{{m.server, m.serverID}, {m.client, m.clientID}} {
-		chain, key := next.workload(t, x.id)
-		if err := x.s.Set(chain, key, next.bundle()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	m.moveTo(t, next)
 	cs, err = dial(t, addr, clientCfg)
 	if err != nil {
 		t.Fatal(err)
@@ -324,15 +331,7 @@ func TestResumptionFollowsTheCertificate(t *testing.T) {
 	}
 	// Reissuing: both sides move to certificates from the new root; then
 	// the old root leaves the server's bundle.
-	for _, x := range []struct {
-		s  *Source
-		id spiffeid.ID
-	}{{m.server, m.serverID}, {m.client, m.clientID}} {
-		chain, key := next.workload(t, x.id)
-		if err := x.s.Set(chain, key, next.bundle()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	m.moveTo(t, next)
 	cs, err = dial(t, addr, clientCfg)
 	if err != nil {
 		t.Fatalf("after the rotation: %v", err)
