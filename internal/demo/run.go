@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"trellis.dev/trellis/internal/loopback"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
@@ -167,9 +168,9 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		{row: "inventory-v2", service: "inventory", version: "v2"},
 		{service: "loadgen"},
 	}
-	ports, err := freePorts(3 + 4*len(members))
+	ports, err := loopback.Addrs(3 + 4*len(members))
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("demo: %w", err)
 	}
 	grpcAddr, adminAddr, metricsAddr := ports[0], ports[1], ports[2]
 	for i, m := range members {
@@ -344,27 +345,6 @@ func ordered(rows []telemetry.Row) []telemetry.Row {
 		out = append(out, r)
 	}
 	return out
-}
-
-// freePorts reserves n distinct loopback ports. They are released before the
-// children bind them; the window for another process to take one is small.
-func freePorts(n int) ([]string, error) {
-	lns := make([]net.Listener, 0, n)
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	addrs := make([]string, 0, n)
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("demo: reserve a port: %w", err)
-		}
-		lns = append(lns, ln)
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs, nil
 }
 
 // poll calls ready every 100 ms until it returns true, the process dies or

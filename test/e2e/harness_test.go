@@ -9,19 +9,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"trellis.dev/trellis/internal/loopback"
 )
 
 var trellisBin string
@@ -44,48 +44,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freeAddr returns a loopback address nothing listens on right now.
+// freeAddr returns a loopback address nothing listens on right now, below
+// the ephemeral range (internal/loopback says why).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	lo := ephemeralLow()
-	for range 200 {
-		// Below the kernel's ephemeral range, where outgoing connections
-		// and ":0" listeners never land, a port found free is still free
-		// when the process binds it moments later.
-		port := 10000 + rand.IntN(lo-10000)
-		if _, taken := handedOut.LoadOrStore(port, struct{}{}); taken {
-			continue
-		}
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		return l.Addr().String()
-	}
-	t.Fatal("no free loopback port below the ephemeral range")
-	return ""
-}
-
-// handedOut holds the ports freeAddr gave out, so no two tests get one.
-var handedOut sync.Map
-
-// ephemeralLow is the first port of the kernel's ephemeral range (32768 on
-// Linux by default); 32768 when it cannot be read or leaves too little room.
-func ephemeralLow() int {
-	raw, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	a, err := loopback.Addrs(1)
 	if err != nil {
-		return 32768
+		t.Fatal(err)
 	}
-	f := strings.Fields(string(raw))
-	if len(f) == 0 {
-		return 32768
-	}
-	lo, err := strconv.Atoi(f[0])
-	if err != nil || lo < 12000 {
-		return 32768
-	}
-	return lo
+	return a[0]
 }
 
 // process is a child started by a test; it is killed (whole group) at cleanup.

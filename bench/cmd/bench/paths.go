@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"trellis.dev/trellis/internal/loopback"
 )
 
 // A path is one way from the load generator to the fortio server. start
@@ -57,23 +59,15 @@ type harness struct {
 	otlp *otlpSink
 }
 
-// freePorts reserves n distinct loopback ports; they are released just before
-// use, so another process could in theory take one in between.
+// freePorts returns n loopback ports for the children about to start.
 func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
+	ports := make([]int, 0, n)
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		p, err := loopback.Port()
 		if err != nil {
-			return nil, fmt.Errorf("reserve port: %w", err)
+			return nil, err
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports, nil
 }

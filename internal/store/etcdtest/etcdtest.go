@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"trellis.dev/trellis/internal/loopback"
 )
 
 // Env names an etcd binary to use instead of the one on PATH or in /usr/bin.
@@ -195,14 +196,10 @@ func (s *Server) Log() string {
 	return s.log.String()
 }
 
-// freePort returns a loopback TCP port free at the time of asking, or 0.
+// freePort returns a loopback TCP port for etcd, or 0.
 func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	p, _ := loopback.Port()
+	return p
 }
 
 type syncBuffer struct {
