@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"image/color"
 	"image/png"
 	"io"
@@ -373,6 +374,35 @@ func TestAuthzPolicyApplies(t *testing.T) {
 	p := objs[0].(*config.AuthorizationPolicy)
 	if n := len(p.Spec.Rules); n != 10 || p.Spec.Rules[9].From[0].Identity != "spiffe://trellis.local/ns/default/sa/bench-client" {
 		t.Fatalf("%d rules, last %+v", n, p.Spec.Rules[len(p.Spec.Rules)-1])
+	}
+}
+
+// TestFeaturesApply: the trellis paths' features are valid resources: a
+// route with both timeouts, a retry policy, a rate limit that admits far
+// more than the bench sends, and the one-rule policy naming the client.
+func TestFeaturesApply(t *testing.T) {
+	objs, err := config.Decode("bench.yaml", []byte(withFeatures("")))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, withFeatures(""))
+	}
+	kinds := map[string]bool{}
+	for _, o := range objs {
+		kinds[fmt.Sprintf("%T", o)] = true
+		switch o := o.(type) {
+		case *config.RateLimitPolicy:
+			if o.Spec.Rate.Requests < 100000 {
+				t.Errorf("rate limit %d a second would refuse bench traffic", o.Spec.Rate.Requests)
+			}
+		case *config.AuthorizationPolicy:
+			if len(o.Spec.Rules) != 1 || o.Spec.Rules[0].From[0].Identity != "spiffe://trellis.local/ns/default/sa/bench-client" {
+				t.Errorf("policy %+v", o.Spec.Rules)
+			}
+		}
+	}
+	for _, k := range []string{"*config.Service", "*config.HTTPRoute", "*config.BackendPolicy", "*config.RateLimitPolicy", "*config.AuthorizationPolicy"} {
+		if !kinds[k] {
+			t.Errorf("features lack a %s (have %v)", k, kinds)
+		}
 	}
 }
 

@@ -46,7 +46,7 @@ func runGCSweep(ctx context.Context, h *harness, s settings, log io.Writer) ([]g
 	for _, g := range gcSettings {
 		fmt.Fprintf(log, "bench: gc-sweep: trellis with %s\n", g.name)
 		p := path{name: "trellis-gc", halves: trellisHalves, start: func(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
-			pr, err := startTrellisPair(ctx, h, sup, trellisOpts{env: g.env})
+			pr, err := startTrellisPair(ctx, h, sup, trellisOpts{env: g.env, apply: withFeatures("")})
 			if err != nil {
 				return "", nil, err
 			}

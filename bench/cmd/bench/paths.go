@@ -139,12 +139,56 @@ func startTrellis(ctx context.Context, h *harness, sup *supervisor) (string, []i
 	return startTrellisWith(ctx, h, sup, "", nil)
 }
 
-// startTrellisAuthz is the trellis path with authorization on: an ALLOW
-// AuthorizationPolicy of 10 rules on the server, the client's identity
-// matching only the last, so every request walks them all.
+// startTrellisAuthz is the trellis path with a bigger authorization
+// policy: 10 rules on the server, the client's identity matching only the
+// last, so every request walks them all.
 func startTrellisAuthz(ctx context.Context, h *harness, sup *supervisor) (string, []int, error) {
 	return startTrellisWith(ctx, h, sup, authzPolicy(10), nil)
 }
+
+// featuresYAML is what every trellis HTTP path runs with, so that what is
+// measured is the hop a user runs (issue 13): a route with a request
+// timeout and an attempt timeout, retries within a budget, a token bucket
+// on the server's inbound traffic that admits everything, and, unless a
+// path brings its own, an ALLOW policy naming the client.
+const featuresYAML = `apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {name: bench-server}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bench-server}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: bench-server}
+  rules:
+  - timeouts: {request: 10s, backendRequest: 3s}
+    backendRefs:
+    - {name: bench-server, port: 80}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: bench-server}
+spec:
+  targetRefs:
+  - {kind: Service, name: bench-server}
+  retry:
+    attempts: 2
+    statusCodes: [502, 503]
+    budget: {retryRatio: 0.2, minRetriesPerSecond: 10, ttl: 10s}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: bench-server}
+spec:
+  targetRefs:
+  - {kind: Service, name: bench-server}
+  algorithm: TokenBucket
+  rate: {requests: 1000000, per: 1s}
+  burst: 100000
+`
 
 // authzPolicy is an ALLOW policy on bench-server of n rules, each a caller
 // identity, methods and a path prefix; only the last names bench-client.
@@ -162,11 +206,20 @@ func authzPolicy(n int) string {
 	return b.String()
 }
 
-// startTrellisWith starts the trellis path; a non-empty policy is applied
-// (with the trellis CLI) before the proxies start; extra, when set, gives
-// each half's proxy more flags.
+// withFeatures is featuresYAML with policy, or with a one-rule ALLOW
+// policy when policy is empty.
+func withFeatures(policy string) string {
+	if policy == "" {
+		policy = authzPolicy(1)
+	}
+	return featuresYAML + "---\n" + policy
+}
+
+// startTrellisWith starts the trellis path with its features
+// (withFeatures(policy)) applied with the trellis CLI before the proxies
+// start; extra, when set, gives each half's proxy more flags.
 func startTrellisWith(ctx context.Context, h *harness, sup *supervisor, policy string, extra func(half string) []string) (string, []int, error) {
-	pr, err := startTrellisPair(ctx, h, sup, trellisOpts{apply: policy, extra: extra})
+	pr, err := startTrellisPair(ctx, h, sup, trellisOpts{apply: withFeatures(policy), extra: extra})
 	if err != nil {
 		return "", nil, err
 	}
