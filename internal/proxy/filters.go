@@ -258,17 +258,31 @@ func withTimeout(ex *Exchange, d time.Duration, next Handler, timers *sync.Pool)
 // exTimer is a reusable timeout timer. A proxy pools its own (Proxy.timers),
 // not the package's exchanges': a timer belongs to the goroutines that made
 // it (a testing/synctest bubble refuses one reset from outside).
+//
+// It is lazy: resetting and stopping a runtime timer on every request cost
+// two timer changes per route timeout, where nearly every request ends long
+// before its timeout. Disarming only forgets the cancel; arming leaves a
+// pending timer alone when it is due no later than the new deadline. A
+// timer that fires before the deadline armed since re-arms itself for the
+// rest, and one that finds itself disarmed stops.
 type exTimer struct {
 	t *time.Timer
 
 	mu       sync.Mutex
 	cancel   func() // nil: disarmed
 	deadline time.Time
+	due      time.Time // when t fires; zero: not pending
 }
 
 func (et *exTimer) arm(d time.Duration, cancel func()) {
+	deadline := time.Now().Add(d)
 	et.mu.Lock()
-	et.cancel, et.deadline = cancel, time.Now().Add(d)
+	et.cancel, et.deadline = cancel, deadline
+	if !et.due.IsZero() && !et.due.After(deadline) {
+		et.mu.Unlock()
+		return // fires first, and re-arms for the rest
+	}
+	et.due = deadline
 	et.mu.Unlock()
 	if et.t == nil {
 		et.t = time.AfterFunc(d, et.fire)
@@ -277,23 +291,30 @@ func (et *exTimer) arm(d time.Duration, cancel func()) {
 	}
 }
 
-// fire cancels the armed context. A late run of an earlier arming (Stop
-// lost the race with it) finds the timer disarmed, or re-armed with a
-// later deadline, and does nothing.
+// fire cancels the armed context when its deadline has come; an arming
+// whose deadline is still ahead gets the timer again for the rest.
 func (et *exTimer) fire() {
 	et.mu.Lock()
 	c := et.cancel
-	if c != nil && time.Now().Before(et.deadline) {
-		c = nil
+	if c == nil {
+		et.due = time.Time{}
+		et.mu.Unlock()
+		return
 	}
+	if rest := time.Until(et.deadline); rest > 0 {
+		et.due = et.deadline
+		et.mu.Unlock()
+		et.t.Reset(rest)
+		return
+	}
+	et.cancel, et.due = nil, time.Time{}
 	et.mu.Unlock()
-	if c != nil {
-		c()
-	}
+	c()
 }
 
+// disarm forgets the cancel; a pending timer fires once, finds nothing
+// and stops.
 func (et *exTimer) disarm() {
-	et.t.Stop()
 	et.mu.Lock()
 	et.cancel = nil
 	et.mu.Unlock()

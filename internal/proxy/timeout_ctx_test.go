@@ -208,3 +208,41 @@ func TestTimeoutsPooledUnderRace(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// TestExTimerLazy: a pooled timeout timer armed and disarmed for request
+// after request cancels nothing; armed once more, it cancels at that
+// arming's deadline, not the first one's; a shorter timeout after a long
+// one still fires on time.
+func TestExTimerLazy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var et exTimer
+		var fired []time.Duration
+		start := time.Now()
+		cancel := func() { fired = append(fired, time.Since(start)) }
+		for range 1000 { // requests of 1 ms under a 100 ms timeout
+			et.arm(100*time.Millisecond, cancel)
+			time.Sleep(time.Millisecond)
+			et.disarm()
+		}
+		if len(fired) != 0 {
+			t.Fatalf("disarmed timeouts fired at %v", fired)
+		}
+		// Armed at 1 s: due at 1.1 s, though the timer was first set for 100 ms.
+		et.arm(100*time.Millisecond, cancel)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if len(fired) != 1 || fired[0] != 1100*time.Millisecond {
+			t.Fatalf("fired at %v, want once at 1.1s", fired)
+		}
+		// Pending for an hour (disarmed), then armed for 10 ms.
+		et.arm(time.Hour, cancel)
+		et.disarm()
+		et.arm(10*time.Millisecond, cancel)
+		time.Sleep(20 * time.Millisecond)
+		synctest.Wait()
+		if len(fired) != 2 || fired[1] != 2010*time.Millisecond {
+			t.Fatalf("fired at %v, want the second at 2.01s", fired)
+		}
+		et.disarm()
+	})
+}
