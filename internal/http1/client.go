@@ -269,7 +269,7 @@ func (t *Transport) getConn(ctx context.Context, addr string, fresh bool, note D
 		br:   bufio.NewReaderSize(nc, connBufSize),
 		bw:   bufio.NewWriterSize(nc, connBufSize),
 	}
-	c.abortFn = c.abort // made once: a method value per watch would allocate
+	c.watching.w.F = c.abort // made once: a method value per watch would allocate
 	return c, nil
 }
 
@@ -347,9 +347,8 @@ type clientConn struct {
 	// while the response is read (full duplex); nil when none.
 	wrote chan error
 
-	// stop ends the watch on the exchange's context; nil when none.
-	stop    func() bool
-	abortFn func()
+	// watching is the watch on the exchange's context (watch.go).
+	watching ctxWatch
 
 	// Guarded by t.mu.
 	reused    bool
@@ -397,26 +396,14 @@ func (c *clientConn) expire() {
 
 // watch makes ctx's end abort whatever I/O c is doing: a deadline in the
 // past fails a blocked read or write at once.
-func (c *clientConn) watch(ctx context.Context) {
-	c.stop = nil
-	if ctx.Done() != nil {
-		c.stop = context.AfterFunc(ctx, c.abortFn)
-	}
-}
+func (c *clientConn) watch(ctx context.Context) { c.watching.start(ctx) }
 
 // abort fails c's blocked I/O: a deadline in the past.
 func (c *clientConn) abort() { _ = c.nc.SetDeadline(time.Unix(1, 0)) }
 
 // unwatch ends the watch; false when ctx already ended, so the
 // connection's deadline may be set and it cannot be reused.
-func (c *clientConn) unwatch() bool {
-	if c.stop == nil {
-		return true
-	}
-	ok := c.stop()
-	c.stop = nil
-	return ok
-}
+func (c *clientConn) unwatch() bool { return c.watching.end() }
 
 // release ends c's exchange: pooled when keep and the context did not
 // end, else closed.
@@ -754,30 +741,38 @@ func (c *clientConn) bodyWritten() (bool, error) {
 }
 
 // streamLength writes a body of n bytes that arrives over time, each read
-// flushed as it comes (writeLength would hold it until bw fills).
+// flushed as it comes (writeLength would hold it until bw fills) but the
+// last: that waits until the body is known to end there (net/http's
+// order), so a server never answers a body that proves too long.
 func (c *clientConn) streamLength(body io.Reader, n int64) error {
 	if c.copy == nil {
 		c.copy = make([]byte, connBufSize)
 	}
-	got, err := io.CopyBuffer(flushWriter{c.bw}, io.LimitReader(body, n), c.copy)
-	switch {
-	case err != nil:
-		return fmt.Errorf("read request body: %w", err)
-	case got < n:
+	var got int64
+	for got < n {
+		m, err := body.Read(c.copy[:min(int64(len(c.copy)), n-got)])
+		if m > 0 {
+			if _, werr := c.bw.Write(c.copy[:m]); werr != nil {
+				return werr
+			}
+			got += int64(m)
+			if got < n {
+				if werr := c.bw.Flush(); werr != nil {
+					return werr
+				}
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read request body: %w", err)
+		}
+	}
+	if got < n {
 		return fmt.Errorf("%w: %d of %d bytes", errBodyTooShort, got, n)
 	}
-	return c.writeLength(body, 0) // and nothing more
-}
-
-// flushWriter flushes each write through its bufio.Writer.
-type flushWriter struct{ bw *bufio.Writer }
-
-func (w flushWriter) Write(p []byte) (int, error) {
-	n, err := w.bw.Write(p)
-	if err == nil {
-		err = w.bw.Flush()
-	}
-	return n, err
+	return c.writeLength(body, 0) // and nothing more; the caller flushes
 }
 
 // writeChunked writes the body as chunks, each flushed as read, then the

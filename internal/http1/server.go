@@ -215,7 +215,7 @@ func (sc *serverConn) serve() {
 	if s.ConnContext != nil {
 		ctx = s.ConnContext(ctx, sc.c)
 	}
-	sc.ctx, sc.cancel = context.WithCancel(ctx)
+	sc.ctx, sc.cancel = newConnCtx(ctx)
 	sc.base = (&http.Request{}).WithContext(sc.ctx)
 	sc.remote = sc.c.RemoteAddr().String()
 	if tc, ok := sc.c.(*tls.Conn); ok {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"trellis.dev/trellis/internal/http1"
 )
 
 // A route timeout used to cost context.WithCancel per request: a cancelCtx,
@@ -20,8 +22,10 @@ import (
 // (net/http's does, per request) then finds a *cancelCtx parent, as it
 // would under context.WithTimeout, and joins its children map — no closure
 // per child, no Done channel per request: the map and the channel are made
-// once per inner and reused. What remains per request is the link to a
-// cancelable parent that someone waits on (context.AfterFunc: 2
+// once per inner and reused. The link to a cancelable parent that someone
+// waits on, and the transport's own watch, go through http1.Watched when
+// the parent is the HTTP/1.1 server's connection context: a Watch in a
+// list, no allocation; another parent costs a context.AfterFunc (2
 // allocations).
 //
 // Reuse is safe because of net/http's contract, as for the exchange's
@@ -44,8 +48,15 @@ type timeoutCtx struct {
 	// one right now.
 	up, down *timeoutCtx
 	link     func() bool // context.AfterFunc on parent; nil: none
+	// linkedTo is the parent when it is http1.Watched: the link is then
+	// parentWatch in its list, not an AfterFunc.
+	linkedTo    http1.Watched
+	parentWatch http1.Watch
 	// linked: the link to parent is made (lazily: see start).
 	linked bool
+	// watches are the transports' watches on tc (http1.Watched): each
+	// transport aborts its round trip when tc ends.
+	watches http1.WatchList
 
 	mu  sync.Mutex
 	err error
@@ -64,6 +75,7 @@ type timeoutCtx struct {
 func newTimeoutCtx() *timeoutCtx {
 	tc := &timeoutCtx{}
 	tc.onParent = func() { tc.cancel(tc.parentCtx().Err()) }
+	tc.parentWatch.F = tc.onParent
 	tc.onTimer = func() {
 		// A timer run that lost its race with disarm may come after the
 		// context was reused: its deadline is then still ahead.
@@ -91,6 +103,7 @@ func (tc *timeoutCtx) start(parent context.Context, deadline time.Time) {
 		// Ended with its last exchange: a fresh start, and a fresh inner
 		// when someone waits (the last one is canceled).
 		tc.err, tc.inner, tc.cancelInner = nil, nil, nil
+		tc.watches.Reset()
 	}
 	if d, ok := parent.Deadline(); ok && d.Before(deadline) {
 		tc.deadline = d
@@ -123,6 +136,17 @@ func (tc *timeoutCtx) ensureLinked() {
 	tc.linked = true
 	parent := tc.parent
 	tc.mu.Unlock()
+	if w, ok := parent.(http1.Watched); ok {
+		// The parent's own list: no allocation, no map.
+		if !w.Watch(&tc.parentWatch) {
+			tc.cancel(parent.Err())
+			return
+		}
+		tc.mu.Lock()
+		tc.linkedTo = w
+		tc.mu.Unlock()
+		return
+	}
 	if parent.Done() == nil {
 		return
 	}
@@ -134,6 +158,16 @@ func (tc *timeoutCtx) ensureLinked() {
 }
 
 func (tc *timeoutCtx) Deadline() (time.Time, bool) { return tc.deadline, true }
+
+// Watch adds a transport's watch (http1.Watched); false when tc has
+// ended.
+func (tc *timeoutCtx) Watch(w *http1.Watch) bool {
+	tc.ensureLinked()
+	return tc.watches.Watch(w)
+}
+
+// Unwatch removes a transport's watch; false when tc's end took it.
+func (tc *timeoutCtx) Unwatch(w *http1.Watch) bool { return tc.watches.Unwatch(w) }
 
 func (tc *timeoutCtx) Done() <-chan struct{} {
 	tc.ensureLinked()
@@ -197,6 +231,7 @@ func (tc *timeoutCtx) cancel(err error) {
 	cancelInner := tc.cancelInner
 	down := tc.down
 	tc.mu.Unlock()
+	tc.watches.End()
 	if cancelInner != nil {
 		cancelInner(err)
 	}
@@ -212,12 +247,15 @@ func (tc *timeoutCtx) cancel(err error) {
 func (tc *timeoutCtx) finish() bool {
 	linked := true
 	tc.mu.Lock()
-	link := tc.link
-	tc.link = nil
+	link, linkedTo := tc.link, tc.linkedTo
+	tc.link, tc.linkedTo = nil, nil
 	tc.mu.Unlock()
-	if link != nil {
-		// false: the parent's cancellation is running; it will cancel tc.
+	switch {
+	// false: the parent's cancellation is running; it will cancel tc.
+	case link != nil:
 		linked = link()
+	case linkedTo != nil:
+		linked = linkedTo.Unwatch(&tc.parentWatch)
 	}
 	if up := tc.up; up != nil {
 		up.mu.Lock()
@@ -228,7 +266,9 @@ func (tc *timeoutCtx) finish() bool {
 		tc.up = nil
 	}
 	tc.mu.Lock()
-	reusable := linked && tc.err == nil && !tc.tainted
+	// A transport's watch still in the list would abort the next user's
+	// round trip when that one's exchange ends.
+	reusable := linked && tc.err == nil && !tc.tainted && tc.watches.Empty()
 	tc.mu.Unlock()
 	if !reusable {
 		tc.cancel(context.Canceled)

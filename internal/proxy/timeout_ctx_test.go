@@ -8,6 +8,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"trellis.dev/trellis/internal/http1"
 )
 
 // TestTimeoutCtxParentCancel: the client going away ends a timeout's
@@ -245,4 +247,72 @@ func TestExTimerLazy(t *testing.T) {
 		}
 		et.disarm()
 	})
+}
+
+// watchedParent is a client context as the HTTP/1.1 server makes them
+// (http1.Watched).
+type watchedParent struct {
+	context.Context
+	http1.WatchList
+}
+
+// TestTimeoutCtxWatched: under the server's connection context, a route
+// timeout links to it and a transport watches the timeout through their
+// lists, allocating nothing per request; the client's end reaches the
+// transport's watch; a watch left behind keeps the context from reuse and
+// runs when the exchange ends.
+func TestTimeoutCtxWatched(t *testing.T) {
+	inner, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	parent := &watchedParent{Context: inner}
+	tc := newTimeoutCtx()
+	w := &http1.Watch{F: func() {}}
+	if n := testing.AllocsPerRun(1000, func() {
+		tc.start(parent, time.Now().Add(time.Hour))
+		if !tc.Watch(w) || !tc.Unwatch(w) {
+			t.Fatal("watch refused on a live context")
+		}
+		if !tc.finish() {
+			t.Fatal("a clean exchange's context not kept for reuse")
+		}
+	}); n != 0 {
+		t.Fatalf("%.1f allocations per exchange, want 0", n)
+	}
+	if !parent.Empty() {
+		t.Fatal("the link to the parent outlived the exchange")
+	}
+
+	// The client goes: the transport's watch runs, the context ends.
+	fired := make(chan struct{})
+	w.F = func() { close(fired) }
+	tc.start(parent, time.Now().Add(time.Hour))
+	tc.Watch(w)
+	cancel()
+	parent.End()
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client's end did not reach the transport's watch")
+	}
+	if !errors.Is(tc.Err(), context.Canceled) {
+		t.Fatalf("Err = %v, want canceled", tc.Err())
+	}
+	if tc.finish() {
+		t.Fatal("a canceled context kept for reuse")
+	}
+
+	// A watch left in the list: not reused, and told the exchange ended.
+	live := &watchedParent{Context: context.Background()}
+	fired = make(chan struct{})
+	w.F = func() { close(fired) }
+	tc.start(live, time.Now().Add(time.Hour))
+	tc.Watch(w)
+	if tc.finish() {
+		t.Fatal("a context with a transport's watch still in it kept for reuse")
+	}
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch left behind never ran")
+	}
 }
