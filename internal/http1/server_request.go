@@ -25,7 +25,7 @@ func (sc *serverConn) newRequest(buf []byte, lim Limits) (*http.Request, *Error)
 		off := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) - uintptr(unsafe.Pointer(unsafe.SliceData(buf))))
 		return text[off : off+len(b)]
 	}
-	r := new(http.Request)
+	r := sc.spare.take()
 	*r = *sc.base // keeps the connection's context
 	r.Method = method(h.Method, sub)
 	r.RequestURI = sub(h.Target)
@@ -38,7 +38,7 @@ func (sc *serverConn) newRequest(buf []byte, lim Limits) (*http.Request, *Error)
 	if h.Minor == 0 {
 		r.Proto = "HTTP/1.0"
 	}
-	r.Header = header(h.Fields, sub)
+	r.Header = sc.spare.header(h.Fields, sub)
 	delete(r.Header, "Host") // it is r.Host, as net/http has it
 	r.Host = sub(h.Host)
 	r.Close = h.Close
@@ -86,10 +86,49 @@ func requestURL(method, target string) (*url.URL, error) {
 	return url.ParseRequestURI(target)
 }
 
-// header builds the canonical header map of fields.
-func header(fields []Field, sub func([]byte) string) http.Header {
-	h := make(http.Header, len(fields))
-	vals := make([]string, len(fields))
+// spareRequest is what a connection's finished request leaves for the
+// next one (serverConn.spare). The strings are never reused: the header's
+// values may outlive the request (a metric's label, a log line).
+type spareRequest struct {
+	free bool // the request below is done with
+	r    *http.Request
+	hdr  http.Header
+	vals []string
+}
+
+// take returns the spare request if it is free, else a new one; either
+// way it is the spare from now, not free until release.
+func (sp *spareRequest) take() *http.Request {
+	if !sp.free || sp.r == nil {
+		sp.r, sp.hdr, sp.vals = new(http.Request), nil, nil
+	}
+	sp.free = false
+	return sp.r
+}
+
+// release marks the spare free: its handler returned and the response
+// is finished.
+func (sp *spareRequest) release() { sp.free = true }
+
+// header builds the request's canonical header map of fields in the
+// spare map and value slice when take found them free.
+func (sp *spareRequest) header(fields []Field, sub func([]byte) string) http.Header {
+	if sp.hdr == nil || cap(sp.vals) < len(fields) {
+		sp.hdr, sp.vals = header(fields, sub, nil, nil)
+		return sp.hdr
+	}
+	clear(sp.hdr)
+	sp.hdr, sp.vals = header(fields, sub, sp.hdr, sp.vals[:len(fields)])
+	return sp.hdr
+}
+
+// header builds the canonical header map of fields, into h and vals
+// (len(fields) long) when given.
+func header(fields []Field, sub func([]byte) string, h http.Header, vals []string) (http.Header, []string) {
+	if h == nil {
+		h = make(http.Header, len(fields))
+		vals = make([]string, len(fields))
+	}
 	for i, f := range fields {
 		k := canonicalKey(f.Name, sub)
 		vals[i] = sub(f.Value)
@@ -99,7 +138,7 @@ func header(fields []Field, sub func([]byte) string) http.Header {
 		}
 		h[k] = vals[i : i+1 : i+1]
 	}
-	return h
+	return h, vals
 }
 
 // canonicalKey is textproto's canonical form of a field name, taken from

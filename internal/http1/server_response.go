@@ -29,6 +29,7 @@ func (sc *serverConn) serveRequest(r *http.Request) bool {
 	}
 	keep := w.finish()
 	w.req, w.body, w.bodyRd = nil, nil, nil // an idle connection keeps no request
+	sc.spare.release()
 	return keep && !sc.watch.gone
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -680,5 +681,30 @@ func TestServerAdoptHeader(t *testing.T) {
 	}
 	if strings.Contains(resps[3], "X-Up") || !strings.HasPrefix(resps[3], "204") {
 		t.Errorf("written: %q", resps[3])
+	}
+}
+
+// TestServerReusesFinishedRequest: the requests of one keep-alive
+// connection share one *http.Request and header map, each request seeing
+// only its own fields.
+func TestServerReusesFinishedRequest(t *testing.T) {
+	var reqs []*http.Request
+	var hdrs []string
+	addr := startServer(t, &Server{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reqs = append(reqs, r)
+		hdrs = append(hdrs, fmt.Sprintf("%s %v", r.URL.Path, r.Header))
+		fmt.Fprint(w, "ok")
+	}))
+	out := rawExchange(t, addr, "GET /a HTTP/1.1\r\nHost: x\r\nX-First: 1\r\nX-Both: a\r\n\r\n"+
+		"GET /b HTTP/1.1\r\nHost: x\r\nX-Both: b\r\nConnection: close\r\n\r\n")
+	if strings.Count(out, "200 OK") != 2 {
+		t.Fatalf("answers: %q", out)
+	}
+	want := []string{"/a map[X-Both:[a] X-First:[1]]", "/b map[Connection:[close] X-Both:[b]]"}
+	if !slices.Equal(hdrs, want) {
+		t.Fatalf("handlers saw %q, want %q", hdrs, want)
+	}
+	if reqs[0] != reqs[1] {
+		t.Error("the second request on the connection was not the first's, reused")
 	}
 }
