@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -332,4 +333,26 @@ func modelResponse(data []byte) (string, int, []Field, bool) {
 		}
 		data = data[n:]
 	}
+}
+
+// FuzzPlainTarget: every target plainTarget takes, url.ParseRequestURI
+// parses to the same URL (Path, RawPath, RawQuery, and nothing else set).
+func FuzzPlainTarget(f *testing.F) {
+	for _, s := range []string{"/", "/a/b?c=d", "/a?", "/a%2Fb", "/a b", "/a!b", "/~u/x;y=z?q", "//x/y", "/a?b?c", "/a#f", "*", "http://h/p", "/é"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		path, query, ok := plainTarget(target)
+		if !ok {
+			return
+		}
+		want, err := url.ParseRequestURI(target)
+		if err != nil {
+			t.Fatalf("plainTarget took %q, ParseRequestURI refuses it: %v", target, err)
+		}
+		got := url.URL{Path: path, RawQuery: query}
+		if *want != got {
+			t.Fatalf("%q: plainTarget %#v, ParseRequestURI %#v", target, got, *want)
+		}
+	})
 }

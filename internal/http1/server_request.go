@@ -29,7 +29,7 @@ func (sc *serverConn) newRequest(buf []byte, lim Limits) (*http.Request, *Error)
 	*r = *sc.base // keeps the connection's context
 	r.Method = method(h.Method, sub)
 	r.RequestURI = sub(h.Target)
-	u, err := requestURL(r.Method, r.RequestURI)
+	u, err := sc.spare.url(r.Method, r.RequestURI)
 	if err != nil {
 		return nil, errTarget
 	}
@@ -92,6 +92,7 @@ func requestURL(method, target string) (*url.URL, error) {
 type spareRequest struct {
 	free bool // the request below is done with
 	r    *http.Request
+	u    *url.URL
 	hdr  http.Header
 	vals []string
 }
@@ -100,10 +101,65 @@ type spareRequest struct {
 // way it is the spare from now, not free until release.
 func (sp *spareRequest) take() *http.Request {
 	if !sp.free || sp.r == nil {
-		sp.r, sp.hdr, sp.vals = new(http.Request), nil, nil
+		sp.r, sp.u, sp.hdr, sp.vals = new(http.Request), nil, nil, nil
 	}
 	sp.free = false
 	return sp.r
+}
+
+// url is the request's URL: for a plain origin-form target (plainTarget)
+// the spare URL split at '?', which is what url.ParseRequestURI makes of
+// it (FuzzPlainTarget); else ParseRequestURI's.
+func (sp *spareRequest) url(method, target string) (*url.URL, error) {
+	path, query, ok := plainTarget(target)
+	if !ok {
+		return requestURL(method, target)
+	}
+	if sp.u == nil {
+		sp.u = new(url.URL)
+	}
+	*sp.u = url.URL{Path: path, RawQuery: query}
+	return sp.u, nil
+}
+
+// plainTarget splits an origin-form target whose path holds only
+// characters url.URL keeps as they are (no escapes: its Path is its text,
+// RawPath empty) at its first '?'; false for anything else, for an empty
+// query after '?' (ForceQuery) and for a control byte (refused).
+func plainTarget(t string) (path, query string, ok bool) {
+	if t == "" || t[0] != '/' {
+		return "", "", false
+	}
+	path, query, hasQuery := strings.Cut(t, "?")
+	if hasQuery && query == "" {
+		return "", "", false
+	}
+	for i := 0; i < len(path); i++ {
+		if !plainPathByte(path[i]) {
+			return "", "", false
+		}
+	}
+	for i := 0; i < len(query); i++ {
+		if c := query[i]; c < 0x20 || c == 0x7f { // net/url refuses controls
+			return "", "", false
+		}
+	}
+	return path, query, true
+}
+
+// plainPathByte: a byte url.URL neither unescapes nor escapes in a path:
+// RFC 3986's unreserved characters and the reserved ones net/url leaves in
+// paths (it escapes the sub-delimiters ! ' ( ) *).
+func plainPathByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	switch c {
+	case '-', '_', '.', '~', '$', '&', '+', ',', '/', ':', ';', '=', '@':
+		return true
+	}
+	return false
 }
 
 // release marks the spare free: its handler returned and the response
