@@ -231,7 +231,7 @@ func (sc *serverConn) body(r *http.Request) {
 		r.TransferEncoding = chunkedTE
 		delete(r.Header, "Transfer-Encoding") // it is r.TransferEncoding, as net/http has it
 		r.Trailer = requestTrailer(r.Header)
-		b := &chunkedReqBody{sc: sc, req: r}
+		b := &chunkedReqBody{bodyState: bodyState{sc: sc}, req: r}
 		b.r.Reset(sc.br, sc.s.MaxTrailerBytes)
 		sc.w.body, sc.w.gate, sc.w.bodyRd = b, &b.gate, b
 		r.Body = b
@@ -239,7 +239,7 @@ func (sc *serverConn) body(r *http.Request) {
 		r.ContentLength = h.ContentLength
 		// A body of its own per request: a reader the handler left
 		// behind must find its own request sealed, never the next one's.
-		b := &fixedBody{sc: sc, left: h.ContentLength}
+		b := &fixedBody{bodyState: bodyState{sc: sc}, left: h.ContentLength}
 		sc.w.body, sc.w.gate, sc.w.bodyRd = b, &b.gate, b
 		r.Body = b
 	default:
@@ -267,12 +267,28 @@ func requestTrailer(h http.Header) http.Header {
 	return t
 }
 
-// fixedBody reads a Content-Length body.
-type fixedBody struct {
+// bodyState is what both request bodies share: the connection, the gate
+// every read and close holds, and the handler's Close.
+type bodyState struct {
 	sc     *serverConn
 	gate   bodyGate
-	left   int64
 	closed bool
+}
+
+func (b *bodyState) Close() error {
+	if b.gate.lock() {
+		b.closed = true
+		b.gate.unlock()
+	}
+	return nil
+}
+
+func (b *bodyState) reopen() { b.closed = false }
+
+// fixedBody reads a Content-Length body.
+type fixedBody struct {
+	bodyState
+	left int64
 }
 
 func (b *fixedBody) Read(p []byte) (int, error) {
@@ -319,23 +335,13 @@ func (b *fixedBody) Buffered() int {
 	return int(min(int64(b.sc.br.Buffered()), b.left))
 }
 
-func (b *fixedBody) Close() error {
-	if b.gate.lock() {
-		b.closed = true
-		b.gate.unlock()
-	}
-	return nil
-}
-
 // chunkedReqBody reads a chunked body, moving its trailers into the
 // request's Trailer at the end.
 type chunkedReqBody struct {
-	sc     *serverConn
-	gate   bodyGate
-	req    *http.Request
-	r      ChunkedReader
-	closed bool
-	ended  bool
+	bodyState
+	req   *http.Request
+	r     ChunkedReader
+	ended bool
 }
 
 func (b *chunkedReqBody) Read(p []byte) (int, error) {
@@ -386,14 +392,6 @@ func (b *chunkedReqBody) Buffered() int {
 	return b.sc.br.Buffered()
 }
 
-func (b *chunkedReqBody) Close() error {
-	if b.gate.lock() {
-		b.closed = true
-		b.gate.unlock()
-	}
-	return nil
-}
-
 // discardLimit is how much of an unread body the server reads to keep the
 // connection (net/http reads up to 256 KiB).
 const discardLimit = 256 << 10
@@ -424,9 +422,6 @@ type bodyReader interface {
 type drainReader struct{ b bodyReader }
 
 func (d drainReader) Read(p []byte) (int, error) { return d.b.read(p) }
-
-func (b *fixedBody) reopen()      { b.closed = false }
-func (b *chunkedReqBody) reopen() { b.closed = false }
 
 // bodyGate guards one request body: each read or close holds it, and it
 // is sealed when the handler returns (a request body is the handler's only

@@ -233,6 +233,16 @@ func FuzzRemoveHopHeaders(f *testing.F) {
 	})
 }
 
+// hopHeaders, the list the tests hold hopHeader to: dropped at every hop (RFC 9110 §7.6.1, plus the de-facto
+// Keep-Alive and Proxy-Connection). TE is handled separately.
+var hopHeaders = [...]string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Upgrade",
+	// Connection-specific by RFC 7540 §3.2.1: it only ever rides an h2c
+	// upgrade, which the proxy does not take (upgradeType).
+	"Http2-Settings",
+}
+
 // TestHopHeaderList: the switch in hopHeader names exactly hopHeaders and TE.
 func TestHopHeaderList(t *testing.T) {
 	for _, k := range append(hopHeaders[:], "Te") {

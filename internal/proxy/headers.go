@@ -68,17 +68,10 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
 func putBuf(b *[]byte) { bufPool.Put(b) }
 
-// hopHeaders are dropped at every hop (RFC 9110 §7.6.1, plus the de-facto
-// Keep-Alive and Proxy-Connection). TE is handled separately.
-var hopHeaders = [...]string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Upgrade",
-	// Connection-specific by RFC 7540 §3.2.1: it only ever rides an h2c
-	// upgrade, which the proxy does not take (upgradeType).
-	"Http2-Settings",
-}
-
-// hopHeader reports whether the canonical name is hop-by-hop (TE included).
+// hopHeader reports whether the canonical name is hop-by-hop: RFC 9110
+// §7.6.1's, TE included, plus the de-facto Keep-Alive and Proxy-Connection,
+// and HTTP2-Settings (connection-specific by RFC 7540 §3.2.1: it only ever
+// rides an h2c upgrade, which the proxy does not take, upgradeType).
 func hopHeader(name string) bool {
 	switch name {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",

@@ -25,6 +25,13 @@ type peer struct {
 	tcpTLS         *tls.Config     // opaque TCP tunnels
 }
 
+// dialNoting is a transport that tells the caller how long a connection
+// it had to make took (internal/http1's), so the balancer's latency sample
+// can leave the dial out (sendAttempt).
+type dialNoting interface {
+	RoundTripNoting(*http.Request, http1.DialNoter) (*http.Response, error)
+}
+
 // hopTransport is an HTTP/1.1 transport: internal/http1's between proxies
 // and to the app, net/http's to the outside (egress_upstream.go).
 type hopTransport interface {

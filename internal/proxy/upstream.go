@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"trellis.dev/trellis/internal/http1"
 	"trellis.dev/trellis/internal/telemetry"
 )
 
@@ -163,9 +162,7 @@ func roundTrip(ex *Exchange, rt http.RoundTripper, scheme, addr string, o *outgo
 // sendAttempt round-trips req on rt; an HTTP/1.1 transport also tells the
 // exchange how long a connection it had to make took (NoteDial).
 func sendAttempt(rt http.RoundTripper, req *http.Request, ex *Exchange) (*http.Response, error) {
-	if nt, ok := rt.(interface {
-		RoundTripNoting(*http.Request, http1.DialNoter) (*http.Response, error)
-	}); ok {
+	if nt, ok := rt.(dialNoting); ok {
 		return nt.RoundTripNoting(req, ex)
 	}
 	return rt.RoundTrip(req)
