@@ -269,7 +269,7 @@ func (t *Transport) getConn(ctx context.Context, addr string, fresh bool, note D
 		br:   bufio.NewReaderSize(nc, connBufSize),
 		bw:   bufio.NewWriterSize(nc, connBufSize),
 	}
-	c.watching.w.F = c.abort // made once: a method value per watch would allocate
+	c.watching.F = c.abort // made once: a method value per watch would allocate
 	return c, nil
 }
 
@@ -348,7 +348,7 @@ type clientConn struct {
 	wrote chan error
 
 	// watching is the watch on the exchange's context (watch.go).
-	watching ctxWatch
+	watching ContextWatch
 
 	// Guarded by t.mu.
 	reused    bool
@@ -396,14 +396,14 @@ func (c *clientConn) expire() {
 
 // watch makes ctx's end abort whatever I/O c is doing: a deadline in the
 // past fails a blocked read or write at once.
-func (c *clientConn) watch(ctx context.Context) { c.watching.start(ctx) }
+func (c *clientConn) watch(ctx context.Context) { c.watching.Start(ctx) }
 
 // abort fails c's blocked I/O: a deadline in the past.
 func (c *clientConn) abort() { _ = c.nc.SetDeadline(time.Unix(1, 0)) }
 
 // unwatch ends the watch; false when ctx already ended, so the
 // connection's deadline may be set and it cannot be reused.
-func (c *clientConn) unwatch() bool { return c.watching.end() }
+func (c *clientConn) unwatch() bool { return c.watching.End() }
 
 // release ends c's exchange: pooled when keep and the context did not
 // end, else closed.

@@ -191,9 +191,9 @@ type serverConn struct {
 	head   *RequestHead // while a head is read and its request built
 	rest   []byte       // what followed a head larger than br's buffer
 	first  firstByte
-	// spare is the last request's *http.Request, header map and value
+	// spare is the last request's *http.Request, URL, header map and value
 	// slice, for the next request to reuse once the last one's handler
-	// has returned and its response is finished (serveRequest): three
+	// has returned and its response is finished (serveRequest): four
 	// allocations fewer per request. A connection idle past idleHandoff
 	// drops them.
 	spare spareRequest

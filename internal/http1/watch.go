@@ -140,39 +140,41 @@ func newConnCtx(parent context.Context) (*connCtx, context.CancelFunc) {
 	return c, func() { cancel(); c.End() }
 }
 
-// ctxWatch is a watcher's hold on one context at a time: through its
+// ContextWatch is a watcher's hold on one context at a time: through its
 // Watch when the context is Watched, else with context.AfterFunc. Either
 // way it behaves as context.AfterFunc does: F runs on its own goroutine
-// when the context ends (at once if it has), and end reports false when
-// F ran or will.
-type ctxWatch struct {
-	w       Watch
+// when the context ends (at once if it has), and End reports false when
+// F ran or will. The owner sets F once and reuses the ContextWatch.
+type ContextWatch struct {
+	Watch
 	watched Watched
 	stop    func() bool
-	missed  bool // the context had ended at start
+	missed  bool // the context had ended at Start
 }
 
-func (cw *ctxWatch) start(ctx context.Context) {
+// Start watches ctx (a context that can never end: nothing to do).
+func (cw *ContextWatch) Start(ctx context.Context) {
 	cw.watched, cw.stop, cw.missed = nil, nil, false
 	if wc, ok := ctx.(Watched); ok {
-		if wc.Watch(&cw.w) {
+		if wc.Watch(&cw.Watch) {
 			cw.watched = wc
 		} else {
 			cw.missed = true
-			go cw.w.F()
+			go cw.F()
 		}
 		return
 	}
 	if ctx.Done() != nil {
-		cw.stop = context.AfterFunc(ctx, cw.w.F)
+		cw.stop = context.AfterFunc(ctx, cw.F)
 	}
 }
 
-func (cw *ctxWatch) end() bool {
+// End ends the watch; false when F ran or will.
+func (cw *ContextWatch) End() bool {
 	ok := !cw.missed
 	switch {
 	case cw.watched != nil:
-		ok = cw.watched.Unwatch(&cw.w)
+		ok = cw.watched.Unwatch(&cw.Watch)
 	case cw.stop != nil:
 		ok = cw.stop()
 	}

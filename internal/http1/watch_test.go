@@ -66,10 +66,10 @@ type watchedCtx struct {
 // cancelable context still works through AfterFunc.
 func TestCtxWatchFreeOfAllocations(t *testing.T) {
 	ctx := &watchedCtx{Context: context.Background()}
-	cw := ctxWatch{w: Watch{F: func() {}}}
+	cw := ContextWatch{Watch: Watch{F: func() {}}}
 	if n := testing.AllocsPerRun(1000, func() {
-		cw.start(ctx)
-		if !cw.end() {
+		cw.Start(ctx)
+		if !cw.End() {
 			t.Fatal("end: false with the context live")
 		}
 	}); n != 0 {
@@ -77,20 +77,20 @@ func TestCtxWatchFreeOfAllocations(t *testing.T) {
 	}
 	plain, cancel := context.WithCancel(context.Background())
 	fired := make(chan struct{})
-	cw = ctxWatch{w: Watch{F: func() { close(fired) }}}
-	cw.start(plain)
+	cw = ContextWatch{Watch: Watch{F: func() { close(fired) }}}
+	cw.Start(plain)
 	cancel()
 	waitClosed(t, fired, "the plain context's watch")
-	if cw.end() {
+	if cw.End() {
 		t.Fatal("end: true after the plain context's AfterFunc ran")
 	}
 	// A Watched context already ended: F runs at once, end says so.
 	ctx.End()
 	fired = make(chan struct{})
-	cw = ctxWatch{w: Watch{F: func() { close(fired) }}}
-	cw.start(ctx)
+	cw = ContextWatch{Watch: Watch{F: func() { close(fired) }}}
+	cw.Start(ctx)
 	waitClosed(t, fired, "the ended context's watch")
-	if cw.end() {
+	if cw.End() {
 		t.Fatal("end: true for a context that had ended")
 	}
 }

@@ -47,11 +47,9 @@ type timeoutCtx struct {
 	// another context, linked by link); down the timeout nested in this
 	// one right now.
 	up, down *timeoutCtx
-	link     func() bool // context.AfterFunc on parent; nil: none
-	// linkedTo is the parent when it is http1.Watched: the link is then
-	// parentWatch in its list, not an AfterFunc.
-	linkedTo    http1.Watched
-	parentWatch http1.Watch
+	// link runs onParent when parent ends: a Watch in its list when it is
+	// http1.Watched, else a context.AfterFunc. Guarded by mu.
+	link http1.ContextWatch
 	// linked: the link to parent is made (lazily: see start).
 	linked bool
 	// watches are the transports' watches on tc (http1.Watched): each
@@ -75,7 +73,7 @@ type timeoutCtx struct {
 func newTimeoutCtx() *timeoutCtx {
 	tc := &timeoutCtx{}
 	tc.onParent = func() { tc.cancel(tc.parentCtx().Err()) }
-	tc.parentWatch.F = tc.onParent
+	tc.link.F = tc.onParent
 	tc.onTimer = func() {
 		// A timer run that lost its race with disarm may come after the
 		// context was reused: its deadline is then still ahead.
@@ -90,10 +88,11 @@ func newTimeoutCtx() *timeoutCtx {
 }
 
 // start makes tc a child of parent with deadline d. A parent that is a
-// timeoutCtx links tc to itself at once. Another parent is linked (with
-// context.AfterFunc, the only allocation, and that only for a cancelable
-// parent) when someone first waits on tc — Done, or a child context's
-// registration (net/http's transport derives one per request) — since
+// timeoutCtx links tc to itself at once. Another parent is linked (link:
+// no allocation under the HTTP/1.1 server's connection context, a
+// context.AfterFunc under another cancelable parent) when someone first
+// waits on tc — Done, Watch, or a child context's registration (net/http's
+// transport derives one per request) — since
 // only a waiter needs to hear of the parent's end at once; Err asks the
 // parent meanwhile.
 func (tc *timeoutCtx) start(parent context.Context, deadline time.Time) {
@@ -134,26 +133,9 @@ func (tc *timeoutCtx) ensureLinked() {
 		return
 	}
 	tc.linked = true
-	parent := tc.parent
-	tc.mu.Unlock()
-	if w, ok := parent.(http1.Watched); ok {
-		// The parent's own list: no allocation, no map.
-		if !w.Watch(&tc.parentWatch) {
-			tc.cancel(parent.Err())
-			return
-		}
-		tc.mu.Lock()
-		tc.linkedTo = w
-		tc.mu.Unlock()
-		return
-	}
-	if parent.Done() == nil {
-		return
-	}
-	// Outside mu: AfterFunc runs onParent at once if parent is done.
-	stop := context.AfterFunc(parent, tc.onParent)
-	tc.mu.Lock()
-	tc.link = stop
+	// onParent runs on its own goroutine (at once if parent is done), so
+	// it may wait for mu.
+	tc.link.Start(tc.parent)
 	tc.mu.Unlock()
 }
 
@@ -245,18 +227,10 @@ func (tc *timeoutCtx) cancel(err error) {
 // canceled, so whoever still holds it sees it end with its exchange; one
 // that may keeps inner, its Done channel open, for the next exchange.
 func (tc *timeoutCtx) finish() bool {
-	linked := true
 	tc.mu.Lock()
-	link, linkedTo := tc.link, tc.linkedTo
-	tc.link, tc.linkedTo = nil, nil
-	tc.mu.Unlock()
-	switch {
 	// false: the parent's cancellation is running; it will cancel tc.
-	case link != nil:
-		linked = link()
-	case linkedTo != nil:
-		linked = linkedTo.Unwatch(&tc.parentWatch)
-	}
+	linked := tc.link.End()
+	tc.mu.Unlock()
 	if up := tc.up; up != nil {
 		up.mu.Lock()
 		if up.down == tc {
